@@ -1,0 +1,256 @@
+"""Tokenizers with the reserved special ids every seqenv component relies on.
+
+Every tokenizer maps text to integer ids in ``[0, vocab_size)``. The first
+:data:`NUM_SPECIAL` ids are reserved, with the same values in every tokenizer:
+
+==========  ==  ============================================================
+name        id  meaning
+==========  ==  ============================================================
+``pad``     0   padding; never a legal action
+``bos``     1   beginning of sequence (policy input only; never an action)
+``eos``     2   end of sequence; the action terminates the episode
+``backspace`` 3 deletes the last generated token
+``unk``     4   unknown character (only with ``unk="replace"``)
+==========  ==  ============================================================
+
+Two tokenizers ship:
+
+* :class:`CharTokenizer` -- one id per character (the default for the built-in
+  corpora). Characters outside the vocabulary follow the ``unk`` policy:
+  ``"error"`` (default) raises :class:`ValueError` naming the character and its
+  position; ``"replace"`` maps it to ``unk`` (the round trip then loses it:
+  ``unk`` decodes to U+FFFD).
+* :class:`BPETokenizer` -- byte-level BPE trained locally with HF
+  ``tokenizers``. Every byte is in its base alphabet, so every string encodes
+  and the round trip is lossless.
+
+Both serialise to a JSON-able dict (:meth:`Tokenizer.to_dict`) that
+:func:`tokenizer_from_dict` turns back into an equal tokenizer; checkpoints
+store it so that a checkpoint from another tokenizer is detected.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from typing import Iterable, Sequence
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+BACKSPACE_ID = 3
+UNK_ID = 4
+NUM_SPECIAL = 5
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<bksp>", "<unk>")
+SPECIAL_IDS = {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID, "backspace": BACKSPACE_ID, "unk": UNK_ID}
+_UNK_POLICIES = ("error", "replace")
+
+
+class Tokenizer(ABC):
+    """Base class: special ids, ``encode``/``decode`` and serialisation."""
+
+    special_ids: dict[str, int] = SPECIAL_IDS
+    pad_id = PAD_ID
+    bos_id = BOS_ID
+    eos_id = EOS_ID
+    backspace_id = BACKSPACE_ID
+    unk_id = UNK_ID
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids, special ids included."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Encode ``text`` to ordinary token ids (no ``bos``/``eos`` added)."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Decode ids to text; ``pad``/``bos``/``eos``/``backspace`` are skipped.
+
+        Backspaces are *not* applied here: pass a reduced sequence (see
+        :func:`apply_backspaces`).
+        """
+
+    @abstractmethod
+    def to_dict(self) -> dict:
+        """A JSON-able description that :func:`tokenizer_from_dict` rebuilds."""
+
+    def token_str(self, token_id: int) -> str:
+        """Human-readable form of one id (special ids as ``<name>``)."""
+        if 0 <= token_id < NUM_SPECIAL:
+            return SPECIAL_TOKENS[token_id]
+        return self.decode([token_id])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+
+def apply_backspaces(ids: Iterable[int], protected: int = 0) -> list[int]:
+    """Reduce an action history to the state it reaches.
+
+    :param ids: action ids; ``backspace`` removes the previous kept id.
+    :param protected: number of leading ids (a prompt) that backspace cannot
+        delete; a backspace with nothing deletable is ignored.
+    :return: the reduced id list (``eos`` and ``pad`` are dropped).
+    """
+    out: list[int] = []
+    for i in ids:
+        i = int(i)
+        if i == BACKSPACE_ID:
+            if len(out) > protected:
+                out.pop()
+        elif i not in (PAD_ID, EOS_ID, BOS_ID):
+            out.append(i)
+    return out
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character: ``id = NUM_SPECIAL + index in chars``.
+
+    :param chars: the vocabulary characters, each once (order fixes the ids).
+    :param unk: ``"error"`` raises on an unknown character, ``"replace"`` maps it
+        to ``unk`` (decoded as U+FFFD).
+    :raises ValueError: on duplicate or multi-character entries, an empty
+        vocabulary, or an unknown ``unk`` policy.
+    """
+
+    def __init__(self, chars: Sequence[str], unk: str = "error"):
+        chars = list(chars)
+        if not chars:
+            raise ValueError("CharTokenizer needs at least one character, got an empty vocabulary")
+        bad = [c for c in chars if len(c) != 1]
+        if bad:
+            raise ValueError(f"CharTokenizer entries must be single characters, got {bad[:5]!r}")
+        if len(set(chars)) != len(chars):
+            dup = sorted({c for c in chars if chars.count(c) > 1})
+            raise ValueError(f"CharTokenizer vocabulary has duplicate characters {dup[:10]!r}")
+        if unk not in _UNK_POLICIES:
+            raise ValueError(f"unk policy must be one of {_UNK_POLICIES}, got {unk!r}")
+        self.chars = "".join(chars)
+        self.unk = unk
+        self._stoi = {c: NUM_SPECIAL + i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_corpus(cls, lines: Iterable[str], unk: str = "error") -> "CharTokenizer":
+        """Vocabulary = the sorted set of characters in ``lines``."""
+        return cls(sorted(set("".join(lines))), unk=unk)
+
+    @property
+    def vocab_size(self) -> int:
+        return NUM_SPECIAL + len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """:raises ValueError: (policy ``"error"``) on a character not in the vocabulary."""
+        stoi = self._stoi
+        try:
+            return [stoi[c] for c in text]
+        except KeyError:
+            if self.unk == "replace":
+                return [stoi.get(c, UNK_ID) for c in text]
+            pos = next(i for i, c in enumerate(text) if c not in stoi)
+            raise ValueError(
+                f"character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos} of {text[:40]!r} "
+                f"is not in the tokenizer's {len(self.chars)}-character vocabulary; "
+                f"use CharTokenizer(..., unk='replace') to map unknown characters to <unk>"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out = []
+        n = len(self.chars)
+        for i in ids:
+            i = int(i)
+            if i >= NUM_SPECIAL:
+                if i - NUM_SPECIAL >= n:
+                    raise ValueError(f"token id {i} is out of range for vocab_size {self.vocab_size}")
+                out.append(self.chars[i - NUM_SPECIAL])
+            elif i == UNK_ID:
+                out.append("\ufffd")
+            elif i < 0:
+                raise ValueError(f"token id {i} is negative")
+        return "".join(out)
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "chars": self.chars, "unk": self.unk}
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE from HF ``tokenizers``, trained locally (no download).
+
+    Special ids are the first five entries of the vocabulary. Encoding never
+    fails (every byte is in the base alphabet) and decoding inverts encoding.
+
+    :param hf_tokenizer: a ``tokenizers.Tokenizer`` whose ids 0..4 are the
+        special tokens in :data:`SPECIAL_TOKENS` order.
+    :raises ValueError: if the special tokens are not at ids 0..4.
+    """
+
+    def __init__(self, hf_tokenizer):
+        for i, tok in enumerate(SPECIAL_TOKENS):
+            if hf_tokenizer.token_to_id(tok) != i:
+                raise ValueError(
+                    f"BPE tokenizer must map {tok!r} to id {i}, got {hf_tokenizer.token_to_id(tok)!r}"
+                )
+        self._tok = hf_tokenizer
+
+    @classmethod
+    def train(cls, lines: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> "BPETokenizer":
+        """Train byte-level BPE on ``lines``.
+
+        :param vocab_size: target size, special ids and the 256 byte symbols
+            included; must be at least ``NUM_SPECIAL + 256``.
+        :raises ValueError: if ``vocab_size`` is too small.
+        """
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < NUM_SPECIAL + 256:
+            raise ValueError(f"BPE vocab_size must be >= {NUM_SPECIAL + 256} (specials + 256 bytes), got {vocab_size}")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(list(lines), trainer=trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if i < 0 or i >= self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are out of range for vocab_size {self.vocab_size}")
+        return self._tok.decode([i for i in ids if i >= NUM_SPECIAL], skip_special_tokens=True)
+
+    def to_dict(self) -> dict:
+        return {"type": "bpe", "json": self._tok.to_str()}
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    """Rebuild a tokenizer from :meth:`Tokenizer.to_dict`.
+
+    :raises ValueError: on an unknown ``type``.
+    """
+    kind = d.get("type")
+    if kind == "char":
+        return CharTokenizer(d["chars"], unk=d.get("unk", "error"))
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return BPETokenizer(HFTokenizer.from_str(d["json"]))
+    raise ValueError(f"unknown tokenizer type {kind!r}; expected 'char' or 'bpe'")
