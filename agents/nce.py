@@ -1,0 +1,780 @@
+"""NCE critics with a self-adapting noise distribution (METHODS.md §3).
+
+Noise-contrastive estimation (NCE) trains an energy-based model (EBM) by
+telling data samples apart from samples of a noise distribution. Here the
+noise distribution is a frozen snapshot of the policy, refreshed every K
+steps (Xu, "Self-Adapting Noise-Contrastive Estimation for Energy-Based
+Models", arXiv 2211.02650). Because the policy is autoregressive, snapshot
+samples come from ancestral sampling and their exact log-probabilities from
+ancestral scoring (:func:`sequence_log_prob`): no MCMC.
+
+Contents, in the order of METHODS.md §3:
+
+- :class:`CriticConfig`, :class:`SequenceCritic` -- a small bidirectional
+  transformer giving a scalar energy ``E_psi(x)`` per sequence, used
+  residually on top of the policy, ``p(x) ∝ p_policy(x) exp(-E_psi(x))``
+  (Residual EBM, Deng et al., ICLR 2020).
+- :func:`binary_nce_loss` -- the NCE loss with snapshot noise and noise ratio nu.
+- :func:`residual_nce_loss` -- the same loss for the residual critic, whose
+  model and noise share the same policy snapshot.
+- :func:`ranking_nce_loss` -- ranking NCE (Ma & Collins, EMNLP 2018).
+- :func:`self_adapting_nce_loss` -- self-adapting NCE for the policy read as
+  an EBM, energy ``-log p_theta(x)``.
+- :func:`sequence_log_prob` -- exact ``log p(x)`` of an AR policy by ancestral
+  scoring.
+- :class:`SnapshotNoise` -- the frozen snapshot, refreshed every K steps.
+- :func:`importance_resample` -- sampling-importance-resampling among
+  candidates drawn from the policy, weights ``∝ exp(-E)`` (Deng et al.'s
+  generation procedure), for reranking.
+
+Batch convention (docs/internals.md): ``tokens: LongTensor[B, T]`` is
+``[bos, x_1..x_n, eos, pad...]`` and ``mask: BoolTensor[B, T]`` is True at the
+predicted positions ``x_1..x_n, eos``. All log-probabilities and energies are
+in nats. This module does not import the policy model; it works on tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_POOLINGS = ("mean", "first")
+
+
+# ---------------------------------------------------------------------------
+# The critic: a sequence-level energy E_psi(x)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class CriticConfig:
+    """Hyperparameters of :class:`SequenceCritic`.
+
+    :param vocab_size: number of token ids, specials included.
+    :param block_size: maximum sequence length ``T`` (bos, tokens, eos).
+    :param n_layer: number of transformer encoder blocks.
+    :param n_head: attention heads; must divide ``n_embd``.
+    :param n_embd: width of the residual stream.
+    :param dropout: dropout probability in ``[0, 1)``.
+    :param pooling: how token features become one sequence feature:
+        ``"mean"`` over non-pad positions (bos and eos included), or
+        ``"first"`` (the bos position, BERT-style).
+    :raises ValueError: on a non-positive size, ``n_embd % n_head != 0``, a
+        dropout outside ``[0, 1)`` or an unknown pooling.
+    """
+
+    vocab_size: int
+    block_size: int
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    pooling: str = "mean"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"CriticConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"CriticConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CriticConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pooling not in _POOLINGS:
+            raise ValueError(f"CriticConfig.pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+
+    def to_dict(self) -> dict:
+        """Return the config as a JSON-able dict (inverse of :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CriticConfig":
+        """Build a config from :meth:`to_dict` output.
+
+        :raises ValueError: on unknown keys (or any invalid value, see the class).
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CriticConfig keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+class _SelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention with a key padding mask."""
+
+    def __init__(self, config: CriticConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # every query attends to every valid key (no causal mask); bos is always valid
+        attn_mask = valid[:, None, None, :]  # (B, 1, 1, T)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class _MLP(nn.Module):
+    def __init__(self, config: CriticConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class _Block(nn.Module):
+    def __init__(self, config: CriticConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = _SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = _MLP(config)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), valid)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class SequenceCritic(nn.Module):
+    """Sequence-level energy ``E_psi(x)``: a bidirectional transformer encoder
+    pooled to one scalar per sequence.
+
+    Used residually on top of the policy: ``p(x) ∝ p_policy(x) exp(-E_psi(x))``
+    (Residual EBM: Deng, Bakhtin, Ott, Szlam, Ranzato, "Residual Energy-Based
+    Models for Text Generation", ICLR 2020).
+    Low energy = more data-like. ``log_normalizer`` is the learned scalar ``c``
+    of binary NCE (:func:`residual_nce_loss`), an estimate of
+    ``log E_{x~p_policy}[exp(-E_psi(x))]``.
+
+    [recon] Architecture (pre-LayerNorm nanoGPT-style blocks without the causal
+    mask, learned position embeddings, mean pooling over non-pad positions,
+    linear head) and the zero-initialised head -- so that ``E_psi == 0`` and
+    the residual model equals the policy at initialisation -- are ours; Deng
+    et al. use pretrained bidirectional transformers.
+
+    :param config: a :class:`CriticConfig`.
+    """
+
+    def __init__(self, config: CriticConfig):
+        super().__init__()
+        if not isinstance(config, CriticConfig):
+            raise ValueError(f"config must be a CriticConfig, got {type(config).__name__}")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([_Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, 1)
+        self.log_normalizer = nn.Parameter(torch.zeros(()))
+        self.apply(self._init_weights)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def valid_positions(self, tokens: torch.Tensor, mask_or_lengths: torch.Tensor) -> torch.Tensor:
+        """Return ``BoolTensor[B, T]``, True at the positions the critic reads.
+
+        :param tokens: ``LongTensor[B, T]``, ``[bos, x_1..x_n, eos, pad...]``,
+            ``1 <= T <= block_size``, ids in ``[0, vocab_size)``.
+        :param mask_or_lengths: either the batch convention's
+            ``BoolTensor[B, T]`` (True at ``x_1..x_n, eos``; column 0, the bos,
+            is always added, so a full non-pad mask works too) or
+            ``LongTensor[B]`` of lengths, ``tokens[b, :lengths[b]]`` being
+            valid (bos and eos included), ``1 <= lengths[b] <= T``.
+        :raises ValueError: on a bad shape, dtype, length or token id.
+        """
+        if tokens.dim() != 2 or tokens.dtype != torch.long:
+            raise ValueError(f"tokens must be a LongTensor[B, T], got {tokens.dtype} of shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if not 1 <= T <= self.config.block_size:
+            raise ValueError(f"sequence length T={T} must be in [1, block_size={self.config.block_size}]")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}), got range "
+                f"[{int(tokens.min())}, {int(tokens.max())}]"
+            )
+        positions = torch.arange(T, device=tokens.device)
+        if mask_or_lengths.dtype == torch.bool:
+            if mask_or_lengths.shape != tokens.shape:
+                raise ValueError(
+                    f"mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(mask_or_lengths.shape)}"
+                )
+            return mask_or_lengths | (positions == 0)[None, :]
+        if mask_or_lengths.dtype != torch.long or mask_or_lengths.shape != (B,):
+            raise ValueError(
+                f"mask_or_lengths must be a BoolTensor[B, T] or LongTensor[B] with B={B}, got "
+                f"{mask_or_lengths.dtype} of shape {tuple(mask_or_lengths.shape)}"
+            )
+        if B and (mask_or_lengths.min() < 1 or mask_or_lengths.max() > T):
+            raise ValueError(
+                f"lengths must be in [1, T={T}], got range "
+                f"[{int(mask_or_lengths.min())}, {int(mask_or_lengths.max())}]"
+            )
+        return positions[None, :] < mask_or_lengths[:, None]
+
+    def forward(self, tokens: torch.Tensor, mask_or_lengths: torch.Tensor) -> torch.Tensor:
+        """Return the energies ``E_psi(x)``, ``FloatTensor[B]`` in nats.
+
+        :param tokens: ``LongTensor[B, T]``, see :meth:`valid_positions`.
+        :param mask_or_lengths: ``BoolTensor[B, T]`` or ``LongTensor[B]``, see
+            :meth:`valid_positions`. Pad positions are neither attended to nor
+            pooled, so the energy does not depend on the amount of padding.
+        :raises ValueError: see :meth:`valid_positions`.
+        """
+        valid = self.valid_positions(tokens, mask_or_lengths)
+        T = tokens.shape[1]
+        pos = torch.arange(T, device=tokens.device)
+        x = self.drop(self.wte(tokens) + self.wpe(pos)[None])
+        for block in self.blocks:
+            x = block(x, valid)
+        x = self.ln_f(x)  # (B, T, C)
+        if self.config.pooling == "mean":
+            w = valid.to(x.dtype)[:, :, None]
+            pooled = (x * w).sum(1) / w.sum(1)
+        else:  # "first"
+            pooled = x[:, 0]
+        return self.head(pooled).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------
+# Exact log q by ancestral scoring
+# ---------------------------------------------------------------------------
+
+
+def sequence_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Exact log-probability of each sequence under an AR policy (ancestral
+    scoring): ``log p(x) = Σ_{k: mask[:, k]} log_softmax(logits[:, k-1])[tokens[:, k]]``.
+
+    :param logits: ``FloatTensor[B, T, V]``; ``logits[:, k]`` is the next-token
+        distribution after ``tokens[:, :k+1]`` (a causal policy's output).
+    :param tokens: ``LongTensor[B, T]``, ``[bos, x_1..x_n, eos, pad...]``.
+    :param mask: ``BoolTensor[B, T]``, True at predicted positions
+        (``x_1..x_n, eos``); column 0 must be False (nothing predicts the bos).
+    :returns: ``FloatTensor[B]`` in nats (float32 or wider), differentiable
+        w.r.t. ``logits``.
+    :raises ValueError: on mismatched shapes, wrong dtypes or a True mask at
+        column 0.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
+    if tokens.shape != logits.shape[:2] or tokens.dtype != torch.long:
+        raise ValueError(
+            f"tokens must be a LongTensor of shape {tuple(logits.shape[:2])}, got {tokens.dtype} "
+            f"of shape {tuple(tokens.shape)}"
+        )
+    if mask.shape != tokens.shape or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be a BoolTensor of shape {tuple(tokens.shape)}, got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+    if mask[:, 0].any():
+        raise ValueError("mask[:, 0] must be False: position 0 holds bos, which no logits predict")
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16/fp16 -> fp32; fp64 stays
+    logp = F.log_softmax(logits[:, :-1].to(dtype), dim=-1)  # (B, T-1, V)
+    token_logp = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    token_logp = torch.where(mask[:, 1:], token_logp, torch.zeros_like(token_logp))
+    return token_logp.sum(dim=1)
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+
+def _check_1d(name: str, x: torch.Tensor) -> None:
+    if not torch.is_tensor(x) or x.dim() != 1 or not x.is_floating_point():
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{name} must be a 1-D float tensor, got {shape}")
+
+
+def _expectation(values: torch.Tensor, weights: torch.Tensor | None, name: str) -> torch.Tensor:
+    """Mean of ``values`` (Monte Carlo) or ``Σ weights * values`` (exact)."""
+    if weights is None:
+        return values.mean()
+    if weights.shape != values.shape:
+        raise ValueError(f"{name} must have shape {tuple(values.shape)}, got {tuple(weights.shape)}")
+    total = float(weights.sum())
+    if (weights < 0).any() or abs(total - 1.0) > 1e-4:
+        raise ValueError(f"{name} must be non-negative and sum to 1, got sum {total:.6f}")
+    return (weights.to(values.dtype) * values).sum()
+
+
+def binary_nce_loss(
+    energy_data: torch.Tensor,
+    energy_noise: torch.Tensor,
+    energy_snapshot_data: torch.Tensor,
+    energy_snapshot_noise: torch.Tensor,
+    c: torch.Tensor | float,
+    nu: float,
+    data_weights: torch.Tensor | None = None,
+    noise_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Binary NCE loss with a snapshot noise distribution (METHODS.md §3)::
+
+        h(x) = -E_theta(x) + E_theta_s(x) - c - log nu
+        L    = -E_{x~data}[log σ(h(x))] - nu · E_{x~p_theta_s}[log(1 - σ(h(x)))]
+
+    ``σ(h)`` is the posterior probability that ``x`` is data when data and noise
+    are mixed 1 : nu; ``E_theta_s = -log p_theta_s + const`` is the energy of
+    the noise distribution and ``c`` the learned log-normaliser difference
+    (``log Z_theta - log Z_theta_s``). ``log(1 - σ(h)) = logsigmoid(-h)``.
+
+    Source: Gutmann & Hyvärinen, "Noise-contrastive estimation of unnormalized
+    statistical models", JMLR 2012 (the objective with noise ratio nu); with the noise a
+    frozen snapshot of the model, Xu, arXiv 2211.02650 -- [recon, standard]:
+    the formula is METHODS.md's reconstruction.
+
+    Estimator: each expectation is a mean over the samples given (or a weighted
+    sum, see ``*_weights``). With ``M = nu·B`` noise samples this equals the
+    classical sum form ``-(1/B)[Σ_data log σ(h) + Σ_noise log(1-σ(h))]``; any
+    other ``M`` estimates the same objective. The snapshot energies are
+    detached (the noise distribution is fixed by definition).
+
+    :param energy_data: ``FloatTensor[B]``, ``E_theta`` on data samples (nats).
+    :param energy_noise: ``FloatTensor[M]``, ``E_theta`` on noise samples.
+    :param energy_snapshot_data: ``FloatTensor[B]``, ``E_theta_s`` on data samples.
+    :param energy_snapshot_noise: ``FloatTensor[M]``, ``E_theta_s`` on noise samples.
+    :param c: scalar tensor (learnable) or float, nats.
+    :param nu: noise ratio, ``nu > 0``.
+    :param data_weights: optional ``FloatTensor[B]`` of probabilities (>= 0,
+        sum 1): the data expectation becomes ``Σ w·(...)`` -- for exact
+        expectations by enumeration, or importance weights. [recon]
+    :param noise_weights: optional ``FloatTensor[M]``, the same for noise.
+    :returns: ``(loss, metrics)``: scalar loss tensor (nats) and floats
+        ``loss``, ``accuracy`` (fraction of all B + M samples classified
+        correctly: data ``h > 0``, noise ``h < 0``), ``accuracy_data``,
+        ``accuracy_noise``, ``energy_data``, ``energy_noise`` (mean ``E_theta``).
+    :raises ValueError: on non-1-D or mismatched shapes, ``nu <= 0``, empty
+        batches, a non-scalar ``c`` or bad weights.
+    """
+    for name, x in (
+        ("energy_data", energy_data),
+        ("energy_noise", energy_noise),
+        ("energy_snapshot_data", energy_snapshot_data),
+        ("energy_snapshot_noise", energy_snapshot_noise),
+    ):
+        _check_1d(name, x)
+    if energy_snapshot_data.shape != energy_data.shape:
+        raise ValueError(
+            f"energy_snapshot_data shape {tuple(energy_snapshot_data.shape)} must equal "
+            f"energy_data shape {tuple(energy_data.shape)}"
+        )
+    if energy_snapshot_noise.shape != energy_noise.shape:
+        raise ValueError(
+            f"energy_snapshot_noise shape {tuple(energy_snapshot_noise.shape)} must equal "
+            f"energy_noise shape {tuple(energy_noise.shape)}"
+        )
+    if energy_data.numel() == 0 or energy_noise.numel() == 0:
+        raise ValueError(
+            f"need at least one data and one noise sample, got {energy_data.numel()} and {energy_noise.numel()}"
+        )
+    if not nu > 0:
+        raise ValueError(f"noise ratio nu must be > 0, got {nu!r}")
+    if torch.is_tensor(c) and c.numel() != 1:
+        raise ValueError(f"c must be a scalar, got shape {tuple(c.shape)}")
+
+    log_nu = math.log(nu)
+    h_data = -energy_data + energy_snapshot_data.detach() - c - log_nu
+    h_noise = -energy_noise + energy_snapshot_noise.detach() - c - log_nu
+    loss = -_expectation(F.logsigmoid(h_data), data_weights, "data_weights") - nu * _expectation(
+        F.logsigmoid(-h_noise), noise_weights, "noise_weights"
+    )
+
+    with torch.no_grad():
+        correct_data = (h_data > 0).float()
+        correct_noise = (h_noise < 0).float()
+        metrics = {
+            "loss": float(loss),
+            "accuracy": float((correct_data.sum() + correct_noise.sum()) / (h_data.numel() + h_noise.numel())),
+            "accuracy_data": float(correct_data.mean()),
+            "accuracy_noise": float(correct_noise.mean()),
+            "energy_data": float(energy_data.mean()),
+            "energy_noise": float(energy_noise.mean()),
+        }
+    return loss, metrics
+
+
+def residual_nce_loss(
+    critic_energy_data: torch.Tensor,
+    critic_energy_noise: torch.Tensor,
+    c: torch.Tensor | float,
+    nu: float,
+    data_weights: torch.Tensor | None = None,
+    noise_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Binary NCE for the residual critic, noise = the policy snapshot itself.
+
+    The residual model is ``p_theta(x) = p_s(x) exp(-E_psi(x)) / Z_psi`` with
+    ``p_s`` the (frozen) policy snapshot, i.e. energy
+    ``E_theta(x) = -log p_s(x) + E_psi(x)``; the noise distribution is the
+    same ``p_s``, energy ``E_theta_s(x) = -log p_s(x)``. In
+    :func:`binary_nce_loss` the policy terms cancel exactly::
+
+        h(x) = -E_theta(x) + E_theta_s(x) - c - log nu
+             = (log p_s(x) - E_psi(x)) - log p_s(x) - c - log nu
+             = -E_psi(x) - c - log nu
+
+    so neither sample needs ``log p_s``. At the optimum (enough capacity,
+    consistent NCE) ``exp(-E_psi(x) - c) = p_data(x) / p_s(x)`` and
+    ``c = log Z_psi = log E_{p_s}[exp(-E_psi)]``. With ``c = 0, nu = 1`` this
+    is Deng et al.'s classifier loss
+    ``-E_data[log σ(-E)] - E_LM[log σ(E)]`` (Residual EBM, ICLR 2020) [paper],
+    where ``E`` absorbs the constant.
+
+    [recon] The reduction and the learned ``c`` / noise ratio ``nu`` are ours;
+    ``p_s`` must be the same snapshot that drew the noise samples.
+
+    :param critic_energy_data: ``FloatTensor[B]``, ``E_psi`` on data (nats).
+    :param critic_energy_noise: ``FloatTensor[M]``, ``E_psi`` on snapshot samples.
+    :param c: scalar tensor or float (``SequenceCritic.log_normalizer``).
+    :param nu: noise ratio, ``nu > 0``.
+    :param data_weights: optional probabilities, see :func:`binary_nce_loss`.
+    :param noise_weights: optional probabilities, see :func:`binary_nce_loss`.
+    :returns: ``(loss, metrics)`` as :func:`binary_nce_loss`; the energy metrics
+        are the critic energies ``E_psi``.
+    :raises ValueError: as :func:`binary_nce_loss`.
+    """
+    _check_1d("critic_energy_data", critic_energy_data)
+    _check_1d("critic_energy_noise", critic_energy_noise)
+    return binary_nce_loss(
+        critic_energy_data,
+        critic_energy_noise,
+        torch.zeros_like(critic_energy_data),
+        torch.zeros_like(critic_energy_noise),
+        c,
+        nu,
+        data_weights,
+        noise_weights,
+    )
+
+
+def ranking_nce_loss(
+    scores_data: torch.Tensor,
+    scores_noise: torch.Tensor,
+    log_q_data: torch.Tensor,
+    log_q_noise: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Ranking NCE: pick the data sample out of ``K + 1`` candidates.
+
+    With ``y_0`` from data and ``y_1..y_K`` from the noise distribution ``q``::
+
+        L = -E[ log softmax_k( s(y_k) - log q(y_k) )[0] ]
+
+    ``s(y) = -E(y)`` is the model's unnormalised log-probability (score). The
+    objective is consistent without self-normalisation: no ``c`` is needed
+    (Ma & Collins, "Noise Contrastive Estimation and Negative Sampling for
+    Conditional Models: Consistency and Statistical Efficiency", EMNLP 2018,
+    the ranking objective) [paper]. For the residual critic
+    (``s = log p_s - E_psi``, ``q = p_s``) pass ``scores = -E_psi`` and
+    ``log_q = 0``, since only ``s - log q`` enters.
+
+    :param scores_data: ``FloatTensor[B]``, ``s(y_0)`` in nats.
+    :param scores_noise: ``FloatTensor[B, K]``, ``s(y_k)``, K >= 1.
+    :param log_q_data: ``FloatTensor[B]``, ``log q(y_0)`` (exact, by ancestral
+        scoring of the snapshot).
+    :param log_q_noise: ``FloatTensor[B, K]``, ``log q(y_k)``.
+    :returns: ``(loss, metrics)``: scalar loss (nats, mean over B) and floats
+        ``loss`` and ``accuracy`` (fraction of rows where the data sample has
+        the strictly largest ``s - log q``).
+    :raises ValueError: on mismatched shapes or ``K < 1``.
+    """
+    _check_1d("scores_data", scores_data)
+    _check_1d("log_q_data", log_q_data)
+    B = scores_data.shape[0]
+    if B == 0:
+        raise ValueError("need at least one data sample, got B=0")
+    if log_q_data.shape != (B,):
+        raise ValueError(f"log_q_data must have shape ({B},), got {tuple(log_q_data.shape)}")
+    if scores_noise.dim() != 2 or scores_noise.shape[0] != B or scores_noise.shape[1] < 1:
+        raise ValueError(f"scores_noise must have shape ({B}, K) with K >= 1, got {tuple(scores_noise.shape)}")
+    if log_q_noise.shape != scores_noise.shape:
+        raise ValueError(
+            f"log_q_noise must have the shape of scores_noise {tuple(scores_noise.shape)}, got {tuple(log_q_noise.shape)}"
+        )
+    logits = torch.cat(
+        [(scores_data - log_q_data)[:, None], scores_noise - log_q_noise], dim=1
+    )  # (B, K+1), column 0 is the data sample
+    loss = -F.log_softmax(logits, dim=1)[:, 0].mean()
+    with torch.no_grad():
+        best_noise = logits[:, 1:].max(dim=1).values
+        metrics = {"loss": float(loss), "accuracy": float((logits[:, 0] > best_noise).float().mean())}
+    return loss, metrics
+
+
+def self_adapting_nce_loss(
+    logp_model_data: torch.Tensor,
+    logp_model_noise: torch.Tensor,
+    logp_snapshot_data: torch.Tensor,
+    logp_snapshot_noise: torch.Tensor,
+    c: torch.Tensor | float,
+    nu: float,
+    data_weights: torch.Tensor | None = None,
+    noise_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Self-adapting NCE for the AR policy read as an EBM (Xu, arXiv 2211.02650).
+
+    Energy ``E_theta(x) = -log p_theta(x)`` (exact, :func:`sequence_log_prob`);
+    noise = a frozen snapshot ``theta_s`` of the same policy, refreshed every K
+    steps (:class:`SnapshotNoise`), with samples by ancestral sampling and
+    exact ``log q = log p_theta_s`` by ancestral scoring. Then
+    :func:`binary_nce_loss` reads::
+
+        h(x) = log p_theta(x) - log p_theta_s(x) - c - log nu
+
+    Snapshot log-probabilities are detached. [paper] algorithm; the loss is
+    METHODS.md's [recon, standard] form. Since ``p_theta`` is normalised, the
+    optimal ``c`` is 0; keeping it learnable is harmless.
+
+    **K = 1 gives half the maximum-likelihood gradient** [paper: claim;
+    derivation and conditions recon]. With ``θ_s = θ`` (snapshot values equal
+    to the current ones, detached), ``h(x) = -c - log nu =: a`` is a constant.
+    Using ``d/dh log σ(h) = 1 - σ(h)`` and ``d/dh log(1 - σ(h)) = -σ(h)``::
+
+        ∇_θ L = -(1 - σ(a)) E_data[∇ log p_θ(x)] + nu σ(a) E_{p_θ}[∇ log p_θ(x)]
+
+    For a normalised model the score has zero mean under its own samples,
+    ``E_{p_θ}[∇ log p_θ] = ∇ Σ_x p_θ(x) = 0``, so
+    ``∇_θ L = (1 - σ(a)) ∇_θ NLL`` with ``NLL = -E_data[log p_θ]``:
+
+    - ``c = 0, nu = 1``: ``a = 0``, ``σ(a) = 1/2`` -> exactly half the ML gradient;
+    - in general the factor is ``1 - σ(-c - log nu) = nu e^c / (1 + nu e^c)``:
+      half iff ``c + log nu = 0``; ``nu/(1+nu)`` at ``c = 0``.
+
+    For an unnormalised EBM (``∇ log p̃ = -∇E``) the same algebra gives
+    ``(1-σ(a)) E_data[∇E] - nu σ(a) E_{p_θ}[∇E]``, proportional to the ML
+    gradient ``E_data[∇E] - E_{p_θ}[∇E]`` iff ``nu σ(a) = 1 - σ(a)``, i.e.
+    ``c = 0``; the factor is then ``nu/(1+nu)`` (half at ``nu = 1``). The
+    identity holds for exact expectations; with samples the noise term is a
+    zero-mean estimate that adds variance.
+
+    :param logp_model_data: ``FloatTensor[B]``, ``log p_theta`` on data (nats).
+    :param logp_model_noise: ``FloatTensor[M]``, ``log p_theta`` on snapshot samples.
+    :param logp_snapshot_data: ``FloatTensor[B]``, ``log p_theta_s`` on data.
+    :param logp_snapshot_noise: ``FloatTensor[M]``, ``log p_theta_s`` on snapshot samples.
+    :param c: scalar tensor or float (nats).
+    :param nu: noise ratio, ``nu > 0``.
+    :param data_weights: optional probabilities, see :func:`binary_nce_loss`.
+    :param noise_weights: optional probabilities, see :func:`binary_nce_loss`.
+    :returns: ``(loss, metrics)`` as :func:`binary_nce_loss`; ``energy_data``
+        and ``energy_noise`` are the mean NLLs ``-log p_theta`` (nats per sequence).
+    :raises ValueError: as :func:`binary_nce_loss`.
+    """
+    for name, x in (
+        ("logp_model_data", logp_model_data),
+        ("logp_model_noise", logp_model_noise),
+        ("logp_snapshot_data", logp_snapshot_data),
+        ("logp_snapshot_noise", logp_snapshot_noise),
+    ):
+        _check_1d(name, x)
+    return binary_nce_loss(
+        -logp_model_data,
+        -logp_model_noise,
+        -logp_snapshot_data,
+        -logp_snapshot_noise,
+        c,
+        nu,
+        data_weights,
+        noise_weights,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The self-adapting noise distribution: a frozen snapshot of the policy
+# ---------------------------------------------------------------------------
+
+
+def _check_step(step) -> None:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+
+
+class SnapshotNoise:
+    """The self-adapting noise distribution: a frozen deep copy of the policy,
+    refreshed every ``refresh_every`` (K) training steps (Xu, arXiv
+    2211.02650 [paper]; shorter K gave better samples).
+
+    Refresh rule [recon]: the first call to :meth:`maybe_refresh` always takes
+    a snapshot; afterwards one is taken whenever ``step`` reaches a new multiple
+    of K (``step // K > last_refresh_step // K``). Called at steps 0, 1, 2, ...
+    this refreshes at 0, K, 2K, ...; skipped steps do not shift the schedule.
+
+    The snapshot is in eval mode (dropout off, so its log-probabilities are the
+    exact ``log q``) with ``requires_grad=False`` on every parameter. Pass the
+    bare policy, not a DDP wrapper (``ddp_model.module``).
+
+    :param refresh_every: K >= 1 (K = 1: the snapshot is the current policy).
+    :raises ValueError: if ``refresh_every`` is not an int >= 1.
+    """
+
+    def __init__(self, refresh_every: int):
+        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
+            raise ValueError(f"refresh_every (K) must be an int >= 1, got {refresh_every!r}")
+        self.refresh_every = refresh_every
+        self._module: nn.Module | None = None
+        self._last_refresh_step: int | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        """The frozen snapshot ``nn.Module`` (eval mode, no gradients).
+
+        :raises RuntimeError: before the first refresh.
+        """
+        if self._module is None:
+            raise RuntimeError("SnapshotNoise has no snapshot yet: call maybe_refresh(model, step) first")
+        return self._module.eval()
+
+    @property
+    def last_refresh_step(self) -> int | None:
+        """Training step of the current snapshot, or None before the first."""
+        return self._last_refresh_step
+
+    def refresh(self, model: nn.Module, step: int) -> None:
+        """Replace the snapshot by a frozen deep copy of ``model`` now.
+
+        :raises ValueError: if ``model`` is not an ``nn.Module`` or ``step`` is
+            negative or earlier than the last refresh.
+        """
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        _check_step(step)
+        if self._last_refresh_step is not None and step < self._last_refresh_step:
+            raise ValueError(f"step {step} is earlier than the last refresh step {self._last_refresh_step}")
+        snapshot = copy.deepcopy(model)
+        snapshot.eval()
+        for p in snapshot.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self._module = snapshot
+        self._last_refresh_step = step
+
+    def maybe_refresh(self, model: nn.Module, step: int) -> bool:
+        """Refresh the snapshot if the schedule says so; return whether it did.
+
+        :param model: the current policy.
+        :param step: the current training step, non-decreasing across calls.
+        :raises ValueError: on a negative or decreasing ``step`` or a non-module.
+        """
+        _check_step(step)
+        last = self._last_refresh_step
+        if last is not None and step < last:
+            raise ValueError(f"step {step} is earlier than the last refresh step {last}")
+        if last is None or step // self.refresh_every > last // self.refresh_every:
+            self.refresh(model, step)
+            return True
+        return False
+
+    def age(self, step: int) -> int:
+        """Number of steps since the snapshot was taken (0 right after a refresh).
+
+        :raises RuntimeError: before the first refresh.
+        :raises ValueError: on a negative step or one before the last refresh.
+        """
+        _check_step(step)
+        if self._last_refresh_step is None:
+            raise RuntimeError("SnapshotNoise has no snapshot yet: call maybe_refresh(model, step) first")
+        if step < self._last_refresh_step:
+            raise ValueError(f"step {step} is earlier than the last refresh step {self._last_refresh_step}")
+        return step - self._last_refresh_step
+
+    def state_dict(self) -> dict:
+        """Checkpointable state: K, the refresh step and the snapshot's weights."""
+        return {
+            "refresh_every": self.refresh_every,
+            "last_refresh_step": self._last_refresh_step,
+            "module": None if self._module is None else self._module.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict, model: nn.Module) -> None:
+        """Restore from :meth:`state_dict`, so that a resumed run keeps the same
+        noise distribution. ``model`` is any module of the policy's
+        architecture; it is copied, not modified.
+
+        :raises ValueError: if ``state`` lacks a key or has a bad K.
+        """
+        missing = {"refresh_every", "last_refresh_step", "module"} - set(state)
+        if missing:
+            raise ValueError(f"SnapshotNoise state is missing keys {sorted(missing)}")
+        k = state["refresh_every"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"refresh_every (K) must be an int >= 1, got {k!r}")
+        self.refresh_every = k
+        self._module, self._last_refresh_step = None, None
+        if state["module"] is not None:
+            self.refresh(model, state["last_refresh_step"])
+            self._module.load_state_dict(state["module"])
+
+
+# ---------------------------------------------------------------------------
+# Reranking by sampling-importance-resampling
+# ---------------------------------------------------------------------------
+
+
+def importance_resample(
+    energies: torch.Tensor,
+    generator: torch.Generator | None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampling-importance-resampling (SIR) among C candidates per row.
+
+    The candidates of a row are C samples from the policy (the proposal);
+    drawing one with importance weight ``w_j ∝ exp(-E(x_j) / temperature)``
+    approximately samples the residual model ``p_policy(x) exp(-E(x))``,
+    exactly as ``C -> ∞`` (Deng et al., Residual EBM, ICLR 2020, generation by
+    resampling [paper]). The effective sample size of the self-normalised weights is
+    ``ESS = (Σ w)^2 / Σ w^2`` in ``[1, C]`` (Kish). ``temperature != 1``
+    samples ``∝ p_policy exp(-E/T)`` [recon].
+
+    :param energies: ``FloatTensor[N, C]``, energy of each candidate (nats);
+        ``+inf`` gives weight 0, but each row needs one finite value.
+    :param generator: ``torch.Generator`` on the energies' device, or None for
+        the global RNG.
+    :param temperature: ``> 0``.
+    :returns: ``(indices, ess)``: ``LongTensor[N]`` chosen candidate per row,
+        ``FloatTensor[N]`` effective sample size.
+    :raises ValueError: on a non-2-D, non-float or empty tensor, NaN or ``-inf``
+        energies, a row with no finite energy, or ``temperature <= 0``.
+    """
+    if energies.dim() != 2 or energies.numel() == 0 or not energies.is_floating_point():
+        raise ValueError(
+            f"energies must be a float tensor [N, C] with N, C >= 1, got {energies.dtype} of shape {tuple(energies.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if torch.isnan(energies).any() or (energies == -math.inf).any():
+        raise ValueError("energies must not contain NaN or -inf")
+    if not torch.isfinite(energies).any(dim=1).all():
+        raise ValueError("every row of energies needs at least one finite energy")
+    log_w = -energies / temperature  # (N, C), log importance weights
+    probs = torch.softmax(log_w, dim=1)
+    indices = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    ess = torch.exp(2 * torch.logsumexp(log_w, dim=1) - torch.logsumexp(2 * log_w, dim=1))
+    return indices, ess
