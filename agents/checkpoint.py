@@ -1,0 +1,108 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, checked.
+
+A checkpoint is a dict of tensors and plain Python values:
+
+==================  =========================================================
+key                 content
+==================  =========================================================
+``format``          :data:`FORMAT` (rejects foreign files)
+``agent``           the learner's name (``mle``, ``sequencematch``, ...)
+``task``            ``Task.spec()``: name, tokenizer dict, max_length
+``policy_config``   ``PolicyConfig.to_dict()``
+``model``           the policy's ``state_dict``
+``config``          the run's ``TrainConfig`` as a dict
+``step``            optimiser steps done
+``optimizer``,      their ``state_dict``\\ s (resume)
+``scheduler``
+``rng``             torch CPU RNG, data and rollout generators (resume)
+``learner``         extra learner state (critic, snapshot, ...) or ``{}``
+==================  =========================================================
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqenv.tasks import Task
+from seqenv.tokenizers import tokenizer_from_dict
+
+FORMAT = "seqenv-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or incompatible with the request."""
+
+
+def save_checkpoint(state: dict, path: "str | os.PathLike") -> None:
+    """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    A crash mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, **state}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(..., weights_only=True)``.
+
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises CheckpointError: if the file is not a readable seqenv checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file: {e}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{str(path)!r} is not a seqenv checkpoint (format {got!r}, expected {FORMAT!r})")
+    missing = [k for k in ("agent", "task", "policy_config", "model") if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
+    return state
+
+
+def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> None:
+    """Raise unless ``task`` tokenizes like the task the checkpoint was trained on.
+
+    Same tokenizer is what matters (a model reads ids); a different task name
+    with the same tokenizer (e.g. ``file:`` corpora over the same characters)
+    is allowed.
+
+    :raises CheckpointError: naming both tasks when the tokenizers differ or the
+        task's ``max_length`` exceeds the model's ``block_size - 1``.
+    """
+    spec = state["task"]
+    if tokenizer_from_dict(spec["tokenizer"]) != task.tokenizer:
+        raise CheckpointError(
+            f"{path} was trained on task {spec['name']!r} with a different tokenizer than task "
+            f"{task.name!r} (vocab {tokenizer_from_dict(spec['tokenizer']).vocab_size} vs "
+            f"{task.tokenizer.vocab_size}); use the checkpoint's task or retrain"
+        )
+    block = state["policy_config"]["block_size"]
+    if task.max_length + 1 > block:
+        raise CheckpointError(
+            f"task {task.name!r} has max_length {task.max_length} but the model in {path} handles states of at "
+            f"most {block - 1} tokens"
+        )

@@ -1,0 +1,242 @@
+"""Batched generation through :class:`seqenv.vector_env.SeqGenVectorEnv`.
+
+The policy acts in the environment on the training device: one KV-cache for
+the whole batch, one batched sampling step and one vectorised env step per
+action, no Python loop over environments. A ``backspace`` is applied by the
+env (the state shrinks) and by the cache (a rollback: the stored logits of the
+shorter prefix are reused, no compute).
+
+Every environment plays exactly one episode; rows whose episode ended are
+inactive (their cache is frozen) until the slowest row ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from seqenv.tasks import Task
+from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID
+
+from .data import collate
+from .sequencematch import TrajectoryBatch
+
+
+@dataclass
+class RolloutResult:
+    """One episode per environment.
+
+    :param actions: LongTensor ``[N, S]``, the actions taken (``pad`` after the
+        episode's end); ``S`` = the longest episode.
+    :param log_probs: FloatTensor ``[N, S]``, log-probability (nats) of each
+        action under the *sampling* distribution (mask, temperature, top-k,
+        top-p applied); 0 after the end.
+    :param num_actions: LongTensor ``[N]``, actions in each episode.
+    :param tokens: LongTensor ``[N, L]``, the final states (prompt + generated,
+        backspaces applied, ``pad`` after ``lengths``).
+    :param lengths: LongTensor ``[N]``, final state lengths (prompt included).
+    :param prompt_lengths: LongTensor ``[N]``.
+    :param terminated: BoolTensor ``[N]`` (ended by ``eos``); ``truncated`` the rest.
+    :param action_masks: BoolTensor ``[N, S, V]`` legal actions at each step,
+        or ``None`` unless requested.
+    """
+
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    num_actions: torch.Tensor
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    prompt_lengths: torch.Tensor
+    terminated: torch.Tensor
+    action_masks: Optional[torch.Tensor] = None
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        return ~self.terminated
+
+    def sequences(self) -> list[list[int]]:
+        """Generated tokens of each final state (prompt and ``eos`` excluded)."""
+        toks, lens, plens = self.tokens.tolist(), self.lengths.tolist(), self.prompt_lengths.tolist()
+        return [row[p:n] for row, p, n in zip(toks, plens, lens)]
+
+    def prompts(self) -> list[list[int]]:
+        toks, plens = self.tokens.tolist(), self.prompt_lengths.tolist()
+        return [row[:p] for row, p in zip(toks, plens)]
+
+    def action_lists(self) -> list[list[int]]:
+        """Each episode's action history (backspaces included, ``eos`` last if terminated)."""
+        acts, n = self.actions.tolist(), self.num_actions.tolist()
+        return [row[:k] for row, k in zip(acts, n)]
+
+    def to_batch(self, width: Optional[int] = None) -> TrajectoryBatch:
+        """The episodes as policy input (see :func:`agents.data.collate`)."""
+        return collate(self.action_lists(), self.prompts(), device=self.actions.device, width=width)
+
+
+def sample_actions(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one action per row from masked, tempered, top-k/top-p logits.
+
+    :param logits: FloatTensor ``[N, V]``.
+    :param mask: BoolTensor ``[N, V]``, True = legal; every row needs one.
+    :param temperature: > 0; ``0`` is not allowed (use a small value for greedy).
+    :param top_k: keep the ``k`` most likely legal actions (``None`` = all).
+    :param top_p: nucleus: keep the smallest set with probability >= ``p``.
+    :return: (actions LongTensor ``[N]``, log-probs FloatTensor ``[N]`` under
+        the sampling distribution).
+    :raises ValueError: on a non-positive temperature, ``top_k < 1`` or
+        ``top_p`` outside ``(0, 1]``.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    x = logits.float() / temperature
+    x = x.masked_fill(~mask, float("-inf"))
+    if top_k is not None and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[:, -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = sorted_x.softmax(-1)
+        # drop a token if the mass before it already reaches top_p (always keeps the first)
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    logp = x.log_softmax(-1)
+    actions = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return actions, logp.gather(-1, actions[:, None]).squeeze(-1)
+
+
+def make_vector_env(task: Task, num_envs: int, device: "torch.device | str", **kwargs):
+    """A :class:`~seqenv.vector_env.SeqGenVectorEnv` for rollouts (action validation off)."""
+    from seqenv.vector_env import SeqGenVectorEnv
+
+    kwargs.setdefault("validate_actions", False)
+    return SeqGenVectorEnv(task=task, num_envs=num_envs, device=device, **kwargs)
+
+
+@torch.no_grad()
+def rollout(
+    policy,
+    venv,
+    *,
+    seed: Optional[int] = None,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
+    store_masks: bool = False,
+) -> RolloutResult:
+    """Play one episode in each of ``venv``'s environments with ``policy``.
+
+    :param policy: a :class:`~agents.model.TransformerPolicy` (or a DDP wrapper
+        of one) on ``venv.device``; its ``block_size`` must be at least the
+        env's ``max_length + 1``.
+    :param venv: a ``SeqGenVectorEnv``; it is reset (with ``seed``) first.
+    :param generator: ``torch.Generator`` on the env's device for sampling.
+    :return: :class:`RolloutResult` on the env's device.
+    """
+    policy = getattr(policy, "module", policy)
+    was_training = policy.training
+    policy.eval()
+    try:
+        obs, info = venv.reset(seed=seed)
+        N = venv.num_envs
+        device = obs["tokens"].device
+        state_len = obs["length"].reshape(N)
+        prompt_len = obs["prompt_length"].reshape(N)
+        L = obs["tokens"].shape[1]
+        if policy.config.block_size < L + 1:
+            raise ValueError(
+                f"policy block_size {policy.config.block_size} < env max_length + 1 = {L + 1}: "
+                "the policy cannot read the longest state"
+            )
+        inp = torch.cat([torch.full((N, 1), BOS_ID, dtype=torch.long, device=device), obs["tokens"]], 1)
+        cache, logits = policy.prefill(inp, state_len + 1)
+
+        max_steps = int(getattr(venv, "max_episode_steps", 4 * L))
+        actions = torch.full((N, max_steps), PAD_ID, dtype=torch.long, device=device)
+        log_probs = torch.zeros((N, max_steps), device=device)
+        masks = [] if store_masks else None
+        done = torch.zeros(N, dtype=torch.bool, device=device)
+        terminated = torch.zeros(N, dtype=torch.bool, device=device)
+        num_actions = torch.zeros(N, dtype=torch.long, device=device)
+        final_tokens = obs["tokens"].clone()
+        final_len = state_len.clone()
+        eos = torch.full((N,), EOS_ID, dtype=torch.long, device=device)
+        for t in range(max_steps):
+            mask = info["action_mask"]
+            a, lp = sample_actions(logits, mask, temperature, top_k, top_p, generator)
+            a = torch.where(done, eos, a)  # finished rows: any action, ignored by the autoreset
+            active = ~done
+            actions[:, t] = torch.where(active, a, PAD_ID)
+            log_probs[:, t] = torch.where(active, lp, 0.0)
+            if masks is not None:
+                masks.append(mask & active[:, None])
+            obs, _, term, trunc, info = venv.step(a)
+            ended = active & (term | trunc)
+            num_actions += active.long()
+            terminated |= ended & term
+            final_tokens = torch.where(ended[:, None], obs["tokens"], final_tokens)
+            final_len = torch.where(ended, obs["length"].reshape(N), final_len)
+            done = done | ended
+            if bool(done.all()):
+                break
+            logits = policy.decode_step(cache, a, active=~done)
+        S = int(num_actions.max())
+        return RolloutResult(
+            actions=actions[:, :S],
+            log_probs=log_probs[:, :S],
+            num_actions=num_actions,
+            tokens=final_tokens,
+            lengths=final_len,
+            prompt_lengths=prompt_len,
+            terminated=terminated,
+            action_masks=torch.stack(masks, 1)[:, :S] if masks is not None else None,
+        )
+    finally:
+        policy.train(was_training)
+
+
+def generate(
+    policy,
+    task: Task,
+    num_samples: int,
+    *,
+    batch_size: int = 256,
+    device: "torch.device | str" = "cpu",
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    env_kwargs: Optional[dict] = None,
+) -> list[RolloutResult]:
+    """Generate ``num_samples`` episodes in batches of at most ``batch_size``.
+
+    Deterministic for a given ``seed`` (env resets and sampling generator).
+    :return: one :class:`RolloutResult` per batch.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    done = 0
+    while done < num_samples:
+        n = min(batch_size, num_samples - done)
+        venv = make_vector_env(task, n, device, **(env_kwargs or {}))
+        out.append(rollout(policy, venv, seed=seed + done, temperature=temperature, top_k=top_k, top_p=top_p,
+                           generator=gen))
+        venv.close()
+        done += n
+    return out

@@ -1,0 +1,386 @@
+"""The training loop shared by every learner.
+
+One :class:`TrainConfig` per run (saved as ``config.json`` in the run
+directory); AdamW with linear warm-up and cosine decay, gradient clipping,
+bf16 autocast on CUDA; TensorBoard under stable tags (``train/loss``,
+``train/lr``, ``train/tokens_per_s``, ``train/grad_norm``, the learner's own
+terms under ``train/…``, rollout statistics under ``rollout/…``, evaluation
+under ``eval/…``); a tqdm progress bar; a checkpoint written atomically every
+``ckpt_every`` steps and at the end; ``resume=True`` continues a killed run
+from ``<logdir>/checkpoint.pt`` and reaches the same final state as an
+uninterrupted run with the same seed (model, optimiser, scheduler, every RNG
+and the step are restored). Under ``torchrun`` the policy is wrapped in
+PyTorch DDP (``gloo`` on CPU, ``nccl`` on CUDA); rank 0 logs, checkpoints and
+evaluates.
+
+A learner is any object with ``parameters()``, ``loss(demos, step) ->
+(loss, metrics)``, ``state_dict()`` and ``load_state_dict()``; see
+:func:`make_learner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from seqenv.tasks import make_task
+
+from .checkpoint import CheckpointError, check_task_compatible, load_checkpoint, save_checkpoint
+from .data import DemoSampler
+from .mle import MLEConfig, MLELearner
+from .model import PolicyConfig, TransformerPolicy
+
+AGENTS = ("mle",)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class ModelConfig:
+    """Size of the policy transformer (see :class:`agents.model.PolicyConfig`)."""
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as ``config.json``.
+
+    :param agent: the learner.
+    :param task: task name (``python-lines``, ``pydoc-text``, ``oracle-hmm``,
+        ``file:PATH``).
+    :param logdir: run directory (default ``runs/<agent>-<task>``).
+    :param init: checkpoint to warm-start the policy from (its architecture wins).
+    :param resume: continue the run in ``logdir`` from its checkpoint (the
+        saved config wins, except ``device``).
+    :param max_steps: optimiser steps.
+    :param device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``…
+    :param batch_size: demonstrations per step (per process under DDP).
+    :param lr: peak learning rate; ``min_lr_ratio`` × lr at the end of the
+        cosine; ``warmup_steps`` of linear warm-up.
+    :param ckpt_every: steps between checkpoints (and one at the end).
+    :param eval_every: steps between evaluations (0 = only at the end).
+    :param eval_samples: generated sequences per evaluation.
+    """
+
+    agent: Literal["mle"] = "mle"
+    task: str = "python-lines"
+    logdir: Optional[str] = None
+    init: Optional[str] = None
+    resume: bool = False
+    seed: int = 0
+    max_steps: int = 2000
+    device: str = "auto"
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    ckpt_every: int = 500
+    log_every: int = 20
+    eval_every: int = 0
+    eval_samples: int = 512
+    eval_temperature: float = 1.0
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mle: MLEConfig = field(default_factory=MLEConfig)
+
+    def __post_init__(self):
+        if self.agent not in AGENTS:
+            raise ValueError(f"unknown agent {self.agent!r}; valid agents: {', '.join(AGENTS)}")
+        for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.warmup_steps < 0:
+            raise ValueError(f"eval_every and warmup_steps must be >= 0, got {self.eval_every}, {self.warmup_steps}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+        if self.logdir is None:
+            self.logdir = os.path.join("runs", f"{self.agent}-{self.task.replace('/', '_').replace(':', '_')}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Rebuild from :meth:`to_dict` output (nested sections included)."""
+        kw = dict(d)
+        for f in dataclasses.fields(cls):
+            section = f.default_factory
+            if dataclasses.is_dataclass(section) and isinstance(kw.get(f.name), dict):
+                kw[f.name] = section(**kw[f.name])
+        return cls(**kw)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA (this process's local rank) when available, else CPU.
+
+    :raises ValueError: if CUDA is requested but not available.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return dev
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of the peak lr at a step: linear warm-up, then cosine to ``min_lr_ratio``."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def make_learner(cfg: TrainConfig, model, task, device, generator: torch.Generator):
+    """The learner named by ``cfg.agent``.
+
+    :raises ValueError: on an unknown agent (lists the valid ones).
+    """
+    if cfg.agent == "mle":
+        return MLELearner(model, cfg.mle, task.tokenizer.vocab_size, device, generator)
+    raise ValueError(f"unknown agent {cfg.agent!r}; valid agents: {', '.join(AGENTS)}")
+
+
+def _rng_state(generators: dict[str, torch.Generator]) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": repr(random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    state.update({f"gen/{k}": g.get_state() for k, g in generators.items()})
+    return state
+
+
+def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for k, g in generators.items():
+        if f"gen/{k}" in state:
+            g.set_state(state[f"gen/{k}"])
+
+
+def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (nanoGPT's grouping)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+
+
+class Trainer:
+    """Builds the task, policy, learner, optimiser and logger of one run.
+
+    :param cfg: the run's :class:`TrainConfig`.
+    :raises FileNotFoundError, CheckpointError: for a bad ``init`` checkpoint or
+        ``resume`` without one.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo"
+            dist.init_process_group(backend)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        self.logdir = Path(cfg.logdir)
+        self.ckpt_path = self.logdir / "checkpoint.pt"
+
+        resume_state = None
+        if cfg.resume:
+            resume_state = load_checkpoint(self.ckpt_path)  # FileNotFoundError names the path
+            saved = TrainConfig.from_dict(resume_state["config"])
+            saved.device, saved.resume, saved.progress = cfg.device, True, cfg.progress
+            cfg = saved
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed + self.rank)
+        np.random.seed(cfg.seed + self.rank)
+        random.seed(cfg.seed + self.rank)
+
+        self.task = make_task(cfg.task)
+        init_state = None
+        if cfg.init and resume_state is None:
+            init_state = load_checkpoint(cfg.init)
+            check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
+        source = resume_state or init_state
+        if source is not None:
+            pcfg = PolicyConfig.from_dict(source["policy_config"])
+        else:
+            pcfg = PolicyConfig(vocab_size=self.task.tokenizer.vocab_size, block_size=self.task.max_length + 1,
+                                **dataclasses.asdict(cfg.model))
+        self.policy = TransformerPolicy(pcfg).to(self.device)
+        if source is not None:
+            self.policy.load_state_dict(source["model"])
+        self.model = self.policy
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        self.generators = {
+            "data": torch.Generator().manual_seed(1000 * cfg.seed + self.rank),
+            "learner": torch.Generator().manual_seed(1000 * cfg.seed + 100 + self.rank),
+        }
+        self.data = DemoSampler(self.task, "train", self.generators["data"])
+        self.learner = make_learner(cfg, self.model, self.task, self.device, self.generators["learner"])
+        self.optimizer = _optimizer(self.learner.parameters(), cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.step = 0
+        if resume_state is not None:
+            self.optimizer.load_state_dict(resume_state["optimizer"])
+            self.scheduler.load_state_dict(resume_state["scheduler"])
+            self.learner.load_state_dict(resume_state.get("learner", {}))
+            _set_rng_state(resume_state["rng"], self.generators)
+            self.step = int(resume_state["step"])
+        self.writer = None
+        if self.is_main:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.logdir))
+
+    # ------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        return {
+            "agent": self.cfg.agent,
+            "task": self.task.spec(),
+            "policy_config": self.policy.config.to_dict(),
+            "model": self.policy.state_dict(),
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(self.generators),
+            "learner": self.learner.state_dict(),
+        }
+
+    def save(self) -> None:
+        """Write ``checkpoint.pt`` atomically (rank 0 only)."""
+        if self.is_main:
+            save_checkpoint(self.checkpoint_state(), self.ckpt_path)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                tag = k if k.split("/")[0] in ("train", "eval", "rollout") else f"train/{k}"
+                self.writer.add_scalar(tag, v, step)
+
+    # ------------------------------------------------------------------
+    def train(self, stop_at: Optional[int] = None) -> Optional[dict]:
+        """Run until ``max_steps`` (or ``stop_at``, to simulate a kill in tests).
+
+        :return: the final evaluation metrics (rank 0; ``None`` elsewhere and
+            when stopped early).
+        :raises NonFiniteLossError: if the loss stops being finite; nothing is
+            saved at that step, the last checkpoint stays.
+        """
+        cfg = self.cfg
+        end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
+        bar = None
+        if self.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.agent} on {cfg.task}", dynamic_ncols=True)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.model.train()
+        t_last, tokens_since = time.perf_counter(), 0
+        while self.step < end:
+            demos = self.data.sample(cfg.batch_size)
+            with autocast:
+                loss, metrics = self.learner.loss(demos, self.step)
+            finite = torch.isfinite(loss.detach()).float()
+            if self.distributed:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint "
+                    f"{str(self.ckpt_path)!r} is kept (lower --lr or check the data)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters() if self.learner_trains_policy
+                                                       else self.learner.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            tokens_since += int(metrics.pop("train/tokens", 0)) * self.world_size
+            if self.step % cfg.log_every == 0 or self.step == end:
+                now = time.perf_counter()
+                metrics.update({"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
+                                "train/grad_norm": float(grad_norm),
+                                "train/tokens_per_s": tokens_since / max(now - t_last, 1e-9)})
+                t_last, tokens_since = now, 0
+                self.log(metrics, self.step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            if bar is not None:
+                bar.update(1)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
+                self.save()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                self.evaluate()
+        if bar is not None:
+            bar.close()
+        if self.distributed:
+            dist.barrier()
+        if self.step < cfg.max_steps:
+            return None
+        metrics = self.evaluate() if self.is_main else None
+        if self.is_main and metrics is not None:
+            (self.logdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if self.writer is not None:
+            self.writer.flush()
+        return metrics
+
+    @property
+    def learner_trains_policy(self) -> bool:
+        return self.cfg.agent != "nce"
+
+    def evaluate(self) -> Optional[dict]:
+        """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL."""
+        if not self.is_main:
+            return None
+        from .evaluation import evaluate_policy
+
+        metrics = evaluate_policy(self.policy, self.task, num_samples=self.cfg.eval_samples, device=self.device,
+                                  seed=self.cfg.seed, temperature=self.cfg.eval_temperature)
+        self.log({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+        return metrics
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
