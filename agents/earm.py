@@ -1,0 +1,533 @@
+"""E-ARM: the autoregressive policy read as an energy-based model (METHODS.md §2).
+
+Source: Wang, Che, Li, Song, Pei, Bengio, Li, "Your Autoregressive Generative
+Model Can be Better If You Treat It as an Energy-Based One", arXiv 2206.12840.
+
+The module works on logits tensors only; it never calls a model. Whoever owns
+the model runs the forward passes and hands the logits in.
+
+Sequence batch layout (every function here)
+--------------------------------------------
+``tokens: LongTensor[B, T] = [bos, x_1, ..., x_n, eos, pad, ...]`` and
+``mask: BoolTensor[B, T]``, True at the positions of predicted tokens
+(x_1..x_n and eos; never bos, pad or a prompt). ``logits: FloatTensor[B, T, V]``
+with ``logits[:, i]`` the logits of the token after ``tokens[:, :i+1]``, so the
+token at position k (``tokens[:, k]``) is predicted by ``l(x_<k) = logits[:, k-1]``.
+Per-position outputs have shape ``[B, T-1]``; column ``k-1`` belongs to
+position ``k``. Unpredicted positions before a predicted one (bos, a prompt)
+are conditioned on, never scored.
+
+Quantities [paper]
+------------------
+- energy of token x_k: ``φ(x_k, x_<k) = −l(x_<k)[x_k]`` (nats).
+- prefix distribution: ``q̃(x_<k) = Π_{j<k} p(x_j | x_<j)``, the AR model's own
+  probability of the prefix (``p = softmax(l)``; the product runs over
+  predicted positions j < k, i.e. it is conditional on bos and any prompt).
+- joint EBM at step k: ``p_θ(x_≤k) ∝ q̃(x_<k) · exp(l(x_<k)[x_k])``, whose
+  energy is ``E(x_≤k) = −log q̃(x_<k) − l(x_<k)[x_k]``.
+- Sampling x ~ q (the AR model) and reweighting by ``p_θ/q ∝ exp(logsumexp
+  l(x_<k))`` gives the self-normalised importance weights
+  ``w̄_i = softmax_i(logsumexp l(x^i_<k))`` of the negative phase.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "EARMConfig",
+    "earm_loss",
+    "token_log_probs",
+    "token_energies",
+    "prefix_log_prob",
+    "joint_energy",
+    "importance_weights",
+    "sequence_energy",
+    "energy_resample",
+    "energy_rerank",
+]
+
+
+@dataclass
+class EARMConfig:
+    """Hyperparameters of the E-ARM objective.
+
+    :param lam: λ, weight of the E-ARM term next to cross-entropy. 0.05 is the
+        paper's best value on WikiText-103 (0.02 for Transformer-XL) [paper].
+        Must be finite and >= 0.
+    :param start_step: optimiser step at which the E-ARM term switches on;
+        before it the loss is pure MLE (cross-entropy) [paper: the paper counts
+        epochs, 15 of ~40; counting optimiser steps is ours]. Integer >= 0.
+    :param n_grad_conditionals: gradients flow through only the most recent
+        ``n_grad_conditionals`` conditionals ``p(x_j|x_<j)``, ``k−n <= j < k``, of
+        ``log q̃(x_<k)``; older ones are detached [paper: 2]. 0 detaches q̃
+        entirely. Integer >= 0.
+    :raises ValueError: naming the bad field and value.
+    """
+
+    lam: float = 0.05
+    start_step: int = 0
+    n_grad_conditionals: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) \
+                or not math.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"EARMConfig.lam must be a finite number >= 0, got {self.lam!r}")
+        for name in ("start_step", "n_grad_conditionals"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"EARMConfig.{name} must be an integer >= 0, got {value!r}")
+
+
+# ---------------------------------------------------------------------------
+# input checks
+
+
+def _check_batch(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless (logits, tokens, mask) follow the layout above."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
+        raise ValueError(f"{name}: tokens must be a LongTensor[B, T], got "
+                         f"{getattr(tokens, 'dtype', type(tokens))} of shape {tuple(getattr(tokens, 'shape', ()))}")
+    B, T = tokens.shape
+    if B < 1 or T < 2:
+        raise ValueError(f"{name}: tokens must have B >= 1 rows and T >= 2 positions "
+                         f"(bos plus one predicted token), got shape {(B, T)}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != tokens.shape:
+        raise ValueError(f"{name}: mask must be a BoolTensor of shape {(B, T)}, got "
+                         f"{getattr(mask, 'dtype', type(mask))} of shape {tuple(getattr(mask, 'shape', ()))}")
+    if bool(mask[:, 0].any()):
+        raise ValueError(f"{name}: mask[:, 0] must be False (position 0 holds bos, which nothing "
+                         f"predicts), got True in rows {mask[:, 0].nonzero().flatten().tolist()}")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point() \
+            or logits.shape[:2] != tokens.shape:
+        raise ValueError(f"{name}: logits must be a floating tensor of shape [{B}, {T}, V], got "
+                         f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}")
+    V = logits.shape[2]
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= V:
+        raise ValueError(f"{name}: token ids must lie in [0, {V}) (V = logits.shape[-1]), got range [{lo}, {hi}]")
+
+
+# ---------------------------------------------------------------------------
+# per-position quantities
+
+
+def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each predicted token under the AR model.
+
+    :param logits: FloatTensor[B, T, V], layout in the module docstring.
+    :param tokens: LongTensor[B, T].
+    :param mask: BoolTensor[B, T], True at predicted positions.
+    :return: FloatTensor[B, T-1] (float32 or wider), column k-1 is
+        ``log p(x_k | x_<k) = log_softmax(l(x_<k))[x_k]`` in nats; 0 where
+        position k is not predicted.
+    :raises ValueError: on a malformed batch.
+    """
+    _check_batch(logits, tokens, mask, "token_log_probs")
+    return _token_log_probs(logits, tokens, mask)
+
+
+def _token_log_probs(logits, tokens, mask):
+    logp = torch.log_softmax(_float(logits[:, :-1]), dim=-1)
+    logp = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return torch.where(mask[:, 1:], logp, torch.zeros_like(logp))
+
+
+def token_energies(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Energy of each predicted token, ``φ(x_k, x_<k) = −l(x_<k)[x_k]`` [paper].
+
+    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
+        :param mask: BoolTensor[B, T] (layout in the module docstring).
+    :return: FloatTensor[B, T-1], column k-1 = energy of position k in nats;
+        0 where position k is not predicted.
+    :raises ValueError: on a malformed batch.
+    """
+    _check_batch(logits, tokens, mask, "token_energies")
+    return _token_energies(logits, tokens, mask)
+
+
+def _token_energies(logits, tokens, mask):
+    logit = _float(logits[:, :-1]).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return torch.where(mask[:, 1:], -logit, torch.zeros_like(logit))
+
+
+def prefix_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                    n_grad_conditionals: int | None = None) -> torch.Tensor:
+    """Log prefix probability ``log q̃(x_<k) = Σ_{j<k} log p(x_j | x_<j)`` [paper].
+
+    The sum runs over predicted positions j < k (bos and any prompt are
+    conditioned on). Its *value* is always the full sum; its *gradient* flows
+    only through the most recent ``n_grad_conditionals`` terms,
+    ``k − n <= j <= k − 1``; older terms are detached [paper: n = 2].
+
+    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
+        :param mask: BoolTensor[B, T] (layout in the module docstring).
+    :param n_grad_conditionals: integer >= 0, or None for gradients through
+        every conditional.
+    :return: FloatTensor[B, T-1], column k-1 = log q̃(x_<k) in nats (0 for k = 1).
+        Values at unpredicted positions k are the log-probability of the
+        predicted tokens before k and carry no meaning.
+    :raises ValueError: on a malformed batch or a bad ``n_grad_conditionals``.
+    """
+    _check_batch(logits, tokens, mask, "prefix_log_prob")
+    _check_n_grad(n_grad_conditionals)
+    return _prefix_log_prob(_token_log_probs(logits, tokens, mask), n_grad_conditionals)
+
+
+def _check_n_grad(n):
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n_grad_conditionals must be an integer >= 0 or None, got {n!r}")
+
+
+def _prefix_log_prob(logp: torch.Tensor, n_grad: int | None) -> torch.Tensor:
+    """Exclusive cumulative sum of ``logp`` [B, K] along positions, gradients windowed."""
+    K = logp.shape[1]
+    if n_grad is None or n_grad >= K:
+        return torch.cumsum(logp, dim=1) - logp
+    # recent[:, c] = Σ_{d=1..n} logp[:, c-d]: the conditionals that keep their gradient
+    recent = torch.zeros_like(logp)
+    for d in range(1, n_grad + 1):
+        recent = recent + F.pad(logp[:, :-d], (d, 0))
+    older = torch.cumsum(logp.detach(), dim=1) - logp.detach() - recent.detach()
+    return older + recent
+
+
+def joint_energy(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                 n_grad_conditionals: int | None = 2) -> torch.Tensor:
+    """Energy of the step-k joint EBM, ``E(x_≤k) = −log q̃(x_<k) − l(x_<k)[x_k]`` [paper].
+
+    ``p_θ(x_≤k) = exp(−E(x_≤k)) / Z_k``; the partition function Z_k is never
+    computed (it cancels in the gradient estimator of :func:`earm_loss`).
+
+    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
+        :param mask: BoolTensor[B, T] (layout in the module docstring).
+    :param n_grad_conditionals: gradient window of ``log q̃`` (see
+        :func:`prefix_log_prob`); None for the full gradient.
+    :return: FloatTensor[B, T-1], column k-1 = E(x_≤k) in nats; 0 where
+        position k is not predicted.
+    :raises ValueError: on a malformed batch or a bad ``n_grad_conditionals``.
+    """
+    _check_batch(logits, tokens, mask, "joint_energy")
+    _check_n_grad(n_grad_conditionals)
+    return _joint_energy(logits, tokens, mask, n_grad_conditionals)
+
+
+def _joint_energy(logits, tokens, mask, n_grad):
+    log_q = _prefix_log_prob(_token_log_probs(logits, tokens, mask), n_grad)
+    energy = -log_q + _token_energies(logits, tokens, mask)
+    return torch.where(mask[:, 1:], energy, torch.zeros_like(energy))
+
+
+def importance_weights(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Self-normalised importance weights of AR samples for the step-k EBM [paper].
+
+    For samples x^i ~ q (the AR model itself, ancestral sampling), the weight
+    of sample i at position k is ``w̄_i = softmax_i(logsumexp l(x^i_<k))``,
+    taken over the samples *alive* at k (``mask[i, k]`` True: the sample has
+    a token at position k) [paper: softmax over the batch; restriction to alive
+    samples: recon]. Detached: the weights carry no gradient.
+
+    :param logits: FloatTensor[B, T, V] of the samples.
+    :param mask: BoolTensor[B, T], True at the samples' predicted positions.
+    :return: FloatTensor[B, T-1], column k-1 = w̄ at position k; each column sums
+        to 1 over the alive samples, and is all 0 where no sample is alive.
+    :raises ValueError: if shapes/dtypes are wrong or mask[:, 0] is True.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"importance_weights: logits must be a floating tensor [B, T, V], got "
+                         f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}")
+    _check_batch(logits, torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device),
+                 mask, "importance_weights")
+    return _importance_weights(logits, mask)
+
+
+def _importance_weights(logits, mask):
+    alive = mask[:, 1:]
+    log_tilt = torch.logsumexp(_float(logits[:, :-1]).detach(), dim=-1)   # logsumexp l(x_<k)
+    log_tilt = torch.where(alive, log_tilt, torch.full_like(log_tilt, -math.inf))
+    w = torch.softmax(log_tilt, dim=0)                                     # NaN in all-dead columns
+    return torch.where(alive, w, torch.zeros_like(w))
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """Compute losses in float32 at least (bf16/fp16 logits are upcast)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+# ---------------------------------------------------------------------------
+# the objective
+
+
+def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: torch.Tensor,
+              logits_samples: torch.Tensor | None, tokens_samples: torch.Tensor | None,
+              mask_samples: torch.Tensor | None, cfg: EARMConfig, step: int,
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy plus λ × the E-ARM surrogate term (METHODS.md §2).
+
+    Objective [paper]: ``Σ_k CE_k + λ Σ_k KL(p_data(x_≤k) || p_θ(x_≤k))`` with
+    the EBM gradient (arXiv 2206.12840, Eq. 12)
+    ``∂KL_k = E_data[∂E(x_≤k)] − E_{p_θ}[∂E(x_≤k)]``, the negative phase
+    estimated by self-normalised importance sampling with the AR model itself as
+    proposal, one generated sequence per data sequence:
+    ``E_{p_θ}[∂E] ≈ Σ_i w̄_i ∂E(x^i_≤k)``, ``w̄_i = softmax_i(logsumexp l(x^i_<k))``.
+
+    Surrogate written for autograd (weights detached) [recon from the gradient]::
+
+        loss = CE + λ · Σ_k c_k { E_data[E(x_≤k)] − Σ_i w̄_i E(x^i_≤k) }
+        E(x_≤k) = −log q̃(x_<k) − l(x_<k)[x_k],   q̃(x_<k) = Π_{j<k} p(x_j | x_<j)
+
+    i.e. ``E_data[−log q̃(x_<k) − l(x_<k)[x_k]] + Σ_i w̄_i [log q̃(x^i_<k) + l(x^i_<k)[x^i_k]]``.
+    Its gradient is exactly λ × the Eq. 12 estimator (plus the CE gradient).
+    Gradients flow through only the most recent ``cfg.n_grad_conditionals``
+    conditionals of log q̃ [paper: 2]; the older ones are detached.
+
+    Choices of ours [recon]:
+
+    - CE is the mean in nats per predicted data token. The E-ARM term is put on
+      the same scale: ``c_k = n_k / N`` with n_k the number of data sequences
+      alive at position k and N the number of predicted data tokens, so its
+      positive phase is a per-token mean exactly like CE. For equal-length
+      sequences this is the paper's ``Σ_k CE_k + λ Σ_k KL_k`` divided by the
+      length, so λ keeps the paper's meaning.
+    - Variable lengths: position k of a sequence is *alive* when the sequence
+      predicts a token there (``mask[:, k]``; eos included, pad not). At each k
+      the data average runs over alive data sequences and the weights w̄ over
+      alive samples only. A position enters the sum only when at least one data
+      sequence *and* at least one sample are alive there (a positive phase with
+      no negative phase would have no counterweight); the others are skipped.
+    - The two batches may differ in B and T; positions are matched by index k.
+    - Before ``cfg.start_step`` (``step < start_step``) the loss is CE exactly
+      and the sample arguments may be None.
+
+    :param logits_data: FloatTensor[B, T, V], model logits on the data batch (with grad).
+    :param tokens_data: LongTensor[B, T]; :param mask_data: BoolTensor[B, T].
+    :param logits_samples: FloatTensor[Bs, Ts, V], model logits on its own samples
+        (with grad), or None before ``start_step``.
+    :param tokens_samples: LongTensor[Bs, Ts]; :param mask_samples: BoolTensor[Bs, Ts].
+    :param cfg: EARMConfig.
+    :param step: current optimiser step, integer >= 0.
+    :return: ``(loss, metrics)``: loss a 0-dim float tensor (nats per token);
+        metrics a dict of Python floats:
+        ``loss/ce`` CE in nats per token; ``loss/earm`` the surrogate term's value
+        before λ (the estimated energy gap ``E_data[E] − E_{p_θ}[E]``, summed with
+        the weights c_k; only its gradient is meaningful); ``loss/total``;
+        ``energy/data_mean`` mean token energy −l(x_<k)[x_k] over predicted data
+        tokens; and, once the E-ARM term is on, ``energy/sample_mean`` (the same,
+        unweighted, over predicted sample tokens) and ``earm/ess``: effective
+        sample size of the weights, ``(Σw)²/Σw²`` at each used position,
+        *normalised* by the number of alive samples there (so in (0, 1], 1 =
+        uniform weights), averaged over used positions (NaN if none).
+    :raises ValueError: on a malformed batch, a batch with no predicted data
+        token, a bad ``step``, or missing samples once the E-ARM term is on.
+    """
+    if not isinstance(cfg, EARMConfig):
+        raise ValueError(f"cfg must be an EARMConfig, got {type(cfg).__name__}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    _check_batch(logits_data, tokens_data, mask_data, "data")
+    n_tokens = int(mask_data.sum())
+    if n_tokens == 0:
+        raise ValueError("data: mask has no predicted token (mask_data.sum() == 0)")
+
+    # cross-entropy, nats per predicted token
+    ce = -_token_log_probs(logits_data, tokens_data, mask_data).sum() / n_tokens
+    metrics = {
+        "loss/ce": ce.item(),
+        "energy/data_mean": (_token_energies(logits_data, tokens_data, mask_data).sum() / n_tokens).item(),
+    }
+    if step < cfg.start_step:                      # pure MLE warm start [paper]
+        metrics.update({"loss/earm": 0.0, "loss/total": metrics["loss/ce"]})
+        return ce, metrics
+
+    if logits_samples is None or tokens_samples is None or mask_samples is None:
+        raise ValueError(f"E-ARM term is on at step {step} (start_step={cfg.start_step}): "
+                         "logits_samples, tokens_samples and mask_samples are required, got None")
+    _check_batch(logits_samples, tokens_samples, mask_samples, "samples")
+    if logits_samples.shape[2] != logits_data.shape[2]:
+        raise ValueError(f"samples: vocabulary size {logits_samples.shape[2]} differs from the data's "
+                         f"{logits_data.shape[2]}")
+    n = cfg.n_grad_conditionals
+
+    # positive phase: E_data[E(x_≤k)] over alive data, per position k
+    alive_data = mask_data[:, 1:]
+    n_data = alive_data.sum(0)                                             # n_k
+    energy_data = _joint_energy(logits_data, tokens_data, mask_data, n)
+    positive = energy_data.sum(0) / n_data.clamp(min=1)
+
+    # negative phase: Σ_i w̄_i E(x^i_≤k), AR samples as proposal, weights detached
+    alive_samples = mask_samples[:, 1:]
+    n_samples = alive_samples.sum(0)
+    weights = _importance_weights(logits_samples, mask_samples)
+    energy_samples = _joint_energy(logits_samples, tokens_samples, mask_samples, n)
+    negative = (weights * energy_samples).sum(0)
+
+    # match positions k across the two batches (pad the shorter with dead positions)
+    K = max(positive.shape[0], negative.shape[0])
+    positive, n_data = F.pad(positive, (0, K - positive.shape[0])), F.pad(n_data, (0, K - n_data.shape[0]))
+    negative, n_samples = F.pad(negative, (0, K - negative.shape[0])), F.pad(n_samples, (0, K - n_samples.shape[0]))
+    used = (n_data > 0) & (n_samples > 0)
+    c = torch.where(used, n_data / n_tokens, torch.zeros_like(positive))   # c_k = n_k / N
+
+    earm = (c * (positive - negative)).sum()
+    loss = ce + cfg.lam * earm
+
+    with torch.no_grad():
+        ess = 1.0 / (weights ** 2).sum(0).clamp(min=1e-30) / alive_samples.sum(0).clamp(min=1)  # in (0, 1]
+        ess = F.pad(ess, (0, K - ess.shape[0]))[used]
+        n_sample_tokens = int(mask_samples.sum())
+        sample_energy = _token_energies(logits_samples, tokens_samples, mask_samples).sum()
+    metrics.update({
+        "loss/earm": earm.item(),
+        "loss/total": loss.item(),
+        "earm/ess": ess.mean().item() if ess.numel() else math.nan,
+        "energy/sample_mean": sample_energy.item() / n_sample_tokens if n_sample_tokens else math.nan,
+    })
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# inference: energy re-sampling of candidates
+
+
+def sequence_energy(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """E-ARM joint energy of each complete sequence.
+
+    With K the last predicted position of a row (its eos, or its last token if
+    it was truncated), the energy is the step-K joint energy of the E-ARM EBM
+    [paper: the EBM; applying it to the complete sequence is recon]::
+
+        E(x) = −log q̃(x_<K) − l(x_<K)[x_K] = −log q(x) − logsumexp l(x_<K)
+
+    with q(x) the AR model's probability of the whole sequence. So
+    ``p_θ(x) ∝ exp(−E(x)) = q(x) · exp(logsumexp l(x_<K))``: the EBM tilts the AR
+    model by the log-normaliser of the last conditional, which is exactly the
+    importance weight the training objective uses.
+    [recon] We do not use ``−Σ_k l(x_<k)[x_k]`` (sum of token energies): that is
+    the energy of a different EBM, ``q(x) · Π_k exp(logsumexp l(x_<k))``, which
+    E-ARM does not train.
+
+    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
+        :param mask: BoolTensor[B, T] (layout in the module docstring). Every
+        row needs at least one predicted token.
+    :return: FloatTensor[B], energies in nats (with gradient if the logits have one).
+    :raises ValueError: on a malformed batch or a row with no predicted token.
+    """
+    _check_batch(logits, tokens, mask, "sequence_energy")
+    predicted = mask[:, 1:]
+    empty = ~predicted.any(1)
+    if bool(empty.any()):
+        raise ValueError(f"sequence_energy: rows {empty.nonzero().flatten().tolist()} have no predicted token")
+    K = predicted.shape[1]
+    col = torch.arange(K, device=mask.device)
+    last = torch.where(predicted, col, torch.full_like(col, -1)).max(1).values[:, None]  # column of x_K
+    logp = _token_log_probs(logits, tokens, mask)
+    log_q_prefix = logp.sum(1) - logp.gather(1, last).squeeze(1)                        # log q̃(x_<K)
+    return -log_q_prefix + _token_energies(logits, tokens, mask).gather(1, last).squeeze(1)
+
+
+def energy_resample(energies: torch.Tensor, generator: torch.Generator | None = None,
+                    greedy: bool = False, temperature: float = 1.0,
+                    proposal_log_prob: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick one of K candidates per output by their energy.
+
+    Target over the K candidates of a row: ``∝ exp(−E/τ)``.
+
+    - ``greedy=True``: the argmin of the energy (the target's mode; τ and the
+      proposal are irrelevant).
+    - otherwise, if ``proposal_log_prob`` is None: draw an index with probability
+      ``softmax(−E/τ)`` over the row (the candidates are treated as a fixed pool).
+    - otherwise: sampling-importance-resampling [recon]: the candidates were
+      drawn from a proposal q with log-probability ``proposal_log_prob``, so the
+      index is drawn with probability ``softmax(−E/τ − log q)``; as K grows the
+      chosen candidate is distributed as ``exp(−E/τ)`` normalised.
+
+    :param energies: FloatTensor[N, K] in nats, K >= 1. +inf marks an impossible
+        candidate; each row needs one finite energy; NaN and −inf are rejected.
+    :param generator: torch.Generator on the energies' device for sampling
+        (None: global RNG). Unused when greedy.
+    :param greedy: take the argmin instead of sampling.
+    :param temperature: τ > 0, finite.
+    :param proposal_log_prob: FloatTensor[N, K] of finite log q (nats), or None.
+    :return: LongTensor[N], indices in [0, K).
+    :raises ValueError: on a bad shape, dtype, value or temperature.
+    """
+    if not isinstance(energies, torch.Tensor) or energies.dim() != 2 or not energies.is_floating_point():
+        raise ValueError(f"energies must be a floating tensor [N, K], got "
+                         f"{getattr(energies, 'dtype', type(energies))} of shape {tuple(getattr(energies, 'shape', ()))}")
+    N, K = energies.shape
+    if N < 1 or K < 1:
+        raise ValueError(f"energies must have N >= 1 rows and K >= 1 candidates, got shape {(N, K)}")
+    if bool(torch.isnan(energies).any()) or bool((energies == -math.inf).any()):
+        raise ValueError("energies must not contain NaN or -inf")
+    if not bool(torch.isfinite(energies).any(1).all()):
+        bad = (~torch.isfinite(energies).any(1)).nonzero().flatten().tolist()
+        raise ValueError(f"energies: rows {bad} have no finite energy (every candidate is +inf)")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if proposal_log_prob is not None:
+        if not isinstance(proposal_log_prob, torch.Tensor) or proposal_log_prob.shape != energies.shape:
+            raise ValueError(f"proposal_log_prob must be a tensor of shape {(N, K)}, got "
+                             f"{tuple(getattr(proposal_log_prob, 'shape', ()))}")
+        if not bool(torch.isfinite(proposal_log_prob).all()):
+            raise ValueError("proposal_log_prob must be finite (the candidates were drawn from it)")
+    energies = energies.detach()
+    if greedy:
+        return energies.argmin(1)
+    log_w = -energies.double() / temperature
+    if proposal_log_prob is not None:
+        log_w = log_w - proposal_log_prob.detach().double()
+    probs = torch.softmax(log_w, dim=1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def energy_rerank(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, num_candidates: int,
+                  generator: torch.Generator | None = None, greedy: bool = False,
+                  temperature: float = 1.0, importance_correction: bool = True,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K energy re-sampling of AR candidates (``generate.py --rerank energy``).
+
+    [paper] mentions optional "top-K energy re-sampling" of generated
+    candidates at inference (small gains). [recon] Our reading: draw K
+    candidates per output from the AR model, score each with the E-ARM energy
+    of the complete sequence (:func:`sequence_energy`), and keep one per output:
+    the minimum-energy one (``greedy``), or one drawn by sampling-importance-
+    resampling towards ``p_θ(x) ∝ exp(−E(x)/τ)`` with the AR model's own
+    ``log q(x)`` (from the same logits) as proposal (``importance_correction``;
+    at τ = 1 the weights reduce to ``exp(logsumexp l(x_<K))``), or drawn
+    ∝ ``softmax(−E/τ)`` over the pool (``importance_correction=False``).
+
+    The logits must come from a forward pass over the *final* candidates (the
+    layout in the module docstring, backspaces already applied). The proposal
+    correction is exact only if the candidates were sampled from this same
+    model at temperature 1 without backspace; otherwise call
+    :func:`energy_resample` with your own proposal log-probabilities.
+
+    :param logits: FloatTensor[N*K, T, V]; :param tokens: LongTensor[N*K, T];
+        :param mask: BoolTensor[N*K, T]. Rows ``n*K .. n*K+K-1`` are the K
+        candidates of output n.
+    :param num_candidates: K >= 1, dividing the batch size.
+    :param generator, greedy, temperature: as in :func:`energy_resample`.
+    :param importance_correction: subtract the AR log-probability (see above).
+    :return: ``(choice, energies)``: LongTensor[N] in [0, K) and FloatTensor[N, K]
+        in nats; the chosen rows are ``tokens.view(N, K, T)[torch.arange(N), choice]``.
+    :raises ValueError: on a malformed batch or a K that does not divide the batch.
+    """
+    _check_batch(logits, tokens, mask, "energy_rerank")
+    B = tokens.shape[0]
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1 \
+            or B % num_candidates:
+        raise ValueError(f"num_candidates must be an integer >= 1 dividing the batch size {B}, "
+                         f"got {num_candidates!r}")
+    N = B // num_candidates
+    energies = sequence_energy(logits, tokens, mask).view(N, num_candidates)
+    log_q = None
+    if importance_correction and not greedy:
+        log_q = _token_log_probs(logits, tokens, mask).sum(1).view(N, num_candidates)
+    choice = energy_resample(energies, generator, greedy=greedy, temperature=temperature,
+                             proposal_log_prob=log_q)
+    return choice, energies
