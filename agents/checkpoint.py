@@ -106,3 +106,28 @@ def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> 
             f"task {task.name!r} has max_length {task.max_length} but the model in {path} handles states of at "
             f"most {block - 1} tokens"
         )
+
+
+def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu", task: "str | Task | None" = None):
+    """Load the policy of a checkpoint, with its task.
+
+    :param task: evaluate/generate on this task instead of the checkpoint's
+        own (its tokenizer must match).
+    :return: ``(policy, task, state)``; the policy is in eval mode on ``device``.
+    :raises FileNotFoundError, CheckpointError: see :func:`load_checkpoint` and
+        :func:`check_task_compatible`.
+    """
+    from seqenv.tasks import make_task
+
+    from .model import PolicyConfig, TransformerPolicy
+
+    state = load_checkpoint(path, map_location=device)
+    task = make_task(task if task is not None else state["task"]["name"])
+    check_task_compatible(state, task, path=f"checkpoint {str(path)!r}")
+    policy = TransformerPolicy(PolicyConfig.from_dict(state["policy_config"])).to(device)
+    try:
+        policy.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: model weights do not match its policy_config: {e}") from None
+    policy.eval()
+    return policy, task, state

@@ -1,0 +1,104 @@
+"""Generate sequences from a checkpoint, optionally reranked.
+
+    python scripts/generate.py --checkpoint runs/mle-python-lines/checkpoint.pt --num-samples 1000 --out samples.txt
+    python scripts/generate.py --checkpoint CKPT --rerank energy --candidates 8
+    python scripts/generate.py --checkpoint CKPT --rerank critic --critic runs/nce/checkpoint.pt --candidates 8
+
+Writes one final sequence per line (backspaces applied, decoded text; a
+newline inside a generated sequence is written as the two characters ``\\n``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import tyro
+
+from agents.checkpoint import load_policy
+from agents.rollout import generate
+from agents.trainer import resolve_device
+
+
+@dataclass
+class GenerateConfig:
+    """Flags of ``generate.py``.
+
+    :param checkpoint: policy checkpoint (``checkpoint.pt`` of a run).
+    :param num_samples: sequences to write.
+    :param out: output file (``-`` = stdout).
+    :param task: task to generate for (default: the checkpoint's).
+    :param rerank: ``none``, ``energy`` (E-ARM energy resampling) or
+        ``critic`` (NCE critic importance resampling; needs ``--critic``).
+    :param candidates: candidates per output when reranking.
+    """
+
+    checkpoint: str
+    num_samples: int = 100
+    out: str = "-"
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    seed: int = 0
+    rerank: Literal["none", "energy", "critic"] = "none"
+    candidates: int = 8
+    critic: Optional[str] = None
+    task: Optional[str] = None
+    device: str = "auto"
+    batch_size: int = 256
+
+
+def run(cfg: GenerateConfig) -> list[str]:
+    """Generate and return the decoded texts.
+
+    :raises ValueError: on bad flag values (``--num-samples < 1``,
+        ``--candidates < 1``, ``--rerank critic`` without ``--critic``).
+    """
+    if cfg.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {cfg.num_samples}")
+    if cfg.candidates < 1:
+        raise ValueError(f"--candidates must be >= 1, got {cfg.candidates}")
+    if cfg.rerank == "critic" and cfg.critic is None:
+        raise ValueError("--rerank critic needs --critic CKPT (a checkpoint written by train.py --agent nce)")
+    device = resolve_device(cfg.device)
+    policy, task, _ = load_policy(cfg.checkpoint, device, cfg.task)
+    k = 1 if cfg.rerank == "none" else cfg.candidates
+    results = generate(policy, task, cfg.num_samples * k, batch_size=cfg.batch_size * k if k > 1 else cfg.batch_size,
+                       device=device, seed=cfg.seed, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    seqs = [s for r in results for s in r.sequences()]
+    prompts = [p for r in results for p in r.prompts()]
+    if k > 1:
+        terminated = [bool(t) for r in results for t in r.terminated.tolist()]
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        if cfg.rerank == "energy":
+            from agents.rerank import rerank_energy
+
+            choice, _ = rerank_energy(policy, seqs, terminated, k, gen, device)
+        else:
+            from agents.nce_learner import load_critic
+            from agents.rerank import rerank_critic
+
+            critic = load_critic(cfg.critic, device, task)
+            choice, _ = rerank_critic(critic, seqs, terminated, k, gen, device)
+        idx = (torch.arange(cfg.num_samples, device=choice.device) * k + choice).tolist()
+        seqs, prompts = [seqs[i] for i in idx], [prompts[i] for i in idx]
+    return [(task.tokenizer.decode(p) + task.tokenizer.decode(s)).replace("\n", "\\n") for p, s in zip(prompts, seqs)]
+
+
+def main(argv: "list[str] | None" = None) -> list[str]:
+    cfg = tyro.cli(GenerateConfig, args=argv, description=__doc__)
+    texts = run(cfg)
+    body = "\n".join(texts) + "\n"
+    if cfg.out == "-":
+        sys.stdout.write(body)
+    else:
+        with open(cfg.out, "w", encoding="utf-8") as f:
+            f.write(body)
+        print(f"wrote {len(texts)} sequences to {cfg.out}", file=sys.stderr)
+    return texts
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
