@@ -1,0 +1,521 @@
+"""SequenceMatch: occupancy-measure imitation with backtracking, as a loss on logits.
+
+Source: Cundy & Ermon, "SequenceMatch: Imitation Learning for Autoregressive
+Sequence Modelling with Backtracking", ICLR 2024, arXiv 2306.05426; built on
+IQ-Learn (Garg et al., "Inverse soft-Q Learning for Imitation", NeurIPS 2021,
+arXiv 2106.12142). Written from the formulas in ``shared/METHODS.md`` §1; no
+code is copied from either paper's repository.
+
+The policy's logits are read as soft Q-values, ``Q(s, a) = l(s, a)``, with
+value function ``V(s) = logsumexp_a l(s, a)`` and implicit reward
+``r(s, a, s') = Q(s, a) - γ V(s')``. The loss (METHODS.md §1, "SequenceMatch-χ²";
+the divergence is named by the paper, the exact equation is [recon])::
+
+    L = - E_data[Σ_i w_i r_i]                                        loss/reward_data
+        + 1/(4α) (E_data[Σ_i w_i r_i²] + E_model[Σ_i w_i r_i²])      loss/chi2_penalty
+        + E_{data ∪ model}[Σ_i w_i (V(u_i) - γ V(u_{i+1}))]           loss/value
+        + terminal terms (absorbing state, below)                   loss/terminal
+        + η · BC cross-entropy on the data actions                  loss/bc
+
+with ``w_i = γ^i`` (``i`` = index of the action in its episode, 0 first),
+``u_i`` the state (prefix, backspaces applied) the action ``a_i`` is taken in
+and ``u_{i+1}`` the state it leads to (after a backspace: the shorter prefix).
+
+Normalisation [recon]: ``E_data`` / ``E_model`` = mean over the sequences of
+the batch of the per-sequence discounted sums; ``E_{data ∪ model}`` = mean over
+the sequences of both batches pooled (equal batch sizes give IQ-Learn's 50/50
+mixture). The BC term is the mean cross-entropy per data action (nats/token).
+The χ² here is the Pearson χ² to the data/model *mixture*: the r² penalty sits
+on data and model samples both (IQ-Learn's ``regularize`` option; penalising
+data only is reported to diverge).
+
+Absorbing state [recon] (LS-IQ, Al-Hafez et al., ICLR 2023, fixes the
+``(1 - done)`` masking that IQ-Learn uses): after ``eos`` the episode enters
+an absorbing state ``s_⊥`` that loops on itself forever. Its value ``V_⊥`` is
+``logsumexp`` of the logits the policy outputs at the ``eos`` position (its
+state after consuming ``eos``), so the ``eos`` action's implicit reward is
+``Q(s, eos) - γ V_⊥`` -- no special case. Its self-loop's implicit reward is
+``r_⊥ = V_⊥ - γ V_⊥ = (1 - γ) V_⊥``; a per-step term ``f`` of the loss, summed
+over the infinite tail after an episode of ``N`` actions, is
+``Σ_{i≥N} γ^i f = γ^N / (1 - γ) · f`` (:func:`absorbing_tail`). It enters the
+data reward term (``f = φ(r_⊥)``), the r² penalty (``f = r_⊥²``) and the value
+term (``f = (1 - γ) V_⊥``). With it the value term of a terminated episode
+telescopes to exactly ``V(s_0)``, as IQ-Learn's identity
+``E_μ[Σ γ^i (V(s_i) - γ V(s_{i+1}))] = V(s_0)`` requires.
+
+Truncated episodes (``terminated`` False: step or length limit) simply stop
+after their last action: no tail. This is biased: the states after the
+truncation point are missing, so the value term is ``V(s_0) - γ^N V(s_N)``
+instead of ``V(s_0)`` and the reward/penalty terms miss ``Σ_{i≥N}``. The bias
+is ``O(γ^N)`` and vanishes only when ``γ^N`` is small.
+
+Divergences (``SequenceMatchConfig.divergence``), φ in the convention of
+IQ-Learn, ``φ(x) = -f*(-x)`` with ``f*`` the convex conjugate of the
+f-divergence generator (conjugates from f-GAN, Nowozin, Cseke & Tomioka,
+NeurIPS 2016, Table 2):
+
+* ``"chi2_mixture"`` (default) [paper: IQ-Learn χ² φ; mixture penalty recon]:
+  ``φ(x) = x - x²/(4α)`` (``f(u) = α (u - 1)²``) on data, plus the r² penalty
+  on model samples.
+* ``"kl"`` [recon]: ``f(u) = u log u``, ``f*(t) = exp(t - 1)``, so
+  ``φ(x) = -exp(-(x + 1))``. In IQ-Learn's saddle point
+  ``max_r E_data[φ(r)] - E_π[r]`` this is ``KL(ρ_π ‖ ρ_data)``.
+* ``"js"`` [recon]: f-GAN's Jensen-Shannon ``f*(t) = -log(2 - exp(t))`` gives
+  ``φ(x) = log(2 - exp(-x))``, defined only for ``x > -log 2``, while implicit
+  rewards are unbounded. We evaluate it at ``x = softplus(r) - log 2`` (f-GAN's
+  JS output activation, a bijection ℝ → (-log 2, ∞)), which simplifies to
+  ``φ_JS(r) = log 2 + log σ(r)``: concave, increasing, finite on all of ℝ.
+
+For ``kl`` and ``js`` the loss is ``-E_data[Σ w_i φ(r_i)]`` + value term +
+terminal terms + η·BC, with no r² penalty (``loss/chi2_penalty`` = 0).
+
+Trajectory layout (docs/internals.md): ``tokens[b] = [bos, prompt...,
+a_1..a_n, pad...]``; ``logits[:, i]`` are the logits of the state reached
+after ``tokens[:, :i+1]``. An action at index ``i`` is taken in the state
+with logits ``[:, i-1]`` and leads to the state with logits ``[:, i]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID
+
+DIVERGENCES = ("chi2_mixture", "kl", "js")
+
+
+# ----------------------------------------------------------------------------
+# Trajectories
+
+
+@dataclass
+class TrajectoryBatch:
+    """A batch of trajectories laid out as policy input (docs/internals.md).
+
+    :param tokens: LongTensor[B, T], rows ``[bos, prompt..., a_1..a_n, pad...]``.
+    :param action_mask: BoolTensor[B, T], True at index ``i`` iff ``tokens[:, i]``
+        is an action the agent took (not bos, prompt or pad). The actions of a
+        row are one contiguous run starting at index >= 1.
+    :param terminated: BoolTensor[B], True iff the row's last action is ``eos``
+        (an absorbing state follows); False = truncated.
+    :raises ValueError: on wrong shapes/dtypes, an action at index 0, a row with
+        no action, non-contiguous actions, an ``eos`` action before the last
+        action, or ``terminated`` disagreeing with "last action is eos".
+    """
+
+    tokens: torch.Tensor
+    action_mask: torch.Tensor
+    terminated: torch.Tensor
+
+    def __post_init__(self) -> None:
+        tokens, mask, term = self.tokens, self.action_mask, self.terminated
+        if tokens.dim() != 2 or tokens.dtype != torch.long:
+            raise ValueError(f"tokens must be a LongTensor [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
+        if mask.shape != tokens.shape or mask.dtype != torch.bool:
+            raise ValueError(
+                f"action_mask must be a BoolTensor of shape {tuple(tokens.shape)}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if term.shape != tokens.shape[:1] or term.dtype != torch.bool:
+            raise ValueError(
+                f"terminated must be a BoolTensor of shape ({tokens.shape[0]},), "
+                f"got {term.dtype} {tuple(term.shape)}"
+            )
+        if mask[:, 0].any():
+            raise ValueError("action_mask[:, 0] must be False: index 0 holds bos, not an action")
+        n = mask.sum(1)
+        if (n == 0).any():
+            b = int((n == 0).nonzero()[0])
+            raise ValueError(f"row {b} has no action; every trajectory needs at least one action")
+        first, last = self.first_action_index(), self.last_action_index()
+        idx = torch.arange(tokens.shape[1], device=tokens.device)
+        if not torch.equal(mask, (idx >= first[:, None]) & (idx <= last[:, None])):
+            raise ValueError("the actions of each row must be one contiguous run of indices")
+        is_eos = (tokens == EOS_ID) & mask
+        ends_eos = tokens.gather(1, last[:, None]).squeeze(1) == EOS_ID
+        if (is_eos.sum(1) > ends_eos.long()).any():
+            raise ValueError(f"eos (id {EOS_ID}) may only be the last action of a row")
+        if not torch.equal(term, ends_eos):
+            b = int((term != ends_eos).nonzero()[0])
+            raise ValueError(
+                f"row {b}: terminated={bool(term[b])} but its last action is "
+                f"{int(tokens[b, last[b]])}; expected terminated == (last action is eos={EOS_ID})"
+            )
+
+    @property
+    def num_actions(self) -> torch.Tensor:
+        """LongTensor[B]: number of actions ``N`` of each row."""
+        return self.action_mask.sum(1)
+
+    def first_action_index(self) -> torch.Tensor:
+        """LongTensor[B]: index of each row's first action (its state s_0 has logits at index - 1)."""
+        return self.action_mask.long().argmax(1)
+
+    def last_action_index(self) -> torch.Tensor:
+        """LongTensor[B]: index of each row's last action."""
+        return self.first_action_index() + self.num_actions - 1
+
+    def to(self, device: torch.device | str) -> "TrajectoryBatch":
+        """Return a copy with every tensor on ``device``."""
+        return TrajectoryBatch(
+            self.tokens.to(device), self.action_mask.to(device), self.terminated.to(device)
+        )
+
+    @classmethod
+    def from_actions(
+        cls,
+        actions: list[list[int]],
+        prompts: list[list[int]] | None = None,
+        device: torch.device | str | None = None,
+    ) -> "TrajectoryBatch":
+        """Lay out action sequences as ``[bos, prompt..., a_1..a_n, pad...]``.
+
+        :param actions: one list of action ids per trajectory (may contain
+            backspaces; ends with ``eos`` iff the episode terminated).
+        :param prompts: optional prompt ids per trajectory (not actions).
+        :return: a batch with ``terminated[b] = actions[b][-1] == eos``.
+        :raises ValueError: if ``actions`` is empty, if ``prompts`` has a
+            different length than ``actions``, or as the class does (e.g. an empty action list).
+        """
+        if not actions:
+            raise ValueError("actions is empty; a batch needs at least one trajectory")
+        if prompts is None:
+            prompts = [[] for _ in actions]
+        if len(prompts) != len(actions):
+            raise ValueError(f"got {len(prompts)} prompts for {len(actions)} action sequences")
+        rows = [[BOS_ID, *p, *a] for p, a in zip(prompts, actions)]
+        width = max((len(row) for row in rows), default=1)
+        tokens = torch.tensor([row + [PAD_ID] * (width - len(row)) for row in rows], dtype=torch.long)
+        mask = torch.zeros(len(actions), width, dtype=torch.bool)
+        for b, (p, a) in enumerate(zip(prompts, actions)):
+            mask[b, 1 + len(p) : 1 + len(p) + len(a)] = True
+        terminated = torch.tensor([len(a) > 0 and a[-1] == EOS_ID for a in actions], dtype=torch.bool)
+        batch = cls(tokens, mask, terminated)
+        return batch if device is None else batch.to(device)
+
+
+# ----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class SequenceMatchConfig:
+    """Hyperparameters of the SequenceMatch loss.
+
+    :param alpha: χ² regulariser scale α > 0 (penalty weight 1/(4α)); the
+        paper uses 0.01 [paper]; IQ-Learn's default is 0.5.
+    :param gamma: discount γ in (0, 1); 0.998 in the paper [paper]. γ = 1 is
+        rejected: the absorbing-state tail γ^N/(1-γ) would diverge.
+    :param eta: weight η >= 0 of the behaviour-cloning cross-entropy added to
+        the loss; 0.001 in the paper [paper; what η multiplies is recon].
+    :param divergence: ``"chi2_mixture"`` (default), ``"kl"`` or ``"js"``
+        (see the module docstring for φ and sources).
+    :raises ValueError: naming the bad field and value.
+    """
+
+    alpha: float = 0.01
+    gamma: float = 0.998
+    eta: float = 0.001
+    divergence: str = "chi2_mixture"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"SequenceMatchConfig.alpha must be a finite number > 0, got {self.alpha!r}")
+        if not 0.0 < self.gamma < 1.0:
+            raise ValueError(f"SequenceMatchConfig.gamma must be in (0, 1), got {self.gamma!r}")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"SequenceMatchConfig.eta must be a finite number >= 0, got {self.eta!r}")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(
+                f"SequenceMatchConfig.divergence must be one of {DIVERGENCES}, got {self.divergence!r}"
+            )
+
+
+# ----------------------------------------------------------------------------
+# φ: the concave function of the implicit reward, one per divergence
+
+
+def phi_chi2(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Pearson χ² φ: ``x - x²/(4α)`` (IQ-Learn, Garg et al. 2021, χ² choice [paper]).
+
+    :param x: implicit rewards (nats), any shape, float.
+    :return: same shape and dtype.
+    """
+    return x - x.square() / (4 * alpha)
+
+
+def phi_kl(x: torch.Tensor) -> torch.Tensor:
+    """KL φ: ``-exp(-(x + 1))`` = ``-f*(-x)`` with ``f(u) = u log u`` (f-GAN Table 2) [recon].
+
+    Overflows to ``-inf`` for ``x`` below about -89 in float32.
+
+    :param x: implicit rewards (nats), any shape, float.
+    :return: same shape and dtype.
+    """
+    return -torch.exp(-(x + 1))
+
+
+def phi_js(x: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon φ: ``log 2 + log σ(x)`` [recon].
+
+    Equals f-GAN's JS ``-f*(-y) = log(2 - exp(-y))`` at ``y = softplus(x) - log 2``
+    (f-GAN's JS output activation), so it is finite for every real ``x``.
+
+    :param x: implicit rewards (nats), any shape, float.
+    :return: same shape and dtype.
+    """
+    return math.log(2.0) + F.logsigmoid(x)
+
+
+def phi(x: torch.Tensor, cfg: SequenceMatchConfig) -> torch.Tensor:
+    """The φ of ``cfg.divergence`` applied elementwise to ``x`` (same shape and dtype)."""
+    if cfg.divergence == "chi2_mixture":
+        return phi_chi2(x, cfg.alpha)
+    if cfg.divergence == "kl":
+        return phi_kl(x)
+    return phi_js(x)
+
+
+# ----------------------------------------------------------------------------
+# Soft values, implicit rewards, discount weights, absorbing tail
+
+
+def soft_values(logits: torch.Tensor) -> torch.Tensor:
+    """Value function ``V(s) = logsumexp_a l(s, a)`` of every state [paper].
+
+    :param logits: FloatTensor[B, T, V] (any float dtype), soft Q-values.
+    :return: FloatTensor[B, T] in float32 (nats).
+    """
+    return torch.logsumexp(logits.float(), dim=-1)
+
+
+def discount_weights(batch: TrajectoryBatch, gamma: float) -> torch.Tensor:
+    """Per-position weights ``w_i = γ^t`` with ``t`` the action's index in its episode.
+
+    :return: FloatTensor[B, T] (float32): ``γ^t`` at action positions (``t = 0``
+        for the first action), 0 elsewhere.
+    """
+    t = batch.action_mask.long().cumsum(1) - 1
+    w = torch.pow(torch.tensor(gamma, dtype=torch.float32, device=t.device), t.clamp(min=0).float())
+    return torch.where(batch.action_mask, w, torch.zeros_like(w))
+
+
+def _shift_right(x: torch.Tensor) -> torch.Tensor:
+    """``y[:, i] = x[:, i-1]``, ``y[:, 0] = 0`` for a [B, T] tensor."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+def soft_q_of_actions(logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
+    """Soft Q-value ``Q(u_i, a_i) = logits[:, i-1, tokens[:, i]]`` of every action taken.
+
+    :param logits: FloatTensor[B, T, V].
+    :return: FloatTensor[B, T] (float32); 0 where ``action_mask`` is False.
+    """
+    q_next = logits[:, :-1].gather(-1, batch.tokens[:, 1:, None]).squeeze(-1).float()
+    q = torch.cat([torch.zeros_like(q_next[:, :1]), q_next], dim=1)  # q[:, i] = logits[:, i-1, tokens[:, i]]
+    return torch.where(batch.action_mask, q, torch.zeros_like(q))
+
+
+def implicit_rewards(
+    logits: torch.Tensor,
+    batch: TrajectoryBatch,
+    gamma: float,
+    values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Implicit rewards ``r_i = Q(u_i, a_i) - γ V(u_{i+1})`` of every action [paper].
+
+    ``V(u_{i+1}) = logsumexp(logits[:, i])``: after a backspace that is the
+    value of the shorter prefix, because the policy's output at a backspace
+    position is that state's logits. After ``eos`` it is ``V_⊥``, the
+    absorbing state's value (module docstring) [recon].
+
+    :param logits: FloatTensor[B, T, V], soft Q-values along ``batch``.
+    :param batch: the trajectories ``logits`` were computed on.
+    :param gamma: discount γ.
+    :param values: optional precomputed :func:`soft_values` of ``logits``.
+    :return: ``(r, mask)``: FloatTensor[B, T] (float32, nats), 0 where
+        ``mask`` is False; ``mask = batch.action_mask``.
+    :raises ValueError: if ``logits`` is not [B, T, V] matching ``batch.tokens``.
+    """
+    _check_logits(logits, batch)
+    v = soft_values(logits) if values is None else values
+    r = soft_q_of_actions(logits, batch) - gamma * v
+    return torch.where(batch.action_mask, r, torch.zeros_like(r)), batch.action_mask
+
+
+def absorbing_tail(per_step: torch.Tensor, num_steps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Discounted sum of a constant per-step term over the absorbing state's infinite tail.
+
+    ``Σ_{i ≥ N} γ^i f = γ^N / (1 - γ) · f`` [recon; the closed form of LS-IQ's
+    absorbing-state treatment, Al-Hafez et al. 2023].
+
+    :param per_step: FloatTensor[B], the term ``f`` the absorbing state
+        contributes at every step.
+    :param num_steps: LongTensor[B], ``N``: the index of the first absorbing
+        step (the number of actions of the episode, ``eos`` included).
+    :param gamma: discount γ in (0, 1).
+    :return: FloatTensor[B].
+    """
+    g = torch.tensor(gamma, dtype=per_step.dtype, device=per_step.device)
+    discount = torch.pow(g, num_steps.to(per_step.dtype))
+    return discount / (1 - gamma) * per_step
+
+
+def absorbing_values(
+    logits: torch.Tensor, batch: TrajectoryBatch, values: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``V_⊥`` of every row: ``logsumexp`` of the logits at its last action's index [recon].
+
+    Meaningful for terminated rows only (their last action is ``eos``);
+    callers mask the others out.
+
+    :param logits: FloatTensor[B, T, V].
+    :param values: optional precomputed :func:`soft_values` of ``logits``.
+    :return: FloatTensor[B] (float32, nats).
+    """
+    v = soft_values(logits) if values is None else values
+    return v.gather(1, batch.last_action_index()[:, None]).squeeze(1)
+
+
+def _check_logits(logits: torch.Tensor, batch: TrajectoryBatch) -> None:
+    if logits.dim() != 3 or logits.shape[:2] != batch.tokens.shape or not logits.is_floating_point():
+        raise ValueError(
+            f"logits must be a float tensor [B, T, V] with [B, T] = {tuple(batch.tokens.shape)}, "
+            f"got {logits.dtype} {tuple(logits.shape)}"
+        )
+
+
+# ----------------------------------------------------------------------------
+# The loss
+
+
+def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: SequenceMatchConfig) -> dict:
+    """Per-sequence discounted sums of the loss ingredients (FloatTensor[B] unless noted).
+
+    Keys: ``phi`` = Σ w φ(r), ``r`` = Σ w r, ``r2`` = Σ w r², ``value`` =
+    Σ w (V(u_i) - γ V(u_{i+1})); ``tail_phi``, ``tail_r``, ``tail_r2``,
+    ``tail_value``: the same for the absorbing state's tail (0 when truncated);
+    ``v0`` = V(s_0); ``ce`` = V(u_i) - Q(u_i, a_i) = -log π(a_i|u_i) per
+    position (FloatTensor[B, T], 0 off actions; for BC);
+    ``r_mean_sum`` = Σ r (undiscounted, for metrics).
+    """
+    _check_logits(logits, batch)
+    g = cfg.gamma
+    v = soft_values(logits)
+    q = soft_q_of_actions(logits, batch)
+    r, mask = implicit_rewards(logits, batch, g, values=v)
+    w = discount_weights(batch, g)
+    v_state = torch.where(mask, _shift_right(v), torch.zeros_like(v))  # V(u_i)
+    v_next = torch.where(mask, v, torch.zeros_like(v))  # V(u_{i+1})
+
+    n = batch.num_actions
+    done = batch.terminated
+    zero = torch.zeros_like(v[:, 0])
+    v_abs = absorbing_values(logits, batch, values=v)
+    r_abs = (1 - g) * v_abs  # self-loop implicit reward r_⊥ = V_⊥ - γ V_⊥
+    first = batch.first_action_index()
+    return {
+        "phi": (w * torch.where(mask, phi(r, cfg), torch.zeros_like(r))).sum(1),
+        "r": (w * r).sum(1),
+        "r2": (w * r.square()).sum(1),
+        "value": (w * (v_state - g * v_next)).sum(1),
+        "tail_phi": torch.where(done, absorbing_tail(phi(r_abs, cfg), n, g), zero),
+        "tail_r": torch.where(done, absorbing_tail(r_abs, n, g), zero),
+        "tail_r2": torch.where(done, absorbing_tail(r_abs.square(), n, g), zero),
+        "tail_value": torch.where(done, absorbing_tail((1 - g) * v_abs, n, g), zero),
+        "v0": v.gather(1, (first - 1)[:, None]).squeeze(1),
+        "ce": torch.where(mask, v_state - q, torch.zeros_like(q)),
+        "r_mean_sum": r.sum(1),
+    }
+
+
+def sequencematch_loss(
+    logits_data: torch.Tensor,
+    data: TrajectoryBatch,
+    logits_model: torch.Tensor,
+    model: TrajectoryBatch,
+    cfg: SequenceMatchConfig,
+    bc_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SequenceMatch loss on a data batch and a model-sample batch (module docstring).
+
+    For ``divergence="chi2_mixture"`` (METHODS.md §1; exact equation [recon])::
+
+        L = - E_data[Σ w r] + 1/(4α) (E_data[Σ w r²] + E_model[Σ w r²])
+            + E_{data∪model}[Σ w (V(u_i) - γ V(u_{i+1}))] + terminal + η · BC
+
+    and for ``"kl"``/``"js"``: ``L = -E_data[Σ w φ(r)] + value + terminal + η·BC``.
+    ``terminal`` holds the absorbing state's tails of the same terms [recon].
+    Minimise ``L`` with respect to the policy parameters (gradients flow
+    through both logits tensors; model samples need no gradient of their
+    sampling).
+
+    :param logits_data: FloatTensor[B_d, T_d, V], policy output on ``data``.
+    :param data: demonstrations (possibly backspace-augmented).
+    :param logits_model: FloatTensor[B_m, T_m, V], policy output on ``model``.
+    :param model: trajectories sampled from the policy (possibly stale, from
+        a buffer: IQ-Learn's identity makes the value term valid for any
+        occupancy).
+    :param cfg: hyperparameters.
+    :param bc_mask: optional BoolTensor[B_d, T_d], the data actions the BC
+        term imitates (default: all of ``data.action_mask``); e.g. exclude
+        the injected wrong tokens of backspace demonstrations with
+        ``data.action_mask & ~agents.data.noise_token_mask(data)``. The
+        SequenceMatch terms always use every data action.
+    :return: ``(loss, metrics)``: a scalar float32 tensor (nats) and floats
+        ``loss/reward_data``, ``loss/chi2_penalty``, ``loss/value``,
+        ``loss/terminal``, ``loss/bc``, ``loss/total`` (the loss terms; total
+        = reward_data + chi2_penalty + value + terminal + η·bc),
+        ``reward/data_mean``, ``reward/model_mean`` (mean implicit reward per
+        action, nats) and ``value/v0`` (mean V(s_0) on data).
+    :raises ValueError: if a logits tensor does not match its batch, the
+        two logits tensors have different vocabulary sizes, or ``bc_mask`` is
+        not a BoolTensor of ``data``'s shape inside ``data.action_mask``.
+    """
+    if logits_data.shape[-1:] != logits_model.shape[-1:]:
+        raise ValueError(
+            f"logits_data and logits_model must share the vocabulary size, "
+            f"got {logits_data.shape[-1]} and {logits_model.shape[-1]}"
+        )
+    if bc_mask is None:
+        bc_mask = data.action_mask
+    bad_shape = bc_mask.shape != data.action_mask.shape or bc_mask.dtype != torch.bool
+    if bad_shape or (bc_mask & ~data.action_mask).any():
+        raise ValueError(
+            f"bc_mask must be a BoolTensor of shape {tuple(data.action_mask.shape)} that is True only "
+            f"at data actions, got {bc_mask.dtype} {tuple(bc_mask.shape)}"
+        )
+    d = _per_sequence_terms(logits_data, data, cfg)
+    m = _per_sequence_terms(logits_model, model, cfg)
+    inv4a = 1.0 / (4 * cfg.alpha)
+
+    if cfg.divergence == "chi2_mixture":
+        reward_data = -d["r"].mean()
+        chi2_penalty = inv4a * (d["r2"].mean() + m["r2"].mean())
+        terminal = -d["tail_r"].mean() + inv4a * (d["tail_r2"].mean() + m["tail_r2"].mean())
+    else:
+        reward_data = -d["phi"].mean()
+        chi2_penalty = torch.zeros((), device=reward_data.device)
+        terminal = -d["tail_phi"].mean()
+    value = torch.cat([d["value"], m["value"]]).mean()
+    terminal = terminal + torch.cat([d["tail_value"], m["tail_value"]]).mean()
+    bc = torch.where(bc_mask, d["ce"], torch.zeros_like(d["ce"])).sum() / bc_mask.sum().clamp(min=1)
+
+    loss = reward_data + chi2_penalty + value + terminal + cfg.eta * bc
+
+    metrics = {
+        "loss/reward_data": reward_data.item(),
+        "loss/chi2_penalty": chi2_penalty.item(),
+        "loss/value": value.item(),
+        "loss/terminal": terminal.item(),
+        "loss/bc": bc.item(),
+        "loss/total": loss.item(),
+        "reward/data_mean": (d["r_mean_sum"].sum() / data.num_actions.sum()).item(),
+        "reward/model_mean": (m["r_mean_sum"].sum() / model.num_actions.sum()).item(),
+        "value/v0": d["v0"].mean().item(),
+    }
+    return loss, metrics
