@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from seqenv.oracle import pad_sequences
 from seqenv.tasks import Task
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
 
@@ -75,6 +76,22 @@ def noise_token_mask(batch: TrajectoryBatch) -> torch.Tensor:
         stack[rows[push], depth[push]] = t
         depth = depth + push.long()
     return deleted & amask
+
+
+def sequence_batch(sequences: list[list[int]], terminated: list[bool], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complete sequences (no backspaces) laid out for scoring: ``tokens`` LongTensor
+    ``[B, T]`` = ``[bos, x..., eos?, pad...]`` and the predicted-position ``mask``
+    BoolTensor ``[B, T]`` (``x`` and ``eos``; truncated rows have no ``eos``).
+
+    Used by E-ARM, NCE and reranking (teacher-forced scoring of final
+    sequences). Empty truncated rows keep one predicted position (a pad) so that every row is scored.
+    """
+    rows = [[BOS_ID, *s] + ([EOS_ID] if t else []) for s, t in zip(sequences, terminated)]
+    rows = [r if len(r) > 1 else r + [0] for r in rows]
+    tokens, lengths = pad_sequences(rows)
+    mask = torch.arange(tokens.shape[1])[None] < lengths[:, None]
+    mask[:, 0] = False
+    return tokens.to(device), mask.to(device)
 
 
 class DemoSampler:

@@ -531,3 +531,62 @@ def energy_rerank(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
     choice = energy_resample(energies, generator, greedy=greedy, temperature=temperature,
                              proposal_log_prob=log_q)
     return choice, energies
+
+
+# ---------------------------------------------------------------------------
+# The learner: data batch + one model sample per data sequence, every step
+
+
+class EARMLearner:
+    """Trains the policy with :func:`earm_loss` (``scripts/train.py --agent earm``).
+
+    Each step from ``cfg.start_step`` on generates one sequence per data
+    sequence with the current policy, in batch, through the vector env on the
+    training device (backspace disabled, so that the samples are exact
+    ancestral samples of the AR model q, the importance-sampling proposal), and
+    scores data and samples with one forward pass each. Before ``start_step``
+    it is plain MLE (no sampling cost).
+
+    :param model: the policy (possibly DDP-wrapped).
+    :param cfg: :class:`EARMConfig`.
+    :param task: the task (for the env).
+    :param device: training device.
+    :param generator: ``torch.Generator`` on ``device`` for sampling.
+    """
+
+    name = "earm"
+
+    def __init__(self, model, cfg: EARMConfig, task, device, generator: torch.Generator, batch_size: int):
+        from .rollout import make_vector_env
+
+        self.model, self.cfg, self.task, self.device, self.generator = model, cfg, task, device, generator
+        self.venv = make_vector_env(task, batch_size, device)
+        self._episode = 0
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def loss(self, demos: list[list[int]], step: int) -> tuple[torch.Tensor, dict]:
+        from .data import collate, sequence_batch
+        from .rollout import rollout
+
+        data = collate(demos, device=self.device)
+        logits_data = self.model(data.tokens)
+        logits_s = tokens_s = mask_s = None
+        metrics: dict[str, float] = {}
+        if step >= self.cfg.start_step:
+            res = rollout(self.model, self.venv, seed=None, generator=self.generator, allow_backspace=False)
+            tokens_s, mask_s = sequence_batch(res.sequences(), res.terminated.tolist(), self.device)
+            logits_s = self.model(tokens_s)
+            metrics["rollout/mean_length"] = float(res.lengths.float().mean())
+            metrics["rollout/terminated"] = float(res.terminated.float().mean())
+        loss, m = earm_loss(logits_data, data.tokens, data.action_mask, logits_s, tokens_s, mask_s, self.cfg, step)
+        metrics.update(m)
+        metrics["train/tokens"] = int(data.action_mask.sum())
+        return loss, metrics
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

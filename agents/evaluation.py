@@ -56,6 +56,8 @@ Samples = Union[Sequence[str], Sequence[Sequence[int]]]
 ORACLE_NLL_MIN_CAP = 100.0
 #: defaults of the BLEU subsets (Texygen-style scoring, kept to seconds)
 BLEU_MAX_SAMPLES = 200
+SUMMARY_COLUMNS = ("validity", "nll", "perplexity", "oracle_nll", "oracle_support", "bleu4", "self_bleu4",
+                   "distinct_2", "mean_length", "backspace_rate", "terminated_rate")  # printed tables
 BLEU_MAX_REFERENCES = 500
 
 
@@ -615,3 +617,39 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
 def _check_nonempty(items, name: str) -> None:
     if items is None or len(items) == 0:
         raise ValueError(f"{name} must be a non-empty sequence, got {items!r}")
+
+
+# --------------------------------------------------------------------------
+# A whole policy: generate, then score
+# --------------------------------------------------------------------------
+def evaluate_policy(
+    policy,
+    task,
+    num_samples: int = 512,
+    device=None,
+    seed: int = 0,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+) -> dict:
+    """Generate ``num_samples`` episodes through the vector env and score them.
+
+    :return: :func:`evaluate_samples`'s keys, plus ``nll`` / ``perplexity``
+        (held-out ``test`` split, :func:`heldout_nll`; ``None`` on conditional
+        tasks) and ``terminated_rate`` (fraction of episodes ended by ``eos``
+        rather than truncated). Deterministic for a given ``seed``.
+    """
+    from .rollout import generate
+
+    device = device if device is not None else next(policy.parameters()).device
+    results = generate(policy, task, num_samples, batch_size=batch_size, device=device, seed=seed,
+                       temperature=temperature)
+    seqs = [s for r in results for s in r.sequences()]
+    actions = [a for r in results for a in r.action_lists()]
+    metrics = evaluate_samples(task, seqs, action_histories=actions, seed=seed)
+    metrics["terminated_rate"] = float(torch.cat([r.terminated for r in results]).float().mean())
+    if task.prompts is None:
+        h = heldout_nll(policy, task, "test", batch_size=batch_size, device=device)
+        metrics.update(nll=h["nll"], perplexity=h["perplexity"])
+    else:
+        metrics.update(nll=None, perplexity=None)
+    return metrics

@@ -17,22 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from seqenv.oracle import pad_sequences
-from seqenv.tokenizers import BOS_ID, EOS_ID
-
-
-def candidate_batch(sequences: list[list[int]], terminated: list[bool], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final sequences as ``tokens`` LongTensor ``[B, T]`` = ``[bos, x..., eos?, pad...]`` and the
-    predicted-position ``mask`` BoolTensor ``[B, T]`` (``x`` and ``eos``; truncated rows have no ``eos``).
-
-    Empty truncated rows keep one predicted position (a pad) so that every row is scored.
-    """
-    rows = [[BOS_ID, *s] + ([EOS_ID] if t else []) for s, t in zip(sequences, terminated)]
-    rows = [r if len(r) > 1 else r + [0] for r in rows]
-    tokens, lengths = pad_sequences(rows)
-    mask = torch.arange(tokens.shape[1])[None] < lengths[:, None]
-    mask[:, 0] = False
-    return tokens.to(device), mask.to(device)
+from .data import sequence_batch
 
 
 @torch.no_grad()
@@ -40,7 +25,7 @@ def rerank_energy(policy, sequences, terminated, num_candidates: int, generator:
     """Indices ``[N]`` of the chosen candidates by E-ARM energy (see module docstring)."""
     from .earm import energy_rerank
 
-    tokens, mask = candidate_batch(sequences, terminated, device)
+    tokens, mask = sequence_batch(sequences, terminated, device)
     logits = getattr(policy, "module", policy)(tokens)
     choice, energies = energy_rerank(logits.float(), tokens, mask, num_candidates, generator=generator)
     return choice, energies
@@ -51,7 +36,7 @@ def rerank_critic(critic, sequences, terminated, num_candidates: int, generator:
     """Indices ``[N]`` of the chosen candidates by SIR with a critic's energies, and the ESS ``[N]``."""
     from .nce import importance_resample
 
-    tokens, mask = candidate_batch(sequences, terminated, device)
+    tokens, mask = sequence_batch(sequences, terminated, device)
     energies = critic(tokens, mask).float().view(-1, num_candidates)
     choice, ess = importance_resample(energies, generator)
     return choice, ess

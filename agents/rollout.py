@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from seqenv.tasks import Task
-from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
 
 from .data import collate
 from .sequencematch import TrajectoryBatch
@@ -137,6 +137,7 @@ def rollout(
     top_p: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     store_masks: bool = False,
+    allow_backspace: bool = True,
 ) -> RolloutResult:
     """Play one episode in each of ``venv``'s environments with ``policy``.
 
@@ -145,6 +146,9 @@ def rollout(
         env's ``max_length + 1``.
     :param venv: a ``SeqGenVectorEnv``; it is reset (with ``seed``) first.
     :param generator: ``torch.Generator`` on the env's device for sampling.
+    :param allow_backspace: if False, ``backspace`` is removed from the legal
+        actions: the final sequences are then exact ancestral samples of the
+        autoregressive model (what E-ARM and NCE need as proposal / noise).
     :return: :class:`RolloutResult` on the env's device.
     """
     policy = getattr(policy, "module", policy)
@@ -177,6 +181,9 @@ def rollout(
         eos = torch.full((N,), EOS_ID, dtype=torch.long, device=device)
         for t in range(max_steps):
             mask = info["action_mask"]
+            if not allow_backspace:
+                mask = mask.clone()
+                mask[:, BACKSPACE_ID] = False
             a, lp = sample_actions(logits, mask, temperature, top_k, top_p, generator)
             a = torch.where(done, eos, a)  # finished rows: any action, ignored by the autoreset
             active = ~done
@@ -220,6 +227,7 @@ def generate(
     temperature: float = 1.0,
     top_k: Optional[int] = None,
     top_p: Optional[float] = None,
+    allow_backspace: bool = True,
     env_kwargs: Optional[dict] = None,
 ) -> list[RolloutResult]:
     """Generate ``num_samples`` episodes in batches of at most ``batch_size``.
@@ -236,7 +244,7 @@ def generate(
         n = min(batch_size, num_samples - done)
         venv = make_vector_env(task, n, device, **(env_kwargs or {}))
         out.append(rollout(policy, venv, seed=seed + done, temperature=temperature, top_k=top_k, top_p=top_p,
-                           generator=gen))
+                           generator=gen, allow_backspace=allow_backspace))
         venv.close()
         done += n
     return out

@@ -38,10 +38,11 @@ from seqenv.tasks import make_task
 
 from .checkpoint import CheckpointError, check_task_compatible, load_checkpoint, save_checkpoint
 from .data import DemoSampler
+from .earm import EARMConfig, EARMLearner
 from .mle import MLEConfig, MLELearner
 from .model import PolicyConfig, TransformerPolicy
 
-AGENTS = ("mle",)
+AGENTS = ("mle", "earm")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,7 +80,7 @@ class TrainConfig:
     :param eval_samples: generated sequences per evaluation.
     """
 
-    agent: Literal["mle"] = "mle"
+    agent: Literal["mle", "earm"] = "mle"
     task: str = "python-lines"
     logdir: Optional[str] = None
     init: Optional[str] = None
@@ -101,6 +102,7 @@ class TrainConfig:
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     mle: MLEConfig = field(default_factory=MLEConfig)
+    earm: EARMConfig = field(default_factory=EARMConfig)
 
     def __post_init__(self):
         if self.agent not in AGENTS:
@@ -157,13 +159,17 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_learner(cfg: TrainConfig, model, task, device, generator: torch.Generator):
+def make_learner(cfg: TrainConfig, model, task, device, generators: dict[str, torch.Generator]):
     """The learner named by ``cfg.agent``.
 
+    :param generators: ``"noise"`` (CPU, data augmentation) and ``"sample"``
+        (on ``device``, model rollouts) random streams, checkpointed by the trainer.
     :raises ValueError: on an unknown agent (lists the valid ones).
     """
     if cfg.agent == "mle":
-        return MLELearner(model, cfg.mle, task.tokenizer.vocab_size, device, generator)
+        return MLELearner(model, cfg.mle, task.tokenizer.vocab_size, device, generators["noise"])
+    if cfg.agent == "earm":
+        return EARMLearner(model, cfg.earm, task, device, generators["sample"], cfg.batch_size)
     raise ValueError(f"unknown agent {cfg.agent!r}; valid agents: {', '.join(AGENTS)}")
 
 
@@ -248,10 +254,11 @@ class Trainer:
 
         self.generators = {
             "data": torch.Generator().manual_seed(1000 * cfg.seed + self.rank),
-            "learner": torch.Generator().manual_seed(1000 * cfg.seed + 100 + self.rank),
+            "noise": torch.Generator().manual_seed(1000 * cfg.seed + 100 + self.rank),
+            "sample": torch.Generator(device=self.device).manual_seed(1000 * cfg.seed + 200 + self.rank),
         }
         self.data = DemoSampler(self.task, "train", self.generators["data"])
-        self.learner = make_learner(cfg, self.model, self.task, self.device, self.generators["learner"])
+        self.learner = make_learner(cfg, self.model, self.task, self.device, self.generators)
         self.optimizer = _optimizer(self.learner.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0

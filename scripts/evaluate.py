@@ -17,7 +17,7 @@ from typing import Optional
 import tyro
 
 from agents.checkpoint import load_policy
-from agents.evaluation import evaluate_policy, format_metrics_table
+from agents.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
 from agents.trainer import resolve_device
 
 
@@ -46,7 +46,7 @@ def main(argv: "list[str] | None" = None) -> dict:
     policy, task, state = load_policy(cfg.checkpoint, device, cfg.task)
     metrics = evaluate_policy(policy, task, num_samples=cfg.num_samples, device=device, seed=cfg.seed,
                               temperature=cfg.temperature)
-    print(format_metrics_table({f"{state['agent']} on {task.name}": metrics}))
+    print(format_metrics_table({f"{state['agent']} on {task.name}": metrics}, columns=SUMMARY_COLUMNS))
     if cfg.out:
         with open(cfg.out, "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2)

@@ -16,7 +16,7 @@ import sys
 
 import tyro
 
-from agents.evaluation import format_metrics_table
+from agents.evaluation import SUMMARY_COLUMNS, format_metrics_table
 from agents.trainer import TrainConfig, Trainer
 
 
@@ -34,7 +34,7 @@ def main(argv: "list[str] | None" = None) -> dict | None:
             rows["initial policy" if not trainer.cfg.init else f"init ({trainer.cfg.init})"] = before
         rows[f"{trainer.cfg.agent} (step {trainer.step})"] = metrics
         print()
-        print(format_metrics_table(rows))
+        print(format_metrics_table(rows, columns=SUMMARY_COLUMNS))
         print(f"\nrun directory: {trainer.logdir}")
         print(f"TensorBoard:   tensorboard --logdir {trainer.logdir.parent}")
     return metrics
