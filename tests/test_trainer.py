@@ -1,0 +1,134 @@
+"""Trainer: resume equals an uninterrupted run, non-finite loss, bad input, DDP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.earm import EARMConfig
+from agents.checkpoint import CheckpointError, load_checkpoint, load_policy
+from agents.trainer import ModelConfig, NonFiniteLossError, TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32)
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(task="oracle-hmm", logdir=str(tmp_path / name), max_steps=6, batch_size=8, ckpt_every=3,
+                log_every=2, eval_samples=16, warmup_steps=2, progress=False, device="cpu", model=TINY)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _params(trainer):
+    return {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("agent", ["mle", "earm"])
+def test_resume_reaches_the_same_final_state(tmp_path, agent):
+    extra = {"earm": EARMConfig(start_step=2)} if agent == "earm" else {}
+    full = Trainer(_cfg(tmp_path, "full", agent=agent, **extra))
+    m_full = full.train()
+    full.close()
+
+    killed = Trainer(_cfg(tmp_path, "killed", agent=agent, **extra))
+    assert killed.train(stop_at=4) is None  # "killed" after step 4; last checkpoint at step 3
+    killed.close()
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"] == 3
+
+    resumed = Trainer(TrainConfig(logdir=str(tmp_path / "killed"), resume=True, device="cpu", progress=False))
+    assert resumed.step == 3 and resumed.cfg.max_steps == 6 and resumed.cfg.agent == agent
+    m_resumed = resumed.train()
+    resumed.close()
+    for k, v in _params(full).items():
+        assert torch.equal(v, resumed.policy.state_dict()[k]), k
+    assert m_full == m_resumed
+    saved = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert saved["nll"] == pytest.approx(m_full["nll"])
+
+
+def test_run_directory_contents(tmp_path):
+    t = Trainer(_cfg(tmp_path, "run", max_steps=2, ckpt_every=1))
+    t.train()
+    t.close()
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "checkpoint.pt", "metrics.json"} <= files
+    assert any(f.startswith("events.out.tfevents") for f in files)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["agent"] == "mle" and cfg["model"]["n_embd"] == 32
+    policy, task, state = load_policy(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 2 and task.name == "oracle-hmm" and not policy.training
+
+
+def test_training_lowers_heldout_nll(tmp_path):
+    t = Trainer(_cfg(tmp_path, "learn", max_steps=40, batch_size=32, lr=3e-3))
+    from agents.evaluation import heldout_nll
+
+    before = heldout_nll(t.policy, t.task, "valid")["nll"]
+    t.train()
+    t.close()
+    after = heldout_nll(t.policy, t.task, "valid")["nll"]
+    assert after < before - 0.5  # log(21) = 3.04 nats at init; the oracle's entropy rate is far lower
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    t = Trainer(_cfg(tmp_path, "nan", ckpt_every=2))
+    real = t.learner.loss
+
+    def loss(demos, step):
+        value, metrics = real(demos, step)
+        return (value * float("nan") if step == 3 else value), metrics
+
+    monkeypatch.setattr(t.learner, "loss", loss)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3.*checkpoint.*is kept"):
+        t.train()
+    t.close()
+    state = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown agent 'gail'; valid agents: mle"):
+        TrainConfig(agent="gail")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer(_cfg(tmp_path, "r", resume=True))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer(_cfg(tmp_path, "i", init=str(tmp_path / "missing.pt")))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Trainer(_cfg(tmp_path, "c", init=str(corrupt)))
+    # a checkpoint from another tokenizer / task
+    t = Trainer(_cfg(tmp_path, "hmm", max_steps=1))
+    t.save()
+    t.close()
+    with pytest.raises(CheckpointError, match="trained on task 'oracle-hmm' with a different tokenizer than task 'python-lines'"):
+        Trainer(_cfg(tmp_path, "py", task="python-lines", init=str(tmp_path / "hmm" / "checkpoint.pt")))
+    with pytest.raises(ValueError, match="max_steps must be >= 1, got 0"):
+        _cfg(tmp_path, "z", max_steps=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_gloo(tmp_path):
+    logdir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(ROOT / "scripts" / "train.py"), "--device", "cpu", "--task", "oracle-hmm", "--max-steps", "4",
+           "--batch-size", "8", "--eval-samples", "16", "--logdir", str(logdir), "--no-progress",
+           "--model.n-layer", "1", "--model.n-embd", "32", "--model.n-head", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(logdir / "checkpoint.pt")
+    assert state["step"] == 4
+    assert json.loads((logdir / "metrics.json").read_text())["nll"] > 0
