@@ -206,21 +206,49 @@ class TrajectoryBatch:
 class SequenceMatchConfig:
     """Hyperparameters of the SequenceMatch loss.
 
-    :param alpha: χ² regulariser scale α > 0 (penalty weight 1/(4α)); the
-        paper uses 0.01 [paper]; IQ-Learn's default is 0.5.
+    :param alpha: χ² regulariser scale α > 0 (penalty weight 1/(4α), IQ-Learn's
+        convention; IQ-Learn's default is 0.5). The paper reports α = 0.01
+        [paper], but does not say whether α scales the r² penalty as 1/(4α) or
+        multiplies it. Read as 1/(4α) = 25, the penalty drives the implicit
+        reward to 0 everywhere -- a maximum-entropy policy: in
+        ``tests/test_sequencematch.py``'s tabular MDP the occupancy distance to
+        the expert *grows* (0.32 -> 0.51 after 150 steps), while α = 10 brings
+        it to 0.04. Our default α = 10 [recon]; read as "α multiplies r²",
+        the paper's 0.01 is α = 25 here. ``benchmarks/quality.py`` ablates α.
     :param gamma: discount γ in (0, 1); 0.998 in the paper [paper]. γ = 1 is
         rejected: the absorbing-state tail γ^N/(1-γ) would diverge.
     :param eta: weight η >= 0 of the behaviour-cloning cross-entropy added to
         the loss; 0.001 in the paper [paper; what η multiplies is recon].
     :param divergence: ``"chi2_mixture"`` (default), ``"kl"`` or ``"js"``
         (see the module docstring for φ and sources).
+
+    Online learner (:class:`SequenceMatchLearner`; the paper gives none of
+    these numbers [recon]):
+
+    :param backspace_p: rate of ``wrong token, backspace`` pairs inserted into
+        the demonstrations (METHODS.md §1, "Backspace demonstrations").
+    :param noise: ``"uniform"`` or ``"model"`` wrong tokens.
+    :param buffer_size: model-generated episodes kept (oldest dropped).
+    :param refresh_every: steps between rollouts that refresh the buffer.
+    :param rollout_batch_size: episodes generated per refresh.
+    :param model_batch_ratio: model episodes per data sequence in a step
+        (1.0 = IQ-Learn's 50/50).
+    :param rollout_temperature: sampling temperature of the rollouts.
     :raises ValueError: naming the bad field and value.
     """
 
-    alpha: float = 0.01
+    alpha: float = 10.0
     gamma: float = 0.998
     eta: float = 0.001
     divergence: str = "chi2_mixture"
+    # --- the online learner (SequenceMatchLearner); the loss ignores these ---
+    backspace_p: float = 0.05
+    noise: str = "uniform"
+    buffer_size: int = 1024
+    refresh_every: int = 10
+    rollout_batch_size: int = 128
+    model_batch_ratio: float = 1.0
+    rollout_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and self.alpha > 0):
@@ -232,6 +260,18 @@ class SequenceMatchConfig:
         if self.divergence not in DIVERGENCES:
             raise ValueError(
                 f"SequenceMatchConfig.divergence must be one of {DIVERGENCES}, got {self.divergence!r}"
+            )
+        if not 0.0 <= self.backspace_p < 1.0:
+            raise ValueError(f"SequenceMatchConfig.backspace_p must be in [0, 1), got {self.backspace_p!r}")
+        if self.noise not in ("uniform", "model"):
+            raise ValueError(f"SequenceMatchConfig.noise must be 'uniform' or 'model', got {self.noise!r}")
+        for name in ("buffer_size", "refresh_every", "rollout_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SequenceMatchConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.model_batch_ratio > 0 or not self.rollout_temperature > 0:
+            raise ValueError(
+                f"SequenceMatchConfig.model_batch_ratio and rollout_temperature must be > 0, got "
+                f"{self.model_batch_ratio!r}, {self.rollout_temperature!r}"
             )
 
 
@@ -519,3 +559,103 @@ def sequencematch_loss(
         "value/v0": d["v0"].mean().item(),
     }
     return loss, metrics
+
+
+# ----------------------------------------------------------------------------
+# The online learner: demonstrations with backspaces + a buffer of model samples
+
+
+class SequenceMatchLearner:
+    """SequenceMatch trained online through the vector env (``train.py --agent sequencematch``).
+
+    Every step uses a data batch (demonstrations, augmented with
+    ``wrong token, backspace`` pairs at rate ``cfg.backspace_p``) and a model
+    batch drawn uniformly from a buffer of episodes the policy generated
+    (with backspace) through :class:`~seqenv.vector_env.SeqGenVectorEnv` on
+    the training device. Every ``cfg.refresh_every`` steps a rollout of
+    ``cfg.rollout_batch_size`` episodes is appended and the oldest beyond
+    ``cfg.buffer_size`` dropped (METHODS.md §1, "Online samples"; stale samples
+    are allowed in the value term by IQ-Learn's identity). Both batches go
+    through ONE forward pass (padded to a common width). The BC term imitates
+    the demonstrated actions except the injected wrong tokens.
+
+    Warm start (METHODS.md §1 [paper]): ``train.py --init`` an MLE checkpoint.
+
+    :param model: the policy (possibly DDP-wrapped).
+    :param cfg: :class:`SequenceMatchConfig`.
+    :param task: the task (env and validity of rollouts).
+    :param generators: ``"noise"`` (CPU: augmentation, buffer sampling) and
+        ``"sample"`` (device: rollouts).
+    """
+
+    name = "sequencematch"
+
+    def __init__(self, model, cfg: SequenceMatchConfig, task, device, generators: dict, batch_size: int):
+        from .rollout import make_vector_env
+
+        self.model, self.cfg, self.task, self.device = model, cfg, task, device
+        self.noise_gen, self.sample_gen = generators["noise"], generators["sample"]
+        self.model_batch_size = max(1, round(batch_size * cfg.model_batch_ratio))
+        self.venv = make_vector_env(task, cfg.rollout_batch_size, device)
+        self.buffer: list[tuple[list[int], list[int]]] = []  # (prompt, actions)
+        self.born: list[int] = []  # step each buffered episode was generated at
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def refresh(self, step: int) -> dict:
+        """Generate ``rollout_batch_size`` episodes with the current policy into the buffer."""
+        from .evaluation import backspace_rate, validity_rate
+        from .rollout import rollout
+
+        res = rollout(self.model, self.venv, generator=self.sample_gen, temperature=self.cfg.rollout_temperature)
+        actions, prompts = res.action_lists(), res.prompts()
+        self.buffer.extend(zip(prompts, actions))
+        self.born.extend([step] * len(actions))
+        del self.buffer[: -self.cfg.buffer_size], self.born[: -self.cfg.buffer_size]
+        tok = self.task.tokenizer
+        texts = [tok.decode(p) + tok.decode(s) for p, s in zip(prompts, res.sequences())]
+        out = {"rollout/backspace_rate": backspace_rate(actions) or 0.0,
+               "rollout/mean_length": float(res.lengths.float().mean()),
+               "rollout/terminated": float(res.terminated.float().mean())}
+        validity = validity_rate(self.task, texts)
+        if validity is not None:
+            out["rollout/validity"] = validity
+        return out
+
+    def loss(self, demos: list[list[int]], step: int) -> tuple[torch.Tensor, dict]:
+        from .augment import augment_with_backspace
+        from .data import collate, noise_token_mask
+        from .mle import model_noise_fn
+
+        metrics: dict = {}
+        if step % self.cfg.refresh_every == 0 or not self.buffer:
+            metrics.update(self.refresh(step))
+        if self.cfg.backspace_p > 0:
+            noise_fn = model_noise_fn(self.model, self.noise_gen, self.device) if self.cfg.noise == "model" else None
+            demos = augment_with_backspace(demos, self.cfg.backspace_p, self.task.tokenizer.vocab_size,
+                                           self.noise_gen, noise=self.cfg.noise, noise_fn=noise_fn)
+        idx = torch.randint(len(self.buffer), (self.model_batch_size,), generator=self.noise_gen).tolist()
+        prompts, acts = zip(*(self.buffer[i] for i in idx))
+        width = max(1 + max(map(len, demos)), max(1 + len(p) + len(a) for p, a in zip(prompts, acts)))
+        data = collate(demos, device=self.device, width=width)
+        sampled = collate(list(acts), list(prompts), device=self.device, width=width)
+        logits = self.model(torch.cat([data.tokens, sampled.tokens]))
+        B = data.tokens.shape[0]
+        bc_mask = data.action_mask & ~noise_token_mask(data)
+        loss, m = sequencematch_loss(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask)
+        metrics.update(m)
+        metrics["buffer/age"] = step - sum(self.born[i] for i in idx) / len(idx)
+        metrics["buffer/size"] = len(self.buffer)
+        metrics["train/tokens"] = int(data.action_mask.sum() + sampled.action_mask.sum())
+        return loss, metrics
+
+    def state_dict(self) -> dict:
+        """The buffer (plain lists), so that a resumed run samples the same model batches."""
+        return {"buffer_prompts": [p for p, _ in self.buffer], "buffer_actions": [a for _, a in self.buffer],
+                "born": list(self.born)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.buffer = list(zip(state["buffer_prompts"], state["buffer_actions"]))
+            self.born = list(state["born"])

@@ -40,9 +40,10 @@ from .checkpoint import CheckpointError, check_task_compatible, load_checkpoint,
 from .data import DemoSampler
 from .earm import EARMConfig, EARMLearner
 from .mle import MLEConfig, MLELearner
+from .sequencematch import SequenceMatchConfig, SequenceMatchLearner
 from .model import PolicyConfig, TransformerPolicy
 
-AGENTS = ("mle", "earm")
+AGENTS = ("mle", "sequencematch", "earm")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,7 +81,7 @@ class TrainConfig:
     :param eval_samples: generated sequences per evaluation.
     """
 
-    agent: Literal["mle", "earm"] = "mle"
+    agent: Literal["mle", "sequencematch", "earm"] = "mle"
     task: str = "python-lines"
     logdir: Optional[str] = None
     init: Optional[str] = None
@@ -102,6 +103,7 @@ class TrainConfig:
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     mle: MLEConfig = field(default_factory=MLEConfig)
+    sequencematch: SequenceMatchConfig = field(default_factory=SequenceMatchConfig)
     earm: EARMConfig = field(default_factory=EARMConfig)
 
     def __post_init__(self):
@@ -168,6 +170,8 @@ def make_learner(cfg: TrainConfig, model, task, device, generators: dict[str, to
     """
     if cfg.agent == "mle":
         return MLELearner(model, cfg.mle, task.tokenizer.vocab_size, device, generators["noise"])
+    if cfg.agent == "sequencematch":
+        return SequenceMatchLearner(model, cfg.sequencematch, task, device, generators, cfg.batch_size)
     if cfg.agent == "earm":
         return EARMLearner(model, cfg.earm, task, device, generators["sample"], cfg.batch_size)
     raise ValueError(f"unknown agent {cfg.agent!r}; valid agents: {', '.join(AGENTS)}")

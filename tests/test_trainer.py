@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from agents.earm import EARMConfig
+from agents.mle import MLEConfig
+from agents.sequencematch import SequenceMatchConfig
 from agents.checkpoint import CheckpointError, load_checkpoint, load_policy
 from agents.trainer import ModelConfig, NonFiniteLossError, TrainConfig, Trainer
 
@@ -29,9 +31,11 @@ def _params(trainer):
     return {k: v.clone() for k, v in trainer.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("agent", ["mle", "earm"])
+@pytest.mark.parametrize("agent", ["mle", "sequencematch", "earm"])
 def test_resume_reaches_the_same_final_state(tmp_path, agent):
-    extra = {"earm": EARMConfig(start_step=2)} if agent == "earm" else {}
+    extra = {"earm": {"earm": EARMConfig(start_step=2)},
+             "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)},
+             "mle": {"mle": MLEConfig(backspace_p=0.1)}}[agent]
     full = Trainer(_cfg(tmp_path, "full", agent=agent, **extra))
     m_full = full.train()
     full.close()
