@@ -263,7 +263,8 @@ class Trainer:
         }
         self.data = DemoSampler(self.task, "train", self.generators["data"])
         self.learner = make_learner(cfg, self.model, self.task, self.device, self.generators)
-        self.optimizer = _optimizer(self.learner.parameters(), cfg)
+        self.params = [p for p in self.learner.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(self.params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0
         if resume_state is not None:
@@ -341,8 +342,7 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters() if self.learner_trains_policy
-                                                       else self.learner.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -374,10 +374,6 @@ class Trainer:
         if self.writer is not None:
             self.writer.flush()
         return metrics
-
-    @property
-    def learner_trains_policy(self) -> bool:
-        return self.cfg.agent != "nce"
 
     def evaluate(self) -> Optional[dict]:
         """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL."""
