@@ -653,3 +653,63 @@ def evaluate_policy(
     else:
         metrics.update(nll=None, perplexity=None)
     return metrics
+
+
+def recovery(
+    policy,
+    task,
+    num_samples: int = 256,
+    device=None,
+    seed: int = 0,
+    temperature: float = 1.0,
+    split: str = "test",
+) -> dict:
+    """Exposure-bias probe: inject a wrong token into a data prefix and let the policy go on.
+
+    For ``num_samples`` held-out sequences ``x`` (drawn with ``seed``), a cut
+    ``k`` uniform in ``[0, len(x) - 1]`` and a wrong token ``w`` uniform over
+    the ordinary tokens other than ``x_k``, the episode is forced through the
+    env with the actions ``x_<k, w`` (all deletable: no prompt), then the
+    policy samples the rest (our protocol [recon]; METHODS.md §1 asks for
+    "recovery after an injected wrong token").
+
+    :return: ``recovery_backspace``: fraction whose first free action is
+        ``backspace``; ``recovery_deleted``: fraction whose final sequence no
+        longer holds ``w`` at position ``k`` (deleted, possibly re-typed
+        otherwise); ``recovery_validity``: validity of the final sequences
+        (``None`` without a checker).
+    :raises ValueError: on a conditional task (prompts) or an empty split.
+    """
+    from .rollout import make_vector_env, rollout
+
+    if task.prompts is not None:
+        raise ValueError(f"recovery is defined for unconditional tasks; task {task.name!r} has prompts")
+    seqs = [s for s in task.encoded(split) if 1 <= len(s) < task.max_length]
+    _check_nonempty(seqs, f"{split!r} sequences")
+    device = device if device is not None else next(policy.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    V = task.tokenizer.vocab_size
+    forced, cuts, wrong = [], [], []
+    for i in torch.randint(len(seqs), (num_samples,), generator=g).tolist():
+        x = seqs[i]
+        k = int(torch.randint(len(x), (1,), generator=g))
+        w = int(torch.randint(NUM_SPECIAL, V - 1, (1,), generator=g))
+        w = w + 1 if w >= x[k] else w  # uniform over ordinary tokens != x_k
+        forced.append(x[:k] + [w])
+        cuts.append(k)
+        wrong.append(w)
+    actions, counts = pad_sequences(forced)
+    venv = make_vector_env(task, num_samples, device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    res = rollout(policy, venv, seed=seed, temperature=temperature, generator=gen,
+                  forced_actions=(actions.to(device), counts.to(device)))
+    venv.close()
+    acts = res.action_lists()
+    finals = res.sequences()
+    first_free = [a[c] if len(a) > c else None for a, c in zip(acts, counts.tolist())]
+    texts = [task.tokenizer.decode(s) for s in finals]
+    return {
+        "recovery_backspace": sum(f == BACKSPACE_ID for f in first_free) / num_samples,
+        "recovery_deleted": sum(not (len(s) > k and s[k] == w) for s, k, w in zip(finals, cuts, wrong)) / num_samples,
+        "recovery_validity": validity_rate(task, texts),
+    }

@@ -138,6 +138,7 @@ def rollout(
     generator: Optional[torch.Generator] = None,
     store_masks: bool = False,
     allow_backspace: bool = True,
+    forced_actions: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> RolloutResult:
     """Play one episode in each of ``venv``'s environments with ``policy``.
 
@@ -149,6 +150,12 @@ def rollout(
     :param allow_backspace: if False, ``backspace`` is removed from the legal
         actions: the final sequences are then exact ancestral samples of the
         autoregressive model (what E-ARM and NCE need as proposal / noise).
+    :param forced_actions: ``(actions LongTensor [N, F], counts LongTensor [N])``:
+        row ``b`` takes ``actions[b, :counts[b]]`` as its first actions instead
+        of sampling (teacher forcing through the env: e.g. a prefix with an
+        injected wrong token, to measure recovery); they must be legal. They
+        appear in the result's actions; their ``log_probs`` are under the
+        masked, tempered distribution (top-k/top-p not applied).
     :return: :class:`RolloutResult` on the env's device.
     """
     policy = getattr(policy, "module", policy)
@@ -185,6 +192,11 @@ def rollout(
                 mask = mask.clone()
                 mask[:, BACKSPACE_ID] = False
             a, lp = sample_actions(logits, mask, temperature, top_k, top_p, generator)
+            if forced_actions is not None and t < forced_actions[0].shape[1]:
+                forced = t < forced_actions[1]
+                a = torch.where(forced, forced_actions[0][:, t], a)
+                lp = torch.where(forced, logits.float().div(temperature).masked_fill(~mask, float("-inf"))
+                                 .log_softmax(-1).gather(-1, a[:, None]).squeeze(-1), lp)
             a = torch.where(done, eos, a)  # finished rows: any action, ignored by the autoreset
             active = ~done
             actions[:, t] = torch.where(active, a, PAD_ID)
