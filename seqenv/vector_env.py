@@ -1,0 +1,446 @@
+"""The batched sequence-generation environment: one state in torch tensors.
+
+:class:`SeqGenVectorEnv` runs ``num_envs`` copies of the MDP of
+:class:`seqenv.env.SeqGenEnv` as a single batched state on ``device``
+(gymnax/Brax style): ``tokens[B, L]``, ``length[B]``, ``prompt_length[B]``,
+``steps[B]`` and the ``done`` flags. A step is a dozen array ops -- the
+transition is one lookup in a table indexed by the action -- restarts are
+row writes (CPU) or selects (accelerators), and nothing loops over
+environments in Python. Dynamics, masks, rewards and prompt draws are those of
+the single env, output for output (``tests/test_vector_env.py``).
+
+The step is written once over an array namespace ``xp``: ``torch`` on
+accelerators, and on CPU ``numpy`` operating in place on the tensors' memory
+(``Tensor.numpy()`` views, no copies; ``torch.from_numpy`` for the outputs).
+Both backends run the same lines; numpy is the CPU default because a torch op
+on a small CPU tensor costs about 4x a numpy op, and a step is dominated by
+that per-op cost up to thousands of envs. ``backend="torch"`` forces torch ops
+on CPU (the tests run both).
+
+:class:`ToNumpy` converts the outputs to numpy for code that needs arrays
+(e.g. ``gymnasium.wrappers.vector.RecordEpisodeStatistics``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
+from gymnasium.vector.utils import batch_space
+
+from .env import (
+    RENDER_MODES,
+    TokenActionSpace,
+    base_action_mask,
+    encode_prompt,
+    illegal_action_error,
+    observation_space,
+    prompt_index,
+    render_text,
+    resolve_config,
+    seed_key,
+)
+from .rewards import step_rewards
+from .tasks import Task
+from .tokenizers import BACKSPACE_ID, EOS_ID, PAD_ID, UNK_ID
+
+VECTOR_RESET_OPTIONS = ("prompt", "reset_mask")
+BACKENDS = ("auto", "numpy", "torch")
+STATE = ("tokens", "length", "prompt_length", "steps", "done", "episode", "key")
+
+
+class SeqGenVectorEnv(VectorEnv):
+    """``num_envs`` sequence-generation envs as one batched torch state.
+
+    Same MDP, arguments and observation keys as :class:`seqenv.env.SeqGenEnv`
+    (read its docstring for the actions, observations, rewards and episode
+    ends), batched along a leading dimension ``B = num_envs``.
+
+    **Returns are torch tensors on** ``device`` (unlike Gymnasium's numpy
+    default):
+
+    ========================  =========================  ===============================================
+    output                    type                       value
+    ========================  =========================  ===============================================
+    ``obs["tokens"]``         LongTensor ``[B, L]``      prompt + generated tokens, ``pad`` after length
+    ``obs["length"]``         LongTensor ``[B]``         tokens in the state, prompt included
+    ``obs["prompt_length"]``  LongTensor ``[B]``         prompt tokens
+    ``rewards``               FloatTensor ``[B]``        float32, see :mod:`seqenv.rewards`
+    ``terminated``            BoolTensor ``[B]``         the action was ``eos``
+    ``truncated``             BoolTensor ``[B]``         state full, or step limit reached
+    ``info["action_mask"]``   BoolTensor ``[B, V]``      legal actions in the returned state
+    ========================  =========================  ===============================================
+
+    With ``copy_obs=True`` (default) observations and masks are fresh tensors
+    on every call. With ``copy_obs=False`` they are the env's state tensors
+    themselves (no ``[B, L]`` copy per step): read-only, and overwritten by
+    the next :meth:`step`/:meth:`reset` -- copy what you keep.
+
+    **Autoreset** (Gymnasium 1.x ``AutoresetMode.NEXT_STEP``, in
+    ``metadata["autoreset_mode"]``): the step that ends an episode returns its
+    final state; on the next call to :meth:`step` that env restarts instead
+    (its action is ignored) and returns the start state with reward 0 and both
+    flags False. ``reset(options={"reset_mask": m})`` resets only the envs
+    where ``m`` is True (the SB3 adapter uses it for same-step resets).
+
+    **Actions**: LongTensor or integer numpy array ``[B]``. With
+    ``validate_actions=True`` (default) an out-of-range or masked action
+    raises ``ValueError`` naming the env, the action id and token, and what
+    is allowed (one host sync per step). With ``validate_actions=False``
+    nothing is checked and an illegal action is a no-op that still counts
+    toward the step limit (free: the transition table maps it to "nothing");
+    use it for speed once the policy is masked, or for unmasked learners such
+    as plain PPO. :meth:`sample_legal_actions` draws uniformly random legal
+    actions for the whole batch.
+
+    **Prompts**: the prompt table is a padded tensor; env ``b`` reset with
+    ``reset(seed=s)`` draws the prompt of its ``k``-th episode as
+    ``prompt_index(seed_key(s + b), k, P)`` (:mod:`seqenv.env`) -- the same
+    prompts as a single env reset with ``seed=s + b`` (the seeding convention
+    of Gymnasium's ``SyncVectorEnv``). ``reset(options={"prompt": p})`` starts
+    every env from ``p`` (a string) or env ``b`` from ``p[b]`` (a list of
+    ``B`` strings).
+
+    :param num_envs: batch size ``B >= 1``.
+    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``.
+    :param validate_actions: check actions (see above).
+    :param copy_obs: fresh observation tensors each call (see above).
+    :param backend: array ops of the step: ``"auto"`` (numpy on CPU, torch
+        elsewhere), ``"numpy"`` (CPU only) or ``"torch"``. Same results.
+    :param task, max_length, max_episode_steps, reward, reward_mode, prompts,
+        render_mode: as :class:`~seqenv.env.SeqGenEnv`; ``max_episode_steps``
+        reaches this constructor through ``gym.make_vec``.
+    :raises ValueError: on bad arguments (those of the single env,
+        ``num_envs < 1``, a CUDA device without CUDA, an unknown backend).
+    """
+
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        task: "str | Task" = "python-lines",
+        max_length: Optional[int] = None,
+        max_episode_steps: Optional[int] = None,
+        reward: Any = "none",
+        reward_mode: str = "terminal",
+        prompts: Optional[Sequence[str]] = None,
+        render_mode: Optional[str] = None,
+        device: "str | torch.device" = "cpu",
+        validate_actions: bool = True,
+        copy_obs: bool = True,
+        backend: str = "auto",
+    ):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} requested but CUDA is not available (torch.cuda.is_available() is False)")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        if backend == "numpy" and device.type != "cpu":
+            raise ValueError(f"backend='numpy' runs on the CPU only, got device={str(device)!r}")
+        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode)
+        self.config = cfg
+        self.task, self.tokenizer = cfg.task, cfg.tokenizer
+        self.num_envs = B = int(num_envs)
+        self.vocab_size, self.max_length = V, L = cfg.vocab_size, cfg.max_length
+        self.max_episode_steps = cfg.max_episode_steps
+        self.reward_mode = cfg.reward_mode
+        self.render_mode = cfg.render_mode
+        self.device = device
+        self.validate_actions = bool(validate_actions)
+        self.copy_obs = bool(copy_obs)
+        self.backend = "numpy" if backend == "numpy" or (backend == "auto" and device.type == "cpu") else "torch"
+
+        self.single_action_space = TokenActionSpace(V)
+        self.action_space = batch_space(self.single_action_space, B)
+        self.single_observation_space = observation_space(V, L)
+        self.observation_space = batch_space(self.single_observation_space, B)
+
+        # the batched state: torch tensors on device
+        def zeros(*shape, dtype=torch.long):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        self.tokens = zeros(B, L)  # pad (0) after length
+        self.length = zeros(B)  # tokens in the state, prompt included
+        self.prompt_length = zeros(B)
+        self.steps = zeros(B)  # actions taken in the current episode
+        self.done = zeros(B, dtype=torch.bool)  # the episode ended at the last step: restart at the next
+        self.episode = zeros(B)  # episodes since seeding (prompt draws of conditional tasks)
+        self.key = zeros(B)  # prompt key of each env
+        self.potential = zeros(B, dtype=torch.float64)  # score potential of the state (reward_mode="step")
+        self._started = False
+
+        # constants: lookup tables indexed by the action clamped to [0, V] (V = out of range)
+        ids = np.arange(V + 1)
+        ordinary = (ids >= UNK_ID) & (ids < V)
+        effect = np.stack([ordinary * 1 - (ids == BACKSPACE_ID), np.where(ordinary, ids, PAD_ID)], 1)
+        mask = base_action_mask(V)
+        mask_table = np.stack([mask, mask])
+        mask_table[0, BACKSPACE_ID] = False  # row 0: nothing generated; row 1: backspace legal
+        legal = np.arange(EOS_ID, V)
+        legal_table = np.stack([np.append(legal[legal != BACKSPACE_ID], legal[-1]), legal])  # [2, V - 2]
+        prompt_table, prompt_lengths = self._table(cfg.prompts or [[]])
+
+        # the arrays the step computes on: numpy views of the tensors' memory, or the tensors
+        if self.backend == "numpy":
+            self.xp = np
+            self._x = {name: getattr(self, name).numpy() for name in STATE}
+            self._to_torch = torch.from_numpy
+            self._copy = np.copy
+            self._long = lambda a: a.astype(np.int64)
+            self._const = lambda a: np.asarray(a)
+        else:
+            self.xp = torch
+            self._x = {name: getattr(self, name) for name in STATE}
+            self._to_torch = lambda a: a
+            self._copy = torch.clone
+            self._long = lambda a: a.long()
+            self._const = lambda a: torch.as_tensor(np.asarray(a), device=device)
+        self._effect = self._const(effect.astype(np.int64))  # [V + 1, 2]: length change, token written
+        self._mask_table = self._const(mask_table)  # [2, V] bool
+        self._legal_table = self._const(legal_table.astype(np.int64))
+        self._row_start = self._const(np.arange(B, dtype=np.int64) * L)  # flat index of each row's first token
+        self._env_index = self._const(np.arange(B, dtype=np.int64))
+        self._prompt_table = self._const(prompt_table)  # [P, L] (P = 1 empty prompt if unconditional)
+        self._prompt_lengths = self._const(prompt_lengths)
+        self._conditional = cfg.prompts is not None
+        self._mask_buffer = self._mask_table[self._env_index * 0]  # info["action_mask"] when copy_obs=False
+
+    # -- Gymnasium API ------------------------------------------------------
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict, dict]:
+        """Reset every env (or those in ``options["reset_mask"]``).
+
+        :param seed: env ``b`` is seeded with ``seed + b``.
+        :param options: ``"prompt"``: a string (every env) or a list of ``B``
+            strings; ``"reset_mask"``: bool array/tensor ``[B]``, reset only
+            these envs (the others keep their state; the first reset must be
+            a full one).
+        :return: ``(obs, info)`` for the whole batch.
+        :raises ValueError: on unknown options, a bad mask or prompt.
+        """
+        super().reset(seed=seed)
+        x, xp = self._x, self.xp
+        options = dict(options or {})
+        unknown = set(options) - set(VECTOR_RESET_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; expected keys among {VECTOR_RESET_OPTIONS}")
+        rows = self._reset_mask(options.get("reset_mask"))
+        if seed is None and not self._started:
+            seed = int(self.np_random.integers(2**32))
+        if seed is not None:
+            x["key"][...] = xp.where(rows, seed_key(int(seed) + self._env_index), x["key"])
+            x["episode"][...] = xp.where(rows, -1, x["episode"])  # the restart below starts episode 0
+        table = self._explicit_prompts(options["prompt"]) if options.get("prompt") is not None else None
+        self._restart(rows, table)
+        x["done"][...] = x["done"] & ~rows
+        if self.config.score is not None and self.reward_mode == "step":
+            rows_t = self._to_torch(rows)
+            self.potential = torch.where(rows_t, self.config.score.potential(self.tokens, self.length), self.potential)
+        self._started = True
+        return self._obs(), {"action_mask": self._info_mask()}
+
+    def step(self, actions) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Apply one action per env (envs whose episode ended at the last step restart instead).
+
+        :param actions: LongTensor or integer numpy array ``[B]``.
+        :return: ``(obs, rewards, terminated, truncated, info)``, torch
+            tensors on ``device`` (table in the class docstring).
+        :raises ValueError: on a bad shape or dtype, or (``validate_actions``)
+            an out-of-range or masked action.
+        :raises RuntimeError: before the first :meth:`reset`.
+        """
+        if not self._started:
+            raise RuntimeError("step() called before reset(); call reset() first")
+        x, xp = self._x, self.xp
+        a = self._as_actions(actions)
+        restart = self._copy(x["done"])  # these envs start a new episode now; their action is ignored
+        if self.validate_actions:
+            self._validate(a, restart)
+        x["steps"] += 1
+        self._restart(restart)  # steps back to 0 there
+        # the transition: one table lookup; restarting envs and illegal actions do nothing
+        a = xp.where(restart, PAD_ID, xp.clip(a, 0, self.vocab_size))
+        change, written = self._effect[a, 0], self._effect[a, 1]
+        length = xp.maximum(x["length"] + change, x["prompt_length"])  # backspace stops at the prompt
+        write_at = xp.minimum(x["length"], length)  # append: at the old length; backspace: at the new one
+        x["tokens"].reshape(-1)[self._row_start + write_at] = written
+        x["length"][...] = length
+        terminated = a == EOS_ID
+        truncated = (length == self.max_length) | (x["steps"] >= self.max_episode_steps)
+        x["done"][...] = terminated | truncated
+        terminated, truncated = self._to_torch(terminated), self._to_torch(truncated)
+
+        if self.config.score is None:
+            rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
+        else:
+            r, potential = step_rewards(self.config.score, self.reward_mode, self.tokens, self.length, terminated,
+                                        self.potential)
+            if potential is not None:
+                self.potential = potential
+            rewards = torch.where(self._to_torch(restart), 0.0, r).float()
+        return self._obs(), rewards, terminated, truncated, {"action_mask": self._info_mask()}
+
+    def action_masks(self) -> torch.Tensor:
+        """Legal actions in the current states: BoolTensor ``[B, V]`` on ``device`` (a fresh tensor)."""
+        return self._to_torch(self._mask_table[(self._x["length"] > self._x["prompt_length"]) * 1])
+
+    def sample_legal_actions(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Uniformly random legal actions, LongTensor ``[B]`` on ``device``.
+
+        An exact uniform draw over each env's mask in O(B): the mask's
+        structure is fixed (every id but ``pad`` and ``bos``; ``backspace``
+        only if something is generated), so ``r ~ U{0, ..., n - 1}`` with
+        ``n = V - 3`` or ``V - 2`` is looked up in a table of the legal ids
+        (row 0 without, row 1 with backspace).
+
+        :param generator: ``torch.Generator`` on ``device`` (``None``: torch's global one).
+        """
+        u = torch.rand(self.num_envs, generator=generator, device=self.device, dtype=torch.float64)
+        u = u.numpy() if self.backend == "numpy" else u
+        can_backspace = (self._x["length"] > self._x["prompt_length"]) * 1
+        r = self._long(u * (can_backspace + (self.vocab_size - 3)))
+        return self._to_torch(self._legal_table[can_backspace, r])
+
+    def render(self) -> Optional[tuple[str, ...]]:
+        """``render_mode="ansi"``: one ``"prompt|generated▌"`` string per env."""
+        if self.render_mode is None:
+            return None
+        toks, lens, plens = self.tokens.tolist(), self.length.tolist(), self.prompt_length.tolist()
+        return tuple(render_text(self.tokenizer, t[:n], p) for t, n, p in zip(toks, lens, plens))
+
+    # -- helpers ------------------------------------------------------------
+    def _restart(self, rows, table: Optional[tuple] = None) -> None:
+        """Start a new episode (prompt or empty, step 0) in the envs where ``rows`` (bool ``[B]``) is True.
+
+        :param table: ``(prompt_table [P, L], prompt_lengths [P], index [B])``
+            to use instead of the env's prompt draws.
+        """
+        x = self._x
+        if table is None:
+            table, lengths, index = self._prompt_table, self._prompt_lengths, None
+        else:
+            table, lengths, index = table
+        if self.backend == "numpy":
+            # CPU: write the restarting rows only (cheaper than [B, L] selects)
+            r = np.flatnonzero(rows)
+            if r.size == 0:
+                return
+            x["steps"][r] = 0
+            if index is None and not self._conditional:  # every env restarts empty
+                x["length"][r] = x["prompt_length"][r] = 0
+                x["tokens"][r] = PAD_ID
+                return
+            x["episode"][r] += 1
+            idx = index[r] if index is not None else prompt_index(x["key"][r], x["episode"][r], len(table))
+            x["length"][r] = x["prompt_length"][r] = lengths[idx]
+            x["tokens"][r] = table[idx]
+        else:
+            # accelerators: selects over the whole batch, no host sync
+            x["steps"].masked_fill_(rows, 0)
+            x["episode"] += rows
+            if index is not None:
+                idx = index
+            elif self._conditional:
+                idx = prompt_index(x["key"], x["episode"], len(table))
+            else:
+                idx = self._env_index * 0
+            n = torch.where(rows, lengths[idx], x["length"])
+            x["length"][...] = n
+            x["prompt_length"][...] = torch.where(rows, n, x["prompt_length"])
+            x["tokens"][...] = torch.where(rows[:, None], table[idx], x["tokens"])
+
+    def _table(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Padded prompt table int64 ``[P, L]`` and lengths ``[P]``."""
+        table = np.full((len(prompts), self.max_length), PAD_ID, dtype=np.int64)
+        for i, p in enumerate(prompts):
+            table[i, : len(p)] = p
+        return table, np.array([len(p) for p in prompts], dtype=np.int64)
+
+    def _explicit_prompts(self, prompt) -> tuple:
+        if isinstance(prompt, str):
+            prompt = [prompt] * self.num_envs
+        if not isinstance(prompt, (list, tuple)) or len(prompt) != self.num_envs:
+            raise ValueError(
+                f"reset option 'prompt' must be a string or a list of {self.num_envs} strings, got {prompt!r:.80}"
+            )
+        table, lengths = self._table([encode_prompt(self.tokenizer, p, self.max_length) for p in prompt])
+        return self._const(table), self._const(lengths), self._env_index
+
+    def _reset_mask(self, mask):
+        """The envs to reset: bool array ``[B]`` of the backend."""
+        if mask is None:
+            return self._env_index >= 0
+        if not self._started:
+            raise ValueError("reset option 'reset_mask' needs a first full reset() of every env")
+        mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != (self.num_envs,):
+            raise ValueError(
+                f"reset option 'reset_mask' must be a bool array of shape ({self.num_envs},), "
+                f"got dtype {mask.dtype} shape {mask.shape}"
+            )
+        return self._const(mask)
+
+    def _as_actions(self, actions):
+        """Actions as an int64 array of the backend, shape ``[B]``."""
+        if self.backend == "numpy":
+            a = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
+            integer = a.dtype.kind in "iu"
+        else:
+            a = torch.as_tensor(actions, device=self.device)
+            integer = not (a.dtype == torch.bool or a.is_floating_point() or a.is_complex())
+        if tuple(a.shape) != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},) (one token id per env), got {tuple(a.shape)}")
+        if not integer:
+            raise ValueError(f"actions must be integer token ids, got dtype {a.dtype}")
+        return self._long(a)
+
+    def _validate(self, a, restart) -> None:
+        can_backspace = self._x["length"] > self._x["prompt_length"]
+        legal = (a >= EOS_ID) & (a < self.vocab_size) & ((a != BACKSPACE_ID) | can_backspace)
+        bad = ~(legal | restart)
+        if bool(bad.any()):
+            b = int((bad * 1).argmax())
+            raise illegal_action_error(int(a[b]), self.vocab_size, bool(can_backspace[b]), self.tokenizer, env_index=b)
+
+    def _obs(self) -> dict:
+        if not self.copy_obs:  # the state tensors themselves (read-only, valid until the next call)
+            return {"tokens": self.tokens, "length": self.length, "prompt_length": self.prompt_length}
+        x = self._x
+        return {k: self._to_torch(self._copy(x[k])) for k in ("tokens", "length", "prompt_length")}
+
+    def _info_mask(self) -> torch.Tensor:
+        if not self.copy_obs:  # one buffer; only the backspace column changes
+            self._mask_buffer[:, BACKSPACE_ID] = self._x["length"] > self._x["prompt_length"]
+            return self._to_torch(self._mask_buffer)
+        return self.action_masks()
+
+
+class ToNumpy(VectorWrapper):
+    """Outputs of a torch vector env as numpy arrays (on the host).
+
+    Observations become a dict of numpy arrays, rewards ``float32 [B]``, the
+    flags ``bool [B]``, tensors in ``info`` numpy arrays; actions pass through
+    unchanged (numpy or torch). Use it for numpy-based wrappers, e.g.
+    ``RecordEpisodeStatistics(ToNumpy(venv))``. Costs a device-to-host copy
+    per step.
+    """
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return _to_numpy(obs), _to_numpy(info)
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        return _to_numpy(obs), _to_numpy(rewards), _to_numpy(terminated), _to_numpy(truncated), _to_numpy(info)
+
+
+def _to_numpy(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, dict):
+        return {k: _to_numpy(v) for k, v in x.items()}
+    return x
