@@ -201,7 +201,9 @@ class SeqGenEnv(gym.Env):
     """
     ## Description
 
-    Text generation, one token per step, with a **backspace** action. The
+    Text generation, one token per step, with a **backspace** action -- the
+    MDP of SequenceMatch (Cundy & Ermon, ICLR 2024) [paper]; the prompt,
+    masks, limits and rewards below are our design (DESIGN.md). The
     state is a token sequence -- an optional fixed prompt followed by the
     tokens generated so far, at most ``max_length`` tokens in all. Each action
     appends a token, deletes the last generated token, or ends the sequence.
@@ -299,7 +301,7 @@ class SeqGenEnv(gym.Env):
     | `reward`            | `str` or callable      | `"none"`         | `"none"`, `"oracle"` or `fn(tokens, lengths) -> FloatTensor[B]`                                              |
     | `reward_mode`       | `str`                  | `"terminal"`     | `"terminal"` or `"step"`                                                                                     |
     | `prompts`           | `list[str]` or `None`  | `None`           | prompts to start from; `None` = `task.prompts`                                                               |
-    | `render_mode`       | `str` or `None`        | `None`           | `"ansi"`: `render()` returns `prompt|generated▌`                                                             |
+    | `render_mode`       | `str` or `None`        | `None`           | `"ansi"`: `render()` returns the text with a cursor (see `render`)                                           |
 
     ``gym.make("SeqGen-v0", max_episode_steps=N)`` does not reach the
     constructor: Gymnasium wraps the env in ``TimeLimit(N)``, on top of the
@@ -369,6 +371,9 @@ class SeqGenEnv(gym.Env):
         unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; expected keys among {RESET_OPTIONS}")
+        explicit = options.get("prompt")
+        if explicit is not None:
+            explicit = encode_prompt(self.tokenizer, explicit, self.max_length)
         if seed is not None:
             self._prompt_key, self._episode = seed_key(int(seed)), 0
         elif self._prompt_key is None:
@@ -376,8 +381,8 @@ class SeqGenEnv(gym.Env):
         else:
             self._episode += 1
 
-        if options.get("prompt") is not None:
-            prompt = encode_prompt(self.tokenizer, options["prompt"], self.max_length)
+        if explicit is not None:
+            prompt = explicit
         elif self.config.prompts is not None:
             prompt = self.config.prompts[prompt_index(self._prompt_key, self._episode, len(self.config.prompts))]
         else:

@@ -24,8 +24,8 @@ callable ``fn``        ``fn(tokens, lengths)``                ``fn(tokens, lengt
 
 * ``"terminal"``: ``r_t = terminal(s_T)`` on the step that emits ``eos``,
   ``0`` on every other step (a truncated episode earns ``0``).
-* ``"step"``: potential-based shaping (Ng, Harada & Russell 1999, with
-  discount 1): ``r_t = potential(s_{t+1}) - potential(s_t)`` for appends,
+* ``"step"``: potential-based shaping [paper: Ng, Harada & Russell, "Policy
+  invariance under reward transformations", ICML 1999, with discount 1]: ``r_t = potential(s_{t+1}) - potential(s_t)`` for appends,
   backspaces and no-ops, and ``r_t = terminal(s_t) - potential(s_t)`` on the
   ``eos`` step (the state does not change; for the oracle this is the ``eos``
   term ``log p(eos | s)``). The return of an episode telescopes to
@@ -37,8 +37,11 @@ callable ``fn``        ``fn(tokens, lengths)``                ``fn(tokens, lengt
 The oracle score is clamped below at :data:`ORACLE_LOG_PROB_FLOOR` nats, so
 sequences the oracle cannot produce (the empty sequence, non-oracle tokens such
 as ``unk``, lengths above the oracle's limit; ``log p = -inf``) give a finite
-reward and step rewards never see ``-inf - (-inf)``. [ours: the floor and its
-value are our choice, not from a paper.]
+reward and step rewards never see ``-inf - (-inf)``. [recon: the floor and its
+value are our choice; no source prescribes them.]
+
+Oracle scores are computed by the oracle on the CPU (a host copy per step on
+accelerators).
 
 All scores are evaluated in batch on tensors; results are ``float64``.
 """

@@ -81,9 +81,15 @@ class SB3VecEnv(VecEnv):
         return _np(obs)
 
     def step_async(self, actions: np.ndarray) -> None:
+        """Store the actions (int ``[N]``) for :meth:`step_wait`."""
         self._actions = np.asarray(actions)
 
     def step_wait(self):
+        """Step every env; reset the finished ones at once (SB3 semantics, see the class docstring).
+
+        :return: ``(obs, rewards, dones, infos)``.
+        :raises RuntimeError: without a preceding :meth:`step_async`.
+        """
         if self._actions is None:
             raise RuntimeError("step_wait() called without step_async()")
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions.reshape(self.num_envs))
@@ -105,6 +111,7 @@ class SB3VecEnv(VecEnv):
         return obs, _np(rewards).astype(np.float32), dones, infos
 
     def close(self) -> None:
+        """Close the vector env."""
         self.venv.close()
 
     def get_attr(self, attr_name: str, indices=None) -> list[Any]:

@@ -229,12 +229,12 @@ class SeqGenVectorEnv(VectorEnv):
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; expected keys among {VECTOR_RESET_OPTIONS}")
         rows = self._reset_mask(options.get("reset_mask"))
+        table = self._explicit_prompts(options["prompt"]) if options.get("prompt") is not None else None
         if seed is None and not self._started:
             seed = int(self.np_random.integers(2**32))
         if seed is not None:
             x["key"][...] = xp.where(rows, seed_key(int(seed) + self._env_index), x["key"])
             x["episode"][...] = xp.where(rows, -1, x["episode"])  # the restart below starts episode 0
-        table = self._explicit_prompts(options["prompt"]) if options.get("prompt") is not None else None
         self._restart(rows, table)
         x["done"][...] = x["done"] & ~rows
         if self.config.score is not None and self.reward_mode == "step":

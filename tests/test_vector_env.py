@@ -119,8 +119,17 @@ def test_make_vec_and_spaces():
     assert venv.observation_space.contains({k: v.numpy() for k, v in obs.items()})
 
 
-def test_validation_off_makes_illegal_actions_no_ops():
-    venv = SeqGenVectorEnv(num_envs=5, task="oracle-hmm", max_length=4, validate_actions=False)
+def test_sync_vectorization_of_the_single_env():
+    venv = gym.make_vec("SeqGen-v0", num_envs=2, vectorization_mode="sync", task="oracle-hmm", max_length=4)
+    obs, info = venv.reset(seed=0)
+    obs, rew, term, trunc, info = venv.step(np.array([A, EOS_ID]))
+    assert obs["tokens"].tolist() == [[A, 0, 0, 0], [0, 0, 0, 0]] and term.tolist() == [False, True]
+    assert info["action_mask"].dtype == np.int8 and info["action_mask"][:, BACKSPACE_ID].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_validation_off_makes_illegal_actions_no_ops(backend):
+    venv = SeqGenVectorEnv(num_envs=5, task="oracle-hmm", max_length=4, validate_actions=False, backend=backend)
     venv.reset(seed=0)
     obs, _, term, trunc, _ = venv.step(np.array([PAD_ID, 1, BACKSPACE_ID, 999, -7]))
     assert obs["length"].tolist() == [0] * 5 and obs["tokens"].abs().sum() == 0
