@@ -40,10 +40,11 @@ from .checkpoint import CheckpointError, check_task_compatible, load_checkpoint,
 from .data import DemoSampler
 from .earm import EARMConfig, EARMLearner
 from .mle import MLEConfig, MLELearner
+from .nce import NCELearner, NCETrainConfig
 from .sequencematch import SequenceMatchConfig, SequenceMatchLearner
 from .model import PolicyConfig, TransformerPolicy
 
-AGENTS = ("mle", "sequencematch", "earm")
+AGENTS = ("mle", "sequencematch", "earm", "nce")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,7 +82,7 @@ class TrainConfig:
     :param eval_samples: generated sequences per evaluation.
     """
 
-    agent: Literal["mle", "sequencematch", "earm"] = "mle"
+    agent: Literal["mle", "sequencematch", "earm", "nce"] = "mle"
     task: str = "python-lines"
     logdir: Optional[str] = None
     init: Optional[str] = None
@@ -105,6 +106,7 @@ class TrainConfig:
     mle: MLEConfig = field(default_factory=MLEConfig)
     sequencematch: SequenceMatchConfig = field(default_factory=SequenceMatchConfig)
     earm: EARMConfig = field(default_factory=EARMConfig)
+    nce: NCETrainConfig = field(default_factory=NCETrainConfig)
 
     def __post_init__(self):
         if self.agent not in AGENTS:
@@ -174,6 +176,8 @@ def make_learner(cfg: TrainConfig, model, task, device, generators: dict[str, to
         return SequenceMatchLearner(model, cfg.sequencematch, task, device, generators, cfg.batch_size)
     if cfg.agent == "earm":
         return EARMLearner(model, cfg.earm, task, device, generators["sample"], cfg.batch_size)
+    if cfg.agent == "nce":
+        return NCELearner(model, cfg.nce, task, device, generators, cfg.batch_size)
     raise ValueError(f"unknown agent {cfg.agent!r}; valid agents: {', '.join(AGENTS)}")
 
 
@@ -356,6 +360,8 @@ class Trainer:
                 self.log(metrics, self.step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
+            else:  # rollout statistics arrive on refresh steps only: never drop them
+                self.log({k: v for k, v in metrics.items() if k.startswith("rollout/")}, self.step)
             if bar is not None:
                 bar.update(1)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
