@@ -26,22 +26,35 @@ Contents, in the order of METHODS.md §3:
 - :func:`importance_resample` -- sampling-importance-resampling among
   candidates drawn from the policy, weights ``∝ exp(-E)`` (Deng et al.'s
   generation procedure), for reranking.
+- :class:`NCETrainConfig`, :class:`NCELearner` -- ``scripts/train.py --agent
+  nce``: the residual critic trained by binary or ranking NCE against noise
+  sampled through the vector env from the policy's snapshot, optionally with
+  the policy itself trained by self-adapting NCE; :func:`no_backspace_log_prob`
+  (exact ``log q`` of those samples); :func:`load_critic` (the critic of such
+  a run's checkpoint, for ``generate.py --rerank critic`` and
+  ``scripts/ppo_critic.py``).
 
 Batch convention (docs/internals.md): ``tokens: LongTensor[B, T]`` is
 ``[bos, x_1..x_n, eos, pad...]`` and ``mask: BoolTensor[B, T]`` is True at the
 predicted positions ``x_1..x_n, eos``. All log-probabilities and energies are
-in nats. This module does not import the policy model; it works on tensors.
+in nats. The losses work on tensors; only the learner calls models (the
+policy, its snapshot, the critic) and the vector env.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
 
 _POOLINGS = ("mean", "first")
 
@@ -778,3 +791,341 @@ def importance_resample(
     indices = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     ess = torch.exp(2 * torch.logsumexp(log_w, dim=1) - torch.logsumexp(2 * log_w, dim=1))
     return indices, ess
+
+
+# ---------------------------------------------------------------------------
+# The learner: scripts/train.py --agent nce
+# ---------------------------------------------------------------------------
+
+NCE_LOSSES = ("binary", "ranking")
+POLICY_OBJECTIVES = ("none", "self_adapting_nce")
+
+
+def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Exact ``log q(x)`` of a sequence drawn by ``rollout(..., allow_backspace=False)``.
+
+    The rollout samples each action from the softmax of the policy's logits
+    over the env's legal actions minus ``backspace``, i.e. with ``pad``,
+    ``bos`` and ``backspace`` removed (docs/internals.md); this scores a
+    complete sequence under that same distribution (ancestral scoring,
+    :func:`sequence_log_prob` on the masked logits). A truncated row (no
+    ``eos``) gets the probability of its tokens only, which is the
+    probability of the episode ending that way. [recon] Reading the policy
+    without backspace as the noise distribution is ours; it makes ``log q``
+    exact.
+
+    :param logits: ``FloatTensor[B, T, V]``, the policy's output on ``tokens``.
+    :param tokens: ``LongTensor[B, T]``, ``[bos, x_1..x_n, eos?, pad...]``.
+    :param mask: ``BoolTensor[B, T]``, True at ``x_1..x_n`` (and ``eos``).
+    :returns: ``FloatTensor[B]`` in nats (float32 or wider), differentiable;
+        ``-inf`` if a row contains ``pad``, ``bos`` or ``backspace`` at a
+        predicted position.
+    :raises ValueError: as :func:`sequence_log_prob`.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
+    illegal = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    illegal[[PAD_ID, BOS_ID, BACKSPACE_ID]] = True
+    return sequence_log_prob(logits.float().masked_fill(illegal, -math.inf), tokens, mask)
+
+
+@dataclass
+class NCETrainConfig:
+    """Hyperparameters of :class:`NCELearner` (the ``nce`` section of
+    ``TrainConfig``; flags ``--nce.loss``, ``--nce.nu``, ...).
+
+    :param loss: ``"binary"``: binary NCE with noise ratio ``nu`` and the
+        learned log-normaliser ``c`` (:func:`binary_nce_loss`); ``"ranking"``:
+        ranking NCE, ``nu`` noise candidates per data sample, no ``c``
+        (:func:`ranking_nce_loss`).
+    :param nu: noise samples per data sample, an int >= 1: binary NCE's noise
+        ratio ν (``M = ν·B`` noise samples per step, the classical sum form) or
+        the number of noise candidates of ranking NCE.
+    :param refresh_every: K >= 1, steps between refreshes of the noise
+        distribution, a frozen snapshot of the policy (:class:`SnapshotNoise`);
+        1 = the current policy. Only matters when the policy is trained.
+    :param critic_n_layer, critic_n_head, critic_n_embd, critic_dropout,
+        critic_pooling: the :class:`SequenceCritic`'s :class:`CriticConfig`.
+    :param policy_objective: ``"none"``: the policy is frozen and only the
+        critic (and ``c``) learn; ``"self_adapting_nce"``: the policy is
+        trained too, by :func:`self_adapting_nce_loss` (energy
+        ``-log p_theta``, noise = its own snapshot).
+    :param policy_weight: weight of the policy's self-adapting NCE loss.
+    :param ce_weight: weight of the cross-entropy (nats per data token) mixed
+        into the policy loss (MLE regulariser; 0 = none).
+    :raises ValueError: naming the bad field and value.
+    """
+
+    loss: Literal["binary", "ranking"] = "binary"
+    nu: int = 1
+    refresh_every: int = 1
+    critic_n_layer: int = 2
+    critic_n_head: int = 4
+    critic_n_embd: int = 128
+    critic_dropout: float = 0.0
+    critic_pooling: Literal["mean", "first"] = "mean"
+    policy_objective: Literal["none", "self_adapting_nce"] = "none"
+    policy_weight: float = 1.0
+    ce_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.loss not in NCE_LOSSES:
+            raise ValueError(f"NCETrainConfig.loss must be one of {NCE_LOSSES}, got {self.loss!r}")
+        if self.policy_objective not in POLICY_OBJECTIVES:
+            raise ValueError(
+                f"NCETrainConfig.policy_objective must be one of {POLICY_OBJECTIVES}, got {self.policy_objective!r}"
+            )
+        for name in ("nu", "refresh_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"NCETrainConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("policy_weight", "ce_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"NCETrainConfig.{name} must be a finite number >= 0, got {value!r}")
+
+    def critic_config(self, vocab_size: int, block_size: int) -> CriticConfig:
+        """The :class:`CriticConfig` of these fields for a task's vocabulary and length."""
+        return CriticConfig(vocab_size=vocab_size, block_size=block_size, n_layer=self.critic_n_layer,
+                            n_head=self.critic_n_head, n_embd=self.critic_n_embd, dropout=self.critic_dropout,
+                            pooling=self.critic_pooling)
+
+
+class NCELearner:
+    """NCE critic with a self-adapting noise distribution (``scripts/train.py
+    --agent nce [--init MLE_CKPT]``; METHODS.md §3).
+
+    Trains a residual critic ``E_psi`` so that ``p(x) ∝ p_theta(x)
+    exp(-E_psi(x))`` models the data, ``p_theta`` being the policy (Residual
+    EBM, Deng et al., ICLR 2020). Each step:
+
+    1. the noise distribution, a frozen snapshot ``p_s`` of the policy, is
+       refreshed if the schedule says so (every ``refresh_every`` = K steps,
+       :class:`SnapshotNoise`; Xu, arXiv 2211.02650 [paper]);
+    2. ``M = nu·B`` noise sequences are sampled from ``p_s`` in batch through
+       the vector env on the training device, backspace disabled, so that
+       they are exact ancestral samples with exact ``log p_s``
+       (:func:`no_backspace_log_prob`);
+    3. data (the demonstrations) and noise are scored in one forward pass of
+       the critic (and of the policy and the snapshot when the policy is
+       trained), and the loss is
+
+       - binary NCE (:func:`binary_nce_loss`) between the residual model,
+         energy ``E_psi(x) - log p_theta(x)``, and the noise, energy
+         ``-log p_s(x)``: ``h(x) = -E_psi(x) + log p_theta(x) - log p_s(x) - c
+         - log nu``. With the policy frozen ``p_theta = p_s`` and this is
+         :func:`residual_nce_loss`, ``h = -E_psi - c - log nu``;
+       - or ranking NCE (:func:`ranking_nce_loss`) with scores ``s = log
+         p_theta - E_psi`` and ``log q = log p_s``, the data sample against
+         its ``nu`` noise candidates.
+
+       ``log p_theta`` is detached in the critic loss, so the critic learns
+       the residual ``log p_data - log p_theta - c`` of the *current* policy
+       (the one saved in the checkpoint and reranked at generation) even
+       when the snapshot lags it [recon].
+    4. with ``policy_objective="self_adapting_nce"`` the policy is trained as
+       well, by ``policy_weight`` × :func:`self_adapting_nce_loss` (energy
+       ``-log p_theta``, noise its snapshot, ``c = 0`` because both are
+       normalised [recon]) plus ``ce_weight`` × cross-entropy on the data
+       (nats per token) [recon: the mix]. Otherwise the policy is frozen
+       (``requires_grad=False``) and not among :meth:`parameters`; K then
+       changes nothing, since the snapshot always equals the policy.
+
+    Metrics (TensorBoard ``train/...``): ``nce/loss``, ``nce/accuracy``
+    (``accuracy_data``, ``accuracy_noise`` for binary NCE), ``critic/c``,
+    ``critic/energy_data``, ``critic/energy_noise`` (mean ``E_psi``, nats),
+    ``noise/snapshot_age`` (steps), ``noise/refreshed``; with the policy
+    trained also ``policy/nce_loss``, ``policy/nce_accuracy``, ``policy/ce``,
+    ``policy/nll_data``, ``policy/nll_noise`` (mean ``-log p_theta``, nats per
+    sequence) and ``noise/ess``: the effective sample size of the importance
+    weights ``w ∝ p_theta(x)/p_s(x)`` on the noise samples divided by ``M``
+    (1 = the snapshot is the policy; small = it lags far behind);
+    ``rollout/mean_length`` and ``rollout/terminated`` of the noise samples.
+
+    Checkpoint (:meth:`state_dict`, saved under ``"learner"``): the critic's
+    config dict and weights (``c`` is its ``log_normalizer``) and the
+    snapshot's state, so that a resumed run has the same noise distribution;
+    :func:`load_critic` reads the critic back.
+
+    :param model: the policy (possibly DDP-wrapped).
+    :param cfg: :class:`NCETrainConfig`.
+    :param task: the task (the env; the critic's vocabulary and length).
+    :param device: training device.
+    :param generators: ``"noise"`` (CPU: the env reset seeds) and ``"sample"``
+        (on ``device``: the noise samples), checkpointed by the trainer.
+    :param batch_size: demonstrations per step ``B`` (the env has ``nu·B`` rows).
+    """
+
+    name = "nce"
+
+    def __init__(self, model, cfg: NCETrainConfig, task, device, generators: dict, batch_size: int):
+        from .rollout import make_vector_env
+
+        if not isinstance(cfg, NCETrainConfig):
+            raise ValueError(f"cfg must be an NCETrainConfig, got {type(cfg).__name__}")
+        self.model, self.cfg, self.task, self.device = model, cfg, task, torch.device(device)
+        self.policy = getattr(model, "module", model)
+        self.train_policy = cfg.policy_objective != "none"
+        if not self.train_policy:
+            self.policy.requires_grad_(False)
+        critic_config = cfg.critic_config(task.tokenizer.vocab_size, task.max_length + 1)  # bos + max_length
+        self.critic = SequenceCritic(critic_config).to(self.device)
+        if cfg.loss == "ranking":  # ranking NCE needs no c
+            self.critic.log_normalizer.requires_grad_(False)
+        self.critic_model = self.critic
+        if dist.is_available() and dist.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.critic_model = DDP(self.critic, device_ids=ids)
+        self.snapshot = SnapshotNoise(cfg.refresh_every)
+        self.noise_gen, self.sample_gen = generators["noise"], generators["sample"]
+        self.batch_size = batch_size
+        self.venv = make_vector_env(task, cfg.nu * batch_size, self.device)
+
+    def parameters(self):
+        """The critic's parameters (with ``c`` for binary NCE), plus the policy's if it is trained."""
+        params = [p for p in self.critic.parameters() if p.requires_grad]
+        if self.train_policy:
+            params += list(self.model.parameters())
+        return params
+
+    def sample_noise(self):
+        """``nu·B`` sequences from the snapshot, backspace disabled (a :class:`~agents.rollout.RolloutResult`)."""
+        from .rollout import rollout
+
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.noise_gen))  # env resets (prompts): resumable
+        return rollout(self.snapshot.module, self.venv, seed=seed, generator=self.sample_gen, allow_backspace=False)
+
+    def loss(self, demos: list[list[int]], step: int) -> tuple[torch.Tensor, dict]:
+        """One step's loss (nats) and metrics; see the class docstring.
+
+        :param demos: ``B`` demonstrations, token lists each ending with ``eos``.
+        :param step: the optimiser step (drives the snapshot refresh).
+        :raises ValueError: on an empty batch or a demonstration without a final ``eos``.
+        """
+        from .data import sequence_batch
+
+        if not demos or any(len(d) == 0 or d[-1] != EOS_ID for d in demos):
+            raise ValueError(f"demos must be a non-empty list of token lists each ending with eos ({EOS_ID})")
+        cfg, B = self.cfg, len(demos)
+        refreshed = self.snapshot.maybe_refresh(self.policy, step)
+        noise = self.sample_noise()
+        M = noise.tokens.shape[0]
+        # data and noise in one batch: [bos, x..., eos?, pad...]
+        tokens, mask = sequence_batch([d[:-1] for d in demos] + noise.sequences(),
+                                      [True] * B + noise.terminated.tolist(), self.device)
+        energy = self.critic_model(tokens, mask).float()  # E_psi, [B + M]
+        e_data, e_noise = energy[:B], energy[B:]
+        c = self.critic.log_normalizer
+        metrics: dict = {}
+
+        if self.train_policy:
+            log_p = no_backspace_log_prob(self.model(tokens), tokens, mask)  # log p_theta, with grad
+            with torch.no_grad():
+                log_q = no_backspace_log_prob(self.snapshot.module(tokens), tokens, mask)  # log p_s
+            lp_data, lp_noise, lq_data, lq_noise = log_p[:B], log_p[B:], log_q[:B], log_q[B:]
+            # the critic's residual model p_theta·exp(-E_psi) (p_theta detached) against the noise p_s
+            if cfg.loss == "binary":
+                critic_loss, m = binary_nce_loss(e_data - lp_data.detach(), e_noise - lp_noise.detach(),
+                                                 -lq_data, -lq_noise, c, cfg.nu)
+            else:
+                critic_loss, m = ranking_nce_loss(lp_data.detach() - e_data, (lp_noise.detach() - e_noise).view(B, -1),
+                                                  lq_data, lq_noise.view(B, -1))
+            # the policy as an EBM, energy -log p_theta, noise its own snapshot; c = 0 (both normalised)
+            policy_nce, pm = self_adapting_nce_loss(lp_data, lp_noise, lq_data, lq_noise, 0.0, cfg.nu)
+            ce = -lp_data.sum() / mask[:B].sum()
+            loss = critic_loss + cfg.policy_weight * policy_nce + cfg.ce_weight * ce
+            with torch.no_grad():
+                log_w = (lp_noise - lq_noise).detach()  # importance weights p_theta / p_s of the noise samples
+                ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / M
+            metrics.update({"policy/nce_loss": pm["loss"], "policy/nce_accuracy": pm["accuracy"],
+                            "policy/ce": float(ce.detach()), "policy/nll_data": pm["energy_data"],
+                            "policy/nll_noise": pm["energy_noise"], "noise/ess": float(ess)})
+        else:
+            # frozen policy: p_theta = p_s, the policy terms cancel
+            if cfg.loss == "binary":
+                critic_loss, m = residual_nce_loss(e_data, e_noise, c, cfg.nu)
+            else:
+                zeros = torch.zeros_like(e_noise)
+                critic_loss, m = ranking_nce_loss(-e_data, -e_noise.view(B, -1), zeros[:B], zeros.view(B, -1))
+            loss = critic_loss
+
+        metrics.update({f"nce/{k}": v for k, v in m.items() if not k.startswith("energy")})
+        metrics.update({
+            "critic/c": float(c.detach()),
+            "critic/energy_data": float(e_data.detach().mean()),
+            "critic/energy_noise": float(e_noise.detach().mean()),
+            "noise/snapshot_age": self.snapshot.age(step),
+            "noise/refreshed": float(refreshed),
+            "rollout/mean_length": float(noise.lengths.float().mean()),
+            "rollout/terminated": float(noise.terminated.float().mean()),
+            "train/tokens": int(mask.sum()),
+        })
+        return loss, metrics
+
+    def state_dict(self) -> dict:
+        """``critic_config`` (dict), ``critic`` (state_dict; ``c`` = ``log_normalizer``),
+        ``snapshot`` (:meth:`SnapshotNoise.state_dict`): tensors, dicts, numbers only."""
+        return {"critic_config": self.critic.config.to_dict(), "critic": self.critic.state_dict(),
+                "snapshot": self.snapshot.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (``{}``: nothing to restore).
+
+        :raises ValueError: if keys are missing or the critic's config differs from this run's.
+        """
+        if not state:
+            return
+        missing = {"critic_config", "critic", "snapshot"} - set(state)
+        if missing:
+            raise ValueError(f"NCE learner state is missing keys {sorted(missing)}")
+        if state["critic_config"] != self.critic.config.to_dict():
+            raise ValueError(f"saved critic config {state['critic_config']} differs from this run's "
+                             f"{self.critic.config.to_dict()}")
+        self.critic.load_state_dict(state["critic"])
+        self.snapshot.load_state_dict(state["snapshot"], self.policy)
+
+
+def load_critic(path: "str | os.PathLike", device: "str | torch.device" = "cpu", task=None) -> SequenceCritic:
+    """The trained critic of a ``train.py --agent nce`` checkpoint, in eval mode.
+
+    :param path: the run's ``checkpoint.pt``.
+    :param device: where to put the critic.
+    :param task: a task name or :class:`~seqenv.tasks.Task` the critic will
+        score sequences of (its tokenizer must be the checkpoint's); None =
+        the checkpoint's own task.
+    :returns: :class:`SequenceCritic` with ``requires_grad=False``; its
+        ``log_normalizer`` is the learned ``c``.
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises agents.checkpoint.CheckpointError: (a ValueError) if the file is
+        not a seqenv checkpoint, is not an ``nce`` checkpoint (no critic), was
+        trained with another tokenizer than ``task``'s, or ``task`` has longer
+        sequences than the critic reads.
+    """
+    from seqenv.tasks import make_task
+
+    from .checkpoint import CheckpointError, check_task_compatible, load_checkpoint
+
+    state = load_checkpoint(path, map_location=device)
+    learner = state.get("learner")
+    if state["agent"] != "nce" or not isinstance(learner, dict) or "critic" not in learner:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not an nce checkpoint (agent {state['agent']!r}, no critic); "
+            "train a critic with scripts/train.py --agent nce"
+        )
+    task = make_task(task if task is not None else state["task"]["name"])
+    check_task_compatible(state, task, path=f"critic checkpoint {str(path)!r}")
+    config = CriticConfig.from_dict(learner["critic_config"])
+    if task.max_length + 1 > config.block_size:
+        raise CheckpointError(
+            f"task {task.name!r} has max_length {task.max_length} but the critic in {str(path)!r} reads "
+            f"sequences of at most {config.block_size - 1} tokens"
+        )
+    critic = SequenceCritic(config).to(device)
+    try:
+        critic.load_state_dict(learner["critic"])
+    except RuntimeError as e:
+        raise CheckpointError(f"critic checkpoint {str(path)!r}: weights do not match its critic_config: {e}") from None
+    critic.eval().requires_grad_(False)
+    return critic

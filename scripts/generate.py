@@ -77,7 +77,7 @@ def run(cfg: GenerateConfig) -> list[str]:
 
             choice, _ = rerank_energy(policy, seqs, terminated, k, gen, device)
         else:
-            from agents.nce_learner import load_critic
+            from agents.nce import load_critic
             from agents.rerank import rerank_critic
 
             critic = load_critic(cfg.critic, device, task)

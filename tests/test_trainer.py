@@ -12,6 +12,7 @@ import torch
 
 from agents.earm import EARMConfig
 from agents.mle import MLEConfig
+from agents.nce import NCETrainConfig
 from agents.sequencematch import SequenceMatchConfig
 from agents.checkpoint import CheckpointError, load_checkpoint, load_policy
 from agents.trainer import ModelConfig, NonFiniteLossError, TrainConfig, Trainer
@@ -31,11 +32,14 @@ def _params(trainer):
     return {k: v.clone() for k, v in trainer.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("agent", ["mle", "sequencematch", "earm"])
+@pytest.mark.parametrize("agent", ["mle", "sequencematch", "earm", "nce"])
 def test_resume_reaches_the_same_final_state(tmp_path, agent):
     extra = {"earm": {"earm": EARMConfig(start_step=2)},
              "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)},
-             "mle": {"mle": MLEConfig(backspace_p=0.1)}}[agent]
+             "mle": {"mle": MLEConfig(backspace_p=0.1)},
+             # K = 2: the run is killed at step 4 with the snapshot of step 2 in the step-3 checkpoint
+             "nce": {"nce": NCETrainConfig(refresh_every=2, policy_objective="self_adapting_nce", ce_weight=0.5,
+                                           critic_n_layer=1, critic_n_head=2, critic_n_embd=32)}}[agent]
     full = Trainer(_cfg(tmp_path, "full", agent=agent, **extra))
     m_full = full.train()
     full.close()
