@@ -1,0 +1,87 @@
+"""benchmarks/train_throughput.py: the no-cache baseline, memory probe, and a tiny end-to-end run."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.data import DemoSampler
+from agents.model import PolicyConfig, TransformerPolicy
+from agents.rollout import make_vector_env, rollout
+from seqenv.tasks import make_task
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules["train_throughput"] = bench
+_spec.loader.exec_module(bench)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task("python-lines")
+
+
+def test_rollout_without_cache_gives_the_same_episodes(task):
+    torch.manual_seed(0)
+    policy = TransformerPolicy(PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1,
+                                            n_layer=1, n_head=2, n_embd=32))
+    venv = make_vector_env(task, 6, "cpu")
+    cached = rollout(policy, venv, seed=3, generator=torch.Generator().manual_seed(7))
+    plain = bench.rollout_without_cache(policy, venv, seed=3, generator=torch.Generator().manual_seed(7))
+    assert cached.action_lists() == plain.action_lists()
+    assert torch.equal(cached.num_actions, plain.num_actions)
+    assert torch.equal(cached.tokens, plain.tokens) and torch.equal(cached.lengths, plain.lengths)
+    assert torch.equal(cached.terminated, plain.terminated)
+    torch.testing.assert_close(cached.log_probs, plain.log_probs, atol=1e-5, rtol=0)
+    assert policy.training  # mode restored
+
+
+def test_peak_memory_sees_a_64_mib_tensor():
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc")
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(16 * 2**20)  # 64 MiB of float32, touched
+        del x
+    assert mem.hwm_reset
+    assert mem.peak_mib >= 63.5
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="unknown model size 'big'"):
+        bench.parse_size("big")
+    assert bench.parse_size("medium") == (6, 8, 256) and bench.parse_size("2x4x64") == (2, 4, 64)
+    with pytest.raises(ValueError, match="train_steps must be >= 1, got 0"):
+        bench.BenchConfig(train_steps=0)
+    with pytest.raises(ValueError, match="gen batch sizes >= 1"):
+        bench.BenchConfig(gen_batches=(0,))
+    with pytest.raises(ValueError, match="device must be"):
+        bench.BenchConfig(device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            bench.devices("cuda")
+
+
+def test_main_tiny_run_writes_consistent_results(tmp_path, task):
+    report = bench.main(["--sizes", "1x2x32", "--device", "cpu", "--train-batch", "4", "--train-warmup", "1",
+                         "--train-steps", "2", "--gen-batches", "4", "--gen-repeats", "1", "--in-process",
+                         "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "train_throughput.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    (r,) = report["results"]
+    # embeddings 100*32 + 65*32, one block 12,704 (2 LayerNorms 128, qkv 3,168, proj 1,056, MLP 8,352), ln_f 64
+    assert (r["size"], r["device"], r["params"], r["block_size"]) == ("1x2x32", "cpu", 18_048, 65)
+    (train,) = r["train"]
+    sampler = DemoSampler(task, "train", torch.Generator().manual_seed(0))
+    draws = [sampler.sample(4) for _ in range(3)]
+    assert train["tokens_per_step"] == sum(len(d) for batch in draws[1:] for d in batch) / 2
+    (gen,) = r["generation"]
+    assert gen["batch"] == 4 and gen["same_episodes"] == 1.0
+    assert gen["cache"]["tokens"] == gen["no_cache"]["tokens"] == round(gen["mean_actions"] * 4)
+    assert gen["ratio"] == pytest.approx(gen["cache"]["tokens_per_s"] / gen["no_cache"]["tokens_per_s"])
+    md = (tmp_path / "train_throughput.md").read_text()
+    assert "| size | device | threads | train tok/s (fp32) |" in md
+    assert f"| 1x2x32 | cpu | {r['threads']} | " in md
