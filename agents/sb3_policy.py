@@ -1,0 +1,161 @@
+"""An sb3-contrib ``MaskablePPO`` policy whose actor is our :class:`~agents.model.TransformerPolicy`.
+
+RL fine-tuning starts from a trained policy, so the actor must *be* that
+policy: the logits PPO samples from are exactly the transformer's logits of
+the current state (its soft Q-values, METHODS.md §1), read through SB3's
+policy interface. Only a small value head is new.
+
+=====================  ========================================================
+SB3 part               here
+=====================  ========================================================
+features extractor     :class:`TransformerStateExtractor`: the transformer's
+                       final hidden state at the current state, ``[B, n_embd]``
+``mlp_extractor``      identity (``net_arch=[]``)
+``action_net``         the transformer's own ``lm_head`` (tied to its token
+                       embedding): logits ``[B, V]``
+``value_net``          :class:`ValueHead`, a 2-layer MLP on the (detached)
+                       hidden state
+=====================  ========================================================
+
+Observations are those of :class:`seqenv.sb3.SB3VecEnv` after SB3's
+preprocessing: ``tokens`` as floats ``[B, L]`` and ``length`` one-hot
+``[B, L + 1]`` or ``[B, 1, L + 1]`` (index arrays ``[B]`` / ``[B, 1]`` are
+accepted too). The
+transformer reads ``[bos, tokens]`` (pads after the state are ignored by the
+causal mask) and the state is read at index ``length`` (``bos`` for an empty
+state), following docs/internals.md.
+
+Usage (``scripts/ppo_critic.py``)::
+
+    ppo = MaskablePPO(TransformerMaskablePolicy, venv,
+                      policy_kwargs=dict(policy_config=state["policy_config"]))
+    ppo.policy.actor.load_state_dict(state["model"])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+from seqenv.tokenizers import BOS_ID
+
+from .model import PolicyConfig, TransformerPolicy
+
+
+def _as_index(x: torch.Tensor) -> torch.Tensor:
+    """A ``Discrete`` observation as LongTensor ``[B]``, from one-hot ``[B, n]`` / ``[B, 1, n]`` (SB3's
+    preprocessing of rollout-buffer samples) or indices ``[B]`` / ``[B, 1]``."""
+    x = x.reshape(len(x), -1)
+    return x.argmax(1) if x.shape[1] > 1 else x[:, 0].long()
+
+
+class TransformerStateExtractor(BaseFeaturesExtractor):
+    """Features = the :class:`TransformerPolicy`'s final hidden state (after its
+    last LayerNorm) at the current state, so that ``policy.lm_head(features)``
+    are exactly the policy's logits there.
+
+    :param observation_space: the env's ``Dict`` observation space (keys
+        ``tokens`` ``[L]`` and ``length``).
+    :param policy_config: ``PolicyConfig.to_dict()`` of the actor; its
+        ``block_size`` must be at least ``L + 1``.
+    :raises ValueError: if the observation space lacks ``tokens`` / ``length``
+        or the policy cannot read states of ``L`` tokens.
+    :return: (forward) FloatTensor ``[B, n_embd]``.
+    """
+
+    def __init__(self, observation_space: spaces.Dict, policy_config: dict):
+        config = PolicyConfig.from_dict(policy_config)
+        super().__init__(observation_space, features_dim=config.n_embd)
+        if not isinstance(observation_space, spaces.Dict) or not {"tokens", "length"} <= set(observation_space.spaces):
+            raise ValueError(f"observation space must be a Dict with 'tokens' and 'length', got {observation_space}")
+        self.max_length = int(observation_space["tokens"].shape[0])
+        if config.block_size < self.max_length + 1:
+            raise ValueError(f"policy block_size {config.block_size} < env max_length + 1 = {self.max_length + 1}")
+        self.policy = TransformerPolicy(config)
+        self._hidden: Optional[torch.Tensor] = None
+        self.policy.ln_f.register_forward_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module, inputs, output) -> None:
+        self._hidden = output
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = observations["tokens"].long()  # [B, L]
+        length = _as_index(observations["length"])  # [B]
+        bos = torch.full((len(tokens), 1), BOS_ID, dtype=torch.long, device=tokens.device)
+        self.policy(torch.cat([bos, tokens], 1))  # fills self._hidden, [B, L + 1, n_embd]
+        hidden, self._hidden = self._hidden, None
+        return hidden[torch.arange(len(tokens), device=tokens.device), length]
+
+
+class ValueHead(nn.Module):
+    """State-value function ``V(s)``: ``Linear -> Tanh -> Linear`` on the actor's hidden state.
+
+    :param n_embd: input width. :param hidden: hidden width.
+    :param detach: stop the value loss's gradient at the hidden state, so
+        that only PPO's policy loss moves the pretrained transformer [recon:
+        our choice].
+    :return: (forward) FloatTensor ``[B, 1]``.
+    """
+
+    def __init__(self, n_embd: int, hidden: int = 64, detach: bool = True):
+        super().__init__()
+        self.detach = detach
+        self.net = nn.Sequential(nn.Linear(n_embd, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.detach() if self.detach else features)
+
+
+class TransformerMaskablePolicy(MaskableActorCriticPolicy):
+    """``MaskableActorCriticPolicy`` whose action logits are a :class:`TransformerPolicy`'s.
+
+    The action distribution is the softmax of the transformer's logits at the
+    current state over the env's legal actions (MaskablePPO's masking), i.e.
+    the policy as :func:`agents.rollout.rollout` samples it at temperature 1.
+    ``ortho_init`` is off (it would overwrite the pretrained weights); the
+    optimiser (``optimizer_class``, Adam by default) covers the transformer
+    and the value head.
+
+    :param observation_space, action_space, lr_schedule: as SB3.
+    :param policy_config: ``PolicyConfig.to_dict()`` of the actor (weights are
+        loaded afterwards: ``ppo.policy.actor.load_state_dict(...)``).
+    :param value_hidden: hidden width of the :class:`ValueHead`.
+    :param detach_value: see :class:`ValueHead`.
+    :param kwargs: other ``MaskableActorCriticPolicy`` arguments
+        (``optimizer_class``, ``optimizer_kwargs``, ...).
+    :raises ValueError: if the action space is not ``Discrete(vocab_size)`` of the actor.
+    """
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
+                 policy_config: dict, value_hidden: int = 64, detach_value: bool = True, **kwargs: Any):
+        vocab = PolicyConfig.from_dict(policy_config).vocab_size
+        if not isinstance(action_space, spaces.Discrete) or int(action_space.n) != vocab:
+            raise ValueError(f"action space must be Discrete({vocab}) (the actor's vocabulary), got {action_space}")
+        self.value_hidden, self.detach_value = value_hidden, detach_value
+        kwargs.update(net_arch=[], ortho_init=False, features_extractor_class=TransformerStateExtractor,
+                      features_extractor_kwargs=dict(policy_config=policy_config), share_features_extractor=True)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    @property
+    def actor(self) -> TransformerPolicy:
+        """The :class:`TransformerPolicy` (save its ``state_dict`` as a seqenv checkpoint)."""
+        return self.features_extractor.policy
+
+    def _build(self, lr_schedule) -> None:
+        self._build_mlp_extractor()  # net_arch=[]: identity, latent width n_embd
+        self.action_net = self.actor.lm_head
+        self.value_net = ValueHead(self.features_dim, self.value_hidden, self.detach_value)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for key in ("net_arch", "ortho_init", "features_extractor_class", "features_extractor_kwargs"):
+            data.pop(key, None)
+        data.update(policy_config=self.features_extractor_kwargs["policy_config"], value_hidden=self.value_hidden,
+                    detach_value=self.detach_value)
+        return data

@@ -1,0 +1,177 @@
+"""scripts/ppo_critic.py and agents/sb3_policy.py: MaskablePPO with our transformer actor, critic reward + KL."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agents.checkpoint import CheckpointError, load_policy, save_checkpoint
+from agents.data import sequence_batch
+from agents.model import PolicyConfig, TransformerPolicy
+from agents.nce import CriticConfig, SequenceCritic
+from agents.rollout import make_vector_env
+from agents.sb3_policy import TransformerMaskablePolicy
+from seqenv.sb3 import SB3VecEnv
+from seqenv.tasks import make_task
+from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = make_task("oracle-hmm")
+V = TASK.tokenizer.vocab_size
+BS = BACKSPACE_ID
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("seqenv_ppo_critic_script", ROOT / "scripts" / "ppo_critic.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _policy(seed=0) -> TransformerPolicy:
+    torch.manual_seed(seed)
+    return TransformerPolicy(PolicyConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2,
+                                          n_embd=32)).eval()
+
+
+def _critic(seed=0) -> SequenceCritic:
+    torch.manual_seed(seed)
+    critic = SequenceCritic(CriticConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=32))
+    torch.nn.init.normal_(critic.head.weight, std=1.0)  # a non-trivial energy
+    with torch.no_grad():
+        critic.log_normalizer.fill_(0.25)
+    return critic.eval()
+
+
+def test_actor_is_the_transformer_policy_at_the_current_state():
+    policy = _policy()
+    env = SB3VecEnv(make_vector_env(TASK, 4, "cpu"))
+    sb3 = TransformerMaskablePolicy(env.observation_space, env.action_space, lambda _: 1e-3,
+                                    policy_config=policy.config.to_dict())
+    sb3.actor.load_state_dict(policy.state_dict())
+    obs = env.reset()
+    for a in ([5, 6, 7, 5], [8, 9, EOS_ID, BS], [10, BS, 11, EOS_ID]):
+        obs, *_ = env.step(np.array(a))
+    states = [[5, 8, 10], [6], [11], []]  # env 2 restarted after eos; env 3 backspaced, then restarted
+    np.testing.assert_array_equal(obs["length"], [len(s) for s in states])
+    masks = env.action_masks()
+    assert masks[:, BS].tolist() == [True, True, True, False]
+    obs_t, _ = sb3.obs_to_tensor(obs)
+    probs = sb3.get_distribution(obs_t, masks).distribution.probs
+    for b, s in enumerate(states):
+        with torch.no_grad():
+            logits = policy(torch.tensor([[BOS_ID, *s]]))[0, -1]
+        logits = logits.masked_fill(~torch.as_tensor(masks[b]), -math.inf)
+        torch.testing.assert_close(probs[b], logits.softmax(-1), atol=1e-6, rtol=1e-5)
+    # evaluate_actions on rollout-buffer samples (length stored as [B, 1], one-hot [B, 1, L+1]): same log-probs
+    actions = torch.tensor([5, 6, 7, 8])
+    buffer_obs = {**obs_t, "length": obs_t["length"][:, None]}
+    values, log_prob, _ = sb3.evaluate_actions(buffer_obs, actions, torch.as_tensor(masks))
+    torch.testing.assert_close(log_prob, probs[torch.arange(4), actions].log())
+    values.sum().backward()  # the value head's gradient stops at the transformer
+    assert all(p.grad is None for p in sb3.actor.parameters())
+    assert sb3.value_net.net[0].weight.grad is not None
+    assert sb3.action_net is sb3.actor.lm_head
+
+
+def _expected_log_ref(policy, trajectory):
+    """log π0(a_t|s_t) along one episode's actions, π0 masked like the env (independent of the wrapper)."""
+    tokens = torch.tensor([[BOS_ID, *trajectory]])
+    with torch.no_grad():
+        logits = policy(tokens)[0, :-1]  # logits of the state before each action (backspace layout)
+    out, depth = [], 0
+    for t, a in enumerate(trajectory):
+        mask = torch.ones(V, dtype=torch.bool)
+        mask[[PAD_ID, BOS_ID]] = False
+        mask[BS] = depth > 0
+        out.append(float(F.log_softmax(logits[t].masked_fill(~mask, -math.inf), -1)[a]))
+        depth += -1 if a == BS else (0 if a == EOS_ID else 1)
+    return out
+
+
+def test_critic_kl_reward_hand_checked():
+    ppo_critic = _script()
+    policy, critic, beta = _policy(1), _critic(2), 0.5
+    env = ppo_critic.CriticKLReward(SB3VecEnv(make_vector_env(TASK, 2, "cpu", max_length=3)), critic, policy, beta, "cpu")
+    env.reset()
+    # env 0: "5 6 eos" terminates at step 3, then a new episode "5 5"; env 1: "7 bs 8 9 10" is truncated
+    # at step 5 (3 tokens = max_length)
+    actions = [[5, 7], [6, BS], [EOS_ID, 8], [5, 9], [5, 10]]
+    rewards, infos = [], []
+    for a in actions:
+        _, r, dones, info = env.step(np.array(a))
+        rewards.append(r)
+        infos.append(info)
+    ref0, ref0b, ref1 = (_expected_log_ref(policy, t) for t in ([5, 6, EOS_ID], [5, 5], [7, BS, 8, 9, 10]))
+    r_x = -critic(*sequence_batch([[5, 6], [8, 9, 10]], [True, False], "cpu")).detach() - 0.25  # eos only if terminated
+    expected0 = [beta * v for v in ref0 + ref0b]
+    expected0[2] += float(r_x[0])
+    expected1 = [beta * v for v in ref1]
+    expected1[4] += float(r_x[1])
+    np.testing.assert_allclose([r[0] for r in rewards], expected0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([r[1] for r in rewards], expected1, rtol=1e-5, atol=1e-5)
+    assert infos[2][0]["critic_reward"] == pytest.approx(float(r_x[0]), abs=1e-5)
+    assert infos[2][0]["ref_log_prob"] == pytest.approx(sum(ref0), abs=1e-5)
+    assert infos[4][1]["critic_reward"] == pytest.approx(float(r_x[1]), abs=1e-5)
+    assert infos[4][1]["TimeLimit.truncated"] is False  # the critic's reward is final: no bootstrapping
+    assert "critic_reward" not in infos[3][0]
+    with pytest.raises(ValueError, match="beta must be a finite number > 0, got 0"):
+        ppo_critic.CriticKLReward(env.venv, critic, policy, 0, "cpu")
+
+
+def _checkpoints(tmp_path):
+    from agents.nce import NCELearner, NCETrainConfig
+
+    policy = _policy()
+    base = {"task": TASK.spec(), "policy_config": policy.config.to_dict(), "model": policy.state_dict(), "step": 0}
+    gens = {"noise": torch.Generator().manual_seed(0), "sample": torch.Generator().manual_seed(1)}
+    learner = NCELearner(policy, NCETrainConfig(critic_n_layer=1, critic_n_head=2, critic_n_embd=32), TASK, "cpu",
+                         gens, 4)
+    torch.nn.init.normal_(learner.critic.head.weight, std=0.5)
+    save_checkpoint({"agent": "mle", **base}, tmp_path / "mle.pt")
+    save_checkpoint({"agent": "nce", **base, "learner": learner.state_dict()}, tmp_path / "nce.pt")
+    return str(tmp_path / "mle.pt"), str(tmp_path / "nce.pt")
+
+
+def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    mle, nce = _checkpoints(tmp_path)
+    logdir = tmp_path / "ppo"
+    metrics = _script().main(["--checkpoint", mle, "--critic", nce, "--total-timesteps", "384", "--beta", "0.5",
+                              "--num-envs", "8", "--logdir", str(logdir), "--device", "cpu", "--seed", "3",
+                              "--n-steps", "16", "--batch-size", "64", "--n-epochs", "2", "--eval-samples", "32",
+                              "--no-progress"])
+    assert abs(metrics["before"]["kl_to_init"]) < 1e-4  # π = π0 at the start: the KL estimate is exactly 0
+    assert metrics["before"]["objective"] == pytest.approx(metrics["before"]["critic_reward"], abs=1e-4)
+    assert "| start (π0) |" in capsys.readouterr().out
+    policy, task, state = load_policy(logdir / "checkpoint.pt")
+    assert state["agent"] == "ppo" and state["step"] == 384 and task.name == "oracle-hmm"
+    start = _policy()
+    assert not torch.equal(policy.wte.weight, start.wte.weight)  # PPO moved the actor
+    assert (logdir / "metrics.json").is_file()
+    events = list(logdir.glob("ppo_*"))
+    assert len(events) == 1
+    ea = EventAccumulator(str(events[0]))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "train/approx_kl", "train/entropy_loss",
+            "train/value_loss", "rollout/critic_reward_mean", "rollout/ref_log_prob_mean"} <= tags
+
+
+def test_ppo_bad_input(tmp_path):
+    ppo_critic = _script()
+    mle, _ = _checkpoints(tmp_path)
+    with pytest.raises(ValueError, match=r"--beta must be a finite number > 0, got -1"):
+        ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, beta=-1.0)
+    with pytest.raises(ValueError, match=r"--num-envs must be >= 1, got 0"):
+        ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, num_envs=0)
+    with pytest.raises(CheckpointError, match="is not an nce checkpoint"):
+        ppo_critic.run(ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, device="cpu", eval_samples=4,
+                                                  logdir=str(tmp_path / "x")))
