@@ -20,9 +20,10 @@ wall time, action sampling included:
   observation, whose ``length > prompt_length`` is exactly the backspace bit of
   the mask of the state after its same-step reset).
 
-Ratios are against ``SyncVectorEnv`` at the same num_envs. Each configuration
-runs for a time budget after a warm-up; the best of ``--repeats`` timed
-windows is reported (the machine may be shared).
+Ratios are against ``SyncVectorEnv`` at the same num_envs. Every configuration
+is built and warmed up first, then timed in ``--repeats`` rounds of one
+window of about ``--budget`` seconds each, round-robin (so that a change of
+load on a shared machine hits every configuration); the best window counts.
 
     python benchmarks/env_throughput.py            # full run, writes benchmarks/results/env_throughput.{md,json}
     python benchmarks/env_throughput.py --quick    # short run, writes env_throughput_quick.{md,json}
@@ -37,6 +38,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -68,27 +70,22 @@ def legal_actions_numpy(can_backspace: np.ndarray, vocab_size: int, rng: np.rand
     return np.where(r == 0, 2, np.where((can == 1) & (r == 1), BACKSPACE_ID, r + 3 - can))
 
 
-def timed(step: Callable[[], None], num_envs: int, budget_s: float, repeats: int, sync: Callable[[], None]) -> float:
-    """Best steps/s over ``repeats`` windows of about ``budget_s`` seconds each."""
-    for _ in range(3):  # warm-up
-        step()
-    sync()
-    t0 = time.perf_counter()
-    step()
-    sync()
-    per_call = max(time.perf_counter() - t0, 1e-6)
-    calls = max(1, int(budget_s / per_call))
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            step()
-        sync()
-        best = max(best, calls * num_envs / (time.perf_counter() - t0))
-    return best
+@dataclass
+class Runner:
+    """One configuration: ``step()`` plays one batched step (action sampling included)."""
+
+    env: str
+    device: str
+    setting: str
+    num_envs: int
+    step: Callable[[], None]
+    close: Callable[[], None] = lambda: None
+    sync: Callable[[], None] = lambda: None
+    calls: int = 1  # steps per timed window (calibrated)
+    best: float = 0.0  # best steps/s so far
 
 
-def bench_vector(num_envs: int, device: str, setting: str, budget_s: float, repeats: int) -> float:
+def vector_runner(num_envs: int, device: str, setting: str) -> Runner:
     kwargs = {"fast": dict(validate_actions=False, copy_obs=False), "copy": dict(validate_actions=False),
               "default": {}}[setting]
     venv = SeqGenVectorEnv(num_envs=num_envs, device=device, **kwargs)
@@ -99,10 +96,10 @@ def bench_vector(num_envs: int, device: str, setting: str, budget_s: float, repe
         venv.step(venv.sample_legal_actions(gen))
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    return timed(step, num_envs, budget_s, repeats, sync)
+    return Runner("SeqGenVectorEnv", device, setting, num_envs, step, venv.close, sync)
 
 
-def bench_gym(kind: str, num_envs: int, budget_s: float, repeats: int) -> float:
+def gym_runner(kind: str, num_envs: int) -> Runner:
     cls = gym.vector.SyncVectorEnv if kind == "sync" else gym.vector.AsyncVectorEnv
     venv = cls([SeqGenEnv for _ in range(num_envs)])
     vocab = venv.single_action_space.n
@@ -114,13 +111,10 @@ def bench_gym(kind: str, num_envs: int, budget_s: float, repeats: int) -> float:
         actions = legal_actions_numpy(state["info"]["action_mask"][:, BACKSPACE_ID], vocab, rng)
         state["info"] = venv.step(actions)[4]
 
-    try:
-        return timed(step, num_envs, budget_s, repeats, lambda: None)
-    finally:
-        venv.close()
+    return Runner(cls.__name__, "cpu", "-", num_envs, step, venv.close)
 
 
-def bench_dummy(num_envs: int, budget_s: float, repeats: int) -> float:
+def dummy_runner(num_envs: int) -> Runner:
     venv = DummyVecEnv([SeqGenEnv for _ in range(num_envs)])
     vocab = venv.action_space.n
     rng = np.random.default_rng(0)
@@ -132,10 +126,27 @@ def bench_dummy(num_envs: int, budget_s: float, repeats: int) -> float:
         actions = legal_actions_numpy(obs["length"] > obs["prompt_length"], vocab, rng)
         state["obs"] = venv.step(actions)[0]
 
-    try:
-        return timed(step, num_envs, budget_s, repeats, lambda: None)
-    finally:
-        venv.close()
+    return Runner("DummyVecEnv", "cpu", "-", num_envs, step, venv.close)
+
+
+def calibrate(r: Runner, budget_s: float) -> None:
+    """Warm up, then set the number of steps of a window of about ``budget_s`` seconds."""
+    for _ in range(3):
+        r.step()
+    r.sync()
+    t0 = time.perf_counter()
+    r.step()
+    r.sync()
+    r.calls = max(1, int(budget_s / max(time.perf_counter() - t0, 1e-6)))
+
+
+def window(r: Runner) -> None:
+    """Time one window; keep the best steps/s."""
+    t0 = time.perf_counter()
+    for _ in range(r.calls):
+        r.step()
+    r.sync()
+    r.best = max(r.best, r.calls * r.num_envs / (time.perf_counter() - t0))
 
 
 def machine() -> dict:
@@ -199,7 +210,8 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path, name: str) -> Non
     for r in rows:
         base = sync.get(r["num_envs"])
         ratio = f"{r['steps_per_s'] / base:.1f}" if base else "–"
-        lines.append(f"| {r['env']} | {r['device']} | {r['setting']} | {r['num_envs']} | {fmt(r['steps_per_s'])} | {ratio} |")
+        cells = [r["env"], r["device"], r["setting"], str(r["num_envs"]), fmt(r["steps_per_s"]), ratio]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Skipped: the baselines at 16384 envs (SyncVectorEnv alone would take minutes per window), "
@@ -226,21 +238,28 @@ def main(argv=None) -> None:
     task = make_task("python-lines")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    rows = []
-
-    def record(env: str, device: str, setting: str, n: int, value: float) -> None:
-        rows.append({"env": env, "device": device, "setting": setting, "num_envs": n, "steps_per_s": value})
-        print(f"{env:16s} {device:5s} {setting:8s} {n:6d} {fmt(value):>9s} steps/s", flush=True)
-
+    runners = []
     for n in BASELINE_SIZES:
-        record("SyncVectorEnv", "cpu", "-", n, bench_gym("sync", n, budget, repeats))
+        runners.append(gym_runner("sync", n))
         if n in ASYNC_SIZES:
-            record("AsyncVectorEnv", "cpu", "-", n, bench_gym("async", n, budget, repeats))
-        record("DummyVecEnv", "cpu", "-", n, bench_dummy(n, budget, repeats))
+            runners.append(gym_runner("async", n))
+        runners.append(dummy_runner(n))
     for device in devices:
         for setting in ("fast", "copy", "default"):
-            for n in VECTOR_SIZES:
-                record("SeqGenVectorEnv", device, setting, n, bench_vector(n, device, setting, budget, repeats))
+            runners += [vector_runner(n, device, setting) for n in VECTOR_SIZES]
+    for r in runners:
+        calibrate(r, budget)
+    for i in range(repeats):  # round-robin: a load change on a shared machine hits every configuration
+        for r in runners:
+            window(r)
+        print(f"round {i + 1}/{repeats} done", flush=True)
+    for r in runners:
+        r.close()
+    rows = [{"env": r.env, "device": r.device, "setting": r.setting, "num_envs": r.num_envs, "steps_per_s": r.best}
+            for r in runners]
+    for row in rows:
+        print(f"{row['env']:16s} {row['device']:5s} {row['setting']:8s} {row['num_envs']:6d} "
+              f"{fmt(row['steps_per_s']):>9s} steps/s")
 
     meta = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + list(sys.argv[1:] if argv is None else argv)),

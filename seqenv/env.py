@@ -72,7 +72,8 @@ def resolve_config(
     max_length = int(max_length)
     if max_episode_steps is None:
         max_episode_steps = STEP_LIMIT_FACTOR * max_length
-    if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1:
+    if (isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, (int, np.integer))
+            or max_episode_steps < 1):
         raise ValueError(f"max_episode_steps must be an integer >= 1, got {max_episode_steps!r}")
     if render_mode is not None and render_mode not in RENDER_MODES:
         raise ValueError(f"unknown render_mode {render_mode!r}; expected None or one of {RENDER_MODES}")
@@ -217,14 +218,14 @@ class SeqGenEnv(gym.Env):
     ``Discrete(vocab_size)``: the action is a token id. The first five ids are
     the same in every tokenizer (:mod:`seqenv.tokenizers`):
 
-    | Action | Token       | Effect                                                  | Masked                          |
-    |--------|-------------|---------------------------------------------------------|---------------------------------|
-    | 0      | `pad`       | --                                                      | always                          |
-    | 1      | `bos`       | --                                                      | always                          |
-    | 2      | `eos`       | ends the episode (terminated); the state is unchanged   | never                           |
-    | 3      | `backspace` | deletes the last generated token (never the prompt)     | when nothing is generated       |
-    | 4      | `unk`       | appended like an ordinary token                         | never                           |
-    | 5..V-1 | ordinary    | appended to the state                                   | never                           |
+    | Action | Token       | Effect                                               | Masked                    |
+    |--------|-------------|------------------------------------------------------|---------------------------|
+    | 0      | `pad`       | --                                                   | always                    |
+    | 1      | `bos`       | --                                                   | always                    |
+    | 2      | `eos`       | ends the episode (terminated); state unchanged       | never                     |
+    | 3      | `backspace` | deletes the last generated token (never the prompt)  | when nothing is generated |
+    | 4      | `unk`       | appended like an ordinary token                      | never                     |
+    | 5..V-1 | ordinary    | appended to the state                                | never                     |
 
     The mask is ``info["action_mask"]`` (``np.int8 [V]``, 1 = legal; it can be
     passed to ``action_space.sample(mask=...)``) and :meth:`action_masks`
@@ -240,11 +241,11 @@ class SeqGenEnv(gym.Env):
     A ``Dict`` of fixed-size arrays (no ``Sequence``/``Text`` spaces, so SB3
     and ``AsyncVectorEnv`` work):
 
-    | Key             | Space                                      | dtype | Value                                                          |
-    |-----------------|--------------------------------------------|-------|----------------------------------------------------------------|
-    | `tokens`        | `Box(0, vocab_size-1, (max_length,))`      | int64 | prompt then generated tokens, `pad` (0) after `length`         |
-    | `length`        | `Discrete(max_length + 1)`                 | int64 | number of tokens in the state, prompt included                 |
-    | `prompt_length` | `Discrete(max_length + 1)`                 | int64 | number of prompt tokens (0 for an unconditional task)          |
+    | Key             | Space                                 | dtype | Value                                          |
+    |-----------------|---------------------------------------|-------|------------------------------------------------|
+    | `tokens`        | `Box(0, vocab_size-1, (max_length,))` | int64 | prompt, generated tokens, then `pad` (0)       |
+    | `length`        | `Discrete(max_length + 1)`            | int64 | tokens in the state, prompt included           |
+    | `prompt_length` | `Discrete(max_length + 1)`            | int64 | prompt tokens (0 for an unconditional task)    |
 
     The generated text is ``tokens[prompt_length:length]``. ``pad`` never
     occurs before ``length`` (it is never a legal action).
@@ -293,15 +294,15 @@ class SeqGenEnv(gym.Env):
     >>> obs, reward, terminated, truncated, info = env.step(7)
     ```
 
-    | Parameter           | Type                   | Default          | Description                                                                                                 |
-    |---------------------|------------------------|------------------|-------------------------------------------------------------------------------------------------------------|
-    | `task`              | `str` or `Task`        | `"python-lines"` | task name (`python-lines`, `pydoc-text`, `oracle-hmm`, `file:PATH`) or a `Task`                              |
-    | `max_length`        | `int` or `None`        | `None`           | most tokens in a state, prompt included; `None` = `task.max_length`                                          |
-    | `max_episode_steps` | `int` or `None`        | `None`           | step limit; `None` = `2 * max_length` (`gym.make` consumes this name for its `TimeLimit` wrapper, see below) |
-    | `reward`            | `str` or callable      | `"none"`         | `"none"`, `"oracle"` or `fn(tokens, lengths) -> FloatTensor[B]`                                              |
-    | `reward_mode`       | `str`                  | `"terminal"`     | `"terminal"` or `"step"`                                                                                     |
-    | `prompts`           | `list[str]` or `None`  | `None`           | prompts to start from; `None` = `task.prompts`                                                               |
-    | `render_mode`       | `str` or `None`        | `None`           | `"ansi"`: `render()` returns the text with a cursor (see `render`)                                           |
+    | Parameter           | Type              | Default          | Description                                       |
+    |---------------------|-------------------|------------------|---------------------------------------------------|
+    | `task`              | `str` or `Task`   | `"python-lines"` | `python-lines`, `pydoc-text`, `oracle-hmm`, ...   |
+    | `max_length`        | `int` or `None`   | `None`           | most tokens in a state; `None`: the task's        |
+    | `max_episode_steps` | `int` or `None`   | `None`           | step limit; `None`: `2 * max_length` (see below)  |
+    | `reward`            | `str` or callable | `"none"`         | `"none"`, `"oracle"` or `fn(tokens, lengths)`     |
+    | `reward_mode`       | `str`             | `"terminal"`     | `"terminal"` or `"step"`                          |
+    | `prompts`           | `list` or `None`  | `None`           | prompt texts; `None`: `task.prompts`              |
+    | `render_mode`       | `str` or `None`   | `None`           | `"ansi"`: `render()` returns text with a cursor   |
 
     ``gym.make("SeqGen-v0", max_episode_steps=N)`` does not reach the
     constructor: Gymnasium wraps the env in ``TimeLimit(N)``, on top of the

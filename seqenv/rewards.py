@@ -25,8 +25,9 @@ callable ``fn``        ``fn(tokens, lengths)``                ``fn(tokens, lengt
 * ``"terminal"``: ``r_t = terminal(s_T)`` on the step that emits ``eos``,
   ``0`` on every other step (a truncated episode earns ``0``).
 * ``"step"``: potential-based shaping [paper: Ng, Harada & Russell, "Policy
-  invariance under reward transformations", ICML 1999, with discount 1]: ``r_t = potential(s_{t+1}) - potential(s_t)`` for appends,
-  backspaces and no-ops, and ``r_t = terminal(s_t) - potential(s_t)`` on the
+  invariance under reward transformations", ICML 1999, with discount 1]:
+  ``r_t = potential(s_{t+1}) - potential(s_t)`` for appends, backspaces and
+  no-ops, and ``r_t = terminal(s_t) - potential(s_t)`` on the
   ``eos`` step (the state does not change; for the oracle this is the ``eos``
   term ``log p(eos | s)``). The return of an episode telescopes to
   ``terminal(s_T) - potential(s_0)`` when it ends with ``eos`` and to
@@ -94,8 +95,9 @@ class CallableScore(StateScore):
         with torch.no_grad():
             out = self.fn(tokens, lengths)
         if not isinstance(out, torch.Tensor) or out.shape != lengths.shape or not out.is_floating_point():
-            got = f"{type(out).__name__} of shape {tuple(out.shape)} dtype {out.dtype}" if isinstance(out, torch.Tensor) \
-                else type(out).__name__
+            got = type(out).__name__
+            if isinstance(out, torch.Tensor):
+                got = f"Tensor of shape {tuple(out.shape)} dtype {out.dtype}"
             raise ValueError(
                 f"reward function {getattr(self.fn, '__name__', self.fn)!r} must return a float tensor of shape "
                 f"{tuple(lengths.shape)} (one score per state), got {got}"

@@ -125,7 +125,8 @@ class SB3VecEnv(VecEnv):
         :raises ValueError: if ``indices`` is not every env.
         """
         if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
-            raise ValueError(f"SB3VecEnv envs share one state: set_attr({attr_name!r}) needs all indices, got {indices!r}")
+            raise ValueError(
+                f"SB3VecEnv envs share one state: set_attr({attr_name!r}) needs all indices, got {indices!r}")
         setattr(self.venv, attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
@@ -209,7 +210,10 @@ class TokenSequenceExtractor(BaseFeaturesExtractor):
 
 
 def _index(x: torch.Tensor) -> torch.Tensor:
-    """A ``Discrete`` observation as LongTensor ``[B]``: from one-hot ``[B, n]``/``[B, 1, n]`` or indices ``[B]``/``[B, 1]``."""
+    """A ``Discrete`` observation as LongTensor ``[B]``.
+
+    From one-hot ``[B, n]`` or ``[B, 1, n]``, or indices ``[B]`` or ``[B, 1]``.
+    """
     if x.dim() >= 2 and x.shape[-1] > 1:  # SB3 one-hot encodes Discrete (rollout buffers add a dim)
         x = x.argmax(-1)
     return x.reshape(len(x)).long()

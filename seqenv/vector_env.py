@@ -137,7 +137,8 @@ class SeqGenVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r} requested but CUDA is not available (torch.cuda.is_available() is False)")
+            raise ValueError(f"device={str(device)!r} requested but CUDA is not available "
+                             "(torch.cuda.is_available() is False)")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if backend == "numpy" and device.type != "cpu":
@@ -177,30 +178,39 @@ class SeqGenVectorEnv(VectorEnv):
         # constants: lookup tables indexed by the action clamped to [0, V] (V = out of range)
         ids = np.arange(V + 1)
         ordinary = (ids >= UNK_ID) & (ids < V)
-        effect = np.stack([ordinary * 1 - (ids == BACKSPACE_ID), np.where(ordinary, ids, PAD_ID)], 1)
+        change = ordinary * 1 - (ids == BACKSPACE_ID)  # length change: +1 append, -1 backspace, 0 else
+        written = np.where(ordinary, ids, PAD_ID)  # the token an action writes (pad: none)
         mask = base_action_mask(V)
         mask_table = np.stack([mask, mask])
         mask_table[0, BACKSPACE_ID] = False  # row 0: nothing generated; row 1: backspace legal
         legal = np.arange(EOS_ID, V)
-        legal_table = np.stack([np.append(legal[legal != BACKSPACE_ID], legal[-1]), legal])  # [2, V - 2]
+        legal_table = np.concatenate([legal[legal != BACKSPACE_ID], [PAD_ID], legal])  # 2 rows of V - 2, flat
         prompt_table, prompt_lengths = self._table(cfg.prompts or [[]])
 
-        # the arrays the step computes on: numpy views of the tensors' memory, or the tensors
+        # the arrays the step computes on (numpy views of the tensors' memory, or the tensors),
+        # and the few operations whose spelling differs between numpy and torch
         if self.backend == "numpy":
             self.xp = np
             self._x = {name: getattr(self, name).numpy() for name in STATE}
             self._to_torch = torch.from_numpy
+            self._zero_rewards = lambda: torch.from_numpy(np.zeros(B, dtype=np.float32))
             self._copy = np.copy
             self._long = lambda a: a.astype(np.int64)
             self._const = lambda a: np.asarray(a)
+            self._take = lambda table, idx: table.take(idx, axis=0)  # faster than table[idx] in numpy
+            self._clip = lambda a, high: np.minimum(np.maximum(a, 0), high)  # faster than np.clip
         else:
             self.xp = torch
             self._x = {name: getattr(self, name) for name in STATE}
             self._to_torch = lambda a: a
+            self._zero_rewards = lambda: torch.zeros(B, dtype=torch.float32, device=device)
             self._copy = torch.clone
             self._long = lambda a: a.long()
             self._const = lambda a: torch.as_tensor(np.asarray(a), device=device)
-        self._effect = self._const(effect.astype(np.int64))  # [V + 1, 2]: length change, token written
+            self._take = lambda table, idx: table.index_select(0, idx)
+            self._clip = lambda a, high: a.clamp(0, high)
+        self._change = self._const(change.astype(np.int64))  # [V + 1]
+        self._written = self._const(written.astype(np.int64))  # [V + 1]
         self._mask_table = self._const(mask_table)  # [2, V] bool
         self._legal_table = self._const(legal_table.astype(np.int64))
         self._row_start = self._const(np.arange(B, dtype=np.int64) * L)  # flat index of each row's first token
@@ -208,7 +218,7 @@ class SeqGenVectorEnv(VectorEnv):
         self._prompt_table = self._const(prompt_table)  # [P, L] (P = 1 empty prompt if unconditional)
         self._prompt_lengths = self._const(prompt_lengths)
         self._conditional = cfg.prompts is not None
-        self._mask_buffer = self._mask_table[self._env_index * 0]  # info["action_mask"] when copy_obs=False
+        self._mask_buffer = self._take(self._mask_table, self._env_index * 0)  # info["action_mask"] when copy_obs=False
 
     # -- Gymnasium API ------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict, dict]:
@@ -262,12 +272,12 @@ class SeqGenVectorEnv(VectorEnv):
             self._validate(a, restart)
         x["steps"] += 1
         self._restart(restart)  # steps back to 0 there
-        # the transition: one table lookup; restarting envs and illegal actions do nothing
-        a = xp.where(restart, PAD_ID, xp.clip(a, 0, self.vocab_size))
-        change, written = self._effect[a, 0], self._effect[a, 1]
-        length = xp.maximum(x["length"] + change, x["prompt_length"])  # backspace stops at the prompt
+        # the transition, by table lookup: +1 and the token for an append, -1 and pad for a backspace,
+        # nothing for eos, pad, bos, out-of-range ids (clipped to V) and restarting envs
+        a = xp.where(restart, PAD_ID, self._clip(a, self.vocab_size))
+        length = xp.maximum(x["length"] + self._take(self._change, a), x["prompt_length"])  # keep the prompt
         write_at = xp.minimum(x["length"], length)  # append: at the old length; backspace: at the new one
-        x["tokens"].reshape(-1)[self._row_start + write_at] = written
+        x["tokens"].reshape(-1)[self._row_start + write_at] = self._take(self._written, a)
         x["length"][...] = length
         terminated = a == EOS_ID
         truncated = (length == self.max_length) | (x["steps"] >= self.max_episode_steps)
@@ -275,7 +285,7 @@ class SeqGenVectorEnv(VectorEnv):
         terminated, truncated = self._to_torch(terminated), self._to_torch(truncated)
 
         if self.config.score is None:
-            rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
+            rewards = self._zero_rewards()
         else:
             r, potential = step_rewards(self.config.score, self.reward_mode, self.tokens, self.length, terminated,
                                         self.potential)
@@ -286,7 +296,7 @@ class SeqGenVectorEnv(VectorEnv):
 
     def action_masks(self) -> torch.Tensor:
         """Legal actions in the current states: BoolTensor ``[B, V]`` on ``device`` (a fresh tensor)."""
-        return self._to_torch(self._mask_table[(self._x["length"] > self._x["prompt_length"]) * 1])
+        return self._to_torch(self._take(self._mask_table, (self._x["length"] > self._x["prompt_length"]) * 1))
 
     def sample_legal_actions(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Uniformly random legal actions, LongTensor ``[B]`` on ``device``.
@@ -295,7 +305,7 @@ class SeqGenVectorEnv(VectorEnv):
         structure is fixed (every id but ``pad`` and ``bos``; ``backspace``
         only if something is generated), so ``r ~ U{0, ..., n - 1}`` with
         ``n = V - 3`` or ``V - 2`` is looked up in a table of the legal ids
-        (row 0 without, row 1 with backspace).
+        (row 0 without, row 1 with backspace; rows of ``V - 2``, flattened).
 
         :param generator: ``torch.Generator`` on ``device`` (``None``: torch's global one).
         """
@@ -303,7 +313,7 @@ class SeqGenVectorEnv(VectorEnv):
         u = u.numpy() if self.backend == "numpy" else u
         can_backspace = (self._x["length"] > self._x["prompt_length"]) * 1
         r = self._long(u * (can_backspace + (self.vocab_size - 3)))
-        return self._to_torch(self._legal_table[can_backspace, r])
+        return self._to_torch(self._take(self._legal_table, r + can_backspace * (self.vocab_size - 2)))
 
     def render(self) -> Optional[tuple[str, ...]]:
         """``render_mode="ansi"``: one ``"prompt|generated▌"`` string per env."""
@@ -326,7 +336,7 @@ class SeqGenVectorEnv(VectorEnv):
             table, lengths, index = table
         if self.backend == "numpy":
             # CPU: write the restarting rows only (cheaper than [B, L] selects)
-            r = np.flatnonzero(rows)
+            r = rows.nonzero()[0]
             if r.size == 0:
                 return
             x["steps"][r] = 0

@@ -60,7 +60,8 @@ def test_seed_attrs_and_errors():
     venv = make_sb3_vec_env(task="oracle-hmm", num_envs=4, max_length=4, prompts=["a", "b", "c", "ab", "bc"])
     assert venv.seed(7) == [7, 8, 9, 10]
     obs = venv.reset()
-    ref, _ = SeqGenVectorEnv(num_envs=4, task="oracle-hmm", max_length=4, prompts=["a", "b", "c", "ab", "bc"]).reset(seed=7)
+    prompts = ["a", "b", "c", "ab", "bc"]
+    ref, _ = SeqGenVectorEnv(num_envs=4, task="oracle-hmm", max_length=4, prompts=prompts).reset(seed=7)
     assert obs["tokens"].tolist() == ref["tokens"].tolist()
     assert venv.get_attr("max_length", indices=[0, 2]) == [4, 4]
     assert venv.env_is_wrapped(object) == [False] * 4

@@ -283,5 +283,6 @@ def test_cuda_matches_cpu():
         assert g["tokens"].device.type == "cuda"
         for k in c:
             assert torch.equal(c[k], g[k].cpu())
-        assert torch.equal(ct, gt.cpu()) and torch.equal(ctr, gtr.cpu()) and torch.equal(ci["action_mask"], gi["action_mask"].cpu())
+        assert torch.equal(ct, gt.cpu()) and torch.equal(ctr, gtr.cpu())
+        assert torch.equal(ci["action_mask"], gi["action_mask"].cpu())
         assert torch.allclose(cr, gr.cpu(), atol=1e-5)
