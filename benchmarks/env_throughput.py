@@ -6,16 +6,17 @@ vocab 100, max_length 64, reward "none") and counts env steps per second of
 wall time, action sampling included:
 
 * ``SeqGenVectorEnv`` (one batched torch state) at num_envs 1, 64, 1024, 16384
-  on CPU (and CUDA when available), in three settings: ``fast``
+  on CPU (and CUDA when available), in the settings of ``SETTINGS``: ``fast``
   (``validate_actions=False, copy_obs=False``: illegal actions are no-ops and
   observations are the state tensors themselves), ``copy`` (``validate_actions=False``,
-  fresh observation tensors, the default ``copy_obs=True``) and ``default``
-  (validation on as well: the constructor defaults);
+  fresh observation tensors, the default ``copy_obs=True``), ``default``
+  (validation on as well: the constructor defaults) and, on CPU, ``fast-torch``
+  (``fast`` with torch ops instead of the CPU's numpy backend);
 * baselines over the single ``SeqGenEnv``: Gymnasium ``SyncVectorEnv``,
   ``AsyncVectorEnv`` (one process per env) and SB3 ``DummyVecEnv`` at num_envs
-  1, 64, 1024. 16384 is skipped for them (about 3 minutes per run for
-  ``SyncVectorEnv`` alone); ``AsyncVectorEnv`` is also skipped at 1024 (1024
-  worker processes). Their actions come from the same uniform legal sampler,
+  1, 64, 1024. 16384 is skipped for them (one Python env step per env: their
+  steps/s is flat beyond 64 envs); ``AsyncVectorEnv`` is also skipped at 1024
+  (1024 worker processes). Their actions come from the same uniform legal sampler,
   in numpy, from the stacked ``info["action_mask"]`` (``DummyVecEnv``: from the
   observation, whose ``length > prompt_length`` is exactly the backspace bit of
   the mask of the state after its same-step reset).
@@ -55,6 +56,12 @@ from seqenv.tokenizers import BACKSPACE_ID  # noqa: E402
 from seqenv.vector_env import SeqGenVectorEnv  # noqa: E402
 
 VECTOR_SIZES = (1, 64, 1024, 16384)
+SETTINGS = {  # SeqGenVectorEnv arguments of each setting
+    "fast": dict(validate_actions=False, copy_obs=False),
+    "copy": dict(validate_actions=False),
+    "default": {},
+    "fast-torch": dict(validate_actions=False, copy_obs=False, backend="torch"),
+}
 BASELINE_SIZES = (1, 64, 1024)
 ASYNC_SIZES = (1, 64)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,8 +93,7 @@ class Runner:
 
 
 def vector_runner(num_envs: int, device: str, setting: str) -> Runner:
-    kwargs = {"fast": dict(validate_actions=False, copy_obs=False), "copy": dict(validate_actions=False),
-              "default": {}}[setting]
+    kwargs = SETTINGS[setting]
     venv = SeqGenVectorEnv(num_envs=num_envs, device=device, **kwargs)
     venv.reset(seed=0)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -202,7 +208,9 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path, name: str) -> Non
         "Settings of `SeqGenVectorEnv`: **fast** = `validate_actions=False, copy_obs=False` (illegal actions are "
         "no-ops, observations are the state tensors, valid until the next step); **copy** = "
         "`validate_actions=False` with fresh observation tensors each step; **default** = the constructor "
-        "defaults (validation on, fresh tensors).",
+        "defaults (validation on, fresh tensors). On CPU the step runs numpy ops on the tensors' memory "
+        "(`backend=\"auto\"`); **fast-torch** = fast with `backend=\"torch\"`, the torch ops that run on "
+        "accelerators, here on CPU.",
         "",
         "| env | device | setting | num_envs | steps/s | × SyncVectorEnv |",
         "|-----|--------|---------|---------:|--------:|----------------:|",
@@ -214,8 +222,9 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path, name: str) -> Non
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Skipped: the baselines at 16384 envs (SyncVectorEnv alone would take minutes per window), "
-        "AsyncVectorEnv at 1024 (one worker process per env). Timings on a shared machine vary from run to run.",
+        "Skipped: the per-env baselines at 16384 envs (their steps/s is flat beyond 64 envs: one Python env "
+        "step per env), AsyncVectorEnv at 1024 (one worker process per env). Timings on a shared machine vary "
+        "from run to run; the round-robin windows keep the ratios comparable.",
         "",
     ]
     (out_dir / f"{name}.md").write_text("\n".join(lines))
@@ -245,7 +254,7 @@ def main(argv=None) -> None:
             runners.append(gym_runner("async", n))
         runners.append(dummy_runner(n))
     for device in devices:
-        for setting in ("fast", "copy", "default"):
+        for setting in SETTINGS if device == "cpu" else ("fast", "copy", "default"):
             runners += [vector_runner(n, device, setting) for n in VECTOR_SIZES]
     for r in runners:
         calibrate(r, budget)

@@ -351,13 +351,13 @@ class SeqGenVectorEnv(VectorEnv):
         else:
             # accelerators: selects over the whole batch, no host sync
             x["steps"].masked_fill_(rows, 0)
+            if index is None and not self._conditional:  # every env restarts empty
+                x["length"].masked_fill_(rows, 0)
+                x["prompt_length"].masked_fill_(rows, 0)
+                x["tokens"].masked_fill_(rows[:, None], PAD_ID)
+                return
             x["episode"] += rows
-            if index is not None:
-                idx = index
-            elif self._conditional:
-                idx = prompt_index(x["key"], x["episode"], len(table))
-            else:
-                idx = self._env_index * 0
+            idx = index if index is not None else prompt_index(x["key"], x["episode"], len(table))
             n = torch.where(rows, lengths[idx], x["length"])
             x["length"][...] = n
             x["prompt_length"][...] = torch.where(rows, n, x["prompt_length"])
