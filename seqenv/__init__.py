@@ -13,6 +13,7 @@ as its ``vector_entry_point``)::
 
 from gymnasium.envs.registration import register, registry
 
+from .env import SeqGenEnv
 from .tasks import DEFAULT_TASK, Task, list_tasks, make_task
 from .tokenizers import (
     BACKSPACE_ID,
@@ -28,6 +29,8 @@ from .tokenizers import (
     tokenizer_from_dict,
 )
 
+from .vector_env import SeqGenVectorEnv
+
 __version__ = "0.1.0"
 
 if "SeqGen-v0" not in registry:
@@ -40,5 +43,5 @@ if "SeqGen-v0" not in registry:
 __all__ = [
     "BACKSPACE_ID", "BOS_ID", "EOS_ID", "NUM_SPECIAL", "PAD_ID", "UNK_ID",
     "BPETokenizer", "CharTokenizer", "Tokenizer", "apply_backspaces", "tokenizer_from_dict",
-    "DEFAULT_TASK", "Task", "list_tasks", "make_task",
+    "DEFAULT_TASK", "Task", "list_tasks", "make_task", "SeqGenEnv", "SeqGenVectorEnv",
 ]
