@@ -949,11 +949,12 @@ class NCELearner:
 
     :param model: the policy (possibly DDP-wrapped).
     :param cfg: :class:`NCETrainConfig`.
-    :param task: the task (the env; the critic's vocabulary and length).
+    :param task: an unconditional task (the env; the critic's vocabulary and length).
     :param device: training device.
     :param generators: ``"noise"`` (CPU: the env reset seeds) and ``"sample"``
         (on ``device``: the noise samples), checkpointed by the trainer.
     :param batch_size: demonstrations per step ``B`` (the env has ``nu·B`` rows).
+    :raises ValueError: on a bad ``cfg`` or a task with prompts.
     """
 
     name = "nce"
@@ -963,6 +964,9 @@ class NCELearner:
 
         if not isinstance(cfg, NCETrainConfig):
             raise ValueError(f"cfg must be an NCETrainConfig, got {type(cfg).__name__}")
+        if task.prompts is not None:
+            raise ValueError(f"NCELearner needs an unconditional task: task {task.name!r} has prompts, and the "
+                             "demonstrations carry no prompt to contrast with the noise's")
         self.model, self.cfg, self.task, self.device = model, cfg, task, torch.device(device)
         self.policy = getattr(model, "module", model)
         self.train_policy = cfg.policy_objective != "none"
@@ -1002,13 +1006,17 @@ class NCELearner:
 
         :param demos: ``B`` demonstrations, token lists each ending with ``eos``.
         :param step: the optimiser step (drives the snapshot refresh).
-        :raises ValueError: on an empty batch or a demonstration without a final ``eos``.
+        :raises ValueError: on an empty batch, a demonstration without a final ``eos``, or (ranking
+            NCE) a batch whose size is not the learner's ``batch_size``.
         """
         from .data import sequence_batch
 
         if not demos or any(len(d) == 0 or d[-1] != EOS_ID for d in demos):
             raise ValueError(f"demos must be a non-empty list of token lists each ending with eos ({EOS_ID})")
         cfg, B = self.cfg, len(demos)
+        if cfg.loss == "ranking" and B != self.batch_size:
+            raise ValueError(f"ranking NCE pairs each demonstration with nu={cfg.nu} noise samples: expected "
+                             f"{self.batch_size} demonstrations (the batch size), got {B}")
         refreshed = self.snapshot.maybe_refresh(self.policy, step)
         noise = self.sample_noise()
         M = noise.tokens.shape[0]

@@ -119,7 +119,9 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
     the policy as :func:`agents.rollout.rollout` samples it at temperature 1.
     ``ortho_init`` is off (it would overwrite the pretrained weights); the
     optimiser (``optimizer_class``, Adam by default) covers the transformer
-    and the value head.
+    and the value head. SB3 puts the policy in train mode for its updates,
+    so an actor with ``dropout > 0`` makes PPO's probability ratios noisy:
+    fine-tune policies configured without dropout.
 
     :param observation_space, action_space, lr_schedule: as SB3.
     :param policy_config: ``PolicyConfig.to_dict()`` of the actor (weights are

@@ -23,20 +23,26 @@ to π0. ``c`` does not move the optimum; it centres the reward
 (``E_{π0}[exp(r)] ≈ 1``).
 
 How the KL enters PPO [recon, documented choice] (:class:`CriticKLReward`):
-
-- every step pays ``β log π0(a_t | s_t)`` (π0 masked to the legal actions,
-  as the agent is), and the step that ends an episode also pays ``r(x_T)``,
-  the critic's score of the final sequence (``eos`` appended iff it
-  terminated; truncated sequences are scored too, as the critic saw them as
-  noise);
-- PPO's entropy bonus is set to ``ent_coef = β``.
-
-Per visited state, ``E_{a~π}[β log π0(a|s)] + β H(π(·|s)) = -β KL(π(·|s) ||
-π0(·|s))``, and with γ = 1 the sum over the trajectory is ``-β KL(π || π0)``
-of the sequence-level distributions (chain rule), so the expected return plus
-bonus is the objective above. Caveat: PPO's entropy bonus is a per-state
-regulariser of the surrogate loss, not a reward, so its gradient ignores how
-π changes the entropy of *later* states; the π0 part is an exact reward.
+every step pays ``β (log π0(a_t|s_t) - log π(a_t|s_t))``, with π the policy
+that sampled the action (the actor at rollout time) and both masked to the
+env's legal actions, and the step that ends an episode also pays ``r(x_T)``,
+the critic's score of the final sequence (``eos`` appended iff it
+terminated; truncated sequences are scored too, as the critic saw them as
+noise). With γ = 1 an episode's return is ``r(x) - β Σ_t log(π/π0)(a_t|s_t)``,
+an unbiased estimate of the objective (the chain rule sums the per-state
+KLs to the KL of the episode distributions); treating ``-β log π`` as a fixed
+reward still gives the exact policy gradient, because the extra term
+``E_π[∇ log π]`` is zero. This is the per-token KL penalty of RLHF (Ziegler
+et al., "Fine-Tuning Language Models from Human Preferences", 2019) with
+the NCE critic in place of a preference reward model. Everything is in the
+reward, so SB3's advantage normalisation and the reward normalisation
+(``VecNormalize``, return scale only; the optimum is unchanged by a common
+scale) are harmless; PPO's entropy bonus is off (it is inside the KL term).
+We do not use the alternative ``reward β log π0 + ent_coef = β`` (equal in
+expectation per state): SB3 normalises advantages but not the entropy
+bonus, which breaks the relative scale of the two (we saw the policy drift
+to near-uniform), and the bonus's gradient ignores the entropy of later
+states.
 
 Episode ends are final: the critic pays the last state's score, so the
 adapter's ``TimeLimit.truncated`` is cleared and SB3 does not bootstrap
@@ -46,9 +52,10 @@ Logged under SB3's standard TensorBoard keys (``tensorboard_log=--logdir``):
 ``rollout/ep_rew_mean``, ``rollout/ep_len_mean``, ``train/approx_kl``,
 ``train/entropy_loss``, ``train/policy_gradient_loss``, ``train/value_loss``,
 ``train/explained_variance``, ``train/clip_fraction``, ``time/fps``..., plus
-``rollout/critic_reward_mean`` and ``rollout/ref_log_prob_mean`` (mean over
-the episodes that ended in the rollout of ``r(x)`` and of ``Σ_t log
-π0(a_t|s_t)``, nats). The fine-tuned policy is saved as a normal seqenv
+``rollout/critic_reward_mean`` and ``rollout/kl_to_init_mean`` (mean over
+the episodes that ended in the rollout of ``r(x)`` and of ``Σ_t log(π/π0)(a_t|s_t)``,
+nats; ``rollout/ep_rew_mean`` is their difference with β, before reward
+normalisation). The fine-tuned policy is saved as a normal seqenv
 checkpoint (``agent: "ppo"``) that ``load_policy``, ``generate.py`` and
 ``evaluate.py`` read; ``metrics.json`` holds the evaluations before and after.
 """
@@ -67,7 +74,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
 from agents.checkpoint import load_policy, save_checkpoint
 from agents.data import sequence_batch
@@ -87,8 +94,7 @@ class PPOCriticConfig:
     :param critic: an ``nce`` checkpoint (``train.py --agent nce``) whose
         critic was trained on top of π0.
     :param total_timesteps: env steps (actions) of PPO in all.
-    :param beta: KL coefficient β > 0 (also PPO's ``ent_coef``); 1 targets
-        the critic's residual EBM exactly.
+    :param beta: KL coefficient β > 0; 1 targets the critic's residual EBM exactly.
     :param num_envs: parallel envs (one batched vector env).
     :param logdir: run directory: TensorBoard events, ``checkpoint.pt``, ``metrics.json``.
     :param device: ``auto``, ``cpu``, ``cuda``...
@@ -146,13 +152,17 @@ def critic_reward(critic: SequenceCritic, sequences: list[list[int]], terminated
 
 
 class CriticKLReward(VecEnvWrapper):
-    """Rewards of the KL-regularised critic objective (module docstring), on top of the env's own.
+    """Rewards of the KL-regularised critic objective (module docstring), on top of the env's own::
 
-    ``reward_t = env_reward_t + β log π0(a_t|s_t) + [episode ends at t] · r(x_T)``
-    with π0's logits at ``s_t`` masked by the env's action mask at ``s_t``.
-    Ended episodes get ``infos[i]["critic_reward"] = r(x_T)`` and
-    ``infos[i]["ref_log_prob"] = Σ_t log π0(a_t|s_t)`` (nats), and
-    ``infos[i]["TimeLimit.truncated"] = False`` (the critic's reward is final).
+        reward_t = env_reward_t + β (log π0(a_t|s_t) - log π(a_t|s_t)) + [episode ends at t] · r(x_T)
+
+    with the logits of π0 and π at ``s_t`` masked by the env's action mask at
+    ``s_t``. π is :attr:`policy`, the live actor, attached after the PPO model
+    exists (``wrapper.policy = ppo.policy.actor``); while it is None the
+    ``log π`` term is left out. Ended episodes get ``infos[i]["critic_reward"]
+    = r(x_T)``, ``infos[i]["kl_to_init"] = Σ_t (log π - log π0)(a_t|s_t)``
+    (nats; without a policy, ``-Σ_t log π0``) and ``infos[i]["TimeLimit.truncated"]
+    = False`` (the critic's reward is final).
 
     :param venv: an SB3 VecEnv over SeqGen-v0 (dict observations ``tokens``,
         ``length``; final states in ``infos[i]["terminal_observation"]``;
@@ -160,7 +170,7 @@ class CriticKLReward(VecEnvWrapper):
     :param critic: the residual critic (:func:`agents.nce.load_critic`).
     :param reference: π0, a :class:`~agents.model.TransformerPolicy` (frozen here).
     :param beta: β > 0.
-    :param device: where the critic and π0 run.
+    :param device: where the critic, π0 and π run.
     :raises ValueError: if ``beta`` is not a finite positive number.
     """
 
@@ -170,15 +180,16 @@ class CriticKLReward(VecEnvWrapper):
         super().__init__(venv)
         self.critic, self.reference, self.beta, self.device = critic, reference.eval(), float(beta), device
         self.reference.requires_grad_(False)
+        self.policy = None
         self._obs: Optional[dict] = None
         self._masks: Optional[np.ndarray] = None
         self._actions: Optional[np.ndarray] = None
-        self._episode_ref_log_prob = np.zeros(self.num_envs)
+        self._episode_kl = np.zeros(self.num_envs)
 
     def reset(self):
         obs = self.venv.reset()
         self._remember(obs)
-        self._episode_ref_log_prob[:] = 0.0
+        self._episode_kl[:] = 0.0
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -187,9 +198,11 @@ class CriticKLReward(VecEnvWrapper):
 
     def step_wait(self):
         obs, env_reward, dones, infos = self.venv.step_wait()
-        log_ref = self.reference_log_prob(self._obs, self._masks, self._actions)
-        self._episode_ref_log_prob += log_ref
-        reward = env_reward.astype(np.float64) + self.beta * log_ref
+        log_ratio = -self.log_prob(self.reference, self._obs, self._masks, self._actions)  # log π - log π0
+        if self.policy is not None:
+            log_ratio += self.log_prob(self.policy, self._obs, self._masks, self._actions)
+        self._episode_kl += log_ratio
+        reward = env_reward.astype(np.float64) - self.beta * log_ratio
         ended = np.flatnonzero(dones)
         if len(ended):
             finals = [infos[i]["terminal_observation"] for i in ended]
@@ -198,47 +211,48 @@ class CriticKLReward(VecEnvWrapper):
             r = critic_reward(self.critic, sequences, terminated, self.device).cpu().numpy()
             reward[ended] += r
             for j, i in enumerate(ended):
-                infos[i].update({"critic_reward": float(r[j]), "ref_log_prob": float(self._episode_ref_log_prob[i]),
+                infos[i].update({"critic_reward": float(r[j]), "kl_to_init": float(self._episode_kl[i]),
                                  "TimeLimit.truncated": False})
-            self._episode_ref_log_prob[ended] = 0.0
+            self._episode_kl[ended] = 0.0
         self._remember(obs)
         return obs, reward.astype(np.float32), dones, infos
 
     def _remember(self, obs: dict) -> None:
-        """Keep the current states and masks: the next step's log π0 is taken there."""
+        """Keep the current states and masks: the next step's log-probabilities are taken there."""
         self._obs = {k: np.array(v) for k, v in obs.items()}
         self._masks = np.stack(self.venv.env_method("action_masks")).astype(bool)
 
     @torch.no_grad()
-    def reference_log_prob(self, obs: dict, masks: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """``log π0(a|s)`` (nats, float64 ``[N]``) of ``actions`` at the states ``obs``, π0 masked by ``masks``."""
+    def log_prob(self, model, obs: dict, masks: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``log p(a|s)`` (nats, float64 ``[N]``) of ``actions`` at the states ``obs`` under a
+        :class:`~agents.model.TransformerPolicy` ``model`` masked by ``masks`` (bool ``[N, V]``)."""
         tokens = torch.as_tensor(obs["tokens"], dtype=torch.long, device=self.device)
         length = torch.as_tensor(obs["length"], dtype=torch.long, device=self.device).reshape(-1)
         bos = torch.full((len(tokens), 1), BOS_ID, dtype=torch.long, device=self.device)
         rows = torch.arange(len(tokens), device=self.device)
-        logits = self.reference(torch.cat([bos, tokens], 1))[rows, length].float()  # the state s_t
+        logits = model(torch.cat([bos, tokens], 1))[rows, length].float()  # the state s_t
         logits = logits.masked_fill(~torch.as_tensor(masks, device=self.device), -math.inf)
         a = torch.as_tensor(actions, dtype=torch.long, device=self.device)
         return F.log_softmax(logits, -1)[rows, a].double().cpu().numpy()
 
 
 class RewardTermsCallback(BaseCallback):
-    """Logs ``rollout/critic_reward_mean`` and ``rollout/ref_log_prob_mean`` (episodes ended in the rollout)."""
+    """Logs ``rollout/critic_reward_mean`` and ``rollout/kl_to_init_mean`` (episodes ended in the rollout)."""
 
     def _on_rollout_start(self) -> None:
-        self._critic, self._ref = [], []
+        self._critic, self._kl = [], []
 
     def _on_step(self) -> bool:
         for info in self.locals["infos"]:
             if "critic_reward" in info:
                 self._critic.append(info["critic_reward"])
-                self._ref.append(info["ref_log_prob"])
+                self._kl.append(info["kl_to_init"])
         return True
 
     def _on_rollout_end(self) -> None:
         if self._critic:
             self.logger.record("rollout/critic_reward_mean", float(np.mean(self._critic)))
-            self.logger.record("rollout/ref_log_prob_mean", float(np.mean(self._ref)))
+            self.logger.record("rollout/kl_to_init_mean", float(np.mean(self._kl)))
 
 
 @torch.no_grad()
@@ -282,16 +296,18 @@ def run(cfg: PPOCriticConfig) -> dict:
     critic = load_critic(cfg.critic, device, task)
     before = evaluate(reference, reference, critic, task, cfg.beta, cfg.eval_samples, device, cfg.seed)
 
-    env = SB3VecEnv(make_vector_env(task, cfg.num_envs, device))
-    env = VecMonitor(CriticKLReward(env, critic, reference, cfg.beta, device))
+    reward = CriticKLReward(SB3VecEnv(make_vector_env(task, cfg.num_envs, device)), critic, reference, cfg.beta, device)
+    # VecMonitor logs episode returns in nats; VecNormalize then only rescales the rewards PPO learns from
+    env = VecNormalize(VecMonitor(reward), norm_obs=False, norm_reward=True, gamma=1.0)
     ppo = MaskablePPO(
         TransformerMaskablePolicy, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
         batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=1.0, gae_lambda=cfg.gae_lambda,
-        clip_range=cfg.clip_range, ent_coef=cfg.beta, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
+        clip_range=cfg.clip_range, ent_coef=0.0, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
         tensorboard_log=cfg.logdir, policy_kwargs=dict(policy_config=state["policy_config"]), seed=cfg.seed,
         device=device,
     )
     ppo.policy.actor.load_state_dict(state["model"])  # π starts at π0
+    reward.policy = ppo.policy.actor  # the log π term of the KL penalty
     ppo.learn(cfg.total_timesteps, callback=RewardTermsCallback(), tb_log_name="ppo", progress_bar=cfg.progress)
     env.close()
 

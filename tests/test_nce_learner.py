@@ -213,6 +213,13 @@ def test_bad_input():
     learner = _learner(_policy(), batch_size=2)
     with pytest.raises(ValueError, match="each ending with eos"):
         learner.loss([[5, 6, 2], [5, 6]], 0)
+    ranking = _learner(_policy(), batch_size=2, loss="ranking", nu=2)
+    with pytest.raises(ValueError, match=r"nu=2 noise samples: expected 2 demonstrations \(the batch size\), got 3"):
+        ranking.loss(_demos(3), 0)
+    conditional = copy.copy(TASK)
+    conditional.prompts = ["ab"]
+    with pytest.raises(ValueError, match="needs an unconditional task: task 'oracle-hmm' has prompts"):
+        NCELearner(_policy(), NCETrainConfig(), conditional, "cpu", {"noise": None, "sample": None}, 2)
 
 
 # ---------------------------------------------------------------------------

@@ -117,10 +117,18 @@ def test_critic_kl_reward_hand_checked():
     np.testing.assert_allclose([r[0] for r in rewards], expected0, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose([r[1] for r in rewards], expected1, rtol=1e-5, atol=1e-5)
     assert infos[2][0]["critic_reward"] == pytest.approx(float(r_x[0]), abs=1e-5)
-    assert infos[2][0]["ref_log_prob"] == pytest.approx(sum(ref0), abs=1e-5)
+    assert infos[2][0]["kl_to_init"] == pytest.approx(-sum(ref0), abs=1e-5)  # no policy attached: -Σ log π0
     assert infos[4][1]["critic_reward"] == pytest.approx(float(r_x[1]), abs=1e-5)
     assert infos[4][1]["TimeLimit.truncated"] is False  # the critic's reward is final: no bootstrapping
     assert "critic_reward" not in infos[3][0]
+    # with the live policy π attached, each step pays β (log π0 - log π)
+    pi = _policy(4)
+    env.policy = pi
+    env.reset()
+    _, r, _, _ = env.step(np.array([5, 7]))
+    log_pi = [_expected_log_ref(pi, [a])[0] for a in (5, 7)]
+    log_ref = [_expected_log_ref(policy, [a])[0] for a in (5, 7)]
+    np.testing.assert_allclose(r, [beta * (log_ref[i] - log_pi[i]) for i in range(2)], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="beta must be a finite number > 0, got 0"):
         ppo_critic.CriticKLReward(env.venv, critic, policy, 0, "cpu")
 
@@ -162,7 +170,7 @@ def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys)
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
     assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "train/approx_kl", "train/entropy_loss",
-            "train/value_loss", "rollout/critic_reward_mean", "rollout/ref_log_prob_mean"} <= tags
+            "train/value_loss", "rollout/critic_reward_mean", "rollout/kl_to_init_mean"} <= tags
 
 
 def test_ppo_bad_input(tmp_path):
