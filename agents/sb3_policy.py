@@ -42,16 +42,10 @@ from gymnasium import spaces
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
+from seqenv.sb3 import discrete_index
 from seqenv.tokenizers import BOS_ID
 
 from .model import PolicyConfig, TransformerPolicy
-
-
-def _as_index(x: torch.Tensor) -> torch.Tensor:
-    """A ``Discrete`` observation as LongTensor ``[B]``, from one-hot ``[B, n]`` / ``[B, 1, n]`` (SB3's
-    preprocessing of rollout-buffer samples) or indices ``[B]`` / ``[B, 1]``."""
-    x = x.reshape(len(x), -1)
-    return x.argmax(1) if x.shape[1] > 1 else x[:, 0].long()
 
 
 class TransformerStateExtractor(BaseFeaturesExtractor):
@@ -85,7 +79,7 @@ class TransformerStateExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = observations["tokens"].long()  # [B, L]
-        length = _as_index(observations["length"])  # [B]
+        length = discrete_index(observations["length"])  # [B]
         bos = torch.full((len(tokens), 1), BOS_ID, dtype=torch.long, device=tokens.device)
         self.policy(torch.cat([bos, tokens], 1))  # fills self._hidden, [B, L + 1, n_embd]
         hidden, self._hidden = self._hidden, None

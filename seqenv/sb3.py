@@ -199,8 +199,8 @@ class TokenSequenceExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = observations["tokens"].long()  # [B, L]
-        length = _index(observations["length"])  # [B]
-        prompt_length = _index(observations["prompt_length"])
+        length = discrete_index(observations["length"])  # [B]
+        prompt_length = discrete_index(observations["prompt_length"])
         positions = torch.arange(self.max_length, device=tokens.device)
         generated = (positions >= prompt_length[:, None]).long()
         out, _ = self.gru(self.embed(tokens) + self.segment(generated))  # [B, L, H]
@@ -209,14 +209,14 @@ class TokenSequenceExtractor(BaseFeaturesExtractor):
         return self.head(torch.cat([last, length[:, None].float() / self.max_length], 1))
 
 
-def _index(x: torch.Tensor) -> torch.Tensor:
+def discrete_index(x: torch.Tensor) -> torch.Tensor:
     """A ``Discrete`` observation as LongTensor ``[B]``.
 
-    From one-hot ``[B, n]`` or ``[B, 1, n]``, or indices ``[B]`` or ``[B, 1]``.
+    From one-hot ``[B, n]`` or ``[B, 1, n]`` (SB3's preprocessing; rollout
+    buffers add a dim), or indices ``[B]`` or ``[B, 1]``.
     """
-    if x.dim() >= 2 and x.shape[-1] > 1:  # SB3 one-hot encodes Discrete (rollout buffers add a dim)
-        x = x.argmax(-1)
-    return x.reshape(len(x)).long()
+    x = x.reshape(len(x), -1)
+    return x.argmax(1) if x.shape[1] > 1 else x[:, 0].long()
 
 
 def _np(x):
