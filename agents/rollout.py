@@ -139,6 +139,7 @@ def rollout(
     store_masks: bool = False,
     allow_backspace: bool = True,
     forced_actions: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    use_kv_cache: bool = True,
 ) -> RolloutResult:
     """Play one episode in each of ``venv``'s environments with ``policy``.
 
@@ -156,6 +157,9 @@ def rollout(
         injected wrong token, to measure recovery); they must be legal. They
         appear in the result's actions; their ``log_probs`` are under the
         masked, tempered distribution (top-k/top-p not applied).
+    :param use_kv_cache: False recomputes the policy on the whole current state
+        at every step instead (the baseline of ``benchmarks/train_throughput.py``;
+        same episodes, slower).
     :return: :class:`RolloutResult` on the env's device.
     """
     policy = getattr(policy, "module", policy)
@@ -173,8 +177,16 @@ def rollout(
                 f"policy block_size {policy.config.block_size} < env max_length + 1 = {L + 1}: "
                 "the policy cannot read the longest state"
             )
-        inp = torch.cat([torch.full((N, 1), BOS_ID, dtype=torch.long, device=device), obs["tokens"]], 1)
-        cache, logits = policy.prefill(inp, state_len + 1)
+        bos = torch.full((N, 1), BOS_ID, dtype=torch.long, device=device)
+        rows = torch.arange(N, device=device)
+
+        def recompute(obs) -> torch.Tensor:  # logits of each row's current state, no cache
+            return policy(torch.cat([bos, obs["tokens"]], 1))[rows, obs["length"].reshape(N)]
+
+        if use_kv_cache:
+            cache, logits = policy.prefill(torch.cat([bos, obs["tokens"]], 1), state_len + 1)
+        else:
+            logits = recompute(obs)
 
         max_steps = int(getattr(venv, "max_episode_steps", 4 * L))
         actions = torch.full((N, max_steps), PAD_ID, dtype=torch.long, device=device)
@@ -212,7 +224,7 @@ def rollout(
             done = done | ended
             if bool(done.all()):
                 break
-            logits = policy.decode_step(cache, a, active=~done)
+            logits = policy.decode_step(cache, a, active=~done) if use_kv_cache else recompute(obs)
         S = int(num_actions.max())
         return RolloutResult(
             actions=actions[:, :S],

@@ -121,3 +121,12 @@ def test_recovery_probe_extremes(task):
     never.bias = -100.0
     r = recovery(never, task, num_samples=64)
     assert r["recovery_backspace"] == 0.0 and r["recovery_deleted"] == 0.0
+
+
+def test_rollout_without_kv_cache_gives_the_same_episodes(task):
+    policy = _policy(task)
+    venv = make_vector_env(task, 16, "cpu")
+    a = rollout(policy, venv, seed=0, generator=torch.Generator().manual_seed(5))
+    b = rollout(policy, venv, seed=0, generator=torch.Generator().manual_seed(5), use_kv_cache=False)
+    assert a.action_lists() == b.action_lists()
+    assert torch.allclose(a.log_probs, b.log_probs, atol=1e-5)
