@@ -470,12 +470,14 @@ def to_markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}  ",
         f"Machine: {m['cpu_model']}, {m['cpus_available']} CPU cores available ({m['cpu_count']} reported), "
-        f"CUDA: {m['cuda'] or 'none'}; torch {m['torch']}, Python {m['python']}; git {m['git_commit']}  ",
+        f"CUDA: {m['cuda'] or 'none'}; torch {m['torch']} (default threads {m['torch_threads_default']}), "
+        f"Python {m['python']}; git {m['git_commit']}  ",
         f"Load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}, "
         f"at end {', '.join(f'{x:.2f}' for x in m['loadavg_end'])} (this benchmark's own threads included; "
         "'CPU cores used' below is CPU time / wall time of each measurement)."
         + (" The machine was shared with other jobs: absolute figures are noisy, the cache/no-cache "
            "ratio less so (both modes interleaved in one run)." if report.get("shared") else ""),
+        *([] if not report.get("note") else ["", f"Note: {report['note']}"]),
         "",
         f"Task `{cfg['task']}`; training batch {cfg['train_batch']} demonstrations, {cfg['train_warmup']} warm-up + "
         f"{cfg['train_steps']} timed steps; generation: {cfg['gen_repeats']} timed episode batch(es) per mode after "
@@ -524,7 +526,9 @@ def to_markdown(report: dict) -> str:
         "excluded; optimiser state, activations, KV-cache included). CPU: `ru_maxrss` after the phase minus `VmRSS` "
         "before it, with the RSS high-water mark reset via `/proc/self/clear_refs` and `malloc_trim` first; "
         "one fresh process per (size, device). CUDA: `torch.cuda.max_memory_allocated` minus `memory_allocated` "
-        "at the start. Generation peaks are from the warm-up batch of each mode.",
+        "at the start. Generation peaks are from the warm-up batch of each mode. RSS counts what the allocator "
+        "holds (freed-but-kept blocks, per-shape scratch of the no-cache loop's growing inputs), so CPU figures "
+        "are above the live tensors' size.",
     ]
     if any(not x.get("hwm_reset", True) for r in report["results"] for x in r["train"]
            + [g[k] for g in r["generation"] for k in ("cache", "no_cache")]):
@@ -532,7 +536,7 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: BenchConfig, out_dir: "str | Path", command: str = "") -> dict:
+def run(cfg: BenchConfig, out_dir: "str | Path", command: str = "", note: str = "") -> dict:
     """Measure every (size, device) and write ``train_throughput.md`` and ``.json`` into ``out_dir``.
 
     :return: the report (what the JSON holds).
@@ -553,7 +557,7 @@ def run(cfg: BenchConfig, out_dir: "str | Path", command: str = "") -> dict:
                   f"tok/s ({g['ratio']:.1f}x)  [{time.perf_counter() - t0:.0f} s]", flush=True)
     machine["loadavg_end"] = list(os.getloadavg())
     shared = machine["loadavg_start"][0] > 0.5  # other jobs were running when it started
-    report = {"command": command, "shared": shared, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
+    report = {"command": command, "note": note, "shared": shared, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
               "config": dataclasses.asdict(cfg), "results": results}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -581,6 +585,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--threads", type=int, help="torch.set_num_threads in the workers (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--in-process", action="store_true", help="no subprocess per (size, device)")
+    p.add_argument("--note", default="", help="free text written under the machine description")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -602,7 +607,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                       **{k: (defaults[k] if v is None else v) for k, v in given.items()})
     command = "python benchmarks/train_throughput.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    return run(cfg, args.out_dir, command)
+    return run(cfg, args.out_dir, command, args.note)
 
 
 if __name__ == "__main__":
