@@ -157,9 +157,10 @@ def rollout(
         injected wrong token, to measure recovery); they must be legal. They
         appear in the result's actions; their ``log_probs`` are under the
         masked, tempered distribution (top-k/top-p not applied).
-    :param use_kv_cache: False recomputes the policy on the whole current state
-        at every step instead (the baseline of ``benchmarks/train_throughput.py``;
-        same episodes, slower).
+    :param use_kv_cache: False runs a full forward pass over ``[bos, state]``
+        (cropped to the longest current state) at every step instead: the
+        no-cache baseline of ``benchmarks/train_throughput.py``; same episodes,
+        slower.
     :return: :class:`RolloutResult` on the env's device.
     """
     policy = getattr(policy, "module", policy)
@@ -181,7 +182,9 @@ def rollout(
         rows = torch.arange(N, device=device)
 
         def recompute(obs) -> torch.Tensor:  # logits of each row's current state, no cache
-            return policy(torch.cat([bos, obs["tokens"]], 1))[rows, obs["length"].reshape(N)]
+            length = obs["length"].reshape(N)
+            width = int(length.max()) + 1  # crop to the longest current state
+            return policy(torch.cat([bos, obs["tokens"]], 1)[:, :width])[rows, length]
 
         if use_kv_cache:
             cache, logits = policy.prefill(torch.cat([bos, obs["tokens"]], 1), state_len + 1)

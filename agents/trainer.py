@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from seqenv.tasks import make_task
 
-from .checkpoint import CheckpointError, check_task_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import check_task_compatible, load_checkpoint, save_checkpoint
 from .data import DemoSampler
 from .earm import EARMConfig, EARMLearner
 from .mle import MLEConfig, MLELearner

@@ -19,7 +19,7 @@ and CUDA when present) it measures, in a fresh subprocess:
 * **generation tokens/s** -- one full episode in each of ``B`` environments of
   :class:`seqenv.vector_env.SeqGenVectorEnv`, with the KV-cache
   (:func:`agents.rollout.rollout`, what users get) and without it
-  (:func:`rollout_without_cache`: at every step a full forward pass
+  (``rollout(..., use_kv_cache=False)``: at every step a full forward pass
   ``policy(tokens)`` over ``[bos, state so far]``, same sampling, same env
   steps). Tokens are the actions taken (``backspace`` and ``eos`` included).
   Both run on the policy as trained by the training measurement, with the
@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -81,10 +82,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from agents.data import DemoSampler  # noqa: E402
 from agents.mle import MLEConfig, MLELearner  # noqa: E402
 from agents.model import PolicyConfig, TransformerPolicy  # noqa: E402
-from agents.rollout import RolloutResult, make_vector_env, rollout, sample_actions  # noqa: E402
+from agents.rollout import RolloutResult, make_vector_env, rollout  # noqa: E402
 from agents.trainer import TrainConfig, _optimizer, lr_lambda, resolve_device  # noqa: E402
 from seqenv.tasks import make_task  # noqa: E402
-from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 SIZES = {"small": (4, 4, 128), "medium": (6, 8, 256)}  # (n_layer, n_head, n_embd)
 MIB = 2**20
@@ -161,74 +161,6 @@ def devices(name: str) -> list[str]:
     if name == "auto":
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     return [str(resolve_device(name))]
-
-
-# --------------------------------------------------------------------------
-# the no-cache baseline
-# --------------------------------------------------------------------------
-@torch.no_grad()
-def rollout_without_cache(policy, venv, *, seed: Optional[int] = None, temperature: float = 1.0,
-                          generator: Optional[torch.Generator] = None) -> RolloutResult:
-    """:func:`agents.rollout.rollout` without the KV-cache: a full forward pass per step.
-
-    The loop is ``rollout``'s, line for line, except that the logits of the
-    current states come from ``policy([bos, state])`` (LongTensor ``[N, 1 +
-    longest state]``, pads after each row's state), read at each row's last
-    position, instead of from :meth:`~agents.model.TransformerPolicy.decode_step`.
-    Same sampling (:func:`agents.rollout.sample_actions`, ``generator``), same
-    env steps; with the same seed and generator it yields the same episodes.
-
-    :param policy: a :class:`~agents.model.TransformerPolicy` on ``venv.device``.
-    :param venv: a ``SeqGenVectorEnv``; reset with ``seed`` first.
-    :return: :class:`agents.rollout.RolloutResult` (no action masks).
-    """
-    was_training = policy.training
-    policy.eval()
-    try:
-        obs, info = venv.reset(seed=seed)
-        N = venv.num_envs
-        device = obs["tokens"].device
-        prompt_len = obs["prompt_length"].reshape(N)
-        bos = torch.full((N, 1), BOS_ID, dtype=torch.long, device=device)
-        rows = torch.arange(N, device=device)
-
-        def state_logits(obs) -> torch.Tensor:  # FloatTensor [N, V]: logits of each row's state
-            length = obs["length"].reshape(N)
-            tokens = torch.cat([bos, obs["tokens"]], 1)[:, : 1 + int(length.max())]
-            return policy(tokens)[rows, length]
-
-        logits = state_logits(obs)
-        max_steps = int(venv.max_episode_steps)
-        actions = torch.full((N, max_steps), PAD_ID, dtype=torch.long, device=device)
-        log_probs = torch.zeros((N, max_steps), device=device)
-        done = torch.zeros(N, dtype=torch.bool, device=device)
-        terminated = torch.zeros(N, dtype=torch.bool, device=device)
-        num_actions = torch.zeros(N, dtype=torch.long, device=device)
-        final_tokens = obs["tokens"].clone()
-        final_len = obs["length"].reshape(N).clone()
-        eos = torch.full((N,), EOS_ID, dtype=torch.long, device=device)
-        for t in range(max_steps):
-            a, lp = sample_actions(logits, info["action_mask"], temperature, generator=generator)
-            a = torch.where(done, eos, a)
-            active = ~done
-            actions[:, t] = torch.where(active, a, PAD_ID)
-            log_probs[:, t] = torch.where(active, lp, 0.0)
-            obs, _, term, trunc, info = venv.step(a)
-            ended = active & (term | trunc)
-            num_actions += active.long()
-            terminated |= ended & term
-            final_tokens = torch.where(ended[:, None], obs["tokens"], final_tokens)
-            final_len = torch.where(ended, obs["length"].reshape(N), final_len)
-            done = done | ended
-            if bool(done.all()):
-                break
-            logits = state_logits(obs)
-        S = int(num_actions.max())
-        return RolloutResult(actions=actions[:, :S], log_probs=log_probs[:, :S], num_actions=num_actions,
-                             tokens=final_tokens, lengths=final_len, prompt_lengths=prompt_len,
-                             terminated=terminated)
-    finally:
-        policy.train(was_training)
 
 
 # --------------------------------------------------------------------------
@@ -343,7 +275,7 @@ def measure_generation(policy, task, device: torch.device, batch: int, cfg: Benc
         modes, same seeds).
     """
     venv = make_vector_env(task, batch, device)
-    runners = {"cache": rollout, "no_cache": rollout_without_cache}
+    runners = {"cache": rollout, "no_cache": functools.partial(rollout, use_kv_cache=False)}
 
     def run(mode: str, seed: int) -> tuple[RolloutResult, float]:
         gen = torch.Generator(device=device).manual_seed(seed)

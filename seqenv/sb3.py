@@ -18,7 +18,7 @@ Plain ``PPO`` knows no masks and samples masked actions; build its env with
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import gymnasium as gym
 import numpy as np

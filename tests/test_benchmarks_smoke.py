@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from agents.data import DemoSampler
-from agents.model import PolicyConfig, TransformerPolicy
-from agents.rollout import make_vector_env, rollout
 from seqenv.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,21 +21,6 @@ _spec.loader.exec_module(bench)
 @pytest.fixture(scope="module")
 def task():
     return make_task("python-lines")
-
-
-def test_rollout_without_cache_gives_the_same_episodes(task):
-    torch.manual_seed(0)
-    policy = TransformerPolicy(PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1,
-                                            n_layer=1, n_head=2, n_embd=32))
-    venv = make_vector_env(task, 6, "cpu")
-    cached = rollout(policy, venv, seed=3, generator=torch.Generator().manual_seed(7))
-    plain = bench.rollout_without_cache(policy, venv, seed=3, generator=torch.Generator().manual_seed(7))
-    assert cached.action_lists() == plain.action_lists()
-    assert torch.equal(cached.num_actions, plain.num_actions)
-    assert torch.equal(cached.tokens, plain.tokens) and torch.equal(cached.lengths, plain.lengths)
-    assert torch.equal(cached.terminated, plain.terminated)
-    torch.testing.assert_close(cached.log_probs, plain.log_probs, atol=1e-5, rtol=0)
-    assert policy.training  # mode restored
 
 
 def test_peak_memory_sees_a_64_mib_tensor():

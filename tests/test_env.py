@@ -1,6 +1,5 @@
 """SeqGenEnv: exact dynamics, masks, rewards, seeding, errors, and both env checkers."""
 
-import math
 import warnings
 
 import gymnasium as gym
