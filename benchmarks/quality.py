@@ -20,9 +20,11 @@ Experiments (``--experiments``, default all):
   explains why our default is 10, not the paper's 0.01).
 * ``earm_sweep`` -- E-ARM λ × start step, in the spirit of the paper's Table 4
   (λ ∈ {0.01, 0.05, 0.1, 0.5}; starts at fractions of the run as 5/15/25 of 40 epochs).
-* ``nce_k`` -- NCE critic with snapshot refresh interval K ∈ {1, 10, 100, 1000}:
-  critic-reranked samples against raw samples of the same policy
-  (``scripts/generate.py --rerank critic``); needs ``TrainConfig(agent="nce")``.
+* ``nce_k`` -- self-adapting NCE with snapshot refresh interval K ∈ {1, 10,
+  100, 1000} (:func:`run_nce`): raw samples of the NCE-trained policy,
+  critic-reranked samples of it (``scripts/generate.py --rerank critic``) and
+  PPO with the critic as reward started from it (``scripts/ppo_critic.py``,
+  ``--ppo-timesteps``). Skipped with ``--no-nce``.
 
 What "same budget" means here (every method of one invocation):
 
@@ -61,7 +63,9 @@ run, so a killed benchmark keeps what it finished.
 the "beyond the seed spread" rule (a difference of means larger than the sum
 of the two sample standard deviations, ddof = 1); oracle support standing in
 for validity on the oracle task (it has no validity checker); the E-ARM start
-steps as fractions 1/8, 3/8, 5/8 of the run (5, 15, 25 of 40 epochs).
+steps as fractions 1/8, 3/8, 5/8 of the run (5, 15, 25 of 40 epochs); the
+NCE protocol of :func:`run_nce` (start from the MLE checkpoint at W with a
+fresh optimiser, critic as large as the policy, reranking among 8 candidates).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,7 +117,8 @@ PPO_COLUMNS = ("ppo_validity", "ppo_oracle_support", "ppo_oracle_nll", "ppo_orac
                "ppo_kl_to_init", "ppo_s")
 ALL_COLUMNS = (*QUALITY_COLUMNS, *RECOVERY_COLUMNS, *COST_COLUMNS, *RERANK_COLUMNS, *PPO_COLUMNS)
 #: (metric, +1 = higher is better / -1 = lower is better) judged against MLE
-VERDICT_METRICS = (("validity", +1), ("oracle_support", +1), ("oracle_nll", -1), ("nll", -1))
+VERDICT_METRICS = (("validity", +1), ("oracle_support", +1), ("oracle_nll", -1), ("oracle_nll_in_support", -1),
+                   ("nll", -1))
 
 
 # ----------------------------------------------------------------------------
@@ -134,8 +140,8 @@ class Budget:
     :raises ValueError: naming the bad field and value.
     """
 
-    steps: int = 400
-    warm_steps: int = 200
+    steps: int = 260
+    warm_steps: int = 130
     batch_size: int = 32
     model_size: str = "small"
     lr: float = 2e-3
@@ -157,6 +163,7 @@ class Budget:
         self.warmup_steps = min(self.warmup_steps, self.steps)
 
     def model(self) -> ModelConfig:
+        """The policy size of :data:`MODEL_SIZES` ``[model_size]`` as a trainer :class:`ModelConfig`."""
         n_layer, n_head, n_embd = MODEL_SIZES[self.model_size]
         return ModelConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
 
@@ -189,6 +196,7 @@ class RunSpec:
                       "-".join(f"{k}={v:g}" for k, v in self.params) + f"/seed{self.seed}")
 
     def param(self, name: str, default=None):
+        """The value of parameter ``name``, or ``default`` if the spec does not set it."""
         return dict(self.params).get(name, default)
 
 
@@ -517,9 +525,11 @@ METHODS: dict[str, tuple[Callable[[RunSpec, Bench], RunResult], Callable[[RunSpe
 
 
 def plan(experiments, tasks, seeds, ablation_tasks, ablation_seeds, budget: Budget, p_grid=P_GRID,
-         alpha_grid=ALPHA_GRID, lambda_grid=LAMBDA_GRID, k_grid=K_GRID) -> dict[str, list[RunSpec]]:
+         alpha_grid=ALPHA_GRID, lambda_grid=LAMBDA_GRID, k_grid=K_GRID, sweep_seeds=None) -> dict[str, list[RunSpec]]:
     """The runs of each experiment, in order (a spec may appear in several).
 
+    ``ablation_p`` and ``ablation_alpha`` run on ``ablation_seeds``,
+    ``earm_sweep`` and ``nce_k`` on ``sweep_seeds`` (default: ``ablation_seeds``).
     ``p = 0`` of MLE + backspace is plain MLE and uses the ``mle`` run.
     :raises ValueError: on an unknown experiment name.
     """
@@ -534,7 +544,7 @@ def plan(experiments, tasks, seeds, ablation_tasks, ablation_seeds, budget: Budg
                     specs += [RunSpec(t, s, "mle"), RunSpec(t, s, "mle_backspace", (("p", MAIN_P),)),
                               RunSpec(t, s, "sequencematch"), RunSpec(t, s, "earm")]
         for t in (ablation_tasks if exp != "main" else ()):
-            for s in ablation_seeds:
+            for s in (ablation_seeds if exp in ("ablation_p", "ablation_alpha") or sweep_seeds is None else sweep_seeds):
                 if exp == "ablation_p":
                     specs.append(RunSpec(t, s, "mle"))
                     specs += [RunSpec(t, s, "mle_backspace", (("p", p),)) for p in p_grid if p > 0]
@@ -646,7 +656,7 @@ def add_costs(results: list[dict]) -> None:
 
 
 def summarize(results: list[dict], specs: list[RunSpec], columns) -> dict[str, dict[str, dict]]:
-    """``{task: {row label: {metric: (mean, std) | None, "runs": "ok/total"}}}`` over the seeds of ``specs``."""
+    """``{task: {row label: {metric: (mean, std) | None, "runs": "ok/total", "ok": int}}}`` over the seeds of ``specs``."""
     by_key = {(r["task"], r["seed"], r["label"]): r for r in results}
     out: dict[str, dict[str, dict]] = {}
     seen = set()
@@ -657,7 +667,7 @@ def summarize(results: list[dict], specs: list[RunSpec], columns) -> dict[str, d
         rows = [by_key.get((s.task, s.seed, s.label)) for s in specs if (s.task, s.label) == (spec.task, spec.label)]
         ok = [r for r in rows if r is not None and r["status"] == "ok"]
         row: dict = {c: mean_std([r["metrics"].get(c) for r in ok]) for c in columns}
-        row["runs"] = f"{len(ok)}/{len(rows)}"
+        row["runs"], row["ok"] = f"{len(ok)}/{len(rows)}", len(ok)
         out.setdefault(spec.task, {})[spec.label] = row
     return out
 
@@ -721,9 +731,29 @@ def machine_info(threads: int) -> dict:
             "git_commit": commit, "loadavg_start": list(os.getloadavg())}
 
 
+def task_reference(name: str) -> dict:
+    """What the held-out data itself scores: its validity and, on oracle tasks, its oracle NLL (the entropy estimate).
+
+    ``data_validity``: fraction of the ``test`` texts the checker accepts
+    (None without a checker); ``oracle_entropy``: ``-mean log p_oracle`` of
+    the ``test`` sequences, nats per sequence -- the ``oracle_nll`` a perfect
+    model reaches in expectation (None without an oracle).
+    """
+    from agents.evaluation import validity_rate
+    from seqenv.tasks import make_task
+
+    task = make_task(name)
+    texts = task.splits["test"]
+    return {"data_validity": validity_rate(task, texts),
+            "oracle_entropy": task.oracle.entropy_estimate(task.encoded("test")) if task.oracle is not None else None}
+
+
 def _table(summary_rows: dict, columns) -> str:
+    """Markdown table of :func:`summarize` rows: "mean ± std" cells, a plain mean where one seed finished."""
     cols = [c for c in columns if any(row.get(c) is not None for row in summary_rows.values())]
-    return format_metrics_table(summary_rows, ["runs", *cols], digits=3)
+    rows = {label: {k: (v[0] if row["ok"] == 1 and isinstance(v, tuple) else v) for k, v in row.items()}
+            for label, row in summary_rows.items()}
+    return format_metrics_table(rows, ["runs", *cols], digits=3)
 
 
 def render_markdown(report: dict, notes: Optional[str] = None) -> str:
@@ -750,7 +780,8 @@ def render_markdown(report: dict, notes: Optional[str] = None) -> str:
         f"{b['steps'] - b['warm_steps']} steps with their own objective (model, optimiser, schedule and random "
         f"streams carried over); MLE + backspace trains from scratch. Evaluation: {b['eval_samples']} sampled "
         f"episodes (temperature 1, sampling seed = run seed), recovery probe on {b['recovery_samples']} "
-        f"held-out prefixes. Seeds: {report['seeds']}; ablation seeds: {report['ablation_seeds']}.",
+        f"held-out prefixes. Seeds: main {report['seeds']}, ablations of p and α {report['ablation_seeds']}, "
+        f"E-ARM sweep and NCE {report.get('sweep_seeds', report['ablation_seeds'])}.",
         "",
         "Reading the columns: `validity` is the task checker's acceptance rate (none on the oracle task, where "
         "`oracle_support` -- the fraction of samples the oracle can emit -- stands in for it); `oracle_nll` is "
@@ -762,8 +793,8 @@ def render_markdown(report: dict, notes: Optional[str] = None) -> str:
         "Cost: `method_s_per_step` and `method_ms_per_token` are the wall-clock time of the method's own "
         "optimiser steps (after the fork) per step (s) and per demonstration token (ms); `cost_ratio_token` divides the "
         "latter by MLE's in the same invocation (same task and seed); `total_s` and `cost_ratio_total` "
-        "include the MLE steps a fork inherits. Cells are mean ± std over seeds (ddof = 1); `runs` counts "
-        "finished / planned runs.",
+        "include the MLE steps a fork inherits. Cells are mean ± std over seeds (ddof = 1), a plain number "
+        "where one seed ran; `runs` counts finished / planned runs.",
         "",
     ]
     if notes:
@@ -785,7 +816,12 @@ def render_markdown(report: dict, notes: Optional[str] = None) -> str:
                       f"after all {b['steps']} steps.", ""]
         summary = summarize(results, specs, ALL_COLUMNS)
         for task, rows in summary.items():
-            lines += [f"### {task}", "", "Quality" + (" (raw samples of each policy)" if exp == "nce_k" else "") + ":",
+            ref = report.get("reference", {}).get(task, {})
+            lines += [f"### {task}", ""]
+            if ref:
+                lines += ["Reference (held-out test texts): " + "; ".join(
+                    f"{k} = {v:.3f}" for k, v in ref.items() if v is not None) + ".", ""]
+            lines += ["Quality" + (" (raw samples of each policy)" if exp == "nce_k" else "") + ":",
                       "", _table(rows, QUALITY_COLUMNS), ""]
             if exp == "nce_k":
                 lines += ["Critic-reranked samples of the same policies:", "", _table(rows, RERANK_COLUMNS), ""]
@@ -822,6 +858,9 @@ def _bar_panel(ax, rows: dict, metric: str, title: str):
     means = [rows[k][metric][0] for k in labels]
     stds = [rows[k][metric][1] for k in labels]
     ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(labels))])
+    if labels and "nll" in metric:  # zoom: NLLs differ by a few percent
+        lo, hi = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
+        ax.set_ylim(lo - 0.5 * (hi - lo) - 1e-3, hi + 0.2 * (hi - lo) + 1e-3)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_title(title, fontsize=9)
 
@@ -854,12 +893,13 @@ def plot_main(summary: dict, path: Path) -> None:
 
 
 def plot_sweep(summary: dict, path: Path, lines: dict[str, tuple], x_of: Callable, xlabel: str,
-               metrics=("oracle_support", "oracle_nll", "nll"), logx: bool = False) -> None:
+               metrics=("oracle_support", "oracle_nll", "nll"), logx: bool = False, reference: str = "mle") -> None:
     """Curves (mean ± std over seeds) of ``metrics`` against a swept parameter, one panel per task and metric.
 
     :param lines: ``{line name: (predicate(row label) -> bool, metric key prefix)}``;
         a line plots ``prefix + metric`` of the rows its predicate accepts.
     :param x_of: ``row label -> x`` (float).
+    :param reference: row drawn as a dashed horizontal line (its mean), if present.
     """
     import matplotlib
 
@@ -878,6 +918,9 @@ def plot_sweep(summary: dict, path: Path, lines: dict[str, tuple], x_of: Callabl
                 if pts:
                     ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
                                 marker="o", capsize=3, label=name)
+            ref = rows.get(reference, {}).get(metric)
+            if ref is not None:
+                ax.axhline(ref[0], ls="--", color="gray", label=f"{reference} (all steps)")
             if logx:
                 ax.set_xscale("log")
             ax.set_xlabel(xlabel)
@@ -938,6 +981,8 @@ def build_report(args, budget: Budget, runs: dict[str, list[RunSpec]], bench: Be
         "command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "total_wall_s": wall_s, "machine": machine, "device": args.device, "budget": dataclasses.asdict(budget),
         "seeds": list(args.seeds), "ablation_seeds": list(args.ablation_seeds),
+        "sweep_seeds": list(getattr(args, "sweep_seeds", args.ablation_seeds)),
+        "reference": {t: task_reference(t) for t in sorted({s.task for specs in runs.values() for s in specs})},
         "experiments": {exp: [dict(task=s.task, seed=s.seed, method=s.method, params=[list(p) for p in
                                    canonical(s, budget).params]) for s in specs] for exp, specs in runs.items()},
         "runs": results,
@@ -945,8 +990,15 @@ def build_report(args, budget: Budget, runs: dict[str, list[RunSpec]], bench: Be
 
 
 def write_outputs(report: dict, out_dir: Path, notes: Optional[str] = None, plots: bool = True) -> None:
-    """Write ``quality.json``, the PNG plots and ``quality.md`` into ``out_dir``."""
+    """Write ``quality.json``, the PNG plots and ``quality.md`` into ``out_dir``.
+
+    ``notes`` (Markdown, the "Reading" section) is kept in ``quality.json``, so
+    ``--render-only`` without ``--notes`` keeps the previous reading.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if notes is not None:
+        report["notes"] = notes
+    notes = report.get("notes")
     if plots:
         report["plots"] = draw_plots(report, out_dir)
     (out_dir / "quality.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
@@ -962,13 +1014,17 @@ QUICK = dict(steps=40, warm_steps=20, batch_size=16, model_size="small", eval_sa
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (see ``--help``); exits with a usage error on an unknown experiment or ``--threads < 1``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
     p.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset of " + ", ".join(EXPERIMENTS))
     p.add_argument("--tasks", nargs="+", default=["oracle-hmm", "python-lines", "pydoc-text"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--ablation-tasks", nargs="+", default=["oracle-hmm"])
-    p.add_argument("--ablation-seeds", nargs="+", type=int, default=None, help="default: --seeds")
+    p.add_argument("--ablation-seeds", nargs="+", type=int, default=None,
+                   help="seeds of ablation_p and ablation_alpha (default: --seeds; --quick: the first seed)")
+    p.add_argument("--sweep-seeds", nargs="+", type=int, default=None,
+                   help="seeds of earm_sweep and nce_k (default: --ablation-seeds)")
     p.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default {Budget.steps})")
     p.add_argument("--warm-steps", type=int, default=None, help=f"W, MLE steps before a fork (default {Budget.warm_steps})")
     p.add_argument("--batch-size", type=int, default=None)
@@ -990,7 +1046,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scratch", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
-    p.add_argument("--notes", default=None, help="Markdown file inserted as the 'Reading' section of quality.md")
+    p.add_argument("--notes", default=None, help="Markdown file inserted as the 'Reading' section of quality.md "
+                   "(kept in quality.json for later --render-only)")
     p.add_argument("--render-only", action="store_true", help="re-draw quality.md and plots from --out-dir/quality.json")
     args = p.parse_args(argv)
     args.experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
@@ -999,12 +1056,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"unknown experiment(s) {bad}; expected some of {', '.join(EXPERIMENTS)}")
     if args.ablation_seeds is None:
         args.ablation_seeds = [args.seeds[0]] if args.quick else list(args.seeds)
+    if args.sweep_seeds is None:
+        args.sweep_seeds = list(args.ablation_seeds)
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
 def budget_from_args(args) -> Budget:
+    """The :class:`Budget` of the flags: :data:`QUICK` under ``--quick``, then explicit flags win; ``--steps``
+    alone sets ``W = steps // 2``.
+
+    :raises ValueError: as :class:`Budget` does.
+    """
     base = dict(QUICK) if args.quick else {}
     for name in ("steps", "warm_steps", "batch_size", "model_size", "lr", "eval_samples", "recovery_samples"):
         if getattr(args, name) is not None:
@@ -1025,6 +1089,7 @@ def main(argv=None) -> dict:
         write_outputs(report, out_dir, notes)
         return report
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=SyntaxWarning)  # ast.parse of generated python-lines samples
     budget = budget_from_args(args)
     experiments = list(args.experiments)
     if "nce_k" in experiments and (args.no_nce or not nce_available()):
@@ -1032,7 +1097,7 @@ def main(argv=None) -> dict:
               flush=True)
         experiments.remove("nce_k")
     runs = plan(experiments, args.tasks, args.seeds, args.ablation_tasks, args.ablation_seeds, budget,
-                args.p_grid, args.alpha_grid, args.lambda_grid, args.k_grid)
+                args.p_grid, args.alpha_grid, args.lambda_grid, args.k_grid, args.sweep_seeds)
     machine = machine_info(args.threads)
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in argv)
     t0 = time.perf_counter()
