@@ -43,7 +43,7 @@ def run(cfg: TrainConfig, evaluate_initial: bool = False) -> tuple[Trainer, dict
     return trainer, before, metrics
 
 
-def main_job(mle_steps: int = 1200, sm_steps: int = 300, device: str = "auto") -> dict:
+def main_job(mle_steps: int = 800, sm_steps: int = 150, device: str = "auto") -> dict:
     """MLE, then SequenceMatch from the MLE checkpoint, on python-lines; prints the table."""
     stages = {
         "mle": TrainConfig(agent="mle", task="python-lines", max_steps=mle_steps, logdir=str(MAIN_JOB_DIR / "mle"),
