@@ -1,21 +1,16 @@
 """benchmarks/train_throughput.py: the no-cache baseline, memory probe, and a tiny end-to-end run."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from _load import load_file
 import torch
 
 from agents.data import DemoSampler
 from seqenv.tasks import make_task
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["train_throughput"] = bench
-_spec.loader.exec_module(bench)
+bench = load_file("benchmarks/train_throughput.py")
 
 
 @pytest.fixture(scope="module")

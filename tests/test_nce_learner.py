@@ -1,13 +1,11 @@
 """NCELearner (train.py --agent nce), load_critic and generate.py --rerank critic."""
 
 import copy
-import importlib.util
 import io
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from _load import load_file
 import torch
 
 from agents.checkpoint import CheckpointError, save_checkpoint
@@ -16,7 +14,6 @@ from agents.model import PolicyConfig, TransformerPolicy
 from agents.nce import NCELearner, NCETrainConfig, load_critic, no_backspace_log_prob
 from seqenv.tasks import make_task
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = make_task("oracle-hmm")
 TINY_CRITIC = dict(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)
 
@@ -265,11 +262,7 @@ def test_load_critic_round_trip_and_errors(trained, tmp_path):
 
 
 def _generate_module():
-    spec = importlib.util.spec_from_file_location("seqenv_generate_script", ROOT / "scripts" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file("scripts/generate.py")
 
 
 def test_generate_rerank_critic_picks_one_candidate_per_output(trained):

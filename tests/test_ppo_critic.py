@@ -1,12 +1,10 @@
 """scripts/ppo_critic.py and agents/sb3_policy.py: MaskablePPO with our transformer actor, critic reward + KL."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _load import load_file
 import torch
 import torch.nn.functional as F
 
@@ -20,18 +18,13 @@ from seqenv.sb3 import SB3VecEnv
 from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = make_task("oracle-hmm")
 V = TASK.tokenizer.vocab_size
 BS = BACKSPACE_ID
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("seqenv_ppo_critic_script", ROOT / "scripts" / "ppo_critic.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file("scripts/ppo_critic.py")
 
 
 def _policy(seed=0) -> TransformerPolicy:

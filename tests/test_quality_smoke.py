@@ -1,21 +1,15 @@
 """benchmarks/quality.py: aggregation, verdicts, costs, the fork protocol, failures, a micro end-to-end run."""
 
-import importlib.util
 import json
 import math
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
+from _load import load_file
 
 from agents.trainer import NonFiniteLossError
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-quality = importlib.util.module_from_spec(_spec)
-sys.modules["quality"] = quality
-_spec.loader.exec_module(quality)
+quality = load_file("benchmarks/quality.py")
 
 MICRO = ["--tasks", "oracle-hmm", "--seeds", "0", "--steps", "3", "--warm-steps", "1", "--batch-size", "8",
          "--model-size", "tiny", "--eval-samples", "8", "--recovery-samples", "8"]

@@ -1,24 +1,17 @@
 """The command-line scripts end to end on a tiny model: train, generate, evaluate, on a file: task."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from _load import load_file
 
 from agents.checkpoint import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.n-layer", "1", "--model.n-head", "2", "--model.n-embd", "32", "--no-progress", "--device", "cpu"]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file(f"scripts/{name}.py")
 
 
 @pytest.fixture(scope="module")
