@@ -39,6 +39,7 @@ import os
 import re
 import string
 import sysconfig
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -186,10 +187,25 @@ def python_statements(min_chars: int = 8, max_chars: int = 60) -> tuple[str, ...
     return tuple(out)
 
 
+def _quiet_parse(text: str) -> Optional[ast.Module]:
+    """``ast.parse(text)``, or ``None`` if it fails; silent.
+
+    Python's compiler reports some lexical oddities (``1if``, ``'\\d'``,
+    ``0x1for``) as ``SyntaxWarning`` through :mod:`warnings` while parsing; a
+    validity check runs on generated text and must not print them, so they
+    are suppressed here (the parse result is unchanged).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ast.parse(text)
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return None
+
+
 def _parses_as_statement(text: str) -> bool:
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
+    tree = _quiet_parse(text)
+    if tree is None:
         return False
     if len(tree.body) != 1:
         return False
@@ -201,14 +217,14 @@ def _parses_as_statement(text: str) -> bool:
 
 
 def python_is_valid(text: str) -> bool:
-    """Validity for ``python-lines``: ``ast.parse(text)`` succeeds (non-empty)."""
+    """Validity for ``python-lines``: ``ast.parse(text)`` succeeds (non-empty).
+
+    Silent: the compiler's ``SyntaxWarning`` messages (e.g. "invalid decimal
+    literal" for ``1if``) are suppressed, never printed.
+    """
     if not text.strip():
         return False
-    try:
-        ast.parse(text)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return False
-    return True
+    return _quiet_parse(text) is not None
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")

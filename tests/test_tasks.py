@@ -1,12 +1,13 @@
 import itertools
 import math
+import warnings
 from collections import Counter
 
 import pytest
 import torch
 
 from seqenv.oracle import HMMOracle, pad_sequences
-from seqenv.tasks import hash_splits, list_tasks, make_task, oracle_hmm, split_of
+from seqenv.tasks import _parses_as_statement, hash_splits, list_tasks, make_task, oracle_hmm, python_is_valid, split_of
 
 
 def test_python_lines_task():
@@ -21,6 +22,22 @@ def test_python_lines_task():
     assert task.is_valid("x = f(1)") and not task.is_valid("x = f(1") and not task.is_valid("else:")
     # encoded + eos fit max_length
     assert max(len(s) for s in task.encoded("train")) < task.max_length
+
+
+# texts whose parse makes Python 3.11's compiler emit a SyntaxWarning/DeprecationWarning
+# ("invalid decimal literal", "invalid escape sequence", "invalid hexadecimal literal")
+NOISY_SAMPLES = {"1_a = 0x": False, "x = 1if y else 2": True, "'\\d'": True, "x = 1if": False,
+                 'y = "\\d" +': False, "a = 0x1for": False, "print(1if x)": False}
+
+
+def test_python_validity_check_is_silent():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = {t: python_is_valid(t) for t in NOISY_SAMPLES}
+        statements = [_parses_as_statement(t) for t in NOISY_SAMPLES]  # the corpus builder's filter
+    assert [str(w.message) for w in caught] == []
+    assert results == NOISY_SAMPLES  # the verdicts are those of ast.parse
+    assert statements == [False, True, False, False, False, False, False]  # a bare literal is no statement
 
 
 def test_splits_deterministic_and_stable():
