@@ -21,13 +21,23 @@ Built-in tasks (:func:`make_task`, :func:`list_tasks`):
 ``oracle-hmm``     samples of a fixed random :class:`~seqenv.oracle.HMMOracle`
                    (16 symbols written ``a``..``p``, length <= 24); exact
                    ``log_prob`` and sampling.
+``arithmetic``     paired conditional task (SequenceMatch's arithmetic
+                   setting): ``add_or_sub_in_base`` questions such as
+                   ``"In base 7, what is 126 - 4? "`` are the prompts, the
+                   answer (``"122"``) is generated; 5,000 train / 200 valid /
+                   200 test questions from our own seeded generator; validity
+                   = exact answer, checked on prompt + completion
+                   (:func:`arithmetic`).
 ``file:PATH``      any UTF-8 text file, one sequence per line, empty lines
                    dropped; character tokenizer over the file's characters.
 =================  ==========================================================
 
-Every name accepts ``tokenizer="bpe"`` (byte-level BPE trained on the train
-split, ``bpe_vocab_size`` ids) instead of the character tokenizer, and
-``prompts=[...]`` to make the task conditional.
+Every corpus name accepts ``tokenizer="bpe"`` (byte-level BPE trained on the
+train split, ``bpe_vocab_size`` ids) instead of the character tokenizer, and
+``prompts=[...]`` to make the task conditional (one prompt list for every
+text). A *paired* task (``arithmetic``) has its own prompt per text instead:
+``task.split_prompts[split][i]`` is the prompt of ``task.splits[split][i]``,
+and :meth:`Task.encoded_pairs` gives both as token ids.
 """
 
 from __future__ import annotations
@@ -36,13 +46,14 @@ import ast
 import functools
 import hashlib
 import os
+import random
 import re
 import string
 import sysconfig
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .oracle import HMMOracle
 from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer
@@ -66,6 +77,18 @@ class Task:
     :param validity: ``text -> bool`` checker or ``None``.
     :param oracle: exact source distribution (see :mod:`seqenv.oracle`) or
         ``None``.
+    :param split_prompts: for a *paired* conditional task (``arithmetic``),
+        ``split_prompts[split][i]`` is the prompt (question) of
+        ``splits[split][i]`` (its completion, the answer); same keys as
+        ``splits`` and lists of the same lengths. ``prompts`` then defaults to
+        the train split's prompts, so an environment's default prompt draws
+        are training questions; pass ``split_prompts["test"]`` as the env's
+        ``prompts=`` to evaluate on test questions. ``None``: unpaired.
+    :param args: the keyword arguments :func:`make_task` was called with
+        (JSON-able); :meth:`spec` stores them so that :func:`make_task` of the
+        spec rebuilds the same task.
+    :raises ValueError: on ``max_length < 1``, a missing split, or
+        ``split_prompts`` whose keys or list lengths do not match ``splits``.
     """
 
     name: str
@@ -76,6 +99,8 @@ class Task:
     validity: Optional[Callable[[str], bool]] = None
     oracle: Optional[HMMOracle] = None
     description: str = ""
+    split_prompts: Optional[dict[str, list[str]]] = None
+    args: dict = field(default_factory=dict, compare=False)
     _encoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -84,6 +109,21 @@ class Task:
         missing = [s for s in SPLITS if s not in self.splits]
         if missing:
             raise ValueError(f"task {self.name!r} lacks splits {missing}; expected {SPLITS}")
+        if self.split_prompts is not None:
+            missing = [s for s in SPLITS if s not in self.split_prompts]
+            if missing:
+                raise ValueError(f"task {self.name!r}: split_prompts lacks splits {missing}; expected {SPLITS}")
+            for s in SPLITS:
+                if len(self.split_prompts[s]) != len(self.splits[s]):
+                    raise ValueError(f"task {self.name!r}: split {s!r} has {len(self.splits[s])} texts but "
+                                     f"{len(self.split_prompts[s])} prompts in split_prompts; expected one prompt per text")
+            if self.prompts is None:
+                self.prompts = list(self.split_prompts["train"])
+
+    @property
+    def paired(self) -> bool:
+        """True for a paired conditional task (each text has its own prompt; see ``split_prompts``)."""
+        return self.split_prompts is not None
 
     def encoded(self, split: str) -> list[list[int]]:
         """Token ids of every text in ``split`` (no ``bos``/``eos``), cached.
@@ -95,6 +135,37 @@ class Task:
         if split not in self._encoded:
             self._encoded[split] = [self.tokenizer.encode(t) for t in self.splits[split]]
         return self._encoded[split]
+
+    def encoded_pairs(self, split: str) -> list[tuple[list[int], list[int]]]:
+        """``(prompt ids, completion ids)`` of every text in ``split``, cached.
+
+        For a paired task the prompt is ``split_prompts[split][i]``; for an
+        unpaired task every prompt is ``[]``. No ``bos``/``eos``; the
+        environment's state after the prompt is ``prompt ids``, and the
+        completion followed by ``eos`` is the demonstration's action sequence.
+
+        :raises ValueError: on an unknown split name.
+        """
+        completions = self.encoded(split)
+        key = ("pairs", split)
+        if key not in self._encoded:
+            if self.split_prompts is None:
+                prompts: list[list[int]] = [[] for _ in completions]
+            else:
+                prompts = [self.tokenizer.encode(p) for p in self.split_prompts[split]]
+            self._encoded[key] = list(zip(prompts, completions))
+        return self._encoded[key]
+
+    def split_prompt_texts(self, split: str) -> list[str]:
+        """The prompts (questions) of ``split`` of a paired task, e.g. for an env's ``prompts=``.
+
+        :raises ValueError: on an unknown split, or if the task is not paired.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if self.split_prompts is None:
+            raise ValueError(f"task {self.name!r} is not a paired conditional task: its splits have no prompts")
+        return self.split_prompts[split]
 
     def encoded_prompts(self) -> Optional[list[list[int]]]:
         """Token ids of the prompts, or ``None`` for an unconditional task."""
@@ -114,8 +185,16 @@ class Task:
         return bool(self.validity(text))
 
     def spec(self) -> dict:
-        """JSON-able identity (name, tokenizer, max_length) stored in checkpoints."""
-        return {"name": self.name, "tokenizer": self.tokenizer.to_dict(), "max_length": self.max_length}
+        """JSON-able identity stored in checkpoints; :func:`make_task` of it rebuilds the task.
+
+        Keys: ``name``, ``tokenizer`` (:meth:`~seqenv.tokenizers.Tokenizer.to_dict`),
+        ``max_length``, and ``args`` (the :func:`make_task` keyword arguments)
+        when any were given.
+        """
+        out = {"name": self.name, "tokenizer": self.tokenizer.to_dict(), "max_length": self.max_length}
+        if self.args:
+            out["args"] = dict(self.args)
+        return out
 
 
 # --------------------------------------------------------------------------
@@ -372,6 +451,180 @@ def oracle_hmm(num_train: int = 20000, num_eval: int = 1000, seed: int = 0, toke
                 description=f"random HMM oracle ({oracle.num_states} states, {oracle.num_symbols} symbols)")
 
 
+# --------------------------------------------------------------------------
+# arithmetic: add_or_sub_in_base questions (SequenceMatch's arithmetic task)
+# --------------------------------------------------------------------------
+BASE_DIGITS = "0123456789abcdef"
+ARITHMETIC_CHARS = "".join(sorted(set("In base , what is ? +-" + BASE_DIGITS)))
+_ARITH_PREFIX = "In base {base}, what is "
+_ARITH_RE = re.compile(r"In base (\d+), what is (-?[0-9a-f]+) ([+-]) (-?[0-9a-f]+)\? (-?[0-9a-f]+)")
+
+
+def to_base(n: int, base: int) -> str:
+    """``n`` written in ``base`` (2..16): digits ``0-9a-f``, a leading ``-`` if negative, no leading zeros.
+
+    :raises ValueError: if ``base`` is not in 2..16.
+    """
+    if not 2 <= base <= 16:
+        raise ValueError(f"base must be in 2..16, got {base!r}")
+    if n == 0:
+        return "0"
+    sign, n = ("-", -n) if n < 0 else ("", n)
+    digits = []
+    while n:
+        n, d = divmod(n, base)
+        digits.append(BASE_DIGITS[d])
+    return sign + "".join(reversed(digits))
+
+
+def from_base(text: str, base: int) -> Optional[int]:
+    """Inverse of :func:`to_base` on canonical numerals; ``None`` for anything else.
+
+    Canonical: optional ``-``, digits of ``base`` in lowercase, no leading
+    zero (except ``"0"`` itself), no ``"-0"``.
+    """
+    neg = text.startswith("-")
+    body = text[1:] if neg else text
+    if not body or any(c not in BASE_DIGITS[:base] for c in body):
+        return None
+    if (len(body) > 1 and body[0] == "0") or (neg and body == "0"):
+        return None
+    value = int(body, base)
+    return -value if neg else value
+
+
+def arithmetic_question(rng: random.Random, min_base: int = 2, max_base: int = 16,
+                        max_digits: int = 3) -> tuple[str, str]:
+    """One ``add_or_sub_in_base`` question and its answer, drawn from ``rng``.
+
+    Base uniform in ``min_base..max_base``; each operand: a digit count ``d``
+    uniform in ``1..max_digits``, then a value uniform among the ``d``-digit
+    numerals of the base (``0..base-1`` for ``d = 1``); the operation ``+`` or
+    ``-`` with probability 1/2. Operands are non-negative; a difference may be
+    negative.
+
+    :return: ``(prompt, answer)``, e.g. ``("In base 7, what is 126 - 4? ", "122")``.
+    """
+    base = rng.randint(min_base, max_base)
+    ops = []
+    for _ in range(2):
+        d = rng.randint(1, max_digits)
+        ops.append(rng.randint(0 if d == 1 else base ** (d - 1), base ** d - 1))
+    op = rng.choice("+-")
+    p, q = ops
+    answer = p + q if op == "+" else p - q
+    return f"{_ARITH_PREFIX.format(base=base)}{to_base(p, base)} {op} {to_base(q, base)}? ", to_base(answer, base)
+
+
+def arithmetic_is_valid(text: str) -> bool:
+    """Validity for ``arithmetic``: ``text`` is a question followed by its exact answer.
+
+    ``text`` is the full state text, prompt + completion:
+    ``"In base B, what is P + Q? A"`` (or ``-``) with ``B`` in 2..16 written in
+    decimal, ``P``, ``Q`` and ``A`` canonical numerals of base ``B`` (see
+    :func:`from_base`; signed operands are accepted, as in the source
+    module's format), and ``A == P ± Q``. Anything else -- another format,
+    a digit outside the base, a leading zero, trailing text -- is ``False``.
+    """
+    m = _ARITH_RE.fullmatch(text)
+    if m is None or m[1] != str(int(m[1])) or not 2 <= int(m[1]) <= 16:
+        return False
+    base = int(m[1])
+    p, q = from_base(m[2], base), from_base(m[4], base)
+    if p is None or q is None:
+        return False
+    return m[5] == to_base(p + q if m[3] == "+" else p - q, base)
+
+
+def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200, seed: int = 0,
+               min_base: int = 2, max_base: int = 16, max_digits: int = 3, tokenizer: str = "char",
+               max_length: Optional[int] = None, prompts=None) -> Task:
+    """The ``arithmetic`` task: questions of DeepMind's ``add_or_sub_in_base`` as prompts, answers generated.
+
+    The arithmetic setting of SequenceMatch (Cundy & Ermon, ICLR 2024) [paper]:
+    the ``add_or_sub_in_base`` module of ``mathematics_dataset`` (Saxton et
+    al., ICLR 2019), 5,000 training questions and 200 test questions, e.g.
+    prompt ``"In base 7, what is 126 - 4? "`` and completion ``"122"``. The
+    question is the prompt (ending in ``"? "``), the answer the generated
+    text, validity = exact answer (:func:`arithmetic_is_valid` on prompt +
+    completion).
+
+    Our own generator of the same question format (:func:`arithmetic_question`),
+    not the ``mathematics-dataset`` package: the package installs, but its
+    samplers draw from the global :mod:`random` state, so a deterministic call
+    needs ``random.seed`` on the process-wide generator. Here every question
+    comes from a local ``random.Random(seed)``: the task is a pure function of
+    its arguments.
+
+    [recon] Ranges: the source draws the base uniformly in 2..16 (kept as the
+    default) and signed operands whose sizes come from an entropy budget (up
+    to ~16 decimal digits in training); we draw non-negative operands of
+    1..``max_digits`` digits in the base (default 3, e.g. ``fff`` in base 16)
+    so that a small model on a CPU learns the task in part. Base > 10 digits
+    are ``a``-``f`` (the source's format); a difference can be negative (``-``).
+
+    Splits: questions are drawn in order from the stream; a question's split
+    is :func:`split_of` its prompt text (an md5 bucket, so a question has the
+    same split under every seed and size), repeated questions are skipped,
+    and a split stops taking questions once it has its size. Splits are
+    therefore disjoint by question.
+
+    :param num_train, num_valid, num_test: split sizes (questions), each >= 1.
+    :param seed: seed of the question stream.
+    :param min_base, max_base: base range, ``2 <= min_base <= max_base <= 16``.
+    :param max_digits: largest operand length in digits, >= 1.
+    :param tokenizer: only ``"char"`` (the fixed 28 characters of :data:`ARITHMETIC_CHARS`).
+    :param max_length: environment ``max_length``; default = longest possible
+        prompt + twice the longest possible answer + 1 (the answer, room for
+        as many wrong tokens and their backspaces, and ``eos``); at least
+        longest prompt + longest answer + 1.
+    :raises ValueError: on a bad argument, or when the ranges hold too few
+        distinct questions to fill the splits.
+    """
+    if tokenizer != "char":
+        raise ValueError(f"arithmetic uses its own character tokenizer; got tokenizer={tokenizer!r}")
+    if prompts is not None:
+        raise ValueError("arithmetic draws its prompts (questions) itself; got prompts=")
+    for k, v in (("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test), ("max_digits", max_digits)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"arithmetic: {k} must be an integer >= 1, got {v!r}")
+    if not (isinstance(min_base, int) and isinstance(max_base, int) and 2 <= min_base <= max_base <= 16):
+        raise ValueError(f"arithmetic: need 2 <= min_base <= max_base <= 16, got min_base={min_base!r}, max_base={max_base!r}")
+    longest_prompt = len(_ARITH_PREFIX.format(base=max_base)) + 2 * max_digits + len(" - ? ")
+    longest_answer = max_digits + 1  # a carry digit, or "-" of a negative difference
+    need = longest_prompt + longest_answer + 1
+    if max_length is None:
+        max_length = longest_prompt + 2 * longest_answer + 1
+    elif max_length < need:
+        raise ValueError(f"arithmetic with max_digits={max_digits} needs max_length >= {need} "
+                         f"(prompt {longest_prompt} + answer {longest_answer} + eos), got {max_length}")
+    sizes = {"train": num_train, "valid": num_valid, "test": num_test}
+    texts: dict[str, list[str]] = {s: [] for s in SPLITS}
+    questions: dict[str, list[str]] = {s: [] for s in SPLITS}
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    max_draws = 50 * sum(sizes.values()) + 10000
+    for _ in range(max_draws):
+        if all(len(questions[s]) >= sizes[s] for s in SPLITS):
+            break
+        q, a = arithmetic_question(rng, min_base, max_base, max_digits)
+        if q in seen:
+            continue
+        seen.add(q)
+        s = split_of(q)
+        if len(questions[s]) < sizes[s]:
+            questions[s].append(q)
+            texts[s].append(a)
+    else:
+        got = {s: len(questions[s]) for s in SPLITS}
+        raise ValueError(f"arithmetic: bases {min_base}..{max_base} with at most {max_digits} digits gave only {got} "
+                         f"distinct questions in {max_draws} draws; asked for {sizes} (widen the ranges or ask for fewer)")
+    return Task(name="arithmetic", tokenizer=CharTokenizer(ARITHMETIC_CHARS), splits=texts, max_length=max_length,
+                validity=arithmetic_is_valid, split_prompts=questions,
+                description=f"add_or_sub_in_base questions (bases {min_base}..{max_base}, operands of "
+                            f"<= {max_digits} digits); validity = exact answer")
+
+
 def file_task(path: str, **kw) -> Task:
     """``file:PATH``: one sequence per line of a UTF-8 file; empty lines dropped.
 
@@ -395,6 +648,7 @@ def file_task(path: str, **kw) -> Task:
 
 
 TASKS: dict[str, Callable[..., Task]] = {
+    "arithmetic": arithmetic,
     "python-lines": python_lines,
     "pydoc-text": pydoc_text,
     "oracle-hmm": oracle_hmm,
@@ -410,24 +664,32 @@ def list_tasks() -> list[str]:
 @functools.lru_cache(maxsize=16)
 def _cached(name: str, frozen_kw: tuple) -> Task:
     kw = {k: (list(v) if isinstance(v, tuple) else v) for k, v in frozen_kw}
-    return TASKS[name](**kw)
+    task = TASKS[name](**kw)
+    task.args = kw
+    return task
 
 
-def make_task(name: "str | Task" = DEFAULT_TASK, **kwargs) -> Task:
+def make_task(name: "str | Task | dict" = DEFAULT_TASK, **kwargs) -> Task:
     """Build a task by name (cached per name and arguments) or pass one through.
 
-    :param name: a built-in name, ``"file:PATH"``, or a :class:`Task`.
+    :param name: a built-in name, ``"file:PATH"``, a :class:`Task`, or a
+        :meth:`Task.spec` dict (see :func:`task_from_spec`).
     :param kwargs: ``tokenizer`` (``"char"``/``"bpe"``), ``bpe_vocab_size``,
         ``max_length``, ``prompts`` (list of texts), ``unk``; oracle tasks also
-        take the :class:`~seqenv.oracle.HMMOracle` arguments.
+        take the :class:`~seqenv.oracle.HMMOracle` arguments; ``arithmetic``
+        takes the arguments of :func:`arithmetic`.
     :raises ValueError: on an unknown name (the message lists the valid ones).
     """
     if isinstance(name, Task):
         if kwargs:
             raise ValueError(f"make_task got a Task instance and extra arguments {sorted(kwargs)}")
         return name
+    if isinstance(name, dict):
+        if kwargs:
+            raise ValueError(f"make_task got a task spec and extra arguments {sorted(kwargs)}")
+        return task_from_spec(name)
     if not isinstance(name, str):
-        raise ValueError(f"task must be a name or a Task, got {type(name).__name__}")
+        raise ValueError(f"task must be a name, a Task or a task spec dict, got {type(name).__name__}")
     if not name.startswith("file:") and name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
     if name.startswith("file:") and not name[len("file:"):]:
@@ -435,5 +697,37 @@ def make_task(name: "str | Task" = DEFAULT_TASK, **kwargs) -> Task:
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
     if name.startswith("file:"):
         # files can change between calls: don't cache
-        return file_task(name[len("file:"):], **kwargs)
+        task = file_task(name[len("file:"):], **kwargs)
+        task.args = dict(kwargs)
+        return task
     return _cached(name, frozen)
+
+
+def task_from_spec(spec: dict) -> Task:
+    """Rebuild the task of a :meth:`Task.spec` (a checkpoint's ``"task"`` entry).
+
+    Calls :func:`make_task` with the spec's name and ``args`` and checks that
+    the result has the spec's tokenizer and ``max_length``.
+
+    :raises ValueError: on a malformed spec, or if the rebuilt task differs
+        from the spec (names what differs).
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or "tokenizer" not in spec \
+            or not isinstance(spec.get("max_length"), int):
+        raise ValueError(f"a task spec is a dict with 'name' (str), 'tokenizer' (dict) and 'max_length' (int), "
+                         f"got {spec!r:.200}")
+    args = spec.get("args", {})
+    if not isinstance(args, dict):
+        raise ValueError(f"task spec 'args' must be a dict of make_task arguments, got {args!r:.200}")
+    task = make_task(spec["name"], **args)
+    _check_matches_spec(task, spec)
+    return task
+
+
+def _check_matches_spec(task: Task, spec: dict) -> None:
+    if task.tokenizer.to_dict() != spec["tokenizer"]:
+        raise ValueError(f"task {spec['name']!r} rebuilt from its spec has a different tokenizer "
+                         f"(vocab {task.tokenizer.vocab_size}) than the spec's")
+    if task.max_length != spec["max_length"]:
+        raise ValueError(f"task {spec['name']!r} rebuilt from its spec has max_length {task.max_length}, "
+                         f"the spec says {spec['max_length']}")

@@ -59,9 +59,9 @@ def test_pydoc_text_task():
 
 
 def test_unknown_task_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid tasks: oracle-hmm, pydoc-text, python-lines, file:PATH"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid tasks: arithmetic, oracle-hmm, pydoc-text, python-lines, file:PATH"):
         make_task("nope")
-    assert list_tasks() == ["oracle-hmm", "pydoc-text", "python-lines", "file:PATH"]
+    assert list_tasks() == ["arithmetic", "oracle-hmm", "pydoc-text", "python-lines", "file:PATH"]
 
 
 def test_file_task(tmp_path):
