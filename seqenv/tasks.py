@@ -30,6 +30,12 @@ Built-in tasks (:func:`make_task`, :func:`list_tasks`):
                    (:func:`arithmetic`).
 ``file:PATH``      any UTF-8 text file, one sequence per line, empty lines
                    dropped; character tokenizer over the file's characters.
+                   Fewer than 10 distinct lines: every split is all lines
+                   (a warning says so); otherwise every split has at least
+                   one line. Lines too long for ``max_length`` are dropped
+                   and counted in a warning. The spec records the file's
+                   absolute path and SHA-256; :func:`task_from_spec` rebuilds
+                   a data-less task (enough to generate) when it is gone.
 =================  ==========================================================
 
 Every corpus name accepts ``tokenizer="bpe"`` (byte-level BPE trained on the
@@ -51,15 +57,54 @@ import re
 import string
 import sysconfig
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from .oracle import HMMOracle
-from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer
+from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
 
 SPLITS = ("train", "valid", "test")
 PRINTABLE = "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c")  # 95 characters
+#: corpora with fewer distinct texts than this use all of them in every split (see :func:`hash_splits`)
+MIN_SPLIT_TEXTS = 10
+
+
+class MissingTaskDataError(FileNotFoundError):
+    """The task's texts are not available: it was rebuilt from a spec without its corpus file.
+
+    Raised when such a task's splits are read (held-out NLL, BLEU references,
+    demonstrations); the message names the file. A ``FileNotFoundError``, so
+    scripts report it as a one-line user error.
+    """
+
+
+class _MissingSplits(Mapping):
+    """Stands in for ``Task.splits`` when the data is unavailable: every read raises."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __getitem__(self, split):
+        raise MissingTaskDataError(f"{self.message} (needed: the {split!r} split)")
+
+    def __iter__(self):
+        return iter(SPLITS)
+
+    def __len__(self):
+        return len(SPLITS)
+
+    def __contains__(self, split):
+        return split in SPLITS
+
+    def __eq__(self, other):
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        return f"<splits unavailable: {self.message}>"
 
 
 @dataclass
@@ -87,6 +132,15 @@ class Task:
     :param args: the keyword arguments :func:`make_task` was called with
         (JSON-able); :meth:`spec` stores them so that :func:`make_task` of the
         spec rebuilds the same task.
+    :param source: where the texts came from, stored in :meth:`spec`
+        (``file:`` tasks: ``{"path": absolute path, "sha256": of the file's
+        bytes}``) or ``None``.
+    :param missing_data: ``None``, or why the texts are unavailable (a task
+        rebuilt by :func:`task_from_spec` without its corpus file): then
+        ``splits`` is a stand-in whose every read raises
+        :class:`MissingTaskDataError` with this message; tokenizer,
+        ``max_length``, prompts and :meth:`spec` work (generation needs
+        nothing more).
     :raises ValueError: on ``max_length < 1``, a missing split, or
         ``split_prompts`` whose keys or list lengths do not match ``splits``.
     """
@@ -101,11 +155,15 @@ class Task:
     description: str = ""
     split_prompts: Optional[dict[str, list[str]]] = None
     args: dict = field(default_factory=dict, compare=False)
+    source: Optional[dict] = field(default=None, compare=False)
+    missing_data: Optional[str] = field(default=None, compare=False)
     _encoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.missing_data is not None:
+            self.splits = _MissingSplits(self.missing_data)
         missing = [s for s in SPLITS if s not in self.splits]
         if missing:
             raise ValueError(f"task {self.name!r} lacks splits {missing}; expected {SPLITS}")
@@ -119,6 +177,11 @@ class Task:
                                      f"{len(self.split_prompts[s])} prompts in split_prompts; expected one prompt per text")
             if self.prompts is None:
                 self.prompts = list(self.split_prompts["train"])
+
+    @property
+    def has_data(self) -> bool:
+        """False for a task rebuilt from a spec without its corpus (see ``missing_data``)."""
+        return self.missing_data is None
 
     @property
     def paired(self) -> bool:
@@ -188,12 +251,16 @@ class Task:
         """JSON-able identity stored in checkpoints; :func:`make_task` of it rebuilds the task.
 
         Keys: ``name``, ``tokenizer`` (:meth:`~seqenv.tokenizers.Tokenizer.to_dict`),
-        ``max_length``, and ``args`` (the :func:`make_task` keyword arguments)
-        when any were given.
+        ``max_length``, ``args`` (the :func:`make_task` keyword arguments)
+        when any were given, and ``file`` (``{"path", "sha256"}``) for a
+        ``file:`` task. That is all generation needs: :func:`task_from_spec`
+        rebuilds a usable task from it even when the file is gone.
         """
         out = {"name": self.name, "tokenizer": self.tokenizer.to_dict(), "max_length": self.max_length}
         if self.args:
             out["args"] = dict(self.args)
+        if self.source is not None:
+            out["file"] = dict(self.source)
         return out
 
 
@@ -210,18 +277,32 @@ def split_of(text: str, valid_frac: float = 0.05, test_frac: float = 0.05) -> st
     return "train"
 
 
-def hash_splits(texts: list[str], valid_frac: float = 0.05, test_frac: float = 0.05) -> dict[str, list[str]]:
+def hash_splits(texts: list[str], valid_frac: float = 0.05, test_frac: float = 0.05,
+                name: str = "corpus") -> dict[str, list[str]]:
     """Deduplicate ``texts`` (first occurrence kept) and split them by hash.
 
-    Small corpora: when a split would be empty and there are at least 3 texts,
-    the last train texts (in corpus order) move there, so that every split is
-    non-empty.
+    Small corpora, the rule:
+
+    * fewer than :data:`MIN_SPLIT_TEXTS` (10) distinct texts: every split
+      (train, valid and test) is all of them, in corpus order, and a
+      ``UserWarning`` says so (held-out metrics then measure training data);
+    * otherwise every split gets at least one text: when the hash leaves
+      ``valid`` or ``test`` empty, the last train texts (in corpus order)
+      move there.
+
+    :param name: the task name the warning gives.
     """
+    unique = list(dict.fromkeys(texts))
+    if 0 < len(unique) < MIN_SPLIT_TEXTS:
+        warnings.warn(f"task {name!r} has only {len(unique)} distinct texts (fewer than {MIN_SPLIT_TEXTS}): every "
+                      f"split (train, valid, test) is all {len(unique)} of them, so held-out metrics measure "
+                      f"training data", UserWarning, stacklevel=2)
+        return {s: list(unique) for s in SPLITS}
     out: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for t in dict.fromkeys(texts):
+    for t in unique:
         out[split_of(t, valid_frac, test_frac)].append(t)
     for s in ("valid", "test"):
-        if not out[s] and len(out["train"]) >= 3:
+        if not out[s] and out["train"]:
             out[s].append(out["train"].pop())
     return out
 
@@ -381,22 +462,33 @@ def _tokenizer_for(kind: str, chars: Optional[str], train: list[str], bpe_vocab_
 
 def _fit_max_length(name: str, tok: Tokenizer, splits: dict[str, list[str]], max_length: Optional[int],
                     prompts: Optional[list[str]]) -> tuple[dict[str, list[str]], int]:
-    """Pick max_length (longest encoded text + 1 for the eos step, at most 512) and drop longer texts."""
+    """Pick max_length (longest encoded text + 1 for the eos step, at most 512) and drop longer texts.
+
+    Dropped texts are counted in a ``UserWarning``; if a held-out split loses
+    all its texts, the kept texts are split again (:func:`hash_splits`' rule).
+    """
     if max_length is None:
         longest = max(len(tok.encode(t)) for s in SPLITS for t in splits[s])
         longest_prompt = max((len(tok.encode(p)) for p in prompts), default=0) if prompts else 0
         max_length = min(512, longest + longest_prompt + 1)
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    kept = {s: [t for t in splits[s] if len(tok.encode(t)) < max_length] for s in SPLITS}
+    fits = {t: len(tok.encode(t)) < max_length for s in SPLITS for t in splits[s]}
+    dropped = sum(not ok for ok in fits.values())
+    if dropped:
+        warnings.warn(f"task {name!r}: dropped {dropped} of {len(fits)} texts longer than {max_length - 1} tokens "
+                      f"(max_length={max_length} keeps one step for eos)", UserWarning, stacklevel=3)
+    kept = {s: [t for t in splits[s] if fits[t]] for s in SPLITS}
     if not kept["train"]:
         raise ValueError(f"task {name!r}: no training text fits max_length={max_length}")
+    if dropped and not all(kept[s] for s in SPLITS):
+        kept = hash_splits([t for t, ok in fits.items() if ok], name=name)
     return kept, max_length
 
 
 def _text_task(name, texts, validity_factory, *, chars=None, tokenizer="char", bpe_vocab_size=512,
                unk="error", max_length=None, prompts=None, description=""):
-    splits = hash_splits(list(texts))
+    splits = hash_splits(list(texts), name=name)
     tok = _tokenizer_for(tokenizer, chars, splits["train"], bpe_vocab_size, unk)
     if chars is None and tokenizer == "char":
         # held-out characters unseen in train: extend so every split encodes
@@ -628,11 +720,19 @@ def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200,
 def file_task(path: str, **kw) -> Task:
     """``file:PATH``: one sequence per line of a UTF-8 file; empty lines dropped.
 
+    Splits follow :func:`hash_splits` (fewer than :data:`MIN_SPLIT_TEXTS`
+    distinct lines: every split is all lines, with a warning; otherwise every
+    split has at least one line); lines that do not fit ``max_length`` are
+    dropped and counted in a warning. The task's :meth:`Task.spec` records
+    the file's absolute path and SHA-256 (see :func:`task_from_spec`).
+
     :raises FileNotFoundError: if ``path`` does not exist.
-    :raises ValueError: if the file is not UTF-8 (names the byte offset) or has
-        no non-empty line.
+    :raises ValueError: if ``path`` is a directory, the file is not UTF-8
+        (names the byte offset) or has no non-empty line.
     """
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"task file {str(p)!r} is a directory; expected a UTF-8 text file, one sequence per line")
     if not p.is_file():
         raise FileNotFoundError(f"task file {str(p)!r} does not exist (expected a UTF-8 text file, one sequence per line)")
     raw = p.read_bytes()
@@ -644,7 +744,9 @@ def file_task(path: str, **kw) -> Task:
     lines = [l for l in lines if l.strip()]
     if not lines:
         raise ValueError(f"task file {str(p)!r} is empty: expected at least one non-empty line")
-    return _text_task(f"file:{path}", lines, None, description=f"lines of {p}", **kw)
+    task = _text_task(f"file:{path}", lines, None, description=f"lines of {p}", **kw)
+    task.source = {"path": str(p.resolve()), "sha256": hashlib.sha256(raw).hexdigest()}
+    return task
 
 
 TASKS: dict[str, Callable[..., Task]] = {
@@ -706,28 +808,69 @@ def make_task(name: "str | Task | dict" = DEFAULT_TASK, **kwargs) -> Task:
 def task_from_spec(spec: dict) -> Task:
     """Rebuild the task of a :meth:`Task.spec` (a checkpoint's ``"task"`` entry).
 
-    Calls :func:`make_task` with the spec's name and ``args`` and checks that
-    the result has the spec's tokenizer and ``max_length``.
+    Built-in names: :func:`make_task` with the spec's name and ``args``; the
+    result must have the spec's tokenizer and ``max_length``.
 
-    :raises ValueError: on a malformed spec, or if the rebuilt task differs
-        from the spec (names what differs).
+    ``file:`` tasks: the corpus is looked for at the spec's recorded absolute
+    path, then at the path in the name (relative to the working directory);
+    the first existing file that rebuilds the spec's tokenizer and
+    ``max_length`` gives the full task (a ``UserWarning`` if its SHA-256
+    differs from the recorded one: its splits may differ). Without such a
+    file the result is a task without data (``task.has_data`` is False):
+    name, tokenizer, ``max_length``, prompts and spec are the spec's, so
+    generation works, while reading its splits (held-out evaluation, training)
+    raises :class:`MissingTaskDataError` naming the file.
+
+    :raises ValueError: on a malformed spec, or a built-in task whose rebuild
+        differs from the spec (names what differs).
     """
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or "tokenizer" not in spec \
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("tokenizer"), dict) \
             or not isinstance(spec.get("max_length"), int):
         raise ValueError(f"a task spec is a dict with 'name' (str), 'tokenizer' (dict) and 'max_length' (int), "
                          f"got {spec!r:.200}")
     args = spec.get("args", {})
     if not isinstance(args, dict):
         raise ValueError(f"task spec 'args' must be a dict of make_task arguments, got {args!r:.200}")
-    task = make_task(spec["name"], **args)
-    _check_matches_spec(task, spec)
-    return task
+    name = spec["name"]
+    if not name.startswith("file:"):
+        task = make_task(name, **args)
+        problem = _spec_mismatch(task, spec)
+        if problem:
+            raise ValueError(problem)
+        return task
+    source = spec.get("file") if isinstance(spec.get("file"), dict) else {}
+    candidates = list(dict.fromkeys(p for p in (source.get("path"), name[len("file:"):]) if p))
+    problems = []
+    for path in candidates:
+        if not Path(path).expanduser().is_file():
+            problems.append(f"{path!r} does not exist")
+            continue
+        try:
+            task = file_task(path, **args)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        problem = _spec_mismatch(task, spec)
+        if problem:
+            problems.append(f"{path!r} no longer matches: {problem}")
+            continue
+        if source.get("sha256") and task.source["sha256"] != source["sha256"]:
+            warnings.warn(f"task {name!r}: the file {path!r} differs from the one the spec was made from "
+                          f"(SHA-256); its splits may differ", UserWarning, stacklevel=2)
+        task.name, task.args = name, dict(args)
+        return task
+    message = (f"task {name!r} was rebuilt from its spec without its corpus file: its texts need the file "
+               f"{candidates[0]!r} ({'; '.join(problems)}); generation works without it")
+    prompts = args.get("prompts")
+    return Task(name=name, tokenizer=tokenizer_from_dict(spec["tokenizer"]), splits={}, max_length=spec["max_length"],
+                prompts=list(prompts) if prompts is not None else None, description=f"{name} without its data",
+                args=dict(args), source=dict(source) or None, missing_data=message)
 
 
-def _check_matches_spec(task: Task, spec: dict) -> None:
+def _spec_mismatch(task: Task, spec: dict) -> Optional[str]:
     if task.tokenizer.to_dict() != spec["tokenizer"]:
-        raise ValueError(f"task {spec['name']!r} rebuilt from its spec has a different tokenizer "
-                         f"(vocab {task.tokenizer.vocab_size}) than the spec's")
+        return (f"task {spec['name']!r} rebuilt from its spec has a different tokenizer "
+                f"(vocab {task.tokenizer.vocab_size}) than the spec's")
     if task.max_length != spec["max_length"]:
-        raise ValueError(f"task {spec['name']!r} rebuilt from its spec has max_length {task.max_length}, "
-                         f"the spec says {spec['max_length']}")
+        return f"task {spec['name']!r} rebuilt from its spec has max_length {task.max_length}, the spec says {spec['max_length']}"
+    return None
