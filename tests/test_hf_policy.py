@@ -322,3 +322,47 @@ def test_save_pretrained_loads_with_plain_transformers(model_dirs, tmp_path):
     assert again.special_ids == policy.special_ids and again.vocab_size == policy.vocab_size
     spec = policy.policy_spec()
     assert spec["family"] == "hf" and spec["config"]["added_tokens"] == [PAD_TOKEN, BACKSPACE_TOKEN]
+
+
+def test_lora_save_pretrained_loads_with_peft(model_dirs, tmp_path):
+    """The documented recipe: base model, resize to the tokenizer, PeftModel.from_pretrained(adapter dir)."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    policy = load(model_dirs, "llama", lora=LoraSettings(r=4)).train()
+    ids = policy.special_ids
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
+    tokens = torch.tensor([[ids["bos"], 5, 6, ids["backspace"], 7]])
+    for _ in range(3):
+        loss = -policy(tokens).log_softmax(-1)[..., ids["backspace"]].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    policy.eval().save_pretrained(tmp_path)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dirs["llama"], dtype=torch.float32)
+    untrained = base.lm_head.weight.clone()
+    base.resize_token_embeddings(len(tok))
+    loaded = peft.PeftModel.from_pretrained(base, tmp_path).eval()
+    state = torch.tensor([[ids["bos"], 5, 6]])
+    with torch.no_grad():
+        ours = policy.lm(input_ids=state).logits[0, -1, : policy.vocab_size]
+        theirs = loaded(input_ids=state).logits[0, -1, : policy.vocab_size]
+        plain = torch.nn.functional.linear(
+            transformers.AutoModelForCausalLM.from_pretrained(model_dirs["llama"]).model(state).last_hidden_state,
+            untrained,
+        )[0, -1]
+    torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=0)
+    assert (ours[: plain.shape[0]] - plain).abs().max() > 1e-3  # training changed the model
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(model_dirs):
+    plain = load(model_dirs, "qwen2").train()
+    ckpt = load(model_dirs, "qwen2", gradient_checkpointing=True).train()
+    assert ckpt.lm.is_gradient_checkpointing and not plain.lm.is_gradient_checkpointing
+    tokens = pad_rows(trajectories(plain)[:2], plain.special_ids["pad"])
+    for policy in (plain, ckpt):
+        policy(tokens).logsumexp(-1).mean().backward()
+    g_plain = plain.lm.model.layers[0].self_attn.q_proj.weight.grad
+    g_ckpt = ckpt.lm.model.layers[0].self_attn.q_proj.weight.grad
+    assert g_plain.abs().max() > 0
+    torch.testing.assert_close(g_ckpt, g_plain, atol=1e-6, rtol=0)
