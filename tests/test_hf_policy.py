@@ -5,6 +5,7 @@ here, written with ``save_pretrained`` to a temp dir and loaded by path;
 nothing is downloaded.
 """
 
+import json
 import random
 
 import pytest
@@ -13,10 +14,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from agents.model import backspace_layout  # noqa: E402
 from agents.policies.hf import BACKSPACE_TOKEN, PAD_TOKEN, HFPolicy, LoraSettings  # noqa: E402
+from seqenv.tokenizers import HFTokenizer, tokenizer_from_dict  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(24)]
 # Special-token setups modelled on the real tokenizers: Llama (bos/eos/unk, no pad),
@@ -29,19 +31,35 @@ SPECIALS = {
 
 
 def make_tokenizer(arch: str):
+    """Word-level for Llama/GPT-2 setups; byte-level BPE for Qwen2 (transformers rebuilds Qwen2Tokenizer from
+    vocab + merges, so a word-level model would encode nothing)."""
     specials = list(dict.fromkeys(SPECIALS[arch].values()))
-    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
-    unk = SPECIALS[arch].get("unk_token", None)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if arch == "qwen2":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=specials, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator([" ".join(WORDS)] * 4, trainer=trainer)
+    else:
+        vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIALS[arch].get("unk_token")))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS[arch])
+
+
+def ordinary_ids(policy: HFPolicy, n: int = 24) -> list[int]:
+    """The first ``n`` ids that are not special."""
+    special = set(policy.special_ids.values())
+    return [i for i in range(policy.vocab_size) if i not in special][:n]
 
 
 def make_config(arch: str, vocab_size: int):
     # initializer_range 0.3: logits of order 1, so a wrong mask moves them far beyond 1e-5
     common = dict(vocab_size=vocab_size, initializer_range=0.3)
     if arch == "gpt2":
-        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
+        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0,
+                                       **common)  # <|endoftext|> is id 0 in our tokenizer
     cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
     return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, **common)
@@ -84,7 +102,7 @@ def reference_logits(policy: HFPolicy, state: list[int]) -> torch.Tensor:
 def trajectories(policy: HFPolicy, seed: int = 0) -> list[list[int]]:
     ids = policy.special_ids
     bos, bs = ids["bos"], ids["backspace"]
-    w = policy.tokenizer.convert_tokens_to_ids(WORDS)
+    w = ordinary_ids(policy)
     rows = [
         [bos, w[0], w[1], bs, bs, w[2], bs, w[3], w[4], w[5], bs, w[6]],  # back to bos-only twice
         [bos, *w[7:13], bs, bs, bs, bs, bs, bs, w[13], w[13]],  # deep stack, long run of backspaces
@@ -115,7 +133,7 @@ def pad_rows(rows: list[list[int]], pad: int) -> torch.Tensor:
 def test_special_tokens_added_and_mean_initialised(model_dirs, arch):
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dirs[arch])
     policy = load(model_dirs, arch)
-    n_words = len(WORDS) + len(set(SPECIALS[arch].values()))
+    n_words = len(make_tokenizer(arch))
     ids = policy.special_ids
     assert policy.vocab_size == n_words + 2  # backspace + a new pad in all three setups
     assert ids["backspace"] == policy.tokenizer.convert_tokens_to_ids(BACKSPACE_TOKEN)
@@ -194,7 +212,7 @@ def test_forward_errors(model_dirs):
     policy = load(model_dirs, "gpt2")
     ids = policy.special_ids
     bos, bs, pad, V = ids["bos"], ids["backspace"], ids["pad"], policy.vocab_size
-    w = policy.tokenizer.convert_tokens_to_ids("w3")
+    w = ordinary_ids(policy)[3]
     with pytest.raises(ValueError, match=rf"tokens\[0, 1\] = {V} is not a token id"):
         policy(torch.tensor([[bos, V]]))
     with pytest.raises(ValueError, match="row 0, position 3"):
@@ -214,7 +232,7 @@ def test_kv_decoding_equals_recomputation(model_dirs, arch, attn):
     policy = load(model_dirs, arch, attn)
     ids = policy.special_ids
     bos, BS, pad = ids["bos"], ids["backspace"], ids["pad"]
-    w = policy.tokenizer.convert_tokens_to_ids(WORDS)
+    w = ordinary_ids(policy)
     prompts = [[bos], [bos, w[4], w[5], w[6]], [bos, w[7], w[8]]]
     cache, logits = policy.prefill(pad_rows(prompts, pad), torch.tensor([len(p) for p in prompts]))
     states = [list(p) for p in prompts]
@@ -258,7 +276,7 @@ def test_decode_errors_leave_cache_unchanged(model_dirs):
     policy = load(model_dirs, "qwen2")
     ids = policy.special_ids
     bos, BS, V = ids["bos"], ids["backspace"], policy.vocab_size
-    w = policy.tokenizer.convert_tokens_to_ids("w1")
+    w = ordinary_ids(policy)[1]
     cache, first = policy.prefill(torch.tensor([[bos, w], [bos, ids["pad"]]]), torch.tensor([2, 1]))
     with pytest.raises(ValueError, match="row 1: backspace would delete bos"):
         policy.decode_step(cache, torch.tensor([BS, BS]))
@@ -366,3 +384,39 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_dirs):
     g_ckpt = ckpt.lm.model.layers[0].self_attn.q_proj.weight.grad
     assert g_plain.abs().max() > 0
     torch.testing.assert_close(g_ckpt, g_plain, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- seqenv HFTokenizer adapter
+
+
+@pytest.mark.parametrize("arch", list(SPECIALS))
+def test_hf_tokenizer_matches_policy_and_round_trips(model_dirs, arch):
+    tok = HFTokenizer(str(model_dirs[arch]))
+    policy = load(model_dirs, arch)
+    assert tok.special_ids == policy.special_ids == policy.seq_tokenizer.special_ids
+    assert tok.vocab_size == policy.vocab_size == len(make_tokenizer(arch)) + 2
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.backspace_id, tok.unk_id) == tuple(
+        policy.special_ids[k] for k in ("pad", "bos", "eos", "backspace", "unk")
+    )
+    text = "w1 w2 w5"
+    assert tok.decode(tok.encode(text)) == text and len(tok.encode(text)) >= 3
+    ids = tok.special_ids
+    # every special is skipped; backspaces are not applied by decode
+    seq = [ids["bos"], *tok.encode("w1"), ids["backspace"], *tok.encode(" w2"), ids["eos"], ids["pad"]]
+    assert tok.decode(seq) == "w1 w2"
+    assert tok.token_str(ids["backspace"]) == "<backspace>" and tok.token_str(tok.encode("w5")[-1]).endswith("5")
+    with pytest.raises(ValueError, match=rf"token ids \[{tok.vocab_size}\] are out of range"):
+        tok.decode([tok.vocab_size])
+    d = json.loads(json.dumps(tok.to_dict()))
+    assert d == {"type": "hf", "path": str(model_dirs[arch]), "vocab_size": tok.vocab_size,
+                 "special_ids": tok.special_ids}
+    again = tokenizer_from_dict(d)
+    assert isinstance(again, HFTokenizer) and again == tok
+
+
+def test_hf_tokenizer_from_dict_detects_a_changed_directory(model_dirs, tmp_path):
+    make_tokenizer("gpt2").save_pretrained(tmp_path)
+    d = HFTokenizer(str(tmp_path)).to_dict()
+    make_tokenizer("llama").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="vocab_size 29, but the stored one is 27"):
+        tokenizer_from_dict(d)

@@ -19,7 +19,10 @@ the **mean** of the original tokens' rows [recon: the issue asks for mean
 initialisation; transformers' own ``mean_resizing`` samples from a Gaussian
 around the mean instead, so we write the mean ourselves]. A checkpoint that
 already has both tokens (e.g. a directory written by
-:meth:`HFPolicy.save_pretrained`) is loaded as is.
+:meth:`HFPolicy.save_pretrained`) is loaded as is. The tokenizer side lives in
+``seqenv.tokenizers`` (:func:`~seqenv.tokenizers.add_backspace_tokens`,
+:func:`~seqenv.tokenizers.hf_special_ids`, :class:`~seqenv.tokenizers.HFTokenizer`)
+so that the env and the policy derive the same ids from one directory.
 
 Action ids are token ids. :attr:`HFPolicy.vocab_size` is ``len(tokenizer)``
 after the additions, and the logits are sliced to it: embedding rows beyond
@@ -88,12 +91,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from tokenizers import AddedToken
-
 from agents.model import backspace_layout
+from seqenv.tokenizers import BACKSPACE_TOKEN, HF_PAD_TOKEN, HFTokenizer, hf_special_ids
 
-BACKSPACE_TOKEN = "<|backspace|>"
-PAD_TOKEN = "<|pad|>"
+PAD_TOKEN = HF_PAD_TOKEN
 ALLOWED_ATTENTION = ("eager", "sdpa")
 _SPEC_FILE = "seqenv_policy.json"
 
@@ -188,7 +189,7 @@ class HFPolicy(nn.Module):
         and a pad token different from eos.
     :param spec_config: the ``config`` part of :meth:`policy_spec`.
     :raises ValueError: on an attention implementation other than eager/sdpa,
-        a tokenizer without the backspace token or with pad = eos, an
+        a tokenizer without the backspace token, eos, or with pad = eos, an
         embedding smaller than the tokenizer, or a model with layer types
         other than full or sliding-window attention.
     """
@@ -210,16 +211,9 @@ class HFPolicy(nn.Module):
                 f"HFPolicy supports decoders whose layers are full or sliding-window attention, "
                 f"got layer_types {sorted(layer_types)}"
             )
-        backspace = tokenizer.convert_tokens_to_ids(BACKSPACE_TOKEN)
-        if backspace is None or backspace == tokenizer.unk_token_id:
-            raise ValueError(f"tokenizer has no {BACKSPACE_TOKEN!r} token; load through HFPolicy.from_pretrained")
-        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-        if pad is None or pad == eos:
-            raise ValueError(f"tokenizer needs a pad token different from eos, got pad={pad}, eos={eos}")
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-        self.special_ids = {"pad": int(pad), "bos": int(bos), "eos": int(eos), "backspace": int(backspace)}
-        if tokenizer.unk_token_id is not None:
-            self.special_ids["unk"] = int(tokenizer.unk_token_id)
+        self.special_ids = hf_special_ids(tokenizer)
+        #: seqenv's Tokenizer for the same vocabulary (for the env: ``tokenizer="hf:PATH"``)
+        self.seq_tokenizer = HFTokenizer(self._spec_config.get("path", tokenizer.name_or_path), hf_tokenizer=tokenizer)
         self.vocab_size = len(tokenizer)
         rows = lm.get_input_embeddings().weight.shape[0]
         if rows < self.vocab_size:
@@ -279,11 +273,14 @@ class HFPolicy(nn.Module):
         torch_dtype = _dtype_from(dtype, device)
         if isinstance(lora, dict):
             lora = LoraSettings(**lora)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        seq_tokenizer = HFTokenizer(str(path))  # adds backspace (and pad) to the tokenizer
+        tokenizer = seq_tokenizer.hf
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn_implementation
         )
-        new_ids = add_special_tokens(model, tokenizer)
+        new_ids = seq_tokenizer.added_ids
+        init_new_token_rows(model, len(tokenizer) - len(new_ids), new_ids)
+        model.config.pad_token_id = tokenizer.pad_token_id
         model.to(device)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -516,30 +513,21 @@ def _attention_error(impl) -> str:
     )
 
 
-def add_special_tokens(model: nn.Module, tokenizer) -> list[int]:
-    """Add :data:`BACKSPACE_TOKEN` (and :data:`PAD_TOKEN` if pad is missing or equals eos) in place.
+def init_new_token_rows(model: nn.Module, old_n: int, new_ids: list[int]) -> None:
+    """Give a causal LM rows for tokens added to its tokenizer, mean-initialised, in place.
 
-    Resizes the embeddings only if they have fewer rows than the grown
-    tokenizer, then sets the new tokens' input rows (and untied output rows
-    and bias) to the mean of the rows of the tokenizer's original ids
-    [recon]. Sets ``model.config.pad_token_id``.
+    Resizes the embeddings only if they have fewer rows than ``old_n +
+    len(new_ids)``, then sets the new tokens' input rows (and untied output
+    rows and bias) to the mean of the rows of ids ``0 .. old_n-1`` [recon].
 
     :param model: a ``transformers`` causal LM.
-    :param tokenizer: its tokenizer.
-    :return: the added ids (empty if both tokens were there already).
+    :param old_n: the tokenizer's length before the additions.
+    :param new_ids: the added ids (from :func:`seqenv.tokenizers.add_backspace_tokens`).
     """
-    old_n = len(tokenizer)
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": AddedToken(PAD_TOKEN, special=True, normalized=False)})
-    if BACKSPACE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(BACKSPACE_TOKEN, special=True, normalized=False)], special_tokens=True)
-    new_n = len(tokenizer)
-    new_ids = list(range(old_n, new_n))
-    model.config.pad_token_id = tokenizer.pad_token_id
     if not new_ids:
-        return new_ids
-    if model.get_input_embeddings().weight.shape[0] < new_n:
-        model.resize_token_embeddings(new_n, mean_resizing=False)
+        return
+    if model.get_input_embeddings().weight.shape[0] < old_n + len(new_ids):
+        model.resize_token_embeddings(old_n + len(new_ids), mean_resizing=False)
     with torch.no_grad():
         emb_in = model.get_input_embeddings().weight
         emb_in[new_ids] = emb_in[:old_n].mean(dim=0)
@@ -548,7 +536,6 @@ def add_special_tokens(model: nn.Module, tokenizer) -> list[int]:
             out.weight[new_ids] = out.weight[:old_n].mean(dim=0)
             if getattr(out, "bias", None) is not None:
                 out.bias[new_ids] = out.bias[:old_n].mean()
-    return new_ids
 
 
 def _wrap_lora(model: nn.Module, tokenizer, lora: LoraSettings) -> nn.Module:
