@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from agents.model import backspace_layout  # noqa: E402
+from agents.policies.transformer import backspace_layout  # noqa: E402
 from agents.policies.hf import BACKSPACE_TOKEN, PAD_TOKEN, HFPolicy, LoraSettings  # noqa: E402
 from seqenv.tokenizers import HFTokenizer, tokenizer_from_dict  # noqa: E402
 

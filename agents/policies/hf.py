@@ -91,8 +91,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from agents.model import backspace_layout
+
 from seqenv.tokenizers import BACKSPACE_TOKEN, HF_PAD_TOKEN, HFTokenizer, hf_special_ids
+
+from .transformer import backspace_layout
 
 PAD_TOKEN = HF_PAD_TOKEN
 ALLOWED_ATTENTION = ("eager", "sdpa")
