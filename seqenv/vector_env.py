@@ -173,8 +173,10 @@ class SeqGenVectorEnv(VectorEnv):
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if backend == "numpy" and device.type != "cpu":
             raise ValueError(f"backend='numpy' runs on the CPU only, got device={str(device)!r}")
-        self.autoreset_mode = as_autoreset_mode(autoreset_mode)
-        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        self._autoreset_mode = as_autoreset_mode(autoreset_mode)
+        self._next_step = self._autoreset_mode == AutoresetMode.NEXT_STEP
+        self._same_step = self._autoreset_mode == AutoresetMode.SAME_STEP
+        self.metadata = {**self.metadata, "autoreset_mode": self._autoreset_mode}
         cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode)
         self.config = cfg
         self.task, self.tokenizer = cfg.task, cfg.tokenizer
@@ -256,6 +258,11 @@ class SeqGenVectorEnv(VectorEnv):
         self._obs_mask_buffer = self._take(self._obs_mask_table, self._env_index * 0)  # ... when copy_obs=False
         self._all_envs = self._to_torch(self._env_index >= 0)  # info["_action_mask"]: a constant, all True
 
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        """The autoreset mode (read-only: set it in the constructor)."""
+        return self._autoreset_mode
+
     # -- Gymnasium API ------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict, dict]:
         """Reset every env (or those in ``options["reset_mask"]``).
@@ -305,7 +312,7 @@ class SeqGenVectorEnv(VectorEnv):
             raise RuntimeError("step() called before reset(); call reset() first")
         x, xp = self._x, self.xp
         a = self._as_actions(actions)
-        next_step = self.autoreset_mode == AutoresetMode.NEXT_STEP
+        next_step = self._next_step
         if next_step:
             restart = self._copy(x["done"])  # these envs start a new episode now; their action is ignored
             if self.validate_actions:
@@ -338,10 +345,11 @@ class SeqGenVectorEnv(VectorEnv):
             if potential is not None:
                 self.potential = potential
             rewards = (torch.where(self._to_torch(restart), 0.0, r) if next_step else r).float()
-        info = {}
-        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+        if self._same_step:
             info = self._same_step_restart()
-        info["action_mask"], info["_action_mask"] = self._info_mask(), self._all_envs
+            info["action_mask"], info["_action_mask"] = self._info_mask(), self._all_envs
+        else:
+            info = {"action_mask": self._info_mask(), "_action_mask": self._all_envs}
         return self._obs(), rewards, terminated, truncated, info
 
     def action_masks(self) -> torch.Tensor:
