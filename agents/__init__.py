@@ -1,22 +1,23 @@
-"""Policies and learners for seqenv.
+"""Policies and learners for seqenv (layout in docs/internals.md).
 
-========================  ====================================================
-module                    what
-========================  ====================================================
-:mod:`agents.model`       backspace-aware causal transformer policy
-                          (:class:`TransformerPolicy`, KV-cache rollback)
-:mod:`agents.mle`         MLE / behaviour cloning (+ backspace noise)
-:mod:`agents.sequencematch`  SequenceMatch loss and online learner
-:mod:`agents.earm`        E-ARM loss, learner and energy re-sampling
-:mod:`agents.nce`         NCE critics with a self-adapting noise distribution
-:mod:`agents.rollout`     batched generation through ``SeqGenVectorEnv``
-:mod:`agents.trainer`     :class:`TrainConfig`, :class:`Trainer`
-:mod:`agents.evaluation`  metrics (validity, NLL, oracle NLL, BLEU, recovery)
-:mod:`agents.checkpoint`  atomic checkpoints, ``load_policy``
-========================  ====================================================
+=============================  ==================================================
+:mod:`agents.policies`         the :class:`~agents.policies.Policy` protocol;
+                               :class:`~agents.policies.TransformerPolicy`
+:mod:`agents.common`           trajectories, demonstrations, rollout, evaluation,
+                               checkpoints, resampling, the Learner protocol
+:mod:`agents.mle`              MLE / behaviour cloning (+ backspace)
+:mod:`agents.sequencematch`    SequenceMatch (χ²-mixture occupancy matching)
+:mod:`agents.earm`             E-ARM (the AR model as an EBM)
+:mod:`agents.nce`              NCE critics with a self-adapting noise distribution
+:mod:`agents.critic`           the sequence critic (residual energy)
+:mod:`agents.learners`         the registry of learners (``--agent``)
+:mod:`agents.trainer`          :class:`TrainConfig`, :class:`Trainer`, callbacks
+:mod:`agents.generation`       generation with energy / critic reranking
+:mod:`agents.sb3`              MaskablePPO policy and critic-reward fine-tuning
+=============================  ==================================================
 """
 
-from .model import PolicyConfig, TransformerPolicy
+from .policies import Policy, PolicyConfig, TransformerPolicy
 from .trainer import TrainConfig, Trainer
 
-__all__ = ["PolicyConfig", "TransformerPolicy", "TrainConfig", "Trainer"]
+__all__ = ["Policy", "PolicyConfig", "TransformerPolicy", "TrainConfig", "Trainer"]

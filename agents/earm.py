@@ -37,6 +37,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .common.demos import Demos
+from .common.learner import LearnerContext, register_learner
+from .common.resampling import effective_sample_size, importance_resample
+from .common.rollout import OnlineSampler
+from .common.trajectory import collate, sequence_batch
+from .common.trajectory import token_log_probs as _gather_log_probs
+
 __all__ = [
     "EARMConfig",
     "earm_loss",
@@ -131,9 +138,7 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
 
 
 def _token_log_probs(logits, tokens, mask):
-    logp = torch.log_softmax(_float(logits[:, :-1]), dim=-1)
-    logp = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return torch.where(mask[:, 1:], logp, torch.zeros_like(logp))
+    return _gather_log_probs(logits, tokens, mask)[:, 1:]  # the one gather, in this module's [B, T-1] columns
 
 
 def token_energies(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -375,7 +380,8 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
     loss = ce + cfg.lam * earm
 
     with torch.no_grad():
-        ess = 1.0 / (weights ** 2).sum(0).clamp(min=1e-30) / alive_samples.sum(0).clamp(min=1)  # in (0, 1]
+        log_w = torch.where(alive_samples, weights, torch.zeros_like(weights)).log()
+        ess = effective_sample_size(log_w, dim=0) / alive_samples.sum(0).clamp(min=1)  # in (0, 1]
         ess = F.pad(ess, (0, K - ess.shape[0]))[used]
         n_sample_tokens = int(mask_samples.sum())
         sample_energy = _token_energies(logits_samples, tokens_samples, mask_samples).sum()
@@ -480,8 +486,7 @@ def energy_resample(energies: torch.Tensor, generator: torch.Generator | None = 
     log_w = -energies.double() / temperature
     if proposal_log_prob is not None:
         log_w = log_w - proposal_log_prob.detach().double()
-    probs = torch.softmax(log_w, dim=1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return importance_resample(log_w, generator)[0]
 
 
 @torch.no_grad()
@@ -537,52 +542,50 @@ def energy_rerank(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
 # The learner: data batch + one model sample per data sequence, every step
 
 
+@register_learner
 class EARMLearner:
     """Trains the policy with :func:`earm_loss` (``scripts/train.py --agent earm``).
 
     Each step from ``cfg.start_step`` on generates one sequence per data
     sequence with the current policy, in batch, through the vector env on the
-    training device (backspace disabled, so that the samples are exact
-    ancestral samples of the AR model q, the importance-sampling proposal), and
-    scores data and samples with one forward pass each. Before ``start_step``
-    it is plain MLE (no sampling cost).
+    training device (:class:`~agents.common.rollout.OnlineSampler`, seeded;
+    backspace disabled, so that the samples are exact ancestral samples of the
+    AR model q, the importance-sampling proposal), and scores data and samples
+    with one forward pass each. Before ``start_step`` it is plain MLE (no
+    sampling cost). On a prompted task the samples keep their prompts (scored
+    conditionally, like the data).
 
-    :param model: the policy (possibly DDP-wrapped).
+    :param ctx: :class:`~agents.common.learner.LearnerContext`.
     :param cfg: :class:`EARMConfig`.
-    :param task: the task (for the env).
-    :param device: training device.
-    :param generator: ``torch.Generator`` on ``device`` for sampling.
     """
 
     name = "earm"
+    config_class = EARMConfig
+    progress_keys = ("loss/ce", "earm/ess")
 
-    def __init__(self, model, cfg: EARMConfig, task, device, generator: torch.Generator, batch_size: int):
-        from .rollout import make_vector_env
-
-        self.model, self.cfg, self.task, self.device, self.generator = model, cfg, task, device, generator
-        self.venv = make_vector_env(task, batch_size, device)
-        self._episode = 0
+    def __init__(self, ctx: LearnerContext, cfg: EARMConfig):
+        self.model, self.cfg, self.device = ctx.model, cfg, ctx.device
+        self.sampler = OnlineSampler(ctx.task, ctx.batch_size, ctx.device, ctx.generators["noise"],
+                                     ctx.generators["sample"], allow_backspace=False)
 
     def parameters(self):
         return self.model.parameters()
 
-    def loss(self, demos: list[list[int]], step: int) -> tuple[torch.Tensor, dict]:
-        from .data import collate, sequence_batch
-        from .rollout import rollout
-
-        data = collate(demos, device=self.device)
+    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
+        data = collate(demos.actions, demos.prompts, device=self.device)
         logits_data = self.model(data.tokens)
         logits_s = tokens_s = mask_s = None
         metrics: dict[str, float] = {}
         if step >= self.cfg.start_step:
-            res = rollout(self.model, self.venv, seed=None, generator=self.generator, allow_backspace=False)
-            tokens_s, mask_s = sequence_batch(res.sequences(), res.terminated.tolist(), self.device)
+            res = self.sampler.sample(self.model)
+            tokens_s, mask_s = sequence_batch(res.sequences(), res.terminated.tolist(), self.device,
+                                              prompts=res.prompts())
             logits_s = self.model(tokens_s)
             metrics["rollout/mean_length"] = float(res.lengths.float().mean())
             metrics["rollout/terminated"] = float(res.terminated.float().mean())
-        loss, m = earm_loss(logits_data, data.tokens, data.action_mask, logits_s, tokens_s, mask_s, self.cfg, step)
+        loss, m = earm_loss(logits_data, data.tokens, data.is_action, logits_s, tokens_s, mask_s, self.cfg, step)
         metrics.update(m)
-        metrics["train/tokens"] = int(data.action_mask.sum())
+        metrics["train/tokens"] = int(data.is_action.sum())
         return loss, metrics
 
     def state_dict(self) -> dict:

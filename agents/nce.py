@@ -8,12 +8,11 @@ Models", arXiv 2211.02650). Because the policy is autoregressive, snapshot
 samples come from ancestral sampling and their exact log-probabilities from
 ancestral scoring (:func:`sequence_log_prob`): no MCMC.
 
-Contents, in the order of METHODS.md §3:
+Contents, in the order of METHODS.md §3 (the critic itself,
+:class:`~agents.critic.SequenceCritic`, a bidirectional transformer giving a
+scalar energy ``E_psi(x)`` per sequence used residually on top of the policy,
+``p(x) ∝ p_policy(x) exp(-E_psi(x))``, lives in :mod:`agents.critic`):
 
-- :class:`CriticConfig`, :class:`SequenceCritic` -- a small bidirectional
-  transformer giving a scalar energy ``E_psi(x)`` per sequence, used
-  residually on top of the policy, ``p(x) ∝ p_policy(x) exp(-E_psi(x))``
-  (Residual EBM, Deng et al., ICLR 2020).
 - :func:`binary_nce_loss` -- the NCE loss with snapshot noise and noise ratio nu.
 - :func:`residual_nce_loss` -- the same loss for the residual critic, whose
   model and noise share the same policy snapshot.
@@ -23,10 +22,7 @@ Contents, in the order of METHODS.md §3:
 - :func:`sequence_log_prob` -- exact ``log p(x)`` of an AR policy by ancestral
   scoring.
 - :class:`SnapshotNoise` -- the frozen snapshot, refreshed every K steps.
-- :func:`importance_resample` -- sampling-importance-resampling among
-  candidates drawn from the policy, weights ``∝ exp(-E)`` (Deng et al.'s
-  generation procedure), for reranking.
-- :class:`NCETrainConfig`, :class:`NCELearner` -- ``scripts/train.py --agent
+- :class:`NCEConfig`, :class:`NCELearner` -- ``scripts/train.py --agent
   nce``: the residual critic trained by binary or ranking NCE against noise
   sampled through the vector env from the policy's snapshot, optionally with
   the policy itself trained by self-adapting NCE; :func:`no_backspace_log_prob`
@@ -46,237 +42,24 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
+from seqenv.tasks import make_task
+from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, PAD_ID
 
-_POOLINGS = ("mean", "first")
-
-
-# ---------------------------------------------------------------------------
-# The critic: a sequence-level energy E_psi(x)
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class CriticConfig:
-    """Hyperparameters of :class:`SequenceCritic`.
-
-    :param vocab_size: number of token ids, specials included.
-    :param block_size: maximum sequence length ``T`` (bos, tokens, eos).
-    :param n_layer: number of transformer encoder blocks.
-    :param n_head: attention heads; must divide ``n_embd``.
-    :param n_embd: width of the residual stream.
-    :param dropout: dropout probability in ``[0, 1)``.
-    :param pooling: how token features become one sequence feature:
-        ``"mean"`` over non-pad positions (bos and eos included), or
-        ``"first"`` (the bos position, BERT-style).
-    :raises ValueError: on a non-positive size, ``n_embd % n_head != 0``, a
-        dropout outside ``[0, 1)`` or an unknown pooling.
-    """
-
-    vocab_size: int
-    block_size: int
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    pooling: str = "mean"
-
-    def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CriticConfig.{name} must be a positive int, got {value!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"CriticConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"CriticConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.pooling not in _POOLINGS:
-            raise ValueError(f"CriticConfig.pooling must be one of {_POOLINGS}, got {self.pooling!r}")
-
-    def to_dict(self) -> dict:
-        """Return the config as a JSON-able dict (inverse of :meth:`from_dict`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CriticConfig":
-        """Build a config from :meth:`to_dict` output.
-
-        :raises ValueError: on unknown keys (or any invalid value, see the class).
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CriticConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
-
-
-class _SelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention with a key padding mask."""
-
-    def __init__(self, config: CriticConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # every query attends to every valid key (no causal mask); bos is always valid
-        attn_mask = valid[:, None, None, :]  # (B, 1, 1, T)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
-class _MLP(nn.Module):
-    def __init__(self, config: CriticConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
-
-
-class _Block(nn.Module):
-    def __init__(self, config: CriticConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = _SelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = _MLP(config)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), valid)
-        x = x + self.mlp(self.ln_2(x))
-        return x
-
-
-class SequenceCritic(nn.Module):
-    """Sequence-level energy ``E_psi(x)``: a bidirectional transformer encoder
-    pooled to one scalar per sequence.
-
-    Used residually on top of the policy: ``p(x) ∝ p_policy(x) exp(-E_psi(x))``
-    (Residual EBM: Deng, Bakhtin, Ott, Szlam, Ranzato, "Residual Energy-Based
-    Models for Text Generation", ICLR 2020).
-    Low energy = more data-like. ``log_normalizer`` is the learned scalar ``c``
-    of binary NCE (:func:`residual_nce_loss`), an estimate of
-    ``log E_{x~p_policy}[exp(-E_psi(x))]``.
-
-    [recon] Architecture (pre-LayerNorm nanoGPT-style blocks without the causal
-    mask, learned position embeddings, mean pooling over non-pad positions,
-    linear head) and the zero-initialised head -- so that ``E_psi == 0`` and
-    the residual model equals the policy at initialisation -- are ours; Deng
-    et al. use pretrained bidirectional transformers.
-
-    :param config: a :class:`CriticConfig`.
-    """
-
-    def __init__(self, config: CriticConfig):
-        super().__init__()
-        if not isinstance(config, CriticConfig):
-            raise ValueError(f"config must be a CriticConfig, got {type(config).__name__}")
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([_Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd)
-        self.head = nn.Linear(config.n_embd, 1)
-        self.log_normalizer = nn.Parameter(torch.zeros(()))
-        self.apply(self._init_weights)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def valid_positions(self, tokens: torch.Tensor, mask_or_lengths: torch.Tensor) -> torch.Tensor:
-        """Return ``BoolTensor[B, T]``, True at the positions the critic reads.
-
-        :param tokens: ``LongTensor[B, T]``, ``[bos, x_1..x_n, eos, pad...]``,
-            ``1 <= T <= block_size``, ids in ``[0, vocab_size)``.
-        :param mask_or_lengths: either the batch convention's
-            ``BoolTensor[B, T]`` (True at ``x_1..x_n, eos``; column 0, the bos,
-            is always added, so a full non-pad mask works too) or
-            ``LongTensor[B]`` of lengths, ``tokens[b, :lengths[b]]`` being
-            valid (bos and eos included), ``1 <= lengths[b] <= T``.
-        :raises ValueError: on a bad shape, dtype, length or token id.
-        """
-        if tokens.dim() != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"tokens must be a LongTensor[B, T], got {tokens.dtype} of shape {tuple(tokens.shape)}")
-        B, T = tokens.shape
-        if not 1 <= T <= self.config.block_size:
-            raise ValueError(f"sequence length T={T} must be in [1, block_size={self.config.block_size}]")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            raise ValueError(
-                f"token ids must be in [0, {self.config.vocab_size}), got range "
-                f"[{int(tokens.min())}, {int(tokens.max())}]"
-            )
-        positions = torch.arange(T, device=tokens.device)
-        if mask_or_lengths.dtype == torch.bool:
-            if mask_or_lengths.shape != tokens.shape:
-                raise ValueError(
-                    f"mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(mask_or_lengths.shape)}"
-                )
-            return mask_or_lengths | (positions == 0)[None, :]
-        if mask_or_lengths.dtype != torch.long or mask_or_lengths.shape != (B,):
-            raise ValueError(
-                f"mask_or_lengths must be a BoolTensor[B, T] or LongTensor[B] with B={B}, got "
-                f"{mask_or_lengths.dtype} of shape {tuple(mask_or_lengths.shape)}"
-            )
-        if B and (mask_or_lengths.min() < 1 or mask_or_lengths.max() > T):
-            raise ValueError(
-                f"lengths must be in [1, T={T}], got range "
-                f"[{int(mask_or_lengths.min())}, {int(mask_or_lengths.max())}]"
-            )
-        return positions[None, :] < mask_or_lengths[:, None]
-
-    def forward(self, tokens: torch.Tensor, mask_or_lengths: torch.Tensor) -> torch.Tensor:
-        """Return the energies ``E_psi(x)``, ``FloatTensor[B]`` in nats.
-
-        :param tokens: ``LongTensor[B, T]``, see :meth:`valid_positions`.
-        :param mask_or_lengths: ``BoolTensor[B, T]`` or ``LongTensor[B]``, see
-            :meth:`valid_positions`. Pad positions are neither attended to nor
-            pooled, so the energy does not depend on the amount of padding.
-        :raises ValueError: see :meth:`valid_positions`.
-        """
-        valid = self.valid_positions(tokens, mask_or_lengths)
-        T = tokens.shape[1]
-        pos = torch.arange(T, device=tokens.device)
-        x = self.drop(self.wte(tokens) + self.wpe(pos)[None])
-        for block in self.blocks:
-            x = block(x, valid)
-        x = self.ln_f(x)  # (B, T, C)
-        if self.config.pooling == "mean":
-            w = valid.to(x.dtype)[:, :, None]
-            pooled = (x * w).sum(1) / w.sum(1)
-        else:  # "first"
-            pooled = x[:, 0]
-        return self.head(pooled).squeeze(-1)
+from .common.checkpoint import CheckpointError, check_task_compatible, load_checkpoint
+from .common.demos import Demos
+from .common.distributed import wrap_ddp
+from .common.learner import LearnerContext, register_learner
+from .common.resampling import effective_sample_size
+from .common.rollout import OnlineSampler
+from .common.trajectory import sequence_batch, token_log_probs
+from .critic import CriticConfig, SequenceCritic
 
 
 # ---------------------------------------------------------------------------
@@ -311,11 +94,7 @@ def sequence_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Te
         )
     if mask[:, 0].any():
         raise ValueError("mask[:, 0] must be False: position 0 holds bos, which no logits predict")
-    dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16/fp16 -> fp32; fp64 stays
-    logp = F.log_softmax(logits[:, :-1].to(dtype), dim=-1)  # (B, T-1, V)
-    token_logp = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    token_logp = torch.where(mask[:, 1:], token_logp, torch.zeros_like(token_logp))
-    return token_logp.sum(dim=1)
+    return token_log_probs(logits, tokens, mask).sum(dim=1)
 
 
 # ---------------------------------------------------------------------------
@@ -747,53 +526,6 @@ class SnapshotNoise:
 
 
 # ---------------------------------------------------------------------------
-# Reranking by sampling-importance-resampling
-# ---------------------------------------------------------------------------
-
-
-def importance_resample(
-    energies: torch.Tensor,
-    generator: torch.Generator | None,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampling-importance-resampling (SIR) among C candidates per row.
-
-    The candidates of a row are C samples from the policy (the proposal);
-    drawing one with importance weight ``w_j ∝ exp(-E(x_j) / temperature)``
-    approximately samples the residual model ``p_policy(x) exp(-E(x))``,
-    exactly as ``C -> ∞`` (Deng et al., Residual EBM, ICLR 2020, generation by
-    resampling [paper]). The effective sample size of the self-normalised weights is
-    ``ESS = (Σ w)^2 / Σ w^2`` in ``[1, C]`` (Kish). ``temperature != 1``
-    samples ``∝ p_policy exp(-E/T)`` [recon].
-
-    :param energies: ``FloatTensor[N, C]``, energy of each candidate (nats);
-        ``+inf`` gives weight 0, but each row needs one finite value.
-    :param generator: ``torch.Generator`` on the energies' device, or None for
-        the global RNG.
-    :param temperature: ``> 0``.
-    :returns: ``(indices, ess)``: ``LongTensor[N]`` chosen candidate per row,
-        ``FloatTensor[N]`` effective sample size.
-    :raises ValueError: on a non-2-D, non-float or empty tensor, NaN or ``-inf``
-        energies, a row with no finite energy, or ``temperature <= 0``.
-    """
-    if energies.dim() != 2 or energies.numel() == 0 or not energies.is_floating_point():
-        raise ValueError(
-            f"energies must be a float tensor [N, C] with N, C >= 1, got {energies.dtype} of shape {tuple(energies.shape)}"
-        )
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if torch.isnan(energies).any() or (energies == -math.inf).any():
-        raise ValueError("energies must not contain NaN or -inf")
-    if not torch.isfinite(energies).any(dim=1).all():
-        raise ValueError("every row of energies needs at least one finite energy")
-    log_w = -energies / temperature  # (N, C), log importance weights
-    probs = torch.softmax(log_w, dim=1)
-    indices = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    ess = torch.exp(2 * torch.logsumexp(log_w, dim=1) - torch.logsumexp(2 * log_w, dim=1))
-    return indices, ess
-
-
-# ---------------------------------------------------------------------------
 # The learner: scripts/train.py --agent nce
 # ---------------------------------------------------------------------------
 
@@ -830,7 +562,7 @@ def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torc
 
 
 @dataclass
-class NCETrainConfig:
+class NCEConfig:
     """Hyperparameters of :class:`NCELearner` (the ``nce`` section of
     ``TrainConfig``; flags ``--nce.loss``, ``--nce.nu``, ...).
 
@@ -870,19 +602,19 @@ class NCETrainConfig:
 
     def __post_init__(self):
         if self.loss not in NCE_LOSSES:
-            raise ValueError(f"NCETrainConfig.loss must be one of {NCE_LOSSES}, got {self.loss!r}")
+            raise ValueError(f"NCEConfig.loss must be one of {NCE_LOSSES}, got {self.loss!r}")
         if self.policy_objective not in POLICY_OBJECTIVES:
             raise ValueError(
-                f"NCETrainConfig.policy_objective must be one of {POLICY_OBJECTIVES}, got {self.policy_objective!r}"
+                f"NCEConfig.policy_objective must be one of {POLICY_OBJECTIVES}, got {self.policy_objective!r}"
             )
         for name in ("nu", "refresh_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"NCETrainConfig.{name} must be an int >= 1, got {value!r}")
+                raise ValueError(f"NCEConfig.{name} must be an int >= 1, got {value!r}")
         for name in ("policy_weight", "ce_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"NCETrainConfig.{name} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"NCEConfig.{name} must be a finite number >= 0, got {value!r}")
 
     def critic_config(self, vocab_size: int, block_size: int) -> CriticConfig:
         """The :class:`CriticConfig` of these fields for a task's vocabulary and length."""
@@ -891,6 +623,7 @@ class NCETrainConfig:
                             pooling=self.critic_pooling)
 
 
+@register_learner
 class NCELearner:
     """NCE critic with a self-adapting noise distribution (``scripts/train.py
     --agent nce [--init MLE_CKPT]``; METHODS.md §3).
@@ -947,28 +680,27 @@ class NCELearner:
     snapshot's state, so that a resumed run has the same noise distribution;
     :func:`load_critic` reads the critic back.
 
-    :param model: the policy (possibly DDP-wrapped).
-    :param cfg: :class:`NCETrainConfig`.
-    :param task: an unconditional task (the env; the critic's vocabulary and length).
-    :param device: training device.
-    :param generators: ``"noise"`` (CPU: the env reset seeds) and ``"sample"``
-        (on ``device``: the noise samples), checkpointed by the trainer.
-    :param batch_size: demonstrations per step ``B`` (the env has ``nu·B`` rows).
+    :param ctx: :class:`~agents.common.learner.LearnerContext` (an
+        unconditional task; ``"noise"`` stream: env reset seeds; ``"sample"``:
+        the noise samples; ``batch_size`` demonstrations per step ``B``, the
+        env has ``nu·B`` rows).
+    :param cfg: :class:`NCEConfig`.
     :raises ValueError: on a bad ``cfg`` or a task with prompts.
     """
 
     name = "nce"
+    config_class = NCEConfig
+    progress_keys = ("nce/loss", "nce/accuracy")
 
-    def __init__(self, model, cfg: NCETrainConfig, task, device, generators: dict, batch_size: int):
-        from .rollout import make_vector_env
-
-        if not isinstance(cfg, NCETrainConfig):
-            raise ValueError(f"cfg must be an NCETrainConfig, got {type(cfg).__name__}")
+    def __init__(self, ctx: LearnerContext, cfg: NCEConfig):
+        if not isinstance(cfg, NCEConfig):
+            raise ValueError(f"cfg must be an NCEConfig, got {type(cfg).__name__}")
+        task = ctx.task
         if task.prompts is not None:
             raise ValueError(f"NCELearner needs an unconditional task: task {task.name!r} has prompts, and the "
-                             "demonstrations carry no prompt to contrast with the noise's")
-        self.model, self.cfg, self.task, self.device = model, cfg, task, torch.device(device)
-        self.policy = getattr(model, "module", model)
+                             "critic reads no prompt to contrast with the noise's")
+        self.model, self.cfg, self.task, self.device = ctx.model, cfg, task, torch.device(ctx.device)
+        self.policy = ctx.policy
         self.train_policy = cfg.policy_objective != "none"
         if not self.train_policy:
             self.policy.requires_grad_(False)
@@ -976,16 +708,11 @@ class NCELearner:
         self.critic = SequenceCritic(critic_config).to(self.device)
         if cfg.loss == "ranking":  # ranking NCE needs no c
             self.critic.log_normalizer.requires_grad_(False)
-        self.critic_model = self.critic
-        if dist.is_available() and dist.is_initialized():
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.critic_model = DDP(self.critic, device_ids=ids)
+        self.critic_model = wrap_ddp(self.critic, self.device)
         self.snapshot = SnapshotNoise(cfg.refresh_every)
-        self.noise_gen, self.sample_gen = generators["noise"], generators["sample"]
-        self.batch_size = batch_size
-        self.venv = make_vector_env(task, cfg.nu * batch_size, self.device)
+        self.batch_size = ctx.batch_size
+        self.sampler = OnlineSampler(task, cfg.nu * ctx.batch_size, self.device, ctx.generators["noise"],
+                                     ctx.generators["sample"], allow_backspace=False)
 
     def parameters(self):
         """The critic's parameters (with ``c`` for binary NCE), plus the policy's if it is trained."""
@@ -995,24 +722,16 @@ class NCELearner:
         return params
 
     def sample_noise(self):
-        """``nu·B`` sequences from the snapshot, backspace disabled (a :class:`~agents.rollout.RolloutResult`)."""
-        from .rollout import rollout
+        """``nu·B`` sequences from the snapshot, backspace disabled (a :class:`~agents.common.rollout.RolloutResult`)."""
+        return self.sampler.sample(self.snapshot.module)
 
-        seed = int(torch.randint(2**31 - 1, (1,), generator=self.noise_gen))  # env resets (prompts): resumable
-        return rollout(self.snapshot.module, self.venv, seed=seed, generator=self.sample_gen, allow_backspace=False)
-
-    def loss(self, demos: list[list[int]], step: int) -> tuple[torch.Tensor, dict]:
+    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
         """One step's loss (nats) and metrics; see the class docstring.
 
-        :param demos: ``B`` demonstrations, token lists each ending with ``eos``.
+        :param demos: ``B`` demonstrations (unconditional: empty prompts).
         :param step: the optimiser step (drives the snapshot refresh).
-        :raises ValueError: on an empty batch, a demonstration without a final ``eos``, or (ranking
-            NCE) a batch whose size is not the learner's ``batch_size``.
+        :raises ValueError: (ranking NCE) a batch whose size is not the learner's ``batch_size``.
         """
-        from .data import sequence_batch
-
-        if not demos or any(len(d) == 0 or d[-1] != EOS_ID for d in demos):
-            raise ValueError(f"demos must be a non-empty list of token lists each ending with eos ({EOS_ID})")
         cfg, B = self.cfg, len(demos)
         if cfg.loss == "ranking" and B != self.batch_size:
             raise ValueError(f"ranking NCE pairs each demonstration with nu={cfg.nu} noise samples: expected "
@@ -1021,7 +740,7 @@ class NCELearner:
         noise = self.sample_noise()
         M = noise.tokens.shape[0]
         # data and noise in one batch: [bos, x..., eos?, pad...]
-        tokens, mask = sequence_batch([d[:-1] for d in demos] + noise.sequences(),
+        tokens, mask = sequence_batch([d[:-1] for d in demos.actions] + noise.sequences(),
                                       [True] * B + noise.terminated.tolist(), self.device)
         energy = self.critic_model(tokens, mask).float()  # E_psi, [B + M]
         e_data, e_noise = energy[:B], energy[B:]
@@ -1046,7 +765,7 @@ class NCELearner:
             loss = critic_loss + cfg.policy_weight * policy_nce + cfg.ce_weight * ce
             with torch.no_grad():
                 log_w = (lp_noise - lq_noise).detach()  # importance weights p_theta / p_s of the noise samples
-                ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / M
+                ess = effective_sample_size(log_w, dim=0) / M
             metrics.update({"policy/nce_loss": pm["loss"], "policy/nce_accuracy": pm["accuracy"],
                             "policy/ce": float(ce.detach()), "policy/nll_data": pm["energy_data"],
                             "policy/nll_noise": pm["energy_noise"], "noise/ess": float(ess)})
@@ -1106,15 +825,11 @@ def load_critic(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
     :returns: :class:`SequenceCritic` with ``requires_grad=False``; its
         ``log_normalizer`` is the learned ``c``.
     :raises FileNotFoundError: if ``path`` does not exist.
-    :raises agents.checkpoint.CheckpointError: (a ValueError) if the file is
+    :raises agents.common.checkpoint.CheckpointError: (a ValueError) if the file is
         not a seqenv checkpoint, is not an ``nce`` checkpoint (no critic), was
         trained with another tokenizer than ``task``'s, or ``task`` has longer
         sequences than the critic reads.
     """
-    from seqenv.tasks import make_task
-
-    from .checkpoint import CheckpointError, check_task_compatible, load_checkpoint
-
     state = load_checkpoint(path, map_location=device)
     learner = state.get("learner")
     if state["agent"] != "nce" or not isinstance(learner, dict) or "critic" not in learner:

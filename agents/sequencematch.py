@@ -79,123 +79,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from seqenv.tokenizers import PAD_ID
+
+from .common.demos import Demos
+from .common.evaluation import backspace_rate, validity_rate
+from .common.learner import LearnerContext, register_learner
+from .common.rollout import OnlineSampler
+from .common.trajectory import TrajectoryBatch, collate, wrong_token_mask
+from .mle import backspace_demonstrations
 
 DIVERGENCES = ("chi2_mixture", "kl", "js")
-
-
-# ----------------------------------------------------------------------------
-# Trajectories
-
-
-@dataclass
-class TrajectoryBatch:
-    """A batch of trajectories laid out as policy input (docs/internals.md).
-
-    :param tokens: LongTensor[B, T], rows ``[bos, prompt..., a_1..a_n, pad...]``.
-    :param action_mask: BoolTensor[B, T], True at index ``i`` iff ``tokens[:, i]``
-        is an action the agent took (not bos, prompt or pad). The actions of a
-        row are one contiguous run starting at index >= 1.
-    :param terminated: BoolTensor[B], True iff the row's last action is ``eos``
-        (an absorbing state follows); False = truncated.
-    :raises ValueError: on wrong shapes/dtypes, an action at index 0, a row with
-        no action, non-contiguous actions, an ``eos`` action before the last
-        action, or ``terminated`` disagreeing with "last action is eos".
-    """
-
-    tokens: torch.Tensor
-    action_mask: torch.Tensor
-    terminated: torch.Tensor
-
-    def __post_init__(self) -> None:
-        tokens, mask, term = self.tokens, self.action_mask, self.terminated
-        if tokens.dim() != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"tokens must be a LongTensor [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
-        if mask.shape != tokens.shape or mask.dtype != torch.bool:
-            raise ValueError(
-                f"action_mask must be a BoolTensor of shape {tuple(tokens.shape)}, "
-                f"got {mask.dtype} {tuple(mask.shape)}"
-            )
-        if term.shape != tokens.shape[:1] or term.dtype != torch.bool:
-            raise ValueError(
-                f"terminated must be a BoolTensor of shape ({tokens.shape[0]},), "
-                f"got {term.dtype} {tuple(term.shape)}"
-            )
-        if mask[:, 0].any():
-            raise ValueError("action_mask[:, 0] must be False: index 0 holds bos, not an action")
-        n = mask.sum(1)
-        if (n == 0).any():
-            b = int((n == 0).nonzero()[0])
-            raise ValueError(f"row {b} has no action; every trajectory needs at least one action")
-        first, last = self.first_action_index(), self.last_action_index()
-        idx = torch.arange(tokens.shape[1], device=tokens.device)
-        if not torch.equal(mask, (idx >= first[:, None]) & (idx <= last[:, None])):
-            raise ValueError("the actions of each row must be one contiguous run of indices")
-        is_eos = (tokens == EOS_ID) & mask
-        ends_eos = tokens.gather(1, last[:, None]).squeeze(1) == EOS_ID
-        if (is_eos.sum(1) > ends_eos.long()).any():
-            raise ValueError(f"eos (id {EOS_ID}) may only be the last action of a row")
-        if not torch.equal(term, ends_eos):
-            b = int((term != ends_eos).nonzero()[0])
-            raise ValueError(
-                f"row {b}: terminated={bool(term[b])} but its last action is "
-                f"{int(tokens[b, last[b]])}; expected terminated == (last action is eos={EOS_ID})"
-            )
-
-    @property
-    def num_actions(self) -> torch.Tensor:
-        """LongTensor[B]: number of actions ``N`` of each row."""
-        return self.action_mask.sum(1)
-
-    def first_action_index(self) -> torch.Tensor:
-        """LongTensor[B]: index of each row's first action (its state s_0 has logits at index - 1)."""
-        return self.action_mask.long().argmax(1)
-
-    def last_action_index(self) -> torch.Tensor:
-        """LongTensor[B]: index of each row's last action."""
-        return self.first_action_index() + self.num_actions - 1
-
-    def to(self, device: torch.device | str) -> "TrajectoryBatch":
-        """Return a copy with every tensor on ``device``."""
-        return TrajectoryBatch(
-            self.tokens.to(device), self.action_mask.to(device), self.terminated.to(device)
-        )
-
-    @classmethod
-    def from_actions(
-        cls,
-        actions: list[list[int]],
-        prompts: list[list[int]] | None = None,
-        device: torch.device | str | None = None,
-    ) -> "TrajectoryBatch":
-        """Lay out action sequences as ``[bos, prompt..., a_1..a_n, pad...]``.
-
-        :param actions: one list of action ids per trajectory (may contain
-            backspaces; ends with ``eos`` iff the episode terminated).
-        :param prompts: optional prompt ids per trajectory (not actions).
-        :return: a batch with ``terminated[b] = actions[b][-1] == eos``.
-        :raises ValueError: if ``actions`` is empty, if ``prompts`` has a
-            different length than ``actions``, or as the class does (e.g. an empty action list).
-        """
-        if not actions:
-            raise ValueError("actions is empty; a batch needs at least one trajectory")
-        if prompts is None:
-            prompts = [[] for _ in actions]
-        if len(prompts) != len(actions):
-            raise ValueError(f"got {len(prompts)} prompts for {len(actions)} action sequences")
-        rows = [[BOS_ID, *p, *a] for p, a in zip(prompts, actions)]
-        width = max((len(row) for row in rows), default=1)
-        tokens = torch.tensor([row + [PAD_ID] * (width - len(row)) for row in rows], dtype=torch.long)
-        mask = torch.zeros(len(actions), width, dtype=torch.bool)
-        for b, (p, a) in enumerate(zip(prompts, actions)):
-            mask[b, 1 + len(p) : 1 + len(p) + len(a)] = True
-        terminated = torch.tensor([len(a) > 0 and a[-1] == EOS_ID for a in actions], dtype=torch.bool)
-        batch = cls(tokens, mask, terminated)
-        return batch if device is None else batch.to(device)
 
 
 # ----------------------------------------------------------------------------
@@ -227,7 +125,7 @@ class SequenceMatchConfig:
 
     :param backspace_p: rate of ``wrong token, backspace`` pairs inserted into
         the demonstrations (METHODS.md §1, "Backspace demonstrations").
-    :param noise: ``"uniform"`` or ``"model"`` wrong tokens.
+    :param wrong_tokens: ``"uniform"`` or ``"model"`` wrong tokens.
     :param buffer_size: model-generated episodes kept (oldest dropped).
     :param refresh_every: steps between rollouts that refresh the buffer.
     :param rollout_batch_size: episodes generated per refresh.
@@ -240,10 +138,10 @@ class SequenceMatchConfig:
     alpha: float = 10.0
     gamma: float = 0.998
     eta: float = 0.001
-    divergence: str = "chi2_mixture"
+    divergence: Literal["chi2_mixture", "kl", "js"] = "chi2_mixture"
     # --- the online learner (SequenceMatchLearner); the loss ignores these ---
     backspace_p: float = 0.05
-    noise: str = "uniform"
+    wrong_tokens: Literal["uniform", "model"] = "uniform"
     buffer_size: int = 1024
     refresh_every: int = 10
     rollout_batch_size: int = 128
@@ -263,8 +161,9 @@ class SequenceMatchConfig:
             )
         if not 0.0 <= self.backspace_p < 1.0:
             raise ValueError(f"SequenceMatchConfig.backspace_p must be in [0, 1), got {self.backspace_p!r}")
-        if self.noise not in ("uniform", "model"):
-            raise ValueError(f"SequenceMatchConfig.noise must be 'uniform' or 'model', got {self.noise!r}")
+        if self.wrong_tokens not in ("uniform", "model"):
+            raise ValueError(
+                f"SequenceMatchConfig.wrong_tokens must be 'uniform' or 'model', got {self.wrong_tokens!r}")
         for name in ("buffer_size", "refresh_every", "rollout_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SequenceMatchConfig.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -339,9 +238,9 @@ def discount_weights(batch: TrajectoryBatch, gamma: float) -> torch.Tensor:
     :return: FloatTensor[B, T] (float32): ``γ^t`` at action positions (``t = 0``
         for the first action), 0 elsewhere.
     """
-    t = batch.action_mask.long().cumsum(1) - 1
+    t = batch.is_action.long().cumsum(1) - 1
     w = torch.pow(torch.tensor(gamma, dtype=torch.float32, device=t.device), t.clamp(min=0).float())
-    return torch.where(batch.action_mask, w, torch.zeros_like(w))
+    return torch.where(batch.is_action, w, torch.zeros_like(w))
 
 
 def _shift_right(x: torch.Tensor) -> torch.Tensor:
@@ -357,7 +256,7 @@ def soft_q_of_actions(logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Ten
     """
     q_next = logits[:, :-1].gather(-1, batch.tokens[:, 1:, None]).squeeze(-1).float()
     q = torch.cat([torch.zeros_like(q_next[:, :1]), q_next], dim=1)  # q[:, i] = logits[:, i-1, tokens[:, i]]
-    return torch.where(batch.action_mask, q, torch.zeros_like(q))
+    return torch.where(batch.is_action, q, torch.zeros_like(q))
 
 
 def implicit_rewards(
@@ -378,13 +277,13 @@ def implicit_rewards(
     :param gamma: discount γ.
     :param values: optional precomputed :func:`soft_values` of ``logits``.
     :return: ``(r, mask)``: FloatTensor[B, T] (float32, nats), 0 where
-        ``mask`` is False; ``mask = batch.action_mask``.
+        ``mask`` is False; ``mask = batch.is_action``.
     :raises ValueError: if ``logits`` is not [B, T, V] matching ``batch.tokens``.
     """
     _check_logits(logits, batch)
     v = soft_values(logits) if values is None else values
     r = soft_q_of_actions(logits, batch) - gamma * v
-    return torch.where(batch.action_mask, r, torch.zeros_like(r)), batch.action_mask
+    return torch.where(batch.is_action, r, torch.zeros_like(r)), batch.is_action
 
 
 def absorbing_tail(per_step: torch.Tensor, num_steps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -502,9 +401,9 @@ def sequencematch_loss(
         occupancy).
     :param cfg: hyperparameters.
     :param bc_mask: optional BoolTensor[B_d, T_d], the data actions the BC
-        term imitates (default: all of ``data.action_mask``); e.g. exclude
+        term imitates (default: all of ``data.is_action``); e.g. exclude
         the injected wrong tokens of backspace demonstrations with
-        ``data.action_mask & ~agents.data.noise_token_mask(data)``. The
+        ``data.is_action & ~agents.common.trajectory.wrong_token_mask(data)``. The
         SequenceMatch terms always use every data action.
     :return: ``(loss, metrics)``: a scalar float32 tensor (nats) and floats
         ``loss/reward_data``, ``loss/chi2_penalty``, ``loss/value``,
@@ -514,7 +413,7 @@ def sequencematch_loss(
         action, nats) and ``value/v0`` (mean V(s_0) on data).
     :raises ValueError: if a logits tensor does not match its batch, the
         two logits tensors have different vocabulary sizes, or ``bc_mask`` is
-        not a BoolTensor of ``data``'s shape inside ``data.action_mask``.
+        not a BoolTensor of ``data``'s shape inside ``data.is_action``.
     """
     if logits_data.shape[-1:] != logits_model.shape[-1:]:
         raise ValueError(
@@ -522,11 +421,11 @@ def sequencematch_loss(
             f"got {logits_data.shape[-1]} and {logits_model.shape[-1]}"
         )
     if bc_mask is None:
-        bc_mask = data.action_mask
-    bad_shape = bc_mask.shape != data.action_mask.shape or bc_mask.dtype != torch.bool
-    if bad_shape or (bc_mask & ~data.action_mask).any():
+        bc_mask = data.is_action
+    bad_shape = bc_mask.shape != data.is_action.shape or bc_mask.dtype != torch.bool
+    if bad_shape or (bc_mask & ~data.is_action).any():
         raise ValueError(
-            f"bc_mask must be a BoolTensor of shape {tuple(data.action_mask.shape)} that is True only "
+            f"bc_mask must be a BoolTensor of shape {tuple(data.is_action.shape)} that is True only "
             f"at data actions, got {bc_mask.dtype} {tuple(bc_mask.shape)}"
         )
     d = _per_sequence_terms(logits_data, data, cfg)
@@ -565,38 +464,40 @@ def sequencematch_loss(
 # The online learner: demonstrations with backspaces + a buffer of model samples
 
 
+@register_learner
 class SequenceMatchLearner:
     """SequenceMatch trained online through the vector env (``train.py --agent sequencematch``).
 
-    Every step uses a data batch (demonstrations, augmented with
-    ``wrong token, backspace`` pairs at rate ``cfg.backspace_p``) and a model
-    batch drawn uniformly from a buffer of episodes the policy generated
+    Every step uses a data batch (demonstrations with their prompts, augmented
+    with ``wrong token, backspace`` pairs at rate ``cfg.backspace_p``) and a
+    model batch drawn uniformly from a buffer of episodes the policy generated
     (with backspace) through :class:`~seqenv.vector_env.SeqGenVectorEnv` on
-    the training device. Every ``cfg.refresh_every`` steps a rollout of
-    ``cfg.rollout_batch_size`` episodes is appended and the oldest beyond
-    ``cfg.buffer_size`` dropped (METHODS.md §1, "Online samples"; stale samples
-    are allowed in the value term by IQ-Learn's identity). Both batches go
-    through ONE forward pass (padded to a common width). The BC term imitates
-    the demonstrated actions except the injected wrong tokens.
+    the training device (:class:`~agents.common.rollout.OnlineSampler`: seeded
+    resets, so runs and resumes are reproducible on prompted tasks too).
+    Every ``cfg.refresh_every`` steps a rollout of ``cfg.rollout_batch_size``
+    episodes is appended and the oldest beyond ``cfg.buffer_size`` dropped
+    (METHODS.md §1, "Online samples"; stale samples are allowed in the value
+    term by IQ-Learn's identity). Both batches go through ONE forward pass
+    (padded to a common width). The BC term imitates the demonstrated actions
+    except the injected wrong tokens.
 
     Warm start (METHODS.md §1 [paper]): ``train.py --init`` an MLE checkpoint.
 
-    :param model: the policy (possibly DDP-wrapped).
+    :param ctx: :class:`~agents.common.learner.LearnerContext` (``"noise"``
+        stream: augmentation, buffer indices, reset seeds; ``"sample"``: rollouts).
     :param cfg: :class:`SequenceMatchConfig`.
-    :param task: the task (env and validity of rollouts).
-    :param generators: ``"noise"`` (CPU: augmentation, buffer sampling) and
-        ``"sample"`` (device: rollouts).
     """
 
     name = "sequencematch"
+    config_class = SequenceMatchConfig
+    progress_keys = ("loss/bc", "rollout/validity")
 
-    def __init__(self, model, cfg: SequenceMatchConfig, task, device, generators: dict, batch_size: int):
-        from .rollout import make_vector_env
-
-        self.model, self.cfg, self.task, self.device = model, cfg, task, device
-        self.noise_gen, self.sample_gen = generators["noise"], generators["sample"]
-        self.model_batch_size = max(1, round(batch_size * cfg.model_batch_ratio))
-        self.venv = make_vector_env(task, cfg.rollout_batch_size, device)
+    def __init__(self, ctx: LearnerContext, cfg: SequenceMatchConfig):
+        self.ctx, self.model, self.cfg, self.task, self.device = ctx, ctx.model, cfg, ctx.task, ctx.device
+        self.noise_gen = ctx.generators["noise"]
+        self.model_batch_size = max(1, round(ctx.batch_size * cfg.model_batch_ratio))
+        self.sampler = OnlineSampler(ctx.task, cfg.rollout_batch_size, ctx.device, ctx.generators["noise"],
+                                     ctx.generators["sample"], temperature=cfg.rollout_temperature)
         self.buffer: list[tuple[list[int], list[int]]] = []  # (prompt, actions)
         self.born: list[int] = []  # step each buffered episode was generated at
 
@@ -605,10 +506,7 @@ class SequenceMatchLearner:
 
     def refresh(self, step: int) -> dict:
         """Generate ``rollout_batch_size`` episodes with the current policy into the buffer."""
-        from .evaluation import backspace_rate, validity_rate
-        from .rollout import rollout
-
-        res = rollout(self.model, self.venv, generator=self.sample_gen, temperature=self.cfg.rollout_temperature)
+        res = self.sampler.sample(self.model)
         actions, prompts = res.action_lists(), res.prompts()
         self.buffer.extend(zip(prompts, actions))
         self.born.extend([step] * len(actions))
@@ -623,31 +521,24 @@ class SequenceMatchLearner:
             out["rollout/validity"] = validity
         return out
 
-    def loss(self, demos: list[list[int]], step: int) -> tuple[torch.Tensor, dict]:
-        from .augment import augment_with_backspace
-        from .data import collate, noise_token_mask
-        from .mle import model_noise_fn
-
+    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
         metrics: dict = {}
         if step % self.cfg.refresh_every == 0 or not self.buffer:
             metrics.update(self.refresh(step))
-        if self.cfg.backspace_p > 0:
-            noise_fn = model_noise_fn(self.model, self.noise_gen, self.device) if self.cfg.noise == "model" else None
-            demos = augment_with_backspace(demos, self.cfg.backspace_p, self.task.tokenizer.vocab_size,
-                                           self.noise_gen, noise=self.cfg.noise, noise_fn=noise_fn)
+        data = backspace_demonstrations(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
         idx = torch.randint(len(self.buffer), (self.model_batch_size,), generator=self.noise_gen).tolist()
         prompts, acts = zip(*(self.buffer[i] for i in idx))
-        width = max(1 + max(map(len, demos)), max(1 + len(p) + len(a) for p, a in zip(prompts, acts)))
-        data = collate(demos, device=self.device, width=width)
+        width = max(data.tokens.shape[1], max(1 + len(p) + len(a) for p, a in zip(prompts, acts)))
+        data = collate_to_width(data, width)
         sampled = collate(list(acts), list(prompts), device=self.device, width=width)
         logits = self.model(torch.cat([data.tokens, sampled.tokens]))
         B = data.tokens.shape[0]
-        bc_mask = data.action_mask & ~noise_token_mask(data)
+        bc_mask = data.is_action & ~wrong_token_mask(data)
         loss, m = sequencematch_loss(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask)
         metrics.update(m)
         metrics["buffer/age"] = step - sum(self.born[i] for i in idx) / len(idx)
         metrics["buffer/size"] = len(self.buffer)
-        metrics["train/tokens"] = int(data.action_mask.sum() + sampled.action_mask.sum())
+        metrics["train/tokens"] = int(data.is_action.sum() + sampled.is_action.sum())
         return loss, metrics
 
     def state_dict(self) -> dict:
@@ -659,3 +550,17 @@ class SequenceMatchLearner:
         if state:
             self.buffer = list(zip(state["buffer_prompts"], state["buffer_actions"]))
             self.born = list(state["born"])
+
+
+def collate_to_width(batch: TrajectoryBatch, width: int) -> TrajectoryBatch:
+    """``batch`` right-padded (``pad`` tokens, no actions) to ``width`` positions.
+
+    :raises ValueError: if ``batch`` is wider than ``width``.
+    """
+    T = batch.tokens.shape[1]
+    if T > width:
+        raise ValueError(f"batch has {T} positions, more than width={width}")
+    B = batch.tokens.shape[0]
+    tokens = torch.cat([batch.tokens, batch.tokens.new_full((B, width - T), PAD_ID)], 1)
+    is_action = torch.cat([batch.is_action, batch.is_action.new_zeros((B, width - T))], 1)
+    return TrajectoryBatch(tokens, is_action, batch.terminated)

@@ -13,9 +13,11 @@ and the step are restored). Under ``torchrun`` the policy is wrapped in
 PyTorch DDP (``gloo`` on CPU, ``nccl`` on CUDA); rank 0 logs, checkpoints and
 evaluates.
 
-A learner is any object with ``parameters()``, ``loss(demos, step) ->
-(loss, metrics)``, ``state_dict()`` and ``load_state_dict()``; see
-:func:`make_learner`.
+The trainer knows nothing method-specific: the learner is built from the
+registry (:data:`agents.learners.LEARNERS`) as ``Learner(ctx, cfg.<agent>)``
+and implements :class:`agents.common.learner.Learner`. Extra behaviour
+(benchmark timers, sample panels, early stopping) plugs in through
+:class:`Callback` objects.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,53 +38,84 @@ import torch.distributed as dist
 
 from seqenv.tasks import make_task
 
-from .checkpoint import check_task_compatible, load_checkpoint, save_checkpoint
-from .data import DemoSampler
-from .earm import EARMConfig, EARMLearner
-from .mle import MLEConfig, MLELearner
-from .nce import NCELearner, NCETrainConfig
-from .sequencematch import SequenceMatchConfig, SequenceMatchLearner
-from .model import PolicyConfig, TransformerPolicy
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
-AGENTS = ("mle", "sequencematch", "earm", "nce")
+from .common.checkpoint import check_task_compatible, load_checkpoint, save_checkpoint
+from .common.demos import DemoSampler
+from .common.distributed import wrap_ddp
+from .common.evaluation import evaluate_policy, format_episode
+from .common.rollout import generate
+from .common.learner import LearnerContext
+from .learners import AGENTS, LEARNERS
+from .policies import build_policy
+from .policies.transformer import PolicyConfig
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+_POLICY_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
+
+
+def _size_default(name: str):
+    return {f.name: f.default for f in dataclasses.fields(PolicyConfig)}[name]
+
+
 @dataclass
 class ModelConfig:
-    """Size of the policy transformer (see :class:`agents.model.PolicyConfig`)."""
+    """Size of a fresh :class:`~agents.policies.transformer.TransformerPolicy` (the
+    ``--model.*`` flags; defaults are :class:`~agents.policies.transformer.PolicyConfig`'s).
+    ``vocab_size`` and ``block_size`` come from the task.
 
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
+    :param n_layer: transformer blocks.
+    :param n_head: attention heads (must divide ``n_embd``).
+    :param n_embd: width of the residual stream.
+    :param dropout: dropout probability in [0, 1).
+    """
+
+    n_layer: int = _size_default("n_layer")
+    n_head: int = _size_default("n_head")
+    n_embd: int = _size_default("n_embd")
+    dropout: float = _size_default("dropout")
+
+    def policy_config(self, vocab_size: int, block_size: int) -> PolicyConfig:
+        """The full :class:`PolicyConfig` for a task's vocabulary and longest state (validates the sizes)."""
+        return PolicyConfig(vocab_size=vocab_size, block_size=block_size,
+                            **{k: getattr(self, k) for k in _POLICY_SIZE_FIELDS})
 
 
 @dataclass
-class TrainConfig:
+class _RunConfig:
     """Everything one training run needs; saved as ``config.json``.
 
-    :param agent: the learner.
+    :param agent: the learner (registry: :data:`agents.learners.AGENTS`).
     :param task: task name (``python-lines``, ``pydoc-text``, ``oracle-hmm``,
-        ``file:PATH``).
+        ``arithmetic``, ``file:PATH``).
     :param logdir: run directory (default ``runs/<agent>-<task>``).
     :param init: checkpoint to warm-start the policy from (its architecture wins).
     :param resume: continue the run in ``logdir`` from its checkpoint (the
         saved config wins, except ``device``).
+    :param seed: seed of every random stream of the run.
     :param max_steps: optimiser steps.
     :param device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``…
     :param batch_size: demonstrations per step (per process under DDP).
-    :param lr: peak learning rate; ``min_lr_ratio`` × lr at the end of the
-        cosine; ``warmup_steps`` of linear warm-up.
+    :param lr: peak learning rate (AdamW).
+    :param min_lr_ratio: the cosine ends at ``min_lr_ratio × lr``.
+    :param warmup_steps: steps of linear warm-up.
+    :param weight_decay: AdamW weight decay on matrices.
+    :param grad_clip: clip the global gradient norm to this value.
     :param ckpt_every: steps between checkpoints (and one at the end).
+    :param log_every: steps between TensorBoard scalars and progress-bar updates.
     :param eval_every: steps between evaluations (0 = only at the end).
     :param eval_samples: generated sequences per evaluation.
+    :param eval_temperature: sampling temperature of the evaluation.
+    :param progress: show a progress bar.
+    :param model: size of a fresh policy (ignored with ``--init``/``--resume``).
     """
 
-    agent: Literal["mle", "sequencematch", "earm", "nce"] = "mle"
+    agent: Literal[AGENTS] = "mle"
     task: str = "python-lines"
     logdir: Optional[str] = None
     init: Optional[str] = None
@@ -103,10 +136,6 @@ class TrainConfig:
     eval_temperature: float = 1.0
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
-    mle: MLEConfig = field(default_factory=MLEConfig)
-    sequencematch: SequenceMatchConfig = field(default_factory=SequenceMatchConfig)
-    earm: EARMConfig = field(default_factory=EARMConfig)
-    nce: NCETrainConfig = field(default_factory=NCETrainConfig)
 
     def __post_init__(self):
         if self.agent not in AGENTS:
@@ -126,13 +155,33 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Rebuild from :meth:`to_dict` output (nested sections included)."""
+        """Rebuild from :meth:`to_dict` output (nested sections included).
+
+        Configs written before the restructure (``seqenv-checkpoint-v1``) are
+        upgraded: the wrong-token source was called ``noise``.
+        """
         kw = dict(d)
+        for section in ("mle", "sequencematch"):
+            if isinstance(kw.get(section), dict) and "noise" in kw[section]:
+                kw[section] = {("wrong_tokens" if k == "noise" else k): v for k, v in kw[section].items()}
         for f in dataclasses.fields(cls):
             section = f.default_factory
             if dataclasses.is_dataclass(section) and isinstance(kw.get(f.name), dict):
                 kw[f.name] = section(**kw[f.name])
         return cls(**kw)
+
+
+#: The run's config: the common flags plus one section per registered learner
+#: (``--mle.*``, ``--sequencematch.*``, ...), derived from the registry so that a
+#: new learner module brings its flags with it.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    [(name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in LEARNERS.items()],
+    bases=(_RunConfig,),
+    namespace={"__doc__": _RunConfig.__doc__ + "".join(
+        f"    :param {name}: hyperparameters of the ``{name}`` learner.\n" for name in LEARNERS)},
+)
+TrainConfig.__module__ = __name__
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,22 +212,40 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def make_learner(cfg: TrainConfig, model, task, device, generators: dict[str, torch.Generator]):
-    """The learner named by ``cfg.agent``.
+def make_learner(cfg: TrainConfig, ctx: LearnerContext):
+    """The learner named by ``cfg.agent``, built from the registry as ``Learner(ctx, cfg.<agent>)``.
 
-    :param generators: ``"noise"`` (CPU, data augmentation) and ``"sample"``
-        (on ``device``, model rollouts) random streams, checkpointed by the trainer.
     :raises ValueError: on an unknown agent (lists the valid ones).
     """
-    if cfg.agent == "mle":
-        return MLELearner(model, cfg.mle, task.tokenizer.vocab_size, device, generators["noise"])
-    if cfg.agent == "sequencematch":
-        return SequenceMatchLearner(model, cfg.sequencematch, task, device, generators, cfg.batch_size)
-    if cfg.agent == "earm":
-        return EARMLearner(model, cfg.earm, task, device, generators["sample"], cfg.batch_size)
-    if cfg.agent == "nce":
-        return NCELearner(model, cfg.nce, task, device, generators, cfg.batch_size)
-    raise ValueError(f"unknown agent {cfg.agent!r}; valid agents: {', '.join(AGENTS)}")
+    if cfg.agent not in LEARNERS:
+        raise ValueError(f"unknown agent {cfg.agent!r}; valid agents: {', '.join(AGENTS)}")
+    return LEARNERS[cfg.agent](ctx, getattr(cfg, cfg.agent))
+
+
+class Callback:
+    """Hooks into :meth:`Trainer.train` (SB3-style; override what you need).
+
+    ``on_batch(trainer, demos)`` sees each step's demonstrations before the
+    loss; ``on_step_end(trainer, metrics)`` runs after each optimiser step
+    (``trainer.step`` already incremented); ``on_evaluate_start(trainer)`` and
+    ``on_evaluate(trainer, metrics)`` around each evaluation; ``on_train_end(trainer)`` when :meth:`Trainer.train`
+    returns or stops. Time spent in callbacks is not excluded from anything.
+    """
+
+    def on_batch(self, trainer: "Trainer", demos) -> None:
+        pass
+
+    def on_step_end(self, trainer: "Trainer", metrics: dict) -> None:
+        pass
+
+    def on_evaluate_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_evaluate(self, trainer: "Trainer", metrics: dict) -> None:
+        pass
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        pass
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -209,15 +276,42 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
+class SamplesPanel(Callback):
+    """At every evaluation, a TensorBoard text panel ``samples/episodes`` with a
+    few generated episodes written as their actions (deleted tokens struck
+    through, the backspace shown as ``⌫``) next to the final text.
+
+    :param num_episodes: episodes per panel.
+    """
+
+    def __init__(self, num_episodes: int = 8):
+        self.num_episodes = num_episodes
+
+    def on_evaluate(self, trainer: "Trainer", metrics: dict) -> None:
+        if trainer.writer is None:
+            return
+        results = generate(trainer.policy, trainer.task, self.num_episodes, device=trainer.device,
+                           seed=trainer.cfg.seed, temperature=trainer.cfg.eval_temperature)
+        tok = trainer.task.tokenizer
+        rows = ["| episode (actions) | final text |", "|---|---|"]
+        for r in results:
+            for prompt, actions, final in zip(r.prompts(), r.action_lists(), r.sequences()):
+                shown = format_episode(tok, actions, prompt).replace("|", "\\|")
+                rows.append(f"| {shown} | `{(tok.decode(prompt) + tok.decode(final)).replace('|', '/')}` |")
+        trainer.writer.add_text("samples/episodes", "\n".join(rows), trainer.step)
+
+
 class Trainer:
     """Builds the task, policy, learner, optimiser and logger of one run.
 
     :param cfg: the run's :class:`TrainConfig`.
+    :param callbacks: extra :class:`Callback` objects (a :class:`SamplesPanel`
+        is always added).
     :raises FileNotFoundError, CheckpointError: for a bad ``init`` checkpoint or
         ``resume`` without one.
     """
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo"
@@ -227,6 +321,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.logdir = Path(cfg.logdir)
         self.ckpt_path = self.logdir / "checkpoint.pt"
+        self.callbacks: list[Callback] = [SamplesPanel(), *callbacks]
 
         resume_state = None
         if cfg.resume:
@@ -247,18 +342,12 @@ class Trainer:
             check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
         source = resume_state or init_state
         if source is not None:
-            pcfg = PolicyConfig.from_dict(source["policy_config"])
-        else:
-            pcfg = PolicyConfig(vocab_size=self.task.tokenizer.vocab_size, block_size=self.task.max_length + 1,
-                                **dataclasses.asdict(cfg.model))
-        self.policy = TransformerPolicy(pcfg).to(self.device)
-        if source is not None:
+            self.policy = build_policy(source["policy"]).to(self.device)
             self.policy.load_state_dict(source["model"])
-        self.model = self.policy
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        else:
+            pcfg = cfg.model.policy_config(self.task.tokenizer.vocab_size, self.task.max_length + 1)
+            self.policy = build_policy({"family": "transformer", "config": pcfg.to_dict()}).to(self.device)
+        self.model = wrap_ddp(self.policy, self.device)
 
         self.generators = {
             "data": torch.Generator().manual_seed(1000 * cfg.seed + self.rank),
@@ -266,7 +355,9 @@ class Trainer:
             "sample": torch.Generator(device=self.device).manual_seed(1000 * cfg.seed + 200 + self.rank),
         }
         self.data = DemoSampler(self.task, "train", self.generators["data"])
-        self.learner = make_learner(cfg, self.model, self.task, self.device, self.generators)
+        ctx = LearnerContext(model=self.model, policy=self.policy, task=self.task, device=self.device,
+                             generators=self.generators, batch_size=cfg.batch_size)
+        self.learner = make_learner(cfg, ctx)
         self.params = [p for p in self.learner.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
@@ -281,8 +372,6 @@ class Trainer:
         if self.is_main:
             self.logdir.mkdir(parents=True, exist_ok=True)
             (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            from torch.utils.tensorboard import SummaryWriter
-
             self.writer = SummaryWriter(str(self.logdir))
 
     # ------------------------------------------------------------------
@@ -290,7 +379,7 @@ class Trainer:
         return {
             "agent": self.cfg.agent,
             "task": self.task.spec(),
-            "policy_config": self.policy.config.to_dict(),
+            "policy": self.policy.policy_spec(),
             "model": self.policy.state_dict(),
             "config": self.cfg.to_dict(),
             "step": self.step,
@@ -313,6 +402,13 @@ class Trainer:
                 tag = k if k.split("/")[0] in ("train", "eval", "rollout") else f"train/{k}"
                 self.writer.add_scalar(tag, v, step)
 
+    def _postfix(self, metrics: dict, seen: dict) -> dict:
+        """Progress-bar fields: the learner's ``progress_keys`` (latest value seen; every term is in TensorBoard)."""
+        for k in getattr(self.learner, "progress_keys", ()):
+            if isinstance(metrics.get(k), (int, float)):
+                seen[k] = metrics[k]
+        return {k.split("/")[-1]: f"{v:.3g}" for k, v in seen.items()}
+
     # ------------------------------------------------------------------
     def train(self, stop_at: Optional[int] = None) -> Optional[dict]:
         """Run until ``max_steps`` (or ``stop_at``, to simulate a kill in tests).
@@ -326,70 +422,81 @@ class Trainer:
         end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
         bar = None
         if self.is_main and cfg.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.agent} on {cfg.task}", dynamic_ncols=True)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         self.model.train()
-        t_last, tokens_since = time.perf_counter(), 0
-        while self.step < end:
-            demos = self.data.sample(cfg.batch_size)
-            with autocast:
-                loss, metrics = self.learner.loss(demos, self.step)
-            finite = torch.isfinite(loss.detach()).float()
-            if self.distributed:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1:
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint "
-                    f"{str(self.ckpt_path)!r} is kept (lower --lr or check the data)"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            tokens_since += int(metrics.pop("train/tokens", 0)) * self.world_size
-            if self.step % cfg.log_every == 0 or self.step == end:
-                now = time.perf_counter()
-                metrics.update({"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
-                                "train/grad_norm": float(grad_norm),
-                                "train/tokens_per_s": tokens_since / max(now - t_last, 1e-9)})
-                t_last, tokens_since = now, 0
-                self.log(metrics, self.step)
+        t_last, tokens_since, shown = time.perf_counter(), 0, {}
+        try:
+            while self.step < end:
+                demos = self.data.sample(cfg.batch_size)
+                for cb in self.callbacks:
+                    cb.on_batch(self, demos)
+                with autocast:
+                    loss, metrics = self.learner.loss(demos, self.step)
+                finite = torch.isfinite(loss.detach()).float()
+                if self.distributed:
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if finite.item() < 1:
+                    raise NonFiniteLossError(
+                        f"loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint "
+                        f"{str(self.ckpt_path)!r} is kept (lower --lr or check the data)"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                tokens_since += int(metrics.pop("train/tokens", 0)) * self.world_size
+                postfix = self._postfix(metrics, shown)
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    now = time.perf_counter()
+                    metrics.update({"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
+                                    "train/grad_norm": float(grad_norm),
+                                    "train/tokens_per_s": tokens_since / max(now - t_last, 1e-9)})
+                    t_last, tokens_since = now, 0
+                    self.log(metrics, self.step)
+                    if bar is not None:
+                        bar.set_postfix(postfix or {"loss": f"{loss.item():.3f}"})
+                else:  # rollout statistics arrive on refresh steps only: never drop them
+                    self.log({k: v for k, v in metrics.items() if k.startswith("rollout/")}, self.step)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, metrics)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-            else:  # rollout statistics arrive on refresh steps only: never drop them
-                self.log({k: v for k, v in metrics.items() if k.startswith("rollout/")}, self.step)
+                    bar.update(1)
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
+                    self.save()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    self.evaluate()
+        finally:
             if bar is not None:
-                bar.update(1)
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
-                self.save()
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                self.evaluate()
-        if bar is not None:
-            bar.close()
+                bar.close()
         if self.distributed:
             dist.barrier()
         if self.step < cfg.max_steps:
+            for cb in self.callbacks:
+                cb.on_train_end(self)
             return None
         metrics = self.evaluate() if self.is_main else None
         if self.is_main and metrics is not None:
             (self.logdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if self.writer is not None:
             self.writer.flush()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
         return metrics
 
     def evaluate(self) -> Optional[dict]:
-        """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL."""
+        """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL; then the callbacks."""
         if not self.is_main:
             return None
-        from .evaluation import evaluate_policy
-
+        for cb in self.callbacks:
+            cb.on_evaluate_start(self)
         metrics = evaluate_policy(self.policy, self.task, num_samples=self.cfg.eval_samples, device=self.device,
                                   seed=self.cfg.seed, temperature=self.cfg.eval_temperature)
         self.log({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+        for cb in self.callbacks:
+            cb.on_evaluate(self, metrics)
         return metrics
 
     def close(self) -> None:

@@ -45,10 +45,10 @@ What "same budget" means here (every method of one invocation):
   ``refresh_every`` steps; E-ARM draws one negative sample per demonstration.
   That extra compute is what the cost ratios measure.
 
-Metrics: :func:`agents.evaluation.evaluate_policy` on the final policy
+Metrics: :func:`agents.common.evaluation.evaluate_policy` on the final policy
 (``--eval-samples`` episodes, sampling seed = the run's seed, so every method
 of a seed is evaluated with the same seed) and
-:func:`agents.evaluation.recovery` (``--recovery-samples`` episodes).
+:func:`agents.common.evaluation.recovery` (``--recovery-samples`` episodes).
 Training cost: wall-clock seconds of the optimiser steps (evaluation
 excluded; checkpoint writes included), per step and per demonstration
 token, of the method's own steps (the steps after the fork), and the ratio
@@ -91,9 +91,18 @@ from typing import Callable, Optional
 
 import torch
 
-from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.evaluation import evaluate_samples, format_metrics_table, recovery
-from agents.trainer import AGENTS, ModelConfig, TrainConfig, Trainer
+from agents.common.checkpoint import load_checkpoint, save_checkpoint
+from agents.common.evaluation import evaluate_samples, format_metrics_table, recovery, validity_rate
+from agents.common.rollout import generate
+from agents.earm import EARMConfig
+from agents.generation import rerank_critic
+from agents.mle import MLEConfig
+from agents.nce import NCEConfig, load_critic
+from agents.sb3.critic_reward import PPOCriticConfig
+from agents.sb3.critic_reward import run as run_ppo
+from agents.sequencematch import SequenceMatchConfig
+from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer
+from seqenv.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("main", "ablation_p", "ablation_alpha", "earm_sweep", "nce_k")
@@ -263,33 +272,41 @@ def train_in_phases(cfg: TrainConfig, stops: list[int], on_stop: Optional[Callab
     if not stops or stops[-1] != end or any(b <= a for a, b in zip(stops, stops[1:])) or stops[0] <= trainer.step:
         trainer.close()
         raise ValueError(f"stops must increase from step {trainer.step} and end at max_steps={end}, got {stops}")
-    counted = {"tokens": 0, "eval_s": 0.0}
-    sample, evaluate = trainer.data.sample, trainer.evaluate
-
-    def counting_sample(n):
-        demos = sample(n)
-        counted["tokens"] += sum(len(d) for d in demos)
-        return demos
-
-    def timed_evaluate():
-        t0 = time.perf_counter()
-        out = evaluate()
-        counted["eval_s"] += time.perf_counter() - t0
-        return out
-
-    trainer.data.sample, trainer.evaluate = counting_sample, timed_evaluate
+    counter = _PhaseCounter()
+    trainer.callbacks.append(counter)
     phases, metrics = [], None
     try:
         for stop in stops:
-            start, tokens0, eval0, t0 = trainer.step, counted["tokens"], counted["eval_s"], time.perf_counter()
+            start, tokens0, eval0, t0 = trainer.step, counter.tokens, counter.eval_s, time.perf_counter()
             metrics = trainer.train(stop_at=stop)
-            seconds = time.perf_counter() - t0 - (counted["eval_s"] - eval0)
-            phases.append(Phase(start, trainer.step, seconds, counted["tokens"] - tokens0))
+            seconds = time.perf_counter() - t0 - (counter.eval_s - eval0)
+            phases.append(Phase(start, trainer.step, seconds, counter.tokens - tokens0))
             if on_stop is not None:
                 on_stop(trainer, trainer.step)
     finally:
         trainer.close()
-    return trainer, metrics, phases, counted["eval_s"]
+    return trainer, metrics, phases, counter.eval_s
+
+
+class _PhaseCounter(Callback):
+    """Counts demonstration tokens (each demonstration's actions, ``eos`` included) and times evaluations.
+
+    An evaluation is timed from its start to the end of :meth:`Trainer.evaluate`
+    (the sample panel included), so that the final evaluation is measured
+    apart from the optimiser steps.
+    """
+
+    def __init__(self):
+        self.tokens, self.eval_s, self._t0 = 0, 0.0, 0.0
+
+    def on_batch(self, trainer, demos) -> None:
+        self.tokens += sum(len(a) for a in demos.actions)
+
+    def on_evaluate_start(self, trainer) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_evaluate(self, trainer, metrics) -> None:
+        self.eval_s += time.perf_counter() - self._t0
 
 
 # ----------------------------------------------------------------------------
@@ -390,7 +407,6 @@ def run_mle(spec: RunSpec, bench: Bench) -> RunResult:
 
 def run_mle_backspace(spec: RunSpec, bench: Bench) -> RunResult:
     """MLE on backspace-augmented demonstrations (``mle.backspace_p = p``), from scratch."""
-    from agents.mle import MLEConfig
 
     cfg = bench.config(spec, "mle", mle=MLEConfig(backspace_p=float(spec.param("p"))))
     trainer, metrics, phases, eval_s = train_in_phases(cfg, [cfg.max_steps])
@@ -402,7 +418,6 @@ def run_sequencematch(spec: RunSpec, bench: Bench) -> RunResult:
 
     Every other field is :class:`agents.sequencematch.SequenceMatchConfig`'s default.
     """
-    from agents.sequencematch import SequenceMatchConfig
 
     sm = SequenceMatchConfig(alpha=float(spec.param("alpha")), backspace_p=float(spec.param("p")))
     w = bench.budget.warm_steps
@@ -413,7 +428,6 @@ def run_sequencematch(spec: RunSpec, bench: Bench) -> RunResult:
 
 def run_earm(spec: RunSpec, bench: Bench) -> RunResult:
     """E-ARM with weight ``lam`` switched on at step ``start``, forked from the MLE run at ``start``."""
-    from agents.earm import EARMConfig
 
     start = int(spec.param("start"))
     earm = EARMConfig(lam=float(spec.param("lam")), start_step=start)
@@ -433,22 +447,19 @@ def run_nce(spec: RunSpec, bench: Bench) -> RunResult:
     residual critic of the same size as the policy. Its final policy is then
     scored three ways, each with the run's seed:
 
-    * raw samples (:func:`agents.evaluation.evaluate_policy`, the usual keys);
+    * raw samples (:func:`agents.common.evaluation.evaluate_policy`, the usual keys);
     * critic-reranked samples (``rerank_*`` keys): ``eval_samples ×
       rerank_candidates`` episodes, one kept per group by importance
-      resampling ∝ ``exp(-E_ψ)`` (:func:`agents.rerank.rerank_critic`, what
+      resampling ∝ ``exp(-E_ψ)`` (:func:`agents.generation.rerank_critic`, what
       ``scripts/generate.py --rerank critic`` does); ``rerank_ess`` is the mean
       effective sample size of a group;
     * PPO with the critic as reward and a KL penalty to the NCE policy
       (``scripts/ppo_critic.py``, ``ppo_*`` keys) when ``--ppo-timesteps > 0``.
     """
-    from agents.nce import NCETrainConfig, load_critic
-    from agents.rerank import rerank_critic
-    from agents.rollout import generate
 
     b = bench.budget
     n_layer, n_head, n_embd = MODEL_SIZES[b.model_size]
-    nce = NCETrainConfig(refresh_every=int(spec.param("k")), policy_objective="self_adapting_nce",
+    nce = NCEConfig(refresh_every=int(spec.param("k")), policy_objective="self_adapting_nce",
                          critic_n_layer=n_layer, critic_n_head=n_head, critic_n_embd=n_embd)
     w = b.warm_steps
     cfg = dataclasses.replace(bench.config(spec, "nce", nce=nce), max_steps=b.steps - w,
@@ -472,15 +483,14 @@ def run_nce(spec: RunSpec, bench: Bench) -> RunResult:
     result.metrics.update({f"rerank_{k}": v for k, v in reranked.items() if k in NCE_SAMPLE_KEYS})
     result.metrics["rerank_ess"] = float(ess.float().mean())
     if bench.ppo_timesteps > 0:
-        ppo = _load_script("ppo_critic")
         ckpt = str(trainer.ckpt_path)
         n_envs = 32  # one PPO rollout = n_envs * n_steps actions; at least two rollouts in the budget
-        ppo_cfg = ppo.PPOCriticConfig(checkpoint=ckpt, critic=ckpt, total_timesteps=bench.ppo_timesteps,
+        ppo_cfg = PPOCriticConfig(checkpoint=ckpt, critic=ckpt, total_timesteps=bench.ppo_timesteps,
                                       num_envs=n_envs, n_steps=max(4, min(64, bench.ppo_timesteps // (2 * n_envs))),
                                       batch_size=256, logdir=str(Path(cfg.logdir) / "ppo"), device=bench.device,
                                       seed=spec.seed, eval_samples=b.eval_samples, progress=False)
         t0 = time.perf_counter()
-        after = ppo.run(ppo_cfg)["after"]
+        after = run_ppo(ppo_cfg)["after"]
         result.metrics["ppo_s"] = time.perf_counter() - t0
         result.metrics.update({f"ppo_{k}": v for k, v in after.items()
                                if k in (*NCE_SAMPLE_KEYS, "critic_reward", "kl_to_init")})
@@ -490,22 +500,6 @@ def run_nce(spec: RunSpec, bench: Bench) -> RunResult:
 #: sample metrics reported for reranked and PPO samples in ``nce_k``
 NCE_SAMPLE_KEYS = ("validity", "oracle_support", "oracle_nll", "oracle_nll_in_support", "bleu4", "self_bleu4",
                    "distinct_2", "mean_length", "backspace_rate")
-
-
-def _load_script(name: str):
-    """Import ``scripts/<name>.py`` (the scripts directory is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_quality_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def nce_available() -> bool:
-    """Whether :class:`agents.trainer.TrainConfig` accepts ``agent="nce"``."""
-    return "nce" in AGENTS
 
 
 #: method name -> (run function, fork step function). The fork step is the MLE
@@ -569,7 +563,6 @@ def canonical(spec: RunSpec, budget: Budget) -> RunSpec:
     and ``start`` (W), MLE + backspace ``p`` (:data:`MAIN_P`): ``sequencematch``
     and ``sequencematch α=10`` of two experiments are one run.
     """
-    from agents.sequencematch import SequenceMatchConfig
 
     d = SequenceMatchConfig()
     defaults = {"sequencematch": {"alpha": d.alpha, "p": d.backspace_p},
@@ -739,8 +732,6 @@ def task_reference(name: str) -> dict:
     the ``test`` sequences, nats per sequence -- the ``oracle_nll`` a perfect
     model reaches in expectation (None without an oracle).
     """
-    from agents.evaluation import validity_rate
-    from seqenv.tasks import make_task
 
     task = make_task(name)
     texts = task.splits["test"]
@@ -1092,7 +1083,7 @@ def main(argv=None) -> dict:
     warnings.filterwarnings("ignore", category=SyntaxWarning)  # ast.parse of generated python-lines samples
     budget = budget_from_args(args)
     experiments = list(args.experiments)
-    if "nce_k" in experiments and (args.no_nce or not nce_available()):
+    if "nce_k" in experiments and args.no_nce:
         print("skipping nce_k: " + ("--no-nce" if args.no_nce else "the nce agent is not registered in agents/trainer.py"),
               flush=True)
         experiments.remove("nce_k")

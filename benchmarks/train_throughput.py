@@ -9,7 +9,7 @@ and CUDA when present) it measures, in a fresh subprocess:
 
 * **training tokens/s** -- MLE steps exactly as :class:`agents.trainer.Trainer`
   runs them: draw ``--train-batch`` demonstrations of the task
-  (:class:`agents.data.DemoSampler`), :meth:`agents.mle.MLELearner.loss`
+  (:class:`agents.common.trajectory.DemoSampler`), :meth:`agents.mle.MLELearner.loss`
   (collate, forward, cross-entropy in nats), backward, gradient clipping,
   AdamW step (:func:`agents.trainer._optimizer`) and the trainer's lr
   schedule (linear warm-up of :class:`~agents.trainer.TrainConfig`). Tokens are the
@@ -18,7 +18,7 @@ and CUDA when present) it measures, in a fresh subprocess:
   measurement uses bf16 autocast, as the trainer does.
 * **generation tokens/s** -- one full episode in each of ``B`` environments of
   :class:`seqenv.vector_env.SeqGenVectorEnv`, with the KV-cache
-  (:func:`agents.rollout.rollout`, what users get) and without it
+  (:func:`agents.common.rollout.rollout`, what users get) and without it
   (``rollout(..., use_kv_cache=False)``: at every step a full forward pass
   ``policy(tokens)`` over ``[bos, state so far]``, same sampling, same env
   steps). Tokens are the actions taken (``backspace`` and ``eos`` included).
@@ -79,10 +79,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from agents.data import DemoSampler  # noqa: E402
+from agents.common.demos import DemoSampler  # noqa: E402
+from agents.common.learner import LearnerContext  # noqa: E402
 from agents.mle import MLEConfig, MLELearner  # noqa: E402
-from agents.model import PolicyConfig, TransformerPolicy  # noqa: E402
-from agents.rollout import RolloutResult, make_vector_env, rollout  # noqa: E402
+from agents.policies.transformer import PolicyConfig, TransformerPolicy  # noqa: E402
+from agents.common.rollout import RolloutResult, make_vector_env, rollout  # noqa: E402
 from agents.trainer import TrainConfig, _optimizer, lr_lambda, resolve_device  # noqa: E402
 from seqenv.tasks import make_task  # noqa: E402
 
@@ -235,7 +236,10 @@ def measure_training(policy, task, device: torch.device, cfg: BenchConfig, bf16:
     """
     tcfg = TrainConfig(batch_size=cfg.train_batch, max_steps=cfg.train_warmup + cfg.train_steps)
     sampler = DemoSampler(task, "train", torch.Generator().manual_seed(cfg.seed))
-    learner = MLELearner(policy, MLEConfig(), task.tokenizer.vocab_size, device, torch.Generator().manual_seed(cfg.seed))
+    gens = {"noise": torch.Generator().manual_seed(cfg.seed)}
+    ctx = LearnerContext(model=policy, policy=policy, task=task, device=device, generators=gens,
+                         batch_size=cfg.train_batch)
+    learner = MLELearner(ctx, MLEConfig())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     policy.train()
     with PeakMemory(device) as mem:
@@ -451,7 +455,7 @@ def to_markdown(report: dict) -> str:
         "schedule (the trainer's defaults, so the lr is still warming up). "
         "Warm-up steps excluded. bf16 = `torch.autocast` bf16 (CUDA only).",
         "- **gen tok/s**: actions taken per second while generating one full episode in each of `gen batch` "
-        "vector-env environments (env reset and prefill included). KV-cache = `agents.rollout.rollout`; no cache = "
+        "vector-env environments (env reset and prefill included). KV-cache = `agents.common.rollout.rollout`; no cache = "
         "a full `policy(tokens)` forward over `[bos, state]` at every step, same sampling and env steps. The two "
         "modes run interleaved with the same seeds on the same (briefly trained) policy; the ratio is from this run.",
         "- **peak MiB**: peak memory of the phase above what the process held when it started (model weights "

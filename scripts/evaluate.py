@@ -16,8 +16,8 @@ from typing import Optional
 
 import tyro
 
-from agents.checkpoint import load_policy
-from agents.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
+from agents.common.checkpoint import load_policy
+from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
 from agents.trainer import resolve_device
 
 

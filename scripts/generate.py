@@ -17,8 +17,9 @@ from typing import Literal, Optional
 import torch
 import tyro
 
-from agents.checkpoint import load_policy
-from agents.rollout import generate
+from agents.common.checkpoint import load_policy
+from agents.generation import generate_texts
+from agents.nce import load_critic
 from agents.trainer import resolve_device
 
 
@@ -51,7 +52,7 @@ class GenerateConfig:
 
 
 def run(cfg: GenerateConfig) -> list[str]:
-    """Generate and return the decoded texts.
+    """Generate and return the decoded texts (:func:`agents.generation.generate_texts`).
 
     :raises ValueError: on bad flag values (``--num-samples < 1``,
         ``--candidates < 1``, ``--rerank critic`` without ``--critic``).
@@ -64,27 +65,10 @@ def run(cfg: GenerateConfig) -> list[str]:
         raise ValueError("--rerank critic needs --critic CKPT (a checkpoint written by train.py --agent nce)")
     device = resolve_device(cfg.device)
     policy, task, _ = load_policy(cfg.checkpoint, device, cfg.task)
-    k = 1 if cfg.rerank == "none" else cfg.candidates
-    results = generate(policy, task, cfg.num_samples * k, batch_size=cfg.batch_size * k if k > 1 else cfg.batch_size,
-                       device=device, seed=cfg.seed, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
-    seqs = [s for r in results for s in r.sequences()]
-    prompts = [p for r in results for p in r.prompts()]
-    if k > 1:
-        terminated = [bool(t) for r in results for t in r.terminated.tolist()]
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        if cfg.rerank == "energy":
-            from agents.rerank import rerank_energy
-
-            choice, _ = rerank_energy(policy, seqs, terminated, k, gen, device)
-        else:
-            from agents.nce import load_critic
-            from agents.rerank import rerank_critic
-
-            critic = load_critic(cfg.critic, device, task)
-            choice, _ = rerank_critic(critic, seqs, terminated, k, gen, device)
-        idx = (torch.arange(cfg.num_samples, device=choice.device) * k + choice).tolist()
-        seqs, prompts = [seqs[i] for i in idx], [prompts[i] for i in idx]
-    return [(task.tokenizer.decode(p) + task.tokenizer.decode(s)).replace("\n", "\\n") for p, s in zip(prompts, seqs)]
+    critic = load_critic(cfg.critic, device, task) if cfg.rerank == "critic" else None
+    return generate_texts(policy, task, cfg.num_samples, rerank=cfg.rerank, candidates=cfg.candidates,
+                          critic=critic, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                          seed=cfg.seed, batch_size=cfg.batch_size, device=device)
 
 
 def main(argv: "list[str] | None" = None) -> list[str]:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import tyro
 
-from agents.evaluation import SUMMARY_COLUMNS, format_metrics_table, recovery
+from agents.common.checkpoint import load_policy
+from agents.common.evaluation import SUMMARY_COLUMNS, format_metrics_table, recovery
 from agents.trainer import ModelConfig, TrainConfig, Trainer
 
 MAIN_JOB_DIR = Path("runs/main")
@@ -68,8 +69,6 @@ def main_job(mle_steps: int = 800, sm_steps: int = 150, device: str = "auto") ->
             if before is not None:
                 (logdir / "initial_metrics.json").write_text(json.dumps(before, indent=2) + "\n")
                 rows["untrained"] = before
-            from agents.checkpoint import load_policy
-
             policy, task, _ = load_policy(logdir / "checkpoint.pt", trainer.device)
             metrics.update(recovery(policy, task, device=trainer.device))
             (logdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from agents.augment import MODEL_NOISE_TRIES, apply_backspaces, augment_with_backspace
+from agents.common.demos import MODEL_DRAW_TRIES, augment_with_backspace
+from seqenv.tokenizers import apply_backspaces
 
 EOS, BS, UNK = 2, 3, 4
 
@@ -32,17 +33,23 @@ def _pairs(aug):
 
 
 def test_apply_backspaces():
+    # one apply_backspaces for the project (seqenv.tokenizers): eos and pad are dropped
     assert apply_backspaces([5, 6, BS, 7]) == [5, 7]
     assert apply_backspaces([5, BS, BS, 6]) == [6]  # a backspace on nothing does nothing
-    assert apply_backspaces([5, 6, BS, BS, EOS]) == [EOS]
-    assert apply_backspaces([9, 8, 0, 7], backspace_id=8) == [0, 7]
+    assert apply_backspaces([5, 6, BS, BS, EOS]) == []
+    assert apply_backspaces([9, 8, BS, 7], protected=1) == [9, 7]
+    assert apply_backspaces([9, BS, 7], protected=1) == [9, 7]  # the protected prompt is never deleted
     assert apply_backspaces([]) == []
+
+
+def _strip_eos(seqs):
+    return [s[:-1] if s and s[-1] == EOS else s for s in seqs]
 
 
 def test_reduction_equals_original():
     seqs = _corpus() + [[], [UNK, 5, UNK], [5, 6, EOS], [EOS]]
     aug = augment_with_backspace(seqs, 0.3, 12, _gen())
-    assert [apply_backspaces(a) for a in aug] == seqs
+    assert [apply_backspaces(a) for a in aug] == _strip_eos(seqs)
     assert sum(len(a) for a in aug) > sum(len(s) for s in seqs)  # something was inserted
     assert aug[-2][-1] == EOS and aug[-1][-1] == EOS
 
@@ -93,7 +100,7 @@ def test_same_seed_same_result():
 def test_vocab_six_skips_impossible_slots():
     seqs = [[5, 5, 5], [UNK, EOS]]
     aug = augment_with_backspace(seqs, 0.99, 6, _gen())
-    assert [apply_backspaces(a) for a in aug] == seqs
+    assert [apply_backspaces(a) for a in aug] == _strip_eos(seqs)
     for a in aug:
         for wrong, nxt in _pairs(a):
             assert wrong == 5 and nxt != 5
@@ -111,9 +118,9 @@ def test_model_noise_batched_with_prefixes_and_rejection():
         return [7] * len(prefixes)
 
     aug = augment_with_backspace(
-        seqs, 0.999999, 12, _gen(), noise="model", noise_fn=noise_fn, prompts=prompts
+        seqs, 0.999999, 12, _gen(), wrong_tokens="model", wrong_token_fn=noise_fn, prompts=prompts
     )
-    assert [apply_backspaces(a) for a in aug] == seqs
+    assert [apply_backspaces(a) for a in aug] == _strip_eos(seqs)
     # one batched call with every slot's state (prompt + reduced prefix), in slot order
     assert calls[0] == [[10], [10, 5], [10, 5, 6], [10, 5, 6, 7], [], [8], [8, 9], [11, 11], [11, 11, 6]]
     # then one call for the rejected draws only: 5 before 5, 6 before 6, 8 before 8, 9 before 9
@@ -131,9 +138,9 @@ def test_model_noise_falls_back_to_uniform():
         return [5] * len(prefixes)  # always the true next token: rejected every round
 
     seqs = [[5] * 30]
-    aug = augment_with_backspace(seqs, 0.5, 8, _gen(), noise="model", noise_fn=always_true_next)
-    assert apply_backspaces(aug[0]) == seqs[0]
-    assert len(calls) == MODEL_NOISE_TRIES
+    aug = augment_with_backspace(seqs, 0.5, 8, _gen(), wrong_tokens="model", wrong_token_fn=always_true_next)
+    assert apply_backspaces(aug[0]) == _strip_eos(seqs)[0]
+    assert len(calls) == MODEL_DRAW_TRIES
     assert all(w in (6, 7) for w, nxt in _pairs(aug[0]) if nxt == 5)
 
 
@@ -144,9 +151,9 @@ def test_model_noise_falls_back_to_uniform():
         (dict(p=-0.1), "p must"),
         (dict(p=float("nan")), "p must"),
         (dict(vocab_size=5), "vocab_size"),
-        (dict(noise="typo"), "'typo'"),
-        (dict(noise="model"), "noise_fn"),
-        (dict(noise_fn=lambda p: [5] * len(p)), "noise_fn"),
+        (dict(wrong_tokens="typo"), "'typo'"),
+        (dict(wrong_tokens="model"), "wrong_token_fn"),
+        (dict(wrong_token_fn=lambda p: [5] * len(p)), "wrong_token_fn"),
         (dict(sequences=[[5, BS, 6]]), r"sequences\[0\]\[1\] = 3"),
         (dict(sequences=[[5, EOS, 6]]), r"sequences\[0\]\[1\] = 2"),
         (dict(sequences=[[5, 12]]), r"sequences\[0\]\[1\] = 12"),
@@ -161,6 +168,6 @@ def test_bad_arguments_raise(kwargs, match):
         augment_with_backspace(**args)
 
 
-def test_noise_fn_wrong_length_raises():
-    with pytest.raises(ValueError, match="noise_fn returned 1 tokens for 3 prefixes"):
-        augment_with_backspace([[5, 6]], 0.999999, 12, _gen(), noise="model", noise_fn=lambda p: [7])
+def test_wrong_token_fn_wrong_length_raises():
+    with pytest.raises(ValueError, match="wrong_token_fn returned 1 tokens for 3 prefixes"):
+        augment_with_backspace([[5, 6]], 0.999999, 12, _gen(), wrong_tokens="model", wrong_token_fn=lambda p: [7])

@@ -4,13 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-from _load import load_file
 import torch
 
-from agents.data import DemoSampler
+from agents.common.demos import DemoSampler
 from seqenv.tasks import make_task
 
-bench = load_file("benchmarks/train_throughput.py")
+from benchmarks import train_throughput as bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def test_main_tiny_run_writes_consistent_results(tmp_path, task):
     (train,) = r["train"]
     sampler = DemoSampler(task, "train", torch.Generator().manual_seed(0))
     draws = [sampler.sample(4) for _ in range(3)]
-    assert train["tokens_per_step"] == sum(len(d) for batch in draws[1:] for d in batch) / 2
+    assert train["tokens_per_step"] == sum(len(d) for batch in draws[1:] for d in batch.actions) / 2
     (gen,) = r["generation"]
     assert gen["batch"] == 4 and gen["same_episodes"] == 1.0
     assert gen["cache"]["tokens"] == gen["no_cache"]["tokens"] == round(gen["mean_actions"] * 4)

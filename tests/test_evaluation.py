@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from sacrebleu.metrics.bleu import BLEU
 
-from agents.evaluation import (
+from agents.common.evaluation import (
     backspace_rate,
     bleu4,
     distinct_n,
@@ -17,7 +17,7 @@ from agents.evaluation import (
     self_bleu4,
     validity_rate,
 )
-from agents.model import PolicyConfig, TransformerPolicy
+from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from seqenv.tasks import Task, make_task, python_is_valid
 from seqenv.tokenizers import BACKSPACE_ID, EOS_ID, CharTokenizer
 
@@ -118,7 +118,7 @@ def test_heldout_nll_skips_too_long_and_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\[B, T, 9\]"):
         heldout_nll(ConstantLogits(12), small_task())
     small = TransformerPolicy(PolicyConfig(vocab_size=9, block_size=3, n_layer=1, n_head=1, n_embd=8))
-    with pytest.raises(ValueError, match="block_size=3"):
+    with pytest.raises(ValueError, match="max_state_length=3"):
         heldout_nll(small, small_task())  # "dab" needs bos + 3 tokens
     with pytest.raises(ValueError, match="split"):
         heldout_nll(ConstantLogits(9), small_task(), split="dev")

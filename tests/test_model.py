@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from agents.model import KVCache, PolicyConfig, TransformerPolicy, backspace_layout
+from agents.policies.transformer import KVCache, PolicyConfig, TransformerPolicy, backspace_layout
 
 PAD, BOS, EOS, BS = 0, 1, 2, 3
 V = 12  # ordinary tokens are 4..11 here (eos and unk included among them is fine)

@@ -5,13 +5,16 @@ import io
 import math
 
 import pytest
-from _load import load_file
 import torch
 
-from agents.checkpoint import CheckpointError, save_checkpoint
-from agents.data import DemoSampler, sequence_batch
-from agents.model import PolicyConfig, TransformerPolicy
-from agents.nce import NCELearner, NCETrainConfig, load_critic, no_backspace_log_prob
+from agents.common.checkpoint import CheckpointError, save_checkpoint
+from agents.common.demos import DemoSampler, Demos
+from scripts import generate as generate_script
+from agents.common.learner import LearnerContext
+from agents.common.rollout import make_vector_env, rollout
+from agents.common.trajectory import collate, sequence_batch
+from agents.policies.transformer import PolicyConfig, TransformerPolicy
+from agents.nce import NCELearner, NCEConfig, load_critic, no_backspace_log_prob
 from seqenv.tasks import make_task
 
 TASK = make_task("oracle-hmm")
@@ -27,7 +30,9 @@ def _policy(seed: int = 0) -> TransformerPolicy:
 def _learner(policy, batch_size=8, seed=0, **kw) -> NCELearner:
     gens = {"noise": torch.Generator().manual_seed(seed), "sample": torch.Generator().manual_seed(seed + 1)}
     torch.manual_seed(seed)  # the critic's initialisation
-    return NCELearner(policy, NCETrainConfig(**TINY_CRITIC, **kw), TASK, "cpu", gens, batch_size)
+    ctx = LearnerContext(model=policy, policy=policy, task=TASK, device=torch.device("cpu"), generators=gens,
+                         batch_size=batch_size)
+    return NCELearner(ctx, NCEConfig(**TINY_CRITIC, **kw))
 
 
 def _demos(n, seed=0, split="train"):
@@ -45,7 +50,7 @@ def _train(learner, steps, batch_size=16, lr=3e-3, seed=0):
 
 
 def _save(path, agent, policy, learner=None):
-    state = {"agent": agent, "task": TASK.spec(), "policy_config": policy.config.to_dict(),
+    state = {"agent": agent, "task": TASK.spec(), "policy": policy.policy_spec(),
              "model": policy.state_dict(), "step": 0, "learner": learner.state_dict() if learner else {}}
     save_checkpoint(state, path)
     return str(path)
@@ -73,7 +78,7 @@ def test_loss_at_init_hand_computed_and_only_the_critic_learns(loss, nu, expecte
     assert m["nce/accuracy"] == pytest.approx(expected_acc)
     assert m["critic/energy_data"] == 0.0 and m["critic/energy_noise"] == 0.0 and m["critic/c"] == 0.0
     assert m["noise/snapshot_age"] == 0 and m["noise/refreshed"] == 1.0
-    assert learner.venv.num_envs == 8 * nu  # nu noise samples per data sample
+    assert learner.sampler.venv.num_envs == 8 * nu  # nu noise samples per data sample
     value.backward()
     assert all(p.grad is None and not p.requires_grad for p in policy.parameters())  # frozen policy
     assert learner.critic.head.weight.grad.abs().sum() > 0
@@ -91,7 +96,7 @@ def test_self_adapting_policy_objective_at_k1_and_metrics():
     assert m["policy/nce_loss"] == pytest.approx(2 * math.log(2), abs=1e-6)
     assert m["nce/loss"] == pytest.approx(2 * math.log(2), abs=1e-6)
     assert m["noise/ess"] == pytest.approx(1.0, abs=1e-6)
-    tokens, mask = sequence_batch([d[:-1] for d in demos], [True] * 8, "cpu")
+    tokens, mask = sequence_batch([d[:-1] for d in demos.actions], [True] * 8, "cpu")
     with torch.no_grad():
         log_p = no_backspace_log_prob(policy(tokens), tokens, mask)
     assert m["policy/nll_data"] == pytest.approx(float(-log_p.mean()), rel=1e-5)
@@ -103,7 +108,6 @@ def test_self_adapting_policy_objective_at_k1_and_metrics():
 
 
 def test_no_backspace_log_prob_is_the_rollout_sampling_distribution():
-    from agents.rollout import make_vector_env, rollout
 
     policy = _policy(3)
     res = rollout(policy, make_vector_env(TASK, 6, "cpu"), seed=0, generator=torch.Generator().manual_seed(0),
@@ -121,7 +125,7 @@ def test_critic_separates_oracle_data_from_noise():
     results = [learner.sample_noise() for _ in range(4)]  # 64 fresh noise samples
     noise = [s for r in results for s in r.sequences()]
     terminated = [t for r in results for t in r.terminated.tolist()]
-    data = [d[:-1] for d in _demos(len(noise), seed=5, split="valid")]
+    data = [d[:-1] for d in _demos(len(noise), seed=5, split="valid").actions]
     tokens, mask = sequence_batch(data + noise, [True] * len(data) + terminated, "cpu")
     with torch.no_grad():
         h = -learner.critic(tokens, mask) - learner.critic.log_normalizer  # log nu = 0
@@ -131,14 +135,13 @@ def test_critic_separates_oracle_data_from_noise():
 
 
 def _train_mle(policy, steps, batch_size=32):
-    from agents.data import collate
 
     data = DemoSampler(TASK, "train", torch.Generator().manual_seed(1))
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     for _ in range(steps):
-        batch = collate(data.sample(batch_size))
+        batch = collate(data.sample(batch_size).actions)
         logits = policy(batch.tokens)[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits[batch.action_mask[:, 1:]], batch.tokens[:, 1:][batch.action_mask[:, 1:]])
+        loss = torch.nn.functional.cross_entropy(logits[batch.is_action[:, 1:]], batch.tokens[:, 1:][batch.is_action[:, 1:]])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -190,33 +193,35 @@ def test_state_dict_round_trip_restores_critic_and_snapshot_exactly():
         assert torch.equal(v, w), k
     for (k, v), w in zip(a.critic.state_dict().items(), b.critic.state_dict().values()):
         assert torch.equal(v, w), k
-    b.noise_gen.set_state(a.noise_gen.get_state())
-    b.sample_gen.set_state(a.sample_gen.get_state())
+    b.sampler.seed_generator.set_state(a.sampler.seed_generator.get_state())
+    b.sampler.sample_generator.set_state(a.sampler.sample_generator.get_state())
     demos = _demos(4, seed=3)
     assert a.loss(demos, 3)[0].item() == b.loss(demos, 3)[0].item()
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match=r"NCETrainConfig.nu must be an int >= 1, got 0"):
-        NCETrainConfig(nu=0)
-    with pytest.raises(ValueError, match=r"NCETrainConfig.refresh_every must be an int >= 1, got 1.5"):
-        NCETrainConfig(refresh_every=1.5)
+    with pytest.raises(ValueError, match=r"NCEConfig.nu must be an int >= 1, got 0"):
+        NCEConfig(nu=0)
+    with pytest.raises(ValueError, match=r"NCEConfig.refresh_every must be an int >= 1, got 1.5"):
+        NCEConfig(refresh_every=1.5)
     with pytest.raises(ValueError, match=r"policy_objective must be one of \('none', 'self_adapting_nce'\)"):
-        NCETrainConfig(policy_objective="mle")
-    with pytest.raises(ValueError, match=r"NCETrainConfig.loss must be one of"):
-        NCETrainConfig(loss="hinge")
+        NCEConfig(policy_objective="mle")
+    with pytest.raises(ValueError, match=r"NCEConfig.loss must be one of"):
+        NCEConfig(loss="hinge")
     with pytest.raises(ValueError, match=r"ce_weight must be a finite number >= 0, got -1"):
-        NCETrainConfig(ce_weight=-1)
+        NCEConfig(ce_weight=-1)
     learner = _learner(_policy(), batch_size=2)
-    with pytest.raises(ValueError, match="each ending with eos"):
-        learner.loss([[5, 6, 2], [5, 6]], 0)
+    with pytest.raises(ValueError, match="do not end with eos"):
+        learner.loss(Demos([[], []], [[5, 6, 2], [5, 6]]), 0)
     ranking = _learner(_policy(), batch_size=2, loss="ranking", nu=2)
     with pytest.raises(ValueError, match=r"nu=2 noise samples: expected 2 demonstrations \(the batch size\), got 3"):
         ranking.loss(_demos(3), 0)
     conditional = copy.copy(TASK)
     conditional.prompts = ["ab"]
     with pytest.raises(ValueError, match="needs an unconditional task: task 'oracle-hmm' has prompts"):
-        NCELearner(_policy(), NCETrainConfig(), conditional, "cpu", {"noise": None, "sample": None}, 2)
+        p = _policy()
+        NCELearner(LearnerContext(p, p, conditional, torch.device("cpu"), {"noise": None, "sample": None}, 2),
+                   NCEConfig())
 
 
 # ---------------------------------------------------------------------------
@@ -262,7 +267,7 @@ def test_load_critic_round_trip_and_errors(trained, tmp_path):
 
 
 def _generate_module():
-    return load_file("scripts/generate.py")
+    return generate_script
 
 
 def test_generate_rerank_critic_picks_one_candidate_per_output(trained):

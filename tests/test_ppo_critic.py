@@ -1,19 +1,22 @@
-"""scripts/ppo_critic.py and agents/sb3_policy.py: MaskablePPO with our transformer actor, critic reward + KL."""
+"""agents/sb3/critic_reward.py (scripts/ppo_critic.py) and agents/sb3/policy.py: MaskablePPO with our transformer actor, critic reward + KL."""
 
 import math
 
 import numpy as np
 import pytest
-from _load import load_file
 import torch
 import torch.nn.functional as F
 
-from agents.checkpoint import CheckpointError, load_policy, save_checkpoint
-from agents.data import sequence_batch
-from agents.model import PolicyConfig, TransformerPolicy
-from agents.nce import CriticConfig, SequenceCritic
-from agents.rollout import make_vector_env
-from agents.sb3_policy import TransformerMaskablePolicy
+from agents.common.checkpoint import CheckpointError, load_policy, save_checkpoint
+from agents.common.trajectory import sequence_batch
+from agents.policies.transformer import PolicyConfig, TransformerPolicy
+from agents.critic import CriticConfig, SequenceCritic
+from agents.common.learner import LearnerContext
+from agents.nce import NCELearner, NCEConfig
+from agents.common.rollout import make_vector_env
+from agents.sb3 import critic_reward
+from scripts import ppo_critic as ppo_critic_script
+from agents.sb3.policy import TransformerMaskablePolicy
 from seqenv.sb3 import SB3VecEnv
 from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
@@ -24,7 +27,7 @@ BS = BACKSPACE_ID
 
 
 def _script():
-    return load_file("scripts/ppo_critic.py")
+    return critic_reward
 
 
 def _policy(seed=0) -> TransformerPolicy:
@@ -127,13 +130,12 @@ def test_critic_kl_reward_hand_checked():
 
 
 def _checkpoints(tmp_path):
-    from agents.nce import NCELearner, NCETrainConfig
 
     policy = _policy()
-    base = {"task": TASK.spec(), "policy_config": policy.config.to_dict(), "model": policy.state_dict(), "step": 0}
+    base = {"task": TASK.spec(), "policy": policy.policy_spec(), "model": policy.state_dict(), "step": 0}
     gens = {"noise": torch.Generator().manual_seed(0), "sample": torch.Generator().manual_seed(1)}
-    learner = NCELearner(policy, NCETrainConfig(critic_n_layer=1, critic_n_head=2, critic_n_embd=32), TASK, "cpu",
-                         gens, 4)
+    ctx = LearnerContext(policy, policy, TASK, torch.device("cpu"), gens, 4)
+    learner = NCELearner(ctx, NCEConfig(critic_n_layer=1, critic_n_head=2, critic_n_embd=32))
     torch.nn.init.normal_(learner.critic.head.weight, std=0.5)
     save_checkpoint({"agent": "mle", **base}, tmp_path / "mle.pt")
     save_checkpoint({"agent": "nce", **base, "learner": learner.state_dict()}, tmp_path / "nce.pt")
@@ -145,7 +147,7 @@ def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys)
 
     mle, nce = _checkpoints(tmp_path)
     logdir = tmp_path / "ppo"
-    metrics = _script().main(["--checkpoint", mle, "--critic", nce, "--total-timesteps", "384", "--beta", "0.5",
+    metrics = ppo_critic_script.main(["--checkpoint", mle, "--critic", nce, "--total-timesteps", "384", "--beta", "0.5",
                               "--num-envs", "8", "--logdir", str(logdir), "--device", "cpu", "--seed", "3",
                               "--n-steps", "16", "--batch-size", "64", "--n-epochs", "2", "--eval-samples", "32",
                               "--no-progress"])

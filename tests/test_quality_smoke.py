@@ -5,11 +5,10 @@ import math
 from argparse import Namespace
 
 import pytest
-from _load import load_file
 
 from agents.trainer import NonFiniteLossError
 
-quality = load_file("benchmarks/quality.py")
+from benchmarks import quality  # noqa: E402
 
 MICRO = ["--tasks", "oracle-hmm", "--seeds", "0", "--steps", "3", "--warm-steps", "1", "--batch-size", "8",
          "--model-size", "tiny", "--eval-samples", "8", "--recovery-samples", "8"]
@@ -111,7 +110,6 @@ def test_micro_run_writes_tables_json_and_plots(tmp_path):
     assert (out / "quality_main.png").stat().st_size > 0
 
 
-@pytest.mark.skipif(not quality.nce_available(), reason="the nce agent is not registered")
 def test_micro_nce_run_reports_reranked_samples(tmp_path):
     out = tmp_path / "results"
     quality.main([*MICRO, "--experiments", "nce_k", "--ablation-tasks", "oracle-hmm", "--k-grid", "1",

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from agents.evaluation import recovery
-from agents.model import PolicyConfig, TransformerPolicy
-from agents.rollout import generate, make_vector_env, rollout, sample_actions
+from agents.common.evaluation import recovery
+from agents.policies.transformer import PolicyConfig, TransformerPolicy
+from agents.common.rollout import generate, make_vector_env, rollout, sample_actions
 from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, EOS_ID, PAD_ID, apply_backspaces
 

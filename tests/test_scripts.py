@@ -3,15 +3,15 @@
 import json
 
 import pytest
-from _load import load_file
 
-from agents.checkpoint import CheckpointError
+from agents.common.checkpoint import CheckpointError
+from scripts import evaluate, generate, train
 
 TINY = ["--model.n-layer", "1", "--model.n-head", "2", "--model.n-embd", "32", "--no-progress", "--device", "cpu"]
 
 
 def _script(name):
-    return load_file(f"scripts/{name}.py")
+    return {"train": train, "generate": generate, "evaluate": evaluate}[name]
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def hand_batches():
     """Data: [bos x eos] (terminated), [bos y x] (truncated); model: [bos y bs eos]."""
     data = TrajectoryBatch(
         tokens=torch.tensor([[BOS, X, EOS, PAD], [BOS, Y, X, PAD]]),
-        action_mask=torch.tensor([[False, True, True, False], [False, True, True, False]]),
+        is_action=torch.tensor([[False, True, True, False], [False, True, True, False]]),
         terminated=torch.tensor([True, False]),
     )
     logits_data = torch.tensor(
@@ -87,7 +87,7 @@ def test_soft_values_and_weights():
 def test_implicit_rewards_hand_values():
     logits_data, data, logits_model, model = hand_batches()
     r, mask = implicit_rewards(logits_data, data, G)
-    assert torch.equal(mask, data.action_mask)
+    assert torch.equal(mask, data.is_action)
     expected = torch.tensor([[0.0, *R_D0, 0.0], [0.0, *R_D1, 0.0]])
     torch.testing.assert_close(r, expected)
     # numbers written out: log .3 - 0.8, log .4 + 1.55
@@ -144,7 +144,7 @@ def test_chi2_loss_terms_hand_computed():
 def test_bc_mask_selects_the_imitated_actions():
     logits_data, data, logits_model, model = hand_batches()
     cfg = SequenceMatchConfig(alpha=0.25, gamma=G, eta=0.5)
-    bc_mask = data.action_mask.clone()
+    bc_mask = data.is_action.clone()
     bc_mask[1, 2] = False  # e.g. an injected wrong token: not imitated
     _, m = sequencematch_loss(logits_data, data, logits_model, model, cfg, bc_mask=bc_mask)
     _, m_all = sequencematch_loss(logits_data, data, logits_model, model, cfg)
@@ -159,7 +159,7 @@ def test_value_term_plus_tail_telescopes_to_v0():
     logits_data, data, logits_model, model = hand_batches()
     cfg = SequenceMatchConfig(alpha=0.25, gamma=G, eta=0.0)
     # data row 0 and the model row are terminated, both have V(s_0) = 1
-    one = TrajectoryBatch(data.tokens[:1], data.action_mask[:1], data.terminated[:1])
+    one = TrajectoryBatch(data.tokens[:1], data.is_action[:1], data.terminated[:1])
     _, m = sequencematch_loss(logits_data[:1], one, logits_model, model, cfg)
     tail_r, tail_r2 = 8.1 * 0.05, 8.1 * 0.05**2 + 7.29 * 0.2**2
     assert m["loss/value"] + m["loss/terminal"] + tail_r - tail_r2 == pytest.approx(1.0, abs=1e-5)
@@ -177,7 +177,7 @@ def test_loss_is_gamma_weighted_bc_when_penalty_vanishes():
     logp = torch.log_softmax(logits.double(), -1).numpy()
     expected = []
     for b in range(3):
-        idx = batch.action_mask[b].nonzero().squeeze(1).tolist()
+        idx = batch.is_action[b].nonzero().squeeze(1).tolist()
         expected.append(sum(-(0.95**t) * logp[b, i - 1, batch.tokens[b, i]] for t, i in enumerate(idx)))
     assert loss.item() == pytest.approx(np.mean(expected), abs=1e-4)
     assert m["loss/chi2_penalty"] == pytest.approx(0.0, abs=1e-9)
@@ -263,7 +263,7 @@ def test_bad_config_raises(kwargs, match):
 def test_bad_batches_raise():
     ok = dict(tokens=torch.tensor([[BOS, X, EOS]]), terminated=torch.tensor([True]))
     with pytest.raises(ValueError, match="index 0"):
-        TrajectoryBatch(action_mask=torch.tensor([[True, True, True]]), **ok)
+        TrajectoryBatch(is_action=torch.tensor([[True, True, True]]), **ok)
     with pytest.raises(ValueError, match="contiguous"):
         TrajectoryBatch(
             torch.tensor([[BOS, X, Y, EOS]]), torch.tensor([[False, True, False, True]]), torch.tensor([True])
@@ -363,7 +363,7 @@ def tabular_logits(table: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
     state[:, 0] = STATE_ID[()]
     for i in range(1, batch.tokens.shape[1]):
         step = NEXT[state[:, i - 1], batch.tokens[:, i]]
-        state[:, i] = torch.where(batch.action_mask[:, i], step, state[:, i - 1])
+        state[:, i] = torch.where(batch.is_action[:, i], step, state[:, i - 1])
     return table[state] + ILLEGAL[state]
 
 

@@ -1,12 +1,18 @@
 import itertools
+import json
 import math
+import os
+import warnings
 from collections import Counter
 
 import pytest
 import torch
 
 from seqenv.oracle import HMMOracle, pad_sequences
-from seqenv.tasks import hash_splits, list_tasks, make_task, oracle_hmm, split_of
+from seqenv.env import SeqGenEnv
+from seqenv.tasks import (MIN_SPLIT_TEXTS, MissingTaskDataError, _parses_as_statement, hash_splits, list_tasks, make_task,
+                          oracle_hmm, python_is_valid, split_of, task_from_spec)
+from seqenv.tokenizers import EOS_ID
 
 
 def test_python_lines_task():
@@ -21,6 +27,22 @@ def test_python_lines_task():
     assert task.is_valid("x = f(1)") and not task.is_valid("x = f(1") and not task.is_valid("else:")
     # encoded + eos fit max_length
     assert max(len(s) for s in task.encoded("train")) < task.max_length
+
+
+# texts whose parse makes Python 3.11's compiler emit a SyntaxWarning/DeprecationWarning
+# ("invalid decimal literal", "invalid escape sequence", "invalid hexadecimal literal")
+NOISY_SAMPLES = {"1_a = 0x": False, "x = 1if y else 2": True, "'\\d'": True, "x = 1if": False,
+                 'y = "\\d" +': False, "a = 0x1for": False, "print(1if x)": False}
+
+
+def test_python_validity_check_is_silent():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = {t: python_is_valid(t) for t in NOISY_SAMPLES}
+        statements = [_parses_as_statement(t) for t in NOISY_SAMPLES]  # the corpus builder's filter
+    assert [str(w.message) for w in caught] == []
+    assert results == NOISY_SAMPLES  # the verdicts are those of ast.parse
+    assert statements == [False, True, False, False, False, False, False]  # a bare literal is no statement
 
 
 def test_splits_deterministic_and_stable():
@@ -42,18 +64,18 @@ def test_pydoc_text_task():
 
 
 def test_unknown_task_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid tasks: oracle-hmm, pydoc-text, python-lines, file:PATH"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid tasks: arithmetic, oracle-hmm, pydoc-text, python-lines, file:PATH"):
         make_task("nope")
-    assert list_tasks() == ["oracle-hmm", "pydoc-text", "python-lines", "file:PATH"]
+    assert list_tasks() == ["arithmetic", "oracle-hmm", "pydoc-text", "python-lines", "file:PATH"]
 
 
 def test_file_task(tmp_path):
     p = tmp_path / "c.txt"
     p.write_text("alpha\n\nbeta gamma\r\ndelta\n  \nepsilon\nzeta\n", encoding="utf-8")
-    task = make_task(f"file:{p}")
-    all_lines = sorted(t for v in task.splits.values() for t in v)
-    assert all_lines == ["alpha", "beta gamma", "delta", "epsilon", "zeta"]
-    assert all(task.splits[s] for s in ("train", "valid", "test"))
+    with pytest.warns(UserWarning, match=r"has only 5 distinct texts \(fewer than 10\): every split"):
+        task = make_task(f"file:{p}")
+    for s in ("train", "valid", "test"):
+        assert task.splits[s] == ["alpha", "beta gamma", "delta", "epsilon", "zeta"]
     assert task.max_length == len("beta gamma") + 1
     assert task.validity is None
     with pytest.raises(ValueError, match="has no validity checker"):
@@ -73,6 +95,113 @@ def test_file_task_errors(tmp_path):
         make_task(f"file:{bad}")
     with pytest.raises(ValueError, match="needs a path"):
         make_task("file:")
+
+
+# -- small corpora and file: task specs (issue 13, items 7 and 8) ----------------
+def _write(path, lines):
+    path.write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_tiny_file_corpus_uses_every_line_in_every_split(tmp_path, n):
+    lines = [f"line number {i}" for i in range(n)]
+    p = _write(tmp_path / "tiny.txt", lines + lines[:1])  # a repeated line counts once
+    with pytest.warns(UserWarning, match=rf"has only {n} distinct texts \(fewer than 10\): every split \(train, "
+                                         r"valid, test\) is all"):
+        task = make_task(f"file:{p}")
+    assert task.splits == {"train": lines, "valid": lines, "test": lines}
+
+
+def test_file_corpus_from_ten_lines_has_every_split_nonempty(tmp_path):
+    lines = [f"line number {i}" for i in range(MIN_SPLIT_TEXTS)]
+    p = _write(tmp_path / "ten.txt", lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task = make_task(f"file:{p}")
+    assert all(task.splits[s] for s in ("train", "valid", "test"))
+    assert sorted(t for v in task.splits.values() for t in v) == sorted(lines)  # each line in one split
+
+
+def test_dropped_long_lines_are_counted_and_held_out_splits_stay_nonempty(tmp_path):
+    # the only test-bucket lines are the long ones: dropping them must not leave the test split empty
+    short = [f"s{i}" for i in range(400) if split_of(f"s{i}") != "test"][:30]
+    long_ = [f"long line {i}" for i in range(400) if split_of(f"long line {i}") == "test"][:3]
+    p = _write(tmp_path / "c.txt", short + long_)
+    with pytest.warns(UserWarning, match=r"dropped 3 of 33 texts longer than 5 tokens \(max_length=6 keeps one step"):
+        task = make_task(f"file:{p}", max_length=6)
+    assert all(task.splits[s] for s in ("train", "valid", "test"))
+    assert sorted(t for v in task.splits.values() for t in v) == sorted(short)
+
+
+def test_file_task_on_a_directory_says_so(tmp_path):
+    with pytest.raises(ValueError, match=r"is a directory; expected a UTF-8 text file"):
+        make_task(f"file:{tmp_path}")
+
+
+def _corpus(tmp_path):
+    return _write(tmp_path / "corpus.txt", [f"{w} = {i}" for i, w in enumerate(["alpha", "beta", "gamma", "delta"] * 5)])
+
+
+def test_a_file_task_spec_generates_without_the_corpus(tmp_path):
+    p = _corpus(tmp_path)
+    task = make_task(f"file:{p}")
+    spec = json.loads(json.dumps(task.spec()))  # as stored in a checkpoint
+    assert spec["file"]["path"] == str(p.resolve()) and len(spec["file"]["sha256"]) == 64
+    p.rename(tmp_path / "moved.txt")
+    rebuilt = task_from_spec(spec)
+    assert not rebuilt.has_data and rebuilt.name == task.name and rebuilt.spec() == spec
+    assert rebuilt.tokenizer == task.tokenizer and rebuilt.max_length == task.max_length
+    assert make_task(spec).tokenizer == task.tokenizer
+    with pytest.raises(MissingTaskDataError, match=rf"its texts need the file '{p.resolve()}' \('.*' does not exist.*"
+                                                   r"\(needed: the 'test' split\)"):
+        rebuilt.encoded("test")
+    with pytest.raises(FileNotFoundError, match="without its corpus file"):
+        list(rebuilt.splits.values())
+    # generation needs only the tokenizer and max_length: an episode runs
+    env = SeqGenEnv(task=rebuilt)
+    env.reset(seed=0)
+    ids = rebuilt.tokenizer.encode("beta = 1")
+    for a in ids + [EOS_ID]:
+        obs, _, term, _, _ = env.step(a)
+    assert term and rebuilt.tokenizer.decode(obs["tokens"][: int(obs["length"])]) == "beta = 1"
+
+
+def test_a_relative_file_task_spec_finds_its_corpus_from_another_directory(tmp_path, monkeypatch):
+    _corpus(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    task = make_task("file:corpus.txt", max_length=20)
+    spec = task.spec()
+    assert spec["name"] == "file:corpus.txt" and spec["args"] == {"max_length": 20}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rebuilt = task_from_spec(spec)
+    assert rebuilt.has_data and rebuilt.splits == task.splits and rebuilt.spec() == spec
+
+
+def test_a_changed_corpus_is_flagged(tmp_path):
+    p = _corpus(tmp_path)
+    task = make_task(f"file:{p}")
+    spec = task.spec()
+    lines = p.read_text(encoding="utf-8").splitlines()
+    _write(p, lines[::-1])  # same lines and tokenizer, other bytes (and order)
+    with pytest.warns(UserWarning, match="differs from the one the spec was made from"):
+        changed = task_from_spec(spec)
+    assert changed.has_data and sorted(changed.splits["train"] + changed.splits["valid"] + changed.splits["test"]) \
+        == sorted(lines)
+    _write(p, lines + ["a new character: Z"])  # another tokenizer: the file no longer serves the spec
+    rebuilt = task_from_spec(spec)
+    assert not rebuilt.has_data and rebuilt.tokenizer == task.tokenizer
+    with pytest.raises(MissingTaskDataError, match="no longer matches: .*different tokenizer"):
+        rebuilt.encoded("valid")
+
+
+def test_malformed_specs():
+    with pytest.raises(ValueError, match="a task spec is a dict with 'name'"):
+        task_from_spec({"name": "python-lines"})
+    spec = make_task("oracle-hmm").spec()
+    with pytest.raises(ValueError, match="has max_length 25, the spec says 30"):
+        task_from_spec({**spec, "max_length": 30})
 
 
 def test_max_length_validation():

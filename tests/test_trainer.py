@@ -12,9 +12,10 @@ import torch
 
 from agents.earm import EARMConfig
 from agents.mle import MLEConfig
-from agents.nce import NCETrainConfig
+from agents.nce import NCEConfig
 from agents.sequencematch import SequenceMatchConfig
-from agents.checkpoint import CheckpointError, load_checkpoint, load_policy
+from agents.common.checkpoint import CheckpointError, load_checkpoint, load_policy
+from agents.common.evaluation import heldout_nll
 from agents.trainer import ModelConfig, NonFiniteLossError, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_resume_reaches_the_same_final_state(tmp_path, agent):
              "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)},
              "mle": {"mle": MLEConfig(backspace_p=0.1)},
              # K = 2: the run is killed at step 4 with the snapshot of step 2 in the step-3 checkpoint
-             "nce": {"nce": NCETrainConfig(refresh_every=2, policy_objective="self_adapting_nce", ce_weight=0.5,
+             "nce": {"nce": NCEConfig(refresh_every=2, policy_objective="self_adapting_nce", ce_weight=0.5,
                                            critic_n_layer=1, critic_n_head=2, critic_n_embd=32)}}[agent]
     full = Trainer(_cfg(tmp_path, "full", agent=agent, **extra))
     m_full = full.train()
@@ -75,7 +76,6 @@ def test_run_directory_contents(tmp_path):
 
 def test_training_lowers_heldout_nll(tmp_path):
     t = Trainer(_cfg(tmp_path, "learn", max_steps=40, batch_size=32, lr=3e-3))
-    from agents.evaluation import heldout_nll
 
     before = heldout_nll(t.policy, t.task, "valid")["nll"]
     t.train()

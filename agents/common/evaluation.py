@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from seqenv.oracle import pad_sequences
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID
 
+from .rollout import generate, make_vector_env, rollout
+
 Samples = Union[Sequence[str], Sequence[Sequence[int]]]
 
 #: smallest cap (nats per sequence) for out-of-support samples in :func:`oracle_nll`
@@ -113,7 +115,7 @@ def heldout_nll(
     probability. It is exact for models without backspace (DESIGN.md).
 
     :param policy: a module whose ``forward(tokens: LongTensor[B, T])``
-        returns logits ``FloatTensor[B, T, V]`` (``agents.model.TransformerPolicy``)
+        returns logits ``FloatTensor[B, T, V]`` (an :class:`agents.policies.Policy`)
         with ``V = task.tokenizer.vocab_size``. Run under ``torch.no_grad`` in
         ``eval()`` mode; its previous train/eval mode is restored afterwards.
     :param task: an unconditional :class:`seqenv.tasks.Task`.
@@ -137,7 +139,7 @@ def heldout_nll(
     :raises ValueError: on a conditional task (``task.prompts`` is set: the
         splits hold no pairing of texts with prompts), a bad ``split``,
         ``batch_size < 1``, ``max_sequences < 1``, no sequence left to score,
-        a policy whose ``block_size`` cannot hold the longest state, or logits
+        a policy whose ``max_state_length`` cannot hold the longest state, or logits
         whose last dimension is not the tokenizer's ``vocab_size``.
     """
     if task.prompts is not None:
@@ -155,11 +157,11 @@ def heldout_nll(
     if not kept:
         raise ValueError(f"split {split!r} of task {task.name!r} has no sequence of at most "
                          f"max_length - 1 = {task.max_length - 1} tokens to score ({skipped} skipped)")
-    block_size = getattr(getattr(policy, "config", None), "block_size", None)
+    block_size = getattr(policy, "max_state_length", None)
     longest = max(len(s) for s in kept) + 1  # bos + x_1..x_n
     if block_size is not None and longest > block_size:
-        raise ValueError(f"policy block_size={block_size} cannot hold a state of {longest} tokens "
-                         f"(bos + the longest text of split {split!r}); expected block_size >= {longest}")
+        raise ValueError(f"policy max_state_length={block_size} cannot hold a state of {longest} tokens "
+                         f"(bos + the longest text of split {split!r}); expected max_state_length >= {longest}")
     if device is None:
         param = next(iter(policy.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -638,8 +640,6 @@ def evaluate_policy(
         tasks) and ``terminated_rate`` (fraction of episodes ended by ``eos``
         rather than truncated). Deterministic for a given ``seed``.
     """
-    from .rollout import generate
-
     device = device if device is not None else next(policy.parameters()).device
     results = generate(policy, task, num_samples, batch_size=batch_size, device=device, seed=seed,
                        temperature=temperature)
@@ -680,8 +680,6 @@ def recovery(
         (``None`` without a checker).
     :raises ValueError: on a conditional task (prompts) or an empty split.
     """
-    from .rollout import make_vector_env, rollout
-
     if task.prompts is not None:
         raise ValueError(f"recovery is defined for unconditional tasks; task {task.name!r} has prompts")
     seqs = [s for s in task.encoded(split) if 1 <= len(s) < task.max_length]
@@ -713,3 +711,32 @@ def recovery(
         "recovery_deleted": sum(not (len(s) > k and s[k] == w) for s, k, w in zip(finals, cuts, wrong)) / num_samples,
         "recovery_validity": validity_rate(task, texts),
     }
+
+
+def format_episode(tokenizer, actions: Sequence[int], prompt: Sequence[int] = ()) -> str:
+    """An episode written as its actions, for humans (Markdown).
+
+    Each token a later ``backspace`` deletes is struck through (``~~x~~``),
+    each backspace is shown as ``⌫``, ``eos`` as ``⏎``; the prompt is shown
+    in bold. E.g. ``for i in rang~~r~~⌫e(10):⏎``.
+
+    :param tokenizer: the task's tokenizer (``decode`` of single ids).
+    :param actions: the episode's action ids (backspaces included).
+    :param prompt: prompt ids (shown, never deletable).
+    :return: one line of Markdown.
+    """
+    stack: list[int] = []  # indices into ``parts`` of the tokens still in the state
+    parts: list[str] = []
+    for a in actions:
+        if a == BACKSPACE_ID:
+            if stack:
+                i = stack.pop()
+                parts[i] = f"~~{parts[i]}~~"
+            parts.append("⌫")
+        elif a == EOS_ID:
+            parts.append("⏎")
+        else:
+            stack.append(len(parts))
+            parts.append(tokenizer.decode([a]) or f"<{a}>")
+    head = f"**{tokenizer.decode(list(prompt))}**" if len(prompt) else ""
+    return head + "".join(parts)

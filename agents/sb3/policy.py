@@ -1,4 +1,4 @@
-"""An sb3-contrib ``MaskablePPO`` policy whose actor is our :class:`~agents.model.TransformerPolicy`.
+"""An sb3-contrib ``MaskablePPO`` policy whose actor is our :class:`~agents.policies.transformer.TransformerPolicy`.
 
 RL fine-tuning starts from a trained policy, so the actor must *be* that
 policy: the logits PPO samples from are exactly the transformer's logits of
@@ -28,7 +28,7 @@ state), following docs/internals.md.
 Usage (``scripts/ppo_critic.py``)::
 
     ppo = MaskablePPO(TransformerMaskablePolicy, venv,
-                      policy_kwargs=dict(policy_config=state["policy_config"]))
+                      policy_kwargs=dict(policy_config=state["policy"]["config"]))
     ppo.policy.actor.load_state_dict(state["model"])
 """
 
@@ -45,7 +45,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from seqenv.sb3 import discrete_index
 from seqenv.tokenizers import BOS_ID
 
-from .model import PolicyConfig, TransformerPolicy
+from ..policies.transformer import PolicyConfig, TransformerPolicy
 
 
 class TransformerStateExtractor(BaseFeaturesExtractor):
@@ -110,7 +110,7 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
 
     The action distribution is the softmax of the transformer's logits at the
     current state over the env's legal actions (MaskablePPO's masking), i.e.
-    the policy as :func:`agents.rollout.rollout` samples it at temperature 1.
+    the policy as :func:`agents.common.rollout.rollout` samples it at temperature 1.
     ``ortho_init`` is off (it would overwrite the pretrained weights); the
     optimiser (``optimizer_class``, Adam by default) covers the transformer
     and the value head. SB3 puts the policy in train mode for its updates,

@@ -8,7 +8,7 @@ key                 content
 ``format``          :data:`FORMAT` (rejects foreign files)
 ``agent``           the learner's name (``mle``, ``sequencematch``, ...)
 ``task``            ``Task.spec()``: name, tokenizer dict, max_length
-``policy_config``   ``PolicyConfig.to_dict()``
+``policy``          the policy's ``policy_spec()``: ``{"family", "config"}``
 ``model``           the policy's ``state_dict``
 ``config``          the run's ``TrainConfig`` as a dict
 ``step``            optimiser steps done
@@ -17,6 +17,11 @@ key                 content
 ``rng``             torch CPU RNG, data and rollout generators (resume)
 ``learner``         extra learner state (critic, snapshot, ...) or ``{}``
 ==================  =========================================================
+
+Format versions: ``seqenv-checkpoint-v2`` (this one). ``v1`` files (before
+the policy families) stored ``policy_config`` (a ``PolicyConfig`` dict)
+instead of ``policy``; :func:`load_checkpoint` upgrades them in memory, so
+old checkpoints still load, generate, evaluate and warm-start runs.
 """
 
 from __future__ import annotations
@@ -30,10 +35,14 @@ from typing import Any
 
 import torch
 
-from seqenv.tasks import Task
+from seqenv.tasks import Task, make_task
 from seqenv.tokenizers import tokenizer_from_dict
 
-FORMAT = "seqenv-checkpoint-v1"
+from ..policies import Policy, build_policy
+
+FORMAT = "seqenv-checkpoint-v2"
+#: older formats :func:`load_checkpoint` still reads (upgraded in memory)
+LEGACY_FORMATS = ("seqenv-checkpoint-v1",)
 
 
 class CheckpointError(ValueError):
@@ -74,10 +83,14 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file: {e}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY_FORMATS):
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{str(path)!r} is not a seqenv checkpoint (format {got!r}, expected {FORMAT!r})")
-    missing = [k for k in ("agent", "task", "policy_config", "model") if k not in state]
+        raise CheckpointError(f"{str(path)!r} is not a seqenv checkpoint (format {got!r}, expected {FORMAT!r} "
+                              f"or one of {LEGACY_FORMATS})")
+    if state["format"] == "seqenv-checkpoint-v1" and "policy_config" in state:
+        state["policy"] = {"family": "transformer", "config": state.pop("policy_config")}
+        state["format"] = FORMAT
+    missing = [k for k in ("agent", "task", "policy", "model") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
     return state
@@ -100,7 +113,7 @@ def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> 
             f"{task.name!r} (vocab {tokenizer_from_dict(spec['tokenizer']).vocab_size} vs "
             f"{task.tokenizer.vocab_size}); use the checkpoint's task or retrain"
         )
-    block = state["policy_config"]["block_size"]
+    block = state["policy"]["config"].get("block_size", state["policy"]["config"].get("max_state_length"))
     if task.max_length + 1 > block:
         raise CheckpointError(
             f"task {task.name!r} has max_length {task.max_length} but the model in {path} handles states of at "
@@ -108,8 +121,9 @@ def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> 
         )
 
 
-def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu", task: "str | Task | None" = None):
-    """Load the policy of a checkpoint, with its task.
+def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
+                task: "str | Task | None" = None) -> tuple[Policy, Task, dict]:
+    """Load the policy of a checkpoint (any family, :func:`agents.policies.build_policy`), with its task.
 
     :param task: evaluate/generate on this task instead of the checkpoint's
         own (its tokenizer must match).
@@ -117,17 +131,16 @@ def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
     :raises FileNotFoundError, CheckpointError: see :func:`load_checkpoint` and
         :func:`check_task_compatible`.
     """
-    from seqenv.tasks import make_task
-
-    from .model import PolicyConfig, TransformerPolicy
-
     state = load_checkpoint(path, map_location=device)
     task = make_task(task if task is not None else state["task"]["name"])
     check_task_compatible(state, task, path=f"checkpoint {str(path)!r}")
-    policy = TransformerPolicy(PolicyConfig.from_dict(state["policy_config"])).to(device)
+    try:
+        policy = build_policy(state["policy"]).to(device)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from None
     try:
         policy.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: model weights do not match its policy_config: {e}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r}: model weights do not match its policy spec: {e}") from None
     policy.eval()
     return policy, task, state

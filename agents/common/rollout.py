@@ -20,8 +20,9 @@ import torch
 from seqenv.tasks import Task
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
 
-from .data import collate
-from .sequencematch import TrajectoryBatch
+from seqenv.vector_env import SeqGenVectorEnv
+
+from .trajectory import TrajectoryBatch, collate
 
 
 @dataclass
@@ -71,7 +72,7 @@ class RolloutResult:
         return [row[:k] for row, k in zip(acts, n)]
 
     def to_batch(self, width: Optional[int] = None) -> TrajectoryBatch:
-        """The episodes as policy input (see :func:`agents.data.collate`)."""
+        """The episodes as policy input (see :func:`agents.common.trajectory.collate`)."""
         return collate(self.action_lists(), self.prompts(), device=self.actions.device, width=width)
 
 
@@ -120,8 +121,6 @@ def sample_actions(
 
 def make_vector_env(task: Task, num_envs: int, device: "torch.device | str", **kwargs):
     """A :class:`~seqenv.vector_env.SeqGenVectorEnv` for rollouts (action validation off)."""
-    from seqenv.vector_env import SeqGenVectorEnv
-
     kwargs.setdefault("validate_actions", False)
     return SeqGenVectorEnv(task=task, num_envs=num_envs, device=device, **kwargs)
 
@@ -143,8 +142,8 @@ def rollout(
 ) -> RolloutResult:
     """Play one episode in each of ``venv``'s environments with ``policy``.
 
-    :param policy: a :class:`~agents.model.TransformerPolicy` (or a DDP wrapper
-        of one) on ``venv.device``; its ``block_size`` must be at least the
+    :param policy: a :class:`~agents.policies.Policy` (or a DDP wrapper of
+        one) on ``venv.device``; its ``max_state_length`` must be at least the
         env's ``max_length + 1``.
     :param venv: a ``SeqGenVectorEnv``; it is reset (with ``seed``) first.
     :param generator: ``torch.Generator`` on the env's device for sampling.
@@ -173,9 +172,9 @@ def rollout(
         state_len = obs["length"].reshape(N)
         prompt_len = obs["prompt_length"].reshape(N)
         L = obs["tokens"].shape[1]
-        if policy.config.block_size < L + 1:
+        if policy.max_state_length < L + 1:
             raise ValueError(
-                f"policy block_size {policy.config.block_size} < env max_length + 1 = {L + 1}: "
+                f"policy max_state_length {policy.max_state_length} < env max_length + 1 = {L + 1}: "
                 "the policy cannot read the longest state"
             )
         bos = torch.full((N, 1), BOS_ID, dtype=torch.long, device=device)
@@ -275,3 +274,37 @@ def generate(
         venv.close()
         done += n
     return out
+
+
+class OnlineSampler:
+    """Rollouts of the current policy through one vector env, reproducible and resumable.
+
+    Each call resets the env with a seed drawn from ``seed_generator`` (a CPU
+    stream the trainer checkpoints), so prompts are drawn reproducibly on a
+    conditional task, and samples actions with ``sample_generator`` (on the
+    env's device, also checkpointed): a resumed run draws the same episodes
+    as an uninterrupted one. Used by SequenceMatch (its buffer), E-ARM (the
+    negative phase) and NCE (the noise samples).
+
+    :param task: the task the env runs (its prompts, if any).
+    :param num_envs: episodes per call.
+    :param device: the env's (and policy's) device.
+    :param seed_generator: CPU ``torch.Generator`` for the reset seeds.
+    :param sample_generator: ``torch.Generator`` on ``device`` for the actions.
+    :param temperature: sampling temperature (> 0).
+    :param allow_backspace: False = exact ancestral samples of the AR model.
+    """
+
+    def __init__(self, task: Task, num_envs: int, device: "torch.device | str", seed_generator: torch.Generator,
+                 sample_generator: torch.Generator, *, temperature: float = 1.0, allow_backspace: bool = True):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.venv = make_vector_env(task, num_envs, device)
+        self.seed_generator, self.sample_generator = seed_generator, sample_generator
+        self.temperature, self.allow_backspace = temperature, allow_backspace
+
+    def sample(self, policy) -> RolloutResult:
+        """One episode per env with ``policy`` (see :func:`rollout`)."""
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.seed_generator))
+        return rollout(policy, self.venv, seed=seed, generator=self.sample_generator, temperature=self.temperature,
+                       allow_backspace=self.allow_backspace)

@@ -59,6 +59,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqenv.tokenizers import EOS_ID, UNK_ID
+
 
 @dataclass
 class PolicyConfig:
@@ -342,6 +344,8 @@ class Block(nn.Module):
 class TransformerPolicy(nn.Module):
     """Backspace-aware causal transformer policy; logits are soft Q-values.
 
+    Implements the :class:`agents.policies.Policy` protocol (family ``"transformer"``).
+
     Training: :meth:`forward` over whole trajectories (one pass, backspaces
     handled by :func:`backspace_layout`). Generation: :meth:`prefill` then
     :meth:`decode_step` per action with a :class:`KVCache`; a backspace rolls
@@ -349,9 +353,15 @@ class TransformerPolicy(nn.Module):
     ``dropout > 0``.
     """
 
+    family = "transformer"
+
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = config
+        self.vocab_size = config.vocab_size
+        self.max_state_length = config.block_size
+        self.special_ids = {"pad": config.pad_id, "bos": config.bos_id, "eos": EOS_ID,
+                            "backspace": config.backspace_id, "unk": UNK_ID}
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
@@ -373,6 +383,10 @@ class TransformerPolicy(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def policy_spec(self) -> dict:
+        """``{"family": "transformer", "config": PolicyConfig.to_dict()}`` (see :class:`agents.policies.Policy`)."""
+        return {"family": self.family, "config": self.config.to_dict()}
 
     def num_parameters(self) -> int:
         """Number of trainable parameters (the tied embedding counted once)."""

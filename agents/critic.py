@@ -1,0 +1,190 @@
+"""The sequence critic: a scalar energy ``E_psi(x)`` per sequence (Residual EBM).
+
+Deng, Bakhtin, Ott, Szlam, Ranzato, "Residual Energy-Based Models for Text
+Generation", ICLR 2020: ``p(x) ∝ p_LM(x) exp(-E(x))`` with ``E`` a
+bidirectional transformer, mean-pooled. Trained by :mod:`agents.nce`; used by
+reranking (:mod:`agents.generation`) and as a reward (:mod:`agents.sb3.critic_reward`).
+
+Batch convention (docs/internals.md): ``tokens: LongTensor[B, T]`` is
+``[bos, x_1..x_n, eos, pad...]`` and ``mask: BoolTensor[B, T]`` is True at the
+predicted positions ``x_1..x_n, eos``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from .policies.transformer import Block, PolicyConfig
+
+_POOLINGS = ("mean", "first")
+
+
+@dataclass
+class CriticConfig:
+    """Hyperparameters of :class:`SequenceCritic`.
+
+    :param vocab_size: number of token ids, specials included.
+    :param block_size: maximum sequence length ``T`` (bos, tokens, eos).
+    :param n_layer: number of transformer encoder blocks.
+    :param n_head: attention heads; must divide ``n_embd``.
+    :param n_embd: width of the residual stream.
+    :param dropout: dropout probability in ``[0, 1)``.
+    :param pooling: how token features become one sequence feature:
+        ``"mean"`` over non-pad positions (bos and eos included), or
+        ``"first"`` (the bos position, BERT-style).
+    :raises ValueError: on a non-positive size, ``n_embd % n_head != 0``, a
+        dropout outside ``[0, 1)`` or an unknown pooling.
+    """
+
+    vocab_size: int
+    block_size: int
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    pooling: str = "mean"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"CriticConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"CriticConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CriticConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pooling not in _POOLINGS:
+            raise ValueError(f"CriticConfig.pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+
+    def to_dict(self) -> dict:
+        """Return the config as a JSON-able dict (inverse of :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CriticConfig":
+        """Build a config from :meth:`to_dict` output.
+
+        :raises ValueError: on unknown keys (or any invalid value, see the class).
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CriticConfig keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+class SequenceCritic(nn.Module):
+    """Sequence-level energy ``E_psi(x)``: a bidirectional transformer encoder
+    pooled to one scalar per sequence.
+
+    Used residually on top of the policy: ``p(x) ∝ p_policy(x) exp(-E_psi(x))``
+    (Residual EBM: Deng, Bakhtin, Ott, Szlam, Ranzato, "Residual Energy-Based
+    Models for Text Generation", ICLR 2020).
+    Low energy = more data-like. ``log_normalizer`` is the learned scalar ``c``
+    of binary NCE (:func:`residual_nce_loss`), an estimate of
+    ``log E_{x~p_policy}[exp(-E_psi(x))]``.
+
+    [recon] Architecture (the policy's pre-LayerNorm blocks,
+    :class:`agents.policies.transformer.Block`, with a bidirectional
+    padding mask instead of the causal one, learned position embeddings, mean pooling over non-pad positions,
+    linear head) and the zero-initialised head -- so that ``E_psi == 0`` and
+    the residual model equals the policy at initialisation -- are ours; Deng
+    et al. use pretrained bidirectional transformers.
+
+    :param config: a :class:`CriticConfig`.
+    """
+
+    def __init__(self, config: CriticConfig):
+        super().__init__()
+        if not isinstance(config, CriticConfig):
+            raise ValueError(f"config must be a CriticConfig, got {type(config).__name__}")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        block_config = PolicyConfig(vocab_size=config.vocab_size, block_size=config.block_size, n_layer=config.n_layer,
+                                    n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout)
+        self.blocks = nn.ModuleList([Block(block_config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, 1)
+        self.log_normalizer = nn.Parameter(torch.zeros(()))
+        self.apply(self._init_weights)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def valid_positions(self, tokens: torch.Tensor, mask_or_lengths: torch.Tensor) -> torch.Tensor:
+        """Return ``BoolTensor[B, T]``, True at the positions the critic reads.
+
+        :param tokens: ``LongTensor[B, T]``, ``[bos, x_1..x_n, eos, pad...]``,
+            ``1 <= T <= block_size``, ids in ``[0, vocab_size)``.
+        :param mask_or_lengths: either the batch convention's
+            ``BoolTensor[B, T]`` (True at ``x_1..x_n, eos``; column 0, the bos,
+            is always added, so a full non-pad mask works too) or
+            ``LongTensor[B]`` of lengths, ``tokens[b, :lengths[b]]`` being
+            valid (bos and eos included), ``1 <= lengths[b] <= T``.
+        :raises ValueError: on a bad shape, dtype, length or token id.
+        """
+        if tokens.dim() != 2 or tokens.dtype != torch.long:
+            raise ValueError(f"tokens must be a LongTensor[B, T], got {tokens.dtype} of shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if not 1 <= T <= self.config.block_size:
+            raise ValueError(f"sequence length T={T} must be in [1, block_size={self.config.block_size}]")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}), got range "
+                f"[{int(tokens.min())}, {int(tokens.max())}]"
+            )
+        positions = torch.arange(T, device=tokens.device)
+        if mask_or_lengths.dtype == torch.bool:
+            if mask_or_lengths.shape != tokens.shape:
+                raise ValueError(
+                    f"mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(mask_or_lengths.shape)}"
+                )
+            return mask_or_lengths | (positions == 0)[None, :]
+        if mask_or_lengths.dtype != torch.long or mask_or_lengths.shape != (B,):
+            raise ValueError(
+                f"mask_or_lengths must be a BoolTensor[B, T] or LongTensor[B] with B={B}, got "
+                f"{mask_or_lengths.dtype} of shape {tuple(mask_or_lengths.shape)}"
+            )
+        if B and (mask_or_lengths.min() < 1 or mask_or_lengths.max() > T):
+            raise ValueError(
+                f"lengths must be in [1, T={T}], got range "
+                f"[{int(mask_or_lengths.min())}, {int(mask_or_lengths.max())}]"
+            )
+        return positions[None, :] < mask_or_lengths[:, None]
+
+    def forward(self, tokens: torch.Tensor, mask_or_lengths: torch.Tensor) -> torch.Tensor:
+        """Return the energies ``E_psi(x)``, ``FloatTensor[B]`` in nats.
+
+        :param tokens: ``LongTensor[B, T]``, see :meth:`valid_positions`.
+        :param mask_or_lengths: ``BoolTensor[B, T]`` or ``LongTensor[B]``, see
+            :meth:`valid_positions`. Pad positions are neither attended to nor
+            pooled, so the energy does not depend on the amount of padding.
+        :raises ValueError: see :meth:`valid_positions`.
+        """
+        valid = self.valid_positions(tokens, mask_or_lengths)
+        T = tokens.shape[1]
+        pos = torch.arange(T, device=tokens.device)
+        x = self.drop(self.wte(tokens) + self.wpe(pos)[None])
+        attn_mask = valid[:, None, :].expand(-1, T, -1)  # bidirectional: every query sees every valid key
+        for block in self.blocks:
+            x, _, _ = block(x, attn_mask)
+        x = self.ln_f(x)  # (B, T, C)
+        if self.config.pooling == "mean":
+            w = valid.to(x.dtype)[:, :, None]
+            pooled = (x * w).sum(1) / w.sum(1)
+        else:  # "first"
+            pooled = x[:, 0]
+        return self.head(pooled).squeeze(-1)
