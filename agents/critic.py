@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
+from seqenv.tokenizers import PAD_ID
+
+from .common.trajectory import sequence_batch
 from .policies.transformer import Block, PolicyConfig
 
 _POOLINGS = ("mean", "first")
@@ -78,6 +81,29 @@ class CriticConfig:
         return cls(**d)
 
 
+def critic_batch(prompts, sequences, terminated, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lay out (prompt, completion) pairs as the critic's input.
+
+    The critic reads the prompt and the completion as one sequence
+    ``[bos, prompt..., x..., eos?, pad...]`` (a conditional critic
+    ``E(prompt, x)``: Deng et al.'s residual EBM conditioned on a prefix); on an
+    unconditional task the prompts are empty and this is the batch convention.
+
+    :param prompts: per row the prompt ids (``[]`` or None for none), or None for all rows.
+    :param sequences: per row the generated / data tokens (no bos, no eos).
+    :param terminated: per row whether an ``eos`` follows.
+    :returns: ``tokens LongTensor[B, T]`` and ``mask BoolTensor[B, T]``, True at
+        every position after the bos up to the row's end (prompt included).
+    :raises ValueError: on rows of different counts.
+    """
+    if prompts is None:
+        prompts = [[]] * len(sequences)
+    if not len(prompts) == len(sequences) == len(terminated):
+        raise ValueError(f"need one prompt and one terminated flag per sequence, got {len(prompts)} prompts, "
+                         f"{len(sequences)} sequences, {len(terminated)} flags")
+    return sequence_batch([[*(p or []), *s] for p, s in zip(prompts, sequences)], list(terminated), device)
+
+
 class SequenceCritic(nn.Module):
     """Sequence-level energy ``E_psi(x)``: a bidirectional transformer encoder
     pooled to one scalar per sequence.
@@ -88,6 +114,10 @@ class SequenceCritic(nn.Module):
     Low energy = more data-like. ``log_normalizer`` is the learned scalar ``c``
     of binary NCE (:func:`residual_nce_loss`), an estimate of
     ``log E_{x~p_policy}[exp(-E_psi(x))]``.
+
+    :meth:`init_from_policy` copies a trained policy's trunk (embeddings,
+    blocks, final LayerNorm) into the critic: the same parameter names, read
+    bidirectionally (Deng et al. initialise from a pretrained LM) [recon].
 
     [recon] Architecture (the policy's pre-LayerNorm blocks,
     :class:`agents.policies.transformer.Block`, with a bidirectional
@@ -123,6 +153,39 @@ class SequenceCritic(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    @torch.no_grad()
+    def init_from_policy(self, policy: nn.Module) -> None:
+        """Copy the trunk of a :class:`~agents.policies.transformer.TransformerPolicy`
+        (``wte``, ``wpe``, ``blocks``, ``ln_f``) into this critic; the head and
+        ``log_normalizer`` keep their values (zero at initialisation, so the
+        residual model still equals the policy).
+
+        Position embeddings: the first ``min(block sizes)`` rows are copied.
+        The blocks then run with a bidirectional mask instead of the causal one.
+
+        :raises ValueError: if ``policy`` lacks those modules or their sizes
+            (vocabulary, ``n_layer``, ``n_embd``, ``n_head``, LayerNorm/Linear
+            biases) differ from this critic's.
+        """
+        pc = getattr(policy, "config", None)
+        if not all(hasattr(policy, name) for name in ("wte", "wpe", "blocks", "ln_f")) or pc is None:
+            raise ValueError(f"init_from_policy needs a transformer policy with wte, wpe, blocks, ln_f; got "
+                             f"{type(policy).__name__}")
+        c = self.config
+        mine = (c.vocab_size, c.n_layer, c.n_head, c.n_embd)
+        theirs = (pc.vocab_size, pc.n_layer, pc.n_head, pc.n_embd)
+        if mine != theirs:
+            raise ValueError(f"critic (vocab_size, n_layer, n_head, n_embd) = {mine} differs from the policy's "
+                             f"{theirs}: cannot initialise the critic from the policy")
+        try:
+            self.wte.load_state_dict(policy.wte.state_dict())
+            self.blocks.load_state_dict(policy.blocks.state_dict())
+            self.ln_f.load_state_dict(policy.ln_f.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"policy trunk does not fit the critic (bias setting?): {e}") from None
+        n = min(self.wpe.weight.shape[0], policy.wpe.weight.shape[0])
+        self.wpe.weight[:n].copy_(policy.wpe.weight[:n])
 
     def valid_positions(self, tokens: torch.Tensor, mask_or_lengths: torch.Tensor) -> torch.Tensor:
         """Return ``BoolTensor[B, T]``, True at the positions the critic reads.

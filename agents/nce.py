@@ -57,9 +57,9 @@ from .common.demos import Demos
 from .common.distributed import wrap_ddp
 from .common.learner import LearnerContext, register_learner
 from .common.resampling import effective_sample_size
-from .common.rollout import OnlineSampler
+from .common.rollout import OnlineSampler, RolloutResult, make_vector_env, rollout
 from .common.trajectory import sequence_batch, token_log_probs
-from .critic import CriticConfig, SequenceCritic
+from .critic import CriticConfig, SequenceCritic, critic_batch
 
 
 # ---------------------------------------------------------------------------
@@ -526,6 +526,64 @@ class SnapshotNoise:
 
 
 # ---------------------------------------------------------------------------
+# Sampling with given prompts (conditional critics, per-prompt reranking)
+# ---------------------------------------------------------------------------
+
+
+class _PromptedEnv:
+    """A vector env whose every reset starts row ``b`` from ``prompts[b]``
+    (the env's ``reset(options={"prompt": [...]})``); everything else is the env's."""
+
+    def __init__(self, venv, prompts: list[str]):
+        self._venv, self._prompts = venv, list(prompts)
+
+    def reset(self, *, seed=None, options=None):
+        return self._venv.reset(seed=seed, options={**(options or {}), "prompt": self._prompts})
+
+    def __getattr__(self, name):
+        return getattr(self._venv, name)
+
+
+def sample_with_prompts(policy, task, prompts: "list[str] | None", num_samples: int, *, device="cpu",
+                        seed: int = 0, generator: "torch.Generator | None" = None, batch_size: int = 256,
+                        temperature: float = 1.0, top_k=None, top_p=None,
+                        allow_backspace: bool = True) -> list[RolloutResult]:
+    """Episodes whose prompts are given: row ``i`` starts from ``prompts[i]``.
+
+    Used where samples must share a prompt with something else: the noise of a
+    conditional NCE critic (the data's prompts), per-prompt reranking (``n``
+    candidates of one prompt). ``prompts=None`` (unconditional task) draws
+    ``num_samples`` episodes from the env's default.
+
+    :param prompts: ``num_samples`` prompt texts, or None.
+    :param seed: env reset seed of the first batch (batch ``j`` uses ``seed + offset``).
+    :param generator: action-sampling ``torch.Generator`` on ``device``
+        (default: a new one seeded with ``seed``).
+    :returns: one :class:`~agents.common.rollout.RolloutResult` per batch of at
+        most ``batch_size`` rows, in row order.
+    :raises ValueError: on ``num_samples < 1``, ``batch_size < 1`` or a prompt
+        list of another length.
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+    if prompts is not None and len(prompts) != num_samples:
+        raise ValueError(f"need one prompt per sample: {num_samples} samples, {len(prompts)} prompts")
+    gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
+    out, done, envs = [], 0, {}
+    while done < num_samples:
+        n = min(batch_size, num_samples - done)
+        if n not in envs:
+            envs[n] = make_vector_env(task, n, device)
+        venv = envs[n] if prompts is None else _PromptedEnv(envs[n], prompts[done:done + n])
+        out.append(rollout(policy, venv, seed=seed + done, generator=gen, temperature=temperature, top_k=top_k,
+                           top_p=top_p, allow_backspace=allow_backspace))
+        done += n
+    for venv in envs.values():
+        venv.close()
+    return out
+
+
+# ---------------------------------------------------------------------------
 # The learner: scripts/train.py --agent nce
 # ---------------------------------------------------------------------------
 
@@ -585,6 +643,26 @@ class NCEConfig:
     :param policy_weight: weight of the policy's self-adapting NCE loss.
     :param ce_weight: weight of the cross-entropy (nats per data token) mixed
         into the policy loss (MLE regulariser; 0 = none).
+    :param noise_pool: 0: fresh noise samples every step; N >= 1: a fixed set
+        of N snapshot samples drawn once (on a paired task, one per training
+        prompt, cycling the train split's prompts) and minibatches of ``nu·B``
+        drawn from it with replacement -- the residual-EBM recipe's "fixed set
+        of generator samples" [paper: Deng et al.'s demo]. With the policy
+        trained, the set is redrawn at every snapshot refresh.
+    :param init_from_policy: initialise the critic's trunk (embeddings,
+        blocks, final LayerNorm) from the policy's
+        (:meth:`SequenceCritic.init_from_policy`); the critic then takes the
+        policy's ``n_layer``, ``n_head`` and ``n_embd`` (the ``critic_*`` size
+        fields are ignored). Deng et al. initialise from a pretrained LM.
+    :param eval_every: steps between held-out evaluations of the critic
+        (:meth:`NCELearner.evaluate_critic`: the task's ``valid`` split
+        against as many fresh policy samples, logged as
+        ``eval/critic_accuracy``, ``eval/critic_loss``, ``eval/critic_auc``,
+        ``eval/critic_weight_ess``); 0 = never.
+    :param eval_size: held-out real sequences (and as many samples) per evaluation.
+    :param patience: early stopping: stop the run after this many held-out
+        evaluations without a lower ``critic_loss`` and keep the best critic
+        (also restored at the last step); 0 = off.
     :raises ValueError: naming the bad field and value.
     """
 
@@ -599,6 +677,11 @@ class NCEConfig:
     policy_objective: Literal["none", "self_adapting_nce"] = "none"
     policy_weight: float = 1.0
     ce_weight: float = 0.0
+    noise_pool: int = 0
+    init_from_policy: bool = False
+    eval_every: int = 50
+    eval_size: int = 512
+    patience: int = 0
 
     def __post_init__(self):
         if self.loss not in NCE_LOSSES:
@@ -607,10 +690,17 @@ class NCEConfig:
             raise ValueError(
                 f"NCEConfig.policy_objective must be one of {POLICY_OBJECTIVES}, got {self.policy_objective!r}"
             )
-        for name in ("nu", "refresh_every"):
+        for name in ("nu", "refresh_every", "eval_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"NCEConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("noise_pool", "eval_every", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"NCEConfig.{name} must be an int >= 0, got {value!r}")
+        if self.patience and not self.eval_every:
+            raise ValueError(f"NCEConfig.patience={self.patience} needs eval_every >= 1 (early stopping reads the "
+                             "held-out evaluation), got eval_every=0")
         for name in ("policy_weight", "ce_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -696,23 +786,45 @@ class NCELearner:
         if not isinstance(cfg, NCEConfig):
             raise ValueError(f"cfg must be an NCEConfig, got {type(cfg).__name__}")
         task = ctx.task
-        if task.prompts is not None:
-            raise ValueError(f"NCELearner needs an unconditional task: task {task.name!r} has prompts, and the "
-                             "critic reads no prompt to contrast with the noise's")
+        self.conditional = task.prompts is not None
+        if self.conditional and not task.paired:
+            raise ValueError(f"NCELearner: task {task.name!r} has prompts but no prompt per training text (not "
+                             "paired), so the data has no prompt to contrast the noise's with")
+        if self.conditional and cfg.policy_objective != "none":
+            raise ValueError(f"NCELearner: policy_objective={cfg.policy_objective!r} needs an unconditional task; "
+                             f"task {task.name!r} has prompts (train the critic only: policy_objective='none')")
+        if self.conditional and cfg.loss == "ranking" and cfg.noise_pool:
+            raise ValueError("NCELearner: ranking NCE on a prompted task needs noise candidates of the data's own "
+                             "prompt: use noise_pool=0 (fresh samples)")
         self.model, self.cfg, self.task, self.device = ctx.model, cfg, task, torch.device(ctx.device)
         self.policy = ctx.policy
         self.train_policy = cfg.policy_objective != "none"
         if not self.train_policy:
             self.policy.requires_grad_(False)
         critic_config = cfg.critic_config(task.tokenizer.vocab_size, task.max_length + 1)  # bos + max_length
+        if cfg.init_from_policy:
+            pc = getattr(self.policy, "config", None)
+            if pc is None or not hasattr(pc, "n_layer"):
+                raise ValueError(f"init_from_policy needs a transformer policy, got {type(self.policy).__name__}")
+            critic_config = CriticConfig(vocab_size=critic_config.vocab_size, block_size=critic_config.block_size,
+                                         n_layer=pc.n_layer, n_head=pc.n_head, n_embd=pc.n_embd,
+                                         dropout=cfg.critic_dropout, pooling=cfg.critic_pooling)
         self.critic = SequenceCritic(critic_config).to(self.device)
+        if cfg.init_from_policy:
+            self.critic.init_from_policy(self.policy)
         if cfg.loss == "ranking":  # ranking NCE needs no c
             self.critic.log_normalizer.requires_grad_(False)
         self.critic_model = wrap_ddp(self.critic, self.device)
         self.snapshot = SnapshotNoise(cfg.refresh_every)
         self.batch_size = ctx.batch_size
+        self.noise_generator, self.sample_generator = ctx.generators["noise"], ctx.generators["sample"]
         self.sampler = OnlineSampler(task, cfg.nu * ctx.batch_size, self.device, ctx.generators["noise"],
                                      ctx.generators["sample"], allow_backspace=False)
+        self.pool: dict | None = None  # {"prompts", "sequences", "terminated"}: the fixed noise set
+        self.early_stop = {"best_loss": None, "best_step": None, "bad_evals": 0, "best_critic": None}
+        self.last_eval: dict = {}
+        self._eval_noise = None  # held-out noise samples (fixed while the policy is frozen)
+        self.callbacks = [CriticEvalCallback(self)] if cfg.eval_every else []
 
     def parameters(self):
         """The critic's parameters (with ``c`` for binary NCE), plus the policy's if it is trained."""
@@ -722,8 +834,52 @@ class NCELearner:
         return params
 
     def sample_noise(self):
-        """``nu·B`` sequences from the snapshot, backspace disabled (a :class:`~agents.common.rollout.RolloutResult`)."""
+        """``nu·B`` sequences from the snapshot, backspace disabled (a
+        :class:`~agents.common.rollout.RolloutResult`; unconditional tasks: the env's default draws)."""
         return self.sampler.sample(self.snapshot.module)
+
+    def _fresh_noise(self, prompts: "list[list[int]]"):
+        """``nu·B`` fresh snapshot samples as ``(prompts, sequences, terminated)`` lists; on a paired
+        task each data prompt is repeated ``nu`` times (row ``i·nu + j``: the j-th sample of prompt ``i``)."""
+        if not self.conditional:
+            r = self.sample_noise()
+            return [[] for _ in range(r.tokens.shape[0])], r.sequences(), r.terminated.tolist()
+        rep = [p for p in prompts for _ in range(self.cfg.nu)]
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.noise_generator))
+        return self._sample(rep, seed, self.sample_generator)
+
+    def _sample(self, prompts, seed, generator, policy=None):
+        """Samples of ``policy`` (default: the snapshot) for the prompt ids ``prompts`` (or None: unconditional)."""
+        tok = self.task.tokenizer
+        texts = None if prompts is None or not self.conditional else [tok.decode(p) for p in prompts]
+        n = len(prompts)
+        results = sample_with_prompts(policy if policy is not None else self.snapshot.module, self.task, texts, n,
+                                      device=self.device, seed=seed, generator=generator, allow_backspace=False)
+        return ([p for r in results for p in r.prompts()], [s for r in results for s in r.sequences()],
+                [bool(t) for r in results for t in r.terminated.tolist()])
+
+    def _draw_pool(self) -> None:
+        """Draw the fixed noise set (:attr:`NCEConfig.noise_pool` samples of the snapshot)."""
+        n = self.cfg.noise_pool
+        if self.conditional:
+            train = self.task.encoded_pairs("train")
+            prompts = [train[i % len(train)][0] for i in range(n)]
+        else:
+            prompts = [[] for _ in range(n)]
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.noise_generator))
+        p, seqs, term = self._sample(prompts, seed, self.sample_generator)
+        self.pool = {"prompts": p, "sequences": seqs, "terminated": term}
+
+    def _noise_batch(self, demos: Demos, refreshed: bool):
+        """This step's noise rows: fresh samples, or ``nu·B`` rows of the fixed set."""
+        if not self.cfg.noise_pool:
+            return self._fresh_noise(demos.prompts)
+        if self.pool is None or (refreshed and self.train_policy):
+            self._draw_pool()
+        idx = torch.randint(len(self.pool["sequences"]), (self.cfg.nu * len(demos),),
+                            generator=self.noise_generator).tolist()
+        return ([self.pool["prompts"][i] for i in idx], [self.pool["sequences"][i] for i in idx],
+                [self.pool["terminated"][i] for i in idx])
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
         """One step's loss (nats) and metrics; see the class docstring.
@@ -737,11 +893,11 @@ class NCELearner:
             raise ValueError(f"ranking NCE pairs each demonstration with nu={cfg.nu} noise samples: expected "
                              f"{self.batch_size} demonstrations (the batch size), got {B}")
         refreshed = self.snapshot.maybe_refresh(self.policy, step)
-        noise = self.sample_noise()
-        M = noise.tokens.shape[0]
-        # data and noise in one batch: [bos, x..., eos?, pad...]
-        tokens, mask = sequence_batch([d[:-1] for d in demos.actions] + noise.sequences(),
-                                      [True] * B + noise.terminated.tolist(), self.device)
+        noise_prompts, noise_seqs, noise_term = self._noise_batch(demos, refreshed)
+        M = len(noise_seqs)
+        # data and noise in one batch: [bos, prompt..., x..., eos?, pad...] (prompts empty if unconditional)
+        tokens, mask = critic_batch(list(demos.prompts) + noise_prompts, [d[:-1] for d in demos.actions] + noise_seqs,
+                                    [True] * B + noise_term, self.device)
         energy = self.critic_model(tokens, mask).float()  # E_psi, [B + M]
         e_data, e_noise = energy[:B], energy[B:]
         c = self.critic.log_normalizer
@@ -785,20 +941,83 @@ class NCELearner:
             "critic/energy_noise": float(e_noise.detach().mean()),
             "noise/snapshot_age": self.snapshot.age(step),
             "noise/refreshed": float(refreshed),
-            "rollout/mean_length": float(noise.lengths.float().mean()),
-            "rollout/terminated": float(noise.terminated.float().mean()),
+            "rollout/mean_length": sum(map(len, noise_seqs)) / M,
+            "rollout/terminated": sum(noise_term) / M,
             "train/tokens": int(mask.sum()),
         })
         return loss, metrics
 
+    @torch.no_grad()
+    def evaluate_critic(self) -> dict:
+        """Held-out real-vs-sample evaluation of the critic (the residual-EBM classifier).
+
+        Real: the first ``eval_size`` texts of the task's ``valid`` split (with
+        their prompts on a paired task). Samples: as many fresh samples of the
+        current policy (backspace disabled; on a paired task one per real
+        text, with its prompt), drawn with a fixed seed, so that while the
+        policy is frozen every evaluation sees the same set; redrawn at every
+        evaluation when the policy is trained. The classifier is
+        ``h(x) = -E_psi(x) - c``: "real" iff ``h > 0`` (the Bayes rule for a
+        balanced mix when the critic is consistent; meaningful for binary NCE,
+        where ``c`` is learned).
+
+        :returns: floats ``critic_accuracy`` (fraction of the ``2n`` held-out
+            sequences classified correctly), ``critic_loss`` (the balanced
+            binary loss ``mean softplus(-h_real) + mean softplus(h_sample)``,
+            nats; ``2 log 2 = 1.386`` for a flat critic), ``critic_auc``
+            (probability that a real text has lower energy than a sample; ties
+            count 1/2; threshold-free, also meaningful for ranking NCE),
+            ``critic_weight_ess`` (effective sample size of the reranking
+            weights ``exp(-E_psi)`` over the held-out samples, divided by
+            their number: 1 = a flat critic, reranking is a no-op),
+            ``critic_energy_real``, ``critic_energy_sample`` (mean ``E_psi``, nats).
+        """
+        cfg = self.cfg
+        pairs = self.task.encoded_pairs("valid")[:cfg.eval_size]
+        real_prompts = [p for p, _ in pairs]
+        real_seqs = [x for _, x in pairs]
+        if self._eval_noise is None or self.train_policy:
+            gen = torch.Generator(device=self.device).manual_seed(987654321)
+            self._eval_noise = self._sample(real_prompts, 987654321, gen, policy=self.policy)
+        noise_prompts, noise_seqs, noise_term = self._eval_noise
+        was_training = self.critic.training
+        self.critic.eval()
+        try:
+            energies = []
+            prompts = real_prompts + noise_prompts
+            seqs, term = real_seqs + noise_seqs, [True] * len(real_seqs) + noise_term
+            for i in range(0, len(seqs), 256):
+                tokens, mask = critic_batch(prompts[i:i + 256], seqs[i:i + 256], term[i:i + 256], self.device)
+                energies.append(self.critic(tokens, mask).float())
+            energy = torch.cat(energies)
+        finally:
+            self.critic.train(was_training)
+        n = len(real_seqs)
+        e_real, e_noise = energy[:n], energy[n:]
+        c = float(self.critic.log_normalizer)
+        h_real, h_noise = -e_real - c, -e_noise - c
+        accuracy = float(((h_real > 0).float().sum() + (h_noise < 0).float().sum()) / (2 * n))
+        loss = float(F.softplus(-h_real).mean() + F.softplus(h_noise).mean())
+        diff = e_real[:, None] - e_noise[None, :]
+        auc = float((diff < 0).float().mean() + 0.5 * (diff == 0).float().mean())
+        ess = float(effective_sample_size(-e_noise, dim=0)) / len(e_noise)
+        self.last_eval = {"critic_accuracy": accuracy, "critic_loss": loss, "critic_auc": auc,
+                          "critic_weight_ess": ess, "critic_energy_real": float(e_real.mean()),
+                          "critic_energy_sample": float(e_noise.mean())}
+        return dict(self.last_eval)
+
     def state_dict(self) -> dict:
         """``critic_config`` (dict), ``critic`` (state_dict; ``c`` = ``log_normalizer``),
-        ``snapshot`` (:meth:`SnapshotNoise.state_dict`): tensors, dicts, numbers only."""
+        ``snapshot`` (:meth:`SnapshotNoise.state_dict`), ``pool`` (the fixed
+        noise set as id lists, or None) and ``early_stop`` (best held-out
+        loss, its step, evaluations without improvement, the best critic's
+        state_dict): tensors, dicts, lists, numbers only."""
         return {"critic_config": self.critic.config.to_dict(), "critic": self.critic.state_dict(),
-                "snapshot": self.snapshot.state_dict()}
+                "snapshot": self.snapshot.state_dict(), "pool": self.pool, "early_stop": dict(self.early_stop)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output (``{}``: nothing to restore).
+        """Restore :meth:`state_dict` output (``{}``: nothing to restore;
+        ``pool`` and ``early_stop`` may be absent: older checkpoints).
 
         :raises ValueError: if keys are missing or the critic's config differs from this run's.
         """
@@ -812,6 +1031,64 @@ class NCELearner:
                              f"{self.critic.config.to_dict()}")
         self.critic.load_state_dict(state["critic"])
         self.snapshot.load_state_dict(state["snapshot"], self.policy)
+        self.pool = state.get("pool")
+        if state.get("early_stop"):
+            self.early_stop = dict(state["early_stop"])
+
+
+class CriticEvalCallback:
+    """Trainer callback (the :class:`agents.trainer.Callback` hooks, duck-typed:
+    this module cannot import the trainer) that evaluates an
+    :class:`NCELearner`'s critic on held-out data every ``eval_every`` steps
+    and at the last step, logs ``eval/critic_*`` (:meth:`NCELearner.evaluate_critic`),
+    adds the latest values to the trainer's evaluation metrics
+    (``metrics.json``), and with ``patience`` stops the run early
+    (``trainer.request_stop()``) after ``patience`` evaluations without a
+    lower held-out ``critic_loss``, restoring the best critic (also at the
+    last step), so that the checkpoint holds the best critic.
+
+    :param learner: the :class:`NCELearner`.
+    """
+
+    def __init__(self, learner: "NCELearner"):
+        self.learner = learner
+
+    def on_batch(self, trainer, demos) -> None:
+        pass
+
+    def on_evaluate_start(self, trainer) -> None:
+        pass
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+    def on_evaluate(self, trainer, metrics: dict) -> None:
+        if not self.learner.last_eval:
+            self.learner.evaluate_critic()
+        metrics.update(self.learner.last_eval)
+        metrics["critic_best_step"] = self.learner.early_stop["best_step"]
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        learner, cfg = self.learner, self.learner.cfg
+        last = trainer.step >= trainer.cfg.max_steps
+        if not (trainer.step % cfg.eval_every == 0 or last):
+            return
+        m = learner.evaluate_critic()
+        trainer.log({f"eval/{k}": v for k, v in m.items()}, trainer.step)
+        if not cfg.patience:
+            return
+        es = learner.early_stop
+        if es["best_loss"] is None or m["critic_loss"] < es["best_loss"]:
+            es.update(best_loss=m["critic_loss"], best_step=trainer.step, bad_evals=0,
+                      best_critic={k: v.detach().clone() for k, v in learner.critic.state_dict().items()})
+        else:
+            es["bad_evals"] += 1
+        if es["bad_evals"] >= cfg.patience or last:
+            if es["best_critic"] is not None:
+                learner.critic.load_state_dict(es["best_critic"])
+                learner.evaluate_critic()  # last_eval = the best critic's
+            if not last:
+                trainer.request_stop()
 
 
 def load_critic(path: "str | os.PathLike", device: "str | torch.device" = "cpu", task=None) -> SequenceCritic:

@@ -358,6 +358,8 @@ class Trainer:
         ctx = LearnerContext(model=self.model, policy=self.policy, task=self.task, device=self.device,
                              generators=self.generators, batch_size=cfg.batch_size)
         self.learner = make_learner(cfg, ctx)
+        self.callbacks += list(getattr(self.learner, "callbacks", ()))  # a learner's own hooks (e.g. NCE early stopping)
+        self.stop_requested = False  # set by a callback (request_stop) to end the run early, as if finished
         self.params = [p for p in self.learner.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
@@ -373,6 +375,12 @@ class Trainer:
             self.logdir.mkdir(parents=True, exist_ok=True)
             (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             self.writer = SummaryWriter(str(self.logdir))
+
+    def request_stop(self) -> None:
+        """Ask :meth:`train` to stop after the current step (early stopping by a
+        callback's ``on_step_end``): the run then checkpoints, evaluates and
+        writes ``metrics.json`` as if ``max_steps`` had been reached."""
+        self.stop_requested = True
 
     # ------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -427,7 +435,7 @@ class Trainer:
         self.model.train()
         t_last, tokens_since, shown = time.perf_counter(), 0, {}
         try:
-            while self.step < end:
+            while self.step < end and not self.stop_requested:
                 demos = self.data.sample(cfg.batch_size)
                 for cb in self.callbacks:
                     cb.on_batch(self, demos)
@@ -464,16 +472,17 @@ class Trainer:
                     cb.on_step_end(self, metrics)
                 if bar is not None:
                     bar.update(1)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or self.stop_requested:
                     self.save()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                if (cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps
+                        and not self.stop_requested):
                     self.evaluate()
         finally:
             if bar is not None:
                 bar.close()
         if self.distributed:
             dist.barrier()
-        if self.step < cfg.max_steps:
+        if self.step < cfg.max_steps and not self.stop_requested:
             for cb in self.callbacks:
                 cb.on_train_end(self)
             return None

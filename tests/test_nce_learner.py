@@ -218,7 +218,7 @@ def test_bad_input():
         ranking.loss(_demos(3), 0)
     conditional = copy.copy(TASK)
     conditional.prompts = ["ab"]
-    with pytest.raises(ValueError, match="needs an unconditional task: task 'oracle-hmm' has prompts"):
+    with pytest.raises(ValueError, match="task .oracle-hmm. has prompts but no prompt per training text"):
         p = _policy()
         NCELearner(LearnerContext(p, p, conditional, torch.device("cpu"), {"noise": None, "sample": None}, 2),
                    NCEConfig())
