@@ -324,7 +324,14 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
         unweighted, over predicted sample tokens) and ``earm/ess``: effective
         sample size of the weights, ``(Σw)²/Σw²`` at each used position,
         *normalised* by the number of alive samples there (so in (0, 1], 1 =
-        uniform weights), averaged over used positions (NaN if none).
+        uniform weights), averaged over used positions (NaN if none);
+        ``earm/ess_min`` the smallest of those per-position values;
+        ``earm/log_tilt_std`` the spread of the log-normalisers: the standard
+        deviation over alive samples of ``logsumexp l(x^i_<k)`` (nats) at each
+        used position with >= 2 alive samples, averaged over those positions --
+        the weights are ``softmax`` of these, so a spread near 0 means uniform
+        weights and a negative phase equal to the plain sample average
+        (``earm/log_tilt_range``: the mean max - min, nats).
     :raises ValueError: on a malformed batch, a batch with no predicted data
         token, a bad ``step``, or missing samples once the E-ARM term is on.
     """
@@ -383,12 +390,27 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
         log_w = torch.where(alive_samples, weights, torch.zeros_like(weights)).log()
         ess = effective_sample_size(log_w, dim=0) / alive_samples.sum(0).clamp(min=1)  # in (0, 1]
         ess = F.pad(ess, (0, K - ess.shape[0]))[used]
+        # spread of the log-normalisers logsumexp l(x_<k) over alive samples, per position
+        log_tilt = torch.logsumexp(_float(logits_samples[:, :-1]).detach(), dim=-1)
+        n_alive = alive_samples.sum(0)
+        lt0 = torch.where(alive_samples, log_tilt, torch.zeros_like(log_tilt))
+        mean_lt = lt0.sum(0) / n_alive.clamp(min=1)
+        var_lt = torch.where(alive_samples, (log_tilt - mean_lt) ** 2, torch.zeros_like(log_tilt)).sum(0) \
+            / (n_alive - 1).clamp(min=1)
+        lt_max = torch.where(alive_samples, log_tilt, torch.full_like(log_tilt, -math.inf)).max(0).values
+        lt_min = torch.where(alive_samples, log_tilt, torch.full_like(log_tilt, math.inf)).min(0).values
+        multi = n_alive >= 2
+        tilt_std = var_lt.sqrt()[multi]
+        tilt_range = (lt_max - lt_min)[multi]
         n_sample_tokens = int(mask_samples.sum())
         sample_energy = _token_energies(logits_samples, tokens_samples, mask_samples).sum()
     metrics.update({
         "loss/earm": earm.item(),
         "loss/total": loss.item(),
         "earm/ess": ess.mean().item() if ess.numel() else math.nan,
+        "earm/ess_min": ess.min().item() if ess.numel() else math.nan,
+        "earm/log_tilt_std": tilt_std.mean().item() if tilt_std.numel() else math.nan,
+        "earm/log_tilt_range": tilt_range.mean().item() if tilt_range.numel() else math.nan,
         "energy/sample_mean": sample_energy.item() / n_sample_tokens if n_sample_tokens else math.nan,
     })
     return loss, metrics

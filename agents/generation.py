@@ -11,10 +11,17 @@ episodes from the policy, lays the final sequences out as
   :class:`~agents.critic.SequenceCritic`
   (:func:`agents.common.resampling.importance_resample`), i.e. samples from the
   residual EBM ``p_policy(x)·exp(−E_ψ(x))`` (Deng et al., ICLR 2020; METHODS.md §3).
+
+On a task with prompts the ``K`` candidates of one output share its prompt
+(conditional reranking: the critic reads prompt + completion, the policy's
+energy is conditional on the prompt): prompts are drawn first (paired tasks:
+the ``test`` split's questions, as :func:`agents.common.evaluation.evaluate_policy`;
+other prompted tasks: ``task.prompts``), then each is played ``K`` times.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
@@ -24,15 +31,18 @@ from seqenv.tasks import Task
 from .common.resampling import importance_resample
 from .common.rollout import generate
 from .common.trajectory import sequence_batch
-from .critic import SequenceCritic
+from .critic import SequenceCritic, critic_batch
 from .earm import energy_rerank
+from .nce import sample_with_prompts
 from .policies import Policy
 
 
 @torch.no_grad()
-def rerank_energy(policy, sequences, terminated, num_candidates: int, generator: torch.Generator, device):
-    """Indices ``[N]`` of the chosen candidates by E-ARM energy, and the energies ``[N, K]``."""
-    tokens, mask = sequence_batch(sequences, terminated, device)
+def rerank_energy(policy, sequences, terminated, num_candidates: int, generator: torch.Generator, device,
+                  prompts=None):
+    """Indices ``[N]`` of the chosen candidates by E-ARM energy, and the energies ``[N, K]``
+    (``prompts``: per row the prompt ids the policy conditions on, or None)."""
+    tokens, mask = sequence_batch(sequences, terminated, device, prompts=prompts)
     logits = getattr(policy, "module", policy)(tokens)
     choice, energies = energy_rerank(logits.float(), tokens, mask, num_candidates, generator=generator)
     return choice, energies
@@ -40,19 +50,56 @@ def rerank_energy(policy, sequences, terminated, num_candidates: int, generator:
 
 @torch.no_grad()
 def rerank_critic(critic, sequences, terminated, num_candidates: int, generator: torch.Generator, device,
-                  temperature: float = 1.0):
+                  temperature: float = 1.0, prompts=None):
     """Indices ``[N]`` of the chosen candidates by SIR with weights ``exp(−E_ψ/τ)``, and the ESS ``[N]``.
+
+    Rows ``i·K .. i·K + K − 1`` are the candidates of output ``i``; with
+    ``prompts`` (per row the prompt ids) the critic reads prompt + completion.
 
     :raises ValueError: on ``temperature <= 0``.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    tokens, mask = sequence_batch(sequences, terminated, device)
+    tokens, mask = critic_batch(prompts, sequences, terminated, device)
     energies = critic(tokens, mask).float().view(-1, num_candidates)
     return importance_resample(-energies / temperature, generator)
 
 
-def generate_texts(
+@dataclass
+class Generation:
+    """Outputs of :func:`generate_reranked`.
+
+    :param sequences: chosen generated tokens per output (no prompt, no eos).
+    :param prompts: prompt ids per output (``[]`` on unconditional tasks).
+    :param terminated: per output, whether it ended with ``eos``.
+    :param ess: FloatTensor ``[N]``: effective sample size of each output's
+        reranking weights (``K`` = uniform, 1 = one candidate takes all), or
+        None without reranking.
+    """
+
+    sequences: list[list[int]]
+    prompts: list[list[int]]
+    terminated: list[bool]
+    ess: Optional[torch.Tensor] = None
+
+    def texts(self, tokenizer) -> list[str]:
+        """Prompt + generation per output, decoded; newlines escaped as ``\\n``."""
+        return [(tokenizer.decode(p) + tokenizer.decode(s)).replace("\n", "\\n")
+                for p, s in zip(self.prompts, self.sequences)]
+
+
+def generation_prompts(task: Task, num_samples: int, seed: int) -> Optional[list[str]]:
+    """The prompt of each output on a task with prompts (None on an unconditional task):
+    drawn uniformly with replacement (``torch.Generator`` seeded with ``seed``) from the
+    ``test`` split's questions on a paired task, else from ``task.prompts``."""
+    if task.prompts is None:
+        return None
+    pool = task.split_prompt_texts("test") if task.paired else list(task.prompts)
+    idx = torch.randint(len(pool), (num_samples,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [pool[i] for i in idx]
+
+
+def generate_reranked(
     policy: Policy,
     task: Task,
     num_samples: int,
@@ -66,11 +113,14 @@ def generate_texts(
     seed: int = 0,
     batch_size: int = 256,
     device: "torch.device | str" = "cpu",
-) -> list[str]:
-    """Generate ``num_samples`` texts (prompt + generation, decoded; newlines escaped).
+) -> Generation:
+    """``num_samples`` outputs, each one of ``candidates`` policy samples chosen by ``rerank``.
 
-    :param rerank: ``"none"``, ``"energy"`` or ``"critic"`` (needs ``critic``).
-    :param candidates: K candidates per output when reranking (>= 1).
+    Unconditional task and no reranking: :func:`agents.common.rollout.generate`.
+    With prompts, every output's candidates share its prompt
+    (:func:`generation_prompts`; rows are played with forced prompts, so
+    ``candidates=1`` is the raw baseline of the same prompts).
+
     :raises ValueError: on ``num_samples < 1``, ``candidates < 1``, or
         ``rerank="critic"`` without a critic.
     """
@@ -78,21 +128,41 @@ def generate_texts(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if rerank not in ("none", "energy", "critic"):
+        raise ValueError(f"rerank must be 'none', 'energy' or 'critic', got {rerank!r}")
     if rerank == "critic" and critic is None:
         raise ValueError("rerank='critic' needs a critic (a checkpoint written by train.py --agent nce)")
     k = 1 if rerank == "none" else candidates
-    results = generate(policy, task, num_samples * k, batch_size=batch_size * k if k > 1 else batch_size,
-                       device=device, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p)
+    prompts = generation_prompts(task, num_samples, seed)
+    kw = dict(device=device, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p)
+    if prompts is None:
+        results = generate(policy, task, num_samples * k, batch_size=batch_size * k if k > 1 else batch_size, **kw)
+    else:
+        results = sample_with_prompts(policy, task, [p for p in prompts for _ in range(k)], num_samples * k,
+                                      batch_size=batch_size * k if k > 1 else batch_size, **kw)
     seqs = [s for r in results for s in r.sequences()]
-    prompts = [p for r in results for p in r.prompts()]
+    prompt_ids = [p for r in results for p in r.prompts()]
+    terminated = [bool(t) for r in results for t in r.terminated.tolist()]
+    ess = None
     if k > 1:
-        terminated = [bool(t) for r in results for t in r.terminated.tolist()]
         gen = torch.Generator(device=device).manual_seed(seed)
+        row_prompts = prompt_ids if prompts is not None else None
         if rerank == "energy":
-            choice, _ = rerank_energy(policy, seqs, terminated, k, gen, device)
+            choice, _ = rerank_energy(policy, seqs, terminated, k, gen, device, prompts=row_prompts)
         else:
-            choice, _ = rerank_critic(critic, seqs, terminated, k, gen, device)
+            choice, ess = rerank_critic(critic, seqs, terminated, k, gen, device, prompts=row_prompts)
         idx = (torch.arange(num_samples, device=choice.device) * k + choice).tolist()
-        seqs, prompts = [seqs[i] for i in idx], [prompts[i] for i in idx]
-    tok = task.tokenizer
-    return [(tok.decode(p) + tok.decode(s)).replace("\n", "\\n") for p, s in zip(prompts, seqs)]
+        seqs, prompt_ids, terminated = [seqs[i] for i in idx], [prompt_ids[i] for i in idx], [terminated[i] for i in idx]
+    return Generation(seqs, prompt_ids, terminated, ess)
+
+
+def generate_texts(policy: Policy, task: Task, num_samples: int, **kwargs) -> list[str]:
+    """Generate ``num_samples`` texts (prompt + generation, decoded; newlines escaped).
+
+    Keyword arguments are :func:`generate_reranked`'s (``rerank``,
+    ``candidates``, ``critic``, ``temperature``, ``top_k``, ``top_p``,
+    ``seed``, ``batch_size``, ``device``).
+
+    :raises ValueError: as :func:`generate_reranked`.
+    """
+    return generate_reranked(policy, task, num_samples, **kwargs).texts(task.tokenizer)

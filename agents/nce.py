@@ -823,6 +823,7 @@ class NCELearner:
         self.pool: dict | None = None  # {"prompts", "sequences", "terminated"}: the fixed noise set
         self.early_stop = {"best_loss": None, "best_step": None, "bad_evals": 0, "best_critic": None}
         self.last_eval: dict = {}
+        self.eval_history: list[dict] = []  # {"step", critic_* ...} per held-out evaluation (not checkpointed)
         self._eval_noise = None  # held-out noise samples (fixed while the policy is frozen)
         self.callbacks = [CriticEvalCallback(self)] if cfg.eval_every else []
 
@@ -1074,6 +1075,7 @@ class CriticEvalCallback:
         if not (trainer.step % cfg.eval_every == 0 or last):
             return
         m = learner.evaluate_critic()
+        learner.eval_history.append({"step": trainer.step, **m})
         trainer.log({f"eval/{k}": v for k, v in m.items()}, trainer.step)
         if not cfg.patience:
             return

@@ -401,6 +401,10 @@ def test_ess_metric_hand_computed():
     _, m = earm_loss(L_d, tok[:1], mask[:1], L_s, tok, mask, EARMConfig(), step=0)
     # w = [1/4, 3/4]: ESS = 1 / (1/16 + 9/16) = 1.6, normalised by 2 alive samples
     assert m["earm/ess"] == pytest.approx(0.8)
+    assert m["earm/ess_min"] == pytest.approx(0.8)
+    # log-normalisers 0 and ln 3: std (ddof 1) ln3/sqrt(2), range ln 3
+    assert m["earm/log_tilt_std"] == pytest.approx(math.log(3) / math.sqrt(2))
+    assert m["earm/log_tilt_range"] == pytest.approx(math.log(3))
     assert m["energy/sample_mean"] == pytest.approx(-(math.log(1 / V) + math.log(3 / V)) / 2)
     # energy gap at the single position: E_data = -0, negative phase = Σ w_i (-l_i[eos])
     neg = 0.25 * -math.log(1 / V) + 0.75 * -math.log(3 / V)
