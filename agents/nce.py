@@ -754,6 +754,40 @@ class NCELearner:
        (``requires_grad=False``) and not among :meth:`parameters`; K then
        changes nothing, since the snapshot always equals the policy.
 
+       What this policy objective is, plainly: the policy is a *normalised*
+       autoregressive model, so reading it as an EBM with energy
+       ``-log p_theta`` adds nothing MLE lacks. At K = 1 its gradient is
+       exactly half the MLE gradient in expectation (plus sampling noise from
+       the noise term, see :func:`self_adapting_nce_loss`); at K > 1 it is a
+       ratio-matching objective against a stale copy. The thesis's claims
+       (Xu, arXiv 2211.02650) concern *unnormalised* EBMs, where NCE replaces
+       an intractable partition function; they do not predict a gain over
+       MLE here, and our benchmarks measured none
+       (``benchmarks/results/quality.md``: worse than MLE at equal steps).
+       Kept for the comparison of K, not as a recommended way to train a policy.
+
+    The default recipe for the critic is the residual EBM's (Deng et al., ICLR
+    2020, and the authors' public demo) [paper]: a frozen generator
+    (``policy_objective="none"``), a fixed set of generator samples
+    (``noise_pool``; K = ∞ for the critic's noise), a critic initialised from
+    the generator's trunk (``init_from_policy``), trained for many steps with
+    held-out real-vs-sample accuracy monitored (``eval_every``) and early
+    stopping (``patience``); see ``benchmarks/results/critic_rerank.md`` for
+    what it reaches here.
+
+    Conditional (paired) tasks, e.g. ``arithmetic``: the critic reads prompt +
+    completion (:func:`agents.critic.critic_batch`); fresh noise rows are the
+    snapshot's completions of the batch's own prompts (``nu`` per data row),
+    a fixed pool holds one completion per training prompt. ``c`` is then one
+    scalar for all prompts (a per-prompt normaliser is not modelled [recon]);
+    reranking compares candidates of one prompt, where ``c`` cancels.
+
+    Held-out evaluation (``eval_every``; :meth:`evaluate_critic`,
+    :class:`CriticEvalCallback`, which the trainer runs as a callback):
+    ``eval/critic_accuracy``, ``eval/critic_loss``, ``eval/critic_auc``,
+    ``eval/critic_weight_ess``; with ``patience``, early stopping on
+    ``critic_loss`` (the trainer's :meth:`~agents.trainer.Trainer.request_stop`).
+
     Metrics (TensorBoard ``train/...``): ``nce/loss``, ``nce/accuracy``
     (``accuracy_data``, ``accuracy_noise`` for binary NCE), ``critic/c``,
     ``critic/energy_data``, ``critic/energy_noise`` (mean ``E_psi``, nats),
@@ -771,11 +805,13 @@ class NCELearner:
     :func:`load_critic` reads the critic back.
 
     :param ctx: :class:`~agents.common.learner.LearnerContext` (an
-        unconditional task; ``"noise"`` stream: env reset seeds; ``"sample"``:
-        the noise samples; ``batch_size`` demonstrations per step ``B``, the
-        env has ``nu·B`` rows).
+        unconditional or paired task; ``"noise"`` stream: env reset seeds and
+        pool indices; ``"sample"``: the noise samples; ``batch_size``
+        demonstrations per step ``B``, ``nu·B`` noise rows).
     :param cfg: :class:`NCEConfig`.
-    :raises ValueError: on a bad ``cfg`` or a task with prompts.
+    :raises ValueError: on a bad ``cfg``; a task with prompts that is not
+        paired; on a paired task, ``policy_objective != "none"`` or ranking
+        NCE with a fixed pool.
     """
 
     name = "nce"

@@ -32,8 +32,11 @@ class GenerateConfig:
     :param out: output file (``-`` = stdout).
     :param task: task to generate for (default: the checkpoint's).
     :param rerank: ``none``, ``energy`` (E-ARM energy resampling) or
-        ``critic`` (NCE critic importance resampling; needs ``--critic``).
-    :param candidates: candidates per output when reranking.
+        ``critic`` (NCE critic importance resampling ∝ exp(−E); needs ``--critic``).
+        On a task with prompts the candidates of one output share its prompt
+        (paired tasks: a test-split question per output).
+    :param candidates: candidates per output when reranking (n; accuracy of
+        critic reranking against n: ``benchmarks/results/critic_rerank.md``).
     """
 
     checkpoint: str
