@@ -766,14 +766,17 @@ class NCELearner:
        (``benchmarks/results/quality.md``: worse than MLE at equal steps).
        Kept for the comparison of K, not as a recommended way to train a policy.
 
-    The default recipe for the critic is the residual EBM's (Deng et al., ICLR
-    2020, and the authors' public demo) [paper]: a frozen generator
-    (``policy_objective="none"``), a fixed set of generator samples
-    (``noise_pool``; K = ∞ for the critic's noise), a critic initialised from
-    the generator's trunk (``init_from_policy``), trained for many steps with
-    held-out real-vs-sample accuracy monitored (``eval_every``) and early
-    stopping (``patience``); see ``benchmarks/results/critic_rerank.md`` for
-    what it reaches here.
+    The residual EBM's recipe (Deng et al., ICLR 2020, and the authors'
+    public demo) [paper] is available as options: a frozen generator
+    (``policy_objective="none"``, the default), a fixed set of generator
+    samples (``noise_pool``; K = ∞ for the critic's noise), a critic
+    initialised from the generator's trunk (``init_from_policy``), held-out
+    real-vs-sample accuracy monitored (``eval_every``, on by default) and
+    early stopping (``patience``). ``noise_pool``, ``init_from_policy`` and
+    ``patience`` are off by default: in ``benchmarks/results/critic_rerank.md``
+    (500 critic steps, 2-layer models, CPU) none of them beat the plain
+    setting beyond the seed spread, patience 4 stopped runs on noise, and no
+    setting reached the accuracy goals -- the demo's budget is ~20× ours.
 
     Conditional (paired) tasks, e.g. ``arithmetic``: the critic reads prompt +
     completion (:func:`agents.critic.critic_batch`); fresh noise rows are the
