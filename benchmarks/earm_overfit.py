@@ -162,7 +162,10 @@ def main(argv=None):
     ap.add_argument("--sweep-starts", type=int, nargs="*", default=[300])
     ap.add_argument("--workdir", default="runs/earm_overfit")
     ap.add_argument("--out", default=str(RESULTS / "earm_overfit"))
+    ap.add_argument("--from-json", default=None, help="only rewrite the report from a finished run's json")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return report(json.loads(Path(args.from_json).read_text()), Path(args.out))
     t_start, load = time.time(), os.getloadavg()
     work = Path(args.workdir)
     task = write_corpus(work / "corpus.txt", args.lines, args.heldout)
@@ -172,11 +175,7 @@ def main(argv=None):
     corpus = {k: len(v) for k, v in t.splits.items()}
     train_tokens = sum(len(x) + 1 for x in t.encoded("train"))
     epoch_steps = train_tokens / (args.batch_size * (train_tokens / corpus["train"]))
-    arms = [(args.lam, args.start, args.seeds)]
-    for lam in [args.lam, *args.sweep_lams]:
-        for start in [args.start, *args.sweep_starts]:
-            if (lam, start) != (args.lam, args.start):
-                arms.append((lam, start, args.sweep_seeds))
+    arms = _arms(args)
     starts = sorted({a[1] for a in arms})
     args_d = vars(args)
     pool = ProcessPoolExecutor(args.jobs)
@@ -195,60 +194,87 @@ def main(argv=None):
 
     import torch
 
-    def best_final(curve, from_step=0):
-        pts = [(st, v) for st, v in curve if st >= from_step]
-        return min(v for _, v in pts), pts[-1][1]
-
-    rows = []
-    for lam, start, seeds in arms:
-        m_best, m_final, e_best, e_final, ess, spread, rng, diff_best, diff_final = ([] for _ in range(9))
-        for s in seeds:
-            mb, mf = best_final(mle[s]["curve"], start)
-            eb, ef = best_final(earm[lam, start, s]["curve"], start)
-            m_best.append(mb), m_final.append(mf), e_best.append(eb), e_final.append(ef)
-            diff_best.append(eb - mb), diff_final.append(ef - mf)
-            neg = earm[lam, start, s]["negative_phase"]
-            ess.append(neg.get("earm/ess")), spread.append(neg.get("earm/log_tilt_std"))
-            rng.append(neg.get("earm/log_tilt_range"))
-        rows.append(dict(lam=lam, start=start, seeds=seeds, mle_best=m_best, mle_final=m_final, earm_best=e_best,
-                         earm_final=e_final, diff_best=diff_best, diff_final=diff_final, ess=ess,
-                         log_tilt_std=spread, log_tilt_range=rng))
-    mle_min_steps = [min(mle[s]["curve"], key=lambda p: p[1])[0] for s in args.seeds]
-
     meta = {"command": "python benchmarks/earm_overfit.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "torch": torch.__version__, "torch_threads_per_run": 1, "jobs": args.jobs,
                         "load_average_at_start": load, "python": platform.python_version()},
             "args": args_d, "wall_s": wall, "corpus": corpus, "train_tokens": train_tokens,
-            "steps_per_epoch": epoch_steps}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(
-        {"meta": meta, "mle": {str(s): v for s, v in mle.items()},
-         "earm": {f"{l}/{st}/{s}": v for (l, st, s), v in earm.items()}, "summary": rows}, indent=1) + "\n")
+            "steps_per_epoch": epoch_steps, "arms": arms}
+    js = {"meta": meta, "mle": {str(s): v for s, v in mle.items()},
+          "earm": {f"{l}/{st}/{s}": v for (l, st, s), v in earm.items()}}
+    report(js, Path(args.out))
 
-    # curves
+
+def _arms(args) -> list:
+    """``(λ, start, seeds)`` of every E-ARM arm: the main one, then the λ × start sweep without it."""
+    arms = [(args.lam, args.start, list(args.seeds))]
+    for lam in [args.lam, *args.sweep_lams]:
+        for start in [args.start, *args.sweep_starts]:
+            if (lam, start) != (args.lam, args.start):
+                arms.append((lam, start, list(args.sweep_seeds)))
+    return arms
+
+
+def _best_final(curve, from_step):
+    pts = [(st, v) for st, v in curve if st >= from_step]
+    return min(v for _, v in pts), pts[-1][1]
+
+
+def report(js: dict, out: Path) -> None:
+    """Summary (best / final held-out NLL per arm, paired differences, negative-phase statistics),
+    ``out``.json / .md / .png from the runs' curves. An E-ARM arm's curve starts with the MLE run's
+    value at its start step (the shared fork point), so that both arms' "best" range over the same steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    meta = js["meta"]
+    args = argparse.Namespace(**{"heldout": None, **meta["args"]})
+    arms = [tuple(a) for a in meta.get("arms", _arms(args))]
+    corpus, train_tokens, epoch_steps, wall = meta["corpus"], meta["train_tokens"], meta["steps_per_epoch"], meta["wall_s"]
+    load, machine = meta["machine"]["load_average_at_start"], meta["machine"]
+    mle = {int(s): v for s, v in js["mle"].items()}
+
+    def earm_curve(lam, start, s):
+        fork = [(st, v) for st, v in mle[s]["curve"] if st == start]
+        return fork + [tuple(p) for p in js["earm"][f"{lam}/{start}/{s}"]["curve"]]
+
+    rows = []
+    for lam, start, seeds in arms:
+        r = {k: [] for k in ("mle_best", "mle_final", "earm_best", "earm_final", "diff_best", "diff_final", "ess",
+                             "ess_min", "log_tilt_std", "log_tilt_range")}
+        for s in seeds:
+            mb, mf = _best_final(mle[s]["curve"], start)
+            eb, ef = _best_final(earm_curve(lam, start, s), start)
+            neg = js["earm"][f"{lam}/{start}/{s}"]["negative_phase"]
+            for k, v in (("mle_best", mb), ("mle_final", mf), ("earm_best", eb), ("earm_final", ef),
+                         ("diff_best", eb - mb), ("diff_final", ef - mf), ("ess", neg.get("earm/ess")),
+                         ("ess_min", neg.get("earm/ess_min")), ("log_tilt_std", neg.get("earm/log_tilt_std")),
+                         ("log_tilt_range", neg.get("earm/log_tilt_range"))):
+                r[k].append(v)
+        rows.append(dict(lam=lam, start=start, seeds=list(seeds), **r))
+    seeds_main = arms[0][2]
+    mle_min_steps = [min(mle[s]["curve"], key=lambda p: p[1])[0] for s in seeds_main]
+    js = {**js, "summary": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(js, indent=1) + "\n")
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
 
     def band(curves, label, color):
-        steps = [st for st, _ in curves[0]]
-        vals = [[v for _, v in c] for c in curves]
-        n = min(len(v) for v in vals)
-        mean = [statistics.mean(v[i] for v in vals) for i in range(n)]
-        sd = [statistics.stdev(v[i] for v in vals) if len(vals) > 1 else 0.0 for i in range(n)]
-        ax.plot(steps[:n], mean, label=label, color=color)
-        ax.fill_between(steps[:n], [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
+        n = min(len(c) for c in curves)
+        steps = [st for st, _ in curves[0]][:n]
+        mean = [statistics.mean(c[i][1] for c in curves) for i in range(n)]
+        sd = [statistics.stdev(c[i][1] for c in curves) if len(curves) > 1 else 0.0 for i in range(n)]
+        ax.plot(steps, mean, label=label, color=color)
+        ax.fill_between(steps, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
                         color=color, alpha=0.2)
 
-    band([mle[s]["curve"] for s in args.seeds], f"MLE (continued), {len(args.seeds)} seeds", "black")
+    band([mle[s]["curve"] for s in seeds_main], f"MLE (continued), {len(seeds_main)} seeds", "black")
     colors = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple"]
     for i, (lam, start, seeds) in enumerate(arms):
-        band([earm[lam, start, s]["curve"] for s in seeds], f"E-ARM λ={lam} from step {start}, {len(seeds)} seeds",
+        band([earm_curve(lam, start, s) for s in seeds], f"E-ARM λ={lam} from step {start}, {len(seeds)} seeds",
              colors[i % len(colors)])
     ax.set_xlabel(f"optimiser step (batch {args.batch_size}; {epoch_steps:.0f} steps per epoch)")
     ax.set_ylabel("held-out NLL (valid split, nats/token)")
@@ -260,27 +286,29 @@ def main(argv=None):
     L = ["# E-ARM in the overfitting regime (issue 11)\n",
          f"Generated by `benchmarks/earm_overfit.py` in {wall / 60:.1f} min.\n",
          "```\n" + meta["command"] + "\n```\n",
-         f"**Machine**: {meta['machine']['cpu']}, {meta['machine']['cores']} cores shared with other jobs (load "
-         f"average at start {load[0]:.1f}), torch {torch.__version__} CPU, 1 thread per run, {args.jobs} runs at a time.\n",
-         f"**Budget**: corpus = first {args.lines} train lines of python-lines as a `file:` task (splits "
-         f"{corpus}; {train_tokens} training tokens incl. eos, ≈ {epoch_steps:.0f} steps per epoch); policy "
-         f"{args.size[0]} layers × {args.size[1]} heads × {args.size[2]} wide, dropout {args.dropout}; "
-         f"{args.steps} optimiser steps × {args.batch_size} lines (≈ {args.steps / epoch_steps:.0f} epochs), "
-         f"AdamW lr {args.lr} constant after 50 warm-up steps; held-out NLL on the valid split every "
-         f"{args.eval_every} steps. E-ARM arms fork the MLE run of the same seed at the start step and run the "
-         f"remaining steps (same total budget in steps). Main arm seeds {args.seeds}; sweep seeds {args.sweep_seeds}.\n",
-         f"MLE's held-out NLL minimum at step {_ms(mle_min_steps, 0)} (mean ± std over seeds).\n",
-         "![curves](earm_overfit.png)\n",
+         f"**Machine**: {machine['cpu']}, {machine['cores']} cores shared with other jobs (load "
+         f"average at start {load[0]:.1f}), torch {machine['torch']} CPU, 1 thread per run, {args.jobs} runs at a time.\n",
+         f"**Budget**: corpus = first {args.lines} train lines of python-lines + {args.heldout} of its valid and "
+         f"test lines as a `file:` task (splits {corpus}; {train_tokens} training tokens incl. eos, ≈ "
+         f"{epoch_steps:.0f} steps per epoch); policy {args.size[0]} layers × {args.size[1]} heads × "
+         f"{args.size[2]} wide, dropout {args.dropout}; {args.steps} optimiser steps × {args.batch_size} lines "
+         f"(≈ {args.steps / epoch_steps:.0f} epochs), AdamW lr {args.lr} constant after 50 warm-up steps; "
+         f"held-out NLL on the valid split every {args.eval_every} steps. E-ARM arms fork the MLE run of the same "
+         f"seed at the start step (model, optimiser, schedule, random streams) and run the remaining steps (same "
+         f"total budget in steps). Main arm seeds {seeds_main}; sweep seeds {args.sweep_seeds}.\n",
+         f"MLE's held-out NLL minimum at step {_ms(mle_min_steps, 0)} (mean ± std over the main seeds).\n",
+         f"![curves]({out.with_suffix('.png').name})\n",
          "| λ | start | seeds | MLE best | E-ARM best | Δ best (E-ARM − MLE) | MLE final | E-ARM final | "
-         "Δ final | weight ESS / n | log-normaliser std (nats) | log-normaliser max−min (nats) |",
+         "Δ final | weight ESS / n (mean; min) | log-normaliser std (nats) | log-normaliser max−min (nats) |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         L.append(f"| {r['lam']} | {r['start']} | {len(r['seeds'])} | {_ms(r['mle_best'])} | {_ms(r['earm_best'])} | "
                  f"{_ms(r['diff_best'])} | {_ms(r['mle_final'])} | {_ms(r['earm_final'])} | {_ms(r['diff_final'])} | "
-                 f"{_ms(r['ess'])} | {_ms(r['log_tilt_std'])} | {_ms(r['log_tilt_range'])} |")
-    L.append("\nBest = minimum of the held-out curve from the start step on; Δ are paired per seed (negative = "
-             "E-ARM better). ESS / n and the log-normaliser spread are averages over the arm's steps of the "
-             "per-step values logged by `earm_loss`.")
+                 f"{_ms(r['ess'])}; {_ms(r['ess_min'])} | {_ms(r['log_tilt_std'])} | {_ms(r['log_tilt_range'])} |")
+    L.append("\nNLL in nats per token. Best = minimum of the held-out curve from the start step on (the fork point "
+             "included for both arms); Δ are paired per seed (negative = E-ARM better). ESS / n (1 = uniform "
+             "weights) and the log-normaliser spread are averages over the arm's steps of the per-step values "
+             "logged by `earm_loss` (`earm/ess`, `earm/ess_min`, `earm/log_tilt_std`, `earm/log_tilt_range`).")
     out.with_suffix(".md").write_text("\n".join(L) + "\n")
     print(out.with_suffix(".md").read_text())
 
