@@ -584,7 +584,8 @@ def evaluate_samples(
     return out
 
 
-def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:
+def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, digits: int = 3,
+                         drop_empty: bool = False) -> str:
     """A Markdown table: one row per run/agent, one column per metric.
 
     :param rows: ``{run name: {metric key: value}}``; a value is a number,
@@ -593,6 +594,9 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
     :param columns: metric keys in column order; default every key, in order
         of first appearance over the rows.
     :param digits: decimals of floats (ints and bools are printed as such).
+    :param drop_empty: leave out the columns that no row has a value for
+        (``None`` or missing everywhere, e.g. ``oracle_nll`` on a task without
+        an oracle).
     :return: the table, lines joined by ``"\\n"``, no trailing newline.
     :raises ValueError: on no rows or ``digits < 0``.
 
@@ -609,6 +613,8 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
         raise ValueError(f"digits must be >= 0, got {digits}")
     if columns is None:
         columns = list(dict.fromkeys(k for metrics in rows.values() for k in metrics))
+    if drop_empty:
+        columns = [c for c in columns if any(metrics.get(c) is not None for metrics in rows.values())]
 
     def cell(v) -> str:
         if v is None:
@@ -623,6 +629,31 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
     for name, metrics in rows.items():
         lines.append("| " + " | ".join([str(name), *(cell(metrics.get(c)) for c in columns)]) + " |")
     return "\n".join(lines)
+
+
+def comparison_line(rows: dict, control: str, metric: str = "validity", num_seeds: int = 1) -> Optional[str]:
+    """One sentence naming the run best on ``metric`` and its difference to ``control``.
+
+    :param rows: ``{run name: {metric: value}}`` (as :func:`format_metrics_table`).
+    :param control: the row every other run is compared with (e.g. continued MLE).
+    :param metric: a higher-is-better metric.
+    :param num_seeds: seeds behind each value (said in the sentence: one seed
+        cannot tell a difference from noise).
+    :return: the sentence, or ``None`` if the control or every value is missing.
+    """
+    values = {k: v.get(metric) for k, v in rows.items() if isinstance(v.get(metric), (int, float))}
+    if control not in values or len(values) < 2:
+        return None
+    best = max(values, key=values.get)
+    seeds = f"{num_seeds} seed{'s' if num_seeds != 1 else ''}"
+    if best == control:
+        others = {k: v for k, v in values.items() if k != control}
+        runner = max(others, key=others.get)
+        return (f"Best {metric}: {control} (the control), {values[control]:.3f}; {runner} is "
+                f"{values[control] - values[runner]:.3f} lower ({seeds}).")
+    diff = values[best] - values[control]
+    return (f"Best {metric}: {best}, {values[best]:.3f}, {diff:+.3f} against {control} "
+            f"({values[control]:.3f}; {seeds}).")
 
 
 def _check_nonempty(items, name: str) -> None:
