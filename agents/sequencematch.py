@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,20 @@ class SequenceMatchConfig:
         the loss; 0.001 in the paper [paper; what η multiplies is recon].
     :param divergence: ``"chi2_mixture"`` (default), ``"kl"`` or ``"js"``
         (see the module docstring for φ and sources).
+    :param alpha_model: α of the r² penalty on *model* samples (None = ``alpha``)
+        [recon: separate coefficients for the two halves of the mixture].
+    :param mix: how BC and SequenceMatch combine [paper: "a convex combination
+        of BC and SequenceMatch", η = 0.001; which term η weighs is recon]:
+        ``"add"`` = ``SM + η·BC``; ``"convex"`` = ``(1 − η)·BC + η·SM``.
+    :param imitate_wrong_tokens: True = the paper's recipe: the injected wrong
+        tokens of backspace demonstrations are expert actions in the data
+        reward term. False [recon]: they are excluded from the data reward
+        term ``−E_data[Σ w r]`` (and from BC, always); the transition
+        ``wrong token → backspace`` stays expert and the r² penalty is unchanged.
+    :param normalize: ``"sequence"``: the SM terms are per-sequence discounted
+        sums averaged over sequences; ``"token"`` [recon]: divided further by
+        the mean number of data actions per sequence, so that the SM terms are
+        on MLE's per-token scale (the step size right after the fork matches).
 
     Online learner (:class:`SequenceMatchLearner`; the paper gives none of
     these numbers [recon]):
@@ -139,6 +153,10 @@ class SequenceMatchConfig:
     gamma: float = 0.998
     eta: float = 0.001
     divergence: Literal["chi2_mixture", "kl", "js"] = "chi2_mixture"
+    alpha_model: Optional[float] = None
+    mix: Literal["add", "convex"] = "add"
+    imitate_wrong_tokens: bool = True
+    normalize: Literal["sequence", "token"] = "sequence"
     # --- the online learner (SequenceMatchLearner); the loss ignores these ---
     backspace_p: float = 0.05
     wrong_tokens: Literal["uniform", "model"] = "uniform"
@@ -167,6 +185,15 @@ class SequenceMatchConfig:
         for name in ("buffer_size", "refresh_every", "rollout_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SequenceMatchConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.alpha_model is not None and not (math.isfinite(self.alpha_model) and self.alpha_model > 0):
+            raise ValueError(f"SequenceMatchConfig.alpha_model must be None or a finite number > 0, got "
+                             f"{self.alpha_model!r}")
+        if self.mix not in ("add", "convex"):
+            raise ValueError(f"SequenceMatchConfig.mix must be 'add' or 'convex', got {self.mix!r}")
+        if self.mix == "convex" and not self.eta <= 1:
+            raise ValueError(f"SequenceMatchConfig.eta must be in [0, 1] with mix='convex', got {self.eta!r}")
+        if self.normalize not in ("sequence", "token"):
+            raise ValueError(f"SequenceMatchConfig.normalize must be 'sequence' or 'token', got {self.normalize!r}")
         if not self.model_batch_ratio > 0 or not self.rollout_temperature > 0:
             raise ValueError(
                 f"SequenceMatchConfig.model_batch_ratio and rollout_temperature must be > 0, got "
@@ -332,10 +359,12 @@ def _check_logits(logits: torch.Tensor, batch: TrajectoryBatch) -> None:
 # The loss
 
 
-def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: SequenceMatchConfig) -> dict:
+def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: SequenceMatchConfig,
+                        reward_mask: torch.Tensor | None = None) -> dict:
     """Per-sequence discounted sums of the loss ingredients (FloatTensor[B] unless noted).
 
-    Keys: ``phi`` = Σ w φ(r), ``r`` = Σ w r, ``r2`` = Σ w r², ``value`` =
+    Keys: ``phi`` = Σ w φ(r), ``r`` = Σ w r (both over ``reward_mask``, default
+    every action), ``r2`` = Σ w r², ``value`` =
     Σ w (V(u_i) - γ V(u_{i+1})); ``tail_phi``, ``tail_r``, ``tail_r2``,
     ``tail_value``: the same for the absorbing state's tail (0 when truncated);
     ``v0`` = V(s_0); ``ce`` = V(u_i) - Q(u_i, a_i) = -log π(a_i|u_i) per
@@ -348,6 +377,7 @@ def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: Seque
     q = soft_q_of_actions(logits, batch)
     r, mask = implicit_rewards(logits, batch, g, values=v)
     w = discount_weights(batch, g)
+    rmask = mask if reward_mask is None else reward_mask & mask
     v_state = torch.where(mask, _shift_right(v), torch.zeros_like(v))  # V(u_i)
     v_next = torch.where(mask, v, torch.zeros_like(v))  # V(u_{i+1})
 
@@ -358,8 +388,8 @@ def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: Seque
     r_abs = (1 - g) * v_abs  # self-loop implicit reward r_⊥ = V_⊥ - γ V_⊥
     first = batch.first_action_index()
     return {
-        "phi": (w * torch.where(mask, phi(r, cfg), torch.zeros_like(r))).sum(1),
-        "r": (w * r).sum(1),
+        "phi": (w * torch.where(rmask, phi(r, cfg), torch.zeros_like(r))).sum(1),
+        "r": (w * torch.where(rmask, r, torch.zeros_like(r))).sum(1),
         "r2": (w * r.square()).sum(1),
         "value": (w * (v_state - g * v_next)).sum(1),
         "tail_phi": torch.where(done, absorbing_tail(phi(r_abs, cfg), n, g), zero),
@@ -379,6 +409,7 @@ def sequencematch_loss(
     model: TrajectoryBatch,
     cfg: SequenceMatchConfig,
     bc_mask: torch.Tensor | None = None,
+    reward_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SequenceMatch loss on a data batch and a model-sample batch (module docstring).
 
@@ -404,11 +435,17 @@ def sequencematch_loss(
         term imitates (default: all of ``data.is_action``); e.g. exclude
         the injected wrong tokens of backspace demonstrations with
         ``data.is_action & ~agents.common.trajectory.wrong_token_mask(data)``. The
-        SequenceMatch terms always use every data action.
+        SequenceMatch terms use every data action, except:
+    :param reward_mask: optional BoolTensor[B_d, T_d], the data actions of the
+        data reward term ``−E_data[Σ w r]`` (default: every data action);
+        ``cfg.imitate_wrong_tokens=False`` passes ``bc_mask`` here [recon].
+        The r², value and terminal terms always use every action.
     :return: ``(loss, metrics)``: a scalar float32 tensor (nats) and floats
         ``loss/reward_data``, ``loss/chi2_penalty``, ``loss/value``,
-        ``loss/terminal``, ``loss/bc``, ``loss/total`` (the loss terms; total
-        = reward_data + chi2_penalty + value + terminal + η·bc),
+        ``loss/terminal``, ``loss/bc``, ``loss/sm`` (= reward_data +
+        chi2_penalty + value + terminal, divided by the mean number of data
+        actions when ``cfg.normalize="token"``), ``loss/total`` (= sm + η·bc,
+        or (1 − η)·bc + η·sm with ``cfg.mix="convex"``),
         ``reward/data_mean``, ``reward/model_mean`` (mean implicit reward per
         action, nats) and ``value/v0`` (mean V(s_0) on data).
     :raises ValueError: if a logits tensor does not match its batch, the
@@ -428,14 +465,15 @@ def sequencematch_loss(
             f"bc_mask must be a BoolTensor of shape {tuple(data.is_action.shape)} that is True only "
             f"at data actions, got {bc_mask.dtype} {tuple(bc_mask.shape)}"
         )
-    d = _per_sequence_terms(logits_data, data, cfg)
+    d = _per_sequence_terms(logits_data, data, cfg, reward_mask)
     m = _per_sequence_terms(logits_model, model, cfg)
     inv4a = 1.0 / (4 * cfg.alpha)
+    inv4a_model = 1.0 / (4 * (cfg.alpha if cfg.alpha_model is None else cfg.alpha_model))
 
     if cfg.divergence == "chi2_mixture":
         reward_data = -d["r"].mean()
-        chi2_penalty = inv4a * (d["r2"].mean() + m["r2"].mean())
-        terminal = -d["tail_r"].mean() + inv4a * (d["tail_r2"].mean() + m["tail_r2"].mean())
+        chi2_penalty = inv4a * d["r2"].mean() + inv4a_model * m["r2"].mean()
+        terminal = -d["tail_r"].mean() + inv4a * d["tail_r2"].mean() + inv4a_model * m["tail_r2"].mean()
     else:
         reward_data = -d["phi"].mean()
         chi2_penalty = torch.zeros((), device=reward_data.device)
@@ -444,7 +482,10 @@ def sequencematch_loss(
     terminal = terminal + torch.cat([d["tail_value"], m["tail_value"]]).mean()
     bc = torch.where(bc_mask, d["ce"], torch.zeros_like(d["ce"])).sum() / bc_mask.sum().clamp(min=1)
 
-    loss = reward_data + chi2_penalty + value + terminal + cfg.eta * bc
+    sm = reward_data + chi2_penalty + value + terminal
+    if cfg.normalize == "token":  # per-sequence sums -> MLE's per-token scale [recon]
+        sm = sm / data.num_actions.float().mean()
+    loss = (1 - cfg.eta) * bc + cfg.eta * sm if cfg.mix == "convex" else sm + cfg.eta * bc
 
     metrics = {
         "loss/reward_data": reward_data.item(),
@@ -452,6 +493,7 @@ def sequencematch_loss(
         "loss/value": value.item(),
         "loss/terminal": terminal.item(),
         "loss/bc": bc.item(),
+        "loss/sm": sm.item(),
         "loss/total": loss.item(),
         "reward/data_mean": (d["r_mean_sum"].sum() / data.num_actions.sum()).item(),
         "reward/model_mean": (m["r_mean_sum"].sum() / model.num_actions.sum()).item(),
@@ -534,7 +576,9 @@ class SequenceMatchLearner:
         logits = self.model(torch.cat([data.tokens, sampled.tokens]))
         B = data.tokens.shape[0]
         bc_mask = data.is_action & ~wrong_token_mask(data)
-        loss, m = sequencematch_loss(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask)
+        reward_mask = None if self.cfg.imitate_wrong_tokens else bc_mask
+        loss, m = sequencematch_loss(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask,
+                                     reward_mask=reward_mask)
         metrics.update(m)
         metrics["buffer/age"] = step - sum(self.born[i] for i in idx) / len(idx)
         metrics["buffer/size"] = len(self.buffer)

@@ -135,15 +135,20 @@ class TokenActionSpace(spaces.Discrete):
         return super().sample(mask=mask, probability=probability)
 
 
-def observation_space(vocab_size: int, max_length: int) -> spaces.Dict:
-    """The observation space of one env (table in :class:`SeqGenEnv`)."""
-    return spaces.Dict(
-        {
-            "tokens": spaces.Box(0, vocab_size - 1, shape=(max_length,), dtype=np.int64),
-            "length": spaces.Discrete(max_length + 1),
-            "prompt_length": spaces.Discrete(max_length + 1),
-        }
-    )
+def observation_space(vocab_size: int, max_length: int, mask_in_observation: bool = False) -> spaces.Dict:
+    """The observation space of one env (table in :class:`SeqGenEnv`).
+
+    :param mask_in_observation: add the ``action_mask`` key
+        (``MultiBinary(vocab_size)``, int8 0/1).
+    """
+    keys = {
+        "tokens": spaces.Box(0, vocab_size - 1, shape=(max_length,), dtype=np.int64),
+        "length": spaces.Discrete(max_length + 1),
+        "prompt_length": spaces.Discrete(max_length + 1),
+    }
+    if mask_in_observation:
+        keys["action_mask"] = spaces.MultiBinary(vocab_size)
+    return spaces.Dict(keys)
 
 
 def base_action_mask(vocab_size: int) -> np.ndarray:
@@ -246,9 +251,15 @@ class SeqGenEnv(gym.Env):
     | `tokens`        | `Box(0, vocab_size-1, (max_length,))` | int64 | prompt, generated tokens, then `pad` (0)       |
     | `length`        | `Discrete(max_length + 1)`            | int64 | tokens in the state, prompt included           |
     | `prompt_length` | `Discrete(max_length + 1)`            | int64 | prompt tokens (0 for an unconditional task)    |
+    | `action_mask`   | `MultiBinary(vocab_size)`             | int8  | only with `mask_in_observation=True`: the mask |
 
     The generated text is ``tokens[prompt_length:length]``. ``pad`` never
     occurs before ``length`` (it is never a legal action).
+    ``mask_in_observation=True`` puts the legal-action mask in the observation
+    too (equal to ``info["action_mask"]``, 1 = legal), for clients that read it
+    there: TorchRL's ``ActionMask`` transform, RLlib- and PettingZoo-style
+    code. Policies that embed the whole observation (e.g. SB3's
+    ``MultiInputPolicy``) then see it as an input feature.
 
     ## Rewards
 
@@ -303,6 +314,7 @@ class SeqGenEnv(gym.Env):
     | `reward_mode`       | `str`             | `"terminal"`     | `"terminal"` or `"step"`                          |
     | `prompts`           | `list` or `None`  | `None`           | prompt texts; `None`: `task.prompts`              |
     | `render_mode`       | `str` or `None`   | `None`           | `"ansi"`: `render()` returns text with a cursor   |
+    | `mask_in_observation` | `bool`        | `False`          | add `action_mask` to the observation (above)      |
 
     ``gym.make("SeqGen-v0", max_episode_steps=N)`` does not reach the
     constructor: Gymnasium wraps the env in ``TimeLimit(N)``, on top of the
@@ -314,13 +326,19 @@ class SeqGenEnv(gym.Env):
     ``gym.make_vec("SeqGen-v0", num_envs=N, device="cpu")`` builds
     :class:`seqenv.vector_env.SeqGenVectorEnv` (the registered
     ``vector_entry_point``): one batched state in torch tensors, the same
-    dynamics, Gymnasium ``NEXT_STEP`` autoreset, outputs as torch tensors on
-    ``device``. ``vectorization_mode="sync"``/``"async"`` wrap ``N`` copies of
+    dynamics, outputs as torch tensors on ``device``, and Gymnasium's
+    autoreset modes: ``autoreset_mode=`` ``"NextStep"`` (default),
+    ``"SameStep"`` (``final_obs``/``final_info`` in ``info``, as TorchRL's
+    ``GymWrapper`` needs) or ``"Disabled"`` (reset ended envs with
+    ``reset(options={"reset_mask": m})``). ``mask_in_observation=True`` works
+    there too. ``vectorization_mode="sync"``/``"async"`` wrap ``N`` copies of
     this env instead (much slower; see ``benchmarks/env_throughput.py``).
 
     ## Version History
 
-    * v0: Initial version.
+    * v0: Initial version. Later additions, all off by default (no change to
+      existing behaviour): the ``mask_in_observation`` argument and, for the
+      vector env, ``autoreset_mode``.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
@@ -334,6 +352,7 @@ class SeqGenEnv(gym.Env):
         reward_mode: str = "terminal",
         prompts: Optional[Sequence[str]] = None,
         render_mode: Optional[str] = None,
+        mask_in_observation: bool = False,
     ):
         cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode)
         self.config = cfg
@@ -342,8 +361,9 @@ class SeqGenEnv(gym.Env):
         self.max_episode_steps = cfg.max_episode_steps
         self.reward_mode = cfg.reward_mode
         self.render_mode = cfg.render_mode
+        self.mask_in_observation = bool(mask_in_observation)
         self.action_space = TokenActionSpace(self.vocab_size)
-        self.observation_space = observation_space(self.vocab_size, self.max_length)
+        self.observation_space = observation_space(self.vocab_size, self.max_length, self.mask_in_observation)
 
         self._base_mask = base_action_mask(self.vocab_size)
         self._tokens = np.zeros(self.max_length, dtype=np.int64)
@@ -463,8 +483,11 @@ class SeqGenEnv(gym.Env):
         return mask
 
     def _obs(self) -> dict:
-        return {"tokens": self._tokens.copy(), "length": np.int64(self._length),
-                "prompt_length": np.int64(self._prompt_length)}
+        obs = {"tokens": self._tokens.copy(), "length": np.int64(self._length),
+               "prompt_length": np.int64(self._prompt_length)}
+        if self.mask_in_observation:
+            obs["action_mask"] = self._mask().astype(np.int8)
+        return obs
 
     def _state_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(self._tokens.copy())[None], torch.tensor([self._length])

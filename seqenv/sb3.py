@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
@@ -51,14 +52,19 @@ class SB3VecEnv(VecEnv):
     for every index; setting for a subset of indices raises ``ValueError``).
 
     :param venv: the vector env (any device; outputs are copied to the host),
-        with ``copy_obs=True`` (SB3 keeps an observation across the next step).
-    :raises ValueError: if ``venv.copy_obs`` is False.
+        with ``copy_obs=True`` (SB3 keeps an observation across the next step)
+        and ``autoreset_mode`` ``NEXT_STEP`` or ``DISABLED`` (the adapter
+        resets ended envs itself).
+    :raises ValueError: if ``venv.copy_obs`` is False or ``venv.autoreset_mode`` is ``SAME_STEP``.
     """
 
     def __init__(self, venv: SeqGenVectorEnv):
         if not venv.copy_obs:
             raise ValueError("SB3VecEnv needs a SeqGenVectorEnv with copy_obs=True: SB3 stores each observation "
                              "after the next step, which overwrites the shared state tensors of copy_obs=False")
+        if venv.autoreset_mode == AutoresetMode.SAME_STEP:
+            raise ValueError("SB3VecEnv needs a SeqGenVectorEnv with autoreset_mode NEXT_STEP or DISABLED, got "
+                             "SAME_STEP: the adapter resets the ended envs itself")
         self.venv = venv
         self._actions: Optional[np.ndarray] = None
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)

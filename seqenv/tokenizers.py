@@ -24,7 +24,12 @@ Two tokenizers ship:
   ``tokenizers``. Every byte is in its base alphabet, so every string encodes
   and the round trip is lossless.
 
-Both serialise to a JSON-able dict (:meth:`Tokenizer.to_dict`) that
+A third, :class:`HFTokenizer`, adapts a Hugging Face ``transformers``
+tokenizer (optional dependency, imported lazily) for policies built on that
+model's vocabulary (``agents/policies/hf.py``). Its special ids are the
+tokenizer's own, NOT the table above: read them from ``special_ids``.
+
+All serialise to a JSON-able dict (:meth:`Tokenizer.to_dict`) that
 :func:`tokenizer_from_dict` turns back into an equal tokenizer; checkpoints
 store it so that a checkpoint from another tokenizer is detected.
 """
@@ -44,6 +49,8 @@ NUM_SPECIAL = 5
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<bksp>", "<unk>")
 SPECIAL_IDS = {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID, "backspace": BACKSPACE_ID, "unk": UNK_ID}
 _UNK_POLICIES = ("error", "replace")
+BACKSPACE_TOKEN = "<|backspace|>"  # added to Hugging Face tokenizers by HFTokenizer / add_backspace_tokens
+HF_PAD_TOKEN = "<|pad|>"  # added when a Hugging Face tokenizer has no pad or pads with eos
 
 
 class Tokenizer(ABC):
@@ -241,16 +248,138 @@ class BPETokenizer(Tokenizer):
         return {"type": "bpe", "json": self._tok.to_str()}
 
 
+def add_backspace_tokens(hf_tokenizer) -> list[int]:
+    """Add :data:`BACKSPACE_TOKEN` (and :data:`HF_PAD_TOKEN`) to a ``transformers`` tokenizer, in place.
+
+    The pad token is added when the tokenizer has none or its pad token is
+    its eos token (a pad equal to eos would make "stop" and "padding" one
+    id). Idempotent: a tokenizer that already has both adds nothing.
+
+    :param hf_tokenizer: a ``transformers`` tokenizer (``PreTrainedTokenizerBase``).
+    :return: the new ids, ``len(tokenizer)`` before the call onwards (pad first).
+    """
+    from tokenizers import AddedToken
+
+    old_n = len(hf_tokenizer)
+    if hf_tokenizer.pad_token_id is None or hf_tokenizer.pad_token_id == hf_tokenizer.eos_token_id:
+        hf_tokenizer.add_special_tokens({"pad_token": AddedToken(HF_PAD_TOKEN, special=True, normalized=False)})
+    if BACKSPACE_TOKEN not in hf_tokenizer.get_vocab():
+        hf_tokenizer.add_tokens([AddedToken(BACKSPACE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    return list(range(old_n, len(hf_tokenizer)))
+
+
+def hf_special_ids(hf_tokenizer) -> dict[str, int]:
+    """Special ids of a ``transformers`` tokenizer prepared by :func:`add_backspace_tokens`.
+
+    ``bos`` is the tokenizer's bos token, or its eos token when it has none
+    (GPT-2 and Qwen2 start documents after ``<|endoftext|>``) [recon], so
+    ``bos`` may equal ``eos``; ``unk`` is present only if the tokenizer has one.
+
+    :return: ``{"pad", "bos", "eos", "backspace"[, "unk"]: id}``.
+    :raises ValueError: if the backspace token is missing, the tokenizer has
+        no eos token, or pad is missing or equal to eos.
+    """
+    vocab = hf_tokenizer.get_vocab()
+    if BACKSPACE_TOKEN not in vocab:
+        raise ValueError(f"tokenizer has no {BACKSPACE_TOKEN!r} token; call add_backspace_tokens first")
+    eos, pad = hf_tokenizer.eos_token_id, hf_tokenizer.pad_token_id
+    if eos is None:
+        raise ValueError("tokenizer has no eos token; seqenv needs one to end episodes")
+    if pad is None or pad == eos:
+        raise ValueError(f"tokenizer needs a pad token different from eos, got pad={pad}, eos={eos}")
+    bos = hf_tokenizer.bos_token_id if hf_tokenizer.bos_token_id is not None else eos
+    ids = {"pad": int(pad), "bos": int(bos), "eos": int(eos), "backspace": int(vocab[BACKSPACE_TOKEN])}
+    if hf_tokenizer.unk_token_id is not None:
+        ids["unk"] = int(hf_tokenizer.unk_token_id)
+    return ids
+
+
+def load_hf_tokenizer(path: str):
+    """``transformers.AutoTokenizer.from_pretrained(path)`` with a clear error without the ``[hf]`` extra."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise ImportError("Hugging Face tokenizers need the optional extra: pip install 'seqenv[hf]'") from e
+    return AutoTokenizer.from_pretrained(path)
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``transformers`` tokenizer with seqenv's interface.
+
+    Loads the tokenizer at ``path`` and adds :data:`BACKSPACE_TOKEN` (and
+    :data:`HF_PAD_TOKEN`, see :func:`add_backspace_tokens`), exactly as
+    ``HFPolicy.from_pretrained`` does, so the ids agree with the policy's.
+    Special ids are the tokenizer's own (:func:`hf_special_ids`), available as
+    ``special_ids`` and ``pad_id``/``bos_id``/``eos_id``/``backspace_id``/
+    ``unk_id`` (``None`` when the tokenizer has no unk token). Ids are
+    ``0 .. vocab_size-1`` with ``vocab_size = len(tokenizer)`` after the
+    additions; the model's embedding may have more (padding) rows, which
+    are never ids.
+
+    :param path: directory (or hub id) of the tokenizer; stored by :meth:`to_dict`.
+    :param hf_tokenizer: an already loaded tokenizer for ``path`` (skips loading).
+    :raises ImportError: without ``transformers``.
+    :raises ValueError: as :func:`hf_special_ids` (e.g. no eos token).
+    """
+
+    def __init__(self, path: str, hf_tokenizer=None):
+        self.path = str(path)
+        self.hf = hf_tokenizer if hf_tokenizer is not None else load_hf_tokenizer(self.path)
+        self.added_ids = add_backspace_tokens(self.hf)
+        self.special_ids = hf_special_ids(self.hf)
+        self.pad_id = self.special_ids["pad"]
+        self.bos_id = self.special_ids["bos"]
+        self.eos_id = self.special_ids["eos"]
+        self.backspace_id = self.special_ids["backspace"]
+        self.unk_id = self.special_ids.get("unk")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no bos/eos added (the literal text of a special token encodes to it)."""
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """:raises ValueError: on ids outside ``[0, vocab_size)``. Every special token is skipped."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if i < 0 or i >= self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are out of range for vocab_size {self.vocab_size}")
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def token_str(self, token_id: int) -> str:
+        names = {v: k for k, v in self.special_ids.items()}
+        if token_id in names:
+            return f"<{names[token_id]}>"
+        return self.decode([token_id])
+
+    def to_dict(self) -> dict:
+        """``{"type": "hf", "path", "vocab_size", "special_ids"}``; the last two detect a changed directory."""
+        return {"type": "hf", "path": self.path, "vocab_size": self.vocab_size, "special_ids": dict(self.special_ids)}
+
+
 def tokenizer_from_dict(d: dict) -> Tokenizer:
     """Rebuild a tokenizer from :meth:`Tokenizer.to_dict`.
 
-    :raises ValueError: on an unknown ``type``.
+    :raises ValueError: on an unknown ``type``, or (``"hf"``) when the
+        directory's tokenizer no longer has the stored vocab size or special ids.
     """
     kind = d.get("type")
     if kind == "char":
         return CharTokenizer(d["chars"], unk=d.get("unk", "error"))
+    if kind == "hf":
+        tok = HFTokenizer(d["path"])
+        for key in ("vocab_size", "special_ids"):
+            if key in d and d[key] != tok.to_dict()[key]:
+                raise ValueError(
+                    f"HF tokenizer at {d['path']!r} has {key} {tok.to_dict()[key]!r}, but the stored one is "
+                    f"{d[key]!r}; the directory changed since this tokenizer was saved"
+                )
+        return tok
     if kind == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Tokenizer as RawTokenizer
 
-        return BPETokenizer(HFTokenizer.from_str(d["json"]))
-    raise ValueError(f"unknown tokenizer type {kind!r}; expected 'char' or 'bpe'")
+        return BPETokenizer(RawTokenizer.from_str(d["json"]))
+    raise ValueError(f"unknown tokenizer type {kind!r}; expected 'char', 'bpe' or 'hf'")

@@ -71,6 +71,9 @@ class SeqGenVectorEnv(VectorEnv):
     ``terminated``            BoolTensor ``[B]``         the action was ``eos``
     ``truncated``             BoolTensor ``[B]``         state full, or step limit reached
     ``info["action_mask"]``   BoolTensor ``[B, V]``      legal actions in the returned state
+    ``info["_action_mask"]``  BoolTensor ``[B]``         all True (Gymnasium's "env has this key" flags)
+    ``obs["action_mask"]``    Int8Tensor ``[B, V]``      only with ``mask_in_observation=True``: the
+                                                         mask as 0/1 (space ``MultiBinary``)
     ========================  =========================  ===============================================
 
     With ``copy_obs=True`` (default) observations and masks are fresh tensors
@@ -78,12 +81,34 @@ class SeqGenVectorEnv(VectorEnv):
     themselves (no ``[B, L]`` copy per step): read-only, and overwritten by
     the next :meth:`step`/:meth:`reset` -- copy what you keep.
 
-    **Autoreset** (Gymnasium 1.x ``AutoresetMode.NEXT_STEP``, in
-    ``metadata["autoreset_mode"]``): the step that ends an episode returns its
-    final state; on the next call to :meth:`step` that env restarts instead
-    (its action is ignored) and returns the start state with reward 0 and both
-    flags False. ``reset(options={"reset_mask": m})`` resets only the envs
-    where ``m`` is True (the SB3 adapter uses it for same-step resets).
+    **Autoreset**: ``autoreset_mode`` takes the modes of Gymnasium 1.x's
+    ``SyncVectorEnv`` (an ``AutoresetMode`` or its value as a string), with
+    the same outputs as ``SyncVectorEnv`` over :class:`~seqenv.env.SeqGenEnv`
+    (``tests/test_vector_env.py`` compares them step by step); it is the
+    attribute ``autoreset_mode`` and ``metadata["autoreset_mode"]``.
+
+    * ``NEXT_STEP`` (default): the step that ends an episode returns its
+      final state; on the next call to :meth:`step` that env restarts instead
+      (its action is ignored) and returns the start state with reward 0 and
+      both flags False.
+    * ``SAME_STEP``: the step that ends an episode returns its reward and
+      flags, but the observation and ``info["action_mask"]`` of the restarted
+      env. When an env ended, ``info`` also holds ``"final_obs"`` (numpy object
+      array ``[B]``: env ``b``'s final observation, a dict of tensors without the
+      batch dimension, or ``None``), ``"final_info"``
+      (``{"action_mask": BoolTensor [B, V], "_action_mask": BoolTensor [B]}``,
+      rows of envs that did not end all False) and the flags ``"_final_obs"``,
+      ``"_final_info"`` (BoolTensor ``[B]``: which envs ended). Costs a host
+      sync per step and a Python dict per ended env.
+    * ``DISABLED``: nothing restarts by itself; reset the ended envs with
+      ``reset(options={"reset_mask": m})`` before stepping them again (with
+      ``validate_actions=True`` stepping an ended env raises ``RuntimeError``;
+      without validation it continues from its final state).
+
+    ``reset(options={"reset_mask": m})`` resets only the envs where ``m`` is
+    True, in any mode (the SB3 adapter uses it for same-step resets); its
+    ``info["action_mask"]`` holds every env's mask (``SyncVectorEnv``: the
+    reset envs' only, zeros elsewhere).
 
     **Actions**: LongTensor or integer numpy array ``[B]``. With
     ``validate_actions=True`` (default) an out-of-range or masked action
@@ -109,11 +134,14 @@ class SeqGenVectorEnv(VectorEnv):
     :param copy_obs: fresh observation tensors each call (see above).
     :param backend: array ops of the step: ``"auto"`` (numpy on CPU, torch
         elsewhere), ``"numpy"`` (CPU only) or ``"torch"``. Same results.
+    :param autoreset_mode: ``AutoresetMode`` or its string value
+        (``"NextStep"``, ``"SameStep"``, ``"Disabled"``), see above.
     :param task, max_length, max_episode_steps, reward, reward_mode, prompts,
-        render_mode: as :class:`~seqenv.env.SeqGenEnv`; ``max_episode_steps``
-        reaches this constructor through ``gym.make_vec``.
+        render_mode, mask_in_observation: as :class:`~seqenv.env.SeqGenEnv`;
+        ``max_episode_steps`` reaches this constructor through ``gym.make_vec``.
     :raises ValueError: on bad arguments (those of the single env,
-        ``num_envs < 1``, a CUDA device without CUDA, an unknown backend).
+        ``num_envs < 1``, a CUDA device without CUDA, an unknown backend or
+        autoreset mode).
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -132,6 +160,8 @@ class SeqGenVectorEnv(VectorEnv):
         validate_actions: bool = True,
         copy_obs: bool = True,
         backend: str = "auto",
+        autoreset_mode: "str | AutoresetMode" = AutoresetMode.NEXT_STEP,
+        mask_in_observation: bool = False,
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
@@ -143,6 +173,10 @@ class SeqGenVectorEnv(VectorEnv):
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if backend == "numpy" and device.type != "cpu":
             raise ValueError(f"backend='numpy' runs on the CPU only, got device={str(device)!r}")
+        self._autoreset_mode = as_autoreset_mode(autoreset_mode)
+        self._next_step = self._autoreset_mode == AutoresetMode.NEXT_STEP
+        self._same_step = self._autoreset_mode == AutoresetMode.SAME_STEP
+        self.metadata = {**self.metadata, "autoreset_mode": self._autoreset_mode}
         cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode)
         self.config = cfg
         self.task, self.tokenizer = cfg.task, cfg.tokenizer
@@ -158,7 +192,8 @@ class SeqGenVectorEnv(VectorEnv):
 
         self.single_action_space = TokenActionSpace(V)
         self.action_space = batch_space(self.single_action_space, B)
-        self.single_observation_space = observation_space(V, L)
+        self.mask_in_observation = bool(mask_in_observation)
+        self.single_observation_space = observation_space(V, L, self.mask_in_observation)
         self.observation_space = batch_space(self.single_observation_space, B)
 
         # the batched state: torch tensors on device
@@ -219,6 +254,14 @@ class SeqGenVectorEnv(VectorEnv):
         self._prompt_lengths = self._const(prompt_lengths)
         self._conditional = cfg.prompts is not None
         self._mask_buffer = self._take(self._mask_table, self._env_index * 0)  # info["action_mask"] when copy_obs=False
+        self._obs_mask_table = self._const(mask_table.astype(np.int8))  # obs["action_mask"] (mask_in_observation)
+        self._obs_mask_buffer = self._take(self._obs_mask_table, self._env_index * 0)  # ... when copy_obs=False
+        self._all_envs = self._to_torch(self._env_index >= 0)  # info["_action_mask"]: a constant, all True
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        """The autoreset mode (read-only: set it in the constructor)."""
+        return self._autoreset_mode
 
     # -- Gymnasium API ------------------------------------------------------
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict, dict]:
@@ -251,30 +294,40 @@ class SeqGenVectorEnv(VectorEnv):
             rows_t = self._to_torch(rows)
             self.potential = torch.where(rows_t, self.config.score.potential(self.tokens, self.length), self.potential)
         self._started = True
-        return self._obs(), {"action_mask": self._info_mask()}
+        return self._obs(), {"action_mask": self._info_mask(), "_action_mask": self._all_envs}
 
     def step(self, actions) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        """Apply one action per env (envs whose episode ended at the last step restart instead).
+        """Apply one action per env; restarts follow ``autoreset_mode`` (class docstring).
 
         :param actions: LongTensor or integer numpy array ``[B]``.
         :return: ``(obs, rewards, terminated, truncated, info)``, torch
             tensors on ``device`` (table in the class docstring).
         :raises ValueError: on a bad shape or dtype, or (``validate_actions``)
             an out-of-range or masked action.
-        :raises RuntimeError: before the first :meth:`reset`.
+        :raises RuntimeError: before the first :meth:`reset`; (``DISABLED``
+            with ``validate_actions``) for an env whose episode ended and was
+            not reset.
         """
         if not self._started:
             raise RuntimeError("step() called before reset(); call reset() first")
         x, xp = self._x, self.xp
         a = self._as_actions(actions)
-        restart = self._copy(x["done"])  # these envs start a new episode now; their action is ignored
-        if self.validate_actions:
-            self._validate(a, restart)
-        x["steps"] += 1
-        self._restart(restart)  # steps back to 0 there
-        # the transition, by table lookup: +1 and the token for an append, -1 and pad for a backspace,
-        # nothing for eos, pad, bos, out-of-range ids (clipped to V) and restarting envs
-        a = xp.where(restart, PAD_ID, self._clip(a, self.vocab_size))
+        next_step = self._next_step
+        if next_step:
+            restart = self._copy(x["done"])  # these envs start a new episode now; their action is ignored
+            if self.validate_actions:
+                self._validate(a, restart)
+            x["steps"] += 1
+            self._restart(restart)  # steps back to 0 there
+            # the transition, by table lookup: +1 and the token for an append, -1 and pad for a backspace,
+            # nothing for eos, pad, bos, out-of-range ids (clipped to V) and restarting envs
+            a = xp.where(restart, PAD_ID, self._clip(a, self.vocab_size))
+        else:  # SAME_STEP: no env is done here; DISABLED: the user resets the ended envs
+            if self.validate_actions:
+                self._check_not_done()
+                self._validate(a, None)
+            x["steps"] += 1
+            a = self._clip(a, self.vocab_size)
         length = xp.maximum(x["length"] + self._take(self._change, a), x["prompt_length"])  # keep the prompt
         write_at = xp.minimum(x["length"], length)  # append: at the old length; backspace: at the new one
         x["tokens"].reshape(-1)[self._row_start + write_at] = self._take(self._written, a)
@@ -291,8 +344,13 @@ class SeqGenVectorEnv(VectorEnv):
                                         self.potential)
             if potential is not None:
                 self.potential = potential
-            rewards = torch.where(self._to_torch(restart), 0.0, r).float()
-        return self._obs(), rewards, terminated, truncated, {"action_mask": self._info_mask()}
+            rewards = (torch.where(self._to_torch(restart), 0.0, r) if next_step else r).float()
+        if self._same_step:
+            info = self._same_step_restart()
+            info["action_mask"], info["_action_mask"] = self._info_mask(), self._all_envs
+        else:
+            info = {"action_mask": self._info_mask(), "_action_mask": self._all_envs}
+        return self._obs(), rewards, terminated, truncated, info
 
     def action_masks(self) -> torch.Tensor:
         """Legal actions in the current states: BoolTensor ``[B, V]`` on ``device`` (a fresh tensor)."""
@@ -409,24 +467,84 @@ class SeqGenVectorEnv(VectorEnv):
         return self._long(a)
 
     def _validate(self, a, restart) -> None:
+        """Raise for an illegal action of an env not in ``restart`` (bool ``[B]``, or None: no env restarts)."""
         can_backspace = self._x["length"] > self._x["prompt_length"]
         legal = (a >= EOS_ID) & (a < self.vocab_size) & ((a != BACKSPACE_ID) | can_backspace)
-        bad = ~(legal | restart)
+        bad = ~legal if restart is None else ~(legal | restart)
         if bool(bad.any()):
             b = int((bad * 1).argmax())
             raise illegal_action_error(int(a[b]), self.vocab_size, bool(can_backspace[b]), self.tokenizer, env_index=b)
 
+    def _check_not_done(self) -> None:
+        """``DISABLED``: raise RuntimeError if an env whose episode ended is stepped before its reset."""
+        done = self._x["done"]
+        if bool(done.any()):
+            ended = self._to_torch(done).nonzero()[:, 0].tolist()[:10]
+            raise RuntimeError(
+                f"step() called for envs whose episode ended (first: {ended}) with autoreset_mode=DISABLED; "
+                "reset them first with reset(options={'reset_mask': mask})")
+
+    def _same_step_restart(self) -> dict:
+        """``SAME_STEP``: restart the envs that ended at this step; their final observations and masks.
+
+        :return: ``{}`` if no env ended, else the ``final_obs``/``final_info``
+            entries of ``info`` (class docstring; as ``SyncVectorEnv``).
+        """
+        x, xp = self._x, self.xp
+        ended = self._copy(x["done"])
+        if not bool(ended.any()):  # one host sync: whether there is a final observation to build
+            return {}
+        rows = ended.nonzero()[0] if self.backend == "numpy" else ended.nonzero()[:, 0]
+        can_backspace = (x["length"] > x["prompt_length"]) * 1
+        state = {k: self._to_torch(x[k][rows]) for k in ("tokens", "length", "prompt_length")}  # copies
+        if self.mask_in_observation:
+            state["action_mask"] = self._to_torch(self._take(self._obs_mask_table, can_backspace[rows]))
+        final_obs = np.full(self.num_envs, None, dtype=object)
+        for j, b in enumerate(rows.tolist()):
+            final_obs[b] = {k: v[j] for k, v in state.items()}
+        ended_t = self._to_torch(ended)
+        final_mask = self._to_torch(self._take(self._mask_table, can_backspace) & ended[:, None])
+        self._restart(ended)
+        x["done"][...] = False
+        if self.config.score is not None and self.reward_mode == "step":
+            self.potential = torch.where(ended_t, self.config.score.potential(self.tokens, self.length),
+                                         self.potential)
+        return {"final_obs": final_obs, "_final_obs": ended_t,
+                "final_info": {"action_mask": final_mask, "_action_mask": ended_t}, "_final_info": ended_t}
+
     def _obs(self) -> dict:
         if not self.copy_obs:  # the state tensors themselves (read-only, valid until the next call)
-            return {"tokens": self.tokens, "length": self.length, "prompt_length": self.prompt_length}
+            obs = {"tokens": self.tokens, "length": self.length, "prompt_length": self.prompt_length}
+            if self.mask_in_observation:  # one buffer; only the backspace column changes
+                self._obs_mask_buffer[:, BACKSPACE_ID] = self._x["length"] > self._x["prompt_length"]
+                obs["action_mask"] = self._to_torch(self._obs_mask_buffer)
+            return obs
         x = self._x
-        return {k: self._to_torch(self._copy(x[k])) for k in ("tokens", "length", "prompt_length")}
+        obs = {k: self._to_torch(self._copy(x[k])) for k in ("tokens", "length", "prompt_length")}
+        if self.mask_in_observation:
+            obs["action_mask"] = self._to_torch(
+                self._take(self._obs_mask_table, (x["length"] > x["prompt_length"]) * 1))
+        return obs
 
     def _info_mask(self) -> torch.Tensor:
         if not self.copy_obs:  # one buffer; only the backspace column changes
             self._mask_buffer[:, BACKSPACE_ID] = self._x["length"] > self._x["prompt_length"]
             return self._to_torch(self._mask_buffer)
         return self.action_masks()
+
+
+def as_autoreset_mode(mode: "str | AutoresetMode") -> AutoresetMode:
+    """``mode`` as an ``AutoresetMode`` (accepts the enum or its value, as ``SyncVectorEnv`` does).
+
+    :raises ValueError: for anything else, naming the accepted values.
+    """
+    if isinstance(mode, AutoresetMode):
+        return mode
+    try:
+        return AutoresetMode(mode)
+    except ValueError:
+        raise ValueError(f"unknown autoreset_mode {mode!r}; expected an AutoresetMode or one of "
+                         f"{[m.value for m in AutoresetMode]}") from None
 
 
 class ToNumpy(VectorWrapper):
@@ -453,4 +571,9 @@ def _to_numpy(x):
         return x.detach().cpu().numpy()
     if isinstance(x, dict):
         return {k: _to_numpy(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray) and x.dtype == object:  # info["final_obs"] of SAME_STEP
+        out = np.full(x.shape, None, dtype=object)
+        for i, v in enumerate(x):
+            out[i] = _to_numpy(v)
+        return out
     return x

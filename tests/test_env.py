@@ -308,6 +308,18 @@ def test_callable_reward_with_a_wrong_shape_raises():
         env.step(A)
 
 
+def test_mask_in_observation():
+    env = gym.make("SeqGen-v0", task="oracle-hmm", max_length=3, prompts=["a"], mask_in_observation=True)
+    assert env.observation_space["action_mask"] == gym.spaces.MultiBinary(21)
+    assert "action_mask" not in hmm_env().observation_space.spaces
+    obs, info = env.reset(seed=0)
+    assert obs["action_mask"].dtype == np.int8 and obs["action_mask"].tolist() == [0, 0, 1, 0] + [1] * 17
+    for a, can_backspace in ((A, 1), (BACKSPACE_ID, 0), (B_, 1)):
+        obs, *_, info = env.step(a)
+        assert obs["action_mask"].tolist() == info["action_mask"].tolist() == [0, 0, 1, can_backspace] + [1] * 17
+        assert env.observation_space.contains(obs)
+
+
 # -- registration and checkers -----------------------------------------------
 def test_registration():
     env = gym.make("SeqGen-v0", task="oracle-hmm")
@@ -321,6 +333,8 @@ def test_registration():
     dict(),
     dict(task="oracle-hmm", reward="oracle", reward_mode="step", render_mode="ansi"),
     dict(task="oracle-hmm", prompts=["a", "bc"], max_length=6),
+    dict(mask_in_observation=True),
+    dict(task="oracle-hmm", prompts=["a", "bc"], max_length=6, mask_in_observation=True),
 ])
 def test_env_checkers_pass_without_warnings(kwargs):
     with warnings.catch_warnings():

@@ -71,6 +71,14 @@ def test_seed_attrs_and_errors():
         venv.set_attr("validate_actions", True, indices=[0])
     with pytest.raises(ValueError, match="copy_obs=True"):
         SB3VecEnv(SeqGenVectorEnv(num_envs=2, task="oracle-hmm", copy_obs=False))
+    with pytest.raises(ValueError, match="autoreset_mode NEXT_STEP or DISABLED, got SAME_STEP"):
+        SB3VecEnv(SeqGenVectorEnv(num_envs=2, task="oracle-hmm", autoreset_mode="SameStep"))
+    disabled = SB3VecEnv(SeqGenVectorEnv(num_envs=2, task="oracle-hmm", max_length=4, autoreset_mode="Disabled"))
+    disabled.reset()
+    obs, _, dones, infos = disabled.step(np.array([EOS_ID, 5]))  # the adapter resets env 0 itself
+    assert dones.tolist() == [True, False] and obs["length"].tolist() == [0, 1]
+    obs, _, dones, _ = disabled.step(np.array([5, 5]))  # and DISABLED then lets env 0 step again
+    assert obs["length"].tolist() == [1, 2]
 
 
 def test_token_sequence_extractor_reads_the_state_at_its_last_token():

@@ -78,6 +78,133 @@ def test_vector_env_equals_single_envs(backend, config):
     assert min(seen[k] for k in ("restart", "backspace", "eos", "full", "step limit", "nonzero reward")) > 0, seen
 
 
+MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+@pytest.mark.parametrize("config,mask_in_obs", [("prompts+oracle-step", True), ("callable-terminal", False)])
+def test_autoreset_modes_equal_sync_vector_env(backend, mode, config, mask_in_obs):
+    """Every output equal to gymnasium's SyncVectorEnv over SeqGenEnv, in each autoreset mode."""
+    kw, N, seed = dict(CONFIGS[config], mask_in_observation=mask_in_obs), 5, 7
+    ours = SeqGenVectorEnv(num_envs=N, backend=backend, autoreset_mode=mode.value, **kw)  # the mode as a string
+    ref = gym.vector.SyncVectorEnv([lambda: SeqGenEnv(**kw)] * N, autoreset_mode=mode)
+    assert ours.autoreset_mode == ours.metadata["autoreset_mode"] == ref.metadata["autoreset_mode"] == mode
+    assert ours.single_observation_space == ref.single_observation_space
+    assert ours.observation_space == ref.observation_space and ours.action_space == ref.action_space
+    _assert_equal(ours.reset(seed=seed), ref.reset(seed=seed))
+    rng = np.random.default_rng(1)
+    mask = ref.call("action_masks")
+    seen = Counter()
+    for _ in range(120):
+        actions = np.array([choose(m, rng) for m in mask])
+        out, expected = ours.step(actions), ref.step(actions)
+        _assert_equal(out, expected)
+        assert ours.observation_space.contains({k: v.numpy() for k, v in out[0].items()})
+        ended = expected[2] | expected[3]
+        seen["ended"] += ended.sum()
+        seen["final_obs"] += "final_obs" in expected[4]
+        if mode == AutoresetMode.DISABLED and ended.any():  # reset the ended envs, as the mode requires
+            with pytest.raises(RuntimeError, match=r"episode ended \(first: \[\d+"):
+                ours.step(actions)
+            (obs, info), (ref_obs, ref_info) = (e.reset(options={"reset_mask": ended.copy()}) for e in (ours, ref))
+            _assert_equal(obs, ref_obs)
+            # info: the mask of every env (SyncVectorEnv: of the reset envs only, zeros elsewhere)
+            assert ref_info["_action_mask"].tolist() == ended.tolist() and info["_action_mask"].all()
+            assert info["action_mask"][ended].tolist() == ref_info["action_mask"][ended].astype(bool).tolist()
+            assert info["action_mask"].tolist() == ours.action_masks().tolist()
+            seen["partial resets"] += 1
+        mask = ref.call("action_masks")
+    assert seen["ended"] > 20, seen
+    assert seen["final_obs"] > 10 if mode == AutoresetMode.SAME_STEP else seen["final_obs"] == 0, seen
+    assert seen["partial resets"] > 10 if mode == AutoresetMode.DISABLED else True, seen
+
+
+def _assert_equal(ours, ref, path="out"):
+    """Equal values, recursively: torch (ours) vs numpy (SyncVectorEnv); masks bool vs int8; floats to 1e-6."""
+    if isinstance(ref, (tuple, dict)):
+        assert type(ours) is type(ref) and len(ours) == len(ref), path
+        if isinstance(ref, dict):
+            assert sorted(ours) == sorted(ref), (path, sorted(ours), sorted(ref))
+        for k in (ref if isinstance(ref, dict) else range(len(ref))):
+            _assert_equal(ours[k], ref[k], f"{path}[{k!r}]")
+    elif isinstance(ref, np.ndarray) and ref.dtype == object:  # final_obs: one dict or None per env
+        assert isinstance(ours, np.ndarray) and ours.dtype == object and ours.shape == ref.shape, path
+        for i, (o, r) in enumerate(zip(ours, ref)):
+            assert (o is None) == (r is None), f"{path}[{i}]"
+            if r is not None:
+                _assert_equal(o, r, f"{path}[{i}]")
+    else:
+        o, r = np.asarray(ours.cpu() if isinstance(ours, torch.Tensor) else ours), np.asarray(ref)
+        assert o.shape == r.shape, (path, o.shape, r.shape)
+        if r.dtype.kind == "f":
+            np.testing.assert_allclose(o, r, rtol=1e-6, atol=1e-5, err_msg=path)
+        else:
+            assert o.astype(np.int64).tolist() == r.astype(np.int64).tolist(), path
+
+
+def test_autoreset_mode_arguments():
+    venv = gym.make_vec("SeqGen-v0", num_envs=2, task="oracle-hmm", autoreset_mode=AutoresetMode.SAME_STEP)
+    assert venv.autoreset_mode == AutoresetMode.SAME_STEP and venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    assert SeqGenVectorEnv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP  # the class default is untouched
+    assert SeqGenVectorEnv(num_envs=1, task="oracle-hmm", autoreset_mode="Disabled").autoreset_mode \
+        == AutoresetMode.DISABLED
+    with pytest.raises(ValueError, match=r"unknown autoreset_mode 'same_step'; expected an AutoresetMode or one of "
+                                         r"\['NextStep', 'SameStep', 'Disabled'\]"):
+        SeqGenVectorEnv(num_envs=1, task="oracle-hmm", autoreset_mode="same_step")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_step_scripted_final_obs(backend):
+    venv = SeqGenVectorEnv(num_envs=3, task="oracle-hmm", max_length=2, max_episode_steps=10, backend=backend,
+                           autoreset_mode="SameStep",
+                           mask_in_observation=True, reward=lambda tokens, lengths: lengths.double() * 10)
+    venv.reset(seed=0)
+    obs, rew, term, trunc, info = venv.step(np.array([A, A, A]))
+    assert "final_obs" not in info and obs["length"].tolist() == [1, 1, 1] and info["_action_mask"].all()
+    obs, rew, term, trunc, info = venv.step(np.array([BACKSPACE_ID, EOS_ID, BACKSPACE_ID]))  # env 1 ends, restarts
+    assert term.tolist() == [False, True, False] and obs["length"].tolist() == [0, 0, 0]
+    assert info["final_obs"][1]["tokens"].tolist() == [A, 0] and info["final_obs"][0] is None
+    venv.step(np.array([A, EOS_ID, A]))  # env 1 ends empty
+    obs, rew, term, trunc, info = venv.step(np.array([B_, A, EOS_ID]))  # env 0 full, env 2 eos: both restart
+    assert term.tolist() == [False, False, True] and trunc.tolist() == [True, False, False]
+    assert rew.tolist() == [0.0, 0.0, 10.0]  # terminal reward of "a": paid on the step that ended it
+    assert obs["tokens"].tolist() == [[0, 0], [A, 0], [0, 0]] and obs["length"].tolist() == [0, 1, 0]
+    assert obs["action_mask"][:, BACKSPACE_ID].tolist() == [0, 1, 0]  # of the restarted envs
+    assert info["_final_obs"].tolist() == info["_final_info"].tolist() == [True, False, True]
+    assert info["final_obs"][1] is None
+    assert info["final_obs"][0]["tokens"].tolist() == [A, B_] and int(info["final_obs"][0]["length"]) == 2
+    assert info["final_obs"][2]["tokens"].tolist() == [A, 0] and int(info["final_obs"][2]["action_mask"][3]) == 1
+    assert info["final_info"]["action_mask"][:, BACKSPACE_ID].tolist() == [True, False, True]
+    assert not info["final_info"]["action_mask"][1].any()
+    obs, rew, term, trunc, info = venv.step(np.array([A, A, A]))  # no restart before the action: every action counts
+    assert obs["length"].tolist() == [1, 0, 1] and trunc.tolist() == [False, True, False]  # env 1 became full
+    assert info["_final_obs"].tolist() == [False, True, False] and info["final_obs"][1]["tokens"].tolist() == [A, A]
+
+
+def test_to_numpy_converts_final_obs():
+    venv = ToNumpy(SeqGenVectorEnv(num_envs=2, task="oracle-hmm", max_length=3, autoreset_mode="SameStep"))
+    venv.reset(seed=0)
+    *_, info = venv.step(np.array([EOS_ID, A]))
+    assert info["final_obs"][1] is None and isinstance(info["final_obs"][0]["tokens"], np.ndarray)
+    assert isinstance(info["_final_obs"], np.ndarray) and isinstance(info["final_info"]["action_mask"], np.ndarray)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_in_observation(backend):
+    for copy_obs in (True, False):
+        venv = SeqGenVectorEnv(num_envs=2, task="oracle-hmm", max_length=3, backend=backend, copy_obs=copy_obs,
+                               mask_in_observation=True)
+        assert venv.single_observation_space["action_mask"] == gym.spaces.MultiBinary(21)
+        assert venv.observation_space["action_mask"] == gym.spaces.Box(0, 1, (2, 21), np.int8)  # batch_space
+        obs, info = venv.reset(seed=0)
+        assert obs["action_mask"].dtype == torch.int8 and obs["action_mask"][:, BACKSPACE_ID].tolist() == [0, 0]
+        obs, *_, info = venv.step(np.array([A, EOS_ID]))
+        assert obs["action_mask"].tolist() == info["action_mask"].to(torch.int8).tolist()
+        assert obs["action_mask"][:, BACKSPACE_ID].tolist() == [1, 0]
+    assert "action_mask" not in SeqGenVectorEnv(num_envs=1, task="oracle-hmm").single_observation_space.spaces
+
+
 def _assert_same(vobs, vinfo, i, obs, info):
     assert vobs["tokens"][i].tolist() == obs["tokens"].tolist()
     assert int(vobs["length"][i]) == int(obs["length"])

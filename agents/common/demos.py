@@ -239,10 +239,7 @@ class DemoSampler:
     """
 
     def __init__(self, task: Task, split: str = "train", generator: Optional[torch.Generator] = None):
-        if getattr(task, "split_prompts", None) is not None:
-            pairs = task.encoded_pairs(split)
-        else:
-            pairs = [([], s) for s in task.encoded(split)]
+        pairs = task.encoded_pairs(split)  # (prompt ids, target ids); prompts are [] unless the task is paired
         self.pairs = [(p, s) for p, s in pairs if len(p) + len(s) + 1 <= task.max_length]
         if not self.pairs:
             raise ValueError(f"task {task.name!r} has no {split!r} sequences that fit max_length={task.max_length}")

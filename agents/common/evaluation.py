@@ -142,18 +142,20 @@ def heldout_nll(
         a policy whose ``max_state_length`` cannot hold the longest state, or logits
         whose last dimension is not the tokenizer's ``vocab_size``.
     """
-    if task.prompts is not None:
-        raise ValueError(f"heldout_nll needs an unconditional task; task {task.name!r} has prompts "
+    if task.prompts is not None and not task.paired:
+        raise ValueError(f"heldout_nll needs an unconditional or paired task; task {task.name!r} has prompts "
                          f"and its splits do not pair texts with prompts")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_sequences is not None and max_sequences < 1:
         raise ValueError(f"max_sequences must be >= 1 or None, got {max_sequences}")
-    seqs = task.encoded(split)  # raises ValueError on a bad split name
+    pairs = task.encoded_pairs(split)  # raises ValueError on a bad split name; prompts [] unless paired
     if max_sequences is not None:
-        seqs = seqs[:max_sequences]
-    kept = [s for s in seqs if len(s) <= task.max_length - 1]
-    skipped = len(seqs) - len(kept)
+        pairs = pairs[:max_sequences]
+    kept_pairs = [(p + s, len(p)) for p, s in pairs if len(p) + len(s) <= task.max_length - 1]
+    kept = [x for x, _ in kept_pairs]
+    starts = [n for _, n in kept_pairs]  # prompt tokens: conditioned on, not scored
+    skipped = len(pairs) - len(kept)
     if not kept:
         raise ValueError(f"split {split!r} of task {task.name!r} has no sequence of at most "
                          f"max_length - 1 = {task.max_length - 1} tokens to score ({skipped} skipped)")
@@ -174,7 +176,8 @@ def heldout_nll(
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
-                batch = [kept[i] for i in order[start:start + batch_size]]
+                rows = order[start:start + batch_size]
+                batch = [kept[i] for i in rows]
                 inputs, lengths = pad_sequences([[BOS_ID] + s for s in batch], pad_id=PAD_ID)  # [B, T]
                 targets, _ = pad_sequences([s + [EOS_ID] for s in batch], pad_id=PAD_ID)  # [B, T]
                 inputs, targets, lengths = inputs.to(device), targets.to(device), lengths.to(device)
@@ -185,10 +188,12 @@ def heldout_nll(
                 logits = logits.double()
                 if action_mask:
                     logits = _mask_illegal_actions(logits)
-                predicted = torch.arange(targets.shape[1], device=device)[None, :] < lengths[:, None]  # [B, T]
+                idx = torch.arange(targets.shape[1], device=device)[None, :]
+                first = torch.tensor([starts[i] for i in rows], device=device)[:, None]
+                predicted = (idx < lengths[:, None]) & (idx >= first)  # [B, T]
                 nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T]
                 total_nll += float(torch.where(predicted, nll, torch.zeros_like(nll)).sum())
-                total_tokens += int(lengths.sum())
+                total_tokens += int(predicted.sum())
     finally:
         policy.train(was_training)
     nll = total_nll / total_tokens
@@ -523,6 +528,7 @@ def evaluate_samples(
     max_references: Optional[int] = BLEU_MAX_REFERENCES,
     bleu_tokenize: Optional[str] = None,
     seed: int = 0,
+    prompts: Optional[Sequence[str]] = None,
 ) -> dict:
     """All sample-based metrics of one set of generations, under the standard keys.
 
@@ -536,6 +542,9 @@ def evaluate_samples(
     :param max_bleu_samples, max_references, seed: BLEU subsets (:func:`bleu4`).
     :param bleu_tokenize: sacrebleu tokenizer; default ``"char"`` on oracle
         tasks (letter strings without words), ``"13a"`` otherwise.
+    :param prompts: the prompt text of each sample (conditional tasks): the
+        validity checker reads ``prompt + sample`` (e.g. ``arithmetic``:
+        question + answer); the other metrics read the samples alone.
     :return: ``dict`` with ``validity``, ``bleu4``, ``self_bleu4``,
         ``distinct_2`` (over task tokens), ``mean_length``, ``std_length``,
         ``min_length``, ``max_length`` (task tokens), ``backspace_rate``,
@@ -559,7 +568,7 @@ def evaluate_samples(
     if bleu_tokenize is None:
         bleu_tokenize = "char" if task.oracle is not None else "13a"
     out = dict(
-        validity=validity_rate(task, texts),
+        validity=validity_rate(task, texts if prompts is None else [p + t for p, t in zip(prompts, texts)]),
         bleu4=bleu4(texts, references, max_bleu_samples, max_references, bleu_tokenize, seed),
         self_bleu4=self_bleu4(texts, max_bleu_samples, bleu_tokenize, seed),
         distinct_2=distinct_n(ids, 2),
@@ -635,19 +644,26 @@ def evaluate_policy(
 ) -> dict:
     """Generate ``num_samples`` episodes through the vector env and score them.
 
+    On a paired task (``arithmetic``) the episodes start from the ``test``
+    split's prompts (drawn with replacement by the env's seeded hash),
+    ``validity`` is the exact-answer accuracy and ``nll`` is that of the test
+    answers given their questions.
+
     :return: :func:`evaluate_samples`'s keys, plus ``nll`` / ``perplexity``
-        (held-out ``test`` split, :func:`heldout_nll`; ``None`` on conditional
-        tasks) and ``terminated_rate`` (fraction of episodes ended by ``eos``
+        (held-out ``test`` split, :func:`heldout_nll`; ``None`` on unpaired
+        conditional tasks) and ``terminated_rate`` (fraction of episodes ended by ``eos``
         rather than truncated). Deterministic for a given ``seed``.
     """
     device = device if device is not None else next(policy.parameters()).device
+    env_kwargs = {"prompts": task.split_prompts["test"]} if task.paired else None
     results = generate(policy, task, num_samples, batch_size=batch_size, device=device, seed=seed,
-                       temperature=temperature)
+                       temperature=temperature, env_kwargs=env_kwargs)
     seqs = [s for r in results for s in r.sequences()]
     actions = [a for r in results for a in r.action_lists()]
-    metrics = evaluate_samples(task, seqs, action_histories=actions, seed=seed)
+    prompts = [task.tokenizer.decode(p) for r in results for p in r.prompts()] if task.prompts is not None else None
+    metrics = evaluate_samples(task, seqs, action_histories=actions, seed=seed, prompts=prompts)
     metrics["terminated_rate"] = float(torch.cat([r.terminated for r in results]).float().mean())
-    if task.prompts is None:
+    if task.prompts is None or task.paired:
         h = heldout_nll(policy, task, "test", batch_size=batch_size, device=device)
         metrics.update(nll=h["nll"], perplexity=h["perplexity"])
     else:

@@ -3,6 +3,8 @@
 =====================  =========================================================
 ``transformer``        :class:`TransformerPolicy`, our nanoGPT-sized model
                        (:mod:`agents.policies.transformer`)
+``hf``                 :class:`~agents.policies.hf.HFPolicy`, any Hugging Face
+                       causal LM (needs the ``[hf]`` extra: transformers, peft)
 =====================  =========================================================
 
 :func:`build_policy` rebuilds a policy from its :meth:`Policy.policy_spec`
@@ -14,11 +16,13 @@ from __future__ import annotations
 from typing import Callable
 
 from .base import Policy
+from .hf import HFPolicy
 from .transformer import PolicyConfig, TransformerPolicy
 
 #: family name -> builder taking the spec's ``config`` dict
 POLICY_FAMILIES: dict[str, Callable[[dict], Policy]] = {
     "transformer": lambda config: TransformerPolicy(PolicyConfig.from_dict(config)),
+    "hf": lambda config: HFPolicy.from_spec({"family": "hf", "config": config}),
 }
 
 
@@ -34,4 +38,4 @@ def build_policy(spec: dict) -> Policy:
     return POLICY_FAMILIES[spec["family"]](spec["config"])
 
 
-__all__ = ["Policy", "PolicyConfig", "TransformerPolicy", "POLICY_FAMILIES", "build_policy"]
+__all__ = ["Policy", "PolicyConfig", "TransformerPolicy", "HFPolicy", "POLICY_FAMILIES", "build_policy"]
