@@ -49,10 +49,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, PAD_ID
 
-from .common.checkpoint import CheckpointError, check_task_compatible, load_checkpoint
+from .common.checkpoint import CheckpointError, checkpoint_task, load_checkpoint
 from .common.demos import Demos
 from .common.distributed import wrap_ddp
 from .common.learner import LearnerContext, register_learner
@@ -607,7 +606,7 @@ class NCEConfig:
             raise ValueError(
                 f"NCEConfig.policy_objective must be one of {POLICY_OBJECTIVES}, got {self.policy_objective!r}"
             )
-        for name in ("nu", "refresh_every"):
+        for name in ("nu", "refresh_every", "critic_n_layer", "critic_n_head", "critic_n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"NCEConfig.{name} must be an int >= 1, got {value!r}")
@@ -615,6 +614,13 @@ class NCEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"NCEConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.critic_dropout < 1.0:
+            raise ValueError(f"NCEConfig.critic_dropout must be in [0, 1), got {self.critic_dropout!r}")
+        if self.critic_n_embd % self.critic_n_head:
+            raise ValueError(f"NCEConfig.critic_n_embd ({self.critic_n_embd}) must be divisible by "
+                             f"NCEConfig.critic_n_head ({self.critic_n_head})")
+        if self.critic_pooling not in ("mean", "first"):
+            raise ValueError(f"NCEConfig.critic_pooling must be 'mean' or 'first', got {self.critic_pooling!r}")
 
     def critic_config(self, vocab_size: int, block_size: int) -> CriticConfig:
         """The :class:`CriticConfig` of these fields for a task's vocabulary and length."""
@@ -837,8 +843,7 @@ def load_critic(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
             f"checkpoint {str(path)!r} is not an nce checkpoint (agent {state['agent']!r}, no critic); "
             "train a critic with scripts/train.py --agent nce"
         )
-    task = make_task(task if task is not None else state["task"]["name"])
-    check_task_compatible(state, task, path=f"critic checkpoint {str(path)!r}")
+    task = checkpoint_task(state, task, path=f"critic checkpoint {str(path)!r}")
     config = CriticConfig.from_dict(learner["critic_config"])
     if task.max_length + 1 > config.block_size:
         raise CheckpointError(

@@ -63,7 +63,7 @@ def _train(kw: dict) -> dict:
 
     sections = kw.pop("sections", {})
     model = ModelConfig(**kw.pop("model"))
-    cfg = TrainConfig(**kw, model=model, device="cpu", progress=False)
+    cfg = TrainConfig(**kw, model=model, device="cpu", progress=False, overwrite=True)  # scratch runs are redone
     for name, values in sections.items():
         setattr(cfg, name, dataclasses.replace(getattr(cfg, name), **values))
     t0 = time.perf_counter()

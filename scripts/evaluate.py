@@ -5,6 +5,10 @@
 Prints a Markdown table and writes the metrics (keys of DESIGN.md:
 ``validity``, ``nll``, ``perplexity``, ``oracle_nll``, ``bleu4``,
 ``self_bleu4``, ``distinct_2``, ``mean_length``, ``backspace_rate``, ...).
+Held-out metrics need the task's texts: a ``file:`` task whose corpus is
+gone is refused with the file it needs. A bad flag, checkpoint or output
+path exits with status 2 and one line ``error: ...``; ``--debug`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -14,9 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-import tyro
-
 from agents.common.checkpoint import load_policy
+from agents.common.cli import check_number, check_output_path, parse_flags, run_cli
 from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
 from agents.trainer import resolve_device
 
@@ -28,7 +31,9 @@ class EvaluateConfig:
     :param checkpoint: policy checkpoint.
     :param task: task to evaluate on (default: the checkpoint's).
     :param out: metrics JSON file (none written if omitted).
-    :param num_samples: generated sequences for the sample metrics.
+    :param num_samples: generated sequences for the sample metrics (>= 1).
+    :param temperature: sampling temperature, a finite number > 0.
+    :raises ValueError: naming the flag, the value and the expected range.
     """
 
     checkpoint: str
@@ -39,9 +44,16 @@ class EvaluateConfig:
     seed: int = 0
     device: str = "auto"
 
+    def __post_init__(self):
+        check_number("--num-samples", self.num_samples, ge=1, integer=True)
+        check_number("--temperature", self.temperature, gt=0)
+        check_number("--seed", self.seed, ge=0, integer=True)
 
-def main(argv: "list[str] | None" = None) -> dict:
-    cfg = tyro.cli(EvaluateConfig, args=argv, description=__doc__)
+
+def _main(argv: list[str]) -> dict:
+    cfg = parse_flags(EvaluateConfig, argv, description=__doc__)
+    if cfg.out:
+        check_output_path(cfg.out)
     device = resolve_device(cfg.device)
     policy, task, state = load_policy(cfg.checkpoint, device, cfg.task)
     metrics = evaluate_policy(policy, task, num_samples=cfg.num_samples, device=device, seed=cfg.seed,
@@ -52,6 +64,11 @@ def main(argv: "list[str] | None" = None) -> dict:
             json.dump(metrics, f, indent=2)
             f.write("\n")
     return metrics
+
+
+def main(argv: "list[str] | None" = None) -> dict:
+    """``evaluate.py`` (arguments: ``sys.argv[1:]`` by default); user errors exit 2 with one line."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,15 @@ reuses finished ones.
 
 Every flag: ``python scripts/train.py --help``. A run directory
 (``--logdir``) receives ``config.json``, TensorBoard events,
-``checkpoint.pt`` and ``metrics.json``.
+``checkpoint.pt`` and ``metrics.json``. A directory that holds a run is
+refused unless ``--resume`` (continue it) or ``--overwrite`` (delete it and
+start again); one run at a time holds it (lock file ``.lock``). ``--resume``
+refuses flags that change the run (``--lr``, ``--seed``, ...); it accepts
+``--device``, ``--progress``, ``--log-every``, ``--ckpt-every`` and a larger
+``--max-steps``, which extends the run (the cosine lr schedule is recomputed
+over the new ``--max-steps`` from the resumed step on). A bad flag, path or
+checkpoint exits with status 2 and one line ``error: ...``; ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -26,20 +34,26 @@ import json
 import sys
 from pathlib import Path
 
-import tyro
-
-from agents.common.checkpoint import load_policy
+from agents.common.checkpoint import load_checkpoint, load_policy
+from agents.common.cli import parse_flags, run_cli
 from agents.common.evaluation import SUMMARY_COLUMNS, comparison_line, format_metrics_table, recovery
+from agents.learners import LEARNERS
 from agents.mle import MLEConfig
-from agents.trainer import ModelConfig, TrainConfig, Trainer
+from agents.trainer import RESUME_FLAGS, ModelConfig, NonFiniteLossError, TrainConfig, Trainer, resume_conflicts
 
 MAIN_JOB_DIR = Path("runs/main")
 MAIN_JOB_COLUMNS = SUMMARY_COLUMNS + ("recovery_backspace", "recovery_deleted", "recovery_validity")
+#: TrainConfig's sections by config class name (flag errors name ``--mle.backspace-p``, not ``MLEConfig.backspace_p``)
+SECTIONS = {"ModelConfig": "model", **{cls.config_class.__name__: name for name, cls in LEARNERS.items()}}
 
 
-def run(cfg: TrainConfig, evaluate_initial: bool = False) -> tuple[Trainer, dict | None, dict | None]:
-    """Train one run; returns (trainer, initial metrics or None, final metrics or None off rank 0)."""
-    trainer = Trainer(cfg)
+def run(cfg: TrainConfig, evaluate_initial: bool = False,
+        resume_overrides: tuple[str, ...] = ("device", "progress")) -> tuple[Trainer, dict | None, dict | None]:
+    """Train one run; returns (trainer, initial metrics or None, final metrics or None off rank 0).
+
+    :param resume_overrides: see :class:`agents.trainer.Trainer`.
+    """
+    trainer = Trainer(cfg, resume_overrides=resume_overrides)
     try:
         before = trainer.evaluate() if evaluate_initial and trainer.step == 0 else None
         metrics = trainer.train()
@@ -66,6 +80,8 @@ def _finished_or_run(name: str, cfg: TrainConfig, device: str, evaluate_initial:
     if (logdir / "checkpoint.pt").exists():
         print(f"[main job] {name}: resuming the killed run in {logdir}")
         cfg = TrainConfig(logdir=cfg.logdir, resume=True, device=device)
+    else:  # nothing to keep: a stage killed before its first checkpoint starts again
+        cfg.overwrite = True
     trainer, before, metrics = run(cfg, evaluate_initial=evaluate_initial)
     if before is not None:
         (logdir / "initial_metrics.json").write_text(json.dumps(before, indent=2) + "\n")
@@ -107,12 +123,58 @@ def main_job(mle_steps: int = 800, arm_steps: int = 150, device: str = "auto") -
     return rows
 
 
-def main(argv: "list[str] | None" = None) -> dict | None:
-    argv = sys.argv[1:] if argv is None else argv
+def saved_config(logdir: "str | Path") -> TrainConfig | None:
+    """The config of the run in ``logdir``: its ``config.json``, else its checkpoint's; None if neither exists.
+
+    :raises ValueError: if ``config.json`` cannot be read as a :class:`TrainConfig`.
+    :raises CheckpointError: if the checkpoint cannot be read.
+    """
+    logdir = Path(logdir)
+    if (logdir / "config.json").is_file():
+        try:
+            saved = TrainConfig.from_dict(json.loads((logdir / "config.json").read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"cannot read the run's config {str(logdir / 'config.json')!r}: {e}") from None
+    elif (logdir / "checkpoint.pt").is_file():
+        saved = TrainConfig.from_dict(load_checkpoint(logdir / "checkpoint.pt")["config"])
+    else:
+        return None
+    saved.overwrite = False
+    return saved
+
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    """The run's config from the command line; with ``--resume``, the saved run's config and the flags given.
+
+    With ``--resume`` the flags are parsed a second time with the saved
+    config (:func:`saved_config`) as defaults, so that the result is the run's
+    config changed by exactly the flags given; changes outside
+    :data:`agents.trainer.RESUME_FLAGS` (or a lower ``--max-steps``) are refused.
+
+    :raises ValueError: a bad flag (:class:`~agents.common.cli.FlagError`), or
+        ``--resume`` with flags that change the run (all of them listed).
+    """
+    cfg = parse_flags(TrainConfig, argv, description=__doc__, sections=SECTIONS)
+    if not cfg.resume:
+        return cfg
+    saved = saved_config(cfg.logdir)
+    if saved is None:
+        return cfg  # the Trainer reports the missing checkpoint
+    requested = parse_flags(TrainConfig, argv, description=__doc__, default=saved, sections=SECTIONS)
+    requested.logdir = cfg.logdir
+    conflicts = resume_conflicts(saved, requested)
+    if conflicts:
+        raise ValueError(f"--resume continues the run in {cfg.logdir!r} as it was configured; these flags would "
+                         f"change it: {'; '.join(conflicts)}. Drop them, or start a new run (another --logdir, "
+                         f"or --overwrite)")
+    return requested
+
+
+def _main(argv: list[str]) -> dict | None:
     if not argv:
         return main_job()
-    cfg = tyro.cli(TrainConfig, args=argv, description=__doc__)
-    trainer, before, metrics = run(cfg, evaluate_initial=not cfg.resume)
+    cfg = parse_config(argv)
+    trainer, before, metrics = run(cfg, evaluate_initial=not cfg.resume, resume_overrides=RESUME_FLAGS)
     if trainer.is_main and metrics is not None:
         rows = {}
         if before is not None:
@@ -123,6 +185,15 @@ def main(argv: "list[str] | None" = None) -> dict | None:
         print(f"\nrun directory: {trainer.logdir}")
         print(f"TensorBoard:   tensorboard --logdir {trainer.logdir.parent}")
     return metrics
+
+
+def main(argv: "list[str] | None" = None) -> dict | None:
+    """``train.py`` (arguments: ``sys.argv[1:]`` by default; none = the main job).
+
+    User errors (bad flags, paths, checkpoints, run directories, a non-finite
+    loss) exit with status 2 and one line ``error: ...``; ``--debug`` re-raises them.
+    """
+    return run_cli(_main, argv, extra_errors=(NonFiniteLossError,))
 
 
 if __name__ == "__main__":

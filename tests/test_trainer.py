@@ -118,7 +118,7 @@ def test_bad_input(tmp_path):
     t.close()
     with pytest.raises(CheckpointError, match="trained on task 'oracle-hmm' with a different tokenizer than task 'python-lines'"):
         Trainer(_cfg(tmp_path, "py", task="python-lines", init=str(tmp_path / "hmm" / "checkpoint.pt")))
-    with pytest.raises(ValueError, match="max_steps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="--max-steps must be an integer >= 1, got 0"):
         _cfg(tmp_path, "z", max_steps=0)
 
 
@@ -134,7 +134,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
            str(ROOT / "scripts" / "train.py"), "--device", "cpu", "--task", "oracle-hmm", "--max-steps", "4",
            "--batch-size", "8", "--eval-samples", "16", "--logdir", str(logdir), "--no-progress",
            "--model.n-layer", "1", "--model.n-embd", "32", "--model.n-head", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # this checkout's packages
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(logdir / "checkpoint.pt")

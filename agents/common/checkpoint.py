@@ -27,9 +27,7 @@ old checkpoints still load, generate, evaluate and warm-start runs.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +72,20 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     """Load a checkpoint with ``torch.load(..., weights_only=True)``.
 
     :raises FileNotFoundError: if ``path`` does not exist.
-    :raises CheckpointError: if the file is not a readable seqenv checkpoint.
+    :raises CheckpointError: if ``path`` is a directory or the file is not a
+        readable seqenv checkpoint (every failure of ``torch.load`` is mapped to it).
     """
     path = Path(path)
+    if path.is_dir():
+        hint = " (did you mean its checkpoint.pt?)" if (path / "checkpoint.pt").is_file() else ""
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file: {e}") from None
+    except Exception as e:  # unpickler errors on foreign files are of any type (KeyError, UnicodeDecodeError, ...)
+        detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file ({detail})") from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY_FORMATS):
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{str(path)!r} is not a seqenv checkpoint (format {got!r}, expected {FORMAT!r} "
@@ -93,7 +96,33 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     missing = [k for k in ("agent", "task", "policy", "model") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
+    if not isinstance(state["policy"], dict) or not isinstance(state["policy"].get("config"), dict) \
+            or not isinstance(state["task"], dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'policy' or 'task' entry")
     return state
+
+
+def checkpoint_task(state: dict, task: "str | Task | None" = None, path: str = "checkpoint") -> Task:
+    """The task to use a checkpoint on: ``task`` if given, else the checkpoint's own, rebuilt from its spec.
+
+    The checkpoint's task is rebuilt from its ``Task.spec()`` (tokenizer,
+    ``max_length``, arguments; :func:`seqenv.tasks.task_from_spec`), so a
+    ``file:`` task works without its corpus for generation; reading its
+    splits then raises :class:`seqenv.tasks.MissingTaskDataError` naming the file.
+
+    :raises ValueError: for an unknown ``task`` name.
+    :raises CheckpointError: if the checkpoint's spec cannot be rebuilt, or see
+        :func:`check_task_compatible`.
+    """
+    if task is None:
+        try:
+            task = make_task(state["task"])
+        except ValueError as e:
+            raise CheckpointError(f"{path}: its task cannot be rebuilt: {e}") from None
+    else:
+        task = make_task(task)
+    check_task_compatible(state, task, path=path)
+    return task
 
 
 def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> None:
@@ -126,14 +155,14 @@ def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
     """Load the policy of a checkpoint (any family, :func:`agents.policies.build_policy`), with its task.
 
     :param task: evaluate/generate on this task instead of the checkpoint's
-        own (its tokenizer must match).
+        own (its tokenizer must match); None = the checkpoint's, rebuilt from
+        its spec (:func:`checkpoint_task`: no corpus needed to generate).
     :return: ``(policy, task, state)``; the policy is in eval mode on ``device``.
     :raises FileNotFoundError, CheckpointError: see :func:`load_checkpoint` and
         :func:`check_task_compatible`.
     """
     state = load_checkpoint(path, map_location=device)
-    task = make_task(task if task is not None else state["task"]["name"])
-    check_task_compatible(state, task, path=f"checkpoint {str(path)!r}")
+    task = checkpoint_task(state, task, path=f"checkpoint {str(path)!r}")
     try:
         policy = build_policy(state["policy"]).to(device)
     except ValueError as e:
