@@ -73,6 +73,9 @@ def save_checkpoint(state: dict, path: "str | os.PathLike") -> None:
 def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(..., weights_only=True)``.
 
+    An HF policy (family ``hf``) whose model directory no longer exists is
+    pointed at the run directory's ``hf/`` export (full fine-tuning runs).
+
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises CheckpointError: if the file is not a readable seqenv checkpoint.
     """
@@ -93,7 +96,34 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     missing = [k for k in ("agent", "task", "policy", "model") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
+    _use_hf_export(state, path)
     return state
+
+
+HF_EXPORT_DIR = "hf"  # run-directory subfolder with the HF policy's save_pretrained export
+
+
+def hf_tokenizer_arg(state: dict):
+    """``"hf:PATH"`` (the ``tokenizer=`` of :func:`seqenv.make_task`) for a checkpoint of an HF policy, else None."""
+    if state["policy"].get("family") != "hf":
+        return None
+    return f"hf:{state['policy']['config']['path']}"
+
+
+def _use_hf_export(state: dict, path: Path) -> None:
+    """An HF policy whose model directory is gone: point its spec (and the task's tokenizer) at the
+    run directory's ``hf/`` export, in place. Full fine-tuning only: a LoRA export holds only the adapter."""
+    if state["policy"].get("family") != "hf":
+        return
+    config = state["policy"]["config"]
+    export = path.resolve().parent / HF_EXPORT_DIR
+    if os.path.isdir(config["path"]) or not export.is_dir() or config.get("lora"):
+        return
+    old = config["path"]
+    config["path"] = str(export)
+    tok = state["task"].get("tokenizer", {})
+    if tok.get("type") == "hf" and tok.get("path") == old:
+        tok["path"] = str(export)
 
 
 def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> None:
@@ -114,7 +144,7 @@ def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> 
             f"{task.tokenizer.vocab_size}); use the checkpoint's task or retrain"
         )
     block = state["policy"]["config"].get("block_size", state["policy"]["config"].get("max_state_length"))
-    if task.max_length + 1 > block:
+    if block is not None and task.max_length + 1 > block:
         raise CheckpointError(
             f"task {task.name!r} has max_length {task.max_length} but the model in {path} handles states of at "
             f"most {block - 1} tokens"
@@ -132,7 +162,12 @@ def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
         :func:`check_task_compatible`.
     """
     state = load_checkpoint(path, map_location=device)
-    task = make_task(task if task is not None else state["task"]["name"])
+    hf = hf_tokenizer_arg(state)
+    if hf is None:
+        task = make_task(task if task is not None else state["task"]["name"])
+    else:  # the model's own tokenizer: the checkpoint's task spec, or the named task re-tokenized
+        task = make_task(state["task"]) if task is None else make_task(task, tokenizer=hf) if isinstance(task, str) \
+            else make_task(task)
     check_task_compatible(state, task, path=f"checkpoint {str(path)!r}")
     try:
         policy = build_policy(state["policy"]).to(device)
