@@ -124,6 +124,9 @@ def _use_hf_export(state: dict, path: Path) -> None:
     tok = state["task"].get("tokenizer", {})
     if tok.get("type") == "hf" and tok.get("path") == old:
         tok["path"] = str(export)
+    args = state["task"].get("args", {})
+    if args.get("tokenizer") == f"hf:{old}":
+        args["tokenizer"] = f"hf:{export}"
 
 
 def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> None:
