@@ -259,3 +259,34 @@ def test_checkpoint_falls_back_to_the_hf_export_when_the_model_dir_is_gone(tmp_p
     assert state["policy"]["config"]["path"] == str((tmp_path / "run" / "hf").resolve())
     x = torch.tensor([[SpecialIds.of(policy).bos, *task.encoded("train")[0]]])
     assert torch.allclose(policy(x), moved(x))
+
+
+# ----------------------------------------------------------------------------- MAUVE
+
+
+def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus):
+    pytest.importorskip("mauve")
+    from agents.common.mauve import hf_text_features, mauve_score
+
+    texts = ["the red cat runs", "a big dog"]
+    mean = hf_text_features(texts, str(llama_dir), "mean")
+    last = hf_text_features(texts, str(llama_dir), "last")
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    with torch.no_grad():  # unbatched reference: padding must not change the features
+        for i, t in enumerate(texts):
+            h = model(torch.tensor([tok.encode(t, add_special_tokens=False)]), output_hidden_states=True).hidden_states[-1][0]
+            assert np.allclose(mean[i], h.mean(0).numpy(), atol=1e-5) and np.allclose(last[i], h[-1].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        hf_text_features(texts, str(llama_dir), "max")
+    same = mauve_score(LINES * 3, LINES * 3, str(llama_dir), num_buckets=4)
+    other = mauve_score(LINES * 3, ["zzzz qqqq " * (i + 3) for i in range(36)], str(llama_dir), num_buckets=4)
+    assert other < same
+
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    t = Trainer(_cfg(tmp_path, llama_dir, corpus, "run", max_steps=2))
+    t.train()
+    t.close()
+    metrics = evaluate.main(["--checkpoint", str(ckpt), "--num-samples", "12", "--device", "cpu",
+                             "--mauve-model", str(llama_dir)])
+    assert 0 < metrics["mauve"] <= 1
