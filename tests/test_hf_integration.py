@@ -290,3 +290,31 @@ def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus
     metrics = evaluate.main(["--checkpoint", str(ckpt), "--num-samples", "12", "--device", "cpu",
                              "--mauve-model", str(llama_dir)])
     assert 0 < metrics["mauve"] <= 1
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpus):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logdir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(root / "scripts" / "train.py"), "--device", "cpu", "--task", f"file:{corpus}", "--policy",
+           f"hf:{llama_dir}", "--agent", "sequencematch", "--sequencematch.rollout-batch-size", "4",
+           "--max-steps", "3", "--batch-size", "4", "--eval-samples", "8", "--logdir", str(logdir), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1",
+                                                                                  PYTHONPATH=str(root)),
+                          cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(logdir / "checkpoint.pt")
+    assert state["step"] == 3 and state["policy"]["family"] == "hf"
+    assert (logdir / "hf" / "config.json").is_file()
