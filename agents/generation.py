@@ -32,7 +32,7 @@ from .policies import Policy
 @torch.no_grad()
 def rerank_energy(policy, sequences, terminated, num_candidates: int, generator: torch.Generator, device):
     """Indices ``[N]`` of the chosen candidates by E-ARM energy, and the energies ``[N, K]``."""
-    tokens, mask = sequence_batch(sequences, terminated, device)
+    tokens, mask = sequence_batch(sequences, terminated, device, ids=policy)
     logits = getattr(policy, "module", policy)(tokens)
     choice, energies = energy_rerank(logits.float(), tokens, mask, num_candidates, generator=generator)
     return choice, energies
@@ -40,14 +40,16 @@ def rerank_energy(policy, sequences, terminated, num_candidates: int, generator:
 
 @torch.no_grad()
 def rerank_critic(critic, sequences, terminated, num_candidates: int, generator: torch.Generator, device,
-                  temperature: float = 1.0):
+                  temperature: float = 1.0, ids=None):
     """Indices ``[N]`` of the chosen candidates by SIR with weights ``exp(−E_ψ/τ)``, and the ESS ``[N]``.
+
+    ``ids``: the special ids of the critic's vocabulary (default the fixed ids).
 
     :raises ValueError: on ``temperature <= 0``.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    tokens, mask = sequence_batch(sequences, terminated, device)
+    tokens, mask = sequence_batch(sequences, terminated, device, ids=ids)
     energies = critic(tokens, mask).float().view(-1, num_candidates)
     return importance_resample(-energies / temperature, generator)
 
@@ -91,7 +93,7 @@ def generate_texts(
         if rerank == "energy":
             choice, _ = rerank_energy(policy, seqs, terminated, k, gen, device)
         else:
-            choice, _ = rerank_critic(critic, seqs, terminated, k, gen, device)
+            choice, _ = rerank_critic(critic, seqs, terminated, k, gen, device, ids=task)
         idx = (torch.arange(num_samples, device=choice.device) * k + choice).tolist()
         seqs, prompts = [seqs[i] for i in idx], [prompts[i] for i in idx]
     tok = task.tokenizer

@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, PAD_ID
+from seqenv.tokenizers import SpecialIds
 
 from .common.checkpoint import CheckpointError, checkpoint_task, load_checkpoint
 from .common.demos import Demos
@@ -532,7 +532,7 @@ NCE_LOSSES = ("binary", "ranking")
 POLICY_OBJECTIVES = ("none", "self_adapting_nce")
 
 
-def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, ids=None) -> torch.Tensor:
     """Exact ``log q(x)`` of a sequence drawn by ``rollout(..., allow_backspace=False)``.
 
     The rollout samples each action from the softmax of the policy's logits
@@ -548,6 +548,7 @@ def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torc
     :param logits: ``FloatTensor[B, T, V]``, the policy's output on ``tokens``.
     :param tokens: ``LongTensor[B, T]``, ``[bos, x_1..x_n, eos?, pad...]``.
     :param mask: ``BoolTensor[B, T]``, True at ``x_1..x_n`` (and ``eos``).
+    :param ids: special ids (anything ``SpecialIds.of`` takes; default the fixed ids).
     :returns: ``FloatTensor[B]`` in nats (float32 or wider), differentiable;
         ``-inf`` if a row contains ``pad``, ``bos`` or ``backspace`` at a
         predicted position.
@@ -556,7 +557,8 @@ def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torc
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
     illegal = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    illegal[[PAD_ID, BOS_ID, BACKSPACE_ID]] = True
+    sp = SpecialIds.of(ids)
+    illegal[[*sp.never_legal, sp.backspace]] = True
     return sequence_log_prob(logits.float().masked_fill(illegal, -math.inf), tokens, mask)
 
 
@@ -747,16 +749,16 @@ class NCELearner:
         M = noise.tokens.shape[0]
         # data and noise in one batch: [bos, x..., eos?, pad...]
         tokens, mask = sequence_batch([d[:-1] for d in demos.actions] + noise.sequences(),
-                                      [True] * B + noise.terminated.tolist(), self.device)
+                                      [True] * B + noise.terminated.tolist(), self.device, ids=demos.ids)
         energy = self.critic_model(tokens, mask).float()  # E_psi, [B + M]
         e_data, e_noise = energy[:B], energy[B:]
         c = self.critic.log_normalizer
         metrics: dict = {}
 
         if self.train_policy:
-            log_p = no_backspace_log_prob(self.model(tokens), tokens, mask)  # log p_theta, with grad
+            log_p = no_backspace_log_prob(self.model(tokens), tokens, mask, demos.ids)  # log p_theta, with grad
             with torch.no_grad():
-                log_q = no_backspace_log_prob(self.snapshot.module(tokens), tokens, mask)  # log p_s
+                log_q = no_backspace_log_prob(self.snapshot.module(tokens), tokens, mask, demos.ids)  # log p_s
             lp_data, lp_noise, lq_data, lq_noise = log_p[:B], log_p[B:], log_q[:B], log_q[B:]
             # the critic's residual model p_theta·exp(-E_psi) (p_theta detached) against the noise p_s
             if cfg.loss == "binary":

@@ -41,7 +41,7 @@ from seqenv.tasks import make_task
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .common.checkpoint import check_task_compatible, load_checkpoint, save_checkpoint
+from .common.checkpoint import HF_EXPORT_DIR, check_task_compatible, hf_tokenizer_arg, load_checkpoint, save_checkpoint
 from .common.cli import check_number
 from .common.rundir import RunLock, prepare_run_directory
 from .common.demos import DemoSampler
@@ -100,6 +100,27 @@ def _flag(name: str) -> str:
 
 
 @dataclass
+class LoraFlags:
+    """LoRA for an HF policy (``--lora.r``, ``--lora.alpha``; peft, see
+    :class:`agents.policies.hf.LoraSettings`). ``r = 0`` (default) fine-tunes
+    every parameter.
+
+    :param r: adapter rank; 0 = full fine-tuning.
+    :param alpha: LoRA scaling numerator (updates scaled by ``alpha / r``).
+    """
+
+    r: int = 0
+    alpha: float = 16.0
+
+    def settings(self) -> Optional[dict]:
+        """``None`` (full fine-tuning) or the ``LoraSettings`` dict."""
+        return None if self.r == 0 else {"r": self.r, "alpha": self.alpha}
+
+
+HF_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
 class _RunConfig:
     """Everything one training run needs; saved as ``config.json``.
 
@@ -129,6 +150,13 @@ class _RunConfig:
     :param eval_temperature: sampling temperature of the evaluation.
     :param progress: show a progress bar.
     :param model: size of a fresh policy (ignored with ``--init``/``--resume``).
+    :param policy: ``transformer`` (our model, sized by ``--model.*``) or
+        ``hf:PATH``: a Hugging Face causal LM directory (or hub id); the task
+        is then tokenized by the model's tokenizer. ``--init``/``--resume``
+        keep the checkpoint's policy.
+    :param dtype: HF policy parameter dtype (``float32``, ``bfloat16``,
+        ``float16``); default bfloat16 on CUDA, float32 on CPU.
+    :param lora: LoRA adapters for an HF policy (``r = 0``: full fine-tuning).
     """
 
     agent: Literal[AGENTS] = "mle"
@@ -153,8 +181,19 @@ class _RunConfig:
     eval_temperature: float = 1.0
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
+    policy: str = "transformer"
+    dtype: Optional[str] = None
+    lora: LoraFlags = field(default_factory=LoraFlags)
 
     def __post_init__(self):
+        if self.policy != "transformer" and not (self.policy.startswith("hf:") and len(self.policy) > 3):
+            raise ValueError(f"policy must be 'transformer' or 'hf:PATH' (a Hugging Face model), got {self.policy!r}")
+        if self.dtype is not None and self.dtype not in HF_DTYPES:
+            raise ValueError(f"dtype must be one of {HF_DTYPES} (or unset), got {self.dtype!r}")
+        if isinstance(self.lora, LoraFlags) and (self.lora.r < 0 or not self.lora.alpha > 0):
+            raise ValueError(f"need lora.r >= 0 and lora.alpha > 0, got r={self.lora.r}, alpha={self.lora.alpha}")
+        if self.policy.startswith("hf:") and os.path.isdir(self.policy[3:]):
+            self.policy = "hf:" + os.path.abspath(self.policy[3:])  # checkpoints keep working from any directory
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; valid agents: {', '.join(AGENTS)}")
         if self.resume and self.overwrite:
@@ -443,15 +482,23 @@ class Trainer:
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
-        self.task = make_task(cfg.task)
         init_state = None
         if cfg.init and resume_state is None:
             init_state = load_checkpoint(cfg.init)
-            check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
         source = resume_state or init_state
+        # an HF policy's task is tokenized by the model's tokenizer (the checkpoint's policy wins)
+        hf = hf_tokenizer_arg(source) if source is not None else cfg.policy if cfg.policy != "transformer" else None
+        self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
+        if init_state is not None:
+            check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
         if source is not None:
             self.policy = build_policy(source["policy"]).to(self.device)
             self.policy.load_state_dict(source["model"])
+        elif hf:
+            dtype = cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32")
+            self.policy = build_policy({"family": "hf", "config": {
+                "path": hf[3:], "dtype": dtype, "attn_implementation": "sdpa", "lora": cfg.lora.settings(),
+                "gradient_checkpointing": False}}).to(self.device)
         else:
             pcfg = cfg.model.policy_config(self.task.tokenizer.vocab_size, self.task.max_length + 1)
             self.policy = build_policy({"family": "transformer", "config": pcfg.to_dict()}).to(self.device)
@@ -504,6 +551,8 @@ class Trainer:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""
         if self.is_main:
             save_checkpoint(self.checkpoint_state(), self.ckpt_path)
+            if hasattr(self.policy, "save_pretrained_atomic"):  # HF policy: a plain-transformers export
+                self.policy.save_pretrained_atomic(self.logdir / HF_EXPORT_DIR)
         self.saved_step = self.step
 
     def log(self, metrics: dict, step: int) -> None:

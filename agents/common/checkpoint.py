@@ -71,6 +71,9 @@ def save_checkpoint(state: dict, path: "str | os.PathLike") -> None:
 def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(..., weights_only=True)``.
 
+    An HF policy (family ``hf``) whose model directory no longer exists is
+    pointed at the run directory's ``hf/`` export (full fine-tuning runs).
+
     :raises FileNotFoundError: if ``path`` does not exist.
     :raises CheckpointError: if ``path`` is a directory or the file is not a
         readable seqenv checkpoint (every failure of ``torch.load`` is mapped to it).
@@ -99,6 +102,7 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     if not isinstance(state["policy"], dict) or not isinstance(state["policy"].get("config"), dict) \
             or not isinstance(state["task"], dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'policy' or 'task' entry")
+    _use_hf_export(state, path)
     return state
 
 
@@ -114,15 +118,47 @@ def checkpoint_task(state: dict, task: "str | Task | None" = None, path: str = "
     :raises CheckpointError: if the checkpoint's spec cannot be rebuilt, or see
         :func:`check_task_compatible`.
     """
+    hf = hf_tokenizer_arg(state)
     if task is None:
         try:
             task = make_task(state["task"])
         except ValueError as e:
             raise CheckpointError(f"{path}: its task cannot be rebuilt: {e}") from None
+    elif hf is not None and isinstance(task, str):  # an HF policy reads the named task in its own tokenizer
+        task = make_task(task, tokenizer=hf)
     else:
         task = make_task(task)
     check_task_compatible(state, task, path=path)
     return task
+
+
+HF_EXPORT_DIR = "hf"  # run-directory subfolder with the HF policy's save_pretrained export
+
+
+def hf_tokenizer_arg(state: dict):
+    """``"hf:PATH"`` (the ``tokenizer=`` of :func:`seqenv.make_task`) for a checkpoint of an HF policy, else None."""
+    if state["policy"].get("family") != "hf":
+        return None
+    return f"hf:{state['policy']['config']['path']}"
+
+
+def _use_hf_export(state: dict, path: Path) -> None:
+    """An HF policy whose model directory is gone: point its spec (and the task's tokenizer) at the
+    run directory's ``hf/`` export, in place. Full fine-tuning only: a LoRA export holds only the adapter."""
+    if state["policy"].get("family") != "hf":
+        return
+    config = state["policy"]["config"]
+    export = path.resolve().parent / HF_EXPORT_DIR
+    if os.path.isdir(config["path"]) or not export.is_dir() or config.get("lora"):
+        return
+    old = config["path"]
+    config["path"] = str(export)
+    tok = state["task"].get("tokenizer", {})
+    if tok.get("type") == "hf" and tok.get("path") == old:
+        tok["path"] = str(export)
+    args = state["task"].get("args", {})
+    if args.get("tokenizer") == f"hf:{old}":
+        args["tokenizer"] = f"hf:{export}"
 
 
 def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> None:
@@ -143,7 +179,7 @@ def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> 
             f"{task.tokenizer.vocab_size}); use the checkpoint's task or retrain"
         )
     block = state["policy"]["config"].get("block_size", state["policy"]["config"].get("max_state_length"))
-    if task.max_length + 1 > block:
+    if block is not None and task.max_length + 1 > block:
         raise CheckpointError(
             f"task {task.name!r} has max_length {task.max_length} but the model in {path} handles states of at "
             f"most {block - 1} tokens"
