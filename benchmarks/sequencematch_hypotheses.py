@@ -18,6 +18,9 @@ Arms:
 ``sm_convex``               H3: (1 − η)·BC + η·SM, η = 0.001
 ``sm_token``                H6: SM terms on MLE's per-token scale
 ``sm_model_wrong``          H5: wrong tokens drawn from the model (plausible errors)
+``sm_combo``                H1 + H2 + H5: wrong tokens not imitated, α = 100, model wrong tokens
+``sm_convex_0.1``           H3 with a larger SequenceMatch share: 0.9·BC + 0.1·SM (+ H1)
+``sm_convex_0.5``           0.5·BC + 0.5·SM (+ H1)
 ==========================  ====================================================
 
 Runs are processes with one torch thread each, ``--jobs`` at a time.
@@ -58,6 +61,10 @@ ARMS: dict[str, tuple[str, dict]] = {
     "sm_convex": ("sequencematch", {"mix": "convex"}),
     "sm_token": ("sequencematch", {"normalize": "token"}),
     "sm_model_wrong": ("sequencematch", {"wrong_tokens": "model"}),
+    # combinations of the variants above
+    "sm_combo": ("sequencematch", {"imitate_wrong_tokens": False, "alpha": 100.0, "wrong_tokens": "model"}),
+    "sm_convex_0.1": ("sequencematch", {"mix": "convex", "eta": 0.1, "imitate_wrong_tokens": False}),
+    "sm_convex_0.5": ("sequencematch", {"mix": "convex", "eta": 0.5, "imitate_wrong_tokens": False}),
 }
 METRICS = ("validity", "nll", "distinct_2", "backspace_rate", "mean_length")  # shown when the task has them
 
