@@ -132,10 +132,6 @@ class SequenceMatchConfig:
         sums averaged over sequences; ``"token"`` [recon]: divided further by
         the mean number of data actions per sequence, so that the SM terms are
         on MLE's per-token scale (the step size right after the fork matches).
-
-    Online learner (:class:`SequenceMatchLearner`; the paper gives none of
-    these numbers [recon]):
-
     :param backspace_p: rate of ``wrong token, backspace`` pairs inserted into
         the demonstrations (METHODS.md §1, "Backspace demonstrations").
     :param wrong_tokens: ``"uniform"`` or ``"model"`` wrong tokens.
@@ -523,6 +519,8 @@ class SequenceMatchLearner:
     except the injected wrong tokens.
 
     Warm start (METHODS.md §1 [paper]): ``train.py --init`` an MLE checkpoint.
+    The paper gives none of the online learner's numbers (``backspace_p`` to
+    ``rollout_temperature`` in :class:`SequenceMatchConfig`) [recon].
 
     :param ctx: :class:`~agents.common.learner.LearnerContext` (``"noise"``
         stream: augmentation, buffer indices, reset seeds; ``"sample"``: rollouts).

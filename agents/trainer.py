@@ -247,8 +247,8 @@ TrainConfig = dataclasses.make_dataclass(
     "TrainConfig",
     [(name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in LEARNERS.items()],
     bases=(_RunConfig,),
-    namespace={"__doc__": _RunConfig.__doc__ + "".join(
-        f"    :param {name}: hyperparameters of the ``{name}`` learner.\n" for name in LEARNERS)},
+    namespace={"__doc__": _RunConfig.__doc__.rstrip() + "".join(
+        f"\n    :param {name}: hyperparameters of the ``{name}`` learner." for name in LEARNERS) + "\n    "},
 )
 TrainConfig.__module__ = __name__
 
