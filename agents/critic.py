@@ -81,7 +81,7 @@ class CriticConfig:
         return cls(**d)
 
 
-def critic_batch(prompts, sequences, terminated, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def critic_batch(prompts, sequences, terminated, device="cpu", ids=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lay out (prompt, completion) pairs as the critic's input.
 
     The critic reads the prompt and the completion as one sequence
@@ -92,6 +92,7 @@ def critic_batch(prompts, sequences, terminated, device="cpu") -> tuple[torch.Te
     :param prompts: per row the prompt ids (``[]`` or None for none), or None for all rows.
     :param sequences: per row the generated / data tokens (no bos, no eos).
     :param terminated: per row whether an ``eos`` follows.
+    :param ids: special ids (as :func:`agents.common.trajectory.sequence_batch`; default the fixed ids).
     :returns: ``tokens LongTensor[B, T]`` and ``mask BoolTensor[B, T]``, True at
         every position after the bos up to the row's end (prompt included).
     :raises ValueError: on rows of different counts.
@@ -101,7 +102,7 @@ def critic_batch(prompts, sequences, terminated, device="cpu") -> tuple[torch.Te
     if not len(prompts) == len(sequences) == len(terminated):
         raise ValueError(f"need one prompt and one terminated flag per sequence, got {len(prompts)} prompts, "
                          f"{len(sequences)} sequences, {len(terminated)} flags")
-    return sequence_batch([[*(p or []), *s] for p, s in zip(prompts, sequences)], list(terminated), device)
+    return sequence_batch([[*(p or []), *s] for p, s in zip(prompts, sequences)], list(terminated), device, ids=ids)
 
 
 class SequenceCritic(nn.Module):

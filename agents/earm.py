@@ -594,14 +594,14 @@ class EARMLearner:
         return self.model.parameters()
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
-        data = collate(demos.actions, demos.prompts, device=self.device)
+        data = collate(demos.actions, demos.prompts, device=self.device, ids=demos.ids)
         logits_data = self.model(data.tokens)
         logits_s = tokens_s = mask_s = None
         metrics: dict[str, float] = {}
         if step >= self.cfg.start_step:
             res = self.sampler.sample(self.model)
             tokens_s, mask_s = sequence_batch(res.sequences(), res.terminated.tolist(), self.device,
-                                              prompts=res.prompts())
+                                              prompts=res.prompts(), ids=res.ids)
             logits_s = self.model(tokens_s)
             metrics["rollout/mean_length"] = float(res.lengths.float().mean())
             metrics["rollout/terminated"] = float(res.terminated.float().mean())

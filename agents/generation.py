@@ -42,7 +42,7 @@ def rerank_energy(policy, sequences, terminated, num_candidates: int, generator:
                   prompts=None):
     """Indices ``[N]`` of the chosen candidates by E-ARM energy, and the energies ``[N, K]``
     (``prompts``: per row the prompt ids the policy conditions on, or None)."""
-    tokens, mask = sequence_batch(sequences, terminated, device, prompts=prompts)
+    tokens, mask = sequence_batch(sequences, terminated, device, prompts=prompts, ids=policy)
     logits = getattr(policy, "module", policy)(tokens)
     choice, energies = energy_rerank(logits.float(), tokens, mask, num_candidates, generator=generator)
     return choice, energies
@@ -50,17 +50,18 @@ def rerank_energy(policy, sequences, terminated, num_candidates: int, generator:
 
 @torch.no_grad()
 def rerank_critic(critic, sequences, terminated, num_candidates: int, generator: torch.Generator, device,
-                  temperature: float = 1.0, prompts=None):
+                  temperature: float = 1.0, prompts=None, ids=None):
     """Indices ``[N]`` of the chosen candidates by SIR with weights ``exp(−E_ψ/τ)``, and the ESS ``[N]``.
 
     Rows ``i·K .. i·K + K − 1`` are the candidates of output ``i``; with
     ``prompts`` (per row the prompt ids) the critic reads prompt + completion.
+    ``ids``: the special ids of the critic's vocabulary (default the fixed ids).
 
     :raises ValueError: on ``temperature <= 0``.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    tokens, mask = critic_batch(prompts, sequences, terminated, device)
+    tokens, mask = critic_batch(prompts, sequences, terminated, device, ids=ids)
     energies = critic(tokens, mask).float().view(-1, num_candidates)
     return importance_resample(-energies / temperature, generator)
 
@@ -150,7 +151,7 @@ def generate_reranked(
         if rerank == "energy":
             choice, _ = rerank_energy(policy, seqs, terminated, k, gen, device, prompts=row_prompts)
         else:
-            choice, ess = rerank_critic(critic, seqs, terminated, k, gen, device, prompts=row_prompts)
+            choice, ess = rerank_critic(critic, seqs, terminated, k, gen, device, prompts=row_prompts, ids=task)
         idx = (torch.arange(num_samples, device=choice.device) * k + choice).tolist()
         seqs, prompt_ids, terminated = [seqs[i] for i in idx], [prompt_ids[i] for i in idx], [terminated[i] for i in idx]
     return Generation(seqs, prompt_ids, terminated, ess)

@@ -69,8 +69,9 @@ def backspace_demonstrations(demos: Demos, p: float, wrong_tokens: str, ctx: Lea
     if p > 0:
         fn = model_wrong_token_fn(ctx.model, ctx.generators["noise"], ctx.device) if wrong_tokens == "model" else None
         actions = augment_with_backspace(actions, p, ctx.task.tokenizer.vocab_size, ctx.generators["noise"],
-                                         wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts)
-    return collate(actions, demos.prompts, device=ctx.device)
+                                         wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts,
+                                         ids=demos.ids)
+    return collate(actions, demos.prompts, device=ctx.device, ids=demos.ids)
 
 
 @register_learner

@@ -49,10 +49,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqenv.tasks import make_task
-from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, PAD_ID
+from seqenv.tokenizers import SpecialIds
 
-from .common.checkpoint import CheckpointError, check_task_compatible, load_checkpoint
+from .common.checkpoint import CheckpointError, checkpoint_task, load_checkpoint
 from .common.demos import Demos
 from .common.distributed import wrap_ddp
 from .common.learner import LearnerContext, register_learner
@@ -591,7 +590,7 @@ NCE_LOSSES = ("binary", "ranking")
 POLICY_OBJECTIVES = ("none", "self_adapting_nce")
 
 
-def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, ids=None) -> torch.Tensor:
     """Exact ``log q(x)`` of a sequence drawn by ``rollout(..., allow_backspace=False)``.
 
     The rollout samples each action from the softmax of the policy's logits
@@ -607,6 +606,7 @@ def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torc
     :param logits: ``FloatTensor[B, T, V]``, the policy's output on ``tokens``.
     :param tokens: ``LongTensor[B, T]``, ``[bos, x_1..x_n, eos?, pad...]``.
     :param mask: ``BoolTensor[B, T]``, True at ``x_1..x_n`` (and ``eos``).
+    :param ids: special ids (anything ``SpecialIds.of`` takes; default the fixed ids).
     :returns: ``FloatTensor[B]`` in nats (float32 or wider), differentiable;
         ``-inf`` if a row contains ``pad``, ``bos`` or ``backspace`` at a
         predicted position.
@@ -615,7 +615,8 @@ def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torc
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
     illegal = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    illegal[[PAD_ID, BOS_ID, BACKSPACE_ID]] = True
+    sp = SpecialIds.of(ids)
+    illegal[[*sp.never_legal, sp.backspace]] = True
     return sequence_log_prob(logits.float().masked_fill(illegal, -math.inf), tokens, mask)
 
 
@@ -690,7 +691,7 @@ class NCEConfig:
             raise ValueError(
                 f"NCEConfig.policy_objective must be one of {POLICY_OBJECTIVES}, got {self.policy_objective!r}"
             )
-        for name in ("nu", "refresh_every", "eval_size"):
+        for name in ("nu", "refresh_every", "eval_size", "critic_n_layer", "critic_n_head", "critic_n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"NCEConfig.{name} must be an int >= 1, got {value!r}")
@@ -705,6 +706,13 @@ class NCEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"NCEConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.critic_dropout < 1.0:
+            raise ValueError(f"NCEConfig.critic_dropout must be in [0, 1), got {self.critic_dropout!r}")
+        if self.critic_n_embd % self.critic_n_head:
+            raise ValueError(f"NCEConfig.critic_n_embd ({self.critic_n_embd}) must be divisible by "
+                             f"NCEConfig.critic_n_head ({self.critic_n_head})")
+        if self.critic_pooling not in ("mean", "first"):
+            raise ValueError(f"NCEConfig.critic_pooling must be 'mean' or 'first', got {self.critic_pooling!r}")
 
     def critic_config(self, vocab_size: int, block_size: int) -> CriticConfig:
         """The :class:`CriticConfig` of these fields for a task's vocabulary and length."""
@@ -937,16 +945,16 @@ class NCELearner:
         M = len(noise_seqs)
         # data and noise in one batch: [bos, prompt..., x..., eos?, pad...] (prompts empty if unconditional)
         tokens, mask = critic_batch(list(demos.prompts) + noise_prompts, [d[:-1] for d in demos.actions] + noise_seqs,
-                                    [True] * B + noise_term, self.device)
+                                    [True] * B + noise_term, self.device, ids=demos.ids)
         energy = self.critic_model(tokens, mask).float()  # E_psi, [B + M]
         e_data, e_noise = energy[:B], energy[B:]
         c = self.critic.log_normalizer
         metrics: dict = {}
 
         if self.train_policy:
-            log_p = no_backspace_log_prob(self.model(tokens), tokens, mask)  # log p_theta, with grad
+            log_p = no_backspace_log_prob(self.model(tokens), tokens, mask, demos.ids)  # log p_theta, with grad
             with torch.no_grad():
-                log_q = no_backspace_log_prob(self.snapshot.module(tokens), tokens, mask)  # log p_s
+                log_q = no_backspace_log_prob(self.snapshot.module(tokens), tokens, mask, demos.ids)  # log p_s
             lp_data, lp_noise, lq_data, lq_noise = log_p[:B], log_p[B:], log_q[:B], log_q[B:]
             # the critic's residual model p_theta·exp(-E_psi) (p_theta detached) against the noise p_s
             if cfg.loss == "binary":
@@ -1027,7 +1035,8 @@ class NCELearner:
             prompts = real_prompts + noise_prompts
             seqs, term = real_seqs + noise_seqs, [True] * len(real_seqs) + noise_term
             for i in range(0, len(seqs), 256):
-                tokens, mask = critic_batch(prompts[i:i + 256], seqs[i:i + 256], term[i:i + 256], self.device)
+                tokens, mask = critic_batch(prompts[i:i + 256], seqs[i:i + 256], term[i:i + 256], self.device,
+                                            ids=self.task)
                 energies.append(self.critic(tokens, mask).float())
             energy = torch.cat(energies)
         finally:
@@ -1155,8 +1164,7 @@ def load_critic(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
             f"checkpoint {str(path)!r} is not an nce checkpoint (agent {state['agent']!r}, no critic); "
             "train a critic with scripts/train.py --agent nce"
         )
-    task = make_task(task if task is not None else state["task"]["name"])
-    check_task_compatible(state, task, path=f"critic checkpoint {str(path)!r}")
+    task = checkpoint_task(state, task, path=f"critic checkpoint {str(path)!r}")
     config = CriticConfig.from_dict(learner["critic_config"])
     if task.max_length + 1 > config.block_size:
         raise CheckpointError(

@@ -84,7 +84,6 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from seqenv.tokenizers import PAD_ID
 
 from .common.demos import Demos
 from .common.evaluation import backspace_rate, validity_rate
@@ -133,10 +132,6 @@ class SequenceMatchConfig:
         sums averaged over sequences; ``"token"`` [recon]: divided further by
         the mean number of data actions per sequence, so that the SM terms are
         on MLE's per-token scale (the step size right after the fork matches).
-
-    Online learner (:class:`SequenceMatchLearner`; the paper gives none of
-    these numbers [recon]):
-
     :param backspace_p: rate of ``wrong token, backspace`` pairs inserted into
         the demonstrations (METHODS.md §1, "Backspace demonstrations").
     :param wrong_tokens: ``"uniform"`` or ``"model"`` wrong tokens.
@@ -524,6 +519,8 @@ class SequenceMatchLearner:
     except the injected wrong tokens.
 
     Warm start (METHODS.md §1 [paper]): ``train.py --init`` an MLE checkpoint.
+    The paper gives none of the online learner's numbers (``backspace_p`` to
+    ``rollout_temperature`` in :class:`SequenceMatchConfig`) [recon].
 
     :param ctx: :class:`~agents.common.learner.LearnerContext` (``"noise"``
         stream: augmentation, buffer indices, reset seeds; ``"sample"``: rollouts).
@@ -572,7 +569,7 @@ class SequenceMatchLearner:
         prompts, acts = zip(*(self.buffer[i] for i in idx))
         width = max(data.tokens.shape[1], max(1 + len(p) + len(a) for p, a in zip(prompts, acts)))
         data = collate_to_width(data, width)
-        sampled = collate(list(acts), list(prompts), device=self.device, width=width)
+        sampled = collate(list(acts), list(prompts), device=self.device, width=width, ids=data.ids)
         logits = self.model(torch.cat([data.tokens, sampled.tokens]))
         B = data.tokens.shape[0]
         bc_mask = data.is_action & ~wrong_token_mask(data)
@@ -605,6 +602,6 @@ def collate_to_width(batch: TrajectoryBatch, width: int) -> TrajectoryBatch:
     if T > width:
         raise ValueError(f"batch has {T} positions, more than width={width}")
     B = batch.tokens.shape[0]
-    tokens = torch.cat([batch.tokens, batch.tokens.new_full((B, width - T), PAD_ID)], 1)
+    tokens = torch.cat([batch.tokens, batch.tokens.new_full((B, width - T), batch.ids.pad)], 1)
     is_action = torch.cat([batch.is_action, batch.is_action.new_zeros((B, width - T))], 1)
-    return TrajectoryBatch(tokens, is_action, batch.terminated)
+    return TrajectoryBatch(tokens, is_action, batch.terminated, batch.ids)

@@ -41,7 +41,9 @@ from seqenv.tasks import make_task
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .common.checkpoint import check_task_compatible, load_checkpoint, save_checkpoint
+from .common.checkpoint import HF_EXPORT_DIR, check_task_compatible, hf_tokenizer_arg, load_checkpoint, save_checkpoint
+from .common.cli import check_number
+from .common.rundir import RunLock, prepare_run_directory
 from .common.demos import DemoSampler
 from .common.distributed import wrap_ddp
 from .common.evaluation import evaluate_policy, format_episode
@@ -53,7 +55,7 @@ from .policies.transformer import PolicyConfig
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss became NaN or infinite; the last good checkpoint (if any was written) is kept."""
 
 
 _POLICY_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
@@ -80,10 +82,42 @@ class ModelConfig:
     n_embd: int = _size_default("n_embd")
     dropout: float = _size_default("dropout")
 
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd"):
+            check_number(f"--model.{name.replace('_', '-')}", getattr(self, name), ge=1, integer=True)
+        check_number("--model.dropout", self.dropout, ge=0, lt=1)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"--model.n-embd ({self.n_embd}) must be divisible by --model.n-head ({self.n_head})")
+
     def policy_config(self, vocab_size: int, block_size: int) -> PolicyConfig:
         """The full :class:`PolicyConfig` for a task's vocabulary and longest state (validates the sizes)."""
         return PolicyConfig(vocab_size=vocab_size, block_size=block_size,
                             **{k: getattr(self, k) for k in _POLICY_SIZE_FIELDS})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class LoraFlags:
+    """LoRA for an HF policy (``--lora.r``, ``--lora.alpha``; peft, see
+    :class:`agents.policies.hf.LoraSettings`). ``r = 0`` (default) fine-tunes
+    every parameter.
+
+    :param r: adapter rank; 0 = full fine-tuning.
+    :param alpha: LoRA scaling numerator (updates scaled by ``alpha / r``).
+    """
+
+    r: int = 0
+    alpha: float = 16.0
+
+    def settings(self) -> Optional[dict]:
+        """``None`` (full fine-tuning) or the ``LoraSettings`` dict."""
+        return None if self.r == 0 else {"r": self.r, "alpha": self.alpha}
+
+
+HF_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -96,7 +130,10 @@ class _RunConfig:
     :param logdir: run directory (default ``runs/<agent>-<task>``).
     :param init: checkpoint to warm-start the policy from (its architecture wins).
     :param resume: continue the run in ``logdir`` from its checkpoint (the
-        saved config wins, except ``device``).
+        saved config wins, except the fields of :data:`RESUME_FLAGS` that the
+        caller passes on: ``device``, ``progress``, a raised ``max_steps``...).
+    :param overwrite: start a fresh run in a ``logdir`` that holds one,
+        deleting the old run's files (without it such a directory is refused).
     :param seed: seed of every random stream of the run.
     :param max_steps: optimiser steps.
     :param device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``…
@@ -113,6 +150,13 @@ class _RunConfig:
     :param eval_temperature: sampling temperature of the evaluation.
     :param progress: show a progress bar.
     :param model: size of a fresh policy (ignored with ``--init``/``--resume``).
+    :param policy: ``transformer`` (our model, sized by ``--model.*``) or
+        ``hf:PATH``: a Hugging Face causal LM directory (or hub id); the task
+        is then tokenized by the model's tokenizer. ``--init``/``--resume``
+        keep the checkpoint's policy.
+    :param dtype: HF policy parameter dtype (``float32``, ``bfloat16``,
+        ``float16``); default bfloat16 on CUDA, float32 on CPU.
+    :param lora: LoRA adapters for an HF policy (``r = 0``: full fine-tuning).
     """
 
     agent: Literal[AGENTS] = "mle"
@@ -120,6 +164,7 @@ class _RunConfig:
     logdir: Optional[str] = None
     init: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False
     seed: int = 0
     max_steps: int = 2000
     device: str = "auto"
@@ -136,22 +181,46 @@ class _RunConfig:
     eval_temperature: float = 1.0
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
+    policy: str = "transformer"
+    dtype: Optional[str] = None
+    lora: LoraFlags = field(default_factory=LoraFlags)
 
     def __post_init__(self):
+        if self.policy != "transformer" and not (self.policy.startswith("hf:") and len(self.policy) > 3):
+            raise ValueError(f"policy must be 'transformer' or 'hf:PATH' (a Hugging Face model), got {self.policy!r}")
+        if self.dtype is not None and self.dtype not in HF_DTYPES:
+            raise ValueError(f"dtype must be one of {HF_DTYPES} (or unset), got {self.dtype!r}")
+        if isinstance(self.lora, LoraFlags) and (self.lora.r < 0 or not self.lora.alpha > 0):
+            raise ValueError(f"need lora.r >= 0 and lora.alpha > 0, got r={self.lora.r}, alpha={self.lora.alpha}")
+        if self.policy.startswith("hf:") and os.path.isdir(self.policy[3:]):
+            self.policy = "hf:" + os.path.abspath(self.policy[3:])  # checkpoints keep working from any directory
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; valid agents: {', '.join(AGENTS)}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --logdir, --overwrite deletes it: pass one of them")
         for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.warmup_steps < 0:
-            raise ValueError(f"eval_every and warmup_steps must be >= 0, got {self.eval_every}, {self.warmup_steps}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}")
+            check_number(_flag(name), getattr(self, name), ge=1, integer=True)
+        for name in ("eval_every", "warmup_steps"):
+            check_number(_flag(name), getattr(self, name), ge=0, integer=True)
+        check_number("--seed", self.seed, ge=0, le=2**31 - 1, integer=True)
+        for name in ("lr", "grad_clip", "eval_temperature"):
+            check_number(_flag(name), getattr(self, name), gt=0)
+        check_number("--min-lr-ratio", self.min_lr_ratio, ge=0, le=1)
+        check_number("--weight-decay", self.weight_decay, ge=0)
+        for section in dataclasses.fields(self):  # every float of every section (--mle.*, --model.*, ...) is finite
+            value = getattr(self, section.name)
+            if dataclasses.is_dataclass(value):
+                for f in dataclasses.fields(value):
+                    v = getattr(value, f.name)
+                    if isinstance(v, float) and not math.isfinite(v):
+                        raise ValueError(f"--{section.name}.{f.name.replace('_', '-')} must be a finite number, "
+                                         f"got {v!r}")
         if self.logdir is None:
             self.logdir = os.path.join("runs", f"{self.agent}-{self.task.replace('/', '_').replace(':', '_')}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as a JSON-able dict (``overwrite`` is an action, not part of the run: saved False)."""
+        return {**dataclasses.asdict(self), "overwrite": False}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -178,10 +247,46 @@ TrainConfig = dataclasses.make_dataclass(
     "TrainConfig",
     [(name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in LEARNERS.items()],
     bases=(_RunConfig,),
-    namespace={"__doc__": _RunConfig.__doc__ + "".join(
-        f"    :param {name}: hyperparameters of the ``{name}`` learner.\n" for name in LEARNERS)},
+    namespace={"__doc__": _RunConfig.__doc__.rstrip() + "".join(
+        f"\n    :param {name}: hyperparameters of the ``{name}`` learner." for name in LEARNERS) + "\n    "},
 )
 TrainConfig.__module__ = __name__
+
+
+#: flags that may differ when a run is resumed: they do not change what the run computes
+#: (``max_steps`` may only be raised: the run is extended, see :func:`lr_lambda`)
+RESUME_FLAGS = ("device", "progress", "max_steps", "log_every", "ckpt_every")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_conflicts(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """What ``requested`` (a resumed run's flags) changes in ``saved`` (the run's config) that resuming cannot honour.
+
+    Every field outside :data:`RESUME_FLAGS` (and ``logdir``, ``resume``,
+    ``overwrite``) must be unchanged; ``max_steps`` may not be lowered.
+
+    :return: one entry per refused flag, ``"--lr 0.001 (the run's: 0.002)"``; empty if none.
+    """
+    old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in ("logdir", "resume", "overwrite") or old.get(key) == new.get(key):
+            continue
+        if key in RESUME_FLAGS and not (key == "max_steps" and new[key] < old[key]):
+            continue
+        flag = "--" + key.replace("_", "-")
+        out.append(f"{flag} {new.get(key)!r} (the run's: {old.get(key)!r}"
+                   + ("; --max-steps can only be raised" if key == "max_steps" else "") + ")")
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -201,7 +306,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_lambda(cfg: TrainConfig):
-    """Multiplier of the peak lr at a step: linear warm-up, then cosine to ``min_lr_ratio``."""
+    """Multiplier of the peak lr at a step: linear warm-up, then cosine to ``min_lr_ratio``.
+
+    A function of the step and ``cfg.max_steps`` only: a run extended on resume
+    (``--resume --max-steps N``, N larger) follows, from the resumed step on, the
+    cosine of a run planned with ``max_steps = N`` (for a finished run the lr
+    rises again from ``min_lr_ratio × lr``: a warm restart).
+    """
 
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -307,11 +418,25 @@ class Trainer:
     :param cfg: the run's :class:`TrainConfig`.
     :param callbacks: extra :class:`Callback` objects (a :class:`SamplesPanel`
         is always added).
+    :param resume_overrides: with ``cfg.resume``, the fields taken from ``cfg``;
+        the others come from the checkpoint's config (the scripts pass the
+        :data:`RESUME_FLAGS` they checked with :func:`resume_conflicts`).
+        ``max_steps`` may only be raised (the run is extended).
+
+    Rank 0 holds an exclusive lock on ``logdir`` (:class:`~agents.common.rundir.RunLock`)
+    until :meth:`close`, and prepares the directory with
+    :func:`~agents.common.rundir.prepare_run_directory`: a fresh run refuses a
+    directory that holds a run unless ``cfg.overwrite``; stale checkpoint temp
+    files are deleted.
+
     :raises FileNotFoundError, CheckpointError: for a bad ``init`` checkpoint or
         ``resume`` without one.
+    :raises agents.common.cli.RunDirectoryError: if ``logdir`` holds a run
+        (fresh run without ``overwrite``) or another process holds its lock.
     """
 
-    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (),
+                 resume_overrides: Sequence[str] = ("device", "progress")):
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo"
@@ -322,28 +447,58 @@ class Trainer:
         self.logdir = Path(cfg.logdir)
         self.ckpt_path = self.logdir / "checkpoint.pt"
         self.callbacks: list[Callback] = [SamplesPanel(), *callbacks]
+        self.writer = None
+        self.lock: Optional[RunLock] = None
+        if self.is_main:
+            if cfg.resume and not self.ckpt_path.is_file():
+                prepare_run_directory(self.logdir, resume=True, overwrite=False)  # raises, naming the path
+            self.lock = RunLock(self.logdir)
+        try:
+            if self.is_main:
+                prepare_run_directory(self.logdir, resume=cfg.resume, overwrite=cfg.overwrite)
+            self._setup(cfg, resume_overrides)
+        except BaseException:
+            self.close()
+            raise
 
+    def _setup(self, cfg: TrainConfig, resume_overrides: Sequence[str]) -> None:
         resume_state = None
+        #: step of the last checkpoint written by (or resumed from) this run; None = none yet
+        self.saved_step: Optional[int] = None
         if cfg.resume:
             resume_state = load_checkpoint(self.ckpt_path)  # FileNotFoundError names the path
             saved = TrainConfig.from_dict(resume_state["config"])
-            saved.device, saved.resume, saved.progress = cfg.device, True, cfg.progress
+            if "max_steps" in resume_overrides and cfg.max_steps < saved.max_steps:
+                raise ValueError(f"--max-steps {cfg.max_steps} is below the run's max_steps {saved.max_steps}; "
+                                 "resuming can only raise it")
+            for name in resume_overrides:
+                setattr(saved, name, getattr(cfg, name))
+            saved.resume = True
             cfg = saved
+            self.saved_step = int(resume_state["step"])
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
-        self.task = make_task(cfg.task)
         init_state = None
         if cfg.init and resume_state is None:
             init_state = load_checkpoint(cfg.init)
-            check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
         source = resume_state or init_state
+        # an HF policy's task is tokenized by the model's tokenizer (the checkpoint's policy wins)
+        hf = hf_tokenizer_arg(source) if source is not None else cfg.policy if cfg.policy != "transformer" else None
+        self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
+        if init_state is not None:
+            check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
         if source is not None:
             self.policy = build_policy(source["policy"]).to(self.device)
             self.policy.load_state_dict(source["model"])
+        elif hf:
+            dtype = cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32")
+            self.policy = build_policy({"family": "hf", "config": {
+                "path": hf[3:], "dtype": dtype, "attn_implementation": "sdpa", "lora": cfg.lora.settings(),
+                "gradient_checkpointing": False}}).to(self.device)
         else:
             pcfg = cfg.model.policy_config(self.task.tokenizer.vocab_size, self.task.max_length + 1)
             self.policy = build_policy({"family": "transformer", "config": pcfg.to_dict()}).to(self.device)
@@ -370,7 +525,10 @@ class Trainer:
             self.learner.load_state_dict(resume_state.get("learner", {}))
             _set_rng_state(resume_state["rng"], self.generators)
             self.step = int(resume_state["step"])
-        self.writer = None
+            if cfg.max_steps != resume_state["config"]["max_steps"]:  # extended: the lr of the new schedule now
+                for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                            self.scheduler.lr_lambdas):
+                    group["lr"] = base * lam(self.step)
         if self.is_main:
             self.logdir.mkdir(parents=True, exist_ok=True)
             (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -401,6 +559,9 @@ class Trainer:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""
         if self.is_main:
             save_checkpoint(self.checkpoint_state(), self.ckpt_path)
+            if hasattr(self.policy, "save_pretrained_atomic"):  # HF policy: a plain-transformers export
+                self.policy.save_pretrained_atomic(self.logdir / HF_EXPORT_DIR)
+        self.saved_step = self.step
 
     def log(self, metrics: dict, step: int) -> None:
         if self.writer is None:
@@ -445,10 +606,11 @@ class Trainer:
                 if self.distributed:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                 if finite.item() < 1:
-                    raise NonFiniteLossError(
-                        f"loss became {loss.item()} at step {self.step}; stopped. The last good checkpoint "
-                        f"{str(self.ckpt_path)!r} is kept (lower --lr or check the data)"
-                    )
+                    kept = (f"The last good checkpoint {str(self.ckpt_path)!r} (step {self.saved_step}) is kept"
+                            if self.saved_step is not None else
+                            f"No checkpoint was written (the first is due at step {cfg.ckpt_every})")
+                    raise NonFiniteLossError(f"loss became {loss.item()} at step {self.step}; stopped. {kept} "
+                                             "(lower --lr or check the data)")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -509,7 +671,10 @@ class Trainer:
         return metrics
 
     def close(self) -> None:
+        """Close the TensorBoard writer, release the run directory's lock, leave the process group (idempotent)."""
         if self.writer is not None:
             self.writer.close()
+        if self.lock is not None:
+            self.lock.release()
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -338,7 +338,8 @@ class Bench:
         return TrainConfig(agent=agent, task=spec.task, logdir=str(self.scratch / spec.key), seed=spec.seed,
                            max_steps=b.steps, device=self.device, batch_size=b.batch_size, lr=b.lr,
                            warmup_steps=b.warmup_steps, ckpt_every=b.steps, log_every=max(1, b.steps // 20),
-                           eval_samples=b.eval_samples, progress=False, model=b.model(), **sections)
+                           eval_samples=b.eval_samples, progress=False, model=b.model(), overwrite=True,
+                           **sections)  # scratch runs are redone, never resumed
 
     def mle_seconds_until(self, task: str, seed: int, step: int) -> tuple[float, int]:
         """Seconds and demonstration tokens the MLE run of (task, seed) spent on its first ``step`` steps."""

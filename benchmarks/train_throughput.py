@@ -47,6 +47,17 @@ modes agree: with the same seed they must produce the same episodes
 (``same_episodes`` = fraction of rows whose action lists are equal; float
 round-off may flip a rare sample).
 
+``--policy hf:PATH`` (a Hugging Face causal LM directory; ``--make-llama PATH``
+writes a random ~10M-parameter Llama with a byte-level BPE tokenizer trained on
+the task) measures that model instead, in this process, on the task tokenized
+by its tokenizer: training tokens/s as above, and per batch size our rollout
+through the vector env (KV-cache, backspace allowed) against
+``model.generate()`` of the same model (sampling, ``max_new_tokens =
+min_new_tokens =`` the rollout's number of steps, KV-cache), interleaved.
+Both are counted in *slot tokens*: batch x decode steps (the work done; rows
+of the rollout that ended early still ride along), and the ratio is rollout /
+generate(). Results go to ``train_throughput_hf.{md,json}``.
+
 Results go to ``<out-dir>/train_throughput.md`` and ``.json`` with the command,
 the machine (CPU model, cores, threads, torch version, load average before and
 after) and the date.
@@ -82,6 +93,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from agents.common.demos import DemoSampler  # noqa: E402
 from agents.common.learner import LearnerContext  # noqa: E402
 from agents.mle import MLEConfig, MLELearner  # noqa: E402
+from agents.policies.hf import HFPolicy  # noqa: E402
 from agents.policies.transformer import PolicyConfig, TransformerPolicy  # noqa: E402
 from agents.common.rollout import RolloutResult, make_vector_env, rollout  # noqa: E402
 from agents.trainer import TrainConfig, _optimizer, lr_lambda, resolve_device  # noqa: E402
@@ -523,10 +535,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--in-process", action="store_true", help="no subprocess per (size, device)")
     p.add_argument("--note", default="", help="free text written under the machine description")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--policy", default="transformer", help="transformer (sizes above) or hf:PATH")
+    p.add_argument("--make-llama", help="write a random ~10M-parameter Llama + tokenizer to this directory and exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.make_llama:
+        make_llama(args.make_llama, args.task)
+        return {"model": args.make_llama}
     if args.worker is not None:  # a subprocess of _measure_in_subprocess
         spec = json.loads(args.worker)
         result = measure(spec["size"], spec["device"], BenchConfig(**spec["config"]))
@@ -543,7 +560,120 @@ def main(argv: Optional[list[str]] = None) -> dict:
                       **{k: (defaults[k] if v is None else v) for k, v in given.items()})
     command = "python benchmarks/train_throughput.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    if args.policy.startswith("hf:"):
+        return run_hf(args.policy[3:], cfg, args.out_dir, command, args.note)
     return run(cfg, args.out_dir, command, args.note)
+
+
+
+# ----------------------------------------------------------------------------- HF policies
+
+
+def make_llama(path: "str | Path", task_name: str = "python-lines", hidden: int = 384, layers: int = 6,
+               vocab: int = 1024, seed: int = 0) -> Path:
+    """Write a random Llama (``hidden`` x ``layers``, ~10M parameters by default) and a byte-level BPE
+    tokenizer of ``vocab`` ids trained on the task's train split to ``path`` (nothing downloaded)."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = make_task(task_name).splits["train"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                  unk_token="<unk>")
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=len(hf_tok), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                                      num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                                      max_position_embeddings=256, tie_word_embeddings=False,
+                                      bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return Path(path)
+
+
+def measure_hf_generation(policy: HFPolicy, task, device: torch.device, batch: int, cfg: BenchConfig) -> dict:
+    """Our rollout (vector env, backspace, per-row KV) vs ``model.generate()``, interleaved; slot tokens/s."""
+    venv = make_vector_env(task, batch, device)
+    model = policy.lm
+    ids = policy.special_ids
+    out = {"rollout": {"tokens": 0, "actions": 0, "seconds": 0.0}, "generate": {"tokens": 0, "seconds": 0.0}}
+
+    def one(seed: int, timed: bool) -> None:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        _sync(device)
+        t0 = time.perf_counter()
+        res = rollout(policy, venv, seed=seed, generator=gen)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        steps = res.actions.shape[1]
+        torch.manual_seed(seed)
+        bos = torch.full((batch, 1), ids["bos"], dtype=torch.long, device=device)
+        _sync(device)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(input_ids=bos, attention_mask=torch.ones_like(bos), do_sample=True, top_k=0,
+                           max_new_tokens=steps, min_new_tokens=steps, pad_token_id=ids["pad"])
+        _sync(device)
+        dg = time.perf_counter() - t1
+        if timed:
+            out["rollout"]["tokens"] += batch * steps
+            out["rollout"]["actions"] += int(res.num_actions.sum())
+            out["rollout"]["seconds"] += dt
+            out["generate"]["tokens"] += batch * steps
+            out["generate"]["seconds"] += dg
+
+    policy.eval()
+    one(cfg.seed, timed=False)  # warm-up
+    for r in range(cfg.gen_repeats):
+        one(cfg.seed + 1 + r * batch, timed=True)
+    venv.close()
+    for mode in out:
+        out[mode]["tokens_per_s"] = out[mode]["tokens"] / out[mode]["seconds"]
+    out["rollout"]["actions_per_s"] = out["rollout"]["actions"] / out["rollout"]["seconds"]
+    out.update(batch=batch, repeats=cfg.gen_repeats,
+               ratio=out["rollout"]["tokens_per_s"] / out["generate"]["tokens_per_s"])
+    return out
+
+
+def run_hf(path: str, cfg: BenchConfig, out_dir: "str | Path", command: str = "", note: str = "") -> dict:
+    """Measure the HF model at ``path`` (module docstring) and write ``train_throughput_hf.{md,json}``."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    dev = resolve_device("cpu" if cfg.device == "auto" else cfg.device)
+    machine = machine_info()
+    task = make_task(cfg.task, tokenizer=f"hf:{path}")
+    policy = HFPolicy.from_pretrained(path, device=dev)
+    params = sum(p.numel() for p in policy.parameters())
+    train = measure_training(policy, task, dev, cfg)
+    generation = [measure_hf_generation(policy, task, dev, b, cfg) for b in cfg.gen_batches]
+    machine["loadavg_end"] = list(os.getloadavg())
+    report = {"command": command, "note": note, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
+              "config": dataclasses.asdict(cfg), "model": str(path), "params": params, "device": dev.type,
+              "device_name": _device_name(dev), "threads": torch.get_num_threads(),
+              "vocab_size": policy.vocab_size, "max_length": task.max_length, "train": train,
+              "generation": generation}
+    lines = [f"# HF policy throughput ({report['date']})", "", f"Command: `{command}`", "",
+             f"Machine: {machine.get('cpu', '')} ({json.dumps({k: machine[k] for k in machine if k != 'cpu'})})",
+             "", f"Model: {path}, {params / 1e6:.1f}M parameters, vocab {policy.vocab_size}, device "
+             f"{report['device_name']}, {report['threads']} threads, task {cfg.task} (max_length {task.max_length}). "
+             + note, "", f"Training (MLE, batch {cfg.train_batch}): {train['tokens_per_s']:,.0f} tokens/s "
+             f"(loss {train['loss_first']:.2f} -> {train['loss_last']:.2f})", "",
+             "| batch | steps x batch | rollout (vector env, backspace) slot tok/s | rollout actions/s "
+             "| model.generate() tok/s | rollout / generate |", "|---|---|---|---|---|---|"]
+    for g in generation:
+        lines.append(f"| {g['batch']} | {g['rollout']['tokens'] // g['repeats']} | {g['rollout']['tokens_per_s']:,.0f} "
+                     f"| {g['rollout']['actions_per_s']:,.0f} | {g['generate']['tokens_per_s']:,.0f} "
+                     f"| {g['ratio']:.2f} |")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train_throughput_hf.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "train_throughput_hf.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[-len(generation) - 4:]))
+    return report
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 
 Writes one final sequence per line (backspaces applied, decoded text; a
 newline inside a generated sequence is written as the two characters ``\\n``).
+A bad flag, checkpoint or output path exits with status 2 and one line
+``error: ...``; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-import tyro
 
 from agents.common.checkpoint import load_policy
+from agents.common.cli import check_number, check_output_path, parse_flags, run_cli
 from agents.generation import generate_texts
 from agents.nce import load_critic
 from agents.trainer import resolve_device
@@ -37,6 +39,11 @@ class GenerateConfig:
         (paired tasks: a test-split question per output).
     :param candidates: candidates per output when reranking (n; accuracy of
         critic reranking against n: ``benchmarks/results/critic_rerank.md``).
+    :param temperature: sampling temperature, a finite number > 0.
+    :param top_k: sample among the ``top_k`` most likely tokens (>= 1; none = all).
+    :param top_p: nucleus sampling mass in (0, 1] (none = 1).
+    :param batch_size: sequences generated at once (>= 1).
+    :raises ValueError: naming the flag, the value and the expected range.
     """
 
     checkpoint: str
@@ -53,19 +60,25 @@ class GenerateConfig:
     device: str = "auto"
     batch_size: int = 256
 
+    def __post_init__(self):
+        for flag, value in (("--num-samples", self.num_samples), ("--candidates", self.candidates),
+                            ("--batch-size", self.batch_size)):
+            check_number(flag, value, ge=1, integer=True)
+        check_number("--temperature", self.temperature, gt=0)
+        if self.top_k is not None:
+            check_number("--top-k", self.top_k, ge=1, integer=True)
+        if self.top_p is not None:
+            check_number("--top-p", self.top_p, gt=0, le=1)
+        check_number("--seed", self.seed, ge=0, integer=True)
+        if self.rerank == "critic" and self.critic is None:
+            raise ValueError("--rerank critic needs --critic CKPT (a checkpoint written by train.py --agent nce)")
+
 
 def run(cfg: GenerateConfig) -> list[str]:
     """Generate and return the decoded texts (:func:`agents.generation.generate_texts`).
 
-    :raises ValueError: on bad flag values (``--num-samples < 1``,
-        ``--candidates < 1``, ``--rerank critic`` without ``--critic``).
+    :raises FileNotFoundError, CheckpointError: for a missing or bad checkpoint.
     """
-    if cfg.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {cfg.num_samples}")
-    if cfg.candidates < 1:
-        raise ValueError(f"--candidates must be >= 1, got {cfg.candidates}")
-    if cfg.rerank == "critic" and cfg.critic is None:
-        raise ValueError("--rerank critic needs --critic CKPT (a checkpoint written by train.py --agent nce)")
     device = resolve_device(cfg.device)
     policy, task, _ = load_policy(cfg.checkpoint, device, cfg.task)
     critic = load_critic(cfg.critic, device, task) if cfg.rerank == "critic" else None
@@ -74,8 +87,9 @@ def run(cfg: GenerateConfig) -> list[str]:
                           seed=cfg.seed, batch_size=cfg.batch_size, device=device)
 
 
-def main(argv: "list[str] | None" = None) -> list[str]:
-    cfg = tyro.cli(GenerateConfig, args=argv, description=__doc__)
+def _main(argv: list[str]) -> list[str]:
+    cfg = parse_flags(GenerateConfig, argv, description=__doc__)
+    check_output_path(cfg.out)
     texts = run(cfg)
     body = "\n".join(texts) + "\n"
     if cfg.out == "-":
@@ -85,6 +99,11 @@ def main(argv: "list[str] | None" = None) -> list[str]:
             f.write(body)
         print(f"wrote {len(texts)} sequences to {cfg.out}", file=sys.stderr)
     return texts
+
+
+def main(argv: "list[str] | None" = None) -> list[str]:
+    """``generate.py`` (arguments: ``sys.argv[1:]`` by default); user errors exit 2 with one line."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

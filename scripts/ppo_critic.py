@@ -4,26 +4,32 @@
         --critic runs/nce-oracle-hmm/checkpoint.pt --total-timesteps 200000 --logdir runs/ppo-critic
 
 The objective, the KL reward and what is logged: :mod:`agents.sb3.critic_reward`.
+A bad flag or checkpoint exits with status 2 and one line ``error: ...``;
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import sys
 
-import tyro
-
+from agents.common.cli import parse_flags, run_cli
 from agents.common.evaluation import SUMMARY_COLUMNS, format_metrics_table
 from agents.sb3.critic_reward import PPOCriticConfig, run
 
 
-def main(argv: "list[str] | None" = None) -> dict:
-    cfg = tyro.cli(PPOCriticConfig, args=argv, description=__doc__)
+def _main(argv: list[str]) -> dict:
+    cfg = parse_flags(PPOCriticConfig, argv, description=__doc__)
     metrics = run(cfg)
     columns = ("critic_reward", "kl_to_init", "objective", *SUMMARY_COLUMNS)
     print(format_metrics_table({"start (π0)": metrics["before"], f"ppo (β={cfg.beta})": metrics["after"]},
                                columns=columns))
     print(f"\nrun directory: {cfg.logdir}\nTensorBoard:   tensorboard --logdir {cfg.logdir}")
     return metrics
+
+
+def main(argv: "list[str] | None" = None) -> dict:
+    """``ppo_critic.py`` (arguments: ``sys.argv[1:]`` by default); user errors exit 2 with one line."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from .tokenizers import (
     UNK_ID,
     BPETokenizer,
     CharTokenizer,
+    SpecialIds,
     Tokenizer,
     apply_backspaces,
     tokenizer_from_dict,
@@ -42,6 +43,6 @@ if "SeqGen-v0" not in registry:
 
 __all__ = [
     "BACKSPACE_ID", "BOS_ID", "EOS_ID", "NUM_SPECIAL", "PAD_ID", "UNK_ID",
-    "BPETokenizer", "CharTokenizer", "Tokenizer", "apply_backspaces", "tokenizer_from_dict",
+    "BPETokenizer", "CharTokenizer", "SpecialIds", "Tokenizer", "apply_backspaces", "tokenizer_from_dict",
     "DEFAULT_TASK", "Task", "list_tasks", "make_task", "SeqGenEnv", "SeqGenVectorEnv",
 ]

@@ -23,7 +23,7 @@ from gymnasium import spaces
 
 from .rewards import StateScore, check_reward_mode, make_score, step_rewards
 from .tasks import Task, make_task
-from .tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from .tokenizers import SpecialIds, Tokenizer
 
 STEP_LIMIT_FACTOR = 2  # default max_episode_steps = STEP_LIMIT_FACTOR * max_length
 RENDER_MODES = ("ansi",)
@@ -40,6 +40,7 @@ class EnvConfig:
     task: Task
     tokenizer: Tokenizer
     vocab_size: int
+    ids: SpecialIds  # the tokenizer's special ids
     max_length: int
     max_episode_steps: int
     score: Optional[StateScore]
@@ -56,13 +57,20 @@ def resolve_config(
     reward_mode: str = "terminal",
     prompts: Optional[Sequence[str]] = None,
     render_mode: Optional[str] = None,
+    tokenizer: Optional[str] = None,
 ) -> EnvConfig:
     """Check the env arguments and resolve the defaults (documented in :class:`SeqGenEnv`).
 
     :raises ValueError: unknown task, ``max_length < 1``, ``max_episode_steps
         < 1``, unknown reward or reward mode, ``reward="oracle"`` without an
-        oracle, a bad or too long prompt, an unknown render mode.
+        oracle, a bad or too long prompt, an unknown render mode, a
+        ``tokenizer`` given with a ``Task`` instance.
     """
+    if tokenizer is not None:
+        if not isinstance(task, str):
+            raise ValueError(f"tokenizer={tokenizer!r} needs a task name (the task is re-tokenized); "
+                             f"got a {type(task).__name__}: build it with make_task(name, tokenizer=...)")
+        task = make_task(task, tokenizer=tokenizer)
     task = make_task(task)
     tok = task.tokenizer
     if max_length is None:
@@ -88,7 +96,7 @@ def resolve_config(
         if len(prompts) == 0:
             raise ValueError("prompts is an empty list; pass None for an unconditional task")
         encoded = [encode_prompt(tok, p, max_length) for p in prompts]
-    return EnvConfig(task, tok, int(tok.vocab_size), max_length, int(max_episode_steps), score, reward_mode,
+    return EnvConfig(task, tok, int(tok.vocab_size), SpecialIds.of(tok), max_length, int(max_episode_steps), score, reward_mode,
                      encoded, render_mode)
 
 
@@ -124,10 +132,11 @@ class TokenActionSpace(spaces.Discrete):
     ``Discrete(vocab_size)`` under ``==``.
     """
 
-    def __init__(self, vocab_size: int, seed: Optional[int] = None):
+    def __init__(self, vocab_size: int, seed: Optional[int] = None, special_ids: Optional[SpecialIds] = None):
         super().__init__(vocab_size, seed=seed)
+        ids = SpecialIds.of(special_ids)
         self.always_legal = np.ones(vocab_size, dtype=np.int8)
-        self.always_legal[[PAD_ID, BOS_ID, BACKSPACE_ID]] = 0
+        self.always_legal[[*ids.never_legal, ids.backspace]] = 0
 
     def sample(self, mask: Optional[np.ndarray] = None, probability: Optional[np.ndarray] = None) -> np.int64:
         if mask is None and probability is None:
@@ -151,25 +160,31 @@ def observation_space(vocab_size: int, max_length: int, mask_in_observation: boo
     return spaces.Dict(keys)
 
 
-def base_action_mask(vocab_size: int) -> np.ndarray:
-    """Legal actions when something has been generated: all but ``pad`` and ``bos`` (bool ``[V]``)."""
+def base_action_mask(vocab_size: int, special_ids: Optional[SpecialIds] = None) -> np.ndarray:
+    """Legal actions when something has been generated: all but ``pad`` and ``bos`` (bool ``[V]``;
+    ``bos`` stays legal when it is also ``eos``, as in GPT-2's vocabulary)."""
     mask = np.ones(vocab_size, dtype=np.bool_)
-    mask[[PAD_ID, BOS_ID]] = False
+    mask[list(SpecialIds.of(special_ids).never_legal)] = False
     return mask
 
 
 def illegal_action_error(action: int, vocab_size: int, can_backspace: bool, tokenizer: Tokenizer,
                          env_index: Optional[int] = None) -> ValueError:
     """The ValueError for an out-of-range or masked action (names the id, token and what is allowed)."""
+    ids = SpecialIds.of(tokenizer)
     where = f" (env {env_index})" if env_index is not None else ""
     if not 0 <= action < vocab_size:
         return ValueError(f"action {action}{where} is out of range: expected a token id in [0, {vocab_size - 1}]")
     name = tokenizer.token_str(action)
-    if action == BACKSPACE_ID:
+    if action == ids.backspace:
         reason = "is masked: nothing has been generated to delete (the prompt is protected)"
     else:
         reason = "is never a legal action"
-    allowed = "eos (2), " + ("backspace (3), " if can_backspace else "") + f"token ids 4..{vocab_size - 1}"
+    if ids == SpecialIds():
+        allowed = "eos (2), " + ("backspace (3), " if can_backspace else "") + f"token ids 4..{vocab_size - 1}"
+    else:
+        allowed = (f"eos ({ids.eos}), " + (f"backspace ({ids.backspace}), " if can_backspace else "")
+                   + f"token ids 0..{vocab_size - 1} except {sorted(set(ids.never_legal) | {ids.backspace})}")
     return ValueError(f"action {action} ({name!r}){where} {reason}; allowed now: {allowed}")
 
 
@@ -231,6 +246,11 @@ class SeqGenEnv(gym.Env):
     | 3      | `backspace` | deletes the last generated token (never the prompt)  | when nothing is generated |
     | 4      | `unk`       | appended like an ordinary token                      | never                     |
     | 5..V-1 | ordinary    | appended to the state                                | never                     |
+
+    With an HF tokenizer (``tokenizer="hf:PATH"``: the task re-tokenized by
+    that model's tokenizer) the ids are the tokenizer's own
+    (``env.ids``, a :class:`~seqenv.tokenizers.SpecialIds`); the rules are the
+    same, by name (a ``bos`` that is also ``eos`` is legal, as ``eos``).
 
     The mask is ``info["action_mask"]`` (``np.int8 [V]``, 1 = legal; it can be
     passed to ``action_space.sample(mask=...)``) and :meth:`action_masks`
@@ -315,6 +335,7 @@ class SeqGenEnv(gym.Env):
     | `prompts`           | `list` or `None`  | `None`           | prompt texts; `None`: `task.prompts`              |
     | `render_mode`       | `str` or `None`   | `None`           | `"ansi"`: `render()` returns text with a cursor   |
     | `mask_in_observation` | `bool`        | `False`          | add `action_mask` to the observation (above)      |
+    | `tokenizer`         | `str` or `None`   | `None`           | re-tokenize the named task: `"char"`, `"bpe"`, `"hf:PATH"` |
 
     ``gym.make("SeqGen-v0", max_episode_steps=N)`` does not reach the
     constructor: Gymnasium wraps the env in ``TimeLimit(N)``, on top of the
@@ -353,8 +374,10 @@ class SeqGenEnv(gym.Env):
         prompts: Optional[Sequence[str]] = None,
         render_mode: Optional[str] = None,
         mask_in_observation: bool = False,
+        tokenizer: Optional[str] = None,
     ):
-        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode)
+        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode,
+                             tokenizer)
         self.config = cfg
         self.task, self.tokenizer = cfg.task, cfg.tokenizer
         self.vocab_size, self.max_length = cfg.vocab_size, cfg.max_length
@@ -362,10 +385,11 @@ class SeqGenEnv(gym.Env):
         self.reward_mode = cfg.reward_mode
         self.render_mode = cfg.render_mode
         self.mask_in_observation = bool(mask_in_observation)
-        self.action_space = TokenActionSpace(self.vocab_size)
+        self.ids = cfg.ids
+        self.action_space = TokenActionSpace(self.vocab_size, special_ids=self.ids)
         self.observation_space = observation_space(self.vocab_size, self.max_length, self.mask_in_observation)
 
-        self._base_mask = base_action_mask(self.vocab_size)
+        self._base_mask = base_action_mask(self.vocab_size, self.ids)
         self._tokens = np.zeros(self.max_length, dtype=np.int64)
         self._length = 0
         self._prompt_length = 0
@@ -408,7 +432,7 @@ class SeqGenEnv(gym.Env):
             prompt = self.config.prompts[prompt_index(self._prompt_key, self._episode, len(self.config.prompts))]
         else:
             prompt = []
-        self._tokens[:] = PAD_ID
+        self._tokens[:] = self.ids.pad
         self._tokens[: len(prompt)] = prompt
         self._length = self._prompt_length = len(prompt)
         self._steps = 0
@@ -438,16 +462,16 @@ class SeqGenEnv(gym.Env):
         except TypeError:
             raise ValueError(f"action must be an integer token id, got {action!r}") from None
         can_backspace = self._length > self._prompt_length
-        if not (0 <= a < self.vocab_size and self._base_mask[a] and (a != BACKSPACE_ID or can_backspace)):
+        if not (0 <= a < self.vocab_size and self._base_mask[a] and (a != self.ids.backspace or can_backspace)):
             raise illegal_action_error(a, self.vocab_size, can_backspace, self.tokenizer)
 
         self._steps += 1
         terminated = truncated = False
-        if a == EOS_ID:
+        if a == self.ids.eos:
             terminated = True
-        elif a == BACKSPACE_ID:
+        elif a == self.ids.backspace:
             self._length -= 1
-            self._tokens[self._length] = PAD_ID
+            self._tokens[self._length] = self.ids.pad
         else:
             self._tokens[self._length] = a
             self._length += 1
@@ -479,7 +503,7 @@ class SeqGenEnv(gym.Env):
     # -- helpers ------------------------------------------------------------
     def _mask(self) -> np.ndarray:
         mask = self._base_mask.copy()
-        mask[BACKSPACE_ID] = self._length > self._prompt_length
+        mask[self.ids.backspace] = self._length > self._prompt_length
         return mask
 
     def _obs(self) -> dict:

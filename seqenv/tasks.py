@@ -39,7 +39,10 @@ Built-in tasks (:func:`make_task`, :func:`list_tasks`):
 =================  ==========================================================
 
 Every corpus name accepts ``tokenizer="bpe"`` (byte-level BPE trained on the
-train split, ``bpe_vocab_size`` ids) instead of the character tokenizer, and
+train split, ``bpe_vocab_size`` ids) or ``tokenizer="hf:PATH"`` (a Hugging Face
+tokenizer directory: the model's own vocabulary and special ids, see
+:class:`~seqenv.tokenizers.HFTokenizer`; not ``oracle-hmm``/``arithmetic``)
+instead of the character tokenizer, and
 ``prompts=[...]`` to make the task conditional (one prompt list for every
 text). A *paired* task (``arithmetic``) has its own prompt per text instead:
 ``task.split_prompts[split][i]`` is the prompt of ``task.splits[split][i]``,
@@ -63,7 +66,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .oracle import HMMOracle
-from .tokenizers import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
+from .tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_dict
 
 SPLITS = ("train", "valid", "test")
 PRINTABLE = "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c")  # 95 characters
@@ -453,11 +456,13 @@ class ProseValidity:
 
 
 def _tokenizer_for(kind: str, chars: Optional[str], train: list[str], bpe_vocab_size: int, unk: str) -> Tokenizer:
+    if isinstance(kind, str) and kind.startswith("hf:") and len(kind) > 3:
+        return HFTokenizer(kind[3:])
     if kind == "char":
         return CharTokenizer(chars, unk=unk) if chars is not None else CharTokenizer.from_corpus(train, unk=unk)
     if kind == "bpe":
         return BPETokenizer.train(train, vocab_size=bpe_vocab_size)
-    raise ValueError(f"tokenizer must be 'char' or 'bpe', got {kind!r}")
+    raise ValueError(f"tokenizer must be 'char', 'bpe' or 'hf:PATH', got {kind!r}")
 
 
 def _fit_max_length(name: str, tok: Tokenizer, splits: dict[str, list[str]], max_length: Optional[int],
@@ -776,7 +781,8 @@ def make_task(name: "str | Task | dict" = DEFAULT_TASK, **kwargs) -> Task:
 
     :param name: a built-in name, ``"file:PATH"``, a :class:`Task`, or a
         :meth:`Task.spec` dict (see :func:`task_from_spec`).
-    :param kwargs: ``tokenizer`` (``"char"``/``"bpe"``), ``bpe_vocab_size``,
+    :param kwargs: ``tokenizer`` (``"char"``/``"bpe"``/``"hf:PATH"``: a Hugging Face
+        tokenizer directory, its own special ids; text tasks only), ``bpe_vocab_size``,
         ``max_length``, ``prompts`` (list of texts), ``unk``; oracle tasks also
         take the :class:`~seqenv.oracle.HMMOracle` arguments; ``arithmetic``
         takes the arguments of :func:`arithmetic`.

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 PAD_ID = 0
 BOS_ID = 1
@@ -53,10 +54,87 @@ BACKSPACE_TOKEN = "<|backspace|>"  # added to Hugging Face tokenizers by HFToken
 HF_PAD_TOKEN = "<|pad|>"  # added when a Hugging Face tokenizer has no pad or pads with eos
 
 
+@dataclass(frozen=True)
+class SpecialIds:
+    """The special ids of one vocabulary, as plain ints (what env and agents compute with).
+
+    The defaults are the fixed ids of our char/BPE tokenizers (table above);
+    an :class:`HFTokenizer` has its own (``bos`` may equal ``eos``, ``unk`` may
+    be ``None``). Build one with :meth:`of`.
+
+    :param pad: padding; never a legal action, never written.
+    :param bos: policy input only; never a legal action (unless it equals ``eos``).
+    :param eos: ends the episode.
+    :param backspace: deletes the last generated token.
+    :param unk: unknown token (written like an ordinary one), or ``None``.
+    """
+
+    pad: int = PAD_ID
+    bos: int = BOS_ID
+    eos: int = EOS_ID
+    backspace: int = BACKSPACE_ID
+    unk: Optional[int] = UNK_ID
+
+    @classmethod
+    def of(cls, source=None) -> "SpecialIds":
+        """The ids of ``source``: ``None`` (the defaults), a :class:`SpecialIds`, a
+        ``special_ids`` dict, or anything with ``special_ids`` (a tokenizer, a
+        policy, a DDP wrapper of one) or a ``tokenizer`` (a task).
+
+        :raises ValueError: if no special ids can be found or the dict lacks
+            ``pad``/``bos``/``eos``/``backspace``.
+        """
+        if source is None:
+            return DEFAULT_SPECIAL_IDS
+        if isinstance(source, SpecialIds):
+            return source
+        if not isinstance(source, dict):
+            obj = getattr(source, "module", source)  # DDP
+            if not hasattr(obj, "special_ids") and hasattr(obj, "tokenizer"):
+                obj = obj.tokenizer  # a Task
+            found = getattr(obj, "special_ids", None)
+            if found is None:
+                raise ValueError(f"cannot find special ids on {type(source).__name__}; expected a tokenizer, "
+                                 "policy, task, dict or SpecialIds")
+            if isinstance(found, SpecialIds):
+                return found
+            source = found
+        missing = [k for k in ("pad", "bos", "eos", "backspace") if k not in source]
+        if missing:
+            raise ValueError(f"special ids {source!r} lack {missing}")
+        unk = source.get("unk")
+        return cls(int(source["pad"]), int(source["bos"]), int(source["eos"]), int(source["backspace"]),
+                   None if unk is None else int(unk))
+
+    @property
+    def never_legal(self) -> tuple[int, ...]:
+        """Ids that are never legal actions: ``pad`` and ``bos`` (``bos`` only if it is not also ``eos``)."""
+        return (self.pad,) if self.bos == self.eos else (self.pad, self.bos)
+
+    @property
+    def non_writing(self) -> tuple[int, ...]:
+        """Ids whose action writes no token into the state: ``pad``, ``bos``, ``eos``, ``backspace``."""
+        return (self.pad, self.bos, self.eos, self.backspace)
+
+    @property
+    def all(self) -> frozenset:
+        """Every special id (``unk`` included when present)."""
+        return frozenset(i for i in (self.pad, self.bos, self.eos, self.backspace, self.unk) if i is not None)
+
+    def ordinary_ids(self, vocab_size: int) -> list[int]:
+        """The ids in ``[0, vocab_size)`` that are not special (ascending); with the
+        defaults ``range(NUM_SPECIAL, vocab_size)``."""
+        special = self.all
+        return [i for i in range(vocab_size) if i not in special]
+
+
+DEFAULT_SPECIAL_IDS = SpecialIds()
+
+
 class Tokenizer(ABC):
     """Base class: special ids, ``encode``/``decode`` and serialisation."""
 
-    special_ids: dict[str, int] = SPECIAL_IDS
+    special_ids: dict[str, int] = SPECIAL_IDS  # HFTokenizer: its own
     pad_id = PAD_ID
     bos_id = BOS_ID
     eos_id = EOS_ID
@@ -97,21 +175,24 @@ class Tokenizer(ABC):
         return hash(json.dumps(self.to_dict(), sort_keys=True))
 
 
-def apply_backspaces(ids: Iterable[int], protected: int = 0) -> list[int]:
+def apply_backspaces(ids: Iterable[int], protected: int = 0, special_ids=None) -> list[int]:
     """Reduce an action history to the state it reaches.
 
     :param ids: action ids; ``backspace`` removes the previous kept id.
     :param protected: number of leading ids (a prompt) that backspace cannot
         delete; a backspace with nothing deletable is ignored.
-    :return: the reduced id list (``eos`` and ``pad`` are dropped).
+    :param special_ids: anything :meth:`SpecialIds.of` takes (default: the fixed ids).
+    :return: the reduced id list (``eos``, ``bos`` and ``pad`` are dropped).
     """
+    sp = SpecialIds.of(special_ids)
+    dropped = (sp.pad, sp.eos, sp.bos)
     out: list[int] = []
     for i in ids:
         i = int(i)
-        if i == BACKSPACE_ID:
+        if i == sp.backspace:
             if len(out) > protected:
                 out.pop()
-        elif i not in (PAD_ID, EOS_ID, BOS_ID):
+        elif i not in dropped:
             out.append(i)
     return out
 

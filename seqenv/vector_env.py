@@ -44,7 +44,6 @@ from .env import (
 )
 from .rewards import step_rewards
 from .tasks import Task
-from .tokenizers import BACKSPACE_ID, EOS_ID, PAD_ID, UNK_ID
 
 VECTOR_RESET_OPTIONS = ("prompt", "reset_mask")
 BACKENDS = ("auto", "numpy", "torch")
@@ -162,6 +161,7 @@ class SeqGenVectorEnv(VectorEnv):
         backend: str = "auto",
         autoreset_mode: "str | AutoresetMode" = AutoresetMode.NEXT_STEP,
         mask_in_observation: bool = False,
+        tokenizer: Optional[str] = None,
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
@@ -177,7 +177,8 @@ class SeqGenVectorEnv(VectorEnv):
         self._next_step = self._autoreset_mode == AutoresetMode.NEXT_STEP
         self._same_step = self._autoreset_mode == AutoresetMode.SAME_STEP
         self.metadata = {**self.metadata, "autoreset_mode": self._autoreset_mode}
-        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode)
+        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode,
+                             tokenizer)
         self.config = cfg
         self.task, self.tokenizer = cfg.task, cfg.tokenizer
         self.num_envs = B = int(num_envs)
@@ -190,7 +191,7 @@ class SeqGenVectorEnv(VectorEnv):
         self.copy_obs = bool(copy_obs)
         self.backend = "numpy" if backend == "numpy" or (backend == "auto" and device.type == "cpu") else "torch"
 
-        self.single_action_space = TokenActionSpace(V)
+        self.single_action_space = TokenActionSpace(V, special_ids=cfg.ids)
         self.action_space = batch_space(self.single_action_space, B)
         self.mask_in_observation = bool(mask_in_observation)
         self.single_observation_space = observation_space(V, L, self.mask_in_observation)
@@ -211,15 +212,17 @@ class SeqGenVectorEnv(VectorEnv):
         self._started = False
 
         # constants: lookup tables indexed by the action clamped to [0, V] (V = out of range)
+        sp = self.ids = cfg.ids
         ids = np.arange(V + 1)
-        ordinary = (ids >= UNK_ID) & (ids < V)
-        change = ordinary * 1 - (ids == BACKSPACE_ID)  # length change: +1 append, -1 backspace, 0 else
-        written = np.where(ordinary, ids, PAD_ID)  # the token an action writes (pad: none)
-        mask = base_action_mask(V)
+        ordinary = ~np.isin(ids, sp.non_writing) & (ids < V)  # unk and ordinary tokens are written
+        change = ordinary * 1 - (ids == sp.backspace)  # length change: +1 append, -1 backspace, 0 else
+        written = np.where(ordinary, ids, sp.pad)  # the token an action writes (pad: none)
+        mask = base_action_mask(V, sp)
         mask_table = np.stack([mask, mask])
-        mask_table[0, BACKSPACE_ID] = False  # row 0: nothing generated; row 1: backspace legal
-        legal = np.arange(EOS_ID, V)
-        legal_table = np.concatenate([legal[legal != BACKSPACE_ID], [PAD_ID], legal])  # 2 rows of V - 2, flat
+        mask_table[0, sp.backspace] = False  # row 0: nothing generated; row 1: backspace legal
+        legal = np.flatnonzero(mask)
+        self._num_legal = len(legal)  # legal ids with backspace; V - 2 with the default ids
+        legal_table = np.concatenate([legal[legal != sp.backspace], [sp.pad], legal])  # 2 rows of num_legal, flat
         prompt_table, prompt_lengths = self._table(cfg.prompts or [[]])
 
         # the arrays the step computes on (numpy views of the tensors' memory, or the tensors),
@@ -321,7 +324,7 @@ class SeqGenVectorEnv(VectorEnv):
             self._restart(restart)  # steps back to 0 there
             # the transition, by table lookup: +1 and the token for an append, -1 and pad for a backspace,
             # nothing for eos, pad, bos, out-of-range ids (clipped to V) and restarting envs
-            a = xp.where(restart, PAD_ID, self._clip(a, self.vocab_size))
+            a = xp.where(restart, self.ids.pad, self._clip(a, self.vocab_size))
         else:  # SAME_STEP: no env is done here; DISABLED: the user resets the ended envs
             if self.validate_actions:
                 self._check_not_done()
@@ -332,7 +335,7 @@ class SeqGenVectorEnv(VectorEnv):
         write_at = xp.minimum(x["length"], length)  # append: at the old length; backspace: at the new one
         x["tokens"].reshape(-1)[self._row_start + write_at] = self._take(self._written, a)
         x["length"][...] = length
-        terminated = a == EOS_ID
+        terminated = a == self.ids.eos
         truncated = (length == self.max_length) | (x["steps"] >= self.max_episode_steps)
         x["done"][...] = terminated | truncated
         terminated, truncated = self._to_torch(terminated), self._to_torch(truncated)
@@ -362,16 +365,17 @@ class SeqGenVectorEnv(VectorEnv):
         An exact uniform draw over each env's mask in O(B): the mask's
         structure is fixed (every id but ``pad`` and ``bos``; ``backspace``
         only if something is generated), so ``r ~ U{0, ..., n - 1}`` with
-        ``n = V - 3`` or ``V - 2`` is looked up in a table of the legal ids
-        (row 0 without, row 1 with backspace; rows of ``V - 2``, flattened).
+        ``n = N - 1`` or ``N`` (``N`` legal ids with backspace; ``V - 2`` for
+        the fixed ids) is looked up in a table of the legal ids (row 0
+        without, row 1 with backspace; rows of ``N``, flattened).
 
         :param generator: ``torch.Generator`` on ``device`` (``None``: torch's global one).
         """
         u = torch.rand(self.num_envs, generator=generator, device=self.device, dtype=torch.float64)
         u = u.numpy() if self.backend == "numpy" else u
         can_backspace = (self._x["length"] > self._x["prompt_length"]) * 1
-        r = self._long(u * (can_backspace + (self.vocab_size - 3)))
-        return self._to_torch(self._take(self._legal_table, r + can_backspace * (self.vocab_size - 2)))
+        r = self._long(u * (can_backspace + (self._num_legal - 1)))
+        return self._to_torch(self._take(self._legal_table, r + can_backspace * self._num_legal))
 
     def render(self) -> Optional[tuple[str, ...]]:
         """``render_mode="ansi"``: one ``"prompt|generated▌"`` string per env."""
@@ -400,7 +404,7 @@ class SeqGenVectorEnv(VectorEnv):
             x["steps"][r] = 0
             if index is None and not self._conditional:  # every env restarts empty
                 x["length"][r] = x["prompt_length"][r] = 0
-                x["tokens"][r] = PAD_ID
+                x["tokens"][r] = self.ids.pad
                 return
             x["episode"][r] += 1
             idx = index[r] if index is not None else prompt_index(x["key"][r], x["episode"][r], len(table))
@@ -412,7 +416,7 @@ class SeqGenVectorEnv(VectorEnv):
             if index is None and not self._conditional:  # every env restarts empty
                 x["length"].masked_fill_(rows, 0)
                 x["prompt_length"].masked_fill_(rows, 0)
-                x["tokens"].masked_fill_(rows[:, None], PAD_ID)
+                x["tokens"].masked_fill_(rows[:, None], self.ids.pad)
                 return
             x["episode"] += rows
             idx = index if index is not None else prompt_index(x["key"], x["episode"], len(table))
@@ -423,7 +427,7 @@ class SeqGenVectorEnv(VectorEnv):
 
     def _table(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Padded prompt table int64 ``[P, L]`` and lengths ``[P]``."""
-        table = np.full((len(prompts), self.max_length), PAD_ID, dtype=np.int64)
+        table = np.full((len(prompts), self.max_length), self.ids.pad, dtype=np.int64)
         for i, p in enumerate(prompts):
             table[i, : len(p)] = p
         return table, np.array([len(p) for p in prompts], dtype=np.int64)
@@ -469,7 +473,8 @@ class SeqGenVectorEnv(VectorEnv):
     def _validate(self, a, restart) -> None:
         """Raise for an illegal action of an env not in ``restart`` (bool ``[B]``, or None: no env restarts)."""
         can_backspace = self._x["length"] > self._x["prompt_length"]
-        legal = (a >= EOS_ID) & (a < self.vocab_size) & ((a != BACKSPACE_ID) | can_backspace)
+        legal = self._take(self._mask_table[1], self._clip(a, self.vocab_size - 1)) & (a < self.vocab_size) & (a >= 0)
+        legal = legal & ((a != self.ids.backspace) | can_backspace)
         bad = ~legal if restart is None else ~(legal | restart)
         if bool(bad.any()):
             b = int((bad * 1).argmax())
@@ -516,7 +521,7 @@ class SeqGenVectorEnv(VectorEnv):
         if not self.copy_obs:  # the state tensors themselves (read-only, valid until the next call)
             obs = {"tokens": self.tokens, "length": self.length, "prompt_length": self.prompt_length}
             if self.mask_in_observation:  # one buffer; only the backspace column changes
-                self._obs_mask_buffer[:, BACKSPACE_ID] = self._x["length"] > self._x["prompt_length"]
+                self._obs_mask_buffer[:, self.ids.backspace] = self._x["length"] > self._x["prompt_length"]
                 obs["action_mask"] = self._to_torch(self._obs_mask_buffer)
             return obs
         x = self._x
@@ -528,7 +533,7 @@ class SeqGenVectorEnv(VectorEnv):
 
     def _info_mask(self) -> torch.Tensor:
         if not self.copy_obs:  # one buffer; only the backspace column changes
-            self._mask_buffer[:, BACKSPACE_ID] = self._x["length"] > self._x["prompt_length"]
+            self._mask_buffer[:, self.ids.backspace] = self._x["length"] > self._x["prompt_length"]
             return self._to_torch(self._mask_buffer)
         return self.action_masks()
 

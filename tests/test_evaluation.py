@@ -10,6 +10,7 @@ from agents.common.evaluation import (
     bleu4,
     distinct_n,
     evaluate_samples,
+    comparison_line,
     format_metrics_table,
     heldout_nll,
     length_stats,
@@ -275,3 +276,18 @@ def test_format_metrics_table_exact():
     )
     with pytest.raises(ValueError, match="at least one row"):
         format_metrics_table({})
+
+
+def test_format_metrics_table_drops_columns_without_values_and_comparison_line():
+    rows = {"mle": {"validity": 0.5, "oracle_nll": None, "nll": 1.0},
+            "sm": {"validity": 0.625, "oracle_nll": None}}
+    table = format_metrics_table(rows, columns=("validity", "oracle_nll", "nll"), drop_empty=True)
+    assert table.splitlines()[0] == "| run | validity | nll |"
+    assert table.splitlines()[3] == "| sm | 0.625 | – |"  # nll has a value in one row: kept
+    assert "oracle_nll" in format_metrics_table(rows, columns=("validity", "oracle_nll"))  # default keeps all
+    assert comparison_line(rows, control="mle", num_seeds=1) == (
+        "Best validity: sm, 0.625, +0.125 against mle (0.500; 1 seed).")
+    rows["mle"]["validity"] = 0.75
+    assert comparison_line(rows, control="mle", num_seeds=3) == (
+        "Best validity: mle (the control), 0.750; sm is 0.125 lower (3 seeds).")
+    assert comparison_line({"sm": {"validity": 0.1}}, control="mle") is None

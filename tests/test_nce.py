@@ -312,8 +312,8 @@ def test_critic_learns_oracle_vs_noise_with_residual_nce():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     critic = SequenceCritic(CriticConfig(vocab_size=8, block_size=7, n_layer=1, n_head=2, n_embd=32))
-    opt = torch.optim.Adam(critic.parameters(), lr=3e-3)
-    for _ in range(250):
+    opt = torch.optim.Adam(critic.parameters(), lr=6e-3)  # 100 steps (was 250 at 3e-3): same property, 40 % of the time
+    for _ in range(100):
         x_d, len_d = _sample_markov(64, g, 0.9)
         x_n, len_n = _sample_markov(64, g, 1 / 3)
         loss, _ = residual_nce_loss(critic(x_d, len_d), critic(x_n, len_n), critic.log_normalizer, 1.0)
@@ -329,7 +329,6 @@ def test_critic_learns_oracle_vs_noise_with_residual_nce():
     assert m["energy_data"] < m["energy_noise"]
 
 
-# ---------------------------------------------------------------------------
 # ---------------------------------------------------------------------------
 # SnapshotNoise
 # ---------------------------------------------------------------------------

@@ -168,13 +168,21 @@ def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys)
             "train/value_loss", "rollout/critic_reward_mean", "rollout/kl_to_init_mean"} <= tags
 
 
-def test_ppo_bad_input(tmp_path):
+def test_ppo_bad_input(tmp_path, capsys):
     ppo_critic = _script()
     mle, _ = _checkpoints(tmp_path)
     with pytest.raises(ValueError, match=r"--beta must be a finite number > 0, got -1"):
         ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, beta=-1.0)
-    with pytest.raises(ValueError, match=r"--num-envs must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"--num-envs must be an integer >= 1, got 0"):
         ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, num_envs=0)
+    for flag, value, expected in (("--max-grad-norm", "0", "--max-grad-norm must be a finite number > 0, got 0.0"),
+                                  ("--learning-rate", "inf", "--learning-rate must be a finite number > 0, got inf"),
+                                  ("--vf-coef", "-1", "--vf-coef must be a finite number >= 0, got -1.0"),
+                                  ("--gae-lambda", "nan", "--gae-lambda must be a finite number >= 0 and <= 1, got nan")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            ppo_critic_script.main(["--checkpoint", mle, "--critic", mle, "--device", "cpu", flag, value])
+        assert exc.value.code == 2 and capsys.readouterr().err == f"error: {expected}\n"
     with pytest.raises(CheckpointError, match="is not an nce checkpoint"):
         ppo_critic.run(ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, device="cpu", eval_samples=4,
                                                   logdir=str(tmp_path / "x")))

@@ -102,7 +102,8 @@ def test_token_sequence_extractor_reads_the_state_at_its_last_token():
     assert torch.equal(out[0], after[0]) and not torch.equal(out[0], before[0])
 
 
-def test_ppo_learns_without_error():
+def test_ppo_smoke_runs_and_predicts_one_action_per_env():
+    """Smoke test: PPO over the adapter runs and predicts; it checks shapes, not learning."""
     venv = make_sb3_vec_env(task="oracle-hmm", num_envs=4, max_length=6, reward="oracle", validate_actions=False)
     model = PPO("MultiInputPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu",
                 policy_kwargs=dict(features_extractor_class=TokenSequenceExtractor,

@@ -154,6 +154,43 @@ def test_bc_mask_selects_the_imitated_actions():
         sequencematch_loss(logits_data, data, logits_model, model, cfg, bc_mask=torch.ones_like(bc_mask))
 
 
+def test_variants_reward_mask_alpha_model_convex_mix_and_token_normalisation():
+    """The hypothesis variants of SequenceMatchConfig, each against the hand-computed terms above."""
+    logits_data, data, logits_model, model = hand_batches()
+    wsum = lambda r: sum(G**t * x for t, x in enumerate(r))  # noqa: E731
+    wsum2 = lambda r: sum(G**t * x * x for t, x in enumerate(r))  # noqa: E731
+    base = SequenceMatchConfig(alpha=0.25, gamma=G, eta=0.5)
+    _, m = sequencematch_loss(logits_data, data, logits_model, model, base)
+
+    # H1: the action at [1, 2] (x in "y") leaves the data reward term only
+    reward_mask = data.is_action.clone()
+    reward_mask[1, 2] = False
+    _, m1 = sequencematch_loss(logits_data, data, logits_model, model, base, reward_mask=reward_mask)
+    assert m1["loss/reward_data"] == pytest.approx(-(wsum(R_D0) + R_D1[0]) / 2, abs=1e-5)
+    for k in ("loss/chi2_penalty", "loss/value", "loss/terminal", "loss/bc"):
+        assert m1[k] == pytest.approx(m[k], abs=1e-6), k
+
+    # H2b: α on model samples only: 1/(4·1) = 0.25 on the model's r² (data keeps 1/(4·0.25) = 1)
+    cfg = SequenceMatchConfig(alpha=0.25, alpha_model=1.0, gamma=G, eta=0.5)
+    _, m2 = sequencematch_loss(logits_data, data, logits_model, model, cfg)
+    tail_r2_data, tail_r2_model = 8.1 * 0.05**2 / 2, 7.29 * 0.2**2
+    assert m2["loss/chi2_penalty"] == pytest.approx((wsum2(R_D0) + wsum2(R_D1)) / 2 + 0.25 * wsum2(R_M0), abs=1e-4)
+    assert m2["loss/terminal"] - m["loss/terminal"] == pytest.approx(-0.75 * tail_r2_model, abs=1e-5)
+    assert tail_r2_data > 0
+
+    # H3: (1 - η)·BC + η·SM
+    cfg = SequenceMatchConfig(alpha=0.25, gamma=G, eta=0.25, mix="convex")
+    loss3, m3 = sequencematch_loss(logits_data, data, logits_model, model, cfg)
+    assert loss3.item() == pytest.approx(0.75 * m["loss/bc"] + 0.25 * m["loss/sm"], abs=1e-4)
+    assert m["loss/total"] == pytest.approx(m["loss/sm"] + 0.5 * m["loss/bc"], abs=1e-4)
+
+    # H6: SM terms divided by the mean number of data actions (2 here)
+    cfg = SequenceMatchConfig(alpha=0.25, gamma=G, eta=0.5, normalize="token")
+    loss6, m6 = sequencematch_loss(logits_data, data, logits_model, model, cfg)
+    assert m6["loss/sm"] == pytest.approx(m["loss/sm"] / 2, abs=1e-5)
+    assert loss6.item() == pytest.approx(m["loss/sm"] / 2 + 0.5 * m["loss/bc"], abs=1e-4)
+
+
 def test_value_term_plus_tail_telescopes_to_v0():
     """IQ-Learn's identity: for a terminated episode Σ w (V(u_i) - γV(u_{i+1})) + tail = V(s_0)."""
     logits_data, data, logits_model, model = hand_batches()
@@ -253,6 +290,10 @@ def test_gradients_flow_to_both_batches():
         (dict(gamma=0.0), "gamma"),
         (dict(eta=-0.1), "eta"),
         (dict(divergence="tv"), "'tv'"),
+        (dict(alpha_model=0.0), "alpha_model"),
+        (dict(mix="sum"), "mix must be 'add' or 'convex', got 'sum'"),
+        (dict(mix="convex", eta=2.0), r"eta must be in \[0, 1\] with mix='convex'"),
+        (dict(normalize="batch"), "normalize must be"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

@@ -33,19 +33,23 @@ def _params(trainer):
     return {k: v.clone() for k, v in trainer.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("agent", ["mle", "sequencematch", "earm", "nce"])
-def test_resume_reaches_the_same_final_state(tmp_path, agent):
+@pytest.mark.parametrize("agent, task", [("mle", "oracle-hmm"), ("sequencematch", "oracle-hmm"), ("earm", "oracle-hmm"),
+                                         ("nce", "oracle-hmm"),
+                                         # a prompted task: the online samplers' env resets must be seeded too
+                                         ("sequencematch", "arithmetic"), ("earm", "arithmetic"),
+                                         ("mle", "arithmetic")])
+def test_resume_reaches_the_same_final_state(tmp_path, agent, task):
     extra = {"earm": {"earm": EARMConfig(start_step=2)},
              "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)},
              "mle": {"mle": MLEConfig(backspace_p=0.1)},
              # K = 2: the run is killed at step 4 with the snapshot of step 2 in the step-3 checkpoint
              "nce": {"nce": NCEConfig(refresh_every=2, policy_objective="self_adapting_nce", ce_weight=0.5,
                                            critic_n_layer=1, critic_n_head=2, critic_n_embd=32)}}[agent]
-    full = Trainer(_cfg(tmp_path, "full", agent=agent, **extra))
+    full = Trainer(_cfg(tmp_path, "full", agent=agent, task=task, **extra))
     m_full = full.train()
     full.close()
 
-    killed = Trainer(_cfg(tmp_path, "killed", agent=agent, **extra))
+    killed = Trainer(_cfg(tmp_path, "killed", agent=agent, task=task, **extra))
     assert killed.train(stop_at=4) is None  # "killed" after step 4; last checkpoint at step 3
     killed.close()
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"] == 3
@@ -118,7 +122,7 @@ def test_bad_input(tmp_path):
     t.close()
     with pytest.raises(CheckpointError, match="trained on task 'oracle-hmm' with a different tokenizer than task 'python-lines'"):
         Trainer(_cfg(tmp_path, "py", task="python-lines", init=str(tmp_path / "hmm" / "checkpoint.pt")))
-    with pytest.raises(ValueError, match="max_steps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="--max-steps must be an integer >= 1, got 0"):
         _cfg(tmp_path, "z", max_steps=0)
 
 
@@ -134,7 +138,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
            str(ROOT / "scripts" / "train.py"), "--device", "cpu", "--task", "oracle-hmm", "--max-steps", "4",
            "--batch-size", "8", "--eval-samples", "16", "--logdir", str(logdir), "--no-progress",
            "--model.n-layer", "1", "--model.n-embd", "32", "--model.n-head", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # this checkout's packages
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(logdir / "checkpoint.pt")

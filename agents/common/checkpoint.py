@@ -27,9 +27,7 @@ old checkpoints still load, generate, evaluate and warm-start runs.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +71,24 @@ def save_checkpoint(state: dict, path: "str | os.PathLike") -> None:
 def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(..., weights_only=True)``.
 
+    An HF policy (family ``hf``) whose model directory no longer exists is
+    pointed at the run directory's ``hf/`` export (full fine-tuning runs).
+
     :raises FileNotFoundError: if ``path`` does not exist.
-    :raises CheckpointError: if the file is not a readable seqenv checkpoint.
+    :raises CheckpointError: if ``path`` is a directory or the file is not a
+        readable seqenv checkpoint (every failure of ``torch.load`` is mapped to it).
     """
     path = Path(path)
+    if path.is_dir():
+        hint = " (did you mean its checkpoint.pt?)" if (path / "checkpoint.pt").is_file() else ""
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file: {e}") from None
+    except Exception as e:  # unpickler errors on foreign files are of any type (KeyError, UnicodeDecodeError, ...)
+        detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file ({detail})") from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY_FORMATS):
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{str(path)!r} is not a seqenv checkpoint (format {got!r}, expected {FORMAT!r} "
@@ -93,7 +99,66 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     missing = [k for k in ("agent", "task", "policy", "model") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
+    if not isinstance(state["policy"], dict) or not isinstance(state["policy"].get("config"), dict) \
+            or not isinstance(state["task"], dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'policy' or 'task' entry")
+    _use_hf_export(state, path)
     return state
+
+
+def checkpoint_task(state: dict, task: "str | Task | None" = None, path: str = "checkpoint") -> Task:
+    """The task to use a checkpoint on: ``task`` if given, else the checkpoint's own, rebuilt from its spec.
+
+    The checkpoint's task is rebuilt from its ``Task.spec()`` (tokenizer,
+    ``max_length``, arguments; :func:`seqenv.tasks.task_from_spec`), so a
+    ``file:`` task works without its corpus for generation; reading its
+    splits then raises :class:`seqenv.tasks.MissingTaskDataError` naming the file.
+
+    :raises ValueError: for an unknown ``task`` name.
+    :raises CheckpointError: if the checkpoint's spec cannot be rebuilt, or see
+        :func:`check_task_compatible`.
+    """
+    hf = hf_tokenizer_arg(state)
+    if task is None:
+        try:
+            task = make_task(state["task"])
+        except ValueError as e:
+            raise CheckpointError(f"{path}: its task cannot be rebuilt: {e}") from None
+    elif hf is not None and isinstance(task, str):  # an HF policy reads the named task in its own tokenizer
+        task = make_task(task, tokenizer=hf)
+    else:
+        task = make_task(task)
+    check_task_compatible(state, task, path=path)
+    return task
+
+
+HF_EXPORT_DIR = "hf"  # run-directory subfolder with the HF policy's save_pretrained export
+
+
+def hf_tokenizer_arg(state: dict):
+    """``"hf:PATH"`` (the ``tokenizer=`` of :func:`seqenv.make_task`) for a checkpoint of an HF policy, else None."""
+    if state["policy"].get("family") != "hf":
+        return None
+    return f"hf:{state['policy']['config']['path']}"
+
+
+def _use_hf_export(state: dict, path: Path) -> None:
+    """An HF policy whose model directory is gone: point its spec (and the task's tokenizer) at the
+    run directory's ``hf/`` export, in place. Full fine-tuning only: a LoRA export holds only the adapter."""
+    if state["policy"].get("family") != "hf":
+        return
+    config = state["policy"]["config"]
+    export = path.resolve().parent / HF_EXPORT_DIR
+    if os.path.isdir(config["path"]) or not export.is_dir() or config.get("lora"):
+        return
+    old = config["path"]
+    config["path"] = str(export)
+    tok = state["task"].get("tokenizer", {})
+    if tok.get("type") == "hf" and tok.get("path") == old:
+        tok["path"] = str(export)
+    args = state["task"].get("args", {})
+    if args.get("tokenizer") == f"hf:{old}":
+        args["tokenizer"] = f"hf:{export}"
 
 
 def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> None:
@@ -114,7 +179,7 @@ def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> 
             f"{task.tokenizer.vocab_size}); use the checkpoint's task or retrain"
         )
     block = state["policy"]["config"].get("block_size", state["policy"]["config"].get("max_state_length"))
-    if task.max_length + 1 > block:
+    if block is not None and task.max_length + 1 > block:
         raise CheckpointError(
             f"task {task.name!r} has max_length {task.max_length} but the model in {path} handles states of at "
             f"most {block - 1} tokens"
@@ -126,14 +191,14 @@ def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
     """Load the policy of a checkpoint (any family, :func:`agents.policies.build_policy`), with its task.
 
     :param task: evaluate/generate on this task instead of the checkpoint's
-        own (its tokenizer must match).
+        own (its tokenizer must match); None = the checkpoint's, rebuilt from
+        its spec (:func:`checkpoint_task`: no corpus needed to generate).
     :return: ``(policy, task, state)``; the policy is in eval mode on ``device``.
     :raises FileNotFoundError, CheckpointError: see :func:`load_checkpoint` and
         :func:`check_task_compatible`.
     """
     state = load_checkpoint(path, map_location=device)
-    task = make_task(task if task is not None else state["task"]["name"])
-    check_task_compatible(state, task, path=f"checkpoint {str(path)!r}")
+    task = checkpoint_task(state, task, path=f"checkpoint {str(path)!r}")
     try:
         policy = build_policy(state["policy"]).to(device)
     except ValueError as e:

@@ -41,7 +41,7 @@ import torch
 
 from seqenv.oracle import pad_sequences
 from seqenv.tasks import Task
-from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, NUM_SPECIAL, UNK_ID
+from seqenv.tokenizers import DEFAULT_SPECIAL_IDS, NUM_SPECIAL, SpecialIds
 
 WRONG_TOKEN_SOURCES = ("uniform", "model")
 MODEL_DRAW_TRIES = 8  # rounds of rejection before falling back to a uniform wrong token
@@ -49,14 +49,16 @@ MODEL_DRAW_TRIES = 8  # rounds of rejection before falling back to a uniform wro
 WrongTokenFn = Callable[[list[list[int]]], "torch.Tensor | Sequence[int]"]
 
 
-def _check_sequence(j: int, seq: Sequence[int], vocab_size: int) -> None:
+def _check_sequence(j: int, seq: Sequence[int], vocab_size: int, ids: SpecialIds = DEFAULT_SPECIAL_IDS) -> None:
     """Raise ValueError unless ``seq`` holds ordinary/unk ids with at most a final eos."""
-    body = seq[:-1] if seq and seq[-1] == EOS_ID else seq
+    body = seq[:-1] if seq and seq[-1] == ids.eos else seq
+    special = set(ids.non_writing)
     for k, tok in enumerate(body):
-        if not (tok == UNK_ID or NUM_SPECIAL <= tok < vocab_size):
+        if not (tok == ids.unk or (0 <= tok < vocab_size and tok not in special)):
+            where = f"[{NUM_SPECIAL}, {vocab_size})" if ids == DEFAULT_SPECIAL_IDS else f"[0, {vocab_size})"
             raise ValueError(
                 f"sequences[{j}][{k}] = {tok!r}: expected an ordinary token id in "
-                f"[{NUM_SPECIAL}, {vocab_size}) or unk ({UNK_ID}); eos ({EOS_ID}) is allowed "
+                f"{where} or unk ({ids.unk}); eos ({ids.eos}) is allowed "
                 f"only as the last token and other special ids not at all"
             )
 
@@ -69,6 +71,7 @@ def augment_with_backspace(
     wrong_tokens: str = "uniform",
     wrong_token_fn: WrongTokenFn | None = None,
     prompts: list[list[int]] | None = None,
+    ids=None,
 ) -> list[list[int]]:
     """Insert ``[wrong token, backspace]`` pairs into expert sequences (module docstring).
 
@@ -98,6 +101,10 @@ def augment_with_backspace(
         a uniform wrong token. Seed its randomness yourself for determinism.
     :param prompts: optional prompt per sequence; only prepended to the
         prefixes passed to ``wrong_token_fn`` (never augmented, never returned).
+    :param ids: special ids (anything :meth:`seqenv.tokenizers.SpecialIds.of`
+        takes; default the fixed ids). Ordinary tokens are the ids in
+        ``[0, vocab_size)`` that are not special; with the default ids they are
+        ``5..vocab_size-1`` and the draws are the same as before.
     :return: the augmented sequences, new lists; ``apply_backspaces(out[j]) ==
         sequences[j]`` (minus a final ``eos``) for every ``j``. Each pair lengthens a sequence by 2.
     :raises ValueError: on ``p`` outside ``[0, 1)``; ``vocab_size <= 5``; an
@@ -108,6 +115,7 @@ def augment_with_backspace(
     """
     if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
         raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
+    ids = SpecialIds.of(ids)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= NUM_SPECIAL:
         raise ValueError(f"vocab_size must be an int > {NUM_SPECIAL} (the special ids), got {vocab_size!r}")
     if wrong_tokens not in WRONG_TOKEN_SOURCES:
@@ -121,13 +129,14 @@ def augment_with_backspace(
     if prompts is not None and len(prompts) != len(sequences):
         raise ValueError(f"got {len(prompts)} prompts for {len(sequences)} sequences")
     for j, seq in enumerate(sequences):
-        _check_sequence(j, seq, vocab_size)
+        _check_sequence(j, seq, vocab_size, ids)
 
     # Every slot of every sequence, flattened: (sequence j, slot k, true next token).
-    bodies = [seq[:-1] if seq and seq[-1] == EOS_ID else list(seq) for seq in sequences]
+    eos_id, backspace_id = ids.eos, ids.backspace
+    bodies = [seq[:-1] if seq and seq[-1] == eos_id else list(seq) for seq in sequences]
     slots = [(j, k) for j, body in enumerate(bodies) for k in range(len(body) + 1)]
     true_next = torch.tensor(
-        [bodies[j][k] if k < len(bodies[j]) else EOS_ID for j, k in slots], dtype=torch.long
+        [bodies[j][k] if k < len(bodies[j]) else eos_id for j, k in slots], dtype=torch.long
     )
     num_slots = len(slots)
 
@@ -135,11 +144,17 @@ def augment_with_backspace(
     insert = torch.rand(num_slots, generator=generator) < p
     u = torch.rand(num_slots, generator=generator)
     # Uniform wrong tokens: an ordinary token != the true next one (all of them if the next is eos/unk).
-    num_ordinary = vocab_size - NUM_SPECIAL
-    next_is_ordinary = true_next >= NUM_SPECIAL
+    # (ordinary ids as a table: rank r -> id; the fixed ids give ordinary[r] = NUM_SPECIAL + r)
+    ordinary = torch.tensor(ids.ordinary_ids(vocab_size), dtype=torch.long)
+    is_ordinary = torch.zeros(vocab_size + 1, dtype=torch.bool)
+    is_ordinary[ordinary] = True
+    rank = torch.cumsum(is_ordinary.long(), 0) - 1  # rank of an ordinary id among the ordinary ids
+    num_ordinary = len(ordinary)
+    next_is_ordinary = is_ordinary[true_next.clamp(0, vocab_size)]
     choices = num_ordinary - next_is_ordinary.long()
-    wrong = NUM_SPECIAL + torch.minimum((u * choices).long(), (choices - 1).clamp(min=0))
-    wrong = wrong + (next_is_ordinary & (wrong >= true_next)).long()  # skip over the true token
+    r = torch.minimum((u * choices).long(), (choices - 1).clamp(min=0))
+    r = r + (next_is_ordinary & (r >= rank[true_next.clamp(0, vocab_size)])).long()  # skip over the true token
+    wrong = ordinary[r.clamp(max=max(num_ordinary - 1, 0))] if num_ordinary else r
     insert &= choices > 0  # vocab_size 6: no wrong token exists before the only ordinary token
 
     if wrong_tokens == "model":
@@ -157,19 +172,20 @@ def augment_with_backspace(
             if drawn.numel() != len(pending):
                 raise ValueError(f"wrong_token_fn returned {drawn.numel()} tokens for {len(pending)} prefixes")
             idx = torch.tensor(pending, dtype=torch.long)
-            ok = (drawn >= NUM_SPECIAL) & (drawn < vocab_size) & (drawn != true_next[idx])
+            ok = (drawn >= 0) & (drawn < vocab_size) & (drawn != true_next[idx])
+            ok &= is_ordinary[drawn.clamp(0, vocab_size)]
             wrong[idx[ok]] = drawn[ok]
             pending = idx[~ok].tolist()  # the rest keep their uniform draw if rounds run out
 
     out: list[list[int]] = [[] for _ in sequences]
     for (j, k), ins, w in zip(slots, insert.tolist(), wrong.tolist()):
         if ins:
-            out[j] += [w, BACKSPACE_ID]
+            out[j] += [w, backspace_id]
         if k < len(bodies[j]):
             out[j].append(bodies[j][k])
     for j, seq in enumerate(sequences):
-        if seq and seq[-1] == EOS_ID:
-            out[j].append(EOS_ID)
+        if seq and seq[-1] == eos_id:
+            out[j].append(eos_id)
     return out
 
 
@@ -186,10 +202,11 @@ def model_wrong_token_fn(policy, generator: torch.Generator, device) -> WrongTok
     @torch.no_grad()
     def wrong_token_fn(prefixes: list[list[int]]) -> list[int]:
         module = getattr(policy, "module", policy)
-        tokens, lengths = pad_sequences([[BOS_ID, *p] for p in prefixes])
+        ids = SpecialIds.of(module)
+        tokens, lengths = pad_sequences([[ids.bos, *p] for p in prefixes], pad_id=ids.pad)
         tokens, lengths = tokens.to(device), lengths.to(device)
         logits = module(tokens)[torch.arange(len(prefixes), device=device), lengths - 1].float()
-        logits[:, :NUM_SPECIAL] = float("-inf")
+        logits[:, sorted(ids.all)] = float("-inf")
         return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).squeeze(-1).tolist()
 
     return wrong_token_fn
@@ -202,28 +219,31 @@ class Demos:
     :param prompts: per row, the prompt's token ids (``[]`` for an
         unconditional task); never actions.
     :param actions: per row, the expert's actions (ordinary tokens), ending in ``eos``.
+    :param ids: the vocabulary's special ids (the task's tokenizer's; default the fixed ids).
     :raises ValueError: on rows of different counts, an empty batch, or a row
         not ending in ``eos``.
     """
 
     prompts: list[list[int]]
     actions: list[list[int]]
+    ids: SpecialIds = DEFAULT_SPECIAL_IDS
 
     def __post_init__(self) -> None:
+        eos_id = self.ids.eos
         if not self.actions or len(self.prompts) != len(self.actions):
             raise ValueError(f"Demos needs >= 1 row and one prompt per row, got {len(self.actions)} action rows "
                              f"and {len(self.prompts)} prompts")
-        bad = [i for i, a in enumerate(self.actions) if not a or a[-1] != EOS_ID]
+        bad = [i for i, a in enumerate(self.actions) if not a or a[-1] != eos_id]
         if bad:
-            raise ValueError(f"Demos rows {bad[:5]} do not end with eos ({EOS_ID})")
+            raise ValueError(f"Demos rows {bad[:5]} do not end with eos ({eos_id})")
 
     def __len__(self) -> int:
         return len(self.actions)
 
     @classmethod
-    def unconditional(cls, actions: list[list[int]]) -> "Demos":
+    def unconditional(cls, actions: list[list[int]], ids=None) -> "Demos":
         """Demos with empty prompts (each row must end in ``eos``)."""
-        return cls(prompts=[[] for _ in actions], actions=[list(a) for a in actions])
+        return cls(prompts=[[] for _ in actions], actions=[list(a) for a in actions], ids=SpecialIds.of(ids))
 
 
 class DemoSampler:
@@ -244,9 +264,10 @@ class DemoSampler:
         if not self.pairs:
             raise ValueError(f"task {task.name!r} has no {split!r} sequences that fit max_length={task.max_length}")
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.ids = SpecialIds.of(task)
 
     def sample(self, batch_size: int) -> Demos:
         """``batch_size`` demonstrations (uniform with replacement), each ending in ``eos``."""
         idx = torch.randint(len(self.pairs), (batch_size,), generator=self.generator).tolist()
         return Demos(prompts=[list(self.pairs[i][0]) for i in idx],
-                     actions=[list(self.pairs[i][1]) + [EOS_ID] for i in idx])
+                     actions=[list(self.pairs[i][1]) + [self.ids.eos] for i in idx], ids=self.ids)

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from seqenv.oracle import pad_sequences
-from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID
+from seqenv.tokenizers import NUM_SPECIAL, SpecialIds
 
 from .rollout import generate, make_vector_env, rollout
 
@@ -168,6 +168,7 @@ def heldout_nll(
         param = next(iter(policy.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
     V = task.tokenizer.vocab_size
+    sp = SpecialIds.of(task)
 
     order = sorted(range(len(kept)), key=lambda i: len(kept[i]))  # similar lengths share a batch
     total_nll, total_tokens = 0.0, 0
@@ -178,8 +179,8 @@ def heldout_nll(
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 batch = [kept[i] for i in rows]
-                inputs, lengths = pad_sequences([[BOS_ID] + s for s in batch], pad_id=PAD_ID)  # [B, T]
-                targets, _ = pad_sequences([s + [EOS_ID] for s in batch], pad_id=PAD_ID)  # [B, T]
+                inputs, lengths = pad_sequences([[sp.bos] + s for s in batch], pad_id=sp.pad)  # [B, T]
+                targets, _ = pad_sequences([s + [sp.eos] for s in batch], pad_id=sp.pad)  # [B, T]
                 inputs, targets, lengths = inputs.to(device), targets.to(device), lengths.to(device)
                 logits = policy(inputs)  # [B, T, V]
                 if logits.dim() != 3 or logits.shape[-1] != V:
@@ -187,7 +188,7 @@ def heldout_nll(
                                      f"got shape {tuple(logits.shape)}")
                 logits = logits.double()
                 if action_mask:
-                    logits = _mask_illegal_actions(logits)
+                    logits = _mask_illegal_actions(logits, sp)
                 idx = torch.arange(targets.shape[1], device=device)[None, :]
                 first = torch.tensor([starts[i] for i in rows], device=device)[:, None]
                 predicted = (idx < lengths[:, None]) & (idx >= first)  # [B, T]
@@ -201,12 +202,12 @@ def heldout_nll(
                 tokens=total_tokens, sequences=len(kept), skipped=skipped)
 
 
-def _mask_illegal_actions(logits: torch.Tensor) -> torch.Tensor:
+def _mask_illegal_actions(logits: torch.Tensor, ids: Optional[SpecialIds] = None) -> torch.Tensor:
     """Set the env's illegal actions to -inf in ``logits`` [B, T, V] (index 0 = empty state)."""
+    ids = SpecialIds.of(ids)
     logits = logits.clone()
-    logits[..., PAD_ID] = -math.inf
-    logits[..., BOS_ID] = -math.inf
-    logits[:, 0, BACKSPACE_ID] = -math.inf
+    logits[..., list(ids.never_legal)] = -math.inf
+    logits[:, 0, ids.backspace] = -math.inf
     return logits
 
 
@@ -294,9 +295,10 @@ def _encode_or_none(tokenizer, text: str) -> Optional[list[int]]:
         return None
 
 
-def _check_final_ids(ids: Sequence[int]) -> list[int]:
+def _check_final_ids(ids: Sequence[int], tokenizer=None) -> list[int]:
     ids = [int(i) for i in ids]
-    bad = [i for i in ids if i in (PAD_ID, BOS_ID, EOS_ID, BACKSPACE_ID)]
+    special = SpecialIds.of(tokenizer).non_writing
+    bad = [i for i in ids if i in special]
     if bad:
         raise ValueError(f"a sample holds special id {bad[0]} (pad/bos/eos/backspace); expected a final "
                          f"sequence of ordinary tokens: apply seqenv.tokenizers.apply_backspaces first")
@@ -496,7 +498,7 @@ def length_stats(token_lists: Sequence[Sequence[int]]) -> dict:
     return dict(mean_length=mean, std_length=std, min_length=min(lengths), max_length=max(lengths))
 
 
-def backspace_rate(action_histories: Sequence[Sequence[int]]) -> Optional[float]:
+def backspace_rate(action_histories: Sequence[Sequence[int]], ids=None) -> Optional[float]:
     """Fraction of the agent's actions that are ``backspace``, pooled over episodes.
 
     Every id is one action, ``eos`` included; ``pad`` (id 0) is never an
@@ -504,15 +506,17 @@ def backspace_rate(action_histories: Sequence[Sequence[int]]) -> Optional[float]
     histories works too. A prompt is not part of the history.
 
     :param action_histories: per episode, the action ids in order.
+    :param ids: special ids (anything ``SpecialIds.of`` takes; default the fixed ids).
     :return: a float in ``[0, 1]``, or ``None`` if there is no action at all.
     :raises ValueError: on an empty list.
     """
     _check_nonempty(action_histories, "action_histories")
+    sp = SpecialIds.of(ids)
     actions = backspaces = 0
     for h in action_histories:
         ids = [int(a) for a in h]
-        actions += sum(a != PAD_ID for a in ids)
-        backspaces += sum(a == BACKSPACE_ID for a in ids)
+        actions += sum(a != sp.pad for a in ids)
+        backspaces += sum(a == sp.backspace for a in ids)
     return backspaces / actions if actions else None
 
 
@@ -559,7 +563,7 @@ def evaluate_samples(
         texts = list(samples)
         ids = [tok.encode(t) for t in texts]
     else:
-        ids = [_check_final_ids(s) for s in samples]
+        ids = [_check_final_ids(s, tok) for s in samples]
         texts = [tok.decode(s) for s in ids]
     references = task.splits.get(references_split)
     if not references:
@@ -573,7 +577,7 @@ def evaluate_samples(
         self_bleu4=self_bleu4(texts, max_bleu_samples, bleu_tokenize, seed),
         distinct_2=distinct_n(ids, 2),
         **length_stats(ids),
-        backspace_rate=backspace_rate(action_histories) if action_histories is not None else None,
+        backspace_rate=backspace_rate(action_histories, tok) if action_histories is not None else None,
         oracle_nll=None, oracle_nll_in_support=None, oracle_support=None,
         num_samples=len(ids),
     )
@@ -584,7 +588,8 @@ def evaluate_samples(
     return out
 
 
-def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:
+def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, digits: int = 3,
+                         drop_empty: bool = False) -> str:
     """A Markdown table: one row per run/agent, one column per metric.
 
     :param rows: ``{run name: {metric key: value}}``; a value is a number,
@@ -593,6 +598,9 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
     :param columns: metric keys in column order; default every key, in order
         of first appearance over the rows.
     :param digits: decimals of floats (ints and bools are printed as such).
+    :param drop_empty: leave out the columns that no row has a value for
+        (``None`` or missing everywhere, e.g. ``oracle_nll`` on a task without
+        an oracle).
     :return: the table, lines joined by ``"\\n"``, no trailing newline.
     :raises ValueError: on no rows or ``digits < 0``.
 
@@ -609,6 +617,8 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
         raise ValueError(f"digits must be >= 0, got {digits}")
     if columns is None:
         columns = list(dict.fromkeys(k for metrics in rows.values() for k in metrics))
+    if drop_empty:
+        columns = [c for c in columns if any(metrics.get(c) is not None for metrics in rows.values())]
 
     def cell(v) -> str:
         if v is None:
@@ -623,6 +633,31 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
     for name, metrics in rows.items():
         lines.append("| " + " | ".join([str(name), *(cell(metrics.get(c)) for c in columns)]) + " |")
     return "\n".join(lines)
+
+
+def comparison_line(rows: dict, control: str, metric: str = "validity", num_seeds: int = 1) -> Optional[str]:
+    """One sentence naming the run best on ``metric`` and its difference to ``control``.
+
+    :param rows: ``{run name: {metric: value}}`` (as :func:`format_metrics_table`).
+    :param control: the row every other run is compared with (e.g. continued MLE).
+    :param metric: a higher-is-better metric.
+    :param num_seeds: seeds behind each value (said in the sentence: one seed
+        cannot tell a difference from noise).
+    :return: the sentence, or ``None`` if the control or every value is missing.
+    """
+    values = {k: v.get(metric) for k, v in rows.items() if isinstance(v.get(metric), (int, float))}
+    if control not in values or len(values) < 2:
+        return None
+    best = max(values, key=values.get)
+    seeds = f"{num_seeds} seed{'s' if num_seeds != 1 else ''}"
+    if best == control:
+        others = {k: v for k, v in values.items() if k != control}
+        runner = max(others, key=others.get)
+        return (f"Best {metric}: {control} (the control), {values[control]:.3f}; {runner} is "
+                f"{values[control] - values[runner]:.3f} lower ({seeds}).")
+    diff = values[best] - values[control]
+    return (f"Best {metric}: {best}, {values[best]:.3f}, {diff:+.3f} against {control} "
+            f"({values[control]:.3f}; {seeds}).")
 
 
 def _check_nonempty(items, name: str) -> None:
@@ -703,12 +738,15 @@ def recovery(
     device = device if device is not None else next(policy.parameters()).device
     g = torch.Generator().manual_seed(seed)
     V = task.tokenizer.vocab_size
+    sp = SpecialIds.of(task)
+    ordinary = sp.ordinary_ids(V)  # rank -> id; the fixed ids give NUM_SPECIAL + rank
+    rank = {t: r for r, t in enumerate(ordinary)}
     forced, cuts, wrong = [], [], []
     for i in torch.randint(len(seqs), (num_samples,), generator=g).tolist():
         x = seqs[i]
         k = int(torch.randint(len(x), (1,), generator=g))
-        w = int(torch.randint(NUM_SPECIAL, V - 1, (1,), generator=g))
-        w = w + 1 if w >= x[k] else w  # uniform over ordinary tokens != x_k
+        r = int(torch.randint(NUM_SPECIAL, NUM_SPECIAL + len(ordinary) - 1, (1,), generator=g)) - NUM_SPECIAL
+        w = ordinary[r + 1 if r >= rank.get(x[k], -1) else r]  # uniform over ordinary tokens != x_k
         forced.append(x[:k] + [w])
         cuts.append(k)
         wrong.append(w)
@@ -723,7 +761,7 @@ def recovery(
     first_free = [a[c] if len(a) > c else None for a, c in zip(acts, counts.tolist())]
     texts = [task.tokenizer.decode(s) for s in finals]
     return {
-        "recovery_backspace": sum(f == BACKSPACE_ID for f in first_free) / num_samples,
+        "recovery_backspace": sum(f == sp.backspace for f in first_free) / num_samples,
         "recovery_deleted": sum(not (len(s) > k and s[k] == w) for s, k, w in zip(finals, cuts, wrong)) / num_samples,
         "recovery_validity": validity_rate(task, texts),
     }
@@ -741,15 +779,16 @@ def format_episode(tokenizer, actions: Sequence[int], prompt: Sequence[int] = ()
     :param prompt: prompt ids (shown, never deletable).
     :return: one line of Markdown.
     """
+    sp = SpecialIds.of(tokenizer)
     stack: list[int] = []  # indices into ``parts`` of the tokens still in the state
     parts: list[str] = []
     for a in actions:
-        if a == BACKSPACE_ID:
+        if a == sp.backspace:
             if stack:
                 i = stack.pop()
                 parts[i] = f"~~{parts[i]}~~"
             parts.append("⌫")
-        elif a == EOS_ID:
+        elif a == sp.eos:
             parts.append("⏎")
         else:
             stack.append(len(parts))

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from seqenv.tasks import Task
-from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
+from seqenv.tokenizers import DEFAULT_SPECIAL_IDS, SpecialIds
 
 from seqenv.vector_env import SeqGenVectorEnv
 
@@ -42,6 +42,7 @@ class RolloutResult:
     :param terminated: BoolTensor ``[N]`` (ended by ``eos``); ``truncated`` the rest.
     :param action_masks: BoolTensor ``[N, S, V]`` legal actions at each step,
         or ``None`` unless requested.
+    :param ids: the env's special ids (its tokenizer's).
     """
 
     actions: torch.Tensor
@@ -52,6 +53,7 @@ class RolloutResult:
     prompt_lengths: torch.Tensor
     terminated: torch.Tensor
     action_masks: Optional[torch.Tensor] = None
+    ids: SpecialIds = DEFAULT_SPECIAL_IDS
 
     @property
     def truncated(self) -> torch.Tensor:
@@ -73,7 +75,7 @@ class RolloutResult:
 
     def to_batch(self, width: Optional[int] = None) -> TrajectoryBatch:
         """The episodes as policy input (see :func:`agents.common.trajectory.collate`)."""
-        return collate(self.action_lists(), self.prompts(), device=self.actions.device, width=width)
+        return collate(self.action_lists(), self.prompts(), device=self.actions.device, width=width, ids=self.ids)
 
 
 def sample_actions(
@@ -177,7 +179,12 @@ def rollout(
                 f"policy max_state_length {policy.max_state_length} < env max_length + 1 = {L + 1}: "
                 "the policy cannot read the longest state"
             )
-        bos = torch.full((N, 1), BOS_ID, dtype=torch.long, device=device)
+        sp = SpecialIds.of(venv.tokenizer)
+        mine = SpecialIds.of(policy)
+        if (mine.bos, mine.eos, mine.backspace) != (sp.bos, sp.eos, sp.backspace):
+            raise ValueError(f"policy special ids {mine} differ from the env's {sp}: tokenize the task with "
+                             "the policy's tokenizer (make_task(..., tokenizer='hf:PATH'))")
+        bos = torch.full((N, 1), sp.bos, dtype=torch.long, device=device)
         rows = torch.arange(N, device=device)
 
         def recompute(obs) -> torch.Tensor:  # logits of each row's current state, no cache
@@ -191,7 +198,7 @@ def rollout(
             logits = recompute(obs)
 
         max_steps = int(getattr(venv, "max_episode_steps", 4 * L))
-        actions = torch.full((N, max_steps), PAD_ID, dtype=torch.long, device=device)
+        actions = torch.full((N, max_steps), sp.pad, dtype=torch.long, device=device)
         log_probs = torch.zeros((N, max_steps), device=device)
         masks = [] if store_masks else None
         done = torch.zeros(N, dtype=torch.bool, device=device)
@@ -199,12 +206,12 @@ def rollout(
         num_actions = torch.zeros(N, dtype=torch.long, device=device)
         final_tokens = obs["tokens"].clone()
         final_len = state_len.clone()
-        eos = torch.full((N,), EOS_ID, dtype=torch.long, device=device)
+        eos = torch.full((N,), sp.eos, dtype=torch.long, device=device)
         for t in range(max_steps):
             mask = info["action_mask"]
             if not allow_backspace:
                 mask = mask.clone()
-                mask[:, BACKSPACE_ID] = False
+                mask[:, sp.backspace] = False
             a, lp = sample_actions(logits, mask, temperature, top_k, top_p, generator)
             if forced_actions is not None and t < forced_actions[0].shape[1]:
                 forced = t < forced_actions[1]
@@ -213,7 +220,7 @@ def rollout(
                                  .log_softmax(-1).gather(-1, a[:, None]).squeeze(-1), lp)
             a = torch.where(done, eos, a)  # finished rows: any action, ignored by the autoreset
             active = ~done
-            actions[:, t] = torch.where(active, a, PAD_ID)
+            actions[:, t] = torch.where(active, a, sp.pad)
             log_probs[:, t] = torch.where(active, lp, 0.0)
             if masks is not None:
                 masks.append(mask & active[:, None])
@@ -237,6 +244,7 @@ def rollout(
             prompt_lengths=prompt_len,
             terminated=terminated,
             action_masks=torch.stack(masks, 1)[:, :S] if masks is not None else None,
+            ids=sp,
         )
     finally:
         policy.train(was_training)

@@ -14,14 +14,14 @@ sum or mask it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from seqenv.oracle import pad_sequences
-from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
+from seqenv.tokenizers import DEFAULT_SPECIAL_IDS, SpecialIds
 
 
 @dataclass
@@ -35,6 +35,8 @@ class TrajectoryBatch:
         with the env's legal-action mask, ``info["action_mask"]``.)
     :param terminated: BoolTensor[B], True iff the row's last action is ``eos``
         (an absorbing state follows); False = truncated.
+    :param ids: the vocabulary's special ids (default: the fixed ids of our
+        char/BPE tokenizers; an HF policy's come from its tokenizer).
     :raises ValueError: on wrong shapes/dtypes, an action at index 0, a row with
         no action, non-contiguous actions, an ``eos`` action before the last
         action, or ``terminated`` disagreeing with "last action is eos".
@@ -43,9 +45,11 @@ class TrajectoryBatch:
     tokens: torch.Tensor
     is_action: torch.Tensor
     terminated: torch.Tensor
+    ids: SpecialIds = field(default=DEFAULT_SPECIAL_IDS)
 
     def __post_init__(self) -> None:
         tokens, mask, term = self.tokens, self.is_action, self.terminated
+        eos_id = self.ids.eos
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be a LongTensor [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
         if mask.shape != tokens.shape or mask.dtype != torch.bool:
@@ -68,15 +72,15 @@ class TrajectoryBatch:
         idx = torch.arange(tokens.shape[1], device=tokens.device)
         if not torch.equal(mask, (idx >= first[:, None]) & (idx <= last[:, None])):
             raise ValueError("the actions of each row must be one contiguous run of indices")
-        is_eos = (tokens == EOS_ID) & mask
-        ends_eos = tokens.gather(1, last[:, None]).squeeze(1) == EOS_ID
+        is_eos = (tokens == eos_id) & mask
+        ends_eos = tokens.gather(1, last[:, None]).squeeze(1) == eos_id
         if (is_eos.sum(1) > ends_eos.long()).any():
-            raise ValueError(f"eos (id {EOS_ID}) may only be the last action of a row")
+            raise ValueError(f"eos (id {eos_id}) may only be the last action of a row")
         if not torch.equal(term, ends_eos):
             b = int((term != ends_eos).nonzero()[0])
             raise ValueError(
                 f"row {b}: terminated={bool(term[b])} but its last action is "
-                f"{int(tokens[b, last[b]])}; expected terminated == (last action is eos={EOS_ID})"
+                f"{int(tokens[b, last[b]])}; expected terminated == (last action is eos={eos_id})"
             )
 
     @property
@@ -94,7 +98,7 @@ class TrajectoryBatch:
 
     def to(self, device: torch.device | str) -> "TrajectoryBatch":
         """Return a copy with every tensor on ``device``."""
-        return TrajectoryBatch(self.tokens.to(device), self.is_action.to(device), self.terminated.to(device))
+        return TrajectoryBatch(self.tokens.to(device), self.is_action.to(device), self.terminated.to(device), self.ids)
 
     @classmethod
     def from_actions(
@@ -102,6 +106,7 @@ class TrajectoryBatch:
         actions: Sequence[Sequence[int]],
         prompts: Optional[Sequence[Sequence[int]]] = None,
         device: "torch.device | str | None" = None,
+        ids=None,
     ) -> "TrajectoryBatch":
         """Same as :func:`collate` (kept as the constructor spelling).
 
@@ -109,7 +114,7 @@ class TrajectoryBatch:
         """
         if not actions:
             raise ValueError("actions is empty; a batch needs at least one trajectory")
-        return collate(actions, prompts, device=device if device is not None else "cpu")
+        return collate(actions, prompts, device=device if device is not None else "cpu", ids=ids)
 
 
 def collate(
@@ -117,6 +122,7 @@ def collate(
     prompts: Optional[Sequence[Sequence[int]]] = None,
     device: "torch.device | str" = "cpu",
     width: Optional[int] = None,
+    ids=None,
 ) -> TrajectoryBatch:
     """Lay out action histories (with their prompts) as a :class:`TrajectoryBatch`.
 
@@ -125,29 +131,32 @@ def collate(
     :param prompts: per row, prompt token ids (never actions), or ``None``.
     :param width: pad every row to this many positions (default: the longest
         row, ``1 + len(prompt) + len(actions)``).
+    :param ids: special ids, anything :meth:`seqenv.tokenizers.SpecialIds.of`
+        takes (a tokenizer, a policy, a task; default: the fixed ids).
     :return: batch with ``tokens`` LongTensor ``[B, T]``, ``is_action``
         BoolTensor ``[B, T]`` and ``terminated`` BoolTensor ``[B]`` on ``device``.
     :raises ValueError: on an empty row, prompts of the wrong count, or rows
         longer than ``width``.
     """
+    ids = SpecialIds.of(ids)
     if prompts is None:
         prompts = [()] * len(actions)
     if len(prompts) != len(actions):
         raise ValueError(f"got {len(actions)} action rows but {len(prompts)} prompts")
-    rows = [[BOS_ID, *p, *a] for p, a in zip(prompts, actions)]
+    rows = [[ids.bos, *p, *a] for p, a in zip(prompts, actions)]
     empty = [i for i, a in enumerate(actions) if len(a) == 0]
     if empty:
         raise ValueError(f"row {empty[0]} has no action; every trajectory needs at least one action")
     T = max(map(len, rows)) if width is None else width
     if max(map(len, rows)) > T:
         raise ValueError(f"a trajectory has {max(map(len, rows))} positions, more than width={T}")
-    tokens = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
+    tokens = torch.full((len(rows), T), ids.pad, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.bool)
     for i, (row, p) in enumerate(zip(rows, prompts)):
         tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, 1 + len(p) : len(row)] = True
-    terminated = torch.tensor([len(a) > 0 and a[-1] == EOS_ID for a in actions], dtype=torch.bool)
-    return TrajectoryBatch(tokens.to(device), mask.to(device), terminated.to(device))
+    terminated = torch.tensor([len(a) > 0 and a[-1] == ids.eos for a in actions], dtype=torch.bool)
+    return TrajectoryBatch(tokens.to(device), mask.to(device), terminated.to(device), ids)
 
 
 def wrong_token_mask(batch: TrajectoryBatch) -> torch.Tensor:
@@ -157,6 +166,7 @@ def wrong_token_mask(batch: TrajectoryBatch) -> torch.Tensor:
     the backspaces (vectorised over rows, a loop over positions).
     """
     tokens, amask = batch.tokens, batch.is_action
+    backspace_id, eos_id = batch.ids.backspace, batch.ids.eos
     B, T = tokens.shape
     deleted = torch.zeros_like(amask)
     stack = torch.zeros((B, T), dtype=torch.long, device=tokens.device)  # positions on the stack
@@ -164,11 +174,11 @@ def wrong_token_mask(batch: TrajectoryBatch) -> torch.Tensor:
     rows = torch.arange(B, device=tokens.device)
     for t in range(T):
         act, tok = amask[:, t], tokens[:, t]
-        pop = act & (tok == BACKSPACE_ID) & (depth > 0)
+        pop = act & (tok == backspace_id) & (depth > 0)
         top = stack[rows, (depth - 1).clamp(min=0)]
         deleted[rows[pop], top[pop]] = True
         depth = depth - pop.long()
-        push = act & (tok != BACKSPACE_ID) & (tok != EOS_ID)
+        push = act & (tok != backspace_id) & (tok != eos_id)
         stack[rows[push], depth[push]] = t
         depth = depth + push.long()
     return deleted & amask
@@ -179,12 +189,14 @@ def sequence_batch(
     terminated: Sequence[bool],
     device: "torch.device | str" = "cpu",
     prompts: Optional[Sequence[Sequence[int]]] = None,
+    ids=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Final sequences (no backspaces) laid out for teacher-forced scoring.
 
     :param sequences: generated tokens of each row (no bos, no prompt, no eos).
     :param terminated: per row, whether an ``eos`` follows.
     :param prompts: optional prompt ids per row (conditioned on, never scored).
+    :param ids: special ids (as :func:`collate`).
     :return: ``tokens`` LongTensor ``[B, T]`` = ``[bos, prompt..., x..., eos?,
         pad...]`` and the predicted-position mask BoolTensor ``[B, T]`` (``x``
         and ``eos``; truncated rows have no ``eos``). Empty truncated rows keep
@@ -192,12 +204,13 @@ def sequence_batch(
 
     Used by E-ARM, NCE and reranking.
     """
+    ids = SpecialIds.of(ids)
     if prompts is None:
         prompts = [()] * len(sequences)
-    rows = [[BOS_ID, *p, *s] + ([EOS_ID] if t else []) for p, s, t in zip(prompts, sequences, terminated)]
+    rows = [[ids.bos, *p, *s] + ([ids.eos] if t else []) for p, s, t in zip(prompts, sequences, terminated)]
     starts = [1 + len(p) for p in prompts]
-    rows = [r if len(r) > s else r + [PAD_ID] for r, s in zip(rows, starts)]
-    tokens, lengths = pad_sequences(rows)
+    rows = [r if len(r) > s else r + [ids.pad] for r, s in zip(rows, starts)]
+    tokens, lengths = pad_sequences(rows, pad_id=ids.pad)
     idx = torch.arange(tokens.shape[1])[None]
     mask = (idx < lengths[:, None]) & (idx >= torch.tensor(starts)[:, None])
     return tokens.to(device), mask.to(device)

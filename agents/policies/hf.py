@@ -87,6 +87,7 @@ import dataclasses
 import inspect
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -315,7 +316,8 @@ class HFPolicy(nn.Module):
     def policy_spec(self) -> dict:
         """JSON-able ``{"family": "hf", "config": {...}}``: the load arguments plus the special ids."""
         return {"family": self.family, "config": {**self._spec_config, "special_ids": dict(self.special_ids),
-                                                  "vocab_size": self.vocab_size}}
+                                                  "vocab_size": self.vocab_size,
+                                                  "max_state_length": self.max_state_length}}
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the model (or, with LoRA, the peft adapter) and the tokenizer to ``directory``.
@@ -335,6 +337,23 @@ class HFPolicy(nn.Module):
         self.tokenizer.save_pretrained(directory)
         with open(os.path.join(directory, _SPEC_FILE), "w") as f:
             json.dump(self.policy_spec(), f, indent=2)
+
+    def save_pretrained_atomic(self, directory: str | os.PathLike) -> None:
+        """:meth:`save_pretrained` into a temporary sibling directory, then renamed to ``directory``.
+
+        A crash mid-write leaves the previous ``directory`` intact (the swap is
+        two renames: old -> ``.<name>.old``, new -> ``directory``).
+        """
+        directory = os.path.abspath(directory)
+        parent, name = os.path.split(directory)
+        tmp, old = os.path.join(parent, f".{name}.tmp"), os.path.join(parent, f".{name}.old")
+        for d in (tmp, old):
+            shutil.rmtree(d, ignore_errors=True)
+        self.save_pretrained(tmp)
+        if os.path.isdir(directory):
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------ forward
 

@@ -78,6 +78,7 @@ from seqenv.sb3 import SB3VecEnv
 from seqenv.tokenizers import BOS_ID
 
 from ..common.checkpoint import load_policy, save_checkpoint
+from ..common.cli import check_number
 from ..common.evaluation import evaluate_policy
 from ..common.rollout import make_vector_env, rollout
 from ..common.trajectory import sequence_batch
@@ -130,14 +131,12 @@ class PPOCriticConfig:
 
     def __post_init__(self):
         for name in ("total_timesteps", "num_envs", "n_steps", "batch_size", "n_epochs", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("beta", "learning_rate", "clip_range"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
-        if not 0 <= self.gae_lambda <= 1:
-            raise ValueError(f"--gae-lambda must be in [0, 1], got {self.gae_lambda}")
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=1, integer=True)
+        for name in ("beta", "learning_rate", "clip_range", "max_grad_norm"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), gt=0)
+        check_number("--gae-lambda", self.gae_lambda, ge=0, le=1)
+        check_number("--vf-coef", self.vf_coef, ge=0)
+        check_number("--seed", self.seed, ge=0, le=2**31 - 1, integer=True)
 
 
 @torch.no_grad()

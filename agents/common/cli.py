@@ -1,0 +1,150 @@
+"""Command-line plumbing shared by the scripts (``scripts/*.py``).
+
+* :func:`check_number` -- the range checks of every numeric flag, used in the
+  flag dataclasses' ``__post_init__`` (so they run at parse time and in the
+  Python API alike); the message names the flag, the value and the range.
+* :func:`parse_flags` -- ``tyro.cli`` whose rejected values (a ``ValueError``
+  from a ``__post_init__``, an unconvertible value) become a
+  :class:`FlagError` that :func:`run_cli` reports on one line, instead of
+  tyro's boxed message.
+* :func:`run_cli` -- the one top-level handler: a user error
+  (:data:`USER_ERRORS`) exits with status 2 and one line ``error: ...`` on
+  stderr; ``--debug`` (anywhere in the arguments) re-raises it with its
+  traceback instead.
+* :func:`check_output_path` -- an output file is checked before the work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
+
+import tyro
+
+try:  # tyro's parse-error hook (private, tyro >= 1.0); without it tyro prints its own boxed error and exits 2
+    from tyro._errors import InstantiationFailure as _InstantiationFailure
+    from tyro._errors import on_parse_error as _on_parse_error
+except ImportError:  # pragma: no cover - older tyro
+    _on_parse_error = None
+    _InstantiationFailure = None
+
+from .checkpoint import CheckpointError
+
+T = TypeVar("T")
+
+
+class FlagError(ValueError):
+    """A flag's value was rejected while parsing (message: flag, value, expected range)."""
+
+
+class RunDirectoryError(ValueError):
+    """The run directory (``--logdir``) holds another run or is in use by another process."""
+
+
+#: exceptions reported as one line with exit status 2 (CheckpointError, FlagError and
+#: RunDirectoryError are ValueErrors; MissingTaskDataError is a FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+                                                 NotADirectoryError, CheckpointError)
+
+
+def check_number(flag: str, value: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
+                 le: Optional[float] = None, lt: Optional[float] = None, integer: bool = False) -> None:
+    """Raise unless ``value`` is a finite number (an ``int`` if ``integer``) within the bounds.
+
+    :param flag: the flag's name as the user types it (``"--grad-clip"``).
+    :raises ValueError: ``"--grad-clip must be a finite number > 0, got -1.0"``.
+    """
+    bounds = [f"{op} {b:g}" if isinstance(b, float) else f"{op} {b}"
+              for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if b is not None]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not integer) \
+        and math.isfinite(value) and (ge is None or value >= ge) and (gt is None or value > gt) \
+        and (le is None or value <= le) and (lt is None or value < lt)
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{flag} must be {kind}{' ' if bounds else ''}{' and '.join(bounds)}, got {value!r}")
+
+
+def _flag_names(message: str, sections: Mapping[str, str]) -> str:
+    """``MLEConfig.backspace_p`` -> ``--mle.backspace-p`` for each ``{class name: section}`` in ``sections``."""
+    for cls_name, section in sections.items():
+        message = re.sub(rf"\b{re.escape(cls_name)}\.(\w+)",
+                         lambda m: f"--{section}.{m.group(1).replace('_', '-')}", message)
+    return message
+
+
+def parse_flags(cls: "type[T]", argv: Sequence[str], description: Optional[str] = None, default: Optional[T] = None,
+                sections: Mapping[str, str] = {}) -> T:
+    """``tyro.cli(cls, args=argv)`` with one-line errors for rejected values.
+
+    :param default: an instance whose values are the defaults (e.g. a saved run's config).
+    :param sections: ``{config class name: flag prefix}`` (``{"MLEConfig": "mle"}``): a
+        nested section's message ``MLEConfig.backspace_p ...`` is reported as
+        ``--mle.backspace-p ...``.
+    :raises FlagError: when a value is rejected (a ``__post_init__`` check or an
+        unconvertible value); syntax errors (unknown flags, bad choices) keep
+        tyro's own message and ``SystemExit(2)``.
+    """
+    kwargs = {"args": list(argv), "description": description}
+    if default is not None:
+        kwargs["default"] = default
+    if _on_parse_error is None:  # pragma: no cover
+        return tyro.cli(cls, **kwargs)
+
+    def hook(event) -> None:
+        if isinstance(event, _InstantiationFailure):
+            message = _flag_names(str(event.message), sections)
+            arg = getattr(event, "argument", None)
+            names = getattr(getattr(arg, "lowered", None), "name_or_flags", None)
+            if names:
+                message = f"{'/'.join(names)}: {message}"
+            raise FlagError(message)
+
+    with _on_parse_error(hook):
+        return tyro.cli(cls, **kwargs)
+
+
+def check_output_path(path: "str | os.PathLike", flag: str = "--out") -> None:
+    """Check that a file can be written at ``path`` (before any work is done); ``-`` (stdout) passes.
+
+    :raises IsADirectoryError: if ``path`` is a directory.
+    :raises FileNotFoundError: if its parent directory does not exist.
+    :raises PermissionError: if the file or its directory is not writable.
+    """
+    if str(path) == "-":
+        return
+    p = Path(path).expanduser()
+    parent = p.parent
+    if p.is_dir():
+        raise IsADirectoryError(f"{flag} {str(path)!r} is a directory; give a file path")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise PermissionError(f"{flag} {str(path)!r} is not writable")
+    if not p.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {str(path)!r}: directory {str(parent)!r} is not writable")
+
+
+def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None,
+            extra_errors: tuple[type[BaseException], ...] = ()) -> T:
+    """Run ``main(argv)``; a user error exits with status 2 and one line ``error: ...`` on stderr.
+
+    :param argv: the arguments (default ``sys.argv[1:]``); ``--debug`` is removed
+        from them and makes a user error propagate with its traceback.
+    :param extra_errors: further exception types to report as user errors.
+    :raises SystemExit: ``2`` on a user error (:data:`USER_ERRORS` + ``extra_errors``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return main(argv)
+    except (*USER_ERRORS, *extra_errors) as e:
+        if debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,320 @@
+"""HF policies wired through everything: env with an HF tokenizer, every learner via the Trainer,
+resume, the CLI (train -> sequencematch --init -> generate -> evaluate), the hf/ export.
+
+A tiny random Llama with a byte-level BPE tokenizer is written with ``save_pretrained`` to a temp dir
+and loaded by path; nothing is downloaded.
+"""
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
+from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+from agents.common.checkpoint import load_checkpoint, load_policy  # noqa: E402
+from agents.common.demos import augment_with_backspace  # noqa: E402
+from agents.common.trajectory import collate, wrong_token_mask  # noqa: E402
+from agents.earm import EARMConfig  # noqa: E402
+from agents.mle import MLEConfig  # noqa: E402
+from agents.nce import NCEConfig  # noqa: E402
+from agents.sequencematch import SequenceMatchConfig  # noqa: E402
+from agents.trainer import Callback, LoraFlags, TrainConfig, Trainer  # noqa: E402
+from scripts import evaluate, generate, train  # noqa: E402
+from seqenv import SpecialIds, make_task  # noqa: E402
+
+WORDS = ["red", "green", "blue", "cat", "dog", "runs", "sits", "the", "a", "big"]
+LINES = [f"the {a} {b} {c}" for a in ("red", "big", "blue") for b in ("cat", "dog") for c in ("runs", "sits")]
+
+
+def make_llama_dir(path, seed: int = 0):
+    """Tiny Llama (2 layers, width 32) + byte-level BPE tokenizer with <s>, </s>, <unk> (no pad), saved to ``path``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(LINES * 4 + [" ".join(WORDS)] * 4, trainer=trainer)
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                  unk_token="<unk>")
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, tie_word_embeddings=False,
+                                      bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return make_llama_dir(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "lines.txt"
+    path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- env
+
+
+def test_task_and_env_use_the_hf_tokenizer_ids(llama_dir):
+    task = make_task("python-lines", tokenizer=f"hf:{llama_dir}")
+    tok = task.tokenizer
+    ids = SpecialIds.of(task)
+    hf = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    n = len(hf)  # backspace and pad are appended after the original ids
+    assert ids == SpecialIds(pad=n, bos=hf.bos_token_id, eos=hf.eos_token_id, backspace=n + 1,
+                             unk=hf.unk_token_id)
+    assert tok.vocab_size == n + 2
+    assert task.encoded("train")[0] == hf.encode(task.splits["train"][0], add_special_tokens=False)
+    assert task.spec()["args"] == {"tokenizer": f"hf:{llama_dir}"}
+    assert make_task(task.spec()).tokenizer == tok
+
+    env = gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}")
+    obs, info = env.reset(seed=0)
+    mask = info["action_mask"]
+    assert mask[ids.pad] == 0 and mask[ids.bos] == 0 and mask[ids.backspace] == 0 and mask[ids.eos] == 1
+    assert mask.sum() == tok.vocab_size - 3  # all but pad, bos, backspace
+    a = tok.encode("x")[0]
+    obs, *_ , info = env.step(a)
+    assert obs["tokens"][0] == a and obs["length"] == 1 and info["action_mask"][ids.backspace] == 1
+    obs, *_ = env.step(ids.backspace)
+    assert obs["length"] == 0 and obs["tokens"][0] == ids.pad
+    with pytest.raises(ValueError, match=f"action {ids.bos} "):
+        env.step(ids.bos)
+    _, _, terminated, _, _ = env.step(ids.eos)
+    assert terminated
+    with pytest.raises(ValueError, match="needs a task name"):
+        gym.make("SeqGen-v0", task=task, tokenizer=f"hf:{llama_dir}")
+
+
+def test_env_checkers_pass_with_an_hf_tokenizer(llama_dir):
+    import warnings
+
+    env = gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped)
+        sb3_check_env(env)
+
+
+def test_vector_env_with_an_hf_tokenizer_matches_the_single_env(llama_dir):
+    venv = gym.make_vec("SeqGen-v0", num_envs=3, task="python-lines", tokenizer=f"hf:{llama_dir}", max_length=6)
+    envs = [gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}", max_length=6).unwrapped
+            for _ in range(3)]
+    ids = venv.ids
+    obs, info = venv.reset(seed=0)
+    for e in envs:
+        e.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        actions = venv.sample_legal_actions(gen)
+        assert bool(info["action_mask"][torch.arange(3), actions].all())
+        assert not bool(((actions == ids.pad) | (actions == ids.bos)).any())
+        obs, _, term, trunc, info = venv.step(actions)
+        for b, e in enumerate(envs):
+            if e._ended:
+                e.reset()
+                continue
+            o, _, t, tr, inf = e.step(int(actions[b]))
+            assert np.array_equal(o["tokens"], obs["tokens"][b].numpy()) and bool(term[b]) == t and bool(trunc[b]) == tr
+            assert np.array_equal(inf["action_mask"].astype(bool), info["action_mask"][b].numpy())
+
+
+def test_augmentation_and_wrong_token_mask_use_the_tokenizer_ids(llama_dir):
+    task = make_task("python-lines", tokenizer=f"hf:{llama_dir}")
+    ids = SpecialIds.of(task)
+    seqs = [s + [ids.eos] for s in task.encoded("train")[:20]]
+    out = augment_with_backspace(seqs, 0.5, task.tokenizer.vocab_size, torch.Generator().manual_seed(0), ids=ids)
+    wrong = {w for o in out for w, nxt in zip(o, o[1:]) if nxt == ids.backspace}
+    assert wrong and not (wrong & ids.all)  # injected tokens are ordinary (not special)
+    batch = collate(out, ids=ids)
+    assert int(batch.tokens[0, 0]) == ids.bos and bool(batch.terminated.all())
+    deleted = wrong_token_mask(batch)
+    assert int(deleted.sum()) == sum(o.count(ids.backspace) for o in out)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Losses(Callback):
+    def __init__(self, key):
+        self.key, self.values = key, []
+
+    def on_step_end(self, trainer, metrics):
+        self.values.append(metrics[self.key])
+
+
+def _cfg(tmp_path, llama_dir, corpus, name, **kw):
+    base = dict(task=f"file:{corpus}", policy=f"hf:{llama_dir}", logdir=str(tmp_path / name), max_steps=20,
+                batch_size=8, ckpt_every=10, log_every=5, eval_samples=8, warmup_steps=0, lr=1e-2, min_lr_ratio=1.0,
+                progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+LEARNER_CASES = {
+    "mle": {"mle": MLEConfig(backspace_p=0.1)},
+    "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=5, rollout_batch_size=8)},
+    "earm": {"earm": EARMConfig(start_step=10)},
+    "nce": {"nce": NCEConfig(refresh_every=5, critic_n_layer=1, critic_n_head=2, critic_n_embd=32)},
+}
+
+
+@pytest.mark.parametrize("agent", list(LEARNER_CASES))
+def test_every_learner_trains_an_hf_policy(tmp_path, llama_dir, corpus, agent):
+    t = Trainer(_cfg(tmp_path, llama_dir, corpus, agent, agent=agent, **LEARNER_CASES[agent]))
+    assert t.policy.family == "hf" and SpecialIds.of(t.task) == SpecialIds.of(t.policy)
+    losses = Losses(t.learner.progress_keys[0])  # loss/mle, loss/bc, loss/ce, nce/loss
+    t.callbacks.append(losses)
+    metrics = t.train()
+    t.close()
+    assert len(losses.values) == 20 and all(math.isfinite(v) for v in losses.values)
+    if agent != "nce":
+        assert np.mean(losses.values[-3:]) < 0.8 * np.mean(losses.values[:3]), losses.values
+    assert math.isfinite(metrics["nll"])
+    assert (tmp_path / agent / "hf" / "config.json").is_file()
+
+
+def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, llama_dir, corpus):
+    kw = dict(agent="mle", mle=MLEConfig(backspace_p=0.1), max_steps=6, ckpt_every=3)
+    full = Trainer(_cfg(tmp_path, llama_dir, corpus, "full", **kw))
+    m_full = full.train()
+    full.close()
+    killed = Trainer(_cfg(tmp_path, llama_dir, corpus, "killed", **kw))
+    assert killed.train(stop_at=4) is None
+    killed.close()
+    resumed = Trainer(TrainConfig(logdir=str(tmp_path / "killed"), resume=True, device="cpu", progress=False))
+    assert resumed.step == 3 and resumed.policy.family == "hf"
+    m_resumed = resumed.train()
+    resumed.close()
+    for k, v in full.policy.state_dict().items():
+        assert torch.equal(v, resumed.policy.state_dict()[k]), k
+    assert m_full == m_resumed
+
+
+def test_lora_run_trains_only_adapters_and_exports_the_adapter(tmp_path, llama_dir, corpus):
+    t = Trainer(_cfg(tmp_path, llama_dir, corpus, "lora", max_steps=2, lora=LoraFlags(r=4, alpha=8)))
+    names = {n for n, p in t.policy.named_parameters() if p.requires_grad}
+    assert names and all("lora_" in n or "trainable_tokens" in n for n in names), sorted(names)[:5]
+    t.train()
+    t.close()
+    assert (tmp_path / "lora" / "hf" / "adapter_config.json").is_file()
+    assert load_checkpoint(tmp_path / "lora" / "checkpoint.pt")["policy"]["config"]["lora"]["r"] == 4
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, llama_dir, corpus):
+    common = ["--task", f"file:{corpus}", "--batch-size", "8", "--eval-samples", "8", "--no-progress",
+              "--device", "cpu", "--lr", "0.01", "--warmup-steps", "0"]
+    train.main(["--agent", "mle", "--policy", f"hf:{llama_dir}", "--max-steps", "6", "--logdir",
+                str(tmp_path / "mle"), *common])
+    ckpt = tmp_path / "mle" / "checkpoint.pt"
+    assert load_checkpoint(ckpt)["policy"]["family"] == "hf"
+    # the hf/ export loads with plain transformers, backspace token included
+    export = tmp_path / "mle" / "hf"
+    model = transformers.AutoModelForCausalLM.from_pretrained(export)
+    tok = transformers.AutoTokenizer.from_pretrained(export)
+    assert "<|backspace|>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] >= len(tok)
+
+    train.main(["--agent", "sequencematch", "--init", str(ckpt), "--max-steps", "3", "--logdir",
+                str(tmp_path / "sm"), "--sequencematch.rollout-batch-size", "8", *common])
+    sm = tmp_path / "sm" / "checkpoint.pt"
+    assert load_checkpoint(sm)["policy"]["family"] == "hf"
+
+    out = tmp_path / "samples.txt"
+    texts = generate.main(["--checkpoint", str(sm), "--num-samples", "6", "--out", str(out), "--device", "cpu"])
+    assert len(texts) == 6 and out.read_text(encoding="utf-8").count("\n") == 6
+    metrics = evaluate.main(["--checkpoint", str(sm), "--num-samples", "8", "--out", str(tmp_path / "m.json"),
+                             "--device", "cpu"])
+    assert math.isfinite(metrics["nll"]) and json.loads((tmp_path / "m.json").read_text())["num_samples"] == 8
+
+
+def test_checkpoint_falls_back_to_the_hf_export_when_the_model_dir_is_gone(tmp_path, corpus):
+    import shutil
+
+    model_dir = make_llama_dir(tmp_path / "model")
+    t = Trainer(_cfg(tmp_path, model_dir, corpus, "run", max_steps=2))
+    t.train()
+    t.close()
+    policy, task, _ = load_policy(tmp_path / "run" / "checkpoint.pt")
+    shutil.rmtree(model_dir)
+    moved, task2, state = load_policy(tmp_path / "run" / "checkpoint.pt")
+    assert state["policy"]["config"]["path"] == str((tmp_path / "run" / "hf").resolve())
+    x = torch.tensor([[SpecialIds.of(policy).bos, *task.encoded("train")[0]]])
+    assert torch.allclose(policy(x), moved(x))
+
+
+# ----------------------------------------------------------------------------- MAUVE
+
+
+def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus):
+    pytest.importorskip("mauve")
+    from agents.common.mauve import hf_text_features, mauve_score
+
+    texts = ["the red cat runs", "a big dog"]
+    mean = hf_text_features(texts, str(llama_dir), "mean")
+    last = hf_text_features(texts, str(llama_dir), "last")
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    with torch.no_grad():  # unbatched reference: padding must not change the features
+        for i, t in enumerate(texts):
+            h = model(torch.tensor([tok.encode(t, add_special_tokens=False)]), output_hidden_states=True).hidden_states[-1][0]
+            assert np.allclose(mean[i], h.mean(0).numpy(), atol=1e-5) and np.allclose(last[i], h[-1].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        hf_text_features(texts, str(llama_dir), "max")
+    same = mauve_score(LINES * 3, LINES * 3, str(llama_dir), num_buckets=4)
+    other = mauve_score(LINES * 3, ["zzzz qqqq " * (i + 3) for i in range(36)], str(llama_dir), num_buckets=4)
+    assert other < same
+
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    t = Trainer(_cfg(tmp_path, llama_dir, corpus, "run", max_steps=2))
+    t.train()
+    t.close()
+    metrics = evaluate.main(["--checkpoint", str(ckpt), "--num-samples", "12", "--device", "cpu",
+                             "--mauve-model", str(llama_dir)])
+    assert 0 < metrics["mauve"] <= 1
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpus):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logdir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(root / "scripts" / "train.py"), "--device", "cpu", "--task", f"file:{corpus}", "--policy",
+           f"hf:{llama_dir}", "--agent", "sequencematch", "--sequencematch.rollout-batch-size", "4",
+           "--max-steps", "3", "--batch-size", "4", "--eval-samples", "8", "--logdir", str(logdir), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1",
+                                                                                  PYTHONPATH=str(root)),
+                          cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(logdir / "checkpoint.pt")
+    assert state["step"] == 3 and state["policy"]["family"] == "hf"
+    assert (logdir / "hf" / "config.json").is_file()
