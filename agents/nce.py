@@ -635,8 +635,11 @@ class NCEConfig:
     :param refresh_every: K >= 1, steps between refreshes of the noise
         distribution, a frozen snapshot of the policy (:class:`SnapshotNoise`);
         1 = the current policy. Only matters when the policy is trained.
-    :param critic_n_layer, critic_n_head, critic_n_embd, critic_dropout,
-        critic_pooling: the :class:`SequenceCritic`'s :class:`CriticConfig`.
+    :param critic_n_layer: transformer blocks of the :class:`SequenceCritic` (its :class:`CriticConfig`).
+    :param critic_n_head: the critic's attention heads (must divide ``critic_n_embd``).
+    :param critic_n_embd: the critic's width.
+    :param critic_dropout: the critic's dropout probability in [0, 1).
+    :param critic_pooling: ``mean`` over the sequence's positions or ``first`` (the bos position).
     :param policy_objective: ``"none"``: the policy is frozen and only the
         critic (and ``c``) learn; ``"self_adapting_nce"``: the policy is
         trained too, by :func:`self_adapting_nce_loss` (energy
