@@ -69,6 +69,32 @@ NeurIPS 2016, Table 2):
 For ``kl`` and ``js`` the loss is ``-E_data[Σ w_i φ(r_i)]`` + value term +
 terminal terms + η·BC, with no r² penalty (``loss/chi2_penalty`` = 0).
 
+Defaults and which reading of the paper they are [recon, measured]
+--------------------------------------------------------------------
+With whole trajectories from one start state and the absorbing tail, the
+data reward term plus the value term telescope (METHODS.md §1, "What the loss
+reduces to"; derivation in ``benchmarks/results/main_job.md``)::
+
+    L = Σ_data w_i (−log π(a_i|u_i))                  discounted data NLL
+        + 1/(4α) (E_data[Σ w r²] + E_model[Σ w r²])   the χ²-mixture penalty
+        + η · BC
+
+so the wrong tokens of backspace demonstrations, if they are expert actions,
+are *imitated* by the first term, and model samples act only through the r²
+penalty, which pulls the implicit reward of model transitions to 0 and so
+routes value through ``backspace`` back to the in-data parent state. The
+defaults are the variant that ``benchmarks/sequencematch_hypotheses.py``
+measured best (results: ``benchmarks/results/sequencematch_hypotheses*.md``):
+wrong tokens excluded from the data term (``imitate_wrong_tokens=False``; the
+transition wrong token → ``backspace`` stays expert), α = 100, wrong tokens
+drawn from the model (``wrong_tokens="model"``), ``SM + η·BC`` with η = 0.001.
+On python-lines (3 seeds) it removes the old default's loss of validity
+(0.643 ± 0.034 vs 0.407 ± 0.013, continued MLE 0.678 ± 0.018) but does not beat
+MLE beyond the seed spread; on arithmetic every variant is within the spread
+of continued MLE. The other readings stay options: ``imitate_wrong_tokens``,
+``alpha``/``alpha_model``, ``mix="convex"`` (``(1 − η)·BC + η·SM``) and
+``normalize="token"`` (a no-op under Adam with gradient clipping, measured).
+
 Trajectory layout (docs/internals.md): ``tokens[b] = [bos, prompt...,
 a_1..a_n, pad...]``; ``logits[:, i]`` are the logits of the state reached
 after ``tokens[:, :i+1]``. An action at index ``i`` is taken in the state
@@ -110,8 +136,11 @@ class SequenceMatchConfig:
         reward to 0 everywhere -- a maximum-entropy policy: in
         ``tests/test_sequencematch.py``'s tabular MDP the occupancy distance to
         the expert *grows* (0.32 -> 0.51 after 150 steps), while α = 10 brings
-        it to 0.04. Our default α = 10 [recon]; read as "α multiplies r²",
-        the paper's 0.01 is α = 25 here. ``benchmarks/quality.py`` ablates α.
+        it to 0.04. Read as "α multiplies r²", the paper's 0.01 is α = 25
+        here; IQ-Learn's discrete agent (V = T·logsumexp(Q/T), T = 0.01,
+        α = 0.5) has an r² coefficient of about T/(4α) = 0.005 in logit units,
+        α = 50 here. Our default α = 100 (coefficient 0.0025) [recon: chosen by
+        ``benchmarks/sequencematch_hypotheses.py``; α = 10 was the old default].
     :param gamma: discount γ in (0, 1); 0.998 in the paper [paper]. γ = 1 is
         rejected: the absorbing-state tail γ^N/(1-γ) would diverge.
     :param eta: weight η >= 0 of the behaviour-cloning cross-entropy added to
@@ -123,9 +152,9 @@ class SequenceMatchConfig:
     :param mix: how BC and SequenceMatch combine [paper: "a convex combination
         of BC and SequenceMatch", η = 0.001; which term η weighs is recon]:
         ``"add"`` = ``SM + η·BC``; ``"convex"`` = ``(1 − η)·BC + η·SM``.
-    :param imitate_wrong_tokens: True = the paper's recipe: the injected wrong
-        tokens of backspace demonstrations are expert actions in the data
-        reward term. False [recon]: they are excluded from the data reward
+    :param imitate_wrong_tokens: True = the paper's recipe as we read it: the
+        injected wrong tokens of backspace demonstrations are expert actions in
+        the data reward term. False (the default) [recon]: they are excluded from the data reward
         term ``−E_data[Σ w r]`` (and from BC, always); the transition
         ``wrong token → backspace`` stays expert and the r² penalty is unchanged.
     :param normalize: ``"sequence"``: the SM terms are per-sequence discounted
@@ -134,7 +163,10 @@ class SequenceMatchConfig:
         on MLE's per-token scale (the step size right after the fork matches).
     :param backspace_p: rate of ``wrong token, backspace`` pairs inserted into
         the demonstrations (METHODS.md §1, "Backspace demonstrations").
-    :param wrong_tokens: ``"uniform"`` or ``"model"`` wrong tokens.
+    :param wrong_tokens: ``"model"`` (the default: wrong tokens sampled from
+        the current policy, its own plausible errors -- the paper's largest
+        gains came from "ground-truth", i.e. plausible, noise) or ``"uniform"``
+        over the ordinary tokens.
     :param buffer_size: model-generated episodes kept (oldest dropped).
     :param refresh_every: steps between rollouts that refresh the buffer.
     :param rollout_batch_size: episodes generated per refresh.
@@ -144,17 +176,17 @@ class SequenceMatchConfig:
     :raises ValueError: naming the bad field and value.
     """
 
-    alpha: float = 10.0
+    alpha: float = 100.0
     gamma: float = 0.998
     eta: float = 0.001
     divergence: Literal["chi2_mixture", "kl", "js"] = "chi2_mixture"
     alpha_model: Optional[float] = None
     mix: Literal["add", "convex"] = "add"
-    imitate_wrong_tokens: bool = True
+    imitate_wrong_tokens: bool = False
     normalize: Literal["sequence", "token"] = "sequence"
     # --- the online learner (SequenceMatchLearner); the loss ignores these ---
     backspace_p: float = 0.05
-    wrong_tokens: Literal["uniform", "model"] = "uniform"
+    wrong_tokens: Literal["uniform", "model"] = "model"
     buffer_size: int = 1024
     refresh_every: int = 10
     rollout_batch_size: int = 128
