@@ -193,7 +193,8 @@ def rollout(
             return policy(torch.cat([bos, obs["tokens"]], 1)[:, :width])[rows, length]
 
         if use_kv_cache:
-            cache, logits = policy.prefill(torch.cat([bos, obs["tokens"]], 1), state_len + 1)
+            width = int(state_len.max()) + 1  # prefill only up to the longest state (bos + prompt), not max_length
+            cache, logits = policy.prefill(torch.cat([bos, obs["tokens"]], 1)[:, :width], state_len + 1)
         else:
             logits = recompute(obs)
 
