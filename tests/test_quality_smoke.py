@@ -47,8 +47,9 @@ def test_add_costs_divides_by_the_mle_run_of_the_same_task_and_seed():
 def test_canonical_specs_make_defaults_explicit_so_duplicates_run_once():
     budget = quality.Budget(steps=10, warm_steps=4)
     sm = quality.canonical(quality.RunSpec("oracle-hmm", 0, "sequencematch"), budget)
-    assert sm.params == (("alpha", 10.0), ("p", 0.05)) and sm.label == "sequencematch α=10 p=0.05"
-    assert quality.canonical(quality.RunSpec("oracle-hmm", 0, "sequencematch", (("alpha", 10.0),)), budget) == sm
+    # the defaults of SequenceMatchConfig (α = 100 since the hypotheses benchmark) become explicit parameters
+    assert sm.params == (("alpha", 100.0), ("p", 0.05)) and sm.label == "sequencematch α=100 p=0.05"
+    assert quality.canonical(quality.RunSpec("oracle-hmm", 0, "sequencematch", (("alpha", 100.0),)), budget) == sm
     earm = quality.canonical(quality.RunSpec("oracle-hmm", 0, "earm", (("lam", 0.5),)), budget)
     assert earm.params == (("lam", 0.5), ("start", 4))
     runs = quality.plan(["main", "earm_sweep"], ["oracle-hmm"], [0], ["oracle-hmm"], [0], budget, lambda_grid=(0.05,))
@@ -105,7 +106,7 @@ def test_micro_run_writes_tables_json_and_plots(tmp_path):
     assert runs["earm"]["total_data_tokens"] == runs["mle"]["total_data_tokens"]
     md = (out / "quality.md").read_text()
     assert "## Main comparison" in md and "### oracle-hmm" in md and "| mle | 1/1 |" in md
-    assert "| sequencematch α=10 p=0.05 | 1/1 |" in md and "| earm λ=0.05 start=1 | 1/1 |" in md
+    assert "| sequencematch α=100 p=0.05 | 1/1 |" in md and "| earm λ=0.05 start=1 | 1/1 |" in md
     assert "Against MLE, beyond the seed spread?" in md and report["command"] in md
     assert (out / "quality_main.png").stat().st_size > 0
 
