@@ -285,8 +285,11 @@ class HFPolicy(nn.Module):
         init_new_token_rows(model, len(tokenizer) - len(new_ids), new_ids)
         model.config.pad_token_id = tokenizer.pad_token_id
         model.to(device)
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if gradient_checkpointing:  # transformers >= 5.24 renamed it; the old name warns and goes in v6
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:
             model = _wrap_lora(model, tokenizer, lora)
         spec = {
