@@ -60,18 +60,14 @@ def mle_loss(logits: torch.Tensor, batch: TrajectoryBatch, target_mask: "torch.T
     return -token_log_probs(logits, batch.tokens, mask).sum() / mask.sum().clamp(min=1)
 
 
-def backspace_demonstrations(demos: Demos, p: float, wrong_tokens: str, ctx: LearnerContext) -> TrajectoryBatch:
-    """Collate ``demos`` (with their prompts), augmented with ``wrong token, backspace`` pairs at rate ``p``.
-
-    Shared by MLE + backspace and SequenceMatch. Uses ``ctx.generators["noise"]``.
-    """
-    actions = demos.actions
-    if p > 0:
-        fn = model_wrong_token_fn(ctx.model, ctx.generators["noise"], ctx.device) if wrong_tokens == "model" else None
-        actions = augment_with_backspace(actions, p, ctx.task.tokenizer.vocab_size, ctx.generators["noise"],
-                                         wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts,
-                                         ids=demos.ids)
-    return collate(actions, demos.prompts, device=ctx.device, ids=demos.ids)
+def backspace_actions(demos: Demos, p: float, wrong_tokens: str, ctx: LearnerContext) -> list[list[int]]:
+    """The demonstrated actions, augmented with ``wrong token, backspace`` pairs at rate ``p`` (``p = 0``: as
+    they are). Shared by MLE + backspace and SequenceMatch; uses ``ctx.generators["noise"]``."""
+    if p == 0:
+        return demos.actions
+    fn = model_wrong_token_fn(ctx.model, ctx.generators["noise"], ctx.device) if wrong_tokens == "model" else None
+    return augment_with_backspace(demos.actions, p, ctx.task.tokenizer.vocab_size, ctx.generators["noise"],
+                                  wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts, ids=demos.ids)
 
 
 @register_learner
@@ -93,7 +89,8 @@ class MLELearner:
         return self.model.parameters()
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
-        batch = backspace_demonstrations(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
+        actions = backspace_actions(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
+        batch = collate(actions, demos.prompts, device=self.ctx.device, ids=demos.ids)
         logits = self.model(batch.tokens)
         target = batch.is_action & ~wrong_token_mask(batch) if self.cfg.backspace_p > 0 else batch.is_action
         loss = mle_loss(logits, batch, target)

@@ -57,7 +57,7 @@ from .common.distributed import wrap_ddp
 from .common.learner import LearnerContext, register_learner
 from .common.resampling import effective_sample_size
 from .common.rollout import OnlineSampler, RolloutResult, make_vector_env, rollout
-from .common.trajectory import sequence_batch, token_log_probs
+from .common.trajectory import token_log_probs
 from .critic import CriticConfig, SequenceCritic, critic_batch
 
 

@@ -116,7 +116,7 @@ from .common.evaluation import backspace_rate, validity_rate
 from .common.learner import LearnerContext, register_learner
 from .common.rollout import OnlineSampler
 from .common.trajectory import TrajectoryBatch, collate, wrong_token_mask
-from .mle import backspace_demonstrations
+from .mle import backspace_actions
 
 DIVERGENCES = ("chi2_mixture", "kl", "js")
 
@@ -596,12 +596,12 @@ class SequenceMatchLearner:
         metrics: dict = {}
         if step % self.cfg.refresh_every == 0 or not self.buffer:
             metrics.update(self.refresh(step))
-        data = backspace_demonstrations(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
+        actions = backspace_actions(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
         idx = torch.randint(len(self.buffer), (self.model_batch_size,), generator=self.noise_gen).tolist()
         prompts, acts = zip(*(self.buffer[i] for i in idx))
-        width = max(data.tokens.shape[1], max(1 + len(p) + len(a) for p, a in zip(prompts, acts)))
-        data = collate_to_width(data, width)
-        sampled = collate(list(acts), list(prompts), device=self.device, width=width, ids=data.ids)
+        width = max(1 + len(p) + len(a) for p, a in [*zip(demos.prompts, actions), *zip(prompts, acts)])
+        data = collate(actions, demos.prompts, device=self.device, width=width, ids=demos.ids)
+        sampled = collate(list(acts), list(prompts), device=self.device, width=width, ids=demos.ids)
         logits = self.model(torch.cat([data.tokens, sampled.tokens]))
         B = data.tokens.shape[0]
         bc_mask = data.is_action & ~wrong_token_mask(data)
@@ -623,17 +623,3 @@ class SequenceMatchLearner:
         if state:
             self.buffer = list(zip(state["buffer_prompts"], state["buffer_actions"]))
             self.born = list(state["born"])
-
-
-def collate_to_width(batch: TrajectoryBatch, width: int) -> TrajectoryBatch:
-    """``batch`` right-padded (``pad`` tokens, no actions) to ``width`` positions.
-
-    :raises ValueError: if ``batch`` is wider than ``width``.
-    """
-    T = batch.tokens.shape[1]
-    if T > width:
-        raise ValueError(f"batch has {T} positions, more than width={width}")
-    B = batch.tokens.shape[0]
-    tokens = torch.cat([batch.tokens, batch.tokens.new_full((B, width - T), batch.ids.pad)], 1)
-    is_action = torch.cat([batch.is_action, batch.is_action.new_zeros((B, width - T))], 1)
-    return TrajectoryBatch(tokens, is_action, batch.terminated, batch.ids)

@@ -487,7 +487,10 @@ class Trainer:
             init_state = load_checkpoint(cfg.init)
         source = resume_state or init_state
         # an HF policy's task is tokenized by the model's tokenizer (the checkpoint's policy wins)
-        hf = hf_tokenizer_arg(source) if source is not None else cfg.policy if cfg.policy != "transformer" else None
+        if source is not None:
+            hf = hf_tokenizer_arg(source)
+        else:
+            hf = None if cfg.policy == "transformer" else cfg.policy
         self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
         if init_state is not None:
             check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")

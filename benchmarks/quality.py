@@ -272,7 +272,7 @@ def train_in_phases(cfg: TrainConfig, stops: list[int], on_stop: Optional[Callab
     if not stops or stops[-1] != end or any(b <= a for a, b in zip(stops, stops[1:])) or stops[0] <= trainer.step:
         trainer.close()
         raise ValueError(f"stops must increase from step {trainer.step} and end at max_steps={end}, got {stops}")
-    counter = _PhaseCounter()
+    counter = PhaseCounter()
     trainer.callbacks.append(counter)
     phases, metrics = [], None
     try:
@@ -288,7 +288,7 @@ def train_in_phases(cfg: TrainConfig, stops: list[int], on_stop: Optional[Callab
     return trainer, metrics, phases, counter.eval_s
 
 
-class _PhaseCounter(Callback):
+class PhaseCounter(Callback):
     """Counts demonstration tokens (each demonstration's actions, ``eos`` included) and times evaluations.
 
     An evaluation is timed from its start to the end of :meth:`Trainer.evaluate`

@@ -44,12 +44,15 @@ from pathlib import Path
 
 import torch
 
-from agents.common.checkpoint import save_checkpoint
-from agents.common.evaluation import heldout_nll
-from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer
-from seqenv.tasks import make_task
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file: this checkout's agents/ and benchmarks/
+    sys.path.insert(0, str(ROOT))
+
+from agents.common.checkpoint import save_checkpoint  # noqa: E402
+from agents.common.evaluation import heldout_nll  # noqa: E402
+from agents.trainer import ModelConfig, TrainConfig, Trainer  # noqa: E402
+from benchmarks.quality import PhaseCounter  # noqa: E402
+from seqenv.tasks import make_task  # noqa: E402
 
 ARMS: dict[str, tuple[str, dict]] = {
     "mle": ("mle", {}),
@@ -69,18 +72,16 @@ ARMS: dict[str, tuple[str, dict]] = {
 METRICS = ("validity", "nll", "distinct_2", "backspace_rate", "mean_length")  # shown when the task has them
 
 
-class _Meter(Callback):
-    """Optimiser-loop seconds (evaluations excluded) and demonstration tokens (actions incl. ``eos``);
-    with ``select_every`` > 0 also the base's model selection: held-out NLL on the ``valid`` split every
-    ``select_every`` steps, the best step's checkpoint kept as ``best.pt`` (early stopping by selection)."""
+class _Meter(PhaseCounter):
+    """The quality benchmark's token counter and evaluation timer; with ``select_every`` > 0 also the
+    base's model selection: held-out NLL on the ``valid`` split every ``select_every`` steps (timed as
+    evaluation), the best step's checkpoint kept as ``best.pt`` (early stopping by selection)."""
 
     def __init__(self, select_every: int = 0):
-        self.tokens, self.eval_s, self._t0, self.select_every = 0, 0.0, 0.0, select_every
+        super().__init__()
+        self.select_every = select_every
         self.best = (math.inf, 0)
         self.curve: list[tuple[int, float]] = []
-
-    def on_batch(self, trainer, demos) -> None:
-        self.tokens += sum(len(a) for a in demos.actions)
 
     def on_step_end(self, trainer, metrics) -> None:
         if self.select_every and trainer.step % self.select_every == 0:
@@ -91,12 +92,6 @@ class _Meter(Callback):
                 self.best = (nll, trainer.step)
                 save_checkpoint(trainer.checkpoint_state(), Path(trainer.cfg.logdir) / "best.pt")
             self.eval_s += time.perf_counter() - t0
-
-    def on_evaluate_start(self, trainer) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_evaluate(self, trainer, metrics) -> None:
-        self.eval_s += time.perf_counter() - self._t0
 
 
 def _train(kw: dict) -> dict:

@@ -31,7 +31,6 @@ shows the traceback instead.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from agents.common.checkpoint import load_checkpoint, load_policy
@@ -39,7 +38,7 @@ from agents.common.cli import parse_flags, run_cli
 from agents.common.evaluation import SUMMARY_COLUMNS, comparison_line, format_metrics_table, recovery
 from agents.learners import LEARNERS
 from agents.mle import MLEConfig
-from agents.trainer import RESUME_FLAGS, ModelConfig, NonFiniteLossError, TrainConfig, Trainer, resume_conflicts
+from agents.trainer import RESUME_FLAGS, NonFiniteLossError, TrainConfig, Trainer, resume_conflicts
 
 MAIN_JOB_DIR = Path("runs/main")
 MAIN_JOB_COLUMNS = SUMMARY_COLUMNS + ("recovery_backspace", "recovery_deleted", "recovery_validity")

@@ -495,7 +495,7 @@ class SeqGenVectorEnv(VectorEnv):
         :return: ``{}`` if no env ended, else the ``final_obs``/``final_info``
             entries of ``info`` (class docstring; as ``SyncVectorEnv``).
         """
-        x, xp = self._x, self.xp
+        x = self._x
         ended = self._copy(x["done"])
         if not bool(ended.any()):  # one host sync: whether there is a final observation to build
             return {}

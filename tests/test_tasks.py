@@ -1,7 +1,6 @@
 import itertools
 import json
 import math
-import os
 import warnings
 from collections import Counter
 

@@ -19,7 +19,6 @@ import torch
 
 from seqenv.tasks import Task
 from seqenv.tokenizers import DEFAULT_SPECIAL_IDS, SpecialIds
-
 from seqenv.vector_env import SeqGenVectorEnv
 
 from .trajectory import TrajectoryBatch, collate
