@@ -1097,7 +1097,8 @@ class CriticEvalCallback:
     (``metrics.json``), and with ``patience`` stops the run early
     (``trainer.request_stop()``) after ``patience`` evaluations without a
     lower held-out ``critic_loss``, restoring the best critic (also at the
-    last step), so that the checkpoint holds the best critic.
+    last step, which is ``max_steps`` or a step where an earlier callback
+    asked the trainer to stop), so that the checkpoint holds the best critic.
 
     :param learner: the :class:`NCELearner`.
     """
@@ -1122,7 +1123,8 @@ class CriticEvalCallback:
 
     def on_step_end(self, trainer, metrics: dict) -> None:
         learner, cfg = self.learner, self.learner.cfg
-        last = trainer.step >= trainer.cfg.max_steps
+        # the last step of the run: max_steps, or a stop asked for by an earlier callback (e.g. a time limit)
+        last = trainer.step >= trainer.cfg.max_steps or trainer.stop_requested
         if not (trainer.step % cfg.eval_every == 0 or last):
             return
         m = learner.evaluate_critic()

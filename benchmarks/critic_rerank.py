@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -48,7 +49,8 @@ def _setup():
     torch.set_num_threads(1)
 
 
-def train_policy(task: str, seed: int, steps: int, logdir: str, size: tuple, batch_size: int, lr: float) -> dict:
+def train_policy(task: str, seed: int, steps: int, logdir: str, size: tuple, batch_size: int, lr: float,
+                 device: str = "cpu") -> dict:
     """One MLE run; returns its final metrics and wall time."""
     _setup()
     from agents.trainer import ModelConfig, TrainConfig, Trainer
@@ -57,7 +59,7 @@ def train_policy(task: str, seed: int, steps: int, logdir: str, size: tuple, bat
         return {"metrics": json.loads((Path(logdir) / "metrics.json").read_text()), "wall_s": None, "reused": True}
     t0 = time.perf_counter()
     cfg = TrainConfig(agent="mle", task=task, seed=seed, max_steps=steps, batch_size=batch_size, lr=lr,
-                      warmup_steps=min(50, steps // 5), logdir=logdir, device="cpu", progress=False,
+                      warmup_steps=min(50, steps // 5), logdir=logdir, device=device, progress=False,
                       eval_samples=256, ckpt_every=10**9,
                       model=ModelConfig(n_layer=size[0], n_head=size[1], n_embd=size[2]))
     trainer = Trainer(cfg)
@@ -69,17 +71,27 @@ def train_policy(task: str, seed: int, steps: int, logdir: str, size: tuple, bat
 
 
 def train_critic(task: str, seed: int, policy_ckpt: str, logdir: str, steps: int, batch_size: int, lr: float,
-                 nce_kwargs: dict) -> dict:
-    """One ``--agent nce`` run against the frozen policy; returns held-out critic metrics + curve."""
+                 nce_kwargs: dict, device: str = "cpu", warmup: int = 50, max_minutes: float | None = None) -> dict:
+    """One ``--agent nce`` run against the frozen policy; returns held-out critic metrics + curve.
+
+    ``max_minutes``: a wall-clock cap (a safety net on a time-limited
+    machine): the run stops after the first step past it, evaluates and
+    keeps the best critic as at ``max_steps``; ``steps_run`` says where.
+    """
     _setup()
     from agents.nce import NCEConfig
-    from agents.trainer import TrainConfig, Trainer
+    from agents.trainer import Callback, TrainConfig, Trainer
+
+    class TimeLimit(Callback):
+        def on_step_end(self, trainer, metrics):
+            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+                trainer.request_stop()
 
     t0 = time.perf_counter()
     cfg = TrainConfig(agent="nce", task=task, seed=seed, init=policy_ckpt, max_steps=steps, batch_size=batch_size,
-                      lr=lr, warmup_steps=50, logdir=logdir, device="cpu", progress=False, eval_samples=64,
+                      lr=lr, warmup_steps=warmup, logdir=logdir, device=device, progress=False, eval_samples=64,
                       ckpt_every=10**9, nce=NCEConfig(**nce_kwargs))
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, callbacks=[TimeLimit()])
     try:
         metrics = trainer.train()
     finally:
@@ -92,7 +104,7 @@ def train_critic(task: str, seed: int, policy_ckpt: str, logdir: str, steps: int
 
 
 def rerank_eval(task_name: str, seed: int, policy_ckpt: str, critic_ckpt: str, candidates: list[int],
-                num_samples: int) -> dict:
+                num_samples: int, device: str = "cpu") -> dict:
     """Metrics of reranked generation for each n."""
     _setup()
 
@@ -101,13 +113,13 @@ def rerank_eval(task_name: str, seed: int, policy_ckpt: str, critic_ckpt: str, c
     from agents.generation import generate_reranked
     from agents.nce import load_critic
 
-    policy, task, _ = load_policy(policy_ckpt, "cpu")
-    critic = load_critic(critic_ckpt, "cpu", task)
+    policy, task, _ = load_policy(policy_ckpt, device)
+    critic = load_critic(critic_ckpt, device, task)
     out = {}
     for n in candidates:
         t0 = time.perf_counter()
         g = generate_reranked(policy, task, num_samples, rerank="critic" if n > 1 else "none", candidates=n,
-                              critic=critic, seed=1000 + seed, device="cpu", batch_size=max(1, 4096 // n))
+                              critic=critic, seed=1000 + seed, device=device, batch_size=max(1, 4096 // n))
         prompts = [task.tokenizer.decode(p) for p in g.prompts] if task.prompts is not None else None
         m = evaluate_samples(task, g.sequences, prompts=prompts, seed=seed)
         out[str(n)] = {"validity": m["validity"], "oracle_nll": m["oracle_nll"],
@@ -140,14 +152,21 @@ def main(argv=None):
     ap.add_argument("--policy-steps", type=int, default=800)
     ap.add_argument("--weak-fraction", type=float, default=0.1)
     ap.add_argument("--policy-size", type=int, nargs=3, default=[2, 4, 128], metavar=("LAYERS", "HEADS", "WIDTH"))
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64, help="policies' batch size")
+    ap.add_argument("--critic-batch-size", type=int, default=None,
+                    help="critics' real sequences per step (as many samples); default --batch-size")
+    ap.add_argument("--critic-warmup", type=int, default=50)
+    ap.add_argument("--critic-max-minutes", type=float, default=None,
+                    help="wall-clock cap per critic run (stops early, keeps the best critic; steps run are reported)")
     ap.add_argument("--policy-lr", type=float, default=2e-3)
     ap.add_argument("--critic-steps", type=int, default=1500)
     ap.add_argument("--critic-lr", type=float, default=3e-4)
     ap.add_argument("--pool", type=int, default=5000)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
-    ap.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--ablations", nargs="*", default=["scratch", "fresh"], choices=["scratch", "fresh"],
+                    help="critic variants trained against the converged policy besides the default")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (one GPU shared by --jobs processes)")
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--rerank-samples", type=int, default=256)
     ap.add_argument("--workdir", default="runs/critic_rerank")
@@ -157,7 +176,9 @@ def main(argv=None):
     load = os.getloadavg()
     work = Path(args.workdir)
     weak_steps = max(1, round(args.policy_steps * args.weak_fraction))
-    pool = ProcessPoolExecutor(args.jobs)
+    critic_bs = args.critic_batch_size or args.batch_size
+    # spawned workers (CUDA cannot be used in a forked child of a process that touched it)
+    pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
 
     # 1. policies
     pol = {}
@@ -167,7 +188,7 @@ def main(argv=None):
                 d = work / task.replace(":", "_") / f"seed{seed}" / f"mle_{kind}"
                 pol[task, seed, kind] = (str(d / "checkpoint.pt"), pool.submit(
                     train_policy, task, seed, steps, str(d), tuple(args.policy_size), args.batch_size,
-                    args.policy_lr))
+                    args.policy_lr, args.device))
     policies = {k: {"ckpt": c, **f.result()} for k, (c, f) in pol.items()}
     print(f"[critic_rerank] policies done at {time.time() - t_start:.0f} s", flush=True)
 
@@ -175,9 +196,8 @@ def main(argv=None):
     default = dict(noise_pool=args.pool, init_from_policy=True, eval_every=args.eval_every, eval_size=512,
                    patience=args.patience)
     variants = {"default": default}
-    if args.ablations:
-        variants["scratch"] = {**default, "init_from_policy": False}
-        variants["fresh"] = {**default, "noise_pool": 0}
+    ablations = {"scratch": {**default, "init_from_policy": False}, "fresh": {**default, "noise_pool": 0}}
+    variants.update({name: ablations[name] for name in args.ablations})
     jobs = {}
     for task in args.tasks:
         for seed in args.seeds:
@@ -188,7 +208,7 @@ def main(argv=None):
                     d = work / task.replace(":", "_") / f"seed{seed}" / f"critic_{kind}_{name}"
                     jobs[task, seed, kind, name] = (str(d / "checkpoint.pt"), pool.submit(
                         train_critic, task, seed, policies[task, seed, kind]["ckpt"], str(d), args.critic_steps,
-                        args.batch_size, args.critic_lr, kw))
+                        critic_bs, args.critic_lr, kw, args.device, args.critic_warmup, args.critic_max_minutes))
     critics = {k: {"ckpt": c, **f.result()} for k, (c, f) in jobs.items()}
     print(f"[critic_rerank] critics done at {time.time() - t_start:.0f} s", flush=True)
 
@@ -199,7 +219,7 @@ def main(argv=None):
             for kind in ("converged", "weak"):
                 rj[task, seed, kind] = pool.submit(rerank_eval, task, seed, policies[task, seed, kind]["ckpt"],
                                                    critics[task, seed, kind, "default"]["ckpt"], args.candidates,
-                                                   args.rerank_samples)
+                                                   args.rerank_samples, args.device)
     reranks = {k: f.result() for k, f in rj.items()}
     pool.shutdown()
     wall = time.time() - t_start
@@ -207,9 +227,10 @@ def main(argv=None):
 
     import torch
 
+    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None
     meta = {
         "command": "python benchmarks/critic_rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu,
                     "torch": torch.__version__, "torch_threads_per_run": 1, "jobs": args.jobs,
                     "load_average_at_start": load, "python": platform.python_version()},
         "args": vars(args), "wall_s": wall, "weak_steps": weak_steps,
@@ -226,14 +247,15 @@ def main(argv=None):
     L = ["# Residual-EBM critic against a fixed policy, and reranking (issue 11)\n",
          f"Generated by `benchmarks/critic_rerank.py` in {wall / 60:.1f} min.\n",
          "```\n" + meta["command"] + "\n```\n",
-         f"**Machine**: {meta['machine']['cpu']}, {meta['machine']['cores']} cores shared with other jobs "
-         f"(load average at start {load[0]:.1f}), torch {torch.__version__} CPU, 1 thread per run, "
+         f"**Machine**: {meta['machine']['cpu']}, {meta['machine']['cores']} cores "
+         f"(load average at start {load[0]:.1f}), torch {torch.__version__}, "
+         + (f"one {gpu} shared by the runs" if gpu else "CPU") + f", 1 torch thread per run, "
          f"{args.jobs} runs at a time.\n",
          f"**Budget**: policies {args.policy_size[0]} layers × {args.policy_size[1]} heads × {args.policy_size[2]} "
          f"wide, MLE, batch {args.batch_size}, lr {args.policy_lr}: converged = {args.policy_steps} steps, "
-         f"weak = {weak_steps} steps. Critics: same trunk size, batch {args.batch_size} real + {args.batch_size} "
-         f"samples, lr {args.critic_lr} (50 warm-up, cosine), at most {args.critic_steps} steps, held-out "
-         f"evaluation every {args.eval_every} steps (valid split vs as many fresh samples, ≤ 512 each), "
+         f"weak = {weak_steps} steps. Critics: same trunk size, batch {critic_bs} real + {critic_bs} "
+         f"samples, lr {args.critic_lr} ({args.critic_warmup} warm-up, cosine), at most {args.critic_steps} steps, "
+         f"held-out evaluation every {args.eval_every} steps (valid split vs as many fresh samples, ≤ 512 each), "
          f"early stopping with patience {args.patience} evaluations, best critic kept. Default critic: "
          f"trunk from the policy, fixed set of {args.pool} samples. Reranking: {args.rerank_samples} outputs "
          f"per (policy, n). Seeds {args.seeds}; cells mean ± std over seeds (ddof 1).\n"]

@@ -126,6 +126,10 @@ class _FakeTrainer:
     def __init__(self, max_steps):
         self.step, self.cfg, self.stopped, self.logged = 0, type("C", (), {"max_steps": max_steps})(), False, []
 
+    @property
+    def stop_requested(self):
+        return self.stopped
+
     def log(self, metrics, step):
         self.logged.append(step)
 
@@ -159,6 +163,31 @@ def test_early_stopping_restores_the_best_critic_and_stops_after_patience():
     assert learner.early_stop["best_step"] == 4 and learner.early_stop["best_loss"] == 0.5
     # the step-4 critic (marked 2) is restored and evaluated once more
     assert seen == [0.0, 1.0, 2.0, 3.0, 2.0]
+
+
+def test_a_stop_asked_by_another_callback_ends_with_the_best_critic():
+    learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, patience=10)
+    (cb,) = learner.callbacks
+    losses = iter([0.9, 0.5, 0.8, 0.7])
+    seen = []
+
+    def fake_eval():
+        seen.append(float(learner.critic.head.bias))
+        with torch.no_grad():
+            learner.critic.head.bias.fill_(len(seen))
+        learner.last_eval = {"critic_loss": next(losses)}
+        return dict(learner.last_eval)
+
+    learner.evaluate_critic = fake_eval
+    trainer = _FakeTrainer(max_steps=100)
+    for step in range(1, 6):
+        trainer.step = step
+        if step == 5:
+            trainer.request_stop()  # e.g. a wall-clock limit, before the critic's callback runs
+        cb.on_step_end(trainer, {})
+    # evaluations at 2 (0.9), 4 (0.5, best) and at the stop (step 5, 0.8), then the step-4 critic is restored
+    assert trainer.logged == [2, 4, 5] and learner.early_stop["best_step"] == 4
+    assert seen == [0.0, 1.0, 2.0, 2.0]
 
 
 def test_trainer_request_stop_ends_the_run_like_a_finished_one(tmp_path):
