@@ -905,7 +905,8 @@ class NCELearner:
         texts = None if prompts is None or not self.conditional else [tok.decode(p) for p in prompts]
         n = len(prompts)
         results = sample_with_prompts(policy if policy is not None else self.snapshot.module, self.task, texts, n,
-                                      device=self.device, seed=seed, generator=generator, allow_backspace=False)
+                                      device=self.device, seed=seed, generator=generator, allow_backspace=False,
+                                      batch_size=256 if self.device.type == "cpu" else 2048)
         return ([p for r in results for p in r.prompts()], [s for r in results for s in r.sequences()],
                 [bool(t) for r in results for t in r.terminated.tolist()])
 

@@ -22,14 +22,16 @@ T0=$(date +%s)
 { nvidia-smi -L; nproc; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; } \
     2>&1 | tee "$OUT/device.txt"
 
-echo "== 1. CUDA tests"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_vector_env.py -k "cuda" 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
+if [ -z "${SKIP_CHECKS:-}" ]; then  # SKIP_CHECKS=1: steps 2-3 only (a second call in the same session)
+    echo "== 1. CUDA tests"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_vector_env.py -k "cuda" 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
+fi
 
 echo "== 2. critics and reranking ($(( $(date +%s) - T0 )) s)"
 timeout "${CRITIC_TIMEOUT:-480}" python3 benchmarks/critic_rerank.py --device cuda --tasks arithmetic python-lines \
-    --seeds 0 1 2 --jobs 18 --policy-steps 1500 --critic-steps 3000 --critic-batch-size 512 --critic-lr 6e-4 \
-    --critic-warmup 200 --pool 50000 --eval-every 250 --patience 1000 --critic-max-minutes "${CRITIC_MINUTES:-3}" \
-    --ablations scratch --candidates 1 4 16 64 --rerank-samples 512 --workdir /tmp/cr \
+    --seeds 0 1 2 --jobs 18 --policy-steps 1500 --critic-steps "${CRITIC_STEPS:-3000}" --critic-batch-size 512 --critic-lr 6e-4 \
+    --critic-warmup 200 --pool "${POOL:-50000}" --eval-every 250 --patience 1000 --critic-max-minutes "${CRITIC_MINUTES:-3}" \
+    --ablations ${ABLATIONS-scratch} --candidates 1 4 16 64 --rerank-samples 512 --workdir /tmp/cr \
     --out "$OUT/critic_rerank_gpu" 2>&1 | grep -v Warning | tail -60
 
 echo "== 3. pack ($(( $(date +%s) - T0 )) s)"
@@ -58,7 +60,7 @@ EOF
 
 echo "== 4. env throughput ($(( $(date +%s) - T0 )) s)"
 left=$(( ${TOTAL_SECONDS:-540} - ($(date +%s) - T0) ))
-if [ "$left" -gt 60 ]; then
+if [ "$left" -gt 60 ] && [ -z "${SKIP_CHECKS:-}" ]; then
     timeout $(( left - 15 )) python3 benchmarks/env_throughput.py --quick --out "$OUT" 2>&1 | tail -25
 fi
 echo "== done ($(( $(date +%s) - T0 )) s)"
