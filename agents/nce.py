@@ -667,6 +667,15 @@ class NCEConfig:
     :param patience: early stopping: stop the run after this many held-out
         evaluations without a lower ``critic_loss`` and keep the best critic
         (also restored at the last step); 0 = off.
+    :param keep_best: end the run with the critic of the lowest held-out
+        ``critic_loss`` (restored at the last step; needs ``eval_every``),
+        without stopping early. On by default: at the demo's batch size the
+        held-out loss turns up after 250-1000 steps while the training loss
+        keeps falling (``benchmarks/results/critic_rerank_gpu.md``), and a
+        critic's energies are used as calibrated log-weights by reranking
+        and the PPO reward. Implied by ``patience``. Ignored while the policy
+        is trained (``policy_objective``): an earlier critic would not match
+        the final policy.
     :raises ValueError: naming the bad field and value.
     """
 
@@ -686,6 +695,7 @@ class NCEConfig:
     eval_every: int = 50
     eval_size: int = 512
     patience: int = 0
+    keep_best: bool = True
 
     def __post_init__(self):
         if self.loss not in NCE_LOSSES:
@@ -1131,7 +1141,7 @@ class CriticEvalCallback:
         m = learner.evaluate_critic()
         learner.eval_history.append({"step": trainer.step, **m})
         trainer.log({f"eval/{k}": v for k, v in m.items()}, trainer.step)
-        if not cfg.patience:
+        if not (cfg.patience or (cfg.keep_best and not learner.train_policy)):
             return
         es = learner.early_stop
         if es["best_loss"] is None or m["critic_loss"] < es["best_loss"]:
@@ -1139,7 +1149,7 @@ class CriticEvalCallback:
                       best_critic={k: v.detach().clone() for k, v in learner.critic.state_dict().items()})
         else:
             es["bad_evals"] += 1
-        if es["bad_evals"] >= cfg.patience or last:
+        if (cfg.patience and es["bad_evals"] >= cfg.patience) or last:
             if es["best_critic"] is not None:
                 learner.critic.load_state_dict(es["best_critic"])
                 learner.evaluate_critic()  # last_eval = the best critic's

@@ -190,6 +190,34 @@ def test_a_stop_asked_by_another_callback_ends_with_the_best_critic():
     assert seen == [0.0, 1.0, 2.0, 2.0]
 
 
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_keep_best_restores_the_best_critic_at_the_last_step_without_stopping(keep_best):
+    learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, keep_best=keep_best)
+    (cb,) = learner.callbacks
+    losses = iter([0.9, 0.5, 0.8, 0.7, 0.6])
+    seen = []
+
+    def fake_eval():
+        seen.append(float(learner.critic.head.bias))
+        with torch.no_grad():
+            learner.critic.head.bias.fill_(len(seen))
+        learner.last_eval = {"critic_loss": next(losses)}
+        return dict(learner.last_eval)
+
+    learner.evaluate_critic = fake_eval
+    trainer = _FakeTrainer(max_steps=8)
+    for step in range(1, 9):
+        trainer.step = step
+        cb.on_step_end(trainer, {})
+    assert not trainer.stopped and trainer.logged == [2, 4, 6, 8]  # two evaluations without a gain: no stop
+    if keep_best:  # the step-4 critic (marked 2) is restored at step 8 and evaluated once more
+        assert learner.early_stop["best_step"] == 4 and seen == [0.0, 1.0, 2.0, 3.0, 2.0]
+        assert float(learner.critic.head.bias) == 5.0
+    else:  # the last critic stays
+        assert learner.early_stop["best_step"] is None and seen == [0.0, 1.0, 2.0, 3.0]
+        assert float(learner.critic.head.bias) == 4.0
+
+
 def test_trainer_request_stop_ends_the_run_like_a_finished_one(tmp_path):
     class StopAt3(Callback):
         def on_step_end(self, trainer, metrics):

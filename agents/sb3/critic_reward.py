@@ -102,10 +102,13 @@ class PPOCriticConfig:
     :param device: ``auto``, ``cpu``, ``cuda``...
     :param seed: seeds SB3 (torch, numpy, env resets) and the evaluations.
     :param n_steps: steps per env per rollout (rollout = ``n_steps·num_envs``).
-    :param batch_size: PPO minibatch size. :param n_epochs: passes per rollout.
-    :param learning_rate: Adam step size. :param clip_range: PPO's ε.
+    :param batch_size: PPO minibatch size.
+    :param n_epochs: passes per rollout.
+    :param learning_rate: Adam step size.
+    :param clip_range: PPO's ε.
     :param gae_lambda: GAE λ (the discount γ is 1, see the module docstring).
-    :param vf_coef: value-loss weight. :param max_grad_norm: gradient clipping.
+    :param vf_coef: value-loss weight.
+    :param max_grad_norm: gradient clipping.
     :param eval_samples: sequences generated for each evaluation.
     :param progress: show SB3's progress bar.
     """
