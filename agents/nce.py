@@ -793,11 +793,18 @@ class NCELearner:
     samples (``noise_pool``; K = ∞ for the critic's noise), a critic
     initialised from the generator's trunk (``init_from_policy``), held-out
     real-vs-sample accuracy monitored (``eval_every``, on by default) and
-    early stopping (``patience``). ``noise_pool``, ``init_from_policy`` and
-    ``patience`` are off by default: in ``benchmarks/results/critic_rerank.md``
-    (500 critic steps, 2-layer models, CPU) none of them beat the plain
-    setting beyond the seed spread, patience 4 stopped runs on noise, and no
-    setting reached the accuracy goals -- the demo's budget is ~20× ours.
+    early stopping (``patience``), and the best held-out critic kept
+    (``keep_best``, on by default). Defaults and why: at the demo's batch
+    size on a GPU (``benchmarks/results/critic_rerank_gpu.md``: 2-layer
+    critics, ~1650 steps × (512 + 512), lr 6e-4) the critic reached held-out
+    accuracy 0.82 against a weak ``python-lines`` policy and 0.62 against a
+    full-budget one, but its fixed pool of 10 000 samples was seen ~80 times
+    and the held-out loss rose from step 250-500 on: hence fresh noise
+    (``noise_pool=0``) and ``keep_best``. Trunk init against scratch made no
+    measured difference (``critic_rerank.md``, CPU; both at chance against a
+    full-budget arithmetic policy on the GPU), and it needs a transformer
+    policy, so it stays off. ``patience`` stays off: on flat critics at CPU
+    budgets (``critic_rerank.md``) it stopped runs on noise.
 
     Conditional (paired) tasks, e.g. ``arithmetic``: the critic reads prompt +
     completion (:func:`agents.critic.critic_batch`); fresh noise rows are the
@@ -1105,7 +1112,8 @@ class CriticEvalCallback:
     :class:`NCELearner`'s critic on held-out data every ``eval_every`` steps
     and at the last step, logs ``eval/critic_*`` (:meth:`NCELearner.evaluate_critic`),
     adds the latest values to the trainer's evaluation metrics
-    (``metrics.json``), and with ``patience`` stops the run early
+    (``metrics.json``), with ``keep_best`` or ``patience`` restores the critic of
+    the lowest held-out ``critic_loss`` at the last step, and with ``patience`` stops the run early
     (``trainer.request_stop()``) after ``patience`` evaluations without a
     lower held-out ``critic_loss``, restoring the best critic (also at the
     last step, which is ``max_steps`` or a step where an earlier callback
