@@ -166,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--ablations", nargs="*", default=["scratch", "fresh"], choices=["scratch", "fresh"],
                     help="critic variants trained against the converged policy besides the default")
+    ap.add_argument("--critic-policies", nargs="+", default=["converged", "weak"], choices=["converged", "weak"],
+                    help="the policies that get critics (and reranking); both are trained")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (one GPU shared by --jobs processes)")
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--rerank-samples", type=int, default=256)
@@ -201,7 +203,7 @@ def main(argv=None):
     jobs = {}
     for task in args.tasks:
         for seed in args.seeds:
-            for kind in ("converged", "weak"):
+            for kind in args.critic_policies:
                 for name, kw in variants.items():
                     if kind == "weak" and name != "default":
                         continue
@@ -216,7 +218,7 @@ def main(argv=None):
     rj = {}
     for task in args.tasks:
         for seed in args.seeds:
-            for kind in ("converged", "weak"):
+            for kind in args.critic_policies:
                 rj[task, seed, kind] = pool.submit(rerank_eval, task, seed, policies[task, seed, kind]["ckpt"],
                                                    critics[task, seed, kind, "default"]["ckpt"], args.candidates,
                                                    args.rerank_samples, args.device)
@@ -287,7 +289,7 @@ def main(argv=None):
     L.append("| task | policy | n | validity | oracle_nll | oracle_support | distinct_2 | mean ESS of weights |")
     L.append("|---|---|---|---|---|---|---|---|")
     for task in args.tasks:
-        for kind in ("weak", "converged"):
+        for kind in [k for k in ("weak", "converged") if k in args.critic_policies]:
             for n in args.candidates:
                 ms = [reranks[task, s, kind][str(n)] for s in args.seeds]
                 L.append(f"| {task} | {kind} | {n} | {_fmt([m['validity'] for m in ms])} | "

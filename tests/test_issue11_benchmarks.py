@@ -35,7 +35,7 @@ def test_critic_rerank_tiny_run_with_a_wall_clock_cap(tmp_path):
     critic_rerank.main(["--tasks", "arithmetic", "--seeds", "0", "--jobs", "1", "--policy-steps", "10",
                         "--policy-size", "1", "2", "16", "--batch-size", "4", "--critic-steps", "6",
                         "--critic-batch-size", "4", "--pool", "8", "--eval-every", "2", "--patience", "0",
-                        "--critic-max-minutes", "0", "--ablations", "--candidates", "1", "2",
+                        "--critic-max-minutes", "0", "--ablations", "--candidates", "1", "2", "--critic-policies", "weak", "converged",
                         "--rerank-samples", "4", "--workdir", str(tmp_path / "w"), "--out", str(out)])
     js = json.loads(out.with_suffix(".json").read_text())
     assert js["meta"]["weak_steps"] == 1 and js["meta"]["machine"]["gpu"] is None
