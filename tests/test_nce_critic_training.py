@@ -137,12 +137,10 @@ class _FakeTrainer:
         self.stopped = True
 
 
-def test_early_stopping_restores_the_best_critic_and_stops_after_patience():
-    learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, patience=2)
-    (cb,) = learner.callbacks
-    assert isinstance(cb, CriticEvalCallback)
-    losses = iter([1.0, 0.5, 0.7, 0.6, 0.4])
-    seen = []  # the head bias at each evaluation's entry; each evaluation then marks the critic
+def _fake_evaluations(learner, losses: list) -> list:
+    """Replace ``learner.evaluate_critic`` by one that returns the next of ``losses`` and marks the critic:
+    it records the head bias at entry (in the returned list) and sets it to the evaluation's number."""
+    losses, seen = iter(losses), []
 
     def fake_eval():
         seen.append(float(learner.critic.head.bias))
@@ -152,6 +150,14 @@ def test_early_stopping_restores_the_best_critic_and_stops_after_patience():
         return dict(learner.last_eval)
 
     learner.evaluate_critic = fake_eval
+    return seen
+
+
+def test_early_stopping_restores_the_best_critic_and_stops_after_patience():
+    learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, patience=2)
+    (cb,) = learner.callbacks
+    assert isinstance(cb, CriticEvalCallback)
+    seen = _fake_evaluations(learner, [1.0, 0.5, 0.7, 0.6, 0.4])  # head bias at each evaluation's entry
     trainer = _FakeTrainer(max_steps=100)
     for step in range(1, 9):
         trainer.step = step
@@ -168,17 +174,7 @@ def test_early_stopping_restores_the_best_critic_and_stops_after_patience():
 def test_a_stop_asked_by_another_callback_ends_with_the_best_critic():
     learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, patience=10)
     (cb,) = learner.callbacks
-    losses = iter([0.9, 0.5, 0.8, 0.7])
-    seen = []
-
-    def fake_eval():
-        seen.append(float(learner.critic.head.bias))
-        with torch.no_grad():
-            learner.critic.head.bias.fill_(len(seen))
-        learner.last_eval = {"critic_loss": next(losses)}
-        return dict(learner.last_eval)
-
-    learner.evaluate_critic = fake_eval
+    seen = _fake_evaluations(learner, [0.9, 0.5, 0.8, 0.7])
     trainer = _FakeTrainer(max_steps=100)
     for step in range(1, 6):
         trainer.step = step
@@ -194,17 +190,7 @@ def test_a_stop_asked_by_another_callback_ends_with_the_best_critic():
 def test_keep_best_restores_the_best_critic_at_the_last_step_without_stopping(keep_best):
     learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, keep_best=keep_best)
     (cb,) = learner.callbacks
-    losses = iter([0.9, 0.5, 0.8, 0.7, 0.6])
-    seen = []
-
-    def fake_eval():
-        seen.append(float(learner.critic.head.bias))
-        with torch.no_grad():
-            learner.critic.head.bias.fill_(len(seen))
-        learner.last_eval = {"critic_loss": next(losses)}
-        return dict(learner.last_eval)
-
-    learner.evaluate_critic = fake_eval
+    seen = _fake_evaluations(learner, [0.9, 0.5, 0.8, 0.7, 0.6])
     trainer = _FakeTrainer(max_steps=8)
     for step in range(1, 9):
         trainer.step = step
