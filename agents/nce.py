@@ -801,8 +801,8 @@ class NCELearner:
     full-budget one, but its fixed pool of 10 000 samples was seen ~80 times
     and the held-out loss rose from step 250-500 on; on a CPU at batch 64 + 64
     (``critic_pool_vs_fresh.md``) fresh samples reached 0.81 where a pool of
-    1000 peaked at 0.64: hence fresh noise (``noise_pool=0``) and ``keep_best``. Trunk init against scratch made no
-    measured difference (``critic_rerank.md``, CPU; both at chance against a
+    1000 peaked at 0.64: hence fresh noise (``noise_pool=0``) and
+    ``keep_best``. Trunk init against scratch made no measured difference (``critic_rerank.md``, CPU; both at chance against a
     full-budget arithmetic policy on the GPU), and it needs a transformer
     policy, so it stays off. ``patience`` stays off: on flat critics at CPU
     budgets (``critic_rerank.md``) it stopped runs on noise.

@@ -21,6 +21,10 @@ Protocol, per task and seed (every run a process with one torch thread,
    weights.
 
     python benchmarks/critic_rerank.py --tasks arithmetic oracle-hmm --seeds 0 1 2 --jobs 2
+
+On a GPU (``--device cuda``) the ``--jobs`` processes share it;
+``--critic-max-minutes`` caps each critic's wall time (the run then ends
+with its best critic and reports the steps it ran).
 """
 
 from __future__ import annotations
@@ -258,8 +262,10 @@ def main(argv=None):
          f"weak = {weak_steps} steps. Critics: same trunk size, batch {critic_bs} real + {critic_bs} "
          f"samples, lr {args.critic_lr} ({args.critic_warmup} warm-up, cosine), at most {args.critic_steps} steps, "
          f"held-out evaluation every {args.eval_every} steps (valid split vs as many fresh samples, ≤ 512 each), "
-         f"early stopping with patience {args.patience} evaluations, best critic kept. Default critic: "
-         f"trunk from the policy, fixed set of {args.pool} samples. Reranking: {args.rerank_samples} outputs "
+         + (f"early stopping with patience {args.patience} evaluations" if args.patience else "no early stopping")
+         + ", best critic (lowest held-out loss) kept. Default critic: trunk from the policy, "
+         + (f"fixed set of {args.pool} samples" if args.pool else "fresh policy samples every step")
+         + f". Reranking: {args.rerank_samples} outputs "
          f"per (policy, n). Seeds {args.seeds}; cells mean ± std over seeds (ddof 1).\n"]
     L.append("## Critic held-out accuracy (real valid texts vs fresh policy samples)\n")
     L.append("| task | policy | critic | accuracy | AUC | loss (nats; flat 1.386) | weight ESS/n | best step | steps run | wall s |")

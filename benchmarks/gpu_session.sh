@@ -8,7 +8,10 @@
 #   3. the python-lines critic checkpoints (policy + critic, optimiser and noise pool stripped), packed
 #      for PPO with the critic reward on a CPU (scripts/ppo_critic.py);
 #   4. if time is left, the env throughput table with its CUDA rows (--quick).
-# Packages the GPU image lacks travel as wheels in .whl/ (see /work/.library/device/README.md).
+# Packages the GPU image lacks (gymnasium, tyro, stable-baselines3, sb3-contrib and their pure-Python needs)
+# travel as wheels in .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12 ...).
+# Environment knobs (defaults = the first call of the session that made critic_rerank_gpu.md's first attempt):
+# SKIP_CHECKS, CRITIC_STEPS, POOL, ABLATIONS, CRITIC_MINUTES, CRITIC_TIMEOUT, TOTAL_SECONDS.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
