@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
-
 from .common.trajectory import sequence_batch
 from .policies.transformer import Block, PolicyConfig
 

@@ -246,15 +246,17 @@ def importance_weights(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
                          f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}")
     _check_batch(logits, torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device),
                  mask, "importance_weights")
-    return _importance_weights(logits, mask)
+    return _importance_weights(logits, mask)[0]
 
 
 def _importance_weights(logits, mask):
+    """``(weights, log_tilt)``: :func:`importance_weights` and the log-normalisers
+    ``logsumexp l(x_<k)`` they are the softmax of (``[B, T-1]``, -inf where the sample is dead)."""
     alive = mask[:, 1:]
     log_tilt = torch.logsumexp(_float(logits[:, :-1]).detach(), dim=-1)   # logsumexp l(x_<k)
     log_tilt = torch.where(alive, log_tilt, torch.full_like(log_tilt, -math.inf))
     w = torch.softmax(log_tilt, dim=0)                                     # NaN in all-dead columns
-    return torch.where(alive, w, torch.zeros_like(w))
+    return torch.where(alive, w, torch.zeros_like(w)), log_tilt
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -372,7 +374,7 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
     # negative phase: Σ_i w̄_i E(x^i_≤k), AR samples as proposal, weights detached
     alive_samples = mask_samples[:, 1:]
     n_samples = alive_samples.sum(0)
-    weights = _importance_weights(logits_samples, mask_samples)
+    weights, log_tilt = _importance_weights(logits_samples, mask_samples)
     energy_samples = _joint_energy(logits_samples, tokens_samples, mask_samples, n)
     negative = (weights * energy_samples).sum(0)
 
@@ -390,15 +392,13 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
         log_w = torch.where(alive_samples, weights, torch.zeros_like(weights)).log()
         ess = effective_sample_size(log_w, dim=0) / alive_samples.sum(0).clamp(min=1)  # in (0, 1]
         ess = F.pad(ess, (0, K - ess.shape[0]))[used]
-        # spread of the log-normalisers logsumexp l(x_<k) over alive samples, per position
-        log_tilt = torch.logsumexp(_float(logits_samples[:, :-1]).detach(), dim=-1)
+        # spread of the log-normalisers logsumexp l(x_<k) over alive samples, per position (-inf when dead)
         n_alive = alive_samples.sum(0)
-        lt0 = torch.where(alive_samples, log_tilt, torch.zeros_like(log_tilt))
-        mean_lt = lt0.sum(0) / n_alive.clamp(min=1)
-        var_lt = torch.where(alive_samples, (log_tilt - mean_lt) ** 2, torch.zeros_like(log_tilt)).sum(0) \
-            / (n_alive - 1).clamp(min=1)
-        lt_max = torch.where(alive_samples, log_tilt, torch.full_like(log_tilt, -math.inf)).max(0).values
-        lt_min = torch.where(alive_samples, log_tilt, torch.full_like(log_tilt, math.inf)).min(0).values
+        dev = torch.where(alive_samples, log_tilt, 0.0)
+        dev = torch.where(alive_samples, dev - dev.sum(0) / n_alive.clamp(min=1), 0.0)
+        var_lt = (dev ** 2).sum(0) / (n_alive - 1).clamp(min=1)
+        lt_max = log_tilt.max(0).values
+        lt_min = torch.where(alive_samples, log_tilt, math.inf).min(0).values
         multi = n_alive >= 2
         tilt_std = var_lt.sqrt()[multi]
         tilt_range = (lt_max - lt_min)[multi]

@@ -40,14 +40,19 @@ from .policies import Policy
 SCORE_CHUNK = 4096  # rows per forward pass when scoring candidates (bounds the activation memory)
 
 
+def _in_chunks(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn`` applied to :data:`SCORE_CHUNK` rows of ``tensors`` at a time, outputs concatenated (float32)."""
+    n = len(tensors[0])
+    return torch.cat([fn(*(t[i:i + SCORE_CHUNK] for t in tensors)).float() for i in range(0, n, SCORE_CHUNK)])
+
+
 @torch.no_grad()
 def rerank_energy(policy, sequences, terminated, num_candidates: int, generator: torch.Generator, device,
                   prompts=None):
     """Indices ``[N]`` of the chosen candidates by E-ARM energy, and the energies ``[N, K]``
     (``prompts``: per row the prompt ids the policy conditions on, or None)."""
     tokens, mask = sequence_batch(sequences, terminated, device, prompts=prompts, ids=policy)
-    model = getattr(policy, "module", policy)
-    logits = torch.cat([model(tokens[i:i + SCORE_CHUNK]).float() for i in range(0, len(tokens), SCORE_CHUNK)])
+    logits = _in_chunks(getattr(policy, "module", policy), tokens)
     choice, energies = energy_rerank(logits, tokens, mask, num_candidates, generator=generator)
     return choice, energies
 
@@ -66,8 +71,7 @@ def rerank_critic(critic, sequences, terminated, num_candidates: int, generator:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     tokens, mask = critic_batch(prompts, sequences, terminated, device, ids=ids)
-    energies = torch.cat([critic(tokens[i:i + SCORE_CHUNK], mask[i:i + SCORE_CHUNK]).float()
-                          for i in range(0, len(tokens), SCORE_CHUNK)]).view(-1, num_candidates)
+    energies = _in_chunks(critic, tokens, mask).view(-1, num_candidates)
     return importance_resample(-energies / temperature, generator)
 
 

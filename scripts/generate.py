@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-
 from agents.common.checkpoint import load_policy
 from agents.common.cli import check_number, check_output_path, parse_flags, run_cli
 from agents.generation import generate_texts
