@@ -250,6 +250,30 @@ class Task:
             raise ValueError(f"task {self.name!r} has no validity checker")
         return bool(self.validity(text))
 
+    @property
+    def corpus_hash(self) -> str:
+        """SHA-256 (hex, 64 characters) of the task's texts: the corpus identity.
+
+        Hashes every split in the order ``train``, ``valid``, ``test``; each
+        text (and, for a paired task, its prompt) is length-prefixed, so no
+        two different corpora give the same bytes. Two tasks with the same
+        name built on different Python versions (``python-lines`` reads the
+        running interpreter's standard library) differ here. Cached.
+
+        :raises MissingTaskDataError: for a task rebuilt without its corpus.
+        """
+        if "corpus_hash" not in self._encoded:
+            h = hashlib.sha256()
+            for s in SPLITS:
+                prompts = self.split_prompts[s] if self.split_prompts is not None else [None] * len(self.splits[s])
+                h.update(f"split {s} {len(self.splits[s])}\n".encode("utf-8"))
+                for text, prompt in zip(self.splits[s], prompts):
+                    for part in ([] if prompt is None else [prompt]) + [text]:
+                        b = part.encode("utf-8")
+                        h.update(len(b).to_bytes(8, "big") + b)
+            self._encoded["corpus_hash"] = h.hexdigest()
+        return self._encoded["corpus_hash"]
+
     def spec(self) -> dict:
         """JSON-able identity stored in checkpoints; :func:`make_task` of it rebuilds the task.
 

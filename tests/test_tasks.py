@@ -253,3 +253,18 @@ def test_oracle_task_and_errors():
     b = oracle_hmm(num_train=50, num_eval=10)
     assert a.splits == b.splits and len(set(a.splits["train"])) > 10
     assert math.isclose(a.oracle.log_z, task.oracle.log_z)
+
+
+def test_corpus_hash_identifies_the_texts():
+    from seqenv.tasks import Task
+    from seqenv.tokenizers import CharTokenizer
+
+    tok = CharTokenizer("abc")
+    base = dict(name="t", tokenizer=tok, max_length=8)
+    a = Task(splits={"train": ["ab", "c"], "valid": ["a"], "test": ["b"]}, **base)
+    same = Task(splits={"train": ["ab", "c"], "valid": ["a"], "test": ["b"]}, **base)
+    moved = Task(splits={"train": ["a", "bc"], "valid": ["a"], "test": ["b"]}, **base)  # same characters, other texts
+    resplit = Task(splits={"train": ["ab"], "valid": ["c", "a"], "test": ["b"]}, **base)
+    assert len(a.corpus_hash) == 64 and a.corpus_hash == same.corpus_hash
+    assert a.corpus_hash != moved.corpus_hash
+    assert a.corpus_hash != resplit.corpus_hash
