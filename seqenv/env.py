@@ -63,7 +63,7 @@ def resolve_config(
 
     :raises ValueError: unknown task, ``max_length < 1``, ``max_episode_steps
         < 1``, unknown reward or reward mode, ``reward="oracle"`` without an
-        oracle, a bad or too long prompt, an unknown render mode, a
+        oracle, ``reward="validity"`` without a checker, a bad or too long prompt, an unknown render mode, a
         ``tokenizer`` given with a ``Task`` instance.
     """
     if tokenizer is not None:
@@ -285,7 +285,11 @@ class SeqGenEnv(gym.Env):
 
     ``reward="none"`` (default): 0 on every step (pure imitation learning).
     ``reward="oracle"`` (oracle tasks only): the oracle's log-likelihood in
-    nats; ``reward=fn`` with ``fn(tokens: LongTensor[B, L], lengths:
+    nats; ``reward="validity"`` (tasks with a checker): a verifiable reward,
+    1 when the task's checker accepts the final text (prompt + completion;
+    ``arithmetic``: the exact answer) and 0 otherwise, paid only on the
+    ``eos`` step (truncated episodes earn 0, in either reward mode);
+    ``reward=fn`` with ``fn(tokens: LongTensor[B, L], lengths:
     LongTensor[B]) -> FloatTensor[B]``: any batched state score (a learned
     critic, a validity check...). ``reward_mode="terminal"`` (default) pays
     the score of the final sequence on the ``eos`` step (oracle: ``log p(x,
@@ -330,7 +334,7 @@ class SeqGenEnv(gym.Env):
     | `task`              | `str` or `Task`   | `"python-lines"` | `python-lines`, `pydoc-text`, `oracle-hmm`, ...   |
     | `max_length`        | `int` or `None`   | `None`           | most tokens in a state; `None`: the task's        |
     | `max_episode_steps` | `int` or `None`   | `None`           | step limit; `None`: `2 * max_length` (see below)  |
-    | `reward`            | `str` or callable | `"none"`         | `"none"`, `"oracle"` or `fn(tokens, lengths)`     |
+    | `reward`            | `str` or callable | `"none"`         | `"none"`, `"oracle"`, `"validity"` or `fn(tokens, lengths)` |
     | `reward_mode`       | `str`             | `"terminal"`     | `"terminal"` or `"step"`                          |
     | `prompts`           | `list` or `None`  | `None`           | prompt texts; `None`: `task.prompts`              |
     | `render_mode`       | `str` or `None`   | `None`           | `"ansi"`: `render()` returns text with a cursor   |
@@ -358,8 +362,8 @@ class SeqGenEnv(gym.Env):
     ## Version History
 
     * v0: Initial version. Later additions, all off by default (no change to
-      existing behaviour): the ``mask_in_observation`` argument and, for the
-      vector env, ``autoreset_mode``.
+      existing behaviour): the ``mask_in_observation`` argument,
+      ``reward="validity"`` and, for the vector env, ``autoreset_mode``.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}

@@ -17,6 +17,8 @@ where ``tokens[b, :lengths[b]]`` is state ``b`` (prompt + generated tokens,
 =====================  =====================================  ==================================
 ``"none"`` (default)   no score: every reward is ``0.0``      --
 ``"oracle"``           ``log p(s, eos)`` (nats)               ``log P(s is a prefix)`` (nats)
+``"validity"``         1 if the task's checker accepts the    ``0`` (no prefix credit)
+                       state's text, else 0
 callable ``fn``        ``fn(tokens, lengths)``                ``fn(tokens, lengths)``
 =====================  =====================================  ==================================
 
@@ -34,6 +36,15 @@ callable ``fn``        ``fn(tokens, lengths)``                ``fn(tokens, lengt
   ``potential(s_T) - potential(s_0)`` when it is truncated. ``potential(s_0)``
   is ``0`` for the oracle on an unconditional task (empty start), so there both
   modes give the same return, ``log p(x, eos)``, on terminated episodes.
+
+``"validity"`` is a *verifiable* reward (the RL-with-verifiable-rewards setting
+of GRPO, Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300): the finished
+state's text -- prompt and completion, ``tokenizer.decode(tokens[:length])`` --
+goes to the task's checker (:meth:`seqenv.tasks.Task.is_valid`; ``arithmetic``:
+the exact answer, ``python-lines``: ``ast.parse``), as the evaluation's
+``validity`` does. It is paid only on the ``eos`` step: a truncated episode
+earns 0 in both modes (its potential is 0, so ``"step"`` pays the same rewards
+as ``"terminal"``).
 
 The oracle score is clamped below at :data:`ORACLE_LOG_PROB_FLOOR` nats, so
 sequences the oracle cannot produce (the empty sequence, non-oracle tokens such
@@ -56,7 +67,7 @@ import torch
 
 from .tokenizers import NUM_SPECIAL
 
-REWARD_NAMES = ("none", "oracle")
+REWARD_NAMES = ("none", "oracle", "validity")
 REWARD_MODES = ("terminal", "step")
 ORACLE_LOG_PROB_FLOOR = -1000.0  # nats; see the module docstring
 
@@ -153,15 +164,46 @@ class OracleScore(StateScore):
         return self._finish(self.oracle.prefix_log_prob(clean, lengths), valid)
 
 
+class ValidityScore(StateScore):
+    """1.0 when the task's validity checker accepts the state's text, else 0.0 (a verifiable reward).
+
+    ``terminal(s) = float(task.is_valid(decode(s)))`` with ``decode(s)`` the
+    whole state (prompt + generated tokens) as text; ``potential(s) = 0``, so
+    the reward is paid on the ``eos`` step only in either reward mode. The
+    checker runs in Python on the host, one text per row (a host copy of the
+    states on accelerators).
+
+    :param task: a :class:`~seqenv.tasks.Task` with a ``validity`` checker.
+    :raises ValueError: if the task has no checker.
+    """
+
+    def __init__(self, task):
+        if getattr(task, "validity", None) is None:
+            raise ValueError(f"reward='validity' needs a task with a validity checker; task {task.name!r} has none "
+                             "(tasks with one: 'python-lines', 'pydoc-text', 'arithmetic')")
+        self.task = task
+
+    host_checker = True  # step_rewards scores only the rows that emitted eos
+
+    def terminal(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        decode = self.task.tokenizer.decode
+        rows, lens = tokens.tolist(), lengths.tolist()
+        ok = [self.task.is_valid(decode(row[:n])) for row, n in zip(rows, lens)]
+        return torch.tensor(ok, dtype=torch.float64, device=lengths.device)
+
+    def potential(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(lengths.shape, dtype=torch.float64, device=lengths.device)
+
+
 def make_score(reward: Union[str, ScoreFn, StateScore, None], task) -> Optional[StateScore]:
     """Turn the env's ``reward=`` argument into a :class:`StateScore`.
 
-    :param reward: ``"none"`` (or ``None``), ``"oracle"``, a callable
+    :param reward: ``"none"`` (or ``None``), ``"oracle"``, ``"validity"``, a callable
         ``fn(tokens, lengths) -> FloatTensor[B]``, or a :class:`StateScore`.
     :param task: the env's :class:`~seqenv.tasks.Task` (for its oracle).
     :return: ``None`` for ``"none"`` (all rewards are 0).
-    :raises ValueError: on an unknown name, or ``"oracle"`` for a task without
-        an oracle.
+    :raises ValueError: on an unknown name, ``"oracle"`` for a task without
+        an oracle, or ``"validity"`` for a task without a validity checker.
     """
     if reward is None or (isinstance(reward, str) and reward == "none"):
         return None
@@ -175,6 +217,8 @@ def make_score(reward: Union[str, ScoreFn, StateScore, None], task) -> Optional[
                     f"(oracle tasks: 'oracle-hmm')"
                 )
             return OracleScore(task.oracle)
+        if reward == "validity":
+            return ValidityScore(task)
         raise ValueError(f"unknown reward {reward!r}; expected one of {REWARD_NAMES} or a callable fn(tokens, lengths)")
     if callable(reward):
         return CallableScore(reward)
@@ -209,6 +253,12 @@ def step_rewards(
         Formulas in the module docstring.
     """
     if reward_mode == "terminal":
+        if getattr(score, "host_checker", False):  # score only the rows that ended (a Python call per row)
+            reward = torch.zeros(lengths.shape, dtype=torch.float64, device=lengths.device)
+            rows = terminated.nonzero().squeeze(1)
+            if len(rows):
+                reward[rows] = score.terminal(tokens[rows], lengths[rows])
+            return reward, None
         return torch.where(terminated, score.terminal(tokens, lengths), 0.0), None
     potential_after = score.potential(tokens, lengths)
     shaped = potential_after - potential_before
