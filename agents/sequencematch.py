@@ -104,6 +104,7 @@ with logits ``[:, i-1]`` and leads to the state with logits ``[:, i]``.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -116,7 +117,7 @@ from .common.evaluation import backspace_rate, validity_rate
 from .common.learner import LearnerContext, register_learner
 from .common.rollout import OnlineSampler
 from .common.trajectory import TrajectoryBatch, collate, wrong_token_mask
-from .mle import backspace_actions
+from .mle import backspace_actions, mle_loss
 
 DIVERGENCES = ("chi2_mixture", "kl", "js")
 
@@ -173,6 +174,38 @@ class SequenceMatchConfig:
     :param model_batch_ratio: model episodes per data sequence in a step
         (1.0 = IQ-Learn's 50/50).
     :param rollout_temperature: sampling temperature of the rollouts.
+    :param estimator: how the loss weighs transitions. ``"trajectory"`` (the
+        default): per-sequence discounted sums ``Σ γ^i (·)`` with the absorbing
+        state's closed-form tail ``γ^N/(1 − γ)`` (module docstring).
+        ``"transition"`` [recon: IQ-Learn's online estimator, uniform
+        transition sampling from the replay; absorbing state as in LS-IQ,
+        Al-Hafez et al. ICLR 2023, §4.2: the absorbing self-loop is one more
+        transition of the sample]: every term is a mean over transitions with
+        weight 1 (no ``γ^i``, no ``1/(1 − γ)`` tail); a terminated episode
+        contributes its actions plus one self-loop transition ``s_⊥ → s_⊥``
+        with reward ``(1 − γ) V_⊥`` and value difference ``(1 − γ) V_⊥``.
+    :param model_samples: where the model half of the batch comes from.
+        ``"buffer"`` (the default): drawn uniformly from the buffer of past
+        rollouts (they lag the policy by up to ``buffer_size /
+        rollout_batch_size · refresh_every`` steps). ``"fresh"`` [recon, after
+        IQ-Learn's ``regularize``, which samples the policy's action afresh
+        at the batch's states]: a new rollout of the current policy every
+        step, on the data batch's prompts (an unconditional task: from
+        ``bos``), so the value terms of the two halves start from the same
+        states; the buffer is not used.
+    :param bc_warmup_steps: the paper's warm start [paper: "we first train with
+        BC, then with a convex combination"; k is recon]: for the first ``k``
+        optimiser steps of the run the loss is the BC term alone (MLE +
+        backspace on the same augmented batch, no model samples), then the
+        ``mix`` combination.
+    :param diagnostics_every: every this many steps (at steps ``s`` with
+        ``(s + 1) % diagnostics_every == 0``, which the trainer logs when it
+        is a multiple of ``--log-every``) differentiate each loss term
+        separately and log ``diag/grad_norm/<term>``, ``diag/cos_mle/<term>``
+        (cosine with the MLE + backspace gradient of the same batch),
+        the logit scale, ``|r|``, the policy entropy and the buffer's age
+        (:func:`gradient_diagnostics`). One extra backward pass per term on
+        those steps; 0 = off.
     :raises ValueError: naming the bad field and value.
     """
 
@@ -192,6 +225,10 @@ class SequenceMatchConfig:
     rollout_batch_size: int = 128
     model_batch_ratio: float = 1.0
     rollout_temperature: float = 1.0
+    estimator: Literal["trajectory", "transition"] = "trajectory"
+    model_samples: Literal["buffer", "fresh"] = "buffer"
+    bc_warmup_steps: int = 0
+    diagnostics_every: int = 100
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and self.alpha > 0):
@@ -221,6 +258,16 @@ class SequenceMatchConfig:
             raise ValueError(f"SequenceMatchConfig.eta must be in [0, 1] with mix='convex', got {self.eta!r}")
         if self.normalize not in ("sequence", "token"):
             raise ValueError(f"SequenceMatchConfig.normalize must be 'sequence' or 'token', got {self.normalize!r}")
+        if self.estimator not in ("trajectory", "transition"):
+            raise ValueError(
+                f"SequenceMatchConfig.estimator must be 'trajectory' or 'transition', got {self.estimator!r}")
+        if self.model_samples not in ("buffer", "fresh"):
+            raise ValueError(
+                f"SequenceMatchConfig.model_samples must be 'buffer' or 'fresh', got {self.model_samples!r}")
+        for name in ("bc_warmup_steps", "diagnostics_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"SequenceMatchConfig.{name} must be an integer >= 0, got {v!r}")
         if not self.model_batch_ratio > 0 or not self.rollout_temperature > 0:
             raise ValueError(
                 f"SequenceMatchConfig.model_batch_ratio and rollout_temperature must be > 0, got "
@@ -387,24 +434,37 @@ def _check_logits(logits: torch.Tensor, batch: TrajectoryBatch) -> None:
 
 
 def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: SequenceMatchConfig,
-                        reward_mask: torch.Tensor | None = None) -> dict:
-    """Per-sequence discounted sums of the loss ingredients (FloatTensor[B] unless noted).
+                        reward_mask: torch.Tensor | None = None,
+                        wrong_mask: torch.Tensor | None = None) -> dict:
+    """Per-sequence weighted sums of the loss ingredients (FloatTensor[B] unless noted).
 
-    Keys: ``phi`` = Σ w φ(r), ``r`` = Σ w r (both over ``reward_mask``, default
-    every action), ``r2`` = Σ w r², ``value`` =
-    Σ w (V(u_i) - γ V(u_{i+1})); ``tail_phi``, ``tail_r``, ``tail_r2``,
-    ``tail_value``: the same for the absorbing state's tail (0 when truncated);
-    ``v0`` = V(s_0); ``ce`` = V(u_i) - Q(u_i, a_i) = -log π(a_i|u_i) per
-    position (FloatTensor[B, T], 0 off actions; for BC);
-    ``r_mean_sum`` = Σ r (undiscounted, for metrics).
+    Weights: ``w_i = γ^i`` and the tail factor ``γ^N/(1 − γ)`` for
+    ``cfg.estimator="trajectory"``; ``w_i = 1`` and one self-loop transition
+    (factor 1) for ``"transition"``.
+
+    Keys: ``phi`` = Σ w φ(r), ``r`` = Σ w r (both over ``reward_mask`` minus
+    ``wrong_mask``, default every action), ``phi_wrong``, ``r_wrong``: the same
+    over ``reward_mask ∩ wrong_mask`` (0 without ``wrong_mask``); ``r2`` = Σ w r²,
+    ``value`` = Σ w (V(u_i) - γ V(u_{i+1})); ``tail_phi``, ``tail_r``,
+    ``tail_r2``, ``tail_value``: the same for the absorbing state (0 when
+    truncated); ``count``: transitions of the row (actions, plus the self-loop
+    when terminated; for the ``"transition"`` means); ``v0`` = V(s_0);
+    ``ce`` = V(u_i) - Q(u_i, a_i) = -log π(a_i|u_i) per position
+    (FloatTensor[B, T], 0 off actions; for BC); ``r_mean_sum`` = Σ r
+    (undiscounted, for metrics).
     """
     _check_logits(logits, batch)
     g = cfg.gamma
     v = soft_values(logits)
     q = soft_q_of_actions(logits, batch)
     r, mask = implicit_rewards(logits, batch, g, values=v)
-    w = discount_weights(batch, g)
+    if cfg.estimator == "trajectory":
+        w = discount_weights(batch, g)
+    else:
+        w = mask.float()
     rmask = mask if reward_mask is None else reward_mask & mask
+    wmask = torch.zeros_like(rmask) if wrong_mask is None else rmask & wrong_mask
+    rmask = rmask & ~wmask
     v_state = torch.where(mask, _shift_right(v), torch.zeros_like(v))  # V(u_i)
     v_next = torch.where(mask, v, torch.zeros_like(v))  # V(u_{i+1})
 
@@ -413,20 +473,140 @@ def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: Seque
     zero = torch.zeros_like(v[:, 0])
     v_abs = absorbing_values(logits, batch, values=v)
     r_abs = (1 - g) * v_abs  # self-loop implicit reward r_⊥ = V_⊥ - γ V_⊥
+    if cfg.estimator == "trajectory":
+        def tail(f):
+            return torch.where(done, absorbing_tail(f, n, g), zero)
+    else:
+        def tail(f):
+            return torch.where(done, f, zero)
     first = batch.first_action_index()
+    phi_r = phi(r, cfg)
     return {
-        "phi": (w * torch.where(rmask, phi(r, cfg), torch.zeros_like(r))).sum(1),
+        "phi": (w * torch.where(rmask, phi_r, torch.zeros_like(r))).sum(1),
         "r": (w * torch.where(rmask, r, torch.zeros_like(r))).sum(1),
+        "phi_wrong": (w * torch.where(wmask, phi_r, torch.zeros_like(r))).sum(1),
+        "r_wrong": (w * torch.where(wmask, r, torch.zeros_like(r))).sum(1),
         "r2": (w * r.square()).sum(1),
         "value": (w * (v_state - g * v_next)).sum(1),
-        "tail_phi": torch.where(done, absorbing_tail(phi(r_abs, cfg), n, g), zero),
-        "tail_r": torch.where(done, absorbing_tail(r_abs, n, g), zero),
-        "tail_r2": torch.where(done, absorbing_tail(r_abs.square(), n, g), zero),
-        "tail_value": torch.where(done, absorbing_tail((1 - g) * v_abs, n, g), zero),
+        "tail_phi": tail(phi(r_abs, cfg)),
+        "tail_r": tail(r_abs),
+        "tail_r2": tail(r_abs.square()),
+        "tail_value": tail((1 - g) * v_abs),
+        "count": (n + done.long()).float(),
         "v0": v.gather(1, (first - 1)[:, None]).squeeze(1),
         "ce": torch.where(mask, v_state - q, torch.zeros_like(q)),
         "r_mean_sum": r.sum(1),
     }
+
+
+#: The components of :func:`sequencematch_terms`, in the order the diagnostics log them.
+TERMS = ("reward_data", "reward_wrong", "chi2_data", "chi2_model", "tail_reward", "tail_chi2", "value", "tail_value",
+         "bc")
+
+
+def sequencematch_terms(
+    logits_data: torch.Tensor,
+    data: TrajectoryBatch,
+    logits_model: torch.Tensor,
+    model: TrajectoryBatch,
+    cfg: SequenceMatchConfig,
+    bc_mask: torch.Tensor | None = None,
+    reward_mask: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The SequenceMatch loss split into its terms, each already scaled so that they sum to the loss.
+
+    Keys (:data:`TERMS`; scalar float32 tensors, nats): ``reward_data``
+    (``−E_data[Σ w r]`` over the demonstrated actions, wrong tokens excluded;
+    ``−E_data[Σ w φ(r)]`` for ``kl``/``js``), ``reward_wrong`` (the same over
+    the injected wrong tokens of ``reward_mask``: 0 unless
+    ``imitate_wrong_tokens``), ``chi2_data`` / ``chi2_model`` (the r² penalty
+    on each half; 0 for ``kl``/``js``), ``tail_reward`` (the absorbing tail of
+    the data reward term), ``tail_chi2`` (the tails of both r² penalties),
+    ``value`` (``E_{data ∪ model}[Σ w (V(u_i) − γ V(u_{i+1}))]``),
+    ``tail_value`` (its absorbing tail) and ``bc`` (η·BC, or (1 − η)·BC with
+    ``mix="convex"``). The SequenceMatch terms carry the ``normalize="token"``
+    factor and, with ``mix="convex"``, the factor η. The wrong tokens are the
+    data actions outside ``bc_mask`` (default: none).
+
+    ``E`` is the mean over sequences of the per-sequence sums for
+    ``cfg.estimator="trajectory"``, and the total over the batch divided by
+    its number of transitions (self-loops included) for ``"transition"``.
+
+    Arguments, errors and the metrics: as :func:`sequencematch_loss`.
+    """
+    if logits_data.shape[-1:] != logits_model.shape[-1:]:
+        raise ValueError(
+            f"logits_data and logits_model must share the vocabulary size, "
+            f"got {logits_data.shape[-1]} and {logits_model.shape[-1]}"
+        )
+    if bc_mask is None:
+        bc_mask = data.is_action
+    bad_shape = bc_mask.shape != data.is_action.shape or bc_mask.dtype != torch.bool
+    if bad_shape or (bc_mask & ~data.is_action).any():
+        raise ValueError(
+            f"bc_mask must be a BoolTensor of shape {tuple(data.is_action.shape)} that is True only "
+            f"at data actions, got {bc_mask.dtype} {tuple(bc_mask.shape)}"
+        )
+    d = _per_sequence_terms(logits_data, data, cfg, reward_mask, wrong_mask=data.is_action & ~bc_mask)
+    m = _per_sequence_terms(logits_model, model, cfg)
+    inv4a = 1.0 / (4 * cfg.alpha)
+    inv4a_model = 1.0 / (4 * (cfg.alpha if cfg.alpha_model is None else cfg.alpha_model))
+    if cfg.estimator == "trajectory":
+        def e_d(x):
+            return x.mean()
+
+        def e_m(x):
+            return x.mean()
+
+        def e_dm(x, y):
+            return torch.cat([x, y]).mean()
+    else:  # uniform over transitions
+        n_d, n_m = d["count"].sum().clamp(min=1), m["count"].sum().clamp(min=1)
+
+        def e_d(x):
+            return x.sum() / n_d
+
+        def e_m(x):
+            return x.sum() / n_m
+
+        def e_dm(x, y):
+            return (x.sum() + y.sum()) / (n_d + n_m)
+
+    zero = torch.zeros((), device=logits_data.device)
+    if cfg.divergence == "chi2_mixture":
+        terms = {"reward_data": -e_d(d["r"]), "reward_wrong": -e_d(d["r_wrong"]),
+                 "chi2_data": inv4a * e_d(d["r2"]), "chi2_model": inv4a_model * e_m(m["r2"]),
+                 "tail_reward": -e_d(d["tail_r"]),
+                 "tail_chi2": inv4a * e_d(d["tail_r2"]) + inv4a_model * e_m(m["tail_r2"])}
+    else:
+        terms = {"reward_data": -e_d(d["phi"]), "reward_wrong": -e_d(d["phi_wrong"]), "chi2_data": zero,
+                 "chi2_model": zero, "tail_reward": -e_d(d["tail_phi"]), "tail_chi2": zero}
+    terms["value"] = e_dm(d["value"], m["value"])
+    terms["tail_value"] = e_dm(d["tail_value"], m["tail_value"])
+    bc = torch.where(bc_mask, d["ce"], torch.zeros_like(d["ce"])).sum() / bc_mask.sum().clamp(min=1)
+
+    sm_raw = {k: terms[k] for k in TERMS[:-1]}
+    sm_scale = 1.0
+    if cfg.normalize == "token":  # per-sequence sums -> MLE's per-token scale [recon]
+        sm_scale = 1.0 / data.num_actions.float().mean()
+    mix_sm, mix_bc = (cfg.eta, 1 - cfg.eta) if cfg.mix == "convex" else (1.0, cfg.eta)
+    out = {k: t * sm_scale * mix_sm for k, t in sm_raw.items()}
+    out["bc"] = mix_bc * bc
+    sm = sum(sm_raw.values()) * sm_scale
+
+    metrics = {
+        "loss/reward_data": (terms["reward_data"] + terms["reward_wrong"]).item(),
+        "loss/chi2_penalty": (terms["chi2_data"] + terms["chi2_model"]).item(),
+        "loss/value": terms["value"].item(),
+        "loss/terminal": (terms["tail_reward"] + terms["tail_chi2"] + terms["tail_value"]).item(),
+        "loss/bc": bc.item(),
+        "loss/sm": sm.item(),
+        "loss/total": sum(out.values()).item(),
+        "reward/data_mean": (d["r_mean_sum"].sum() / data.num_actions.sum()).item(),
+        "reward/model_mean": (m["r_mean_sum"].sum() / model.num_actions.sum()).item(),
+        "value/v0": d["v0"].mean().item(),
+    }
+    return out, metrics
 
 
 def sequencematch_loss(
@@ -449,7 +629,7 @@ def sequencematch_loss(
     ``terminal`` holds the absorbing state's tails of the same terms [recon].
     Minimise ``L`` with respect to the policy parameters (gradients flow
     through both logits tensors; model samples need no gradient of their
-    sampling).
+    sampling). ``L`` is the sum of :func:`sequencematch_terms`.
 
     :param logits_data: FloatTensor[B_d, T_d, V], policy output on ``data``.
     :param data: demonstrations (possibly backspace-augmented).
@@ -479,58 +659,100 @@ def sequencematch_loss(
         two logits tensors have different vocabulary sizes, or ``bc_mask`` is
         not a BoolTensor of ``data``'s shape inside ``data.is_action``.
     """
-    if logits_data.shape[-1:] != logits_model.shape[-1:]:
-        raise ValueError(
-            f"logits_data and logits_model must share the vocabulary size, "
-            f"got {logits_data.shape[-1]} and {logits_model.shape[-1]}"
-        )
-    if bc_mask is None:
-        bc_mask = data.is_action
-    bad_shape = bc_mask.shape != data.is_action.shape or bc_mask.dtype != torch.bool
-    if bad_shape or (bc_mask & ~data.is_action).any():
-        raise ValueError(
-            f"bc_mask must be a BoolTensor of shape {tuple(data.is_action.shape)} that is True only "
-            f"at data actions, got {bc_mask.dtype} {tuple(bc_mask.shape)}"
-        )
-    d = _per_sequence_terms(logits_data, data, cfg, reward_mask)
-    m = _per_sequence_terms(logits_model, model, cfg)
-    inv4a = 1.0 / (4 * cfg.alpha)
-    inv4a_model = 1.0 / (4 * (cfg.alpha if cfg.alpha_model is None else cfg.alpha_model))
+    terms, metrics = sequencematch_terms(logits_data, data, logits_model, model, cfg, bc_mask, reward_mask)
+    return sum(terms.values()), metrics
 
-    if cfg.divergence == "chi2_mixture":
-        reward_data = -d["r"].mean()
-        chi2_penalty = inv4a * d["r2"].mean() + inv4a_model * m["r2"].mean()
-        terminal = -d["tail_r"].mean() + inv4a * d["tail_r2"].mean() + inv4a_model * m["tail_r2"].mean()
-    else:
-        reward_data = -d["phi"].mean()
-        chi2_penalty = torch.zeros((), device=reward_data.device)
-        terminal = -d["tail_phi"].mean()
-    value = torch.cat([d["value"], m["value"]]).mean()
-    terminal = terminal + torch.cat([d["tail_value"], m["tail_value"]]).mean()
-    bc = torch.where(bc_mask, d["ce"], torch.zeros_like(d["ce"])).sum() / bc_mask.sum().clamp(min=1)
 
-    sm = reward_data + chi2_penalty + value + terminal
-    if cfg.normalize == "token":  # per-sequence sums -> MLE's per-token scale [recon]
-        sm = sm / data.num_actions.float().mean()
-    loss = (1 - cfg.eta) * bc + cfg.eta * sm if cfg.mix == "convex" else sm + cfg.eta * bc
+def per_term_gradients(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The gradient of each term with respect to ``params``, flattened.
 
-    metrics = {
-        "loss/reward_data": reward_data.item(),
-        "loss/chi2_penalty": chi2_penalty.item(),
-        "loss/value": value.item(),
-        "loss/terminal": terminal.item(),
-        "loss/bc": bc.item(),
-        "loss/sm": sm.item(),
-        "loss/total": loss.item(),
-        "reward/data_mean": (d["r_mean_sum"].sum() / data.num_actions.sum()).item(),
-        "reward/model_mean": (m["r_mean_sum"].sum() / model.num_actions.sum()).item(),
-        "value/v0": d["v0"].mean().item(),
-    }
-    return loss, metrics
+    :param terms: name -> scalar tensor (those without a graph get a zero gradient).
+    :param params: the parameters (all of the same dtype and device).
+    :return: name -> FloatTensor[P] (P = total number of parameters); the
+        graph is retained, so the caller can still backpropagate the sum.
+    """
+    out = {}
+    for name, t in terms.items():
+        if not t.requires_grad:
+            out[name] = torch.cat([torch.zeros_like(p).flatten() for p in params])
+            continue
+        grads = torch.autograd.grad(t, params, retain_graph=True, allow_unused=True)
+        out[name] = torch.cat([(torch.zeros_like(p) if gr is None else gr).flatten() for p, gr in zip(params, grads)])
+    return out
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = a.norm(), b.norm()
+    return float((a @ b) / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+def gradient_diagnostics(terms: dict[str, torch.Tensor], reference: torch.Tensor,
+                         params: list[torch.nn.Parameter]) -> dict[str, float]:
+    """Where the gradient goes: each term's gradient norm and its cosine with a reference gradient.
+
+    :param terms: name -> scalar tensor whose sum is the loss
+        (:func:`sequencematch_terms`).
+    :param reference: scalar tensor, the reference loss (the learner passes
+        the MLE + backspace cross-entropy of the same augmented batch: the
+        BC term before its weight).
+    :param params: the trained parameters.
+    :return: ``diag/grad_norm/<term>`` and ``diag/cos_mle/<term>`` for every
+        term, ``total`` (the sum of the terms' gradients = the loss's
+        gradient, before clipping) and ``mle_backspace`` (the reference).
+    """
+    grads = per_term_gradients({**terms, "mle_backspace": reference}, params)
+    ref = grads.pop("mle_backspace")
+    grads["total"] = torch.stack(list(grads.values())).sum(0)
+    out = {"diag/grad_norm/mle_backspace": float(ref.norm())}
+    for name, gr in grads.items():
+        out[f"diag/grad_norm/{name}"] = float(gr.norm())
+        out[f"diag/cos_mle/{name}"] = _cos(gr, ref)
+    return out
+
+
+def logit_diagnostics(logits: torch.Tensor, batch: TrajectoryBatch, cfg: SequenceMatchConfig, prefix: str) -> dict:
+    """Logit scale, implicit-reward scale and policy entropy at a batch's action states (floats, nats).
+
+    :return: ``diag/<prefix>_logit_abs`` (mean |l| over the vocabulary),
+        ``diag/<prefix>_reward_abs`` (mean |r|), ``diag/<prefix>_entropy``
+        (mean entropy of π(·|u_i)), ``diag/<prefix>_value`` (mean V(u_i)),
+        each over the states the batch's actions are taken in.
+    """
+    with torch.no_grad():
+        # the state of the action at index i has its logits at index i - 1
+        states = torch.zeros_like(batch.is_action)
+        states[:, :-1] = batch.is_action[:, 1:]
+        lg = logits[states].float()  # [K, V]
+        logp = torch.log_softmax(lg, -1)
+        r, mask = implicit_rewards(logits, batch, cfg.gamma)
+        return {f"diag/{prefix}_logit_abs": float(lg.abs().mean()),
+                f"diag/{prefix}_reward_abs": float(r[mask].abs().mean()),
+                f"diag/{prefix}_entropy": float(-(logp.exp() * logp).sum(-1).mean()),
+                f"diag/{prefix}_value": float(torch.logsumexp(lg, -1).mean())}
 
 
 # ----------------------------------------------------------------------------
 # The online learner: demonstrations with backspaces + a buffer of model samples
+
+
+class PromptedReset:
+    """A vector env whose ``reset`` starts every row on the prompts set in ``.prompts`` (``None``: its own draw).
+
+    Lets :class:`~agents.common.rollout.OnlineSampler` roll out on given
+    prompts (``model_samples="fresh"``); every other attribute is the env's.
+    """
+
+    def __init__(self, venv):
+        self.venv, self.prompts = venv, None
+
+    def reset(self, *, seed=None, options=None):
+        options = dict(options or {})
+        if self.prompts is not None:
+            options["prompt"] = list(self.prompts)
+        return self.venv.reset(seed=seed, options=options or None)
+
+    def __getattr__(self, name):
+        return getattr(self.venv, name)
 
 
 @register_learner
@@ -571,6 +793,12 @@ class SequenceMatchLearner:
                                      ctx.generators["sample"], temperature=cfg.rollout_temperature)
         self.buffer: list[tuple[list[int], list[int]]] = []  # (prompt, actions)
         self.born: list[int] = []  # step each buffered episode was generated at
+        self.fresh_sampler = None
+        if cfg.model_samples == "fresh":
+            self.fresh_sampler = OnlineSampler(ctx.task, self.model_batch_size, ctx.device, ctx.generators["noise"],
+                                               ctx.generators["sample"], temperature=cfg.rollout_temperature)
+            self.fresh_sampler.venv = PromptedReset(self.fresh_sampler.venv)
+        self.diag_seconds = 0.0  # wall seconds spent in the diagnostics (benchmarks subtract them)
 
     def parameters(self):
         return self.model.parameters()
@@ -592,13 +820,33 @@ class SequenceMatchLearner:
             out["rollout/validity"] = validity
         return out
 
+    def _fresh_batch(self, demos: Demos) -> tuple[list[list[int]], list[list[int]]]:
+        """``model_batch_size`` episodes of the current policy on the data batch's prompts (cycled)."""
+        tok = self.task.tokenizer
+        if self.task.prompts is not None or self.task.split_prompts is not None:
+            texts = [tok.decode(demos.prompts[i % len(demos.prompts)]) for i in range(self.model_batch_size)]
+            self.fresh_sampler.venv.prompts = texts
+        res = self.fresh_sampler.sample(self.model)
+        return res.prompts(), res.action_lists()
+
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
         metrics: dict = {}
-        if step % self.cfg.refresh_every == 0 or not self.buffer:
-            metrics.update(self.refresh(step))
         actions = backspace_actions(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
-        idx = torch.randint(len(self.buffer), (self.model_batch_size,), generator=self.noise_gen).tolist()
-        prompts, acts = zip(*(self.buffer[i] for i in idx))
+        if step < self.cfg.bc_warmup_steps:  # the paper's warm start: BC (= MLE + backspace) alone
+            data = collate(actions, demos.prompts, device=self.device, ids=demos.ids)
+            bc_mask = data.is_action & ~wrong_token_mask(data)
+            loss = mle_loss(self.model(data.tokens), data, bc_mask)
+            return loss, {"loss/bc": loss.item(), "loss/total": loss.item(),
+                          "train/tokens": int(data.is_action.sum())}
+        if self.cfg.model_samples == "fresh":
+            prompts, acts = self._fresh_batch(demos)
+            age = [0.0]
+        else:
+            if step % self.cfg.refresh_every == 0 or not self.buffer:
+                metrics.update(self.refresh(step))
+            idx = torch.randint(len(self.buffer), (self.model_batch_size,), generator=self.noise_gen).tolist()
+            prompts, acts = zip(*(self.buffer[i] for i in idx))
+            age = [step - self.born[i] for i in idx]
         width = max(1 + len(p) + len(a) for p, a in [*zip(demos.prompts, actions), *zip(prompts, acts)])
         data = collate(actions, demos.prompts, device=self.device, width=width, ids=demos.ids)
         sampled = collate(list(acts), list(prompts), device=self.device, width=width, ids=demos.ids)
@@ -606,10 +854,20 @@ class SequenceMatchLearner:
         B = data.tokens.shape[0]
         bc_mask = data.is_action & ~wrong_token_mask(data)
         reward_mask = None if self.cfg.imitate_wrong_tokens else bc_mask
-        loss, m = sequencematch_loss(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask,
-                                     reward_mask=reward_mask)
+        terms, m = sequencematch_terms(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask,
+                                       reward_mask=reward_mask)
+        loss = sum(terms.values())
         metrics.update(m)
-        metrics["buffer/age"] = step - sum(self.born[i] for i in idx) / len(idx)
+        every = self.cfg.diagnostics_every
+        if every and (step + 1) % every == 0:  # logged by the trainer when every is a multiple of --log-every
+            t0 = time.perf_counter()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            metrics.update(gradient_diagnostics(terms, mle_loss(logits[:B], data, bc_mask), params))
+            metrics.update(logit_diagnostics(logits[:B], data, self.cfg, "data"))
+            metrics.update(logit_diagnostics(logits[B:], sampled, self.cfg, "model"))
+            metrics["diag/buffer_age_max"] = float(max(age))
+            self.diag_seconds += time.perf_counter() - t0
+        metrics["buffer/age"] = sum(age) / len(age)
         metrics["buffer/size"] = len(self.buffer)
         metrics["train/tokens"] = int(data.is_action.sum() + sampled.is_action.sum())
         return loss, metrics

@@ -631,8 +631,8 @@ class Trainer:
                     self.log(metrics, self.step)
                     if bar is not None:
                         bar.set_postfix(postfix or {"loss": f"{loss.item():.3f}"})
-                else:  # rollout statistics arrive on refresh steps only: never drop them
-                    self.log({k: v for k, v in metrics.items() if k.startswith("rollout/")}, self.step)
+                else:  # rollout statistics and diagnostics arrive on their own steps only: never drop them
+                    self.log({k: v for k, v in metrics.items() if k.startswith(("rollout/", "diag/"))}, self.step)
                 for cb in self.callbacks:
                     cb.on_step_end(self, metrics)
                 if bar is not None:

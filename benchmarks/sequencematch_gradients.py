@@ -1,0 +1,293 @@
+"""Where SequenceMatch's gradient goes, and the fix candidates of issue 26, on base-10 ``arithmetic``.
+
+Protocol: per seed, one MLE run trains the base policy (``--base-steps`` at
+``--base-lr``, cosine); every arm then fine-tunes that checkpoint for
+``--steps`` optimiser steps at ``--lr`` (constant after 20 warm-up steps),
+batch ``--batch-size``, the same seed (so the same demonstrations in the same
+order). Arms:
+
+======================  ============================================================
+``mle``                 continued MLE (the control)
+``mle_backspace``       MLE + backspace, the augmentation of SequenceMatch's defaults
+                        (p = 0.05, wrong tokens drawn from the model, not imitated)
+``sm``                  SequenceMatch, current defaults
+``sm_fresh``            (a) fresh model samples on the data batch's prompts every step
+``sm_transition``       (b) uniform transition sampling (IQ-Learn), LS-IQ absorbing transition
+``sm_token``            (c) SM terms on the per-token scale
+``sm_warm``             (d) BC (= MLE + backspace) for half the steps, then (1 − η)·BC + η·SM, η = 0.1
+``sm_fresh_transition`` (a) + (b)
+======================  ============================================================
+
+Every SequenceMatch arm logs the per-term gradient diagnostics
+(``SequenceMatchConfig.diagnostics_every``); they are collected here at every
+diagnostics step and printed at the fork (the first) and every few hundred
+steps. Evaluation of every arm: exact-answer accuracy (``validity``) over
+``--temperatures`` on the test prompts, held-out NLL of the test answers, and
+the recovery probe (:func:`prompted_recovery`). Cost per token: optimiser-loop
+seconds (evaluations and diagnostics excluded) per demonstration token over
+the same for continued MLE of the same seed.
+
+One process, one torch thread, runs in sequence::
+
+    python benchmarks/sequencematch_gradients.py --seeds 0 1 2 --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file: this checkout's agents/ and benchmarks/
+    sys.path.insert(0, str(ROOT))
+
+from agents.common.evaluation import evaluate_policy, heldout_nll  # noqa: E402
+from agents.common.rollout import make_vector_env, rollout  # noqa: E402
+from agents.sequencematch import PromptedReset  # noqa: E402
+from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer  # noqa: E402
+from benchmarks.quality import PhaseCounter  # noqa: E402
+from seqenv.oracle import pad_sequences  # noqa: E402
+from seqenv.tasks import make_task  # noqa: E402
+from seqenv.tokenizers import SpecialIds  # noqa: E402
+
+ARMS: dict[str, tuple[str, dict]] = {
+    "mle": ("mle", {}),
+    "mle_backspace": ("mle", {"backspace_p": 0.05, "wrong_tokens": "model"}),
+    "sm": ("sequencematch", {}),
+    "sm_fresh": ("sequencematch", {"model_samples": "fresh"}),
+    "sm_transition": ("sequencematch", {"estimator": "transition"}),
+    "sm_token": ("sequencematch", {"normalize": "token"}),
+    "sm_warm": ("sequencematch", {"bc_warmup_steps": -1, "mix": "convex", "eta": 0.1}),  # -1: half the steps
+    "sm_fresh_transition": ("sequencematch", {"model_samples": "fresh", "estimator": "transition"}),
+}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def prompted_recovery(policy, task, num_samples: int = 256, seed: int = 0, temperature: float = 1.0) -> dict:
+    """The recovery probe of :func:`agents.common.evaluation.recovery` on a paired (prompted) task [recon].
+
+    For ``num_samples`` test questions (drawn with ``seed``) with answer ``x``,
+    a cut ``k`` uniform in ``[0, len(x) - 1]`` and a wrong token ``w``
+    uniform over the ordinary tokens other than ``x_k``: the episode starts
+    from the question, is forced through ``x_<k, w``, then the policy samples.
+
+    :return: ``recovery_backspace`` (first free action is ``backspace``),
+        ``recovery_deleted`` (the final answer no longer holds ``w`` at ``k``),
+        ``recovery_validity`` (exact answers after the injection).
+    """
+    g = torch.Generator().manual_seed(seed)
+    prompts, answers = task.split_prompts["test"], task.encoded("test")
+    sp = SpecialIds.of(task)
+    ordinary = sp.ordinary_ids(task.tokenizer.vocab_size)
+    chosen, forced, cuts, wrong = [], [], [], []
+    for i in torch.randint(len(answers), (num_samples,), generator=g).tolist():
+        x = answers[i]
+        k = int(torch.randint(len(x), (1,), generator=g))
+        others = [t for t in ordinary if t != x[k]]
+        w = others[int(torch.randint(len(others), (1,), generator=g))]
+        chosen.append(prompts[i])
+        forced.append(x[:k] + [w])
+        cuts.append(k)
+        wrong.append(w)
+    actions, counts = pad_sequences(forced)
+    device = next(policy.parameters()).device
+    venv = PromptedReset(make_vector_env(task, num_samples, device))
+    venv.prompts = chosen
+    res = rollout(policy, venv, seed=seed, temperature=temperature, generator=torch.Generator().manual_seed(seed),
+                  forced_actions=(actions, counts))
+    venv.close()
+    acts, finals = res.action_lists(), res.sequences()
+    first_free = [a[c] if len(a) > c else None for a, c in zip(acts, counts.tolist())]
+    texts = [p + task.tokenizer.decode(s) for p, s in zip(chosen, finals)]
+    return {"recovery_backspace": sum(f == sp.backspace for f in first_free) / num_samples,
+            "recovery_deleted": sum(not (len(s) > k and s[k] == w) for s, k, w in zip(finals, cuts, wrong)) / num_samples,
+            "recovery_validity": sum(bool(task.validity(t)) for t in texts) / num_samples}
+
+
+class _Diag(Callback):
+    """Collects the learner's ``diag/`` metrics (and a few losses) whenever they appear."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_step_end(self, trainer, metrics) -> None:
+        if any(k.startswith("diag/") for k in metrics):
+            row = {"step": trainer.step, **{k: v for k, v in metrics.items()
+                                            if k.startswith(("diag/", "loss/", "buffer/age"))}}
+            self.rows.append(row)
+
+
+def _run(task_spec, kw: dict, sections: dict, temperatures, eval_samples: int, recovery_samples: int) -> dict:
+    model = ModelConfig(**kw.pop("model"))
+    cfg = TrainConfig(task=task_spec, **kw, model=model, device="cpu", progress=False, overwrite=True,
+                      eval_samples=eval_samples)
+    for name, values in sections.items():
+        setattr(cfg, name, dataclasses.replace(getattr(cfg, name), **values))
+    meter, diag = PhaseCounter(), _Diag()
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, callbacks=[meter, diag])
+    try:
+        metrics = trainer.train()
+        policy, task = trainer.policy, trainer.task
+        diag_s = getattr(trainer.learner, "diag_seconds", 0.0)
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        policy.eval()
+        grid = {}
+        for t in temperatures:
+            m = metrics if t == 1.0 else evaluate_policy(policy, task, num_samples=eval_samples, temperature=t)
+            grid[str(t)] = {k: m.get(k) for k in ("validity", "backspace_rate", "mean_length", "terminated_rate")}
+        rec = prompted_recovery(policy, task, num_samples=recovery_samples) if recovery_samples else {}
+        valid_nll = heldout_nll(policy, task, "valid")["nll"]
+    finally:
+        trainer.close()
+    return {"metrics": metrics, "grid": grid, "recovery": rec, "valid_nll": valid_nll, "seconds": seconds,
+            "train_seconds": seconds - meter.eval_s - diag_s, "diag_seconds": diag_s, "demo_tokens": meter.tokens,
+            "diag": diag.rows, "post_eval_seconds": time.perf_counter() - t1}
+
+
+def _ci(xs: list[float]) -> tuple[float, float]:
+    """Mean and 95 % t half-width (0 for one value)."""
+    m = statistics.mean(xs)
+    return m, (T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
+
+
+SHOWN = ("reward_data", "reward_wrong", "chi2_data", "chi2_model", "tail_reward", "tail_chi2", "value", "tail_value",
+         "bc", "total")
+
+
+def _diag_line(row: dict) -> str:
+    parts = [f"{t} {row.get(f'diag/grad_norm/{t}', 0):.3g} ({row.get(f'diag/cos_mle/{t}', 0):+.2f})" for t in SHOWN]
+    return (f"  step {row['step']:5d}: " + ", ".join(parts) + f"; mle+bs {row.get('diag/grad_norm/mle_backspace', 0):.3g}"
+            f"; |l| {row.get('diag/data_logit_abs', 0):.2f}, |r| data {row.get('diag/data_reward_abs', 0):.2f} "
+            f"model {row.get('diag/model_reward_abs', 0):.2f}, H data {row.get('diag/data_entropy', 0):.3f} "
+            f"model {row.get('diag/model_entropy', 0):.3f}, V data {row.get('diag/data_value', 0):.2f} "
+            f"model {row.get('diag/model_value', 0):.2f}, age {row.get('buffer/age', 0):.0f}")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", type=int, default=10, help="arithmetic base (min_base = max_base)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--base-steps", type=int, default=1500)
+    ap.add_argument("--base-lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--model", default="2x4x128", help="n_layer x n_head x n_embd")
+    ap.add_argument("--eval-samples", type=int, default=512)
+    ap.add_argument("--recovery-samples", type=int, default=256)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 1.0])
+    ap.add_argument("--diagnostics-every", type=int, default=100)
+    ap.add_argument("--scratch", default="runs/sm_gradients")
+    ap.add_argument("--out", default="benchmarks/results/sequencematch_gradients")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    task = make_task("arithmetic", min_base=args.base, max_base=args.base)
+    spec = task.spec()
+    n_layer, n_head, n_embd = map(int, args.model.split("x"))
+    model = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
+    scratch = Path(args.scratch)
+    common = dict(batch_size=args.batch_size, model=model)
+    ev = (args.temperatures, args.eval_samples, args.recovery_samples)
+    t0 = time.perf_counter()
+    bases, runs = {}, {}
+    for s in args.seeds:
+        bdir = scratch / f"base-s{s}"
+        bases[s] = _run(spec, dict(common, model=dict(model), agent="mle", seed=s, max_steps=args.base_steps,
+                                   lr=args.base_lr, warmup_steps=100, logdir=str(bdir), ckpt_every=args.base_steps),
+                        {}, *ev)
+        print(f"base s{s}: validity {bases[s]['metrics']['validity']:.3f} nll {bases[s]['metrics']['nll']:.3f} "
+              f"({bases[s]['seconds']:.0f} s)", flush=True)
+        for arm in args.arms:
+            agent, values = ARMS[arm]
+            values = dict(values)
+            if agent == "sequencematch":
+                values.setdefault("diagnostics_every", args.diagnostics_every)
+                if values.get("bc_warmup_steps") == -1:
+                    values["bc_warmup_steps"] = args.steps // 2
+            r = _run(spec, dict(common, model=dict(model), agent=agent, seed=s, max_steps=args.steps, lr=args.lr,
+                                warmup_steps=20, min_lr_ratio=1.0, init=str(bdir / "checkpoint.pt"),
+                                logdir=str(scratch / f"{arm}-s{s}"), ckpt_every=args.steps), {agent: values}, *ev)
+            runs[(arm, s)] = r
+            print(f"{arm} s{s}: validity {r['metrics']['validity']:.3f} nll {r['metrics']['nll']:.3f} "
+                  f"deleted {r['recovery'].get('recovery_deleted', float('nan')):.3f} ({r['seconds']:.0f} s, "
+                  f"diagnostics {r['diag_seconds']:.0f} s)", flush=True)
+            for row in r["diag"]:
+                if row is r["diag"][0] or row["step"] % 200 == 0 or row is r["diag"][-1]:
+                    print(_diag_line(row), flush=True)
+    wall = time.perf_counter() - t0
+
+    def per_token(r):
+        return r["train_seconds"] / max(r["demo_tokens"], 1)
+
+    def val(r, key):
+        if key == "nll":
+            return r["metrics"]["nll"]
+        if key.startswith("validity@"):
+            return r["grid"][key.split("@")[1]]["validity"]
+        return r["recovery"].get(key)
+
+    keys = [f"validity@{t}" for t in args.temperatures] + ["nll", "recovery_deleted", "recovery_backspace"]
+    summary = {}
+    for arm in args.arms:
+        row = {k: _ci([val(runs[(arm, s)], k) for s in args.seeds]) for k in keys}
+        if "mle" in args.arms:
+            for k in keys:
+                row[f"{k}_vs_mle"] = _ci([val(runs[(arm, s)], k) - val(runs[("mle", s)], k) for s in args.seeds])
+            row["cost_vs_mle"] = _ci([per_token(runs[(arm, s)]) / per_token(runs[("mle", s)]) for s in args.seeds])
+        summary[arm] = row
+    base_mean = {"validity": statistics.mean(bases[s]["metrics"]["validity"] for s in args.seeds),
+                 "nll": statistics.mean(bases[s]["metrics"]["nll"] for s in args.seeds)}
+    report = {"command": "python benchmarks/sequencematch_gradients.py " + " ".join(argv or sys.argv[1:]),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs, load "
+                         f"{os.getloadavg()[0]:.1f} at the end), 1 torch thread, one run at a time, CPU",
+              "args": vars(args), "task": spec, "wall_s": wall, "base_mean": base_mean,
+              "bases": {s: {k: v for k, v in b.items() if k != "diag"} for s, b in bases.items()},
+              "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()}, "summary": summary}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# SequenceMatch gradients and fix candidates on base-{args.base} `arithmetic`", "",
+             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
+             f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}, cosine), fork from its last step; every "
+             f"arm {args.steps} steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size}, "
+             f"model {args.model}, seeds {args.seeds}; {args.eval_samples} evaluation episodes on the test "
+             f"questions per temperature, {args.recovery_samples} recovery probes.  ",
+             f"Base (mean over seeds): validity {base_mean['validity']:.3f}, held-out NLL {base_mean['nll']:.3f}.  ",
+             "Cells: mean ± 95 % t half-width over seeds; `Δ` columns: paired per-seed difference to continued "
+             "MLE (same base, same data order), mean ± 95 % t half-width.", "",
+             "| arm | " + " | ".join(keys) + " | " + " | ".join(f"Δ {k}" for k in keys[:2] + ["nll"]) + " | cost_vs_mle |",
+             "|---|" + "---|" * (len(keys) + 4)]
+    for arm in args.arms:
+        row = summary[arm]
+        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys]
+        dcells = [f"{row[f'{k}_vs_mle'][0]:+.3f} ± {row[f'{k}_vs_mle'][1]:.3f}" if f"{k}_vs_mle" in row else "–"
+                  for k in keys[:2] + ["nll"]]
+        cost = f"{row['cost_vs_mle'][0]:.2f} ± {row['cost_vs_mle'][1]:.2f}" if "cost_vs_mle" in row else "–"
+        lines.append(f"| {arm} | " + " | ".join(cells) + " | " + " | ".join(dcells) + f" | {cost} |")
+    lines += ["", "Per-term gradient norms (cosine with the MLE + backspace gradient of the same batch), seed "
+              f"{args.seeds[0]}, at the first diagnostics step after the fork and later:", ""]
+    for arm in args.arms:
+        rows = runs[(arm, args.seeds[0])]["diag"]
+        if rows:
+            lines.append(f"`{arm}`:")
+            lines += ["```"] + [_diag_line(r) for r in rows] + ["```", ""]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    main()
