@@ -27,6 +27,9 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +44,10 @@ from seqenv.tasks import make_task
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .common.checkpoint import HF_EXPORT_DIR, check_task_compatible, hf_tokenizer_arg, load_checkpoint, save_checkpoint
-from .common.cli import check_number
-from .common.rundir import RunLock, prepare_run_directory
+from .common.checkpoint import (HF_EXPORT_DIR, CheckpointError, check_corpus, check_task_compatible,
+                                hf_tokenizer_arg, load_checkpoint, save_checkpoint)
+from .common.cli import MAX_SAMPLES, MAX_STEPS, TrainingInterrupted, check_number
+from .common.rundir import RunDirectory, RunLock, check_logdir_path
 from .common.demos import DemoSampler
 from .common.distributed import wrap_ddp
 from .common.evaluation import evaluate_policy, format_episode
@@ -55,7 +59,11 @@ from .policies.transformer import PolicyConfig
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint (if any was written) is kept."""
+    """The training diverged: the loss, the weights or the policy's logits became NaN or infinite.
+
+    Nothing is saved from the diverged state; the message names the step of the
+    checkpoint actually kept (or says that none was written).
+    """
 
 
 _POLICY_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
@@ -157,6 +165,9 @@ class _RunConfig:
     :param dtype: HF policy parameter dtype (``float32``, ``bfloat16``,
         ``float16``); default bfloat16 on CUDA, float32 on CPU.
     :param lora: LoRA adapters for an HF policy (``r = 0``: full fine-tuning).
+    :param allow_corpus_mismatch: resume (or ``--init`` on the same task) although
+        the task's corpus differs from the checkpoint's (``Task.corpus_hash``);
+        ``metrics.json`` then records ``"corpus_mismatch": true``.
     """
 
     agent: Literal[AGENTS] = "mle"
@@ -184,6 +195,7 @@ class _RunConfig:
     policy: str = "transformer"
     dtype: Optional[str] = None
     lora: LoraFlags = field(default_factory=LoraFlags)
+    allow_corpus_mismatch: bool = False
 
     def __post_init__(self):
         if self.policy != "transformer" and not (self.policy.startswith("hf:") and len(self.policy) > 3):
@@ -198,10 +210,12 @@ class _RunConfig:
             raise ValueError(f"unknown agent {self.agent!r}; valid agents: {', '.join(AGENTS)}")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --logdir, --overwrite deletes it: pass one of them")
-        for name in ("max_steps", "batch_size", "ckpt_every", "log_every", "eval_samples"):
-            check_number(_flag(name), getattr(self, name), ge=1, integer=True)
+        for name in ("max_steps", "ckpt_every", "log_every"):
+            check_number(_flag(name), getattr(self, name), ge=1, le=MAX_STEPS, integer=True)
+        for name in ("batch_size", "eval_samples"):
+            check_number(_flag(name), getattr(self, name), ge=1, le=MAX_SAMPLES, integer=True)
         for name in ("eval_every", "warmup_steps"):
-            check_number(_flag(name), getattr(self, name), ge=0, integer=True)
+            check_number(_flag(name), getattr(self, name), ge=0, le=MAX_STEPS, integer=True)
         check_number("--seed", self.seed, ge=0, le=2**31 - 1, integer=True)
         for name in ("lr", "grad_clip", "eval_temperature"):
             check_number(_flag(name), getattr(self, name), gt=0)
@@ -215,6 +229,8 @@ class _RunConfig:
                     if isinstance(v, float) and not math.isfinite(v):
                         raise ValueError(f"--{section.name}.{f.name.replace('_', '-')} must be a finite number, "
                                          f"got {v!r}")
+        if self.logdir is not None and not str(self.logdir).strip():
+            raise ValueError(f"--logdir must name a directory, got {self.logdir!r}")
         if self.logdir is None:
             self.logdir = os.path.join("runs", f"{self.agent}-{self.task.replace('/', '_').replace(':', '_')}")
 
@@ -255,7 +271,7 @@ TrainConfig.__module__ = __name__
 
 #: flags that may differ when a run is resumed: they do not change what the run computes
 #: (``max_steps`` may only be raised: the run is extended, see :func:`lr_lambda`)
-RESUME_FLAGS = ("device", "progress", "max_steps", "log_every", "ckpt_every")
+RESUME_FLAGS = ("device", "progress", "max_steps", "log_every", "ckpt_every", "allow_corpus_mismatch")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -289,14 +305,43 @@ def resume_conflicts(saved: TrainConfig, requested: TrainConfig) -> list[str]:
     return out
 
 
+def _init_model_config(requested: ModelConfig, init_state: dict, init: str) -> ModelConfig:
+    """The ``--model.*`` section of a run warm-started from ``init_state``: the checkpoint's sizes.
+
+    ``--init`` keeps the checkpoint's architecture, so the saved ``config.json``
+    states that architecture; explicit ``--model.*`` flags that differ from it are refused.
+
+    :raises ValueError: naming the flags and the checkpoint's sizes.
+    """
+    spec = init_state["policy"]
+    if spec.get("family") != "transformer":
+        return requested
+    sizes = {k: spec["config"][k] for k in _POLICY_SIZE_FIELDS if k in spec["config"]}
+    if len(sizes) < len(_POLICY_SIZE_FIELDS):
+        return requested
+    actual = ModelConfig(**sizes)
+    if requested != ModelConfig() and requested != actual:
+        wrong = [f"--model.{k.replace('_', '-')} {getattr(requested, k)!r} (the checkpoint's: {sizes[k]!r})"
+                 for k in _POLICY_SIZE_FIELDS if getattr(requested, k) != sizes[k]]
+        raise ValueError(f"--init {init!r} keeps the checkpoint's architecture; these flags would change it: "
+                         f"{'; '.join(wrong)}. Drop them (--model.* sizes a fresh policy)")
+    return actual
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA (this process's local rank) when available, else CPU.
 
-    :raises ValueError: if CUDA is requested but not available.
+    :raises ValueError: if CUDA is requested but not available, or for a device
+        name torch does not know or this build cannot use (``tpu``, ``mps`` without MPS).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not supported: expected auto, cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
@@ -444,18 +489,18 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
-        self.logdir = Path(cfg.logdir)
+        self.logdir = check_logdir_path(cfg.logdir)
         self.ckpt_path = self.logdir / "checkpoint.pt"
         self.callbacks: list[Callback] = [SamplesPanel(), *callbacks]
         self.writer = None
         self.lock: Optional[RunLock] = None
+        #: the run-directory guard (rank 0): locked and checked now; the old run's files are deleted
+        #: (``--overwrite``) only at the end of setup, once every input has been read and validated
+        self.run_dir: Optional[RunDirectory] = None
         if self.is_main:
-            if cfg.resume and not self.ckpt_path.is_file():
-                prepare_run_directory(self.logdir, resume=True, overwrite=False)  # raises, naming the path
-            self.lock = RunLock(self.logdir)
+            self.run_dir = RunDirectory(self.logdir, resume=cfg.resume, overwrite=cfg.overwrite, script="train.py")
+            self.lock = self.run_dir.lock
         try:
-            if self.is_main:
-                prepare_run_directory(self.logdir, resume=cfg.resume, overwrite=cfg.overwrite)
             self._setup(cfg, resume_overrides)
         except BaseException:
             self.close()
@@ -465,15 +510,26 @@ class Trainer:
         resume_state = None
         #: step of the last checkpoint written by (or resumed from) this run; None = none yet
         self.saved_step: Optional[int] = None
+        allow_corpus_mismatch = cfg.allow_corpus_mismatch  # an action of this invocation, not of the saved run
         if cfg.resume:
             resume_state = load_checkpoint(self.ckpt_path)  # FileNotFoundError names the path
-            saved = TrainConfig.from_dict(resume_state["config"])
+            missing = [k for k in ("config", "step", "optimizer", "scheduler", "rng") if k not in resume_state]
+            if missing:
+                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: it has no training state "
+                                      f"({', '.join(missing)} missing; agent {resume_state.get('agent')!r}); "
+                                      "start a new run from it with --init instead")
+            try:
+                saved = TrainConfig.from_dict(resume_state["config"])
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its config is not a train.py "
+                                      f"config ({' '.join(str(e).split())})") from None
             if "max_steps" in resume_overrides and cfg.max_steps < saved.max_steps:
                 raise ValueError(f"--max-steps {cfg.max_steps} is below the run's max_steps {saved.max_steps}; "
                                  "resuming can only raise it")
             for name in resume_overrides:
                 setattr(saved, name, getattr(cfg, name))
             saved.resume = True
+            saved.allow_corpus_mismatch = allow_corpus_mismatch
             cfg = saved
             self.saved_step = int(resume_state["step"])
         self.cfg = cfg
@@ -492,11 +548,26 @@ class Trainer:
         else:
             hf = None if cfg.policy == "transformer" else cfg.policy
         self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
+        #: True when a checkpoint's corpus differs from this run's and --allow-corpus-mismatch let it through
+        self.corpus_mismatch = False
+        if resume_state is not None:
+            check_task_compatible(resume_state, self.task, path=f"--resume checkpoint {str(self.ckpt_path)!r}")
+            self.corpus_mismatch = check_corpus(resume_state, self.task, f"--resume checkpoint {str(self.ckpt_path)!r}",
+                                                allow=allow_corpus_mismatch)
         if init_state is not None:
             check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
+            if init_state["task"].get("name") == self.task.name:  # same task: the same texts expected
+                self.corpus_mismatch = check_corpus(init_state, self.task, f"--init checkpoint {cfg.init!r}",
+                                                    allow=allow_corpus_mismatch)
+            cfg.model = _init_model_config(cfg.model, init_state, cfg.init)
         if source is not None:
             self.policy = build_policy(source["policy"]).to(self.device)
-            self.policy.load_state_dict(source["model"])
+            try:
+                self.policy.load_state_dict(source["model"])
+            except RuntimeError as e:
+                which = f"--resume checkpoint {str(self.ckpt_path)!r}" if resume_state else f"--init checkpoint {cfg.init!r}"
+                raise CheckpointError(f"{which}: its weights do not match its policy spec "
+                                      f"({' '.join(str(e).split())[:300]})") from None
         elif hf:
             dtype = cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32")
             self.policy = build_policy({"family": "hf", "config": {
@@ -523,7 +594,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0
         if resume_state is not None:
-            self.optimizer.load_state_dict(resume_state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(resume_state["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its optimiser state does not "
+                                      f"match the model ({' '.join(str(e).split())})") from None
             self.scheduler.load_state_dict(resume_state["scheduler"])
             self.learner.load_state_dict(resume_state.get("learner", {}))
             _set_rng_state(resume_state["rng"], self.generators)
@@ -532,10 +607,11 @@ class Trainer:
                 for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
                                             self.scheduler.lr_lambdas):
                     group["lr"] = base * lam(self.step)
-        if self.is_main:
-            self.logdir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:  # every input is read and checked: now the old run's files may go (--overwrite)
+            self.run_dir.start()
             (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            self.writer = SummaryWriter(str(self.logdir))
+            # a resumed run drops the events logged after its checkpoint (else they would appear twice)
+            self.writer = SummaryWriter(str(self.logdir), purge_step=self.step if resume_state is not None else None)
 
     def request_stop(self) -> None:
         """Ask :meth:`train` to stop after the current step (early stopping by a
@@ -556,7 +632,15 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(self.generators),
             "learner": self.learner.state_dict(),
+            "corpus_sha256": self._corpus_sha256(),
         }
+
+    def _corpus_sha256(self) -> Optional[str]:
+        """``Task.corpus_hash`` of the run's task (None for a task without its texts)."""
+        try:
+            return self.task.corpus_hash
+        except (FileNotFoundError, ValueError):
+            return None
 
     def save(self) -> None:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""
@@ -587,8 +671,15 @@ class Trainer:
 
         :return: the final evaluation metrics (rank 0; ``None`` elsewhere and
             when stopped early).
-        :raises NonFiniteLossError: if the loss stops being finite; nothing is
-            saved at that step, the last checkpoint stays.
+        SIGINT/SIGTERM (main thread only): the current step is finished, a
+        checkpoint written (unless the state diverged), and
+        :class:`~agents.common.cli.TrainingInterrupted` raised; a second signal
+        raises ``KeyboardInterrupt`` at once.
+
+        :raises NonFiniteLossError: if the loss, the weights or the policy's
+            logits stop being finite; the diverged state is never saved, the
+            last good checkpoint stays (the message names its step).
+        :raises TrainingInterrupted: after SIGINT/SIGTERM, once the checkpoint is written.
         """
         cfg = self.cfg
         end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
@@ -598,6 +689,8 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         self.model.train()
         t_last, tokens_since, shown = time.perf_counter(), 0, {}
+        self.interrupted: Optional[str] = None
+        previous_handlers = self._install_signal_handlers()
         try:
             while self.step < end and not self.stop_requested:
                 demos = self.data.sample(cfg.batch_size)
@@ -609,11 +702,8 @@ class Trainer:
                 if self.distributed:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                 if finite.item() < 1:
-                    kept = (f"The last good checkpoint {str(self.ckpt_path)!r} (step {self.saved_step}) is kept"
-                            if self.saved_step is not None else
-                            f"No checkpoint was written (the first is due at step {cfg.ckpt_every})")
-                    raise NonFiniteLossError(f"loss became {loss.item()} at step {self.step}; stopped. {kept} "
-                                             "(lower --lr or check the data)")
+                    raise NonFiniteLossError(f"loss became {loss.item()} at step {self.step}; stopped. "
+                                             f"{self._kept_message()} (lower --lr or check the data)")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -637,14 +727,29 @@ class Trainer:
                     cb.on_step_end(self, metrics)
                 if bar is not None:
                     bar.update(1)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or self.stop_requested:
+                interrupted = self._interrupted_everywhere()
+                if (self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or self.stop_requested
+                        or interrupted):
+                    self._check_not_diverged(demos)  # a diverged state never replaces the last good checkpoint
                     self.save()
+                if interrupted:
+                    break
                 if (cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps
                         and not self.stop_requested):
                     self.evaluate()
         finally:
+            self._restore_signal_handlers(previous_handlers)
             if bar is not None:
                 bar.close()
+        if self.interrupted is not None:
+            if self.writer is not None:
+                self.writer.flush()
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+            raise TrainingInterrupted(
+                f"interrupted ({self.interrupted}) at step {self.step}: checkpoint {str(self.ckpt_path)!r} written "
+                f"(step {self.saved_step}); continue with: python scripts/train.py --logdir {str(self.logdir)!r} "
+                "--resume")
         if self.distributed:
             dist.barrier()
         if self.step < cfg.max_steps and not self.stop_requested:
@@ -652,6 +757,8 @@ class Trainer:
                 cb.on_train_end(self)
             return None
         metrics = self.evaluate() if self.is_main else None
+        if metrics is not None and self.corpus_mismatch:
+            metrics["corpus_mismatch"] = True
         if self.is_main and metrics is not None:
             (self.logdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if self.writer is not None:
@@ -659,6 +766,76 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self)
         return metrics
+
+    # ------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict:
+        """SIGINT/SIGTERM set :attr:`interrupted` (a second one raises ``KeyboardInterrupt``); main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self.interrupted is not None:  # the second signal: stop at once
+                raise KeyboardInterrupt
+            self.interrupted = signal.Signals(signum).name
+            if self.is_main:
+                print(f"\n{self.interrupted}: finishing step {self.step + 1} and writing a checkpoint "
+                      "(again to stop at once)", file=sys.stderr, flush=True)
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    def _interrupted_everywhere(self) -> bool:
+        """Whether a signal arrived (on any rank, under DDP: every rank stops at the same step)."""
+        flag = self.interrupted is not None
+        if self.distributed:
+            t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+            if flag and self.interrupted is None:
+                self.interrupted = "signal on another rank"
+        return flag
+
+    @torch.no_grad()
+    def _check_not_diverged(self, demos) -> None:
+        """Raise :class:`NonFiniteLossError` unless every weight is finite and the policy's logits on a few
+        of this step's demonstrations are finite (eval mode: no dropout, no random draw, so exact resume holds).
+
+        :param demos: the step's :class:`~agents.common.demos.Demos` (up to 4 rows are scored).
+        """
+        bad = next((n for n, p in self.policy.named_parameters() if not torch.isfinite(p).all()), None)
+        ok = bad is None
+        if ok:
+            ids = self.policy.special_ids
+            rows = [[ids["bos"], *p, *a][: self.policy.max_state_length]
+                    for p, a in zip(demos.prompts[:4], demos.actions[:4])]
+            width = max(len(r) for r in rows)
+            tokens = torch.tensor([r + [ids["pad"]] * (width - len(r)) for r in rows], device=self.device)
+            was_training = self.policy.training
+            self.policy.eval()
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    ok = bool(torch.isfinite(self.policy(tokens).float()).all())
+            finally:
+                self.policy.train(was_training)
+        flag = torch.tensor([float(ok)], device=self.device if self.device.type == "cuda" else "cpu")
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if flag.item() < 1:
+            what = f"weight {bad!r} became non-finite" if bad else "the policy's logits became non-finite"
+            raise NonFiniteLossError(f"training diverged at step {self.step}: {what}; stopped without saving it. "
+                                     f"{self._kept_message()} (lower --lr or check the data)")
+
+    def _kept_message(self) -> str:
+        if self.saved_step is not None:
+            return f"The last good checkpoint {str(self.ckpt_path)!r} (step {self.saved_step}) is kept"
+        return f"No checkpoint was written (the first is due at step {self.cfg.ckpt_every})"
 
     def evaluate(self) -> Optional[dict]:
         """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL; then the callbacks."""
@@ -677,7 +854,7 @@ class Trainer:
         """Close the TensorBoard writer, release the run directory's lock, leave the process group (idempotent)."""
         if self.writer is not None:
             self.writer.close()
-        if self.lock is not None:
-            self.lock.release()
+        if self.run_dir is not None:
+            self.run_dir.release()
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

@@ -14,13 +14,15 @@ traceback instead.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
-from agents.common.checkpoint import load_policy
-from agents.common.cli import check_number, check_output_path, parse_flags, run_cli
+from agents.common.checkpoint import check_corpus, load_policy
+from agents.common.cli import MAX_SAMPLES, MAX_SEED, check_number, check_output_path, parse_flags, run_cli
 from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
 from agents.common.mauve import mauve_score
 from agents.common.rollout import generate
@@ -40,6 +42,9 @@ class EvaluateConfig:
         MAUVE of ``num_samples`` generated texts against the test split,
         featurized by that model's last hidden states (agents/common/mauve.py).
     :param mauve_pooling: ``mean`` (over tokens) or ``last`` (last token's state).
+    :param allow_corpus_mismatch: evaluate although the task's corpus differs from
+        the one the checkpoint was trained on (``Task.corpus_hash``); the metrics
+        then record ``"corpus_mismatch": true``.
     :raises ValueError: naming the flag, the value and the expected range.
     """
 
@@ -51,26 +56,39 @@ class EvaluateConfig:
     seed: int = 0
     device: str = "auto"
     mauve_model: Optional[str] = None
-    mauve_pooling: str = "mean"
+    mauve_pooling: Literal["mean", "last"] = "mean"
+    allow_corpus_mismatch: bool = False
 
     def __post_init__(self):
-        check_number("--num-samples", self.num_samples, ge=1, integer=True)
+        check_number("--num-samples", self.num_samples, ge=1, le=MAX_SAMPLES, integer=True)
         check_number("--temperature", self.temperature, gt=0)
-        check_number("--seed", self.seed, ge=0, integer=True)
+        check_number("--seed", self.seed, ge=0, le=MAX_SEED, integer=True)
+        if self.mauve_pooling not in ("mean", "last"):
+            raise ValueError(f"--mauve-pooling must be 'mean' or 'last', got {self.mauve_pooling!r}")
+        if self.mauve_model is not None:  # checked before the work (the evaluation may take long)
+            if not os.path.isfile(os.path.join(self.mauve_model, "config.json")):
+                raise FileNotFoundError(f"--mauve-model {self.mauve_model!r} is not a Hugging Face model directory "
+                                        "(no config.json there); give a local causal LM directory")
+            missing = [m for m in ("mauve", "transformers") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ValueError(f"--mauve-model needs {', '.join(missing)}: pip install 'seqenv[hf]'")
 
 
 def _main(argv: list[str]) -> dict:
     cfg = parse_flags(EvaluateConfig, argv, description=__doc__)
-    if cfg.out:
-        check_output_path(cfg.out)
+    if cfg.out is not None:
+        check_output_path(cfg.out, inputs=(cfg.checkpoint, cfg.task, cfg.mauve_model))
     device = resolve_device(cfg.device)
     policy, task, state = load_policy(cfg.checkpoint, device, cfg.task)
+    mismatch = check_corpus(state, task, f"checkpoint {cfg.checkpoint!r}", allow=cfg.allow_corpus_mismatch)
     metrics = evaluate_policy(policy, task, num_samples=cfg.num_samples, device=device, seed=cfg.seed,
                               temperature=cfg.temperature)
     if cfg.mauve_model:
         results = generate(policy, task, cfg.num_samples, device=device, seed=cfg.seed, temperature=cfg.temperature)
         texts = [task.tokenizer.decode(s) for r in results for s in r.sequences()]
         metrics["mauve"] = mauve_score(texts, task.splits["test"], cfg.mauve_model, cfg.mauve_pooling, device=device)
+    if mismatch:
+        metrics["corpus_mismatch"] = True
     print(format_metrics_table({f"{state['agent']} on {task.name}": metrics}, columns=SUMMARY_COLUMNS))
     if cfg.out:
         with open(cfg.out, "w", encoding="utf-8") as f:

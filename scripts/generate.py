@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from agents.common.checkpoint import load_policy
-from agents.common.cli import check_number, check_output_path, parse_flags, run_cli
+from agents.common.cli import MAX_SAMPLES, MAX_SEED, check_number, check_output_path, parse_flags, run_cli
 from agents.generation import generate_texts
 from agents.nce import load_critic
 from agents.trainer import resolve_device
@@ -61,13 +61,13 @@ class GenerateConfig:
     def __post_init__(self):
         for flag, value in (("--num-samples", self.num_samples), ("--candidates", self.candidates),
                             ("--batch-size", self.batch_size)):
-            check_number(flag, value, ge=1, integer=True)
+            check_number(flag, value, ge=1, le=MAX_SAMPLES, integer=True)
         check_number("--temperature", self.temperature, gt=0)
         if self.top_k is not None:
             check_number("--top-k", self.top_k, ge=1, integer=True)
         if self.top_p is not None:
             check_number("--top-p", self.top_p, gt=0, le=1)
-        check_number("--seed", self.seed, ge=0, integer=True)
+        check_number("--seed", self.seed, ge=0, le=MAX_SEED, integer=True)
         if self.rerank == "critic" and self.critic is None:
             raise ValueError("--rerank critic needs --critic CKPT (a checkpoint written by train.py --agent nce)")
 
@@ -87,7 +87,7 @@ def run(cfg: GenerateConfig) -> list[str]:
 
 def _main(argv: list[str]) -> list[str]:
     cfg = parse_flags(GenerateConfig, argv, description=__doc__)
-    check_output_path(cfg.out)
+    check_output_path(cfg.out, inputs=(cfg.checkpoint, cfg.critic, cfg.task))
     texts = run(cfg)
     body = "\n".join(texts) + "\n"
     if cfg.out == "-":

@@ -13,7 +13,9 @@ backspace (``runs/main/mle_backspace``) and SequenceMatch
 (``runs/main/sequencematch``) -- and prints their evaluations side by side
 with the untrained policy's, the recovery probe, and one line naming the best
 arm on validity against the control. Re-running it resumes a killed stage and
-reuses finished ones.
+reuses finished ones whose saved config is the stage's; a stage directory
+holding another run is refused, or replaced with ``python scripts/train.py
+--overwrite`` (the main job, rerunning such stages).
 
 Every flag: ``python scripts/train.py --help``. A run directory
 (``--logdir``) receives ``config.json``, TensorBoard events,
@@ -34,7 +36,8 @@ import json
 from pathlib import Path
 
 from agents.common.checkpoint import load_checkpoint, load_policy
-from agents.common.cli import parse_flags, run_cli
+from agents.common.cli import RunDirectoryError, parse_flags, run_cli
+from agents.common.rundir import run_marker
 from agents.common.evaluation import SUMMARY_COLUMNS, comparison_line, format_metrics_table, recovery
 from agents.learners import LEARNERS
 from agents.mle import MLEConfig
@@ -70,16 +73,46 @@ MAIN_JOB_ARMS = {
 }
 
 
-def _finished_or_run(name: str, cfg: TrainConfig, device: str, evaluate_initial: bool = False) -> dict:
-    """Metrics of the run in ``cfg.logdir``: reused if finished, resumed if killed, else trained (+ recovery)."""
+def stage_conflicts(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """What differs between a stage's saved config and the one the main job would run (``device``,
+    ``progress``, ``logdir`` and the actions ``resume``/``overwrite`` aside): ``"--task 'oracle-hmm' (the main
+    job's: 'python-lines')"``; empty if it is the same run."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(saved.to_dict()), flat(cfg.to_dict())
+    return [f"--{k.replace('_', '-')} {old.get(k)!r} (the main job's: {new.get(k)!r})" for k in sorted(set(old) | set(new))
+            if k not in ("device", "progress", "logdir", "resume", "overwrite", "allow_corpus_mismatch")
+            and old.get(k) != new.get(k)]
+
+
+def _finished_or_run(name: str, cfg: TrainConfig, device: str, evaluate_initial: bool = False,
+                     overwrite: bool = False) -> tuple[dict, bool]:
+    """Metrics of the run in ``cfg.logdir``: reused if finished, resumed if killed, else trained (+ recovery).
+
+    A finished or killed run is reused only if its saved config is the one the
+    main job would run (:func:`stage_conflicts`); otherwise it is refused with
+    one line, or replaced when ``overwrite``.
+
+    :return: ``(metrics, reused)``: ``reused`` is True when a finished run's metrics were read back.
+    :raises agents.common.cli.RunDirectoryError: a stage directory holding another run, without ``overwrite``.
+    """
     logdir = Path(cfg.logdir)
-    if (logdir / "metrics.json").exists():
-        print(f"[main job] {name}: reusing the finished run in {logdir}")
-        return json.loads((logdir / "metrics.json").read_text())
-    if (logdir / "checkpoint.pt").exists():
+    saved = saved_config(logdir) if (logdir / "checkpoint.pt").exists() or (logdir / "metrics.json").exists() else None
+    conflicts = stage_conflicts(saved, cfg) if saved is not None else []
+    if conflicts and not overwrite:
+        raise RunDirectoryError(f"main job stage {name!r}: {logdir} holds another run ({'; '.join(conflicts)}); "
+                                "move it away, or rerun the main job with --overwrite to replace it")
+    if saved is not None and not conflicts and not overwrite and (logdir / "metrics.json").exists():
+        print(f"[main job] {name}: reusing the finished run in {logdir} (same config)")
+        return json.loads((logdir / "metrics.json").read_text()), True
+    if saved is not None and not conflicts and not overwrite and (logdir / "checkpoint.pt").exists():
         print(f"[main job] {name}: resuming the killed run in {logdir}")
         cfg = TrainConfig(logdir=cfg.logdir, resume=True, device=device)
-    else:  # nothing to keep: a stage killed before its first checkpoint starts again
+    else:  # nothing to keep (a stage killed before its first checkpoint), or replaced under --overwrite
         cfg.overwrite = True
     trainer, before, metrics = run(cfg, evaluate_initial=evaluate_initial)
     if before is not None:
@@ -87,10 +120,10 @@ def _finished_or_run(name: str, cfg: TrainConfig, device: str, evaluate_initial:
     policy, task, _ = load_policy(logdir / "checkpoint.pt", trainer.device)
     metrics.update(recovery(policy, task, device=trainer.device))
     (logdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return metrics, False
 
 
-def main_job(mle_steps: int = 800, arm_steps: int = 150, device: str = "auto") -> dict:
+def main_job(mle_steps: int = 800, arm_steps: int = 150, device: str = "auto", overwrite: bool = False) -> dict:
     """MLE on python-lines, then three equal-budget arms from its checkpoint; prints the table and the verdict.
 
     Stage 1 trains MLE from scratch (``runs/main/mle``). Stage 2 fine-tunes
@@ -98,19 +131,23 @@ def main_job(mle_steps: int = 800, arm_steps: int = 150, device: str = "auto") -
     data, batch size and steps): continued MLE (the control), MLE + backspace
     and SequenceMatch (its defaults). Each arm is evaluated the same way
     (validity, held-out NLL, recovery after an injected wrong token).
+
+    A stage directory holding a run with another config is refused (one
+    line) unless ``overwrite``, which reruns that stage; when the MLE stage is
+    (re)trained, the arms fine-tuned from its old checkpoint are rerun too.
     """
     base = MAIN_JOB_DIR / "mle"
     rows: dict[str, dict] = {}
-    rows["mle"] = _finished_or_run("mle", TrainConfig(agent="mle", task="python-lines", max_steps=mle_steps,
-                                                      logdir=str(base), device=device, ckpt_every=200),
-                                   device, evaluate_initial=True)
+    rows["mle"], mle_reused = _finished_or_run(
+        "mle", TrainConfig(agent="mle", task="python-lines", max_steps=mle_steps, logdir=str(base), device=device,
+                           ckpt_every=200), device, evaluate_initial=True, overwrite=overwrite)
     if (base / "initial_metrics.json").exists():
         rows = {"untrained": json.loads((base / "initial_metrics.json").read_text()), **rows}
     for name, (dirname, agent, sections) in MAIN_JOB_ARMS.items():
         cfg = TrainConfig(agent=agent, task="python-lines", max_steps=arm_steps, lr=3e-4, warmup_steps=20,
                           min_lr_ratio=1.0, logdir=str(MAIN_JOB_DIR / dirname), device=device, ckpt_every=100,
                           init=str(base / "checkpoint.pt"), **sections)
-        rows[f"{name} (+{arm_steps})"] = _finished_or_run(name, cfg, device)
+        rows[f"{name} (+{arm_steps})"], _ = _finished_or_run(name, cfg, device, overwrite=overwrite or not mle_reused)
     print()
     print(format_metrics_table(rows, columns=MAIN_JOB_COLUMNS, drop_empty=True))
     line = comparison_line({k: v for k, v in rows.items() if k not in ("untrained", "mle")},
@@ -129,15 +166,24 @@ def saved_config(logdir: "str | Path") -> TrainConfig | None:
     :raises CheckpointError: if the checkpoint cannot be read.
     """
     logdir = Path(logdir)
+    marker = run_marker(logdir)
+    if marker is not None and marker.get("script") not in (None, "train.py"):
+        raise RunDirectoryError(f"run directory {str(logdir)!r} holds a {marker['script']} run, not a train.py run")
     if (logdir / "config.json").is_file():
+        source = logdir / "config.json"
         try:
-            saved = TrainConfig.from_dict(json.loads((logdir / "config.json").read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"cannot read the run's config {str(logdir / 'config.json')!r}: {e}") from None
+            raw = json.loads(source.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"cannot read the run's config {str(source)!r}: {e}") from None
     elif (logdir / "checkpoint.pt").is_file():
-        saved = TrainConfig.from_dict(load_checkpoint(logdir / "checkpoint.pt")["config"])
+        source = logdir / "checkpoint.pt"
+        raw = load_checkpoint(source).get("config")
     else:
         return None
+    try:
+        saved = TrainConfig.from_dict(raw)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{str(source)!r} is not the config of a train.py run ({' '.join(str(e).split())})") from None
     saved.overwrite = False
     return saved
 
@@ -170,8 +216,8 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
 
 def _main(argv: list[str]) -> dict | None:
-    if not argv:
-        return main_job()
+    if not argv or argv == ["--overwrite"]:
+        return main_job(overwrite=bool(argv))
     cfg = parse_config(argv)
     trainer, before, metrics = run(cfg, evaluate_initial=not cfg.resume, resume_overrides=RESUME_FLAGS)
     if trainer.is_main and metrics is not None:

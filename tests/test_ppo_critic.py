@@ -173,7 +173,7 @@ def test_ppo_bad_input(tmp_path, capsys):
     mle, _ = _checkpoints(tmp_path)
     with pytest.raises(ValueError, match=r"--beta must be a finite number > 0, got -1"):
         ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, beta=-1.0)
-    with pytest.raises(ValueError, match=r"--num-envs must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"--num-envs must be an integer >= 1 and <= 1000000, got 0"):
         ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, num_envs=0)
     for flag, value, expected in (("--max-grad-norm", "0", "--max-grad-norm must be a finite number > 0, got 0.0"),
                                   ("--learning-rate", "inf", "--learning-rate must be a finite number > 0, got inf"),

@@ -122,7 +122,7 @@ def test_bad_input(tmp_path):
     t.close()
     with pytest.raises(CheckpointError, match="trained on task 'oracle-hmm' with a different tokenizer than task 'python-lines'"):
         Trainer(_cfg(tmp_path, "py", task="python-lines", init=str(tmp_path / "hmm" / "checkpoint.pt")))
-    with pytest.raises(ValueError, match="--max-steps must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="--max-steps must be an integer >= 1 and <= 1000000000, got 0"):
         _cfg(tmp_path, "z", max_steps=0)
 
 

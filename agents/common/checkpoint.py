@@ -16,6 +16,8 @@ key                 content
 ``scheduler``
 ``rng``             torch CPU RNG, data and rollout generators (resume)
 ``learner``         extra learner state (critic, snapshot, ...) or ``{}``
+``corpus_sha256``   ``Task.corpus_hash`` of the training task (absent in
+                    older checkpoints; None for a task without its texts)
 ==================  =========================================================
 
 Format versions: ``seqenv-checkpoint-v2`` (this one). ``v1`` files (before
@@ -47,24 +49,39 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or incompatible with the request."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(state: dict, path: "str | os.PathLike") -> None:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+    """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``), mode ``0666 & ~umask``
+    like every other file of the run.
 
     A crash mid-write leaves the previous checkpoint intact.
+
+    :raises CheckpointError: if the file cannot be written (disk full, file size
+        limit, permissions); the message says the previous checkpoint is kept.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a failed write as RuntimeError
+            kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
+            raise CheckpointError(f"could not write checkpoint {str(path)!r} ({' '.join(str(e).split())[:200]}; "
+                                  f"disk full or file size limit?); {kept}") from None
         raise
 
 
@@ -87,7 +104,7 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickler errors on foreign files are of any type (KeyError, UnicodeDecodeError, ...)
-        detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        detail = _first_sentence(f"{type(e).__name__}: {e}")
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file ({detail})") from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY_FORMATS):
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -104,6 +121,45 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
         raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'policy' or 'task' entry")
     _use_hf_export(state, path)
     return state
+
+
+def _first_sentence(text: str, limit: int = 400) -> str:
+    """``text`` on one line, cut at the end of a sentence (or a word) within ``limit`` characters."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    cut = max(head.rfind(". "), head.rfind("; "))
+    if cut > limit // 3:
+        return head[:cut + 1] + " ..."
+    return head[:head.rfind(" ")] + " ..."
+
+
+def check_corpus(state: dict, task: Task, path: str = "checkpoint", allow: bool = False) -> bool:
+    """Compare ``task``'s corpus (``Task.corpus_hash``) with the one the checkpoint was trained on.
+
+    Checkpoints without ``corpus_sha256`` (older ones, or tasks without texts)
+    and tasks whose texts are not available pass.
+
+    :param allow: report a mismatch (return True) instead of raising (``--allow-corpus-mismatch``).
+    :return: whether the corpora differ.
+    :raises CheckpointError: on a mismatch without ``allow``, naming both hashes.
+    """
+    saved = state.get("corpus_sha256")
+    if not saved:
+        return False
+    try:
+        current = task.corpus_hash
+    except (FileNotFoundError, ValueError):
+        return False
+    if current == saved:
+        return False
+    if allow:
+        return True
+    raise CheckpointError(
+        f"the corpus of task {task.name!r} differs from the one {path} was trained on (SHA-256 {current} now, "
+        f"{saved} in the checkpoint); restore the texts, or pass --allow-corpus-mismatch"
+    )
 
 
 def checkpoint_task(state: dict, task: "str | Task | None" = None, path: str = "checkpoint") -> Task:
@@ -206,6 +262,11 @@ def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
     try:
         policy.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: model weights do not match its policy spec: {e}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r}: model weights do not match its policy spec: "
+                              f"{_first_sentence(str(e))}") from None
+    bad = next((n for n, p in policy.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds non-finite weights ({bad!r} has NaN or inf): the "
+                              "run that wrote it diverged; use an earlier checkpoint")
     policy.eval()
     return policy, task, state

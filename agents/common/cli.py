@@ -10,8 +10,10 @@
 * :func:`run_cli` -- the one top-level handler: a user error
   (:data:`USER_ERRORS`) exits with status 2 and one line ``error: ...`` on
   stderr; ``--debug`` (anywhere in the arguments) re-raises it with its
-  traceback instead.
-* :func:`check_output_path` -- an output file is checked before the work.
+  traceback instead. An interrupted run (:class:`TrainingInterrupted`,
+  Ctrl-C) prints one line and exits with status 130.
+* :func:`check_output_path` -- an output file is checked before the work,
+  and never equals or lies inside an input (checkpoint, corpus).
 """
 
 from __future__ import annotations
@@ -26,15 +28,22 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 import tyro
 
 try:  # tyro's parse-error hook (private, tyro >= 1.0); without it tyro prints its own boxed error and exits 2
+    from tyro import _errors as _tyro_errors
     from tyro._errors import InstantiationFailure as _InstantiationFailure
     from tyro._errors import on_parse_error as _on_parse_error
 except ImportError:  # pragma: no cover - older tyro
+    _tyro_errors = None
     _on_parse_error = None
     _InstantiationFailure = None
 
 from .checkpoint import CheckpointError
 
 T = TypeVar("T")
+
+#: upper bounds of counts (flags are checked at parse time: no run starts that would never end or overflow)
+MAX_STEPS = 10**9
+MAX_SAMPLES = 10**6
+MAX_SEED = 2**31 - 1
 
 
 class FlagError(ValueError):
@@ -43,6 +52,13 @@ class FlagError(ValueError):
 
 class RunDirectoryError(ValueError):
     """The run directory (``--logdir``) holds another run or is in use by another process."""
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped on SIGINT/SIGTERM after writing its checkpoint (message: the step, how to resume).
+
+    :func:`run_cli` prints the message on one line and exits with status 130.
+    """
 
 
 #: exceptions reported as one line with exit status 2 (CheckpointError, FlagError and
@@ -85,8 +101,8 @@ def parse_flags(cls: "type[T]", argv: Sequence[str], description: Optional[str] 
         nested section's message ``MLEConfig.backspace_p ...`` is reported as
         ``--mle.backspace-p ...``.
     :raises FlagError: when a value is rejected (a ``__post_init__`` check or an
-        unconvertible value); syntax errors (unknown flags, bad choices) keep
-        tyro's own message and ``SystemExit(2)``.
+        unconvertible value) and for tyro's own parse errors (unknown flags,
+        bad choices, missing required flags), each as one line.
     """
     kwargs = {"args": list(argv), "description": description}
     if default is not None:
@@ -102,14 +118,44 @@ def parse_flags(cls: "type[T]", argv: Sequence[str], description: Optional[str] 
             if names:
                 message = f"{'/'.join(names)}: {message}"
             raise FlagError(message)
+        raise FlagError(_parse_error_line(event))
 
     with _on_parse_error(hook):
         return tyro.cli(cls, **kwargs)
 
 
-def check_output_path(path: "str | os.PathLike", flag: str = "--out") -> None:
+def _arg_name(arg) -> str:
+    names = getattr(getattr(arg, "lowered", None), "name_or_flags", None)
+    return "/".join(names) if names else str(getattr(arg, "display_name", lambda: "argument")())
+
+
+def _parse_error_line(event) -> str:
+    """One line for a tyro parse-error event (unknown flag, bad choice, missing flag, ...)."""
+    e = _tyro_errors
+    if isinstance(event, e.UnrecognizedArgs):
+        return f"unrecognized arguments: {' '.join(event.tokens)} (see --help for the flags)"
+    if isinstance(event, e.InvalidChoice):
+        return (f"{_arg_name(event.argument)}: invalid choice {event.value!r}; expected one of "
+                f"{', '.join(event.choices)}")
+    if isinstance(event, e.MissingArgs):
+        missing = ", ".join(_arg_name(a.arg) for a in event.missing_arguments)
+        return f"missing required flags: {missing} (see --help)"
+    if isinstance(event, e.BadValue):
+        what = (f"takes no value, got {event.offending_value!r}" if event.reason == "fixed"
+                else "needs a value")
+        return f"{_arg_name(event.argument)} {what}"
+    if isinstance(event, e.MutexConflict):
+        return f"{event.first_token} and {event.second_token} cannot be given together"
+    return f"bad command line ({type(event).__name__}); see --help"
+
+
+def check_output_path(path: "str | os.PathLike", flag: str = "--out",
+                      inputs: Sequence["str | os.PathLike | None"] = ()) -> None:
     """Check that a file can be written at ``path`` (before any work is done); ``-`` (stdout) passes.
 
+    :param inputs: the command's input paths (checkpoints, corpora, model
+        directories): ``path`` may neither be one of them nor lie inside one.
+    :raises ValueError: if ``path`` is an input or lies inside one.
     :raises IsADirectoryError: if ``path`` is a directory.
     :raises FileNotFoundError: if its parent directory does not exist.
     :raises PermissionError: if the file or its directory is not writable.
@@ -117,6 +163,18 @@ def check_output_path(path: "str | os.PathLike", flag: str = "--out") -> None:
     if str(path) == "-":
         return
     p = Path(path).expanduser()
+    if not str(path).strip():
+        raise ValueError(f"{flag} must name a file, got {str(path)!r}")
+    target = p.resolve()
+    for source in inputs:
+        if source is None or not str(source).strip():
+            continue
+        src = Path(str(source)[5:] if str(source).startswith("file:") else source).expanduser()
+        if not src.exists():
+            continue
+        src = src.resolve()
+        if target == src or src in target.parents:
+            raise ValueError(f"{flag} {str(path)!r} would overwrite the input {str(source)!r}; give another path")
     parent = p.parent
     if p.is_dir():
         raise IsADirectoryError(f"{flag} {str(path)!r} is a directory; give a file path")
@@ -135,7 +193,8 @@ def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None
     :param argv: the arguments (default ``sys.argv[1:]``); ``--debug`` is removed
         from them and makes a user error propagate with its traceback.
     :param extra_errors: further exception types to report as user errors.
-    :raises SystemExit: ``2`` on a user error (:data:`USER_ERRORS` + ``extra_errors``).
+    :raises SystemExit: ``2`` on a user error (:data:`USER_ERRORS` + ``extra_errors``);
+        ``130`` on :class:`TrainingInterrupted` or ``KeyboardInterrupt``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -148,3 +207,11 @@ def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except TrainingInterrupted as e:
+        print(" ".join(str(e).split()), file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None

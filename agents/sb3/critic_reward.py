@@ -78,7 +78,8 @@ from seqenv.sb3 import SB3VecEnv
 from seqenv.tokenizers import BOS_ID
 
 from ..common.checkpoint import load_policy, save_checkpoint
-from ..common.cli import check_number
+from ..common.rundir import RunDirectory
+from ..common.cli import MAX_SAMPLES, MAX_STEPS, check_number
 from ..common.evaluation import evaluate_policy
 from ..common.rollout import make_vector_env, rollout
 from ..common.trajectory import sequence_batch
@@ -111,6 +112,8 @@ class PPOCriticConfig:
     :param max_grad_norm: gradient clipping.
     :param eval_samples: sequences generated for each evaluation.
     :param progress: show SB3's progress bar.
+    :param overwrite: replace the run in ``logdir`` (its files are deleted once
+        the checkpoints are read; without it a directory holding a run is refused).
     """
 
     checkpoint: str
@@ -131,10 +134,12 @@ class PPOCriticConfig:
     max_grad_norm: float = 0.5
     eval_samples: int = 512
     progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self):
         for name in ("total_timesteps", "num_envs", "n_steps", "batch_size", "n_epochs", "eval_samples"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=1, integer=True)
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=1,
+                         le=MAX_STEPS if name == "total_timesteps" else MAX_SAMPLES, integer=True)
         for name in ("beta", "learning_rate", "clip_range", "max_grad_norm"):
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), gt=0)
         check_number("--gae-lambda", self.gae_lambda, ge=0, le=1)
@@ -287,12 +292,25 @@ def evaluate(policy, reference, critic, task, beta: float, num_samples: int, dev
 def run(cfg: PPOCriticConfig) -> dict:
     """Fine-tune, save ``<logdir>/checkpoint.pt`` and ``metrics.json``; return ``{"before": ..., "after": ...}``.
 
+    The run directory goes through the run-directory guard
+    (:class:`~agents.common.rundir.RunDirectory`): locked for the run's life, a
+    directory holding a run refused unless ``overwrite``, whose files are
+    deleted only after both checkpoints are read.
+
     :raises FileNotFoundError, agents.common.checkpoint.CheckpointError: for a bad
         ``--checkpoint`` or ``--critic`` (not an nce checkpoint, another tokenizer).
+    :raises agents.common.cli.RunDirectoryError: ``logdir`` holds a run (without
+        ``overwrite``) or is in use.
     """
     device = resolve_device(cfg.device)
-    reference, task, state = load_policy(cfg.checkpoint, device)  # π0, frozen
-    critic = load_critic(cfg.critic, device, task)
+    with RunDirectory(cfg.logdir, overwrite=cfg.overwrite, script="ppo_critic.py", resumable=False) as run_dir:
+        reference, task, state = load_policy(cfg.checkpoint, device)  # π0, frozen
+        critic = load_critic(cfg.critic, device, task)
+        run_dir.start()  # inputs read: the old run's files may go now
+        return _run(cfg, device, reference, task, state, critic)
+
+
+def _run(cfg: PPOCriticConfig, device, reference, task, state, critic) -> dict:
     before = evaluate(reference, reference, critic, task, cfg.beta, cfg.eval_samples, device, cfg.seed)
 
     reward = CriticKLReward(SB3VecEnv(make_vector_env(task, cfg.num_envs, device)), critic, reference, cfg.beta, device)
