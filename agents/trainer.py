@@ -45,7 +45,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from .common.checkpoint import (HF_EXPORT_DIR, CheckpointError, check_corpus, check_task_compatible,
-                                hf_tokenizer_arg, load_checkpoint, save_checkpoint)
+                                hf_tokenizer_arg, link_atomic, load_checkpoint, save_checkpoint)
 from .common.cli import MAX_SAMPLES, MAX_STEPS, TrainingInterrupted, check_number
 from .common.rundir import RunDirectory, RunLock, check_logdir_path
 from .common.demos import DemoSampler
@@ -206,6 +206,14 @@ class _RunConfig:
             raise ValueError(f"need lora.r >= 0 and lora.alpha > 0, got r={self.lora.r}, alpha={self.lora.alpha}")
         if self.policy.startswith("hf:") and os.path.isdir(self.policy[3:]):
             self.policy = "hf:" + os.path.abspath(self.policy[3:])  # checkpoints keep working from any directory
+        elif self.policy.startswith("hf:"):
+            path = self.policy[3:]
+            if os.path.exists(path):
+                raise ValueError(f"--policy {self.policy!r}: {path!r} is a file; expected a Hugging Face model "
+                                 "directory (config.json, weights, tokenizer)")
+            if path.startswith(("/", ".", "~")) or path.count("/") != 1:  # not a hub id ("org/name")
+                raise ValueError(f"--policy {self.policy!r}: directory {path!r} does not exist (expected a Hugging "
+                                 "Face model directory or a hub id org/name)")
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; valid agents: {', '.join(AGENTS)}")
         if self.resume and self.overwrite:
@@ -491,6 +499,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.logdir = check_logdir_path(cfg.logdir)
         self.ckpt_path = self.logdir / "checkpoint.pt"
+        #: the checkpoint replaced by the latest save, kept until a finite loss confirms the new one
+        self.prev_ckpt_path = self.logdir / "checkpoint.prev.pt"
         self.callbacks: list[Callback] = [SamplesPanel(), *callbacks]
         self.writer = None
         self.lock: Optional[RunLock] = None
@@ -547,7 +557,13 @@ class Trainer:
             hf = hf_tokenizer_arg(source)
         else:
             hf = None if cfg.policy == "transformer" else cfg.policy
-        self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
+        try:
+            self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
+        except (OSError, ValueError) as e:  # an HF tokenizer that cannot be loaded (hub id offline, bad directory)
+            ours = isinstance(e, OSError) and not isinstance(e, FileNotFoundError) or hf is not None and hf[3:] in str(e)
+            if not hf or not ours:  # the corpus's own errors (a missing file: task) stay as they are
+                raise
+            raise ValueError(f"--policy {hf!r}: cannot load its tokenizer ({' '.join(str(e).split())[:300]})") from None
         #: True when a checkpoint's corpus differs from this run's and --allow-corpus-mismatch let it through
         self.corpus_mismatch = False
         if resume_state is not None:
@@ -610,8 +626,10 @@ class Trainer:
         if self.is_main:  # every input is read and checked: now the old run's files may go (--overwrite)
             self.run_dir.start()
             (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            # a resumed run drops the events logged after its checkpoint (else they would appear twice)
-            self.writer = SummaryWriter(str(self.logdir), purge_step=self.step if resume_state is not None else None)
+            # a resumed run hides the events its killed predecessor logged after the checkpoint (steps > the
+            # checkpoint's; they would appear twice otherwise): TensorBoard drops old events with step >= purge_step
+            self.writer = SummaryWriter(str(self.logdir),
+                                        purge_step=self.step + 1 if resume_state is not None else None)
 
     def request_stop(self) -> None:
         """Ask :meth:`train` to stop after the current step (early stopping by a
@@ -645,7 +663,7 @@ class Trainer:
     def save(self) -> None:
         """Write ``checkpoint.pt`` atomically (rank 0 only)."""
         if self.is_main:
-            save_checkpoint(self.checkpoint_state(), self.ckpt_path)
+            save_checkpoint(self.checkpoint_state(), self.ckpt_path, previous=self.prev_ckpt_path)
             if hasattr(self.policy, "save_pretrained_atomic"):  # HF policy: a plain-transformers export
                 self.policy.save_pretrained_atomic(self.logdir / HF_EXPORT_DIR)
         self.saved_step = self.step
@@ -702,8 +720,11 @@ class Trainer:
                 if self.distributed:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                 if finite.item() < 1:
-                    raise NonFiniteLossError(f"loss became {loss.item()} at step {self.step}; stopped. "
+                    rolled_back = self._roll_back() if self.saved_step == self.step else ""
+                    raise NonFiniteLossError(f"loss became {loss.item()} at step {self.step}; stopped. {rolled_back}"
                                              f"{self._kept_message()} (lower --lr or check the data)")
+                if self.saved_step == self.step and self.is_main:  # a finite loss: the checkpoint of this state holds
+                    self.prev_ckpt_path.unlink(missing_ok=True)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -752,6 +773,8 @@ class Trainer:
                 "--resume")
         if self.distributed:
             dist.barrier()
+        if self.is_main and self.step >= cfg.max_steps:  # the final state passed the divergence check when saved
+            self.prev_ckpt_path.unlink(missing_ok=True)
         if self.step < cfg.max_steps and not self.stop_requested:
             for cb in self.callbacks:
                 cb.on_train_end(self)
@@ -832,7 +855,30 @@ class Trainer:
             raise NonFiniteLossError(f"training diverged at step {self.step}: {what}; stopped without saving it. "
                                      f"{self._kept_message()} (lower --lr or check the data)")
 
+    def _roll_back(self) -> str:
+        """The loss is non-finite right at the step of the latest checkpoint: that checkpoint holds a diverged
+        state. Move it to ``checkpoint.diverged.pt`` and restore the one it replaced (rank 0; files only).
+
+        :return: a sentence for the error message.
+        """
+        bad_step = self.step
+        diverged = self.logdir / "checkpoint.diverged.pt"
+        if not self.is_main or not self.ckpt_path.is_file():
+            return ""
+        if self.prev_ckpt_path.is_file():
+            restored = int(load_checkpoint(self.prev_ckpt_path)["step"])
+            link_atomic(self.ckpt_path, diverged)
+            os.replace(self.prev_ckpt_path, self.ckpt_path)
+            self.saved_step = restored
+            return f"The checkpoint of step {bad_step} held the diverged state: moved to {str(diverged)!r}. "
+        os.replace(self.ckpt_path, diverged)
+        self.saved_step = None
+        self._only_checkpoint_diverged = True
+        return f"The only checkpoint (step {bad_step}) held the diverged state: moved to {str(diverged)!r}. "
+
     def _kept_message(self) -> str:
+        if getattr(self, "_only_checkpoint_diverged", False):
+            return "No good checkpoint remains; start again with --overwrite"
         if self.saved_step is not None:
             return f"The last good checkpoint {str(self.ckpt_path)!r} (step {self.saved_step}) is kept"
         return f"No checkpoint was written (the first is due at step {self.cfg.ckpt_every})"

@@ -766,7 +766,7 @@ def file_task(path: str, **kw) -> Task:
         raise FileNotFoundError(f"task file {str(p)!r} does not exist (expected a UTF-8 text file, one sequence per line)")
     raw = p.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is no text
     except UnicodeDecodeError as e:
         raise ValueError(f"task file {str(p)!r} is not valid UTF-8: byte {e.start} ({raw[e.start:e.start + 1]!r}): {e.reason}") from None
     lines = [l.rstrip("\r") for l in text.split("\n")]

@@ -29,6 +29,7 @@ old checkpoints still load, generate, evaluate and warm-start runs.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,27 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(state: dict, path: "str | os.PathLike") -> None:
+def link_atomic(src: "str | os.PathLike", dst: "str | os.PathLike") -> None:
+    """Make ``dst`` a hard link to ``src`` (no copy), replacing ``dst`` atomically; a copy where links fail."""
+    src, dst = Path(src), Path(dst)
+    tmp = src.with_name(f"{src.name}.{os.getpid()}-link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def save_checkpoint(state: dict, path: "str | os.PathLike", previous: "str | os.PathLike | None" = None) -> None:
     """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``), mode ``0666 & ~umask``
     like every other file of the run.
 
-    A crash mid-write leaves the previous checkpoint intact.
+    A crash mid-write leaves the previous checkpoint intact; at every moment
+    ``path`` holds a whole checkpoint.
+
+    :param previous: keep the checkpoint being replaced there (a hard link,
+        made before the replacement), e.g. to roll back a diverged state.
 
     :raises CheckpointError: if the file cannot be written (disk full, file size
         limit, permissions); the message says the previous checkpoint is kept.
@@ -74,6 +91,8 @@ def save_checkpoint(state: dict, path: "str | os.PathLike") -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.is_file():
+            link_atomic(path, previous)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):

@@ -22,6 +22,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
@@ -186,6 +187,10 @@ def check_output_path(path: "str | os.PathLike", flag: str = "--out",
         raise PermissionError(f"{flag} {str(path)!r}: directory {str(parent)!r} is not writable")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file, flush=True)
+
+
 def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None,
             extra_errors: tuple[type[BaseException], ...] = ()) -> T:
     """Run ``main(argv)``; a user error exits with status 2 and one line ``error: ...`` on stderr.
@@ -200,7 +205,10 @@ def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        return main(argv)
+        with warnings.catch_warnings():
+            if not debug:  # "warning: ..." on one line, not "path:line: UserWarning: ..." and the source line
+                warnings.showwarning = _one_line_warning
+            return main(argv)
     except (*USER_ERRORS, *extra_errors) as e:
         if debug:
             raise

@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 from .cli import RunDirectoryError
 
 #: files that make a directory hold a run (besides ``events.out.tfevents.*``)
-RUN_FILES = ("checkpoint.pt", "config.json", "metrics.json", "initial_metrics.json")
+RUN_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.diverged.pt", "config.json", "metrics.json",
+             "initial_metrics.json")
 EVENTS_GLOB = "events.out.tfevents.*"
 TEMP_GLOB = "checkpoint.pt.*.tmp"
 LOCK_NAME = ".lock"
@@ -179,13 +180,15 @@ class RunDirectory:
         marker = run_marker(self.logdir)
         if resume:  # checked before taking the lock: a missing run directory is not created
             self._check_resume(old, marker, resumable)
+        self.created = not self.logdir.exists()
+        self.lock_existed = (self.logdir / LOCK_NAME).exists()
+        self.started = False
         self.lock = RunLock(self.logdir)
         try:
             self.to_delete: list[Path] = [] if resume else self._check_fresh(old, marker, overwrite)
         except BaseException:
-            self.lock.release()
+            self.release()
             raise
-        self.started = False
 
     def _check_resume(self, old: list[Path], marker: Optional[dict], resumable: bool) -> None:
         ckpt = self.logdir / "checkpoint.pt"
@@ -243,8 +246,18 @@ class RunDirectory:
         return self.lock.held
 
     def release(self) -> None:
-        """Release the lock (idempotent)."""
+        """Release the lock (idempotent). A guard whose run never started leaves no trace: the lock file it
+        created is removed, and the directory if it created that too."""
+        if not self.lock.held:
+            return
         self.lock.release()
+        if not self.started and not self.lock_existed:
+            self.lock.path.unlink(missing_ok=True)
+        if self.created and not self.started:
+            try:
+                self.logdir.rmdir()
+            except OSError:
+                pass
 
     def __enter__(self) -> "RunDirectory":
         return self
