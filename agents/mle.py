@@ -70,6 +70,34 @@ def backspace_actions(demos: Demos, p: float, wrong_tokens: str, ctx: LearnerCon
                                   wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts, ids=demos.ids)
 
 
+def check_augmentation(owner: str, backspace_p: float, wrong_tokens: str) -> None:
+    """Validate the ``backspace_p`` / ``wrong_tokens`` fields that every teacher-forced learner shares.
+
+    :param owner: the config class name, for the message.
+    :raises ValueError: naming the bad field and value.
+    """
+    if not 0.0 <= backspace_p < 1.0:
+        raise ValueError(f"{owner}.backspace_p must be in [0, 1), got {backspace_p}")
+    if wrong_tokens not in ("uniform", "model"):
+        raise ValueError(f"{owner}.wrong_tokens must be 'uniform' or 'model', got {wrong_tokens!r}")
+
+
+def demo_batch(demos: Demos, backspace_p: float, wrong_tokens: str,
+               ctx: LearnerContext) -> tuple[TrajectoryBatch, torch.Tensor]:
+    """The (optionally backspace-augmented) demonstrations as a batch, and the actions to imitate.
+
+    The target mask is ``is_action`` without the injected wrong tokens (see
+    the module docstring); prompts are never targets. Shared by MLE and the
+    token-level baselines (unlikelihood, TaiLr, MixCE, EMO, scheduled sampling).
+
+    :return: ``(batch, target)``, ``target`` BoolTensor ``[B, T]`` on ``ctx.device``.
+    """
+    actions = backspace_actions(demos, backspace_p, wrong_tokens, ctx)
+    batch = collate(actions, demos.prompts, device=ctx.device, ids=demos.ids)
+    target = batch.is_action & ~wrong_token_mask(batch) if backspace_p > 0 else batch.is_action
+    return batch, target
+
+
 @register_learner
 class MLELearner:
     """Behaviour cloning on (optionally backspace-augmented) demonstrations (``--agent mle``).
@@ -89,10 +117,8 @@ class MLELearner:
         return self.model.parameters()
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
-        actions = backspace_actions(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
-        batch = collate(actions, demos.prompts, device=self.ctx.device, ids=demos.ids)
+        batch, target = demo_batch(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
         logits = self.model(batch.tokens)
-        target = batch.is_action & ~wrong_token_mask(batch) if self.cfg.backspace_p > 0 else batch.is_action
         loss = mle_loss(logits, batch, target)
         return loss, {"loss/mle": loss.item(), "train/tokens": int(batch.is_action.sum())}
 

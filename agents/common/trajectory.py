@@ -241,3 +241,20 @@ def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
     logp = logits[:, :-1].to(dtype).log_softmax(-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
     logp = F.pad(logp, (1, 0))
     return torch.where(mask, logp, torch.zeros_like(logp))
+
+
+def action_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """The full action distribution of the state in which each column's token is taken.
+
+    :param logits: FloatTensor ``[B, T, V]`` from the policy on ``tokens``
+        (``logits[:, i-1]`` predicts ``tokens[:, i]``); bf16/fp16 are upcast to float32.
+    :return: FloatTensor ``[B, T, V]``, nats: column ``i`` holds
+        ``log π(· | state before tokens[:, i])``; column 0 (bos, predicted by
+        nothing) is all zeros. ``action_log_softmax(l).gather(-1, tokens[..., None])``
+        equals :func:`token_log_probs` where the mask is True.
+    :raises ValueError: if ``logits`` is not 3-D.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"expected logits [B, T, V], got {tuple(logits.shape)}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return F.pad(logits[:, :-1].to(dtype).log_softmax(-1), (0, 0, 1, 0))
