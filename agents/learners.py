@@ -1,11 +1,16 @@
 """Every learner, registered by importing its module (see :mod:`agents.common.learner`).
 
-==================  =====================================================
-``mle``             :class:`agents.mle.MLELearner` (BC; ``backspace_p`` > 0 = MLE + backspace)
-``sequencematch``   :class:`agents.sequencematch.SequenceMatchLearner`
-``earm``            :class:`agents.earm.EARMLearner`
-``nce``             :class:`agents.nce.NCELearner`
-==================  =====================================================
+======================  =====================================================
+``mle``                 :class:`agents.mle.MLELearner` (BC; ``backspace_p`` > 0 = MLE + backspace)
+``sequencematch``       :class:`agents.sequencematch.SequenceMatchLearner`
+``earm``                :class:`agents.earm.EARMLearner`
+``nce``                 :class:`agents.nce.NCELearner`
+``unlikelihood``        :class:`agents.unlikelihood.UnlikelihoodLearner` (token level, Welleck et al. 2020)
+``tailr``               :class:`agents.tailr.TaiLrLearner` (Ji et al. 2023)
+``mixce``               :class:`agents.mixce.MixCELearner` (Zhang et al. 2023)
+``emo``                 :class:`agents.emo.EMOLearner` (Ren et al. 2024; the ``emoloss`` package)
+``scheduled_sampling``  :class:`agents.scheduled_sampling.ScheduledSamplingLearner` (two-pass, Mihaylova & Martins 2019)
+======================  =====================================================
 
 Adding a method: write ``agents/<name>.py`` with a config dataclass, the loss
 and a ``@register_learner`` class, and import it here.
@@ -18,6 +23,11 @@ from . import mle  # noqa: F401, I001
 from . import sequencematch  # noqa: F401
 from . import earm  # noqa: F401
 from . import nce  # noqa: F401
+from . import unlikelihood  # noqa: F401
+from . import tailr  # noqa: F401
+from . import mixce  # noqa: F401
+from . import emo  # noqa: F401
+from . import scheduled_sampling  # noqa: F401
 from .common.learner import LEARNERS
 
 #: registered learner names, in registration order (the ``--agent`` choices)

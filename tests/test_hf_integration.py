@@ -24,10 +24,15 @@ from agents.common.checkpoint import load_checkpoint, load_policy  # noqa: E402
 from agents.common.demos import augment_with_backspace  # noqa: E402
 from agents.common.trajectory import collate, wrong_token_mask  # noqa: E402
 from agents.earm import EARMConfig  # noqa: E402
+from agents.emo import EMOConfig  # noqa: E402
+from agents.mixce import MixCEConfig  # noqa: E402
 from agents.mle import MLEConfig  # noqa: E402
 from agents.nce import NCEConfig  # noqa: E402
+from agents.scheduled_sampling import ScheduledSamplingConfig  # noqa: E402
 from agents.sequencematch import SequenceMatchConfig  # noqa: E402
+from agents.tailr import TaiLrConfig  # noqa: E402
 from agents.trainer import Callback, LoraFlags, TrainConfig, Trainer  # noqa: E402
+from agents.unlikelihood import UnlikelihoodConfig  # noqa: E402
 from scripts import evaluate, generate, train  # noqa: E402
 from seqenv import SpecialIds, make_task  # noqa: E402
 
@@ -172,6 +177,13 @@ LEARNER_CASES = {
     "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=5, rollout_batch_size=8)},
     "earm": {"earm": EARMConfig(start_step=10)},
     "nce": {"nce": NCEConfig(refresh_every=5, critic_n_layer=1, critic_n_head=2, critic_n_embd=32)},
+    # the exposure-bias baselines (agents/unlikelihood.py, tailr.py, mixce.py, emo.py, scheduled_sampling.py)
+    "unlikelihood": {"unlikelihood": UnlikelihoodConfig(backspace_p=0.1)},
+    "tailr": {"tailr": TaiLrConfig(backspace_p=0.1)},
+    "mixce": {"mixce": MixCEConfig(backspace_p=0.1)},
+    "emo": {"emo": EMOConfig(backspace_p=0.1)},
+    "scheduled_sampling": {"scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5,
+                                                                         backspace_p=0.1)},
 }
 
 
@@ -179,7 +191,7 @@ LEARNER_CASES = {
 def test_every_learner_trains_an_hf_policy(tmp_path, llama_dir, corpus, agent):
     t = Trainer(_cfg(tmp_path, llama_dir, corpus, agent, agent=agent, **LEARNER_CASES[agent]))
     assert t.policy.family == "hf" and SpecialIds.of(t.task) == SpecialIds.of(t.policy)
-    losses = Losses(t.learner.progress_keys[0])  # loss/mle, loss/bc, loss/ce, nce/loss
+    losses = Losses(t.learner.progress_keys[0])  # loss/mle, loss/bc, loss/ce, nce/loss, loss/nll, loss/tailr, ...
     t.callbacks.append(losses)
     metrics = t.train()
     t.close()
@@ -190,8 +202,9 @@ def test_every_learner_trains_an_hf_policy(tmp_path, llama_dir, corpus, agent):
     assert (tmp_path / agent / "hf" / "config.json").is_file()
 
 
-def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, llama_dir, corpus):
-    kw = dict(agent="mle", mle=MLEConfig(backspace_p=0.1), max_steps=6, ckpt_every=3)
+@pytest.mark.parametrize("agent", ["mle", "emo", "scheduled_sampling"])  # learner state; the sample stream
+def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, llama_dir, corpus, agent):
+    kw = dict(agent=agent, **LEARNER_CASES[agent], max_steps=6, ckpt_every=3)
     full = Trainer(_cfg(tmp_path, llama_dir, corpus, "full", **kw))
     m_full = full.train()
     full.close()
