@@ -28,7 +28,6 @@ import math
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -572,9 +571,9 @@ class Trainer:
                                                 allow=allow_corpus_mismatch)
         if init_state is not None:
             check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
-            if init_state["task"].get("name") == self.task.name:  # same task: the same texts expected
-                self.corpus_mismatch = check_corpus(init_state, self.task, f"--init checkpoint {cfg.init!r}",
-                                                    allow=allow_corpus_mismatch)
+            # the same task: the same texts expected (another task is a deliberate choice)
+            self.corpus_mismatch = check_corpus(init_state, self.task, f"--init checkpoint {cfg.init!r}",
+                                                allow=allow_corpus_mismatch)
             cfg.model = _init_model_config(cfg.model, init_state, cfg.init)
         if source is not None:
             self.policy = build_policy(source["policy"]).to(self.device)
@@ -800,9 +799,6 @@ class Trainer:
             if self.interrupted is not None:  # the second signal: stop at once
                 raise KeyboardInterrupt
             self.interrupted = signal.Signals(signum).name
-            if self.is_main:
-                print(f"\n{self.interrupted}: finishing step {self.step + 1} and writing a checkpoint "
-                      "(again to stop at once)", file=sys.stderr, flush=True)
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -78,7 +78,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import statistics
 import sys
 import time
@@ -94,6 +93,7 @@ import torch
 from agents.common.checkpoint import load_checkpoint, save_checkpoint
 from agents.common.evaluation import evaluate_samples, format_metrics_table, recovery, validity_rate
 from agents.common.rollout import generate
+from agents.common.rundir import RunDirectory
 from agents.earm import EARMConfig
 from agents.generation import rerank_critic
 from agents.mle import MLEConfig
@@ -362,12 +362,12 @@ class Bench:
         if step == 0:
             return train_in_phases(cfg, [cfg.max_steps])
         run_dir = Path(cfg.logdir)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
         state = load_checkpoint(self.forks[(spec.task, spec.seed, step)])
         state["config"] = cfg.to_dict()
         state["agent"] = agent
-        save_checkpoint(state, run_dir / "checkpoint.pt")
+        with RunDirectory(run_dir, overwrite=True, script="train.py") as guard:  # a scratch run is redone
+            guard.start()
+            save_checkpoint(state, run_dir / "checkpoint.pt")
         resumed = TrainConfig(logdir=str(run_dir), resume=True, device=self.device, progress=False)
         return train_in_phases(resumed, [cfg.max_steps])
 
@@ -489,7 +489,7 @@ def run_nce(spec: RunSpec, bench: Bench) -> RunResult:
         ppo_cfg = PPOCriticConfig(checkpoint=ckpt, critic=ckpt, total_timesteps=bench.ppo_timesteps,
                                       num_envs=n_envs, n_steps=max(4, min(64, bench.ppo_timesteps // (2 * n_envs))),
                                       batch_size=256, logdir=str(Path(cfg.logdir) / "ppo"), device=bench.device,
-                                      seed=spec.seed, eval_samples=b.eval_samples, progress=False)
+                                      seed=spec.seed, eval_samples=b.eval_samples, progress=False, overwrite=True)
         t0 = time.perf_counter()
         after = run_ppo(ppo_cfg)["after"]
         result.metrics["ppo_s"] = time.perf_counter() - t0

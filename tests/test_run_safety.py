@@ -101,7 +101,6 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
     before = _snapshot(logdir)
     # an edit that keeps the same characters: the tokenizer matches, the texts do not
     corpus.write_text("".join(f"ba{i % 7} = c{i % 5}\n" for i in range(80)), encoding="utf-8")
-    make_task.cache_clear() if hasattr(make_task, "cache_clear") else None
     new_hash = make_task(f"file:{corpus}").corpus_hash
     assert new_hash != saved_hash
     line = _error_line(capsys, train.main, ["--logdir", str(logdir), "--resume", "--max-steps", "2", *TINY])
@@ -110,6 +109,11 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
                                                "--num-samples", "2"])
     assert line.startswith("error: the corpus of task") and saved_hash in line and new_hash in line
     assert _snapshot(logdir) == before
+    # --init on the same task: refused too (another task over the same characters would be allowed)
+    line = _error_line(capsys, train.main, ["--task", f"file:{corpus}", "--init", str(logdir / "checkpoint.pt"),
+                                            "--max-steps", "1", "--logdir", str(tmp_path / "init"), *TINY])
+    assert line.startswith(f"error: the corpus of task 'file:{corpus}' differs from the one --init checkpoint")
+    assert not (tmp_path / "init").exists()
     # an edit with new characters: another tokenizer, refused in one line too (no shape-mismatch traceback)
     corpus.write_text("".join(f"xyz{i % 7} = q{i % 5}\n" for i in range(80)), encoding="utf-8")
     line = _error_line(capsys, train.main, ["--logdir", str(logdir), "--resume", "--max-steps", "2", *TINY])

@@ -157,6 +157,8 @@ def _first_sentence(text: str, limit: int = 400) -> str:
 def check_corpus(state: dict, task: Task, path: str = "checkpoint", allow: bool = False) -> bool:
     """Compare ``task``'s corpus (``Task.corpus_hash``) with the one the checkpoint was trained on.
 
+    Only for the checkpoint's own task (same name): another task over the same
+    tokenizer is a deliberate choice (:func:`check_task_compatible`).
     Checkpoints without ``corpus_sha256`` (older ones, or tasks without texts)
     and tasks whose texts are not available pass.
 
@@ -165,7 +167,7 @@ def check_corpus(state: dict, task: Task, path: str = "checkpoint", allow: bool 
     :raises CheckpointError: on a mismatch without ``allow``, naming both hashes.
     """
     saved = state.get("corpus_sha256")
-    if not saved:
+    if not saved or state["task"].get("name") != task.name:
         return False
     try:
         current = task.corpus_hash
