@@ -80,6 +80,8 @@ def _main(argv: list[str]) -> dict:
         check_output_path(cfg.out, inputs=(cfg.checkpoint, cfg.task, cfg.mauve_model))
     device = resolve_device(cfg.device)
     policy, task, state = load_policy(cfg.checkpoint, device, cfg.task)
+    if cfg.out is not None:  # nor over the corpus the checkpoint was trained on
+        check_output_path(cfg.out, inputs=(state["task"].get("file", {}).get("path"),))
     mismatch = check_corpus(state, task, f"checkpoint {cfg.checkpoint!r}", allow=cfg.allow_corpus_mismatch)
     metrics = evaluate_policy(policy, task, num_samples=cfg.num_samples, device=device, seed=cfg.seed,
                               temperature=cfg.temperature)

@@ -78,7 +78,9 @@ def run(cfg: GenerateConfig) -> list[str]:
     :raises FileNotFoundError, CheckpointError: for a missing or bad checkpoint.
     """
     device = resolve_device(cfg.device)
-    policy, task, _ = load_policy(cfg.checkpoint, device, cfg.task)
+    policy, task, state = load_policy(cfg.checkpoint, device, cfg.task)
+    if cfg.out != "-":  # the output never replaces the corpus the checkpoint was trained on
+        check_output_path(cfg.out, inputs=(state["task"].get("file", {}).get("path"),))
     critic = load_critic(cfg.critic, device, task) if cfg.rerank == "critic" else None
     return generate_texts(policy, task, cfg.num_samples, rerank=cfg.rerank, candidates=cfg.candidates,
                           critic=critic, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,

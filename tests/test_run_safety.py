@@ -254,6 +254,16 @@ def test_7_an_output_never_overwrites_an_input(finished_run, tmp_path, capsys):
                                                "--task", f"file:{corpus}"])
     assert line == f"error: --out {str(corpus)!r} would overwrite the input 'file:{corpus}'; give another path"
     assert ckpt.read_bytes() == before and corpus.read_text() == "abc\n"
+    # nor over the corpus a file: checkpoint was trained on, though no --task names it
+    data = tmp_path / "data.txt"
+    data.write_text("".join(f"ab{i % 7} = c{i % 5}\n" for i in range(40)))
+    train.main(["--task", f"file:{data}", "--max-steps", "1", "--batch-size", "4", "--eval-samples", "2",
+                "--logdir", str(tmp_path / "f"), *TINY])
+    for main in (generate.main, evaluate.main):
+        line = _error_line(capsys, main, ["--checkpoint", str(tmp_path / "f" / "checkpoint.pt"), "--out", str(data),
+                                          "--device", "cpu", "--num-samples", "2"])
+        assert line == f"error: --out {str(data)!r} would overwrite the input {str(data)!r}; give another path"
+    assert data.read_text().startswith("ab0 = c0\n")
 
 
 # 8 ---------------------------------------------------------------------------------------------------------

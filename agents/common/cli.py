@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
@@ -187,6 +189,10 @@ def check_output_path(path: "str | os.PathLike", flag: str = "--out",
         raise PermissionError(f"{flag} {str(path)!r}: directory {str(parent)!r} is not writable")
 
 
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file, flush=True)
 
@@ -204,6 +210,9 @@ def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM ends the script like Ctrl-C
+        previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with warnings.catch_warnings():
             if not debug:  # "warning: ..." on one line, not "path:line: UserWarning: ..." and the source line
@@ -223,3 +232,6 @@ def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None
             raise
         print("interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
