@@ -4,6 +4,9 @@
         --critic runs/nce-oracle-hmm/checkpoint.pt --total-timesteps 200000 --logdir runs/ppo-critic
 
 The objective, the KL reward and what is logged: :mod:`agents.sb3.critic_reward`.
+The run directory is guarded like train.py's: one that holds a run is refused
+unless ``--overwrite`` (its files are deleted only after both checkpoints are
+read), and a second process on it is refused while this one runs.
 A bad flag or checkpoint exits with status 2 and one line ``error: ...``;
 ``--debug`` shows the traceback instead.
 """
