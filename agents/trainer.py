@@ -475,16 +475,19 @@ class Trainer:
         :data:`RESUME_FLAGS` they checked with :func:`resume_conflicts`).
         ``max_steps`` may only be raised (the run is extended).
 
-    Rank 0 holds an exclusive lock on ``logdir`` (:class:`~agents.common.rundir.RunLock`)
-    until :meth:`close`, and prepares the directory with
-    :func:`~agents.common.rundir.prepare_run_directory`: a fresh run refuses a
-    directory that holds a run unless ``cfg.overwrite``; stale checkpoint temp
-    files are deleted.
+    Rank 0 guards ``logdir`` with :class:`~agents.common.rundir.RunDirectory`
+    until :meth:`close`: an exclusive lock, and a fresh run refuses a
+    directory that holds a run unless ``cfg.overwrite`` (and refuses one no
+    run of ours wrote); the old run's files and stale checkpoint temp files
+    are deleted only at the end of setup, once every input is read and checked.
 
     :raises FileNotFoundError, CheckpointError: for a bad ``init`` checkpoint or
         ``resume`` without one.
     :raises agents.common.cli.RunDirectoryError: if ``logdir`` holds a run
         (fresh run without ``overwrite``) or another process holds its lock.
+    :raises CheckpointError: also when a resumed or same-task ``init``
+        checkpoint's corpus (``corpus_sha256``) differs from the task's,
+        unless ``cfg.allow_corpus_mismatch``.
     """
 
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (),
