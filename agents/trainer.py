@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .common.checkpoint import (HF_EXPORT_DIR, CheckpointError, check_corpus, check_task_compatible,
                                 hf_tokenizer_arg, link_atomic, load_checkpoint, save_checkpoint)
-from .common.cli import MAX_SAMPLES, MAX_STEPS, TrainingInterrupted, check_number
+from .common.cli import MAX_LR, MAX_SAMPLES, MAX_STEPS, MIN_TEMPERATURE, TrainingInterrupted, check_number
 from .common.rundir import RunDirectory, RunLock, check_logdir_path
 from .common.demos import DemoSampler
 from .common.distributed import wrap_ddp
@@ -224,8 +224,9 @@ class _RunConfig:
         for name in ("eval_every", "warmup_steps"):
             check_number(_flag(name), getattr(self, name), ge=0, le=MAX_STEPS, integer=True)
         check_number("--seed", self.seed, ge=0, le=2**31 - 1, integer=True)
-        for name in ("lr", "grad_clip", "eval_temperature"):
-            check_number(_flag(name), getattr(self, name), gt=0)
+        for name in ("lr", "grad_clip"):
+            check_number(_flag(name), getattr(self, name), gt=0, le=MAX_LR if name == "lr" else None)
+        check_number("--eval-temperature", self.eval_temperature, ge=MIN_TEMPERATURE)
         check_number("--min-lr-ratio", self.min_lr_ratio, ge=0, le=1)
         check_number("--weight-decay", self.weight_decay, ge=0)
         for section in dataclasses.fields(self):  # every float of every section (--mle.*, --model.*, ...) is finite
@@ -236,6 +237,8 @@ class _RunConfig:
                     if isinstance(v, float) and not math.isfinite(v):
                         raise ValueError(f"--{section.name}.{f.name.replace('_', '-')} must be a finite number, "
                                          f"got {v!r}")
+                    if f.name.endswith("temperature") and isinstance(v, (int, float)) and 0 < v < MIN_TEMPERATURE:
+                        check_number(f"--{section.name}.{f.name.replace('_', '-')}", v, ge=MIN_TEMPERATURE)
         if self.logdir is not None and not str(self.logdir).strip():
             raise ValueError(f"--logdir must name a directory, got {self.logdir!r}")
         if self.logdir is None:

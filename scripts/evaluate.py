@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from agents.common.checkpoint import check_corpus, load_policy
-from agents.common.cli import MAX_SAMPLES, MAX_SEED, check_number, check_output_path, parse_flags, run_cli
+from agents.common.cli import MAX_SAMPLES, MAX_SEED, MIN_TEMPERATURE, check_number, check_output_path, parse_flags, run_cli
 from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
 from agents.common.mauve import mauve_score
 from agents.common.rollout import generate
@@ -61,7 +61,7 @@ class EvaluateConfig:
 
     def __post_init__(self):
         check_number("--num-samples", self.num_samples, ge=1, le=MAX_SAMPLES, integer=True)
-        check_number("--temperature", self.temperature, gt=0)
+        check_number("--temperature", self.temperature, ge=MIN_TEMPERATURE)
         check_number("--seed", self.seed, ge=0, le=MAX_SEED, integer=True)
         if self.mauve_pooling not in ("mean", "last"):
             raise ValueError(f"--mauve-pooling must be 'mean' or 'last', got {self.mauve_pooling!r}")

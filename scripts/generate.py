@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from agents.common.checkpoint import load_policy
-from agents.common.cli import MAX_SAMPLES, MAX_SEED, check_number, check_output_path, parse_flags, run_cli
+from agents.common.cli import MAX_SAMPLES, MAX_SEED, MIN_TEMPERATURE, check_number, check_output_path, parse_flags, run_cli
 from agents.generation import generate_texts
 from agents.nce import load_critic
 from agents.trainer import resolve_device
@@ -62,7 +62,7 @@ class GenerateConfig:
         for flag, value in (("--num-samples", self.num_samples), ("--candidates", self.candidates),
                             ("--batch-size", self.batch_size)):
             check_number(flag, value, ge=1, le=MAX_SAMPLES, integer=True)
-        check_number("--temperature", self.temperature, gt=0)
+        check_number("--temperature", self.temperature, ge=MIN_TEMPERATURE)
         if self.top_k is not None:
             check_number("--top-k", self.top_k, ge=1, integer=True)
         if self.top_p is not None:

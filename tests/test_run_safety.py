@@ -410,12 +410,20 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
         (["--batch-size", "100000000000000000000"], "error: --batch-size must be an integer >= 1 and <= 1000000"),
         (["--seed", "99999999999999999999"], "error: --seed must be an integer >= 0 and <= 2147483647"),
         (["--eval-samples", "100000000000000000000"], "error: --eval-samples must be an integer >= 1 and <= 1000000"),
+        (["--lr", "1e300"], "error: --lr must be a finite number > 0 and <= 1e+06, got 1e+300"),
+        (["--eval-temperature", "1e-300"], "error: --eval-temperature must be a finite number >= 0.001, got 1e-300"),
+        (["--agent", "sequencematch", "--sequencematch.rollout-temperature", "1e-45"],
+         "error: --sequencematch.rollout-temperature must be a finite number >= 0.001, got 1e-45"),
         (["--agent", "gail"], "error: --agent: invalid choice 'gail'; expected one of mle, sequencematch"),
         (["--no-such-flag", "1"], "error: unrecognized arguments: --no-such-flag 1 (see --help for the flags)"),
     ]
     for argv, expected in cases:
         line = _error_line(capsys, train.main, [*argv, "--logdir", str(tmp_path / "never"), "--no-progress"])
         assert line.startswith(expected), (argv, line)
+    # a nucleus below float32's smallest number keeps the most likely token (it dropped every token before)
+    texts = generate.main(["--checkpoint", str(ckpt), "--top-p", "1e-300", "--num-samples", "2", "--device", "cpu",
+                           "--out", str(tmp_path / "g.txt")])
+    assert len(texts) == 2 and texts[0] == texts[1]  # greedy: the same text twice
     line = _error_line(capsys, generate.main, ["--seed", "99999999999999999999", "--checkpoint", str(ckpt)])
     assert line.startswith("error: --seed must be an integer >= 0 and <= 2147483647")
     assert _error_line(capsys, evaluate.main, []) == "error: missing required flags: --checkpoint (see --help)"

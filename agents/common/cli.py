@@ -47,6 +47,11 @@ T = TypeVar("T")
 MAX_STEPS = 10**9
 MAX_SAMPLES = 10**6
 MAX_SEED = 2**31 - 1
+#: sampling temperatures below this make ``logits / T`` overflow to inf (NaN probabilities); above it they are
+#: greedy in effect already
+MIN_TEMPERATURE = 1e-3
+#: learning rates above this overflow float32 in the optimiser (AdamW's ``lr * weight_decay``, ``lr * update``)
+MAX_LR = 1e6
 
 
 class FlagError(ValueError):

@@ -113,6 +113,7 @@ def sample_actions(
         probs = sorted_x.softmax(-1)
         # drop a token if the mass before it already reaches top_p (always keeps the first)
         drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop_sorted[..., 0] = False  # even when top_p rounds to 0 in float32 (e.g. 1e-300)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         x = x.masked_fill(drop, float("-inf"))
     logp = x.log_softmax(-1)
