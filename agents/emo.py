@@ -75,8 +75,9 @@ class EMOConfig:
 def output_embedding(policy: torch.nn.Module) -> torch.Tensor:
     """The LM head's weight, rows ``[:vocab_size]``: FloatTensor ``[V, d]`` (a view; detach/clone it).
 
-    :param policy: a policy (possibly DDP-wrapped): an HF policy (``.lm``'s
-        output embeddings) or one with an ``lm_head`` linear layer.
+    :param policy: a policy (possibly DDP-wrapped or FSDP-sharded: then a
+        gathered copy, not a view): an HF policy (``.lm``'s output embeddings)
+        or one with an ``lm_head`` linear layer.
     :raises ValueError: if the policy has neither.
     """
     policy = getattr(policy, "module", policy)
@@ -86,7 +87,10 @@ def output_embedding(policy: torch.nn.Module) -> torch.Tensor:
         head = getattr(policy, "lm_head", None)
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise ValueError(f"cannot find the LM head of {type(policy).__name__}; EMO needs its output embedding")
-    return head.weight[: policy.vocab_size]
+    weight = head.weight
+    if hasattr(weight, "full_tensor"):  # FSDP: a sharded DTensor; gathered whole (collective: every rank calls this)
+        weight = weight.full_tensor()
+    return weight[: policy.vocab_size]
 
 
 def emo_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, cost_embedding: torch.Tensor,

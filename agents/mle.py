@@ -15,12 +15,14 @@ backspace after an error, never to make one.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from .common.demos import Demos, augment_with_backspace, model_wrong_token_fn
+from .common.distributed import gathered_params
 from .common.learner import LearnerContext, register_learner
 from .common.trajectory import TrajectoryBatch, collate, token_log_probs, wrong_token_mask
 
@@ -66,8 +68,12 @@ def backspace_actions(demos: Demos, p: float, wrong_tokens: str, ctx: LearnerCon
     if p == 0:
         return demos.actions
     fn = model_wrong_token_fn(ctx.model, ctx.generators["noise"], ctx.device) if wrong_tokens == "model" else None
-    return augment_with_backspace(demos.actions, p, ctx.task.tokenizer.vocab_size, ctx.generators["noise"],
-                                  wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts, ids=demos.ids)
+    # FSDP: the model's proposals are as many forward passes as this rank's batch needs, so they run on the
+    # gathered parameters (every rank enters once per step); a no-op otherwise
+    with gathered_params(ctx.policy) if fn is not None else contextlib.nullcontext():
+        return augment_with_backspace(demos.actions, p, ctx.task.tokenizer.vocab_size, ctx.generators["noise"],
+                                      wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts,
+                                      ids=demos.ids)
 
 
 def check_augmentation(owner: str, backspace_p: float, wrong_tokens: str) -> None:

@@ -48,13 +48,18 @@ from .common.checkpoint import (HF_EXPORT_DIR, CheckpointError, check_corpus, ch
 from .common.cli import MAX_LR, MAX_SAMPLES, MAX_STEPS, MIN_TEMPERATURE, TrainingInterrupted, check_number
 from .common.rundir import RunDirectory, RunLock, check_logdir_path
 from .common.demos import DemoSampler
-from .common.distributed import wrap_ddp
+from .common.distributed import (full_state_dicts, gathered_params, init_single_process_group,
+                                 load_full_optimizer_state, shard_hf_policy, wrap_ddp)
 from .common.evaluation import evaluate_policy, format_episode
 from .common.rollout import generate
 from .common.learner import LearnerContext
 from .learners import AGENTS, LEARNERS
 from .policies import build_policy
 from .policies.transformer import PolicyConfig
+
+
+_FSDP_TRANSFORMER_ERROR = ("--dist fsdp shards Hugging Face policies only (--policy hf:PATH): our TransformerPolicy "
+                           "is small enough to replicate; use --dist ddp")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -164,6 +169,16 @@ class _RunConfig:
     :param dtype: HF policy parameter dtype (``float32``, ``bfloat16``,
         ``float16``); default bfloat16 on CUDA, float32 on CPU.
     :param lora: LoRA adapters for an HF policy (``r = 0``: full fine-tuning).
+    :param dist: data parallelism under ``torchrun``: ``ddp`` replicates the
+        policy on every rank; ``fsdp`` shards an HF policy with FSDP2
+        (``agents.common.distributed.shard_hf_policy``; also in one process,
+        as a one-rank group). Under ``fsdp``, ``--batch-size`` is the global
+        batch, split evenly over the ranks, and the demonstrations drawn do not
+        depend on the world size, so a run resumes on any number of ranks that
+        divides it; ``--dtype bfloat16`` (the CUDA default) keeps float32
+        master weights and computes in bfloat16 (mixed precision).
+    :param activation_checkpointing: HF policy: recompute each decoder
+        layer's activations in backward (less memory, one more forward).
     :param allow_corpus_mismatch: resume (or ``--init`` on the same task) although
         the task's corpus differs from the checkpoint's (``Task.corpus_hash``);
         ``metrics.json`` then records ``"corpus_mismatch": true``.
@@ -195,6 +210,8 @@ class _RunConfig:
     dtype: Optional[str] = None
     lora: LoraFlags = field(default_factory=LoraFlags)
     allow_corpus_mismatch: bool = False
+    dist: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         if self.policy != "transformer" and not (self.policy.startswith("hf:") and len(self.policy) > 3):
@@ -215,6 +232,13 @@ class _RunConfig:
                                  "Face model directory or a hub id org/name)")
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; valid agents: {', '.join(AGENTS)}")
+        if self.dist not in ("ddp", "fsdp"):
+            raise ValueError(f"dist must be 'ddp' or 'fsdp', got {self.dist!r}")
+        if self.dist == "fsdp" and self.agent == "nce":
+            raise ValueError("--dist fsdp does not support --agent nce (its critic and noise-policy snapshot are "
+                             "replicated modules); use --dist ddp")
+        if self.dist == "fsdp" and self.policy == "transformer" and not (self.init or self.resume):
+            raise ValueError(_FSDP_TRANSFORMER_ERROR)
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --logdir, --overwrite deletes it: pass one of them")
         for name in ("max_steps", "ckpt_every", "log_every"):
@@ -496,9 +520,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (),
                  resume_overrides: Sequence[str] = ("device", "progress")):
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self._own_group = False  # close() leaves a process group the caller initialised
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo"
             dist.init_process_group(backend)
+            self._own_group = True
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
@@ -549,7 +575,19 @@ class Trainer:
             self.saved_step = int(resume_state["step"])
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed + self.rank)
+        self.fsdp = cfg.dist == "fsdp"
+        if self.fsdp:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():  # FSDP in one process: a one-rank group
+                init_single_process_group(self.device)
+                self._own_group = True
+            if cfg.batch_size % self.world_size:
+                raise ValueError(f"--batch-size {cfg.batch_size} is the global batch under --dist fsdp and must be "
+                                 f"divisible by the number of processes ({self.world_size})")
+        # FSDP shards each rank's own copy without a broadcast: every rank must build the same weights (LoRA's
+        # random adapters), so the torch stream is seeded alike on all ranks
+        torch.manual_seed(cfg.seed + (0 if self.fsdp else self.rank))
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
@@ -581,8 +619,16 @@ class Trainer:
             self.corpus_mismatch = check_corpus(init_state, self.task, f"--init checkpoint {cfg.init!r}",
                                                 allow=allow_corpus_mismatch)
             cfg.model = _init_model_config(cfg.model, init_state, cfg.init)
+        # FSDP builds the full policy on the CPU (float32 master weights under mixed precision), then shards it
+        build_device = torch.device("cpu") if self.fsdp else self.device
+        compute_dtype = None
         if source is not None:
-            self.policy = build_policy(source["policy"]).to(self.device)
+            spec = source["policy"]
+            if spec.get("family") == "hf" and cfg.activation_checkpointing:
+                spec = {**spec, "config": {**spec["config"], "gradient_checkpointing": True}}
+            if self.fsdp and spec.get("family") != "hf":
+                raise ValueError(_FSDP_TRANSFORMER_ERROR + f" (the checkpoint's policy is {spec.get('family')!r})")
+            self.policy = build_policy(spec).to(build_device)
             try:
                 self.policy.load_state_dict(source["model"])
             except RuntimeError as e:
@@ -591,22 +637,33 @@ class Trainer:
                                       f"({' '.join(str(e).split())[:300]})") from None
         elif hf:
             dtype = cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32")
+            if self.fsdp and dtype != "float32":
+                dtype, compute_dtype = "float32", getattr(torch, dtype)
             self.policy = build_policy({"family": "hf", "config": {
                 "path": hf[3:], "dtype": dtype, "attn_implementation": "sdpa", "lora": cfg.lora.settings(),
-                "gradient_checkpointing": False}}).to(self.device)
+                "gradient_checkpointing": cfg.activation_checkpointing}}).to(build_device)
         else:
             pcfg = cfg.model.policy_config(self.task.tokenizer.vocab_size, self.task.max_length + 1)
             self.policy = build_policy({"family": "transformer", "config": pcfg.to_dict()}).to(self.device)
-        self.model = wrap_ddp(self.policy, self.device)
+        if self.fsdp:
+            if compute_dtype is None and cfg.dtype not in (None, "float32"):  # init/resume: the run's --dtype
+                compute_dtype = getattr(torch, cfg.dtype)
+            elif compute_dtype is None and cfg.dtype is None and self.device.type == "cuda":
+                compute_dtype = torch.bfloat16
+            shard_hf_policy(self.policy, self.device, compute_dtype)
+            self.model = self.policy  # the sharded units sit inside it; calling it gathers them
+        else:
+            self.model = wrap_ddp(self.policy, self.device)
 
-        self.generators = {
-            "data": torch.Generator().manual_seed(1000 * cfg.seed + self.rank),
+        self.generators = {  # under FSDP the data stream is the global batch's, the same on every rank
+            "data": torch.Generator().manual_seed(1000 * cfg.seed + (0 if self.fsdp else self.rank)),
             "noise": torch.Generator().manual_seed(1000 * cfg.seed + 100 + self.rank),
             "sample": torch.Generator(device=self.device).manual_seed(1000 * cfg.seed + 200 + self.rank),
         }
         self.data = DemoSampler(self.task, "train", self.generators["data"])
         ctx = LearnerContext(model=self.model, policy=self.policy, task=self.task, device=self.device,
-                             generators=self.generators, batch_size=cfg.batch_size)
+                             generators=self.generators,
+                             batch_size=cfg.batch_size // self.world_size if self.fsdp else cfg.batch_size)
         self.learner = make_learner(cfg, ctx)
         self.callbacks += list(getattr(self.learner, "callbacks", ()))  # a learner's own hooks (e.g. NCE early stopping)
         self.stop_requested = False  # set by a callback (request_stop) to end the run early, as if finished
@@ -616,13 +673,17 @@ class Trainer:
         self.step = 0
         if resume_state is not None:
             try:
-                self.optimizer.load_state_dict(resume_state["optimizer"])
+                if self.fsdp:
+                    load_full_optimizer_state(self.policy, self.optimizer, resume_state["optimizer"])
+                else:
+                    self.optimizer.load_state_dict(resume_state["optimizer"])
             except (ValueError, KeyError) as e:
                 raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its optimiser state does not "
                                       f"match the model ({' '.join(str(e).split())})") from None
             self.scheduler.load_state_dict(resume_state["scheduler"])
             self.learner.load_state_dict(resume_state.get("learner", {}))
-            _set_rng_state(resume_state["rng"], self.generators)
+            ranks = resume_state.get("rng_ranks") or []  # FSDP checkpoints hold every rank's streams
+            _set_rng_state(ranks[self.rank] if self.rank < len(ranks) else resume_state["rng"], self.generators)
             self.step = int(resume_state["step"])
             if cfg.max_steps != resume_state["config"]["max_steps"]:  # extended: the lr of the new schedule now
                 for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
@@ -644,19 +705,33 @@ class Trainer:
 
     # ------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
-        return {
+        """The checkpoint's content (:mod:`agents.common.checkpoint`). Under FSDP a collective call (every rank
+        calls it): the full model and optimiser state dicts are gathered to rank 0's CPU
+        (:func:`~agents.common.distributed.full_state_dicts`; other ranks get empty ones), the optimiser's keyed
+        by parameter name, and ``rng_ranks`` holds every rank's random streams."""
+        rng = _rng_state(self.generators)
+        if self.fsdp:
+            model, optimizer = full_state_dicts(self.policy, self.optimizer)
+            ranks = [None] * self.world_size
+            dist.all_gather_object(ranks, rng)
+        else:
+            model, optimizer, ranks = self.policy.state_dict(), self.optimizer.state_dict(), None
+        state = {
             "agent": self.cfg.agent,
             "task": self.task.spec(),
             "policy": self.policy.policy_spec(),
-            "model": self.policy.state_dict(),
+            "model": model,
             "config": self.cfg.to_dict(),
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(self.generators),
+            "rng": rng,
             "learner": self.learner.state_dict(),
             "corpus_sha256": self._corpus_sha256(),
         }
+        if ranks is not None:
+            state["rng_ranks"] = ranks
+        return state
 
     def _corpus_sha256(self) -> Optional[str]:
         """``Task.corpus_hash`` of the run's task (None for a task without its texts)."""
@@ -666,11 +741,14 @@ class Trainer:
             return None
 
     def save(self) -> None:
-        """Write ``checkpoint.pt`` atomically (rank 0 only)."""
+        """Write ``checkpoint.pt`` atomically (rank 0; under FSDP every rank takes part in gathering it)."""
+        if self.is_main or self.fsdp:
+            state = self.checkpoint_state()
         if self.is_main:
-            save_checkpoint(self.checkpoint_state(), self.ckpt_path, previous=self.prev_ckpt_path)
+            save_checkpoint(state, self.ckpt_path, previous=self.prev_ckpt_path)
             if hasattr(self.policy, "save_pretrained_atomic"):  # HF policy: a plain-transformers export
-                self.policy.save_pretrained_atomic(self.logdir / HF_EXPORT_DIR)
+                self.policy.save_pretrained_atomic(self.logdir / HF_EXPORT_DIR,
+                                                   state_dict=state["model"] if self.fsdp else None)
         self.saved_step = self.step
 
     def log(self, metrics: dict, step: int) -> None:
@@ -717,6 +795,11 @@ class Trainer:
         try:
             while self.step < end and not self.stop_requested:
                 demos = self.data.sample(cfg.batch_size)
+                if self.fsdp and self.world_size > 1:  # this rank's share of the global batch
+                    n = cfg.batch_size // self.world_size
+                    lo = self.rank * n
+                    demos = dataclasses.replace(demos, prompts=demos.prompts[lo:lo + n],
+                                                actions=demos.actions[lo:lo + n])
                 for cb in self.callbacks:
                     cb.on_batch(self, demos)
                 with autocast:
@@ -740,7 +823,13 @@ class Trainer:
                 postfix = self._postfix(metrics, shown)
                 if self.step % cfg.log_every == 0 or self.step == end:
                     now = time.perf_counter()
-                    metrics.update({"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
+                    mean_loss = loss.detach().float()
+                    if self.distributed:  # the mean over ranks (each rank's loss is its share's mean)
+                        dist.all_reduce(mean_loss)
+                        mean_loss /= self.world_size
+                    if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+                        grad_norm = grad_norm.full_tensor()
+                    metrics.update({"train/loss": mean_loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
                                     "train/grad_norm": float(grad_norm),
                                     "train/tokens_per_s": tokens_since / max(now - t_last, 1e-9)})
                     t_last, tokens_since = now, 0
@@ -784,7 +873,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_end(self)
             return None
-        metrics = self.evaluate() if self.is_main else None
+        metrics = self.evaluate()  # None off rank 0
         if metrics is not None and self.corpus_mismatch:
             metrics["corpus_mismatch"] = True
         if self.is_main and metrics is not None:
@@ -834,7 +923,8 @@ class Trainer:
 
         :param demos: the step's :class:`~agents.common.demos.Demos` (up to 4 rows are scored).
         """
-        bad = next((n for n, p in self.policy.named_parameters() if not torch.isfinite(p).all()), None)
+        bad = next((n for n, p in self.policy.named_parameters()  # FSDP: this rank's shard (the flag is reduced)
+                    if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()), None)
         ok = bad is None
         if ok:
             ids = self.policy.special_ids
@@ -886,7 +976,16 @@ class Trainer:
         return f"No checkpoint was written (the first is due at step {self.cfg.ckpt_every})"
 
     def evaluate(self) -> Optional[dict]:
-        """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL; then the callbacks."""
+        """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL; then the callbacks.
+
+        Under FSDP every rank must call it: the parameters are gathered on all ranks while rank 0 evaluates.
+        """
+        if self.fsdp:
+            with gathered_params(self.policy):
+                return self._evaluate()
+        return self._evaluate()
+
+    def _evaluate(self) -> Optional[dict]:
         if not self.is_main:
             return None
         for cb in self.callbacks:
@@ -899,10 +998,12 @@ class Trainer:
         return metrics
 
     def close(self) -> None:
-        """Close the TensorBoard writer, release the run directory's lock, leave the process group (idempotent)."""
+        """Close the TensorBoard writer, release the run directory's lock, leave the process group if this
+        trainer initialised it (idempotent)."""
         if self.writer is not None:
             self.writer.close()
         if self.run_dir is not None:
             self.run_dir.release()
-        if self.distributed and dist.is_initialized():
+        if self._own_group and dist.is_initialized():
             dist.destroy_process_group()
+            self._own_group = False

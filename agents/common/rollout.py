@@ -12,6 +12,7 @@ inactive (their cache is frozen) until the slowest row ends.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,6 +22,7 @@ from seqenv.tasks import Task
 from seqenv.tokenizers import DEFAULT_SPECIAL_IDS, SpecialIds
 from seqenv.vector_env import SeqGenVectorEnv
 
+from .distributed import gathered_params
 from .trajectory import TrajectoryBatch, collate
 
 
@@ -167,6 +169,8 @@ def rollout(
     policy = getattr(policy, "module", policy)
     was_training = policy.training
     policy.eval()
+    gathered = contextlib.ExitStack()  # an FSDP-sharded policy decodes on its gathered parameters
+    gathered.enter_context(gathered_params(policy))
     try:
         obs, info = venv.reset(seed=seed)
         N = venv.num_envs
@@ -249,6 +253,7 @@ def rollout(
         )
     finally:
         policy.train(was_training)
+        gathered.close()
 
 
 def generate(

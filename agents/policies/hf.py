@@ -204,6 +204,9 @@ class HFPolicy(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self._spec_config = dict(spec_config or {})
+        #: dtype the model computes in when it differs from its parameters' (FSDP mixed precision keeps
+        #: float32 master weights and gathers them in bfloat16: ``agents.common.distributed.shard_hf_policy``)
+        self.compute_dtype: torch.dtype | None = None
         lm = self.lm
         impl = getattr(lm.config, "_attn_implementation", None)
         if impl not in ALLOWED_ATTENTION:
@@ -322,7 +325,7 @@ class HFPolicy(nn.Module):
                                                   "vocab_size": self.vocab_size,
                                                   "max_state_length": self.max_state_length}}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
         """Write the model (or, with LoRA, the peft adapter) and the tokenizer to ``directory``.
 
         Without LoRA, plain ``AutoModelForCausalLM.from_pretrained(directory)``
@@ -334,15 +337,23 @@ class HFPolicy(nn.Module):
         base_path)``, ``base.resize_token_embeddings(len(tokenizer))``,
         ``peft.PeftModel.from_pretrained(base, directory)``. Also writes
         ``seqenv_policy.json`` (:meth:`policy_spec`).
+
+        :param state_dict: this policy's full ``state_dict()`` to write instead
+            of reading the parameters (an FSDP-sharded policy: the dict gathered
+            by :func:`agents.common.distributed.full_state_dicts`).
         """
         os.makedirs(directory, exist_ok=True)
-        self.model.save_pretrained(directory)
+        if state_dict is not None:  # keys of this module -> keys of self.model
+            sub = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+            self.model.save_pretrained(directory, state_dict=sub)
+        else:
+            self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         with open(os.path.join(directory, _SPEC_FILE), "w") as f:
             json.dump(self.policy_spec(), f, indent=2)
 
-    def save_pretrained_atomic(self, directory: str | os.PathLike) -> None:
-        """:meth:`save_pretrained` into a temporary sibling directory, then renamed to ``directory``.
+    def save_pretrained_atomic(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+        """:meth:`save_pretrained` (with ``state_dict``) into a temporary sibling directory, then renamed to ``directory``.
 
         A crash mid-write leaves the previous ``directory`` intact (the swap is
         two renames: old -> ``.<name>.old``, new -> ``directory``).
@@ -352,7 +363,7 @@ class HFPolicy(nn.Module):
         tmp, old = os.path.join(parent, f".{name}.tmp"), os.path.join(parent, f".{name}.old")
         for d in (tmp, old):
             shutil.rmtree(d, ignore_errors=True)
-        self.save_pretrained(tmp)
+        self.save_pretrained(tmp, state_dict=state_dict)
         if os.path.isdir(directory):
             os.replace(directory, old)
         os.replace(tmp, directory)
@@ -368,7 +379,7 @@ class HFPolicy(nn.Module):
 
     def _float_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """BoolTensor[B, Q, K] (True = attend) -> additive FloatTensor[B, 1, Q, K] in the model dtype."""
-        dtype = self.lm.dtype
+        dtype = self.compute_dtype or self.lm.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
