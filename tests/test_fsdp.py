@@ -181,7 +181,7 @@ def test_fsdp_refusals(capsys):
     with pytest.raises(ValueError, match="--dist fsdp shards Hugging Face policies only"):
         TrainConfig(dist="fsdp")
     with pytest.raises(ValueError, match="--dist fsdp does not support --agent nce"):
-        TrainConfig(dist="fsdp", agent="nce", policy="hf:x")
+        TrainConfig(dist="fsdp", agent="nce", policy="hf:org/model")
     with pytest.raises(SystemExit):
         train.main(["--dist", "fsdp", "--max-steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
