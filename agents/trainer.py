@@ -680,10 +680,15 @@ class Trainer:
             except (ValueError, KeyError) as e:
                 raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its optimiser state does not "
                                       f"match the model ({' '.join(str(e).split())})") from None
-            self.scheduler.load_state_dict(resume_state["scheduler"])
-            self.learner.load_state_dict(resume_state.get("learner", {}))
-            ranks = resume_state.get("rng_ranks") or []  # FSDP checkpoints hold every rank's streams
-            _set_rng_state(ranks[self.rank] if self.rank < len(ranks) else resume_state["rng"], self.generators)
+            try:
+                self.scheduler.load_state_dict(resume_state["scheduler"])
+                self.learner.load_state_dict(resume_state.get("learner", {}))
+                ranks = resume_state.get("rng_ranks") or []  # FSDP checkpoints hold every rank's streams
+                _set_rng_state(ranks[self.rank] if self.rank < len(ranks) else resume_state["rng"], self.generators)
+            except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its training state (scheduler, "
+                                      f"learner or random streams) is malformed ({type(e).__name__}: "
+                                      f"{' '.join(str(e).split())[:200]})") from None
             self.step = int(resume_state["step"])
             if cfg.max_steps != resume_state["config"]["max_steps"]:  # extended: the lr of the new schedule now
                 for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs,

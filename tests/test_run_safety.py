@@ -382,6 +382,20 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
     save_checkpoint({k: v for k, v in state.items() if k not in ("optimizer", "scheduler")}, nopt / "checkpoint.pt")
     line = _error_line(capsys, train.main, ["--logdir", str(nopt), "--resume", *TINY])
     assert "it has no training state (optimizer, scheduler missing" in line and "--init" in line
+    # crafted entries: one line each, for generate, --init and --resume
+    crafted = {"model": [1, 2], "step": "x", "task": {**state["task"], "tokenizer": None}}
+    for key, value in crafted.items():
+        path = tmp_path / f"crafted-{key}" / "checkpoint.pt"
+        save_checkpoint({**state, key: value}, path)
+        expected = f"error: checkpoint {str(path)!r} has a malformed '{key}'"
+        assert _error_line(capsys, generate.main, ["--checkpoint", str(path), "--device", "cpu"]).startswith(expected)
+        assert _error_line(capsys, train.main, [*RUN, "--init", str(path), "--logdir", str(tmp_path / "s")]) \
+            .startswith(expected)
+        assert _error_line(capsys, train.main, ["--logdir", str(path.parent), "--resume", "--max-steps", "3",
+                                                *TINY]).startswith(expected)
+    save_checkpoint({**state, "rng": {}}, tmp_path / "rng" / "checkpoint.pt")
+    line = _error_line(capsys, train.main, ["--logdir", str(tmp_path / "rng"), "--resume", "--max-steps", "3", *TINY])
+    assert "its training state (scheduler, learner or random streams) is malformed (KeyError: 'torch')" in line
     # NaN weights: generate and evaluate refuse the checkpoint in one line
     nan = dict(state, model={k: v * float("nan") if k == "lm_head.weight" else v  # tied: reported as wte.weight
                              for k, v in state["model"].items()})

@@ -138,6 +138,16 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     if not isinstance(state["policy"], dict) or not isinstance(state["policy"].get("config"), dict) \
             or not isinstance(state["task"], dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'policy' or 'task' entry")
+    task = state["task"]
+    if not isinstance(task.get("name"), str) or not isinstance(task.get("tokenizer"), dict) \
+            or not isinstance(task.get("max_length"), int) or isinstance(task.get("max_length"), bool):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'task' entry (expected 'name' (str), "
+                              "'tokenizer' (dict) and 'max_length' (int))")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'model' entry (expected a dict of tensors)")
+    if "step" in state and (not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0):
+        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'step' ({state['step']!r}; expected an "
+                              "integer >= 0)")
     _use_hf_export(state, path)
     return state
 
@@ -167,7 +177,7 @@ def check_corpus(state: dict, task: Task, path: str = "checkpoint", allow: bool 
     :raises CheckpointError: on a mismatch without ``allow``, naming both hashes.
     """
     saved = state.get("corpus_sha256")
-    if not saved or state["task"].get("name") != task.name:
+    if not isinstance(saved, str) or not saved or state["task"].get("name") != task.name:
         return False
     try:
         current = task.corpus_hash
