@@ -930,7 +930,7 @@ class Trainer:
         """
         bad = next((n for n, p in self.policy.named_parameters()  # FSDP: this rank's shard (the flag is reduced)
                     if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()), None)
-        ok = bad is None
+        ok = weights_ok = self._all_ranks(bad is None)  # before the forward: under FSDP every rank takes part in it
         if ok:
             ids = self.policy.special_ids
             rows = [[ids["bos"], *p, *a][: self.policy.max_state_length]
@@ -944,13 +944,20 @@ class Trainer:
                     ok = bool(torch.isfinite(self.policy(tokens).float()).all())
             finally:
                 self.policy.train(was_training)
-        flag = torch.tensor([float(ok)], device=self.device if self.device.type == "cuda" else "cpu")
-        if self.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        if flag.item() < 1:
-            what = f"weight {bad!r} became non-finite" if bad else "the policy's logits became non-finite"
+            ok = self._all_ranks(ok)
+        if not ok:
+            what = (f"weight {bad!r} became non-finite" if bad else "a weight (on another rank) became non-finite"
+                    if not weights_ok else "the policy's logits became non-finite")
             raise NonFiniteLossError(f"training diverged at step {self.step}: {what}; stopped without saving it. "
                                      f"{self._kept_message()} (lower --lr or check the data)")
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """``ok`` on every rank (an all-reduce MIN under DDP/FSDP)."""
+        if not self.distributed:
+            return ok
+        flag = torch.tensor([float(ok)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return flag.item() >= 1
 
     def _roll_back(self) -> str:
         """The loss is non-finite right at the step of the latest checkpoint: that checkpoint holds a diverged
