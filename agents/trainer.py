@@ -177,7 +177,7 @@ class _RunConfig:
         depend on the world size, so a run resumes on any number of ranks that
         divides it; ``--dtype bfloat16`` (the CUDA default) keeps float32
         master weights and computes in bfloat16 (mixed precision).
-    :param activation_checkpointing: HF policy: recompute each decoder
+    :param gradient_checkpointing: HF policy: activation checkpointing, recompute each decoder
         layer's activations in backward (less memory, one more forward).
     :param allow_corpus_mismatch: resume (or ``--init`` on the same task) although
         the task's corpus differs from the checkpoint's (``Task.corpus_hash``);
@@ -211,7 +211,7 @@ class _RunConfig:
     lora: LoraFlags = field(default_factory=LoraFlags)
     allow_corpus_mismatch: bool = False
     dist: Literal["ddp", "fsdp"] = "ddp"
-    activation_checkpointing: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if self.policy != "transformer" and not (self.policy.startswith("hf:") and len(self.policy) > 3):
@@ -624,7 +624,7 @@ class Trainer:
         compute_dtype = None
         if source is not None:
             spec = source["policy"]
-            if spec.get("family") == "hf" and cfg.activation_checkpointing:
+            if spec.get("family") == "hf" and cfg.gradient_checkpointing:
                 spec = {**spec, "config": {**spec["config"], "gradient_checkpointing": True}}
             if self.fsdp and spec.get("family") != "hf":
                 raise ValueError(_FSDP_TRANSFORMER_ERROR + f" (the checkpoint's policy is {spec.get('family')!r})")
@@ -641,7 +641,7 @@ class Trainer:
                 dtype, compute_dtype = "float32", getattr(torch, dtype)
             self.policy = build_policy({"family": "hf", "config": {
                 "path": hf[3:], "dtype": dtype, "attn_implementation": "sdpa", "lora": cfg.lora.settings(),
-                "gradient_checkpointing": cfg.activation_checkpointing}}).to(build_device)
+                "gradient_checkpointing": cfg.gradient_checkpointing}}).to(build_device)
         else:
             pcfg = cfg.model.policy_config(self.task.tokenizer.vocab_size, self.task.max_length + 1)
             self.policy = build_policy({"family": "transformer", "config": pcfg.to_dict()}).to(self.device)

@@ -12,6 +12,8 @@
 # travel as wheels in .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12 ...).
 # Environment knobs (defaults = the first call of the session that made critic_rerank_gpu.md's first attempt):
 # SKIP_CHECKS, CRITIC_STEPS, POOL, ABLATIONS, CRITIC_MINUTES, CRITIC_TIMEOUT, TOTAL_SECONDS.
+# FSDP_ONLY=1: only the separate issue-23 step below (DDP vs FSDP2 tokens/s and peak memory, MLE on a random
+# ~1.2B Llama on one GPU: benchmarks/fsdp_gpu.py; FSDP on one rank is a correctness check, not a speed claim).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -24,6 +26,14 @@ fi
 T0=$(date +%s)
 { nvidia-smi -L; nproc; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"; } \
     2>&1 | tee "$OUT/device.txt"
+
+if [ -n "${FSDP_ONLY:-}" ]; then  # issue 23, a step of its own: DDP vs FSDP2 on one GPU, then exit
+    echo "== FSDP: DDP vs FSDP2 (benchmarks/fsdp_gpu.py)"
+    timeout "${FSDP_TIMEOUT:-560}" python3 benchmarks/fsdp_gpu.py --device cuda --nproc 1 --hidden 2048 --layers 24 \
+        --dtype bfloat16 --batch-size 16 --steps 10 --warmup 3 --timeout 250 --out "$OUT" 2>&1 | tail -20
+    cat "$OUT/fsdp_gpu.md" 2>/dev/null
+    exit 0
+fi
 
 if [ -z "${SKIP_CHECKS:-}" ]; then  # SKIP_CHECKS=1: steps 2-3 only (a second call in the same session)
     echo "== 1. CUDA tests"

@@ -5,6 +5,7 @@
     python scripts/train.py --agent sequencematch --init runs/main/mle/checkpoint.pt --logdir runs/sm
     python scripts/train.py --logdir runs/sm --resume         # continue a killed run
     torchrun --nproc_per_node 2 scripts/train.py --device cpu # DDP (gloo on CPU)
+    torchrun --nproc_per_node 8 scripts/train.py --dist fsdp --policy hf:PATH  # FSDP2 (README: Multi-GPU)
 
 The main job (no arguments) trains on ``python-lines``: MLE from scratch
 (``runs/main/mle``), then three arms fine-tuned from that checkpoint at equal

@@ -53,7 +53,7 @@ def _base(llama_dir, corpus, logdir, **kw) -> dict:
 
 def _lora(llama_dir, corpus, logdir) -> dict:
     return _base(llama_dir, corpus, logdir, max_steps=3, ckpt_every=3, lora={"r": 4, "alpha": 8.0},
-                 dtype="bfloat16", activation_checkpointing=True)
+                 dtype="bfloat16", gradient_checkpointing=True)
 
 
 @pytest.fixture(scope="module")
