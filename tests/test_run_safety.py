@@ -294,6 +294,13 @@ def test_9_overwrite_never_deletes_files_no_run_of_ours_wrote(tmp_path, capsys):
     assert line.startswith(f"error: directory {str(model_dir)!r} holds files that no seqenv run wrote there "
                            f"(config.json; no {MARKER} marker); nothing was deleted")
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
+    # a train.py run written before the marker existed is recognised by its config.json's content
+    legacy = tmp_path / "legacy"
+    train.main([*RUN, "--max-steps", "1", "--logdir", str(legacy)])
+    (legacy / MARKER).unlink()
+    train.main([*RUN, "--max-steps", "2", "--logdir", str(legacy), "--overwrite"])
+    assert load_checkpoint(legacy / "checkpoint.pt")["step"] == 2
+    assert (legacy / MARKER).is_file()
     # our run: the marker names the script; --overwrite deletes only our files
     run = tmp_path / "ours"
     train.main([*RUN, "--max-steps", "1", "--logdir", str(run)])

@@ -67,10 +67,24 @@ def run_files(logdir: "str | os.PathLike") -> list[Path]:
     return sorted(set(found))
 
 
+#: keys every train.py ``config.json`` has: how a run written before the marker existed is recognised
+LEGACY_CONFIG_KEYS = frozenset({"agent", "task", "logdir", "init", "resume", "seed", "max_steps", "ckpt_every"})
+
+
 def run_marker(logdir: "str | os.PathLike") -> Optional[dict]:
-    """The marker of ``logdir`` (``{"writer": "seqenv", "script": ...}``), or None if it has none."""
+    """The marker of ``logdir`` (``{"writer": "seqenv", "script": ...}``), or None if it has none.
+
+    A train.py run written before the marker existed is recognised by its
+    ``config.json``'s content (every key of :data:`LEGACY_CONFIG_KEYS`), never by the file name alone.
+    """
     path = Path(logdir) / MARKER
     if not path.is_file():
+        try:
+            config = json.loads((Path(logdir) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(config, dict) and LEGACY_CONFIG_KEYS <= set(config):
+            return {"writer": "seqenv", "script": "train.py", "legacy": True}
         return None
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
@@ -235,7 +249,7 @@ class RunDirectory:
                 p.unlink(missing_ok=True)
         self.to_delete = []
         marker = run_marker(self.logdir)
-        if marker is None or marker.get("script") != self.script:
+        if marker is None or marker.get("legacy") or marker.get("script") != self.script:
             (self.logdir / MARKER).write_text(json.dumps({"writer": "seqenv", "script": self.script}) + "\n",
                                               encoding="utf-8")
         self.started = True
