@@ -95,6 +95,24 @@ of continued MLE. The other readings stay options: ``imitate_wrong_tokens``,
 ``alpha``/``alpha_model``, ``mix="convex"`` (``(1 − η)·BC + η·SM``) and
 ``normalize="token"`` (a no-op under Adam with gradient clipping, measured).
 
+Where the gradient goes (issue 26) [derivation; measurements below]. For
+terminated episodes, ``cfg.estimator="trajectory"``, wrong tokens not imitated
+(``R`` = the data actions of the reward term) and start states that differ
+between the two halves (a prompted task: the data batch's prompts vs the
+buffer's), the identity above generalises to::
+
+    reward_data + tail_reward + value + tail_value
+        = E_data[Σ_{i∈R} w_i (−log π(a_i|u_i))]                  discounted NLL of the imitated actions
+        + E_data[Σ_{i wrong} w_i (V(u_i) − γ V(u_i + wrong))]    value routed around the wrong tokens
+        + ½ (E_model[V(s_0)] − E_data[V(s_0)])                  start-state values of the two halves
+
+The last two terms move only the logit *level* (``V = logsumexp l``), to
+which the policy is invariant; the per-term diagnostics
+(:func:`gradient_diagnostics`, ``diag/`` scalars) show the large reward, value
+and tail terms (norms ~ tokens × MLE's) cancelling down to this sum. With
+``model_samples="fresh"`` the model half starts from the data half's prompts
+and the start-state term is exactly 0.
+
 Trajectory layout (docs/internals.md): ``tokens[b] = [bos, prompt...,
 a_1..a_n, pad...]``; ``logits[:, i]`` are the logits of the state reached
 after ``tokens[:, :i+1]``. An action at index ``i`` is taken in the state
@@ -198,9 +216,9 @@ class SequenceMatchConfig:
         optimiser steps of the run the loss is the BC term alone (MLE +
         backspace on the same augmented batch, no model samples), then the
         ``mix`` combination.
-    :param diagnostics_every: every this many steps (at steps ``s`` with
-        ``(s + 1) % diagnostics_every == 0``, which the trainer logs when it
-        is a multiple of ``--log-every``) differentiate each loss term
+    :param diagnostics_every: on the learner's first SequenceMatch step (the
+        fork) and every this many steps after (at steps ``s`` with
+        ``(s + 1) % diagnostics_every == 0``) differentiate each loss term
         separately and log ``diag/grad_norm/<term>``, ``diag/cos_mle/<term>``
         (cosine with the MLE + backspace gradient of the same batch),
         the logit scale, ``|r|``, the policy entropy and the buffer's age
@@ -798,6 +816,7 @@ class SequenceMatchLearner:
             self.fresh_sampler = OnlineSampler(ctx.task, self.model_batch_size, ctx.device, ctx.generators["noise"],
                                                ctx.generators["sample"], temperature=cfg.rollout_temperature)
             self.fresh_sampler.venv = PromptedReset(self.fresh_sampler.venv)
+        self._diagnosed = False  # diagnostics also run on this learner's first SequenceMatch step (the fork)
         self.diag_seconds = 0.0  # wall seconds spent in the diagnostics (benchmarks subtract them)
 
     def parameters(self):
@@ -859,7 +878,7 @@ class SequenceMatchLearner:
         loss = sum(terms.values())
         metrics.update(m)
         every = self.cfg.diagnostics_every
-        if every and (step + 1) % every == 0:  # logged by the trainer when every is a multiple of --log-every
+        if every and ((step + 1) % every == 0 or not self._diagnosed):  # the first step: at the fork
             t0 = time.perf_counter()
             params = [p for p in self.model.parameters() if p.requires_grad]
             metrics.update(gradient_diagnostics(terms, mle_loss(logits[:B], data, bc_mask), params))
@@ -867,6 +886,7 @@ class SequenceMatchLearner:
             metrics.update(logit_diagnostics(logits[B:], sampled, self.cfg, "model"))
             metrics["diag/buffer_age_max"] = float(max(age))
             self.diag_seconds += time.perf_counter() - t0
+            self._diagnosed = True
         metrics["buffer/age"] = sum(age) / len(age)
         metrics["buffer/size"] = len(self.buffer)
         metrics["train/tokens"] = int(data.is_action.sum() + sampled.is_action.sum())

@@ -178,6 +178,7 @@ def _diag_line(row: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", type=int, default=10, help="arithmetic base (min_base = max_base)")
+    ap.add_argument("--max-digits", type=int, default=2, help="operand digits (arithmetic's max_digits)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--base-steps", type=int, default=1500)
@@ -194,7 +195,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="benchmarks/results/sequencematch_gradients")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    task = make_task("arithmetic", min_base=args.base, max_base=args.base)
+    task = make_task("arithmetic", min_base=args.base, max_base=args.base, max_digits=args.max_digits)
     spec = task.spec()
     n_layer, n_head, n_embd = map(int, args.model.split("x"))
     model = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
@@ -203,6 +204,69 @@ def main(argv=None) -> dict:
     ev = (args.temperatures, args.eval_samples, args.recovery_samples)
     t0 = time.perf_counter()
     bases, runs = {}, {}
+    def write_report(seeds):
+        wall = time.perf_counter() - t0
+
+        def per_token(r):
+            return r["train_seconds"] / max(r["demo_tokens"], 1)
+
+        def val(r, key):
+            if key == "nll":
+                return r["metrics"]["nll"]
+            if key.startswith("validity@"):
+                return r["grid"][key.split("@")[1]]["validity"]
+            return r["recovery"].get(key)
+
+        keys = [f"validity@{t}" for t in args.temperatures] + ["nll", "recovery_deleted", "recovery_backspace"]
+        summary = {}
+        for arm in args.arms:
+            row = {k: _ci([val(runs[(arm, s)], k) for s in seeds]) for k in keys}
+            if "mle" in args.arms:
+                for k in keys:
+                    row[f"{k}_vs_mle"] = _ci([val(runs[(arm, s)], k) - val(runs[("mle", s)], k) for s in seeds])
+                row["cost_vs_mle"] = _ci([per_token(runs[(arm, s)]) / per_token(runs[("mle", s)]) for s in seeds])
+            summary[arm] = row
+        base_mean = {"validity": statistics.mean(bases[s]["metrics"]["validity"] for s in seeds),
+                     "nll": statistics.mean(bases[s]["metrics"]["nll"] for s in seeds)}
+        report = {"command": "python benchmarks/sequencematch_gradients.py " + " ".join(argv or sys.argv[1:]),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs, load "
+                             f"{os.getloadavg()[0]:.1f} at the end), 1 torch thread, one run at a time, CPU",
+                  "args": vars(args), "task": spec, "wall_s": wall, "base_mean": base_mean,
+                  "bases": {s: {k: v for k, v in b.items() if k != "diag"} for s, b in bases.items()},
+                  "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()}, "summary": summary}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"# SequenceMatch gradients and fix candidates on base-{args.base} `arithmetic`", "",
+                 f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
+                 f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}, cosine), fork from its last step; every "
+                 f"arm {args.steps} steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size}, "
+                 f"model {args.model}, seeds {seeds}; {args.eval_samples} evaluation episodes on the test "
+                 f"questions per temperature, {args.recovery_samples} recovery probes.  ",
+                 f"Base (mean over seeds): validity {base_mean['validity']:.3f}, held-out NLL {base_mean['nll']:.3f}.  ",
+                 "Cells: mean ± 95 % t half-width over seeds; `Δ` columns: paired per-seed difference to continued "
+                 "MLE (same base, same data order), mean ± 95 % t half-width.", "",
+                 "| arm | " + " | ".join(keys) + " | " + " | ".join(f"Δ {k}" for k in keys[:2] + ["nll"]) + " | cost_vs_mle |",
+                 "|---|" + "---|" * (len(keys) + 4)]
+        for arm in args.arms:
+            row = summary[arm]
+            cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys]
+            dcells = [f"{row[f'{k}_vs_mle'][0]:+.3f} ± {row[f'{k}_vs_mle'][1]:.3f}" if f"{k}_vs_mle" in row else "–"
+                      for k in keys[:2] + ["nll"]]
+            cost = f"{row['cost_vs_mle'][0]:.2f} ± {row['cost_vs_mle'][1]:.2f}" if "cost_vs_mle" in row else "–"
+            lines.append(f"| {arm} | " + " | ".join(cells) + " | " + " | ".join(dcells) + f" | {cost} |")
+        lines += ["", "Per-term gradient norms (cosine with the MLE + backspace gradient of the same batch), seed "
+                  f"{seeds[0]}, at the first diagnostics step after the fork and later:", ""]
+        for arm in args.arms:
+            rows = runs[(arm, seeds[0])]["diag"]
+            if rows:
+                lines.append(f"`{arm}`:")
+                lines += ["```"] + [_diag_line(r) for r in rows] + ["```", ""]
+        report["md"] = "\n".join(lines) + "\n"
+        out.with_suffix(".md").write_text(report["md"])
+        out.with_suffix(".json").write_text(json.dumps({k: v for k, v in report.items() if k != "md"}, indent=2) + "\n")
+
+        return report
+
     for s in args.seeds:
         bdir = scratch / f"base-s{s}"
         bases[s] = _run(spec, dict(common, model=dict(model), agent="mle", seed=s, max_steps=args.base_steps,
@@ -227,65 +291,8 @@ def main(argv=None) -> dict:
             for row in r["diag"]:
                 if row is r["diag"][0] or row["step"] % 200 == 0 or row is r["diag"][-1]:
                     print(_diag_line(row), flush=True)
-    wall = time.perf_counter() - t0
-
-    def per_token(r):
-        return r["train_seconds"] / max(r["demo_tokens"], 1)
-
-    def val(r, key):
-        if key == "nll":
-            return r["metrics"]["nll"]
-        if key.startswith("validity@"):
-            return r["grid"][key.split("@")[1]]["validity"]
-        return r["recovery"].get(key)
-
-    keys = [f"validity@{t}" for t in args.temperatures] + ["nll", "recovery_deleted", "recovery_backspace"]
-    summary = {}
-    for arm in args.arms:
-        row = {k: _ci([val(runs[(arm, s)], k) for s in args.seeds]) for k in keys}
-        if "mle" in args.arms:
-            for k in keys:
-                row[f"{k}_vs_mle"] = _ci([val(runs[(arm, s)], k) - val(runs[("mle", s)], k) for s in args.seeds])
-            row["cost_vs_mle"] = _ci([per_token(runs[(arm, s)]) / per_token(runs[("mle", s)]) for s in args.seeds])
-        summary[arm] = row
-    base_mean = {"validity": statistics.mean(bases[s]["metrics"]["validity"] for s in args.seeds),
-                 "nll": statistics.mean(bases[s]["metrics"]["nll"] for s in args.seeds)}
-    report = {"command": "python benchmarks/sequencematch_gradients.py " + " ".join(argv or sys.argv[1:]),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs, load "
-                         f"{os.getloadavg()[0]:.1f} at the end), 1 torch thread, one run at a time, CPU",
-              "args": vars(args), "task": spec, "wall_s": wall, "base_mean": base_mean,
-              "bases": {s: {k: v for k, v in b.items() if k != "diag"} for s, b in bases.items()},
-              "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()}, "summary": summary}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# SequenceMatch gradients and fix candidates on base-{args.base} `arithmetic`", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
-             f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}, cosine), fork from its last step; every "
-             f"arm {args.steps} steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size}, "
-             f"model {args.model}, seeds {args.seeds}; {args.eval_samples} evaluation episodes on the test "
-             f"questions per temperature, {args.recovery_samples} recovery probes.  ",
-             f"Base (mean over seeds): validity {base_mean['validity']:.3f}, held-out NLL {base_mean['nll']:.3f}.  ",
-             "Cells: mean ± 95 % t half-width over seeds; `Δ` columns: paired per-seed difference to continued "
-             "MLE (same base, same data order), mean ± 95 % t half-width.", "",
-             "| arm | " + " | ".join(keys) + " | " + " | ".join(f"Δ {k}" for k in keys[:2] + ["nll"]) + " | cost_vs_mle |",
-             "|---|" + "---|" * (len(keys) + 4)]
-    for arm in args.arms:
-        row = summary[arm]
-        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys]
-        dcells = [f"{row[f'{k}_vs_mle'][0]:+.3f} ± {row[f'{k}_vs_mle'][1]:.3f}" if f"{k}_vs_mle" in row else "–"
-                  for k in keys[:2] + ["nll"]]
-        cost = f"{row['cost_vs_mle'][0]:.2f} ± {row['cost_vs_mle'][1]:.2f}" if "cost_vs_mle" in row else "–"
-        lines.append(f"| {arm} | " + " | ".join(cells) + " | " + " | ".join(dcells) + f" | {cost} |")
-    lines += ["", "Per-term gradient norms (cosine with the MLE + backspace gradient of the same batch), seed "
-              f"{args.seeds[0]}, at the first diagnostics step after the fork and later:", ""]
-    for arm in args.arms:
-        rows = runs[(arm, args.seeds[0])]["diag"]
-        if rows:
-            lines.append(f"`{arm}`:")
-            lines += ["```"] + [_diag_line(r) for r in rows] + ["```", ""]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        report = write_report([x for x in args.seeds if x in bases])
+    print(report["md"])
     return report
 
 

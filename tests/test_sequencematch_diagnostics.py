@@ -144,7 +144,8 @@ def test_fresh_samples_start_from_the_data_prompts():
 def test_diagnostics_only_on_their_steps_and_sum():
     learner = _learner(diagnostics_every=3)
     demos = _demos()
-    assert not any(k.startswith("diag/") for k in learner.loss(demos, 0)[1])
+    assert any(k.startswith("diag/") for k in learner.loss(demos, 0)[1])  # the fork
+    assert not any(k.startswith("diag/") for k in learner.loss(demos, 1)[1])
     _, m = learner.loss(demos, 2)  # (2 + 1) % 3 == 0
     assert m["diag/grad_norm/total"] > 0 and 0 < m["diag/data_entropy"] <= math.log(TASK.tokenizer.vocab_size)
     assert learner.diag_seconds > 0
@@ -170,3 +171,25 @@ def test_config_rejects_bad_new_fields():
         SequenceMatchConfig(model_samples="stale")
     with pytest.raises(ValueError, match="bc_warmup_steps"):
         SequenceMatchConfig(bc_warmup_steps=-1)
+
+
+def test_reward_value_and_tails_reduce_to_nll_routing_and_start_values():
+    """The module docstring's identity, by hand on prompted rows: data = prompt [x], actions [y(wrong), bs, x, eos];
+    model = prompt [y, y], actions [x, eos]. reward_data + tail_reward + value + tail_value =
+    Σ_{i∈R} γ^i (−log π) + (V(u_0) − γ V(u_0 + y)) + ½ (V_model(s_0) − V_data(s_0))."""
+    data = collate([[Y, BS, X, EOS]], [[X]])
+    model = collate([[X, EOS]], [[Y, Y]])
+    g = torch.Generator().manual_seed(3)
+    ld, lm = torch.randn(1, 6, V, generator=g), torch.randn(1, 5, V, generator=g)
+    bc_mask = data.is_action.clone()
+    bc_mask[0, 2] = False  # the wrong token y
+    cfg = SequenceMatchConfig(alpha=1e12, gamma=G, eta=0.0)
+    terms, _ = sequencematch_terms(ld, data, lm, model, cfg, bc_mask=bc_mask, reward_mask=bc_mask)
+    got = sum(float(terms[k]) for k in ("reward_data", "tail_reward", "value", "tail_value"))
+    v = torch.logsumexp(ld[0], -1)
+    logp = torch.log_softmax(ld[0], -1)
+    nll = sum(-(G ** j) * float(logp[i - 1, data.tokens[0, i]]) for j, i in ((1, 3), (2, 4), (3, 5)))
+    routing = float(v[1] - G * v[2])
+    start = 0.5 * (float(torch.logsumexp(lm[0, 2], -1)) - float(v[1]))
+    # float32 sums of O(10) terms of size up to 1/(1 − γ) = 10: tolerance 1e-4 absolute
+    assert got == pytest.approx(nll + routing + start, abs=1e-4)
