@@ -16,6 +16,7 @@ order). Arms:
 ``sm_token``            (c) SM terms on the per-token scale
 ``sm_warm``             (d) BC (= MLE + backspace) for half the steps, then (1 − η)·BC + η·SM, η = 0.1
 ``sm_fresh_transition`` (a) + (b)
+``sm_alpha1000``        (e) α = 1000: a tenth of the default's r² weight
 ======================  ============================================================
 
 Every SequenceMatch arm logs the per-term gradient diagnostics
@@ -69,6 +70,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "sm_token": ("sequencematch", {"normalize": "token"}),
     "sm_warm": ("sequencematch", {"bc_warmup_steps": -1, "mix": "convex", "eta": 0.1}),  # -1: half the steps
     "sm_fresh_transition": ("sequencematch", {"model_samples": "fresh", "estimator": "transition"}),
+    "sm_alpha1000": ("sequencematch", {"alpha": 1000.0}),
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -183,8 +185,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--base-steps", type=int, default=1500)
     ap.add_argument("--base-lr", type=float, default=2e-3)
+    ap.add_argument("--base-min-lr-ratio", type=float, default=1.0,
+                    help="the base's cosine ends at this × base lr (1 = constant: the arms continue the same schedule)")
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--model", default="2x4x128", help="n_layer x n_head x n_embd")
     ap.add_argument("--eval-samples", type=int, default=512)
@@ -193,6 +197,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--diagnostics-every", type=int, default=100)
     ap.add_argument("--scratch", default="runs/sm_gradients")
     ap.add_argument("--out", default="benchmarks/results/sequencematch_gradients")
+    ap.add_argument("--reuse", default=None, help="a previous report JSON of this benchmark with the same budget: its "
+                                                  "bases and runs are taken as they are (the bases' checkpoints must "
+                                                  "still be in --scratch), only the missing runs are trained")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     task = make_task("arithmetic", min_base=args.base, max_base=args.base, max_digits=args.max_digits)
@@ -238,7 +245,7 @@ def main(argv=None) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"# SequenceMatch gradients and fix candidates on base-{args.base} `arithmetic`", "",
                  f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
-                 f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}, cosine), fork from its last step; every "
+                 f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}, cosine to {args.base_min_lr_ratio} × lr), fork from its last step; every "
                  f"arm {args.steps} steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size}, "
                  f"model {args.model}, seeds {seeds}; {args.eval_samples} evaluation episodes on the test "
                  f"questions per temperature, {args.recovery_samples} recovery probes.  ",
@@ -267,14 +274,21 @@ def main(argv=None) -> dict:
 
         return report
 
+    old = json.loads(Path(args.reuse).read_text()) if args.reuse else {"bases": {}, "runs": {}}
     for s in args.seeds:
         bdir = scratch / f"base-s{s}"
-        bases[s] = _run(spec, dict(common, model=dict(model), agent="mle", seed=s, max_steps=args.base_steps,
-                                   lr=args.base_lr, warmup_steps=100, logdir=str(bdir), ckpt_every=args.base_steps),
-                        {}, *ev)
+        if str(s) in old["bases"] and (bdir / "checkpoint.pt").exists():
+            bases[s] = old["bases"][str(s)]
+        else:
+            bases[s] = _run(spec, dict(common, model=dict(model), agent="mle", seed=s, max_steps=args.base_steps,
+                                       lr=args.base_lr, warmup_steps=100, min_lr_ratio=args.base_min_lr_ratio,
+                                       logdir=str(bdir), ckpt_every=args.base_steps), {}, *ev)
         print(f"base s{s}: validity {bases[s]['metrics']['validity']:.3f} nll {bases[s]['metrics']['nll']:.3f} "
               f"({bases[s]['seconds']:.0f} s)", flush=True)
         for arm in args.arms:
+            if f"{arm}-s{s}" in old["runs"]:
+                runs[(arm, s)] = old["runs"][f"{arm}-s{s}"]
+                continue
             agent, values = ARMS[arm]
             values = dict(values)
             if agent == "sequencematch":
