@@ -223,7 +223,8 @@ class SequenceMatchConfig:
         (cosine with the MLE + backspace gradient of the same batch),
         the logit scale, ``|r|``, the policy entropy and the buffer's age
         (:func:`gradient_diagnostics`). One extra backward pass per term on
-        those steps; 0 = off.
+        those steps; 0 = off. Single-process runs only (skipped under
+        ``torchrun``).
     :raises ValueError: naming the bad field and value.
     """
 
@@ -816,6 +817,8 @@ class SequenceMatchLearner:
             self.fresh_sampler = OnlineSampler(ctx.task, self.model_batch_size, ctx.device, ctx.generators["noise"],
                                                ctx.generators["sample"], temperature=cfg.rollout_temperature)
             self.fresh_sampler.venv = PromptedReset(self.fresh_sampler.venv)
+        # the diagnostics flatten whole gradients: one process only (FSDP shards them, DDP would all-reduce per term)
+        self._distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self._diagnosed = False  # diagnostics also run on this learner's first SequenceMatch step (the fork)
         self.diag_seconds = 0.0  # wall seconds spent in the diagnostics (benchmarks subtract them)
 
@@ -878,7 +881,7 @@ class SequenceMatchLearner:
         loss = sum(terms.values())
         metrics.update(m)
         every = self.cfg.diagnostics_every
-        if every and ((step + 1) % every == 0 or not self._diagnosed):  # the first step: at the fork
+        if every and not self._distributed and ((step + 1) % every == 0 or not self._diagnosed):  # first: the fork
             t0 = time.perf_counter()
             params = [p for p in self.model.parameters() if p.requires_grad]
             metrics.update(gradient_diagnostics(terms, mle_loss(logits[:B], data, bc_mask), params))
