@@ -446,6 +446,17 @@ def _rng_state(generators: dict[str, torch.Generator]) -> dict:
     return state
 
 
+def _to_cpu(obj):
+    """``obj`` with every tensor in its dicts, lists and tuples moved to the CPU (for ``all_gather_object``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -682,9 +693,16 @@ class Trainer:
                                       f"match the model ({' '.join(str(e).split())})") from None
             try:
                 self.scheduler.load_state_dict(resume_state["scheduler"])
-                self.learner.load_state_dict(resume_state.get("learner", {}))
-                ranks = resume_state.get("rng_ranks") or []  # FSDP checkpoints hold every rank's streams
-                _set_rng_state(ranks[self.rank] if self.rank < len(ranks) else resume_state["rng"], self.generators)
+                # a multi-process checkpoint holds every rank's learner state (a rollout buffer) and random streams
+                ranks = resume_state.get("rank_states") or []
+                mine = ranks[self.rank] if self.rank < len(ranks) else None
+                self.learner.load_state_dict(mine["learner"] if mine else resume_state.get("learner", {}))
+                if mine is not None:
+                    _set_rng_state(mine["rng"], self.generators)
+                elif self.rank == 0:
+                    _set_rng_state(resume_state["rng"], self.generators)
+                elif self.fsdp:  # a rank the run did not have: its own streams, but the global batch's data stream
+                    self.generators["data"].set_state(resume_state["rng"]["gen/data"])
             except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
                 raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its training state (scheduler, "
                                       f"learner or random streams) is malformed ({type(e).__name__}: "
@@ -713,14 +731,17 @@ class Trainer:
         """The checkpoint's content (:mod:`agents.common.checkpoint`). Under FSDP a collective call (every rank
         calls it): the full model and optimiser state dicts are gathered to rank 0's CPU
         (:func:`~agents.common.distributed.full_state_dicts`; other ranks get empty ones), the optimiser's keyed
-        by parameter name, and ``rng_ranks`` holds every rank's random streams."""
+        by parameter name. With several processes (DDP or FSDP; collective too) ``rank_states`` holds every
+        rank's random streams and learner state (on CPU), which a resumed run gives back to each rank."""
         rng = _rng_state(self.generators)
         if self.fsdp:
             model, optimizer = full_state_dicts(self.policy, self.optimizer)
-            ranks = [None] * self.world_size
-            dist.all_gather_object(ranks, rng)
         else:
-            model, optimizer, ranks = self.policy.state_dict(), self.optimizer.state_dict(), None
+            model, optimizer = self.policy.state_dict(), self.optimizer.state_dict()
+        ranks = None
+        if self.distributed:
+            ranks = [None] * self.world_size
+            dist.all_gather_object(ranks, _to_cpu({"rng": rng, "learner": self.learner.state_dict()}))
         state = {
             "agent": self.cfg.agent,
             "task": self.task.spec(),
@@ -735,7 +756,7 @@ class Trainer:
             "corpus_sha256": self._corpus_sha256(),
         }
         if ranks is not None:
-            state["rng_ranks"] = ranks
+            state["rank_states"] = ranks
         return state
 
     def _corpus_sha256(self) -> Optional[str]:
@@ -746,8 +767,9 @@ class Trainer:
             return None
 
     def save(self) -> None:
-        """Write ``checkpoint.pt`` atomically (rank 0; under FSDP every rank takes part in gathering it)."""
-        if self.is_main or self.fsdp:
+        """Write ``checkpoint.pt`` atomically (rank 0; with several processes every rank takes part in gathering
+        it: :meth:`checkpoint_state`)."""
+        if self.is_main or self.fsdp or self.distributed:
             state = self.checkpoint_state()
         if self.is_main:
             save_checkpoint(state, self.ckpt_path, previous=self.prev_ckpt_path)

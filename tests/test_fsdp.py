@@ -62,14 +62,21 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     llama, corpus = make_llama_dir(tmp / "llama"), tmp / "lines.txt"
     corpus.write_text("\n".join(LINES) + "\n", encoding="utf-8")
-    d = {name: tmp / name for name in ("full", "killed", "killed_copy", "lora", "sm", "earm", "emo", "ss")}
+    d = {name: tmp / name for name in ("full", "killed", "killed_copy", "lora", "sm", "earm", "emo", "ss",
+                                       "sm_killed", "ddp_sm", "ddp_sm_killed")}
+    sm = {"agent": "sequencematch", "max_steps": 3,
+          "sequencematch": {"rollout_batch_size": 3, "backspace_p": 0.2, "wrong_tokens": "model", "refresh_every": 1}}
     phases = [
         {"cfg": _base(llama, corpus, d["full"])},
         {"cfg": _base(llama, corpus, d["killed"]), "stop_at": 2, "copy_to": str(d["killed_copy"])},
         {"cfg": {"logdir": str(d["killed"]), "resume": True, "device": "cpu", "progress": False}},
         {"cfg": _lora(llama, corpus, d["lora"])},
-        {"cfg": _base(llama, corpus, d["sm"], agent="sequencematch", max_steps=2,
-                      sequencematch={"rollout_batch_size": 3, "backspace_p": 0.2, "wrong_tokens": "model"})},
+        {"cfg": _base(llama, corpus, d["sm"], **sm)},
+        {"cfg": _base(llama, corpus, d["sm_killed"], **sm), "stop_at": 2},
+        {"cfg": {"logdir": str(d["sm_killed"]), "resume": True, "device": "cpu", "progress": False}},
+        {"cfg": _base(llama, corpus, d["ddp_sm"], dist="ddp", **sm)},
+        {"cfg": _base(llama, corpus, d["ddp_sm_killed"], dist="ddp", **sm), "stop_at": 2},
+        {"cfg": {"logdir": str(d["ddp_sm_killed"]), "resume": True, "device": "cpu", "progress": False}},
         {"cfg": _base(llama, corpus, d["earm"], agent="earm", max_steps=2, earm={"start_step": 0})},
         {"cfg": _base(llama, corpus, d["emo"], agent="emo", max_steps=2)},
         {"cfg": _base(llama, corpus, d["ss"], agent="scheduled_sampling", max_steps=2)},
@@ -105,7 +112,7 @@ def test_two_ranks_full_finetuning_equal_one_process_and_resume_on_two_and_one(r
 
     # the checkpoint holds full tensors (gathered on rank 0), the same as one process writes
     ckpt, single = load_checkpoint(runs["full"] / "checkpoint.pt"), load_checkpoint(tmp_path / "one" / "checkpoint.pt")
-    assert ckpt["step"] == 4 and ckpt["policy"]["family"] == "hf" and len(ckpt["rng_ranks"]) == 2
+    assert ckpt["step"] == 4 and ckpt["policy"]["family"] == "hf" and len(ckpt["rank_states"]) == 2
     assert {k: v.shape for k, v in ckpt["model"].items()} == {k: v.shape for k, v in single["model"].items()}
 
     # resumed on 2 ranks: the same computation, bit for bit
@@ -169,10 +176,10 @@ def test_two_ranks_lora_bf16_with_activation_checkpointing_equal_one_process(run
 def test_other_learners_under_fsdp(runs, tmp_path):
     """SequenceMatch (rollouts into its buffer, model batch, model wrong tokens), E-ARM (negatives sampled each
     step), EMO (the LM head gathered for its cost embedding), scheduled sampling (two passes)."""
-    for name in ("sm", "earm", "emo", "ss"):
-        losses = _losses(runs[name], 0, 2)
-        assert len(losses) == 2 and all(math.isfinite(v) for v in losses.values()), (name, losses)
-        assert load_checkpoint(runs[name] / "checkpoint.pt")["step"] == 2
+    for name, steps in (("sm", 3), ("earm", 2), ("emo", 2), ("ss", 2)):
+        losses = _losses(runs[name], 0, steps)
+        assert len(losses) == steps and all(math.isfinite(v) for v in losses.values()), (name, losses)
+        assert load_checkpoint(runs[name] / "checkpoint.pt")["step"] == steps
     one = run_phase({"cfg": _base(runs["llama"], runs["corpus"], tmp_path / "emo", agent="emo", max_steps=2)})
     _close(_losses(runs["emo"], 0, 2), one, RTOL_FP32)
 
@@ -186,3 +193,12 @@ def test_fsdp_refusals(capsys):
         train.main(["--dist", "fsdp", "--max-steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --dist fsdp shards Hugging Face policies only"), err
+
+
+@pytest.mark.slow
+def test_sequencematch_resumes_exactly_on_two_ranks_fsdp_and_ddp(runs):
+    """Each rank's rollout buffer and random streams are in the checkpoint (``rank_states``) and go back to that
+    rank: the resumed step 3 is the uninterrupted run's, bit for bit (a refresh every step, so step 3 rolls out)."""
+    for name in ("sm", "ddp_sm"):
+        assert _losses(runs[f"{name}_killed"], 2, 3) == {3: _losses(runs[name], 0, 3)[3]}, name
+        assert len(load_checkpoint(runs[f"{name}_killed"] / "checkpoint.pt")["rank_states"]) == 2

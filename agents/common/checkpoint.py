@@ -16,6 +16,7 @@ key                 content
 ``scheduler``
 ``rng``             torch CPU RNG, data and rollout generators (resume)
 ``learner``         extra learner state (critic, snapshot, ...) or ``{}``
+``rank_states``     several processes (DDP, FSDP): per rank ``{"rng", "learner"}`` (resume)
 ``corpus_sha256``   ``Task.corpus_hash`` of the training task (absent in
                     older checkpoints; None for a task without its texts)
 ==================  =========================================================
