@@ -587,9 +587,9 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.fsdp = cfg.dist == "fsdp"
+        if self.device.type == "cuda" and (self.distributed or self.fsdp):  # NCCL's object collectives need it
+            torch.cuda.set_device(self.device)
         if self.fsdp:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
             if not dist.is_initialized():  # FSDP in one process: a one-rank group
                 init_single_process_group(self.device)
                 self._own_group = True
@@ -739,9 +739,9 @@ class Trainer:
         else:
             model, optimizer = self.policy.state_dict(), self.optimizer.state_dict()
         ranks = None
-        if self.distributed:
-            ranks = [None] * self.world_size
-            dist.all_gather_object(ranks, _to_cpu({"rng": rng, "learner": self.learner.state_dict()}))
+        if self.distributed:  # to rank 0 only
+            ranks = [None] * self.world_size if self.is_main else None
+            dist.gather_object(_to_cpu({"rng": rng, "learner": self.learner.state_dict()}), ranks, dst=0)
         state = {
             "agent": self.cfg.agent,
             "task": self.task.spec(),
