@@ -894,7 +894,8 @@ class Trainer:
                 "--resume")
         if self.distributed:
             dist.barrier()
-        if self.is_main and self.step >= cfg.max_steps:  # the final state passed the divergence check when saved
+        if self.is_main and (self.step >= cfg.max_steps or self.stop_requested):  # the final state passed the
+            # divergence check when it was saved: the checkpoint it replaced is no longer needed
             self.prev_ckpt_path.unlink(missing_ok=True)
         if self.step < cfg.max_steps and not self.stop_requested:
             for cb in self.callbacks:

@@ -86,6 +86,7 @@ def test_2_overwrite_reads_the_init_checkpoint_before_deleting_it(finished_run):
     # warm-started from the old weights (lr 1e-9: one AdamW step moves each weight by at most ~1e-9)
     assert torch.allclose(new["model"]["wte.weight"], old["model"]["wte.weight"], atol=1e-6)
     assert len(list(finished_run.glob("events.out.tfevents.*"))) == 1  # the old run's events were deleted
+    assert not (finished_run / "checkpoint.prev.pt").exists()  # a finished run keeps no rollback copy
 
 
 # 3 ---------------------------------------------------------------------------------------------------------
