@@ -155,11 +155,13 @@ def main(argv=None) -> dict:
             print(row["error"], file=sys.stderr)
     device = torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else \
         f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
-    report = {"command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/fsdp_gpu.py", *(argv or sys.argv[1:])]),
+    command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fsdp_gpu.py", *(argv or sys.argv[1:])])
+    report = {"command": command,
               "device": device, "torch": torch.__version__, "policy": policy, "rows": rows}
     (out / "fsdp_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# DDP vs FSDP2: MLE tokens/s and peak memory ({device})", "", f"Command: `{report['command']}`", "",
-             "| dist | ranks | params | timed steps | tokens/s | peak MiB (rank 0) | wall s |", "|---|---|---|---|---|---|---|"]
+             "| dist | ranks | params | timed steps | tokens/s | peak MiB (rank 0) | wall s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['dist']} | - | - | - | failed | - | {r['wall_s']:.0f} |")

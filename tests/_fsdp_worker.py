@@ -1,9 +1,10 @@
 """Runs training phases for tests/test_fsdp.py: under ``torchrun`` (one process per rank) or in the test process.
 
 ``python -m torch.distributed.run --nproc_per_node 2 tests/_fsdp_worker.py PHASES.json`` runs each phase of the
-JSON list in order in the same ranks and process group: ``{"cfg": {...TrainConfig dict...}, "stop_at": N or null, "copy_to": DIR or
-null}``. Rank 0 writes each step's ``train/loss`` (the mean over ranks) to ``<logdir>/losses_<steps>.json`` and,
-with ``copy_to``, copies the run directory there after the phase (a checkpoint to resume elsewhere).
+JSON list in order in the same ranks and process group: ``{"cfg": {...TrainConfig dict...}, "stop_at": N or null,
+"copy_to": DIR or null}``. Rank 0 writes each step's ``train/loss`` (the mean over ranks) to
+``<logdir>/losses_<first>_<last>.json`` and, with ``copy_to``, copies the run directory there after the phase (a
+checkpoint to resume elsewhere).
 """
 
 import json

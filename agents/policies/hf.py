@@ -353,7 +353,8 @@ class HFPolicy(nn.Module):
             json.dump(self.policy_spec(), f, indent=2)
 
     def save_pretrained_atomic(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
-        """:meth:`save_pretrained` (with ``state_dict``) into a temporary sibling directory, then renamed to ``directory``.
+        """:meth:`save_pretrained` (with ``state_dict``) into a temporary sibling directory, then renamed to
+        ``directory``.
 
         A crash mid-write leaves the previous ``directory`` intact (the swap is
         two renames: old -> ``.<name>.old``, new -> ``directory``).
