@@ -165,7 +165,8 @@ def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys)
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
     assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "train/approx_kl", "train/entropy_loss",
-            "train/value_loss", "rollout/critic_reward_mean", "rollout/kl_to_init_mean"} <= tags
+            "train/value_loss", "rollout/critic_reward_mean", "rollout/kl_to_init_mean", "rollout/objective_mean",
+            "train/beta"} <= tags
 
 
 def test_ppo_bad_input(tmp_path, capsys):

@@ -34,6 +34,7 @@ Usage (``scripts/ppo_critic.py``)::
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -125,7 +126,24 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
     :param kwargs: other ``MaskableActorCriticPolicy`` arguments
         (``optimizer_class``, ``optimizer_kwargs``, ...).
     :raises ValueError: if the action space is not ``Discrete(vocab_size)`` of the actor.
+
+    :attr:`kl_reference`: ``None`` (default) or a frozen reference policy π0 (a
+    :class:`TransformerPolicy` given to :meth:`set_kl_reference`; not a submodule: neither trained nor saved).
+    When set, :meth:`evaluate_actions` returns ``-KL(π(·|s) ‖ π0(·|s))``
+    (exact, over the legal actions, differentiable in π) in place of the
+    entropy, so that MaskablePPO's ``ent_coef · (-mean entropy)`` term becomes
+    the penalty ``ent_coef · mean_s KL`` (``agents.sb3.critic_reward``, ``--kl-estimator exact``).
     """
+
+    @property
+    def kl_reference(self) -> Optional[TransformerPolicy]:
+        """The frozen π0 of the exact-KL penalty, or ``None`` (set it with :meth:`set_kl_reference`)."""
+        return self.__dict__.get("_kl_reference")
+
+    def set_kl_reference(self, model: Optional[TransformerPolicy]) -> None:
+        """Attach π0 for the exact-KL penalty (``None`` detaches it). Kept outside the module tree: never
+        trained, saved or moved by SB3."""
+        self.__dict__["_kl_reference"] = model
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
                  policy_config: dict, value_hidden: int = 64, detach_value: bool = True, **kwargs: Any):
@@ -147,6 +165,27 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
         self.action_net = self.actor.lm_head
         self.value_net = ValueHead(self.features_dim, self.value_hidden, self.detach_value)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def evaluate_actions(self, obs, actions: torch.Tensor, action_masks=None):
+        """SB3's ``(values, log_prob, entropy)``; with :attr:`kl_reference` the third item is ``-KL(π ‖ π0)``
+        per state (FloatTensor ``[B]``, nats)."""
+        if self.kl_reference is None:
+            return super().evaluate_actions(obs, actions, action_masks)
+        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        logits = distribution.distribution.logits.float()  # the actor's logits [B, V]
+        mask = (torch.ones_like(logits, dtype=torch.bool) if action_masks is None
+                else torch.as_tensor(action_masks, device=logits.device).reshape(logits.shape).bool())
+        if action_masks is not None:
+            distribution.apply_masking(action_masks)
+        tokens, length = obs["tokens"].long(), discrete_index(obs["length"])
+        bos = torch.full((len(tokens), 1), BOS_ID, dtype=torch.long, device=tokens.device)
+        with torch.no_grad():
+            ref = self.kl_reference(torch.cat([bos, tokens], 1))[torch.arange(len(tokens)), length].float()
+        log_p = torch.log_softmax(logits.masked_fill(~mask, -math.inf), -1)
+        log_ref = torch.log_softmax(ref.masked_fill(~mask, -math.inf), -1)
+        diff = torch.where(mask, log_p - log_ref, torch.zeros_like(log_p))
+        return self.value_net(latent_vf), distribution.log_prob(actions), -(log_p.exp() * diff).sum(-1)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
