@@ -10,6 +10,7 @@
 ``mixce``               :class:`agents.mixce.MixCELearner` (Zhang et al. 2023)
 ``emo``                 :class:`agents.emo.EMOLearner` (Ren et al. 2024; the ``emoloss`` package)
 ``scheduled_sampling``  :class:`agents.scheduled_sampling.ScheduledSamplingLearner` (two-pass, Mihaylova & Martins 2019)
+``grpo``                :class:`agents.grpo.GRPOLearner` (GRPO / Dr. GRPO / RLOO on the env's reward)
 ======================  =====================================================
 
 Adding a method: write ``agents/<name>.py`` with a config dataclass, the loss
@@ -28,6 +29,7 @@ from . import tailr  # noqa: F401
 from . import mixce  # noqa: F401
 from . import emo  # noqa: F401
 from . import scheduled_sampling  # noqa: F401
+from . import grpo  # noqa: F401
 from .common.learner import LEARNERS
 
 #: registered learner names, in registration order (the ``--agent`` choices)

@@ -331,3 +331,21 @@ def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpu
     state = load_checkpoint(logdir / "checkpoint.pt")
     assert state["step"] == 3 and state["policy"]["family"] == "hf"
     assert (logdir / "hf" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_cli_grpo_trains_lora_adapters_of_an_hf_policy(tmp_path, llama_dir, capsys):
+    """train.py --agent grpo on an hf: Llama with LoRA: runs on CPU, moves only the adapters, keeps a reference."""
+    logdir = tmp_path / "grpo"
+    train.main(["--agent", "grpo", "--task", "python-lines", "--policy", f"hf:{llama_dir}", "--lora.r", "4",
+                "--max-steps", "2", "--device", "cpu", "--logdir", str(logdir), "--lr", "1e-2", "--warmup-steps", "0",
+                "--eval-samples", "4", "--no-progress", "--grpo.group-size", "2", "--grpo.num-prompts", "2",
+                "--grpo.advantage", "dr_grpo"])
+    assert "grpo (step 2)" in capsys.readouterr().out
+    state = load_checkpoint(logdir / "checkpoint.pt")
+    assert state["agent"] == "grpo" and state["policy"]["config"]["lora"]["r"] == 4
+    reference, model = state["learner"]["reference"], state["model"]
+    assert set(reference) == set(model)
+    for k, v in model.items():  # only adapter weights may differ from the reference (the start)
+        if not torch.equal(v, reference[k]):
+            assert "lora_" in k or "trainable_tokens" in k, k

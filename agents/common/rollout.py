@@ -143,6 +143,7 @@ def rollout(
     allow_backspace: bool = True,
     forced_actions: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     use_kv_cache: bool = True,
+    reset_options: Optional[dict] = None,
 ) -> RolloutResult:
     """Play one episode in each of ``venv``'s environments with ``policy``.
 
@@ -164,6 +165,7 @@ def rollout(
         (cropped to the longest current state) at every step instead: the
         no-cache baseline of ``benchmarks/train_throughput.py``; same episodes,
         slower.
+    :param reset_options: passed to ``venv.reset`` (e.g. ``{"prompt": [text per row]}``: GRPO's groups).
     :return: :class:`RolloutResult` on the env's device.
     """
     policy = getattr(policy, "module", policy)
@@ -172,7 +174,7 @@ def rollout(
     gathered = contextlib.ExitStack()  # an FSDP-sharded policy decodes on its gathered parameters
     gathered.enter_context(gathered_params(policy))
     try:
-        obs, info = venv.reset(seed=seed)
+        obs, info = venv.reset(seed=seed, options=reset_options)
         N = venv.num_envs
         device = obs["tokens"].device
         state_len = obs["length"].reshape(N)
