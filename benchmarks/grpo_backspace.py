@@ -3,6 +3,9 @@
 For each seed and arm, ``--agent grpo`` fine-tunes the same start policy (an MLE checkpoint) for
 ``--steps`` optimiser steps, then both the start and the result are measured on the *test* questions:
 
+The masked arm is measured with backspace masked off too (as it is trained and used); the start policy both
+ways.
+
 * ``validity``: exact-answer rate of fresh samples (one per test question, cycled to ``--eval-samples``);
 * ``kl_to_init``: mean ``Σ_t log π(a_t|s_t) - log π0(a_t|s_t)`` over those episodes (nats per sequence,
   both masked to the legal actions; a Monte Carlo estimate of KL(π‖π0));
@@ -39,13 +42,14 @@ from agents.trainer import TrainConfig, Trainer
 
 
 @torch.no_grad()
-def measure(policy, reference, task, num_samples: int, seed: int) -> dict:
-    """The metrics of the module docstring on ``num_samples`` episodes over the test questions."""
+def measure(policy, reference, task, num_samples: int, seed: int, allow_backspace: bool = True) -> dict:
+    """The metrics of the module docstring on ``num_samples`` episodes over the test questions
+    (``allow_backspace=False``: sampled with backspace masked off, as the masked arm is trained and used)."""
     prompts, answers = task.split_prompts["test"], task.splits["test"]
     idx = [i % len(prompts) for i in range(num_samples)]
     venv = make_vector_env(task, num_samples, "cpu")
     res = rollout(policy, venv, seed=seed, generator=torch.Generator().manual_seed(seed), store_masks=True,
-                  reset_options={"prompt": [prompts[i] for i in idx]})
+                  reset_options={"prompt": [prompts[i] for i in idx]}, allow_backspace=allow_backspace)
     tok = task.tokenizer
     valid = [bool(t) and task.is_valid(prompts[i] + tok.decode(s))
              for i, s, t in zip(idx, res.sequences(), res.terminated.tolist())]
@@ -101,7 +105,9 @@ def main(argv=None):
     torch.set_num_threads(1)
     start = time.time()
     reference, task, _ = load_policy(args.init, "cpu")
-    rows = {"start": [measure(reference, reference, task, args.eval_samples, seed) for seed in args.seeds]}
+    rows = {"start": [measure(reference, reference, task, args.eval_samples, seed) for seed in args.seeds],
+            "start (backspace masked)": [measure(reference, reference, task, args.eval_samples, seed, False)
+                                         for seed in args.seeds]}
     for arm, allow in (("grpo_backspace", True), ("grpo_no_backspace", False)):
         rows[arm] = []
         for seed in args.seeds:
@@ -115,7 +121,7 @@ def main(argv=None):
             trainer = Trainer(cfg)
             trainer.train()
             trainer.close()
-            m = measure(trainer.policy, reference, task, args.eval_samples, seed)
+            m = measure(trainer.policy, reference, task, args.eval_samples, seed, allow)
             m["wall_s"] = time.time() - t0
             rows[arm].append(m)
             print(arm, seed, {k: round(v, 4) for k, v in m.items()}, flush=True)

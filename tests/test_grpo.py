@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from agents.common.checkpoint import load_checkpoint, save_checkpoint
+from agents.common.checkpoint import load_checkpoint
 from agents.grpo import GRPOConfig, clipped_surrogate_loss, episode_rewards, group_advantages
 from agents.common.rollout import make_vector_env, rollout
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
