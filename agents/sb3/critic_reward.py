@@ -52,10 +52,13 @@ The critic score ``r(x)`` is paid on the step that ends an episode. With
 γ = 1 an episode's return is ``r(x) - β Σ_t KL-term_t``, an unbiased
 estimate of the objective (the chain rule sums the per-state KLs to the KL of
 the episode distributions). **No reward normalisation touches the KL term**:
-an earlier version passed the whole reward through ``VecNormalize``, which
-divides it by the return's spread -- once the β-scaled KL dominates that
-spread, β cancels; ``benchmarks/results/ppo_critic_rerun.md`` measured β = 5
-moving the policy as far as β = 1. ``--score-norm frozen`` standardises the
+an earlier version passed the whole reward through ``VecNormalize`` (a
+running scale of the return), suspected of making β inert
+(``benchmarks/results/ppo_critic_rerun.md``: β = 5 moved the policy as far as
+β = 1). A common scale keeps the ratio of score to β·KL, and on a synthetic
+check both configurations restrain alike (``ppo_kl_control.md``); it is gone
+so that rewards stay in nats and the step size does not follow a running
+statistic. ``--score-norm frozen`` standardises the
 critic score alone, ``(r(x) - μ0)/σ0``, with ``μ0, σ0`` measured once on
 ``eval_samples`` samples of π0 and then frozen (RL4LMs / OpenRLHF practice);
 β is then in units of the start policy's score spread. The default ``none``
