@@ -682,6 +682,57 @@ def sequencematch_loss(
     return sum(terms.values()), metrics
 
 
+def level_decomposition(
+    logits_data: torch.Tensor,
+    data: TrajectoryBatch,
+    logits_model: torch.Tensor,
+    model: TrajectoryBatch,
+    cfg: SequenceMatchConfig,
+    bc_mask: torch.Tensor | None = None,
+    reward_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """``reward_data + reward_wrong + tail_reward + value + tail_value`` of :func:`sequencematch_terms`, regrouped.
+
+    The module docstring's identity (``cfg.estimator="trajectory"``,
+    ``cfg.divergence="chi2_mixture"``; scalar float32 tensors, nats, before
+    the ``normalize``/``mix`` factors):
+
+    * ``imitated_nll``: ``E_data[Σ_{i∈R} w_i (−log π(a_i|u_i))]``, ``R`` =
+      the actions of the reward term (``reward_mask``);
+    * ``routing``: ``E_data[Σ_{i∉R} w_i (V(u_i) − γ V(u_{i+1}))]`` (the
+      data actions left out of the reward term: the injected wrong tokens);
+    * ``start_values``: ``½ (E_model[V(s_0)] − E_data[V(s_0)])``;
+    * ``truncation``: the rest (``½ E[−γ^N V(s_N)]`` of truncated rows; 0
+      when every episode terminated).
+
+    The four sum to the five terms exactly (up to float rounding).
+
+    :raises ValueError: for ``estimator="transition"`` or a divergence other than ``chi2_mixture``.
+    """
+    if cfg.estimator != "trajectory" or cfg.divergence != "chi2_mixture":
+        raise ValueError(f"level_decomposition needs estimator='trajectory' and divergence='chi2_mixture', got "
+                         f"{cfg.estimator!r}, {cfg.divergence!r}")
+    terms, _ = sequencematch_terms(logits_data, data, logits_model, model, cfg, bc_mask, reward_mask)
+    scale = 1.0 / ((1.0 / data.num_actions.float().mean() if cfg.normalize == "token" else 1.0)
+                   * (cfg.eta if cfg.mix == "convex" else 1.0))
+    five = sum(terms[k] for k in ("reward_data", "reward_wrong", "tail_reward", "value", "tail_value")) * scale
+    g = cfg.gamma
+    w = discount_weights(data, g)
+    rmask = data.is_action if reward_mask is None else reward_mask & data.is_action
+    v = soft_values(logits_data)
+    ce = torch.where(data.is_action, _shift_right(v) - soft_q_of_actions(logits_data, data), torch.zeros_like(v))
+    routing_i = _shift_right(v) - g * v
+    left_out = data.is_action & ~rmask
+    vm = soft_values(logits_model)
+    v0_d = v.gather(1, (data.first_action_index() - 1)[:, None]).squeeze(1)
+    v0_m = vm.gather(1, (model.first_action_index() - 1)[:, None]).squeeze(1)
+    out = {"imitated_nll": (w * torch.where(rmask, ce, torch.zeros_like(ce))).sum(1).mean(),
+           "routing": (w * torch.where(left_out, routing_i, torch.zeros_like(v))).sum(1).mean(),
+           "start_values": 0.5 * (v0_m.mean() - v0_d.mean())}
+    out["truncation"] = five - sum(out.values())
+    return out
+
+
 def per_term_gradients(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """The gradient of each term with respect to ``params``, flattened.
 
@@ -706,7 +757,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def gradient_diagnostics(terms: dict[str, torch.Tensor], reference: torch.Tensor,
-                         params: list[torch.nn.Parameter]) -> dict[str, float]:
+                         params: list[torch.nn.Parameter],
+                         regrouped: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Where the gradient goes: each term's gradient norm and its cosine with a reference gradient.
 
     :param terms: name -> scalar tensor whose sum is the loss
@@ -717,11 +769,16 @@ def gradient_diagnostics(terms: dict[str, torch.Tensor], reference: torch.Tensor
     :param params: the trained parameters.
     :return: ``diag/grad_norm/<term>`` and ``diag/cos_mle/<term>`` for every
         term, ``total`` (the sum of the terms' gradients = the loss's
-        gradient, before clipping) and ``mle_backspace`` (the reference).
+        gradient, before clipping) and ``mle_backspace`` (the reference);
+        also for each entry of ``regrouped`` (e.g. :func:`level_decomposition`:
+        other groupings of the same loss, logged beside the terms, not summed
+        into ``total``).
     """
     grads = per_term_gradients({**terms, "mle_backspace": reference}, params)
     ref = grads.pop("mle_backspace")
     grads["total"] = torch.stack(list(grads.values())).sum(0)
+    if regrouped:
+        grads.update(per_term_gradients(regrouped, params))
     out = {"diag/grad_norm/mle_backspace": float(ref.norm())}
     for name, gr in grads.items():
         out[f"diag/grad_norm/{name}"] = float(gr.norm())
@@ -884,7 +941,10 @@ class SequenceMatchLearner:
         if every and not self._distributed and ((step + 1) % every == 0 or not self._diagnosed):  # first: the fork
             t0 = time.perf_counter()
             params = [p for p in self.model.parameters() if p.requires_grad]
-            metrics.update(gradient_diagnostics(terms, mle_loss(logits[:B], data, bc_mask), params))
+            extra = None
+            if self.cfg.estimator == "trajectory" and self.cfg.divergence == "chi2_mixture":
+                extra = level_decomposition(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask, reward_mask)
+            metrics.update(gradient_diagnostics(terms, mle_loss(logits[:B], data, bc_mask), params, extra))
             metrics.update(logit_diagnostics(logits[:B], data, self.cfg, "data"))
             metrics.update(logit_diagnostics(logits[B:], sampled, self.cfg, "model"))
             metrics["diag/buffer_age_max"] = float(max(age))

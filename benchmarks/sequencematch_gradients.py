@@ -54,7 +54,10 @@ if str(ROOT) not in sys.path:  # run as a file: this checkout's agents/ and benc
 
 from agents.common.evaluation import evaluate_policy, heldout_nll  # noqa: E402
 from agents.common.rollout import make_vector_env, rollout  # noqa: E402
-from agents.sequencematch import PromptedReset  # noqa: E402
+from agents.common.checkpoint import load_policy  # noqa: E402
+from agents.common.demos import DemoSampler  # noqa: E402
+from agents.common.learner import LearnerContext  # noqa: E402
+from agents.sequencematch import PromptedReset, SequenceMatchConfig, SequenceMatchLearner  # noqa: E402
 from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer  # noqa: E402
 from benchmarks.quality import PhaseCounter  # noqa: E402
 from seqenv.oracle import pad_sequences  # noqa: E402
@@ -158,6 +161,22 @@ def _run(task_spec, kw: dict, sections: dict, temperatures, eval_samples: int, r
             "diag": diag.rows, "post_eval_seconds": time.perf_counter() - t1}
 
 
+def decompose(path: str, batches: int = 4, batch_size: int = 64, seed: int = 0, **cfg_kw) -> dict:
+    """Mean over ``batches`` batches of the learner's gradient diagnostics on a checkpoint's policy (the default
+    SequenceMatch config, ``cfg_kw`` overriding): the terms, their regrouping
+    (:func:`agents.sequencematch.level_decomposition`), the total and MLE + backspace."""
+    policy, task, _ = load_policy(path)
+    policy.train()
+    gens = {"noise": torch.Generator().manual_seed(seed), "sample": torch.Generator().manual_seed(seed + 1)}
+    ctx = LearnerContext(model=policy, policy=policy, task=task, device=torch.device("cpu"), generators=gens,
+                         batch_size=batch_size)
+    learner = SequenceMatchLearner(ctx, SequenceMatchConfig(diagnostics_every=1, **cfg_kw))
+    data = DemoSampler(task, "train", torch.Generator().manual_seed(seed))
+    rows = [learner.loss(data.sample(batch_size), i)[1] for i in range(batches)]
+    keys = [k for k in rows[0] if k.startswith("diag/")]
+    return {k: statistics.mean(r[k] for r in rows) for k in keys}
+
+
 def _ci(xs: list[float]) -> tuple[float, float]:
     """Mean and 95 % t half-width (0 for one value)."""
     m = statistics.mean(xs)
@@ -200,8 +219,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--reuse", default=None, help="a previous report JSON of this benchmark with the same budget: its "
                                                   "bases and runs are taken as they are (the bases' checkpoints must "
                                                   "still be in --scratch), only the missing runs are trained")
+    ap.add_argument("--decompose", nargs="+", default=None, metavar="CKPT",
+                    help="only print the gradient decomposition (mean of 4 batches) on these checkpoints, as JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.decompose:
+        out = {p: decompose(p) for p in args.decompose}
+        print(json.dumps(out, indent=1))
+        return out
     task = make_task("arithmetic", min_base=args.base, max_base=args.base, max_digits=args.max_digits)
     spec = task.spec()
     n_layer, n_head, n_embd = map(int, args.model.split("x"))

@@ -19,6 +19,7 @@ from agents.sequencematch import (
     SequenceMatchLearner,
     TrajectoryBatch,
     gradient_diagnostics,
+    level_decomposition,
     per_term_gradients,
     sequencematch_loss,
     sequencematch_terms,
@@ -137,7 +138,9 @@ def test_fresh_samples_start_from_the_data_prompts():
     loss, m = learner.loss(demos, 0)
     assert torch.isfinite(loss) and m["buffer/age"] == 0.0 and not learner.buffer
     # the diagnostics were computed on this step (diagnostics_every = 1)
-    assert {f"diag/grad_norm/{t}" for t in (*TERMS, "total", "mle_backspace")} <= set(m)
+    assert {f"diag/grad_norm/{t}" for t in (*TERMS, "total", "mle_backspace", "imitated_nll", "routing",
+                                            "start_values")} <= set(m)
+    assert m["diag/grad_norm/start_values"] < 1e-6  # fresh samples share the data's start states
     assert m["diag/cos_mle/total"] > 0.5  # discounted data NLL dominates: it points where MLE's gradient does
 
 
@@ -193,3 +196,8 @@ def test_reward_value_and_tails_reduce_to_nll_routing_and_start_values():
     start = 0.5 * (float(torch.logsumexp(lm[0, 2], -1)) - float(v[1]))
     # float32 sums of O(10) terms of size up to 1/(1 − γ) = 10: tolerance 1e-4 absolute
     assert got == pytest.approx(nll + routing + start, abs=1e-4)
+    parts = level_decomposition(ld, data, lm, model, cfg, bc_mask=bc_mask, reward_mask=bc_mask)
+    assert float(parts["imitated_nll"]) == pytest.approx(nll, abs=1e-5)
+    assert float(parts["routing"]) == pytest.approx(routing, abs=1e-5)
+    assert float(parts["start_values"]) == pytest.approx(start, abs=1e-5)
+    assert float(parts["truncation"]) == pytest.approx(0.0, abs=1e-4)  # both rows terminated
