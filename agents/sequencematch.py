@@ -113,6 +113,23 @@ and tail terms (norms ~ tokens × MLE's) cancelling down to this sum. With
 ``model_samples="fresh"`` the model half starts from the data half's prompts
 and the start-state term is exactly 0.
 
+The level is not free for the *gradient*, though: ``∂V(u)/∂l = π(·|u)``, not
+the constant direction the policy is invariant to, so descending ``+V(u)``
+lowers the likely logits and flattens ``π(·|u)``. Measured on base-10
+``arithmetic`` (``benchmarks/results/sequencematch_gradients.md``; 4 batches
+of 64 at the fork from a 1000-step MLE base, defaults): gradient norms
+(cosine with MLE + backspace) imitated NLL 6.41 (+1.00), **routing 7.70
+(−0.48)**, start values 1.99 (+0.06), χ² data 2.17 (+0.09), χ² model 2.03
+(+0.05), total 10.2 (+0.37). The routing term lowers ``V`` at the parent state
+of every injected wrong token -- the correct-prefix states MLE sharpens -- and
+is the largest single part of the gradient. Over 400 steps (lr 2e-3, seed 0)
+continued MLE goes from 0.098 to 0.252 exact answers, MLE + backspace 0.219,
+SequenceMatch 0.109 (held-out NLL 0.886, worse than the base's 0.820; policy
+entropy 0.84 → 0.93 nats), ``model_samples="fresh"`` 0.105 (NLL 1.115: its
+χ² on model samples reaches gradient norm 60 at cosine −0.86 by step 400),
+α = 1000 0.078. None of the options is the default: none reached continued
+MLE.
+
 Trajectory layout (docs/internals.md): ``tokens[b] = [bos, prompt...,
 a_1..a_n, pad...]``; ``logits[:, i]`` are the logits of the state reached
 after ``tokens[:, :i+1]``. An action at index ``i`` is taken in the state
