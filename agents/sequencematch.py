@@ -233,6 +233,15 @@ class SequenceMatchConfig:
         optimiser steps of the run the loss is the BC term alone (MLE +
         backspace on the same augmented batch, no model samples), then the
         ``mix`` combination.
+    :param wrong_token_value: what the value term does with the injected
+        wrong tokens left out of the data reward term. ``"route"`` (the
+        default): they stay in the value term, whose sum with the reward
+        terms then holds ``E_data[Σ_{i wrong} w_i (V(u_i) − γ V(u_{i+1}))]``
+        (the routing term of the module docstring). ``"cancel"`` [recon,
+        issue 26]: ``reward_wrong`` subtracts exactly that, so the telescoped
+        loss is the imitated NLL + start values + χ² (the wrong-token
+        transitions still enter the χ² penalty, and ``wrong → backspace``
+        stays imitated).
     :param diagnostics_every: on the learner's first SequenceMatch step (the
         fork) and every this many steps after (at steps ``s`` with
         ``(s + 1) % diagnostics_every == 0``) differentiate each loss term
@@ -265,6 +274,7 @@ class SequenceMatchConfig:
     model_samples: Literal["buffer", "fresh"] = "buffer"
     bc_warmup_steps: int = 0
     diagnostics_every: int = 100
+    wrong_token_value: Literal["route", "cancel"] = "route"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and self.alpha > 0):
@@ -300,6 +310,9 @@ class SequenceMatchConfig:
         if self.model_samples not in ("buffer", "fresh"):
             raise ValueError(
                 f"SequenceMatchConfig.model_samples must be 'buffer' or 'fresh', got {self.model_samples!r}")
+        if self.wrong_token_value not in ("route", "cancel"):
+            raise ValueError(
+                f"SequenceMatchConfig.wrong_token_value must be 'route' or 'cancel', got {self.wrong_token_value!r}")
         for name in ("bc_warmup_steps", "diagnostics_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -617,6 +630,13 @@ def sequencematch_terms(
     else:
         terms = {"reward_data": -e_d(d["phi"]), "reward_wrong": -e_d(d["phi_wrong"]), "chi2_data": zero,
                  "chi2_model": zero, "tail_reward": -e_d(d["tail_phi"]), "tail_chi2": zero}
+    if cfg.wrong_token_value == "cancel":  # minus the routing term: Σ over wrong tokens outside the reward of w Δ
+        rm = data.is_action if reward_mask is None else reward_mask & data.is_action
+        left_out = data.is_action & ~bc_mask & ~rm
+        v_d = soft_values(logits_data)
+        w_d = discount_weights(data, cfg.gamma) if cfg.estimator == "trajectory" else data.is_action.float()
+        delta = torch.where(left_out, _shift_right(v_d) - cfg.gamma * v_d, torch.zeros_like(v_d))
+        terms["reward_wrong"] = terms["reward_wrong"] - e_d((w_d * delta).sum(1))
     terms["value"] = e_dm(d["value"], m["value"])
     terms["tail_value"] = e_dm(d["tail_value"], m["tail_value"])
     bc = torch.where(bc_mask, d["ce"], torch.zeros_like(d["ce"])).sum() / bc_mask.sum().clamp(min=1)
@@ -746,6 +766,8 @@ def level_decomposition(
     out = {"imitated_nll": (w * torch.where(rmask, ce, torch.zeros_like(ce))).sum(1).mean(),
            "routing": (w * torch.where(left_out, routing_i, torch.zeros_like(v))).sum(1).mean(),
            "start_values": 0.5 * (v0_m.mean() - v0_d.mean())}
+    if cfg.wrong_token_value == "cancel":
+        out["routing"] = out["routing"] * 0
     out["truncation"] = five - sum(out.values())
     return out
 

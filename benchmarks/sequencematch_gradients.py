@@ -17,6 +17,7 @@ order). Arms:
 ``sm_warm``             (d) BC (= MLE + backspace) for half the steps, then (1 − η)·BC + η·SM, η = 0.1
 ``sm_fresh_transition`` (a) + (b)
 ``sm_alpha1000``        (e) α = 1000: a tenth of the default's r² weight
+``sm_no_routing``       the wrong-token routing term cancelled (``wrong_token_value="cancel"``)
 ======================  ============================================================
 
 Every SequenceMatch arm logs the per-term gradient diagnostics
@@ -74,6 +75,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "sm_warm": ("sequencematch", {"bc_warmup_steps": -1, "mix": "convex", "eta": 0.1}),  # -1: half the steps
     "sm_fresh_transition": ("sequencematch", {"model_samples": "fresh", "estimator": "transition"}),
     "sm_alpha1000": ("sequencematch", {"alpha": 1000.0}),
+    "sm_no_routing": ("sequencematch", {"wrong_token_value": "cancel"}),
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 

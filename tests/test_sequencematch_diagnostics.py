@@ -201,3 +201,23 @@ def test_reward_value_and_tails_reduce_to_nll_routing_and_start_values():
     assert float(parts["routing"]) == pytest.approx(routing, abs=1e-5)
     assert float(parts["start_values"]) == pytest.approx(start, abs=1e-5)
     assert float(parts["truncation"]) == pytest.approx(0.0, abs=1e-4)  # both rows terminated
+
+
+def test_cancelled_routing_leaves_nll_and_start_values():
+    """wrong_token_value="cancel": the five terms sum to the imitated NLL + start values, by hand as above."""
+    data = collate([[Y, BS, X, EOS]], [[X]])
+    model = collate([[X, EOS]], [[Y, Y]])
+    g = torch.Generator().manual_seed(3)
+    ld, lm = torch.randn(1, 6, V, generator=g), torch.randn(1, 5, V, generator=g)
+    bc_mask = data.is_action.clone()
+    bc_mask[0, 2] = False
+    cfg = SequenceMatchConfig(alpha=1e12, gamma=G, eta=0.0, wrong_token_value="cancel")
+    terms, _ = sequencematch_terms(ld, data, lm, model, cfg, bc_mask=bc_mask, reward_mask=bc_mask)
+    got = sum(float(terms[k]) for k in ("reward_data", "reward_wrong", "tail_reward", "value", "tail_value"))
+    v = torch.logsumexp(ld[0], -1)
+    logp = torch.log_softmax(ld[0], -1)
+    nll = sum(-(G ** j) * float(logp[i - 1, data.tokens[0, i]]) for j, i in ((1, 3), (2, 4), (3, 5)))
+    start = 0.5 * (float(torch.logsumexp(lm[0, 2], -1)) - float(v[1]))
+    assert got == pytest.approx(nll + start, abs=1e-4)  # float32, O(10) terms of size <= 10
+    with pytest.raises(ValueError, match="wrong_token_value"):
+        SequenceMatchConfig(wrong_token_value="drop")
