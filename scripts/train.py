@@ -47,7 +47,7 @@ from agents.trainer import RESUME_FLAGS, NonFiniteLossError, TrainConfig, Traine
 MAIN_JOB_DIR = Path("runs/main")
 MAIN_JOB_COLUMNS = SUMMARY_COLUMNS + ("recovery_backspace", "recovery_deleted", "recovery_validity")
 #: TrainConfig's sections by config class name (flag errors name ``--mle.backspace-p``, not ``MLEConfig.backspace_p``)
-SECTIONS = {"ModelConfig": "model", **{cls.config_class.__name__: name for name, cls in LEARNERS.items()}}
+SECTIONS = {"ModelConfig": "model", "EvalFlags": "eval", **{cls.config_class.__name__: name for name, cls in LEARNERS.items()}}
 
 
 def run(cfg: TrainConfig, evaluate_initial: bool = False,
@@ -220,7 +220,8 @@ def _main(argv: list[str]) -> dict | None:
     if not argv or argv == ["--overwrite"]:
         return main_job(overwrite=bool(argv))
     cfg = parse_config(argv)
-    trainer, before, metrics = run(cfg, evaluate_initial=not cfg.resume, resume_overrides=RESUME_FLAGS)
+    trainer, before, metrics = run(cfg, evaluate_initial=not cfg.resume and cfg.eval.at_start,
+                                   resume_overrides=RESUME_FLAGS)
     if trainer.is_main and metrics is not None:
         rows = {}
         if before is not None:

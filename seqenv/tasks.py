@@ -39,9 +39,10 @@ Built-in tasks (:func:`make_task`, :func:`list_tasks`):
 =================  ==========================================================
 
 Every corpus name accepts ``tokenizer="bpe"`` (byte-level BPE trained on the
-train split, ``bpe_vocab_size`` ids) or ``tokenizer="hf:PATH"`` (a Hugging Face
+train split, ``bpe_vocab_size`` ids), ``tokenizer="hf:PATH"`` (a Hugging Face
 tokenizer directory: the model's own vocabulary and special ids, see
-:class:`~seqenv.tokenizers.HFTokenizer`; not ``oracle-hmm``/``arithmetic``)
+:class:`~seqenv.tokenizers.HFTokenizer`; ``arithmetic`` too, not ``oracle-hmm``)
+or ``tokenizer="smollm2"`` (SmolLM2-135M's, :mod:`seqenv.pretrained`)
 instead of the character tokenizer, and
 ``prompts=[...]`` to make the task conditional (one prompt list for every
 text). A *paired* task (``arithmetic``) has its own prompt per text instead:
@@ -66,6 +67,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .oracle import HMMOracle
+from .pretrained import PRETRAINED_NAMES, pretrained_dir
 from .tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_dict
 
 SPLITS = ("train", "valid", "test")
@@ -284,8 +286,8 @@ class Task:
         rebuilds a usable task from it even when the file is gone.
         """
         out = {"name": self.name, "tokenizer": self.tokenizer.to_dict(), "max_length": self.max_length}
-        if self.args:
-            out["args"] = dict(self.args)
+        if self.args:  # a tokenizer object given as an argument is stored as its to_dict()
+            out["args"] = {k: (v.to_dict() if isinstance(v, Tokenizer) else v) for k, v in self.args.items()}
         if self.source is not None:
             out["file"] = dict(self.source)
         return out
@@ -479,14 +481,22 @@ class ProseValidity:
         return all(w.lower() in self.words for w in _WORD.findall(text))
 
 
-def _tokenizer_for(kind: str, chars: Optional[str], train: list[str], bpe_vocab_size: int, unk: str) -> Tokenizer:
+def _tokenizer_for(kind: "str | Tokenizer", chars: Optional[str], train: list[str], bpe_vocab_size: int,
+                   unk: str) -> Tokenizer:
+    if isinstance(kind, HFTokenizer):  # e.g. built with start/end token overrides
+        return kind
+    if isinstance(kind, dict):  # its to_dict(), from a task spec
+        return tokenizer_from_dict(kind)
     if isinstance(kind, str) and kind.startswith("hf:") and len(kind) > 3:
         return HFTokenizer(kind[3:])
+    if kind in PRETRAINED_NAMES:
+        return HFTokenizer(str(pretrained_dir(kind)), pretrained=kind)
     if kind == "char":
         return CharTokenizer(chars, unk=unk) if chars is not None else CharTokenizer.from_corpus(train, unk=unk)
     if kind == "bpe":
         return BPETokenizer.train(train, vocab_size=bpe_vocab_size)
-    raise ValueError(f"tokenizer must be 'char', 'bpe' or 'hf:PATH', got {kind!r}")
+    raise ValueError(f"tokenizer must be 'char', 'bpe', 'hf:PATH' or one of {', '.join(PRETRAINED_NAMES)}, "
+                     f"got {kind!r}")
 
 
 def _fit_max_length(name: str, tok: Tokenizer, splits: dict[str, list[str]], max_length: Optional[int],
@@ -694,7 +704,10 @@ def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200,
     :param seed: seed of the question stream.
     :param min_base, max_base: base range, ``2 <= min_base <= max_base <= 16``.
     :param max_digits: largest operand length in digits, >= 1.
-    :param tokenizer: only ``"char"`` (the fixed 28 characters of :data:`ARITHMETIC_CHARS`).
+    :param tokenizer: ``"char"`` (the fixed 28 characters of :data:`ARITHMETIC_CHARS`), or a
+        Hugging Face tokenizer (``"hf:PATH"``, ``"smollm2"``, an :class:`HFTokenizer`): its
+        token counts never exceed the character counts that ``max_length`` is computed from
+        (every token holds at least one of these ASCII characters).
     :param max_length: environment ``max_length``; default = longest possible
         prompt + twice the longest possible answer + 1 (the answer, room for
         as many wrong tokens and their backspaces, and ``eos``); at least
@@ -702,8 +715,11 @@ def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200,
     :raises ValueError: on a bad argument, or when the ranges hold too few
         distinct questions to fill the splits.
     """
-    if tokenizer != "char":
-        raise ValueError(f"arithmetic uses its own character tokenizer; got tokenizer={tokenizer!r}")
+    hf_kind = isinstance(tokenizer, (HFTokenizer, dict)) or tokenizer in PRETRAINED_NAMES \
+        or (isinstance(tokenizer, str) and tokenizer.startswith("hf:"))
+    if tokenizer != "char" and not hf_kind:
+        raise ValueError(f"arithmetic uses its own character tokenizer (or a Hugging Face model's: 'hf:PATH', "
+                         f"{', '.join(map(repr, PRETRAINED_NAMES))}); got tokenizer={tokenizer!r}")
     if prompts is not None:
         raise ValueError("arithmetic draws its prompts (questions) itself; got prompts=")
     for k, v in (("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test), ("max_digits", max_digits)):
@@ -740,7 +756,8 @@ def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200,
         got = {s: len(questions[s]) for s in SPLITS}
         raise ValueError(f"arithmetic: bases {min_base}..{max_base} with at most {max_digits} digits gave only {got} "
                          f"distinct questions in {max_draws} draws; asked for {sizes} (widen the ranges or ask for fewer)")
-    return Task(name="arithmetic", tokenizer=CharTokenizer(ARITHMETIC_CHARS), splits=texts, max_length=max_length,
+    tok = CharTokenizer(ARITHMETIC_CHARS) if tokenizer == "char" else _tokenizer_for(tokenizer, None, [], 0, "error")
+    return Task(name="arithmetic", tokenizer=tok, splits=texts, max_length=max_length,
                 validity=arithmetic_is_valid, split_prompts=questions,
                 description=f"add_or_sub_in_base questions (bases {min_base}..{max_base}, operands of "
                             f"<= {max_digits} digits); validity = exact answer")
@@ -806,7 +823,9 @@ def make_task(name: "str | Task | dict" = DEFAULT_TASK, **kwargs) -> Task:
     :param name: a built-in name, ``"file:PATH"``, a :class:`Task`, or a
         :meth:`Task.spec` dict (see :func:`task_from_spec`).
     :param kwargs: ``tokenizer`` (``"char"``/``"bpe"``/``"hf:PATH"``: a Hugging Face
-        tokenizer directory, its own special ids; text tasks only), ``bpe_vocab_size``,
+        tokenizer directory, its own special ids; ``"smollm2"``; an
+        :class:`~seqenv.tokenizers.HFTokenizer` or its ``to_dict()``, e.g. with
+        start/end token overrides; text tasks and ``arithmetic``), ``bpe_vocab_size``,
         ``max_length``, ``prompts`` (list of texts), ``unk``; oracle tasks also
         take the :class:`~seqenv.oracle.HMMOracle` arguments; ``arithmetic``
         takes the arguments of :func:`arithmetic`.
@@ -826,6 +845,8 @@ def make_task(name: "str | Task | dict" = DEFAULT_TASK, **kwargs) -> Task:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
     if name.startswith("file:") and not name[len("file:"):]:
         raise ValueError("task 'file:' needs a path, e.g. 'file:corpus.txt'")
+    if isinstance(kwargs.get("tokenizer"), dict):  # a Tokenizer.to_dict() (from a task spec)
+        kwargs["tokenizer"] = tokenizer_from_dict(kwargs["tokenizer"])
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
     if name.startswith("file:"):
         # files can change between calls: don't cache

@@ -37,9 +37,12 @@ store it so that a checkpoint from another tokenizer is detected.
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
+
+from .pretrained import pretrained_dir
 
 PAD_ID = 0
 BOS_ID = 1
@@ -333,8 +336,9 @@ def add_backspace_tokens(hf_tokenizer) -> list[int]:
     """Add :data:`BACKSPACE_TOKEN` (and :data:`HF_PAD_TOKEN`) to a ``transformers`` tokenizer, in place.
 
     The pad token is added when the tokenizer has none or its pad token is
-    its eos token (a pad equal to eos would make "stop" and "padding" one
-    id). Idempotent: a tokenizer that already has both adds nothing.
+    its eos token, its bos token or :data:`DOCUMENT_SEPARATOR` (a pad equal to
+    a start or end token would make "stop" and "padding" one id).
+    Idempotent: a tokenizer that already has both adds nothing.
 
     :param hf_tokenizer: a ``transformers`` tokenizer (``PreTrainedTokenizerBase``).
     :return: the new ids, ``len(tokenizer)`` before the call onwards (pad first).
@@ -342,33 +346,91 @@ def add_backspace_tokens(hf_tokenizer) -> list[int]:
     from tokenizers import AddedToken
 
     old_n = len(hf_tokenizer)
-    if hf_tokenizer.pad_token_id is None or hf_tokenizer.pad_token_id == hf_tokenizer.eos_token_id:
+    boundary = {hf_tokenizer.eos_token_id, hf_tokenizer.bos_token_id, hf_tokenizer.get_vocab().get(DOCUMENT_SEPARATOR)}
+    if hf_tokenizer.pad_token_id is None or hf_tokenizer.pad_token_id in boundary:
         hf_tokenizer.add_special_tokens({"pad_token": AddedToken(HF_PAD_TOKEN, special=True, normalized=False)})
     if BACKSPACE_TOKEN not in hf_tokenizer.get_vocab():
         hf_tokenizer.add_tokens([AddedToken(BACKSPACE_TOKEN, special=True, normalized=False)], special_tokens=True)
     return list(range(old_n, len(hf_tokenizer)))
 
 
-def hf_special_ids(hf_tokenizer) -> dict[str, int]:
+#: the document separator of GPT-2-style vocabularies (GPT-2, Qwen2, SmolLM2): what their pretraining put
+#: between documents, so the natural start and end of plain text
+DOCUMENT_SEPARATOR = "<|endoftext|>"
+
+
+def hf_boundary_tokens(hf_tokenizer, start_token: Optional[str] = None,
+                       end_token: Optional[str] = None) -> tuple[str, str]:
+    """The start (``bos``) and end (``eos``) tokens of plain text for a ``transformers`` tokenizer.
+
+    Defaults [recon]: start = :data:`DOCUMENT_SEPARATOR` when the vocabulary
+    has it (what pretraining put before a document), else the tokenizer's
+    bos token (its eos token when it has none); end = the newline token when
+    ``"\n"`` encodes to one token (every seqenv text is one line, and a
+    pretrained model ends a line with a newline), else
+    :data:`DOCUMENT_SEPARATOR` when present, else the eos token. Measured on
+    SmolLM2-135M, 64 ``python-lines`` test texts, untrained
+    (benchmarks/results/smollm2_cpu.md): held-out NLL 4.36 nats/token with
+    ``<|endoftext|>`` ... newline (the end token itself 2.1 nats), 5.12 with
+    ``<|endoftext|>`` for both (end 12.1), 5.85 with SmolLM2's own chat
+    markers ``<|im_start|>``/``<|im_end|>`` (end 13.7).
+
+    :param start_token: override of the start token: a token of the vocabulary
+        (e.g. ``"<|im_start|>"``), or a text that encodes to one token (``"\\n"``).
+    :param end_token: override of the end token.
+    :return: ``(start token, end token)`` as token strings.
+    :raises ValueError: if an override is not a single token of the vocabulary,
+        or the tokenizer has no eos token and no override is given.
+    """
+    vocab = hf_tokenizer.get_vocab()
+
+    def as_token(what: str, tok: Optional[str]) -> Optional[str]:
+        if tok is None or tok in vocab:
+            return tok
+        ids = hf_tokenizer.encode(tok, add_special_tokens=False) if tok else []
+        if len(ids) == 1 and ids[0] != hf_tokenizer.unk_token_id:  # a text that is one token: "\n" -> "Ċ"
+            return hf_tokenizer.convert_ids_to_tokens(ids[0])
+        raise ValueError(f"{what} token {tok!r} is not a token of the vocabulary (a single token is needed, "
+                         f"e.g. {DOCUMENT_SEPARATOR!r} or the tokenizer's bos/eos, or a text that encodes to one "
+                         f"token; it encodes to {len(ids)})")
+
+    start_token, end_token = as_token("start", start_token), as_token("end", end_token)
+    if DOCUMENT_SEPARATOR in vocab:
+        default_start = default_end = DOCUMENT_SEPARATOR
+    else:
+        default_end = hf_tokenizer.eos_token
+        default_start = hf_tokenizer.bos_token if hf_tokenizer.bos_token is not None else default_end
+    newline = hf_tokenizer.encode("\n", add_special_tokens=False)
+    if len(newline) == 1:  # seqenv's texts are lines: a pretrained LM ends a line with a newline
+        default_end = hf_tokenizer.convert_ids_to_tokens(newline[0])
+    start, end = start_token or default_start, end_token or default_end
+    if end is None or start is None:
+        raise ValueError("tokenizer has no eos token; seqenv needs one to end episodes (pass an end token)")
+    return start, end
+
+
+def hf_special_ids(hf_tokenizer, start_token: Optional[str] = None, end_token: Optional[str] = None) -> dict[str, int]:
     """Special ids of a ``transformers`` tokenizer prepared by :func:`add_backspace_tokens`.
 
-    ``bos`` is the tokenizer's bos token, or its eos token when it has none
-    (GPT-2 and Qwen2 start documents after ``<|endoftext|>``) [recon], so
-    ``bos`` may equal ``eos``; ``unk`` is present only if the tokenizer has one.
+    ``bos`` and ``eos`` are the start and end tokens of :func:`hf_boundary_tokens`
+    (``<|endoftext|>`` ... newline for byte-level vocabularies such as
+    SmolLM2's, else the tokenizer's bos and eos) [recon], so ``bos`` may
+    equal ``eos``; ``unk`` is present only if the tokenizer has one.
 
+    :param start_token: override of the start token (see :func:`hf_boundary_tokens`).
+    :param end_token: override of the end token.
     :return: ``{"pad", "bos", "eos", "backspace"[, "unk"]: id}``.
-    :raises ValueError: if the backspace token is missing, the tokenizer has
-        no eos token, or pad is missing or equal to eos.
+    :raises ValueError: if the backspace token is missing, no end token can
+        be found, pad is missing or equals bos or eos, or an override is not a token.
     """
     vocab = hf_tokenizer.get_vocab()
     if BACKSPACE_TOKEN not in vocab:
         raise ValueError(f"tokenizer has no {BACKSPACE_TOKEN!r} token; call add_backspace_tokens first")
-    eos, pad = hf_tokenizer.eos_token_id, hf_tokenizer.pad_token_id
-    if eos is None:
-        raise ValueError("tokenizer has no eos token; seqenv needs one to end episodes")
-    if pad is None or pad == eos:
-        raise ValueError(f"tokenizer needs a pad token different from eos, got pad={pad}, eos={eos}")
-    bos = hf_tokenizer.bos_token_id if hf_tokenizer.bos_token_id is not None else eos
+    start, end = hf_boundary_tokens(hf_tokenizer, start_token, end_token)
+    bos, eos, pad = vocab[start], vocab[end], hf_tokenizer.pad_token_id
+    if pad is None or pad in (eos, bos):
+        raise ValueError(f"tokenizer needs a pad token different from bos and eos, got pad={pad}, bos={bos}, "
+                         f"eos={eos}")
     ids = {"pad": int(pad), "bos": int(bos), "eos": int(eos), "backspace": int(vocab[BACKSPACE_TOKEN])}
     if hf_tokenizer.unk_token_id is not None:
         ids["unk"] = int(hf_tokenizer.unk_token_id)
@@ -397,17 +459,28 @@ class HFTokenizer(Tokenizer):
     additions; the model's embedding may have more (padding) rows, which
     are never ids.
 
+    ``bos``/``eos`` are the start and end tokens of :func:`hf_boundary_tokens`
+    (``<|endoftext|>`` when the vocabulary has it), overridable.
+
     :param path: directory (or hub id) of the tokenizer; stored by :meth:`to_dict`.
     :param hf_tokenizer: an already loaded tokenizer for ``path`` (skips loading).
+    :param start_token: override of the start token (``bos``); a token of the vocabulary.
+    :param end_token: override of the end token (``eos``).
+    :param pretrained: the name of a pretrained model (``"smollm2"``,
+        :mod:`seqenv.pretrained`) whose cached directory ``path`` is; stored by
+        :meth:`to_dict` so that the tokenizer is found again on another machine.
     :raises ImportError: without ``transformers``.
-    :raises ValueError: as :func:`hf_special_ids` (e.g. no eos token).
+    :raises ValueError: as :func:`hf_special_ids` (e.g. no eos token, an override that is not a token).
     """
 
-    def __init__(self, path: str, hf_tokenizer=None):
+    def __init__(self, path: str, hf_tokenizer=None, start_token: Optional[str] = None,
+                 end_token: Optional[str] = None, pretrained: Optional[str] = None):
         self.path = str(path)
         self.hf = hf_tokenizer if hf_tokenizer is not None else load_hf_tokenizer(self.path)
         self.added_ids = add_backspace_tokens(self.hf)
-        self.special_ids = hf_special_ids(self.hf)
+        self.start_token, self.end_token = hf_boundary_tokens(self.hf, start_token, end_token)
+        self.pretrained = pretrained
+        self.special_ids = hf_special_ids(self.hf, self.start_token, self.end_token)
         self.pad_id = self.special_ids["pad"]
         self.bos_id = self.special_ids["bos"]
         self.eos_id = self.special_ids["eos"]
@@ -428,7 +501,8 @@ class HFTokenizer(Tokenizer):
         bad = [i for i in ids if i < 0 or i >= self.vocab_size]
         if bad:
             raise ValueError(f"token ids {bad[:5]} are out of range for vocab_size {self.vocab_size}")
-        return self.hf.decode(ids, skip_special_tokens=True)
+        skip = {self.pad_id, self.bos_id, self.eos_id, self.backspace_id}  # eos may be an ordinary token ("\n")
+        return self.hf.decode([i for i in ids if i not in skip], skip_special_tokens=True)
 
     def token_str(self, token_id: int) -> str:
         names = {v: k for k, v in self.special_ids.items()}
@@ -437,8 +511,13 @@ class HFTokenizer(Tokenizer):
         return self.decode([token_id])
 
     def to_dict(self) -> dict:
-        """``{"type": "hf", "path", "vocab_size", "special_ids"}``; the last two detect a changed directory."""
-        return {"type": "hf", "path": self.path, "vocab_size": self.vocab_size, "special_ids": dict(self.special_ids)}
+        """``{"type": "hf", "path", "vocab_size", "special_ids", "start_token", "end_token"[, "pretrained"]}``;
+        ``vocab_size`` and ``special_ids`` detect a changed directory."""
+        d = {"type": "hf", "path": self.path, "vocab_size": self.vocab_size, "special_ids": dict(self.special_ids),
+             "start_token": self.start_token, "end_token": self.end_token}
+        if self.pretrained:
+            d["pretrained"] = self.pretrained
+        return d
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
@@ -451,7 +530,15 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     if kind == "char":
         return CharTokenizer(d["chars"], unk=d.get("unk", "error"))
     if kind == "hf":
-        tok = HFTokenizer(d["path"])
+        path = d["path"]
+        if d.get("pretrained") and not os.path.isdir(path):  # converted on another machine: convert here
+            path = str(pretrained_dir(d["pretrained"]))
+        try:
+            tok = HFTokenizer(path, start_token=d.get("start_token"), end_token=d.get("end_token"),
+                              pretrained=d.get("pretrained"))
+        except ValueError as e:
+            raise ValueError(f"HF tokenizer at {d['path']!r}: {e}; the directory changed since this tokenizer "
+                             f"was saved") from None
         for key in ("vocab_size", "special_ids"):
             if key in d and d[key] != tok.to_dict()[key]:
                 raise ValueError(

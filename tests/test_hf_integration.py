@@ -220,14 +220,20 @@ def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, llama_dir, corpu
     assert m_full == m_resumed
 
 
-def test_lora_run_trains_only_adapters_and_exports_the_adapter(tmp_path, llama_dir, corpus):
+def test_lora_run_checkpoints_only_the_trainable_tensors(tmp_path, llama_dir, corpus):
     t = Trainer(_cfg(tmp_path, llama_dir, corpus, "lora", max_steps=2, lora=LoraFlags(r=4, alpha=8)))
     names = {n for n, p in t.policy.named_parameters() if p.requires_grad}
     assert names and all("lora_" in n or "trainable_tokens" in n for n in names), sorted(names)[:5]
     t.train()
     t.close()
-    assert (tmp_path / "lora" / "hf" / "adapter_config.json").is_file()
-    assert load_checkpoint(tmp_path / "lora" / "checkpoint.pt")["policy"]["config"]["lora"]["r"] == 4
+    state = load_checkpoint(tmp_path / "lora" / "checkpoint.pt")
+    assert state["policy"]["config"]["lora"]["r"] == 4 and set(state["model"]) == names
+    assert len(state["policy"]["config"]["base_sha256"]) == 64
+    assert not (tmp_path / "lora" / "hf").exists()  # the adapters are in checkpoint.pt; no second copy
+    policy, task, _ = load_policy(tmp_path / "lora" / "checkpoint.pt")
+    x = torch.tensor([[SpecialIds.of(policy).bos, *task.encoded("train")[0]]])
+    with torch.no_grad():
+        assert torch.equal(policy(x), t.policy.eval()(x))
 
 
 # ----------------------------------------------------------------------------- CLI

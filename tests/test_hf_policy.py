@@ -409,8 +409,11 @@ def test_hf_tokenizer_matches_policy_and_round_trips(model_dirs, arch):
     with pytest.raises(ValueError, match=rf"token ids \[{tok.vocab_size}\] are out of range"):
         tok.decode([tok.vocab_size])
     d = json.loads(json.dumps(tok.to_dict()))
+    start = {"llama": "<s>", "qwen2": "<|endoftext|>", "gpt2": "<|endoftext|>"}[arch]
+    # byte-level Qwen2 encodes "\n" as one token (Ċ): the end of a line; word-level GPT-2 has none
+    end = {"llama": "</s>", "qwen2": "Ċ", "gpt2": "<|endoftext|>"}[arch]
     assert d == {"type": "hf", "path": str(model_dirs[arch]), "vocab_size": tok.vocab_size,
-                 "special_ids": tok.special_ids}
+                 "special_ids": tok.special_ids, "start_token": start, "end_token": end}
     again = tokenizer_from_dict(d)
     assert isinstance(again, HFTokenizer) and again == tok
 
@@ -419,5 +422,8 @@ def test_hf_tokenizer_from_dict_detects_a_changed_directory(model_dirs, tmp_path
     make_tokenizer("gpt2").save_pretrained(tmp_path)
     d = HFTokenizer(str(tmp_path)).to_dict()
     make_tokenizer("llama").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="start token '<\\|endoftext\\|>' is not a token.*the directory changed"):
+        tokenizer_from_dict(d)  # its start/end tokens are gone
+    old = {k: v for k, v in d.items() if k not in ("start_token", "end_token")}  # saved before issue 21
     with pytest.raises(ValueError, match="vocab_size 29, but the stored one is 27"):
-        tokenizer_from_dict(d)
+        tokenizer_from_dict(old)

@@ -224,9 +224,14 @@ HF_EXPORT_DIR = "hf"  # run-directory subfolder with the HF policy's save_pretra
 
 
 def hf_tokenizer_arg(state: dict):
-    """``"hf:PATH"`` (the ``tokenizer=`` of :func:`seqenv.make_task`) for a checkpoint of an HF policy, else None."""
+    """The ``tokenizer=`` of :func:`seqenv.make_task` for a checkpoint of an HF policy, else None: the
+    task's stored tokenizer (``HFTokenizer.to_dict()``: path, start/end tokens, pretrained name), or
+    ``"hf:PATH"`` of the policy's directory for a task spec without one."""
     if state["policy"].get("family") != "hf":
         return None
+    tok = state.get("task", {}).get("tokenizer")
+    if isinstance(tok, dict) and tok.get("type") == "hf":
+        return dict(tok)
     return f"hf:{state['policy']['config']['path']}"
 
 
@@ -247,6 +252,8 @@ def _use_hf_export(state: dict, path: Path) -> None:
     args = state["task"].get("args", {})
     if args.get("tokenizer") == f"hf:{old}":
         args["tokenizer"] = f"hf:{export}"
+    elif isinstance(args.get("tokenizer"), dict) and args["tokenizer"].get("path") == old:
+        args["tokenizer"] = {**args["tokenizer"], "path": str(export)}
 
 
 def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> None:

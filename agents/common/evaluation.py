@@ -56,6 +56,8 @@ Samples = Union[Sequence[str], Sequence[Sequence[int]]]
 
 #: smallest cap (nats per sequence) for out-of-support samples in :func:`oracle_nll`
 ORACLE_NLL_MIN_CAP = 100.0
+#: heldout_nll's memory bound: logits values per forward pass and per float64 log-softmax chunk (2^24)
+NLL_MAX_LOGITS = 1 << 24
 #: defaults of the BLEU subsets (Texygen-style scoring, kept to seconds)
 BLEU_MAX_SAMPLES = 200
 SUMMARY_COLUMNS = ("validity", "nll", "perplexity", "oracle_nll", "oracle_support", "bleu4", "self_bleu4",
@@ -91,6 +93,7 @@ def heldout_nll(
     device: Optional[Union[str, torch.device]] = None,
     max_sequences: Optional[int] = None,
     action_mask: bool = True,
+    max_logits: int = NLL_MAX_LOGITS,
 ) -> dict:
     """Teacher-forced negative log-likelihood of a held-out split under the policy.
 
@@ -120,7 +123,7 @@ def heldout_nll(
         ``eval()`` mode; its previous train/eval mode is restored afterwards.
     :param task: an unconditional :class:`seqenv.tasks.Task`.
     :param split: ``"train"``, ``"valid"`` or ``"test"``.
-    :param batch_size: sequences per forward pass.
+    :param batch_size: at most this many sequences per forward pass.
     :param device: where to run; default the policy's parameters' device (CPU
         for a parameterless module).
     :param max_sequences: score only the first ``max_sequences`` texts of the
@@ -130,6 +133,14 @@ def heldout_nll(
         not at the empty state, i.e. at index 0), which is the distribution a
         masked sampler draws from; if False, over all ``V`` ids (the plain MLE
         cross-entropy).
+    :param max_logits: memory bound: a forward pass covers at most
+        ``max(1, max_logits // (T * V))`` sequences of padded length ``T``
+        (fewer than ``batch_size`` when the vocabulary is large), and the
+        log-softmax runs over chunks of positions whose float64 copy holds at
+        most ``max_logits`` values (at least one position of the batch), so
+        neither the logits nor their log-softmax hold ``batch_size x T x V``
+        values at once (SmolLM2, V = 49,154: the default 2^24 values are 64 MB
+        in float32, where batch 256 took 8.2 GB).
     :return: ``dict(nll=float nats/token, perplexity=exp(nll),
         nll_per_sequence=float nats/sequence, tokens=int predicted tokens,
         sequences=int scored, skipped=int)``. Texts longer than
@@ -176,8 +187,11 @@ def heldout_nll(
     policy.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+            start = 0
+            while start < len(order):
+                T = len(kept[order[min(start + batch_size, len(order)) - 1]]) + 1  # the longest row it could take
+                rows = order[start:start + max(1, min(batch_size, max_logits // (T * V)))]
+                start += len(rows)
                 batch = [kept[i] for i in rows]
                 inputs, lengths = pad_sequences([[sp.bos] + s for s in batch], pad_id=sp.pad)  # [B, T]
                 targets, _ = pad_sequences([s + [sp.eos] for s in batch], pad_id=sp.pad)  # [B, T]
@@ -186,14 +200,18 @@ def heldout_nll(
                 if logits.dim() != 3 or logits.shape[-1] != V:
                     raise ValueError(f"policy logits must be [B, T, {V}] (task vocab_size={V}), "
                                      f"got shape {tuple(logits.shape)}")
-                logits = logits.double()
-                if action_mask:
-                    logits = _mask_illegal_actions(logits, sp)
                 idx = torch.arange(targets.shape[1], device=device)[None, :]
                 first = torch.tensor([starts[i] for i in rows], device=device)[:, None]
                 predicted = (idx < lengths[:, None]) & (idx >= first)  # [B, T]
-                nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T]
-                total_nll += float(torch.where(predicted, nll, torch.zeros_like(nll)).sum())
+                step = max(1, max_logits // (logits.shape[0] * V))  # positions per float64 chunk
+                for t0 in range(0, logits.shape[1], step):
+                    chunk = logits[:, t0:t0 + step].double()  # [B, <= step, V]
+                    if action_mask:
+                        chunk = _mask_illegal_actions(chunk, sp, first_index=t0)
+                    nll = F.cross_entropy(chunk.transpose(1, 2), targets[:, t0:t0 + step], reduction="none")
+                    keep = predicted[:, t0:t0 + step]
+                    total_nll += float(torch.where(keep, nll, torch.zeros_like(nll)).sum())
+                del logits
                 total_tokens += int(predicted.sum())
     finally:
         policy.train(was_training)
@@ -202,12 +220,15 @@ def heldout_nll(
                 tokens=total_tokens, sequences=len(kept), skipped=skipped)
 
 
-def _mask_illegal_actions(logits: torch.Tensor, ids: Optional[SpecialIds] = None) -> torch.Tensor:
-    """Set the env's illegal actions to -inf in ``logits`` [B, T, V] (index 0 = empty state)."""
+def _mask_illegal_actions(logits: torch.Tensor, ids: Optional[SpecialIds] = None,
+                          first_index: int = 0) -> torch.Tensor:
+    """Set the env's illegal actions to -inf in ``logits`` [B, T, V] (a copy); position ``t`` is state
+    index ``first_index + t`` (index 0 = empty state, where backspace is illegal)."""
     ids = SpecialIds.of(ids)
     logits = logits.clone()
     logits[..., list(ids.never_legal)] = -math.inf
-    logits[:, 0, ids.backspace] = -math.inf
+    if first_index == 0:
+        logits[:, 0, ids.backspace] = -math.inf
     return logits
 
 
@@ -676,8 +697,13 @@ def evaluate_policy(
     seed: int = 0,
     temperature: float = 1.0,
     batch_size: int = 256,
+    max_sequences: Optional[int] = None,
 ) -> dict:
     """Generate ``num_samples`` episodes through the vector env and score them.
+
+    :param max_sequences: bound of the evaluation: at most this many episodes
+        generated (``min(num_samples, max_sequences)``) and held-out texts
+        scored (:func:`heldout_nll`); ``None`` = ``num_samples`` and the whole split.
 
     On a paired task (``arithmetic``) the episodes start from the ``test``
     split's prompts (drawn with replacement by the env's seeded hash),
@@ -691,6 +717,8 @@ def evaluate_policy(
     """
     device = device if device is not None else next(policy.parameters()).device
     env_kwargs = {"prompts": task.split_prompts["test"]} if task.paired else None
+    if max_sequences is not None:
+        num_samples = min(num_samples, max_sequences)
     results = generate(policy, task, num_samples, batch_size=batch_size, device=device, seed=seed,
                        temperature=temperature, env_kwargs=env_kwargs)
     seqs = [s for r in results for s in r.sequences()]
@@ -699,7 +727,7 @@ def evaluate_policy(
     metrics = evaluate_samples(task, seqs, action_histories=actions, seed=seed, prompts=prompts)
     metrics["terminated_rate"] = float(torch.cat([r.terminated for r in results]).float().mean())
     if task.prompts is None or task.paired:
-        h = heldout_nll(policy, task, "test", batch_size=batch_size, device=device)
+        h = heldout_nll(policy, task, "test", batch_size=batch_size, device=device, max_sequences=max_sequences)
         metrics.update(nll=h["nll"], perplexity=h["perplexity"])
     else:
         metrics.update(nll=None, perplexity=None)

