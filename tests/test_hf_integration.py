@@ -82,7 +82,8 @@ def test_task_and_env_use_the_hf_tokenizer_ids(llama_dir):
     ids = SpecialIds.of(task)
     hf = transformers.AutoTokenizer.from_pretrained(llama_dir)
     n = len(hf)  # backspace and pad are appended after the original ids
-    assert ids == SpecialIds(pad=n, bos=hf.bos_token_id, eos=hf.eos_token_id, backspace=n + 1,
+    # byte-level BPE: "\n" is one token (Ċ), the end of a line and so the end token (issue 21)
+    assert ids == SpecialIds(pad=n, bos=hf.bos_token_id, eos=hf.convert_tokens_to_ids("Ċ"), backspace=n + 1,
                              unk=hf.unk_token_id)
     assert tok.vocab_size == n + 2
     assert task.encoded("train")[0] == hf.encode(task.splits["train"][0], add_special_tokens=False)
