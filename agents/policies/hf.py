@@ -242,6 +242,9 @@ class HFPolicy(nn.Module):
         self.max_state_length = int(longest)
         params = inspect.signature(type(lm).forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # what a LoRA state dict holds: the parameters peft made trainable (adapters, added-token rows), fixed
+        # here so that a frozen copy (a learner's reference policy) keeps the same keys
+        self._adapter_names = [n for n, p in self.named_parameters() if p.requires_grad] if self.uses_lora else []
 
     # ------------------------------------------------------------ construction
 
@@ -367,7 +370,7 @@ class HFPolicy(nn.Module):
         return bool(self._spec_config.get("lora"))
 
     def _trainable_names(self) -> list[str]:
-        return [n for n, p in self.named_parameters() if p.requires_grad]
+        return list(self._adapter_names)
 
     def state_dict(self, *args, **kwargs) -> dict:
         """The module's state dict; with LoRA only the trainable tensors (adapters, added-token rows).
