@@ -178,6 +178,11 @@ class _RunConfig:
         ``arithmetic``, ``file:PATH``).
     :param logdir: run directory (default ``runs/<agent>-<task>``).
     :param init: checkpoint to warm-start the policy from (its architecture wins).
+    :param fork_from: checkpoint to *continue* in a new run directory, possibly with another learner: its
+        model, AdamW moments, step counter and random streams carry over, the learning-rate schedule and
+        every hyperparameter are this config's (evaluated at the checkpoint's step); the run ends at
+        ``max_steps`` (> the checkpoint's step). The fork protocol of the benchmarks (MLE warm start, then
+        another objective). Exclusive with ``init``; ignored on ``resume`` (the fork is then in the checkpoint).
     :param resume: continue the run in ``logdir`` from its checkpoint (the
         saved config wins, except the fields of :data:`RESUME_FLAGS` that the
         caller passes on: ``device``, ``progress``, a raised ``max_steps``...).
@@ -242,6 +247,7 @@ class _RunConfig:
     task: str = "python-lines"
     logdir: Optional[str] = None
     init: Optional[str] = None
+    fork_from: Optional[str] = None
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -303,6 +309,9 @@ class _RunConfig:
             raise ValueError(_FSDP_TRANSFORMER_ERROR)
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --logdir, --overwrite deletes it: pass one of them")
+        if self.init and self.fork_from:
+            raise ValueError("--init starts a fresh optimiser from a checkpoint's weights, --fork-from continues "
+                             "the checkpoint's optimiser and step: pass one of them")
         for name in ("max_steps", "ckpt_every", "log_every"):
             check_number(_flag(name), getattr(self, name), ge=1, le=MAX_STEPS, integer=True)
         for name in ("batch_size", "eval_samples"):
@@ -672,8 +681,10 @@ class Trainer:
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
-        init_state = None
-        if cfg.init and resume_state is None:
+        init_state = fork_state = None
+        if cfg.fork_from and resume_state is None:
+            init_state = fork_state = load_checkpoint(cfg.fork_from)
+        elif cfg.init and resume_state is None:
             init_state = load_checkpoint(cfg.init)
         source = resume_state or init_state
         # an HF policy's task is tokenized by the model's tokenizer (the checkpoint's policy wins)
@@ -711,11 +722,12 @@ class Trainer:
             self.corpus_mismatch = check_corpus(resume_state, self.task, f"--resume checkpoint {str(self.ckpt_path)!r}",
                                                 allow=allow_corpus_mismatch)
         if init_state is not None:
-            check_task_compatible(init_state, self.task, path=f"--init checkpoint {cfg.init!r}")
+            flag, path = ("--fork-from", cfg.fork_from) if fork_state is not None else ("--init", cfg.init)
+            check_task_compatible(init_state, self.task, path=f"{flag} checkpoint {path!r}")
             # the same task: the same texts expected (another task is a deliberate choice)
-            self.corpus_mismatch = check_corpus(init_state, self.task, f"--init checkpoint {cfg.init!r}",
+            self.corpus_mismatch = check_corpus(init_state, self.task, f"{flag} checkpoint {path!r}",
                                                 allow=allow_corpus_mismatch)
-            cfg.model = _init_model_config(cfg.model, init_state, cfg.init)
+            cfg.model = _init_model_config(cfg.model, init_state, path)
         if source is not None:
             spec = source["policy"]
             if spec.get("family") == "hf" and cfg.gradient_checkpointing:
@@ -726,7 +738,9 @@ class Trainer:
             try:
                 self.policy.load_state_dict(source["model"])
             except RuntimeError as e:
-                which = f"--resume checkpoint {str(self.ckpt_path)!r}" if resume_state else f"--init checkpoint {cfg.init!r}"
+                which = (f"--resume checkpoint {str(self.ckpt_path)!r}" if resume_state else
+                         f"--fork-from checkpoint {cfg.fork_from!r}" if fork_state is not None else
+                         f"--init checkpoint {cfg.init!r}")
                 raise CheckpointError(f"{which}: its weights do not match its policy spec "
                                       f"({' '.join(str(e).split())[:300]})") from None
         elif cfg.policy != "transformer":
@@ -795,6 +809,8 @@ class Trainer:
                 for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
                                             self.scheduler.lr_lambdas):
                     group["lr"] = base * lam(self.step)
+        if fork_state is not None:
+            self._continue(fork_state)
         if self.is_main:  # every input is read and checked: now the old run's files may go (--overwrite)
             self.run_dir.start()
             (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -802,6 +818,36 @@ class Trainer:
             # checkpoint's; they would appear twice otherwise): TensorBoard drops old events with step >= purge_step
             self.writer = SummaryWriter(str(self.logdir),
                                         purge_step=self.step + 1 if resume_state is not None else None)
+
+    def _continue(self, state: dict) -> None:
+        """``fork_from``: the checkpoint's AdamW moments, step and random streams; this config's hyperparameters.
+
+        :raises CheckpointError: if the checkpoint has no optimiser state, or it does not fit this learner's
+            parameters (e.g. a learner that adds a critic), or its step is not below ``max_steps``.
+        :raises ValueError: under FSDP (sharded optimiser state is not loaded here).
+        """
+        where = f"--fork-from checkpoint {self.cfg.fork_from!r}"
+        if self.fsdp:
+            raise ValueError(f"{where}: --fork-from is not supported with --dist fsdp (single process or DDP)")
+        missing = [k for k in ("optimizer", "rng", "step") if k not in state]
+        if missing:
+            raise CheckpointError(f"{where} lacks {missing}: it cannot be continued (use --init for its weights)")
+        if not int(state["step"]) < self.cfg.max_steps:
+            raise CheckpointError(f"{where} is at step {state['step']}, not below --max-steps {self.cfg.max_steps}")
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{where}: its optimiser state does not fit the {self.cfg.agent!r} learner's "
+                                  f"parameters ({e}); use --init for a fresh optimiser") from None
+        for group, h in zip(self.optimizer.param_groups, hyper):
+            group.update(h)  # this config's lr, betas, weight decay
+        _set_rng_state(state["rng"], self.generators)
+        self.step = int(state["step"])
+        self.scheduler.last_epoch = self.step
+        for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * lam(self.step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def request_stop(self) -> None:
         """Ask :meth:`train` to stop after the current step (early stopping by a

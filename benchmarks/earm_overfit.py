@@ -56,7 +56,7 @@ def write_corpus(path: Path, lines: int, heldout: int = 300) -> str:
     return f"file:{path}"
 
 
-def _config(agent, task, seed, logdir, args, lam=0.0, start=0):
+def _config(agent, task, seed, logdir, args, lam=0.0, start=0, fork_from=None):
     from agents.earm import EARMConfig
     from agents.trainer import ModelConfig, TrainConfig
 
@@ -65,7 +65,7 @@ def _config(agent, task, seed, logdir, args, lam=0.0, start=0):
                        eval_samples=64, ckpt_every=10**9, log_every=10,
                        model=ModelConfig(n_layer=args.size[0], n_head=args.size[1], n_embd=args.size[2],
                                          dropout=args.dropout),
-                       earm=EARMConfig(lam=lam, start_step=start))
+                       earm=EARMConfig(lam=lam, start_step=start), fork_from=fork_from)
 
 
 def _curve_callback(every: int, curve: list, stats: list):
@@ -113,20 +113,14 @@ def run_earm(task, seed, logdir, fork, lam, start, args_d) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from agents.common.checkpoint import load_checkpoint
-    from agents.trainer import Trainer, _set_rng_state
+    from agents.trainer import Trainer
 
     args = argparse.Namespace(**args_d)
     curve, stats = [], []
     t0 = time.perf_counter()
-    trainer = Trainer(_config("earm", task, seed, logdir, args, lam=lam, start=start),
+    # the MLE run's model, AdamW moments, step and random streams (TrainConfig.fork_from)
+    trainer = Trainer(_config("earm", task, seed, logdir, args, lam=lam, start=start, fork_from=fork),
                       callbacks=[_curve_callback(args.eval_every, curve, stats)])
-    state = load_checkpoint(fork)
-    trainer.policy.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"], trainer.generators)
-    trainer.step = int(state["step"])
     try:
         trainer.train()
     finally:

@@ -1,6 +1,7 @@
 """Trainer: resume equals an uninterrupted run, non-finite loss, bad input, DDP."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -63,6 +64,34 @@ def test_resume_reaches_the_same_final_state(tmp_path, agent, task):
     assert m_full == m_resumed
     saved = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert saved["nll"] == pytest.approx(m_full["nll"])
+
+
+def test_fork_from_continues_model_optimiser_step_and_random_streams(tmp_path):
+    """A fork with the same config is the uninterrupted run; another learner starts at the fork's step."""
+    full = Trainer(_cfg(tmp_path, "full"))
+    full.train()
+    full.close()
+    base = Trainer(_cfg(tmp_path, "base"))
+    base.train(stop_at=3)  # checkpoint at step 3 (ckpt_every=3)
+    base.close()
+    fork = Trainer(_cfg(tmp_path, "fork", fork_from=str(tmp_path / "base" / "checkpoint.pt")))
+    assert fork.step == 3 and fork.optimizer.state_dict()["state"]  # AdamW moments carried
+    assert fork.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4))))  # cosine 1/4 done
+    fork.train()
+    fork.close()
+    for k, v in _params(full).items():
+        assert torch.equal(v, fork.policy.state_dict()[k]), k  # moments, schedule, data/sample streams all carried
+    sm = Trainer(_cfg(tmp_path, "sm", agent="sequencematch", fork_from=str(tmp_path / "base" / "checkpoint.pt"),
+                      lr=1e-3, sequencematch=SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)))
+    assert sm.step == 3 and sm.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4))))
+    sm.close()
+    with pytest.raises(CheckpointError, match="optimiser state does not fit the 'nce' learner"):
+        Trainer(_cfg(tmp_path, "nce", agent="nce", fork_from=str(tmp_path / "base" / "checkpoint.pt"),
+                     nce=NCEConfig(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)))
+    with pytest.raises(CheckpointError, match="at step 3, not below --max-steps 3"):
+        Trainer(_cfg(tmp_path, "short", max_steps=3, fork_from=str(tmp_path / "base" / "checkpoint.pt")))
+    with pytest.raises(ValueError, match="pass one of them"):
+        _cfg(tmp_path, "both", init="a.pt", fork_from="b.pt")
 
 
 def test_run_directory_contents(tmp_path):
