@@ -1,0 +1,455 @@
+"""Experiments as files, one runner (``python -m benchmarks run NAME``); the format is documented in
+``benchmarks/experiments/README.md``.
+
+An experiment (``benchmarks/experiments/NAME.toml``) names tasks, seeds, a *base* run and *arms*, each
+with its **complete** trainer and learner configuration: the loader refuses a learner table that lacks a
+field of the learner's config class, so a changed default in ``agents/`` cannot change a committed
+experiment (``python -m benchmarks template AGENT`` prints a complete table to start from).
+
+Protocol, per task and seed: the base run (MLE from scratch) trains once; every arm then starts from
+it, either ``start = "init"`` (the base's weights, a fresh optimiser and its own schedule) or
+``start = "fork"`` (:attr:`agents.trainer.TrainConfig.fork_from`: the base's model, AdamW moments,
+step and random streams; the arm's ``max_steps`` counts from step 0 of the base). With
+``base.select_every > 0`` the base keeps the checkpoint of lowest held-out NLL on the ``valid`` split,
+scored every ``select_every`` steps, and the arms start from it; every reported number is on ``test``.
+
+Every arm (and the base) is evaluated at every temperature of the grid with the seed as sampling seed
+(:func:`agents.common.evaluation.evaluate_policy`: test prompts, held-out NLL on ``test``); on an
+oracle task also the held-out NLL of the tempered model (``nll_at_t``, the coverage axis of the
+quality–diversity frontier).
+
+A cell (task, arm, seed) is one process with one torch thread; ``--workers`` run at a time. The
+results file ``benchmarks/results/NAME.json`` (``NAME-quick.json`` with ``--quick``) is rewritten
+after every finished cell; a cell already in it is not rerun (resume), provided the file was made
+with the same resolved configuration (else the run is refused, naming the differences).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import torch
+
+from agents.common.checkpoint import save_checkpoint
+from agents.common.evaluation import evaluate_policy, heldout_nll
+from agents.learners import LEARNERS
+from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer
+from benchmarks.provenance import provenance
+from benchmarks.report import FORMAT, render_files
+from seqenv.tasks import make_task
+
+HERE = Path(__file__).resolve().parent
+EXPERIMENTS_DIR = HERE / "experiments"
+RESULTS_DIR = HERE / "results"
+#: trainer fields every ``train`` table must give (the run's plumbing -- logdir, seed, device,
+#: checkpoints, evaluation -- is the runner's)
+TRAIN_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip")
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+STARTS = ("init", "fork")
+TOP_KEYS = {"description", "tasks", "seeds", "control", "temperatures", "default_temperature", "metrics",
+            "eval_samples", "base", "train", "arms", "quick"}
+QUICK_KEYS = {"seeds", "tasks", "arms", "eval_samples", "model", "base", "train"}
+
+
+class ExperimentError(ValueError):
+    """A malformed experiment file; the message names the file, the key and what was expected."""
+
+
+def template(agent: str) -> str:
+    """A complete ``learner`` table of ``agent`` with the current defaults, as TOML text.
+
+    :raises ExperimentError: for an unknown agent.
+    """
+    if agent not in LEARNERS:
+        raise ExperimentError(f"unknown agent {agent!r}; expected one of {sorted(LEARNERS)}")
+    cfg = LEARNERS[agent].config_class()
+    lines = [f'agent = "{agent}"', "[arms.NAME.learner]"]
+    for f in dataclasses.fields(cfg):
+        lines.append(f"{f.name} = {_toml_value(getattr(cfg, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def _learner_config(agent: str, values: dict, where: str):
+    """The learner's config object from a complete table (``"none"`` stands for None: TOML has no null)."""
+    if agent not in LEARNERS:
+        raise ExperimentError(f"{where}: unknown agent {agent!r}; expected one of {sorted(LEARNERS)}")
+    cls = LEARNERS[agent].config_class
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in values]
+    unknown = [k for k in values if k not in names]
+    if missing or unknown:
+        raise ExperimentError(f"{where}: the learner table must give every field of {cls.__name__} (a complete "
+                              f"config, never a diff against defaults); missing {missing}, unknown {unknown} "
+                              f"(python -m benchmarks template {agent} prints a complete table)")
+    kw = {}
+    for f in dataclasses.fields(cls):
+        v = values[f.name]
+        optional = "None" in str(f.type) or "Optional" in str(f.type)
+        kw[f.name] = None if (v == "none" and optional) else v
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as e:
+        raise ExperimentError(f"{where}: {e}") from None
+
+
+def _check_keys(table: dict, required, where: str, optional=()) -> None:
+    missing = [k for k in required if k not in table]
+    unknown = [k for k in table if k not in required and k not in optional]
+    if missing or unknown:
+        raise ExperimentError(f"{where}: missing keys {missing}, unknown keys {unknown}; expected {list(required)}"
+                              + (f" (optional {list(optional)})" if optional else ""))
+
+
+def _resolve_run(table: dict, train_default: Optional[dict], model: dict, where: str, is_base: bool) -> dict:
+    """One run's resolved config: ``dict(agent, start, train, learner[, select_every])``, JSON-able."""
+    _check_keys(table, ("agent", "learner"), where, optional=("train", "select_every") if is_base else ("train", "start"))
+    agent = table["agent"]
+    train = dict(train_default or {})
+    train.update(table.get("train", {}))
+    _check_keys(train, TRAIN_KEYS, f"{where}.train")
+    learner = _learner_config(agent, table["learner"], f"{where}.learner")
+    TrainConfig(agent=agent, model=ModelConfig(**model), **train)  # validates the values, message names the flag
+    out = {"agent": agent, "train": {k: train[k] for k in TRAIN_KEYS},
+           "learner": json.loads(json.dumps(dataclasses.asdict(learner)))}
+    if is_base:
+        out["select_every"] = int(table.get("select_every", 0))
+        if not 0 <= out["select_every"] <= train["max_steps"]:
+            raise ExperimentError(f"{where}.select_every: expected 0 (off) or a step count <= max_steps "
+                                  f"{train['max_steps']}, got {out['select_every']}")
+    else:
+        start = table.get("start", "init")
+        if start not in STARTS:
+            raise ExperimentError(f"{where}.start: expected one of {STARTS}, got {start!r}")
+        out["start"] = start
+    return out
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A loaded experiment file (see the module docstring); :meth:`resolved` is what results files record."""
+
+    name: str
+    path: str
+    description: str
+    tasks: list
+    seeds: list
+    control: str
+    temperatures: list
+    default_temperature: float
+    metrics: list
+    eval_samples: int
+    model: dict
+    base: dict
+    arms: dict
+    quick: bool = False
+
+    def resolved(self) -> dict:
+        """Everything that defines the cells' computations (complete configs), JSON-able."""
+        return {"tasks": self.tasks, "model": self.model, "eval_samples": self.eval_samples,
+                "temperatures": self.temperatures, "default_temperature": self.default_temperature,
+                "base": self.base, "arms": self.arms}
+
+
+def experiment_path(name: str) -> Path:
+    """``benchmarks/experiments/NAME.toml``, or ``name`` itself if it is a path to a file."""
+    p = Path(name)
+    return p if p.suffix == ".toml" and p.is_file() else EXPERIMENTS_DIR / f"{name}.toml"
+
+
+def load_experiment(name: str, quick: bool = False) -> Experiment:
+    """Load and validate ``benchmarks/experiments/NAME.toml`` (``quick``: apply its ``[quick]`` table).
+
+    :raises ExperimentError: naming the file and the bad key; FileNotFoundError for a missing file.
+    """
+    path = experiment_path(name)
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+        raise FileNotFoundError(f"no experiment {name!r} ({path}); known: {known}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ExperimentError(f"{path}: not valid TOML ({e})") from None
+    where = path.name
+    _check_keys(raw, ("tasks", "seeds", "control", "temperatures", "metrics", "eval_samples", "base", "arms"),
+                where, optional=("description", "default_temperature", "train", "quick"))
+    if quick:
+        q = raw.get("quick")
+        if q is None:
+            raise ExperimentError(f"{where}: --quick needs a [quick] table")
+        _check_keys(q, (), f"{where}.quick", optional=tuple(QUICK_KEYS))
+        raw = copy.deepcopy(raw)
+        for k in ("seeds", "tasks", "eval_samples"):
+            if k in q:
+                raw[k] = q[k]
+        if "arms" in q:
+            unknown = [a for a in q["arms"] if a not in raw["arms"]]
+            if unknown or raw["control"] not in q["arms"]:
+                raise ExperimentError(f"{where}.quick.arms: must name arms of the file and include the control "
+                                      f"{raw['control']!r}; got {q['arms']}")
+            raw["arms"] = {a: raw["arms"][a] for a in q["arms"]}
+        if "model" in q:
+            raw["base"]["model"] = {**raw["base"].get("model", {}), **q["model"]}
+        if "base" in q:
+            qb = dict(q["base"])
+            if "select_every" in qb:
+                raw["base"]["select_every"] = qb.pop("select_every")
+            raw["base"].setdefault("train", {}).update(qb)
+        if "train" in q:
+            raw.setdefault("train", {}).update(q["train"])
+            for arm in raw["arms"].values():
+                if "train" in arm:
+                    arm["train"].update({k: v for k, v in q["train"].items() if k in arm["train"]})
+    base_raw = dict(raw["base"])
+    model = base_raw.pop("model", None)
+    if model is None:
+        raise ExperimentError(f"{where}.base: needs a [base.model] table with {list(MODEL_KEYS)}")
+    _check_keys(model, MODEL_KEYS, f"{where}.base.model")
+    base = _resolve_run(base_raw, None, model, f"{where}.base", is_base=True)
+    arms = {a: _resolve_run(t, raw.get("train"), model, f"{where}.arms.{a}", is_base=False)
+            for a, t in raw["arms"].items()}
+    if raw["control"] not in arms:
+        raise ExperimentError(f"{where}.control: {raw['control']!r} is not an arm; arms are {list(arms)}")
+    temps = [float(t) for t in raw["temperatures"]]
+    default_t = float(raw.get("default_temperature", 1.0))
+    if default_t not in temps or any(not t > 0 for t in temps):
+        raise ExperimentError(f"{where}: temperatures must be > 0 and contain default_temperature {default_t}, "
+                              f"got {temps}")
+    for t in raw["tasks"]:
+        make_task(t)  # unknown task names fail here, naming the task
+    return Experiment(name=path.stem, path=str(path), description=raw.get("description", ""),
+                      tasks=list(raw["tasks"]), seeds=[int(s) for s in raw["seeds"]], control=raw["control"],
+                      temperatures=temps, default_temperature=default_t, metrics=list(raw["metrics"]),
+                      eval_samples=int(raw["eval_samples"]), model=dict(model), base=base, arms=arms, quick=quick)
+
+
+def results_stem(exp: Experiment, out_dir: Path = RESULTS_DIR) -> Path:
+    """``out_dir/NAME`` (``NAME-quick`` for a quick run); the runner writes ``.json``, ``.md`` and PNGs there."""
+    return Path(out_dir) / (f"{exp.name}-quick" if exp.quick else exp.name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one cell, in a worker process
+
+
+class Tempered(torch.nn.Module):
+    """A policy whose logits are divided by ``temperature`` (for the held-out NLL of the tempered model).
+
+    :param policy: an :class:`agents.policies.Policy` (``forward(tokens: LongTensor[B, T]) -> FloatTensor[B, T, V]``).
+    """
+
+    def __init__(self, policy: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.policy, self.temperature = policy, float(temperature)
+        self.max_state_length = getattr(policy, "max_state_length", None)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.policy(tokens) / self.temperature
+
+
+class _Select(Callback):
+    """Model selection of the base: held-out NLL on ``valid`` every ``every`` steps, best kept as ``best.pt``."""
+
+    def __init__(self, every: int):
+        self.every, self.best, self.curve = every, (math.inf, 0), []
+
+    def on_step_end(self, trainer, metrics) -> None:
+        if self.every and trainer.step % self.every == 0:
+            nll = heldout_nll(trainer.policy, trainer.task, "valid")["nll"]
+            self.curve.append([trainer.step, nll])
+            if nll < self.best[0]:
+                self.best = (nll, trainer.step)
+                save_checkpoint(trainer.checkpoint_state(), Path(trainer.cfg.logdir) / "best.pt")
+
+
+def run_cell(job: dict) -> dict:
+    """Train and evaluate one cell (runs in a worker process; one torch thread).
+
+    :param job: ``dict(task, seed, arm, run (resolved config), model, logdir, device, start_from (checkpoint
+        or None), temperatures, default_temperature, eval_samples)``.
+    :return: ``dict(status="ok", metrics={str(T): {...}}, steps, train_s, eval_s, checkpoint, selection)``
+        or ``dict(status="failed", error=...)``.
+    """
+    torch.set_num_threads(1)
+    run, t0 = job["run"], time.perf_counter()
+    try:
+        agent = run["agent"]
+        section = {agent: LEARNERS[agent].config_class(**run["learner"])}
+        start = {}
+        if job["start_from"] is not None:
+            start = {"fork_from" if run.get("start") == "fork" else "init": job["start_from"]}
+        steps = run["train"]["max_steps"]
+        cfg = TrainConfig(agent=agent, task=job["task"], seed=job["seed"], logdir=job["logdir"], device=job["device"],
+                          progress=False, overwrite=True, ckpt_every=steps, log_every=max(1, steps // 10),
+                          eval_samples=job["eval_samples"], eval_temperature=job["default_temperature"],
+                          model=ModelConfig(**job["model"]), **run["train"], **start, **section)
+        select = _Select(run.get("select_every", 0))
+        trainer = Trainer(cfg, callbacks=[select])
+        try:
+            default = trainer.train()  # ends with evaluate_policy at the default temperature, seed = the seed
+        finally:
+            trainer.close()
+        train_s = time.perf_counter() - t0
+        policy, task, device = trainer.policy, trainer.task, trainer.device
+        checkpoint = str(trainer.ckpt_path)
+        selection = None
+        if select.every:
+            best_nll, best_step = select.best
+            selection = {"split": "valid", "metric": "nll", "every": select.every, "best_step": best_step,
+                         "best_valid_nll": best_nll, "curve": select.curve}
+            checkpoint = str(Path(job["logdir"]) / "best.pt")
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+            policy.load_state_dict(state["model"])  # report the selected checkpoint, on test
+            default = None
+        t1 = time.perf_counter()
+        metrics = {}
+        for temp in job["temperatures"]:
+            if temp == job["default_temperature"] and default is not None:
+                m = dict(default)
+            else:
+                m = evaluate_policy(policy, task, num_samples=job["eval_samples"], device=device, seed=job["seed"],
+                                    temperature=temp)
+            if task.oracle is not None:
+                m["nll_at_t"] = heldout_nll(Tempered(policy, temp), task, "test", device=device)["nll"]
+            metrics[repr(float(temp))] = {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+        return {"status": "ok", "metrics": metrics, "steps": steps, "train_s": round(train_s, 2),
+                "eval_s": round(time.perf_counter() - t1, 2), "checkpoint": checkpoint, "selection": selection}
+    except Exception as e:  # recorded, the experiment goes on
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the experiment: cells, resume, results file
+
+
+def cell_key(task: str, arm: str, seed: int) -> str:
+    return f"{task}/{arm}/{seed}"
+
+
+def _diff(a, b, prefix=""):
+    """Paths where two JSON-like values differ (for the refusal message)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [f"{prefix}: {b!r} -> {a!r}"]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_experiment(name: str, seeds: Optional[list] = None, workers: int = 1, device: str = "cpu",
+                   quick: bool = False, out_dir: Path = RESULTS_DIR, scratch: Path = Path("runs/bench"),
+                   command: Optional[str] = None, log: Callable = print, render: bool = True) -> dict:
+    """Run (or resume) an experiment; returns the results dict written to ``results_stem(exp).json``.
+
+    :param seeds: override the file's seeds (the results record which seeds ran).
+    :param workers: cells at a time (processes, one torch thread each).
+    :raises ExperimentError: if the results file was made with another resolved configuration.
+    """
+    exp = load_experiment(name, quick=quick)
+    seeds = [int(s) for s in (seeds if seeds is not None else exp.seeds)]
+    stem = results_stem(exp, out_dir)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path = stem.with_suffix(".json")
+    resolved = exp.resolved()
+    if json_path.is_file():
+        data = json.loads(json_path.read_text())
+        if data.get("resolved") != resolved:
+            diffs = _diff(resolved, data.get("resolved", {}))
+            raise ExperimentError(f"{json_path} was made with another configuration of {exp.name!r} "
+                                  f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}); move it away to "
+                                  "rerun, or name the changed experiment differently")
+    else:
+        data = {"format": FORMAT, "experiment": exp.name, "file": os.path.relpath(exp.path, HERE.parent),
+                "description": exp.description, "quick": quick, "control": exp.control, "metrics": exp.metrics,
+                "resolved": resolved, "invocations": [], "cells": {}}
+    data["control"], data["metrics"], data["description"] = exp.control, exp.metrics, exp.description
+    hashes = {t: make_task(t).corpus_hash for t in exp.tasks}
+    for task, h in hashes.items():
+        for inv in data["invocations"]:
+            old = inv["provenance"]["corpus_hashes"].get(task)
+            if old is not None and old != h:
+                raise ExperimentError(f"task {task!r}: corpus hash {h[:12]} differs from {old[:12]} of earlier "
+                                      f"cells in {json_path} (another Python's standard library?); move it away")
+    invocation = {"command": command or "python -m benchmarks run " + shlex.join(sys.argv[2:]),
+                  "seeds": seeds, "workers": workers, "provenance": provenance(device, hashes), "cells": []}
+    data["invocations"].append(invocation)
+    cells = data["cells"]
+    scratch = Path(scratch) / stem.name
+
+    def job(task, arm, seed, start_from):
+        run = exp.base if arm == "base" else exp.arms[arm]
+        return {"task": task, "seed": seed, "arm": arm, "run": run, "model": exp.model, "device": device,
+                "logdir": str(scratch / task / f"{arm}-s{seed}"), "start_from": start_from,
+                "temperatures": exp.temperatures, "default_temperature": exp.default_temperature,
+                "eval_samples": exp.eval_samples}
+
+    def done(key):
+        return cells.get(key, {}).get("status") == "ok"
+
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: dict = {}
+        for task in exp.tasks:
+            for seed in seeds:
+                arms_left = [a for a in exp.arms if not done(cell_key(task, a, seed))]
+                base_key = cell_key(task, "base", seed)
+                ckpt = cells.get(base_key, {}).get("checkpoint")
+                if not done(base_key) or (arms_left and not (ckpt and Path(ckpt).is_file())):
+                    pending[pool.submit(run_cell, job(task, "base", seed, None))] = (task, "base", seed)
+                else:
+                    for arm in arms_left:
+                        pending[pool.submit(run_cell, job(task, arm, seed, ckpt))] = (task, arm, seed)
+        while pending:
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                task, arm, seed = pending.pop(fut)
+                res = fut.result()
+                res["invocation"] = len(data["invocations"]) - 1
+                cells[cell_key(task, arm, seed)] = res
+                invocation["cells"].append(cell_key(task, arm, seed))
+                log(f"[{time.perf_counter() - t0:7.1f} s] {task} {arm} seed {seed}: {res['status']}"
+                    + (f" ({res['error']})" if res["status"] != "ok" else ""))
+                if arm == "base" and res["status"] == "ok":
+                    for a in exp.arms:
+                        if not done(cell_key(task, a, seed)):
+                            pending[pool.submit(run_cell, job(task, a, seed, res["checkpoint"]))] = (task, a, seed)
+                invocation["wall_s"] = round(time.perf_counter() - t0, 1)
+                _write_json(json_path, data)
+    invocation["wall_s"] = round(time.perf_counter() - t0, 1)
+    _write_json(json_path, data)
+    if render:
+        render_files(json_path)
+    return data
