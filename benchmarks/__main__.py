@@ -15,8 +15,19 @@ import sys
 from pathlib import Path
 
 from agents.common.cli import run_cli
-from benchmarks.report import readme_block, render_files, replace_readme_block, runner_results
-from benchmarks.runner import EXPERIMENTS_DIR, RESULTS_DIR, ExperimentError, run_experiment, template
+from benchmarks.report import (
+    readme_block,
+    render_files,
+    replace_readme_block,
+    runner_results,
+)
+from benchmarks.runner import (
+    EXPERIMENTS_DIR,
+    RESULTS_DIR,
+    ExperimentError,
+    run_experiment,
+    template,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,5 +1,10 @@
 """Quality of generation: MLE, MLE + backspace, SequenceMatch, E-ARM (and NCE critics), same budget.
 
+Its ``main`` experiment is ported to ``python -m benchmarks run quality`` (``benchmarks/experiments/
+quality.toml``: complete arm configs, paired statistics, temperature sweep). Here SequenceMatch runs with
+today's defaults apart from α and p, so this script no longer produces the SequenceMatch rows of the
+committed ``quality.md`` (made with the defaults of its time: α 10, wrong tokens imitated, uniform).
+
     python benchmarks/quality.py --quick          # every experiment on a small budget (< 30 min on a 2-core CPU)
     python benchmarks/quality.py                  # the default budget; see --help for every knob
     python benchmarks/quality.py --render-only    # re-draw quality.md and the plots from quality.json

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def is_runner_results(path: Path) -> bool:
         return False
 
 
-def _t(data: dict, temp: Optional[float] = None) -> str:
+def _t(data: dict, temp: float | None = None) -> str:
     return repr(float(data["resolved"]["default_temperature"] if temp is None else temp))
 
 
@@ -54,7 +53,7 @@ def _ok(data: dict, task: str, arm: str) -> dict:
     return dict(sorted(out.items()))
 
 
-def values(data: dict, task: str, arm: str, metric: str, temp: Optional[float] = None) -> dict:
+def values(data: dict, task: str, arm: str, metric: str, temp: float | None = None) -> dict:
     """``{seed: value}`` of ``metric`` at temperature ``temp`` (default: the experiment's default)."""
     key = _t(data, temp)
     return {s: c["metrics"][key].get(metric) for s, c in _ok(data, task, arm).items()
@@ -108,7 +107,7 @@ def curve(data: dict, task: str, arm: str, seed: int) -> list:
     return out
 
 
-def frontier_gap(data: dict, task: str, arm: str) -> tuple[Optional[dict], int]:
+def frontier_gap(data: dict, task: str, arm: str) -> tuple[dict | None, int]:
     """Per-seed mean quality gap of ``arm``'s curve over the control's (module docstring), as :func:`paired`
     against 0; and the number of (seed, temperature) points inside the control's diversity range."""
     q, _ = frontier_axes(data, task)
@@ -141,10 +140,10 @@ def frontier_statement(data: dict, task: str, arm: str) -> str:
 
 def render_png(data: dict, task: str, path: Path) -> None:
     """Quality against diversity, mean over seeds per temperature, one line per arm (control in black)."""
-    import matplotlib  # noqa: PLC0415 -- third-party, only when drawing
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     q, x = frontier_axes(data, task)
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -332,7 +331,7 @@ def runner_results(results_dir: Path) -> list:
 
 def replace_readme_block(text: str, block: str) -> str:
     """``text`` with the generated block replaced. :raises ValueError: if the markers are missing."""
-    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
+    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"README has no generated block (markers {README_BEGIN!r} ... {README_END!r})")
     return pattern.sub(lambda _: block, text, count=1)

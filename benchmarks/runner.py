@@ -37,8 +37,8 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 try:
     import tomllib
@@ -127,7 +127,7 @@ def _check_keys(table: dict, required, where: str, optional=()) -> None:
                               + (f" (optional {list(optional)})" if optional else ""))
 
 
-def _resolve_run(table: dict, train_default: Optional[dict], model: dict, where: str, is_base: bool) -> dict:
+def _resolve_run(table: dict, train_default: dict | None, model: dict, where: str, is_base: bool) -> dict:
     """One run's resolved config: ``dict(agent, start, train, learner[, select_every])``, JSON-able."""
     _check_keys(table, ("agent", "learner"), where, optional=("train", "select_every") if is_base else ("train", "start"))
     agent = table["agent"]
@@ -368,9 +368,9 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_experiment(name: str, seeds: Optional[list] = None, workers: int = 1, device: str = "cpu",
+def run_experiment(name: str, seeds: list | None = None, workers: int = 1, device: str = "cpu",
                    quick: bool = False, out_dir: Path = RESULTS_DIR, scratch: Path = Path("runs/bench"),
-                   command: Optional[str] = None, log: Callable = print, render: bool = True) -> dict:
+                   command: str | None = None, log: Callable = print, render: bool = True) -> dict:
     """Run (or resume) an experiment; returns the results dict written to ``results_stem(exp).json``.
 
     :param seeds: override the file's seeds (the results record which seeds ran).

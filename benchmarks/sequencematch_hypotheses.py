@@ -1,5 +1,12 @@
 """SequenceMatch hypotheses (issue: "SequenceMatch that beats MLE where errors compound").
 
+Superseded by ``python -m benchmarks run sequencematch_hypotheses`` (``benchmarks/experiments/
+sequencematch_hypotheses.toml``: complete arm configs, paired statistics, temperature sweep). This script
+defines its arms as *changes to the current defaults*, so since the SequenceMatch defaults changed
+(25c1241) its ``sm``, ``sm_no_wrong``, ``sm_alpha100`` and ``sm_model_wrong`` all run today's default;
+it no longer regenerates the committed ``sequencematch_hypotheses*.md`` (the experiment file's
+``sm_alpha10_imitate`` arm is the recipe those files call ``sm``).
+
 Protocol (equal budget, same start): per seed, one MLE run trains the base
 policy (``--base-steps``); every arm then fine-tunes that checkpoint for
 ``--steps`` optimiser steps at the same small learning rate (``--lr``), same

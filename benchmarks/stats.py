@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 #: two-sided 95 % quantiles t_{0.975, df} of Student's t for df = 1..30 (standard table values);
 #: above 30 degrees of freedom the normal quantile 1.960 is used (error < 0.05 in the half-width factor)
@@ -42,7 +42,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def paired(arm: dict, control: dict) -> Optional[dict]:
+def paired(arm: dict, control: dict) -> dict | None:
     """Paired comparison of two ``{seed: value}`` maps over their common seeds.
 
     :return: ``dict(n, diffs={seed: d}, mean, sd, half_width, low, high, interval="95% t")`` (``sd``,
@@ -65,7 +65,7 @@ def paired(arm: dict, control: dict) -> Optional[dict]:
     return out
 
 
-def verdict(comparison: Optional[dict], direction: int) -> str:
+def verdict(comparison: dict | None, direction: int) -> str:
     """Words for a :func:`paired` result: ``better`` / ``worse`` when the 95 % interval excludes 0,
     ``no difference detected at n = k`` otherwise, ``n = 1: no interval`` for one seed, ``–`` for none.
 
@@ -81,7 +81,7 @@ def verdict(comparison: Optional[dict], direction: int) -> str:
     return f"no difference detected at n = {n}"
 
 
-def fmt_diff(comparison: Optional[dict], digits: int = 3) -> str:
+def fmt_diff(comparison: dict | None, digits: int = 3) -> str:
     """``+0.012 [−0.004, +0.028]`` (mean and 95 % t-interval of the paired difference), or the mean alone."""
     if comparison is None:
         return "–"

@@ -1,0 +1,237 @@
+"""The experiment runner (benchmarks/runner.py, report.py, stats.py): complete configs, committed results
+regenerate from their JSON, paired statistics and frontier verdicts by hand, resume."""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from agents.learners import LEARNERS
+from benchmarks.report import (
+    README_BEGIN,
+    README_END,
+    frontier_gap,
+    readme_block,
+    render_markdown,
+    replace_readme_block,
+    runner_results,
+)
+from benchmarks.runner import (
+    EXPERIMENTS_DIR,
+    RESULTS_DIR,
+    ExperimentError,
+    load_experiment,
+    run_experiment,
+    template,
+)
+from benchmarks.stats import fmt_diff, paired, t975, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = runner_results(RESULTS_DIR)
+
+TINY = """
+tasks = ["oracle-hmm"]
+seeds = [0, 1]
+control = "mle"
+temperatures = [0.85, 1.0]
+metrics = ["oracle_nll", "distinct_2"]
+eval_samples = 8
+[base]
+agent = "mle"
+select_every = 2
+[base.model]
+n_layer = 1
+n_head = 2
+n_embd = 16
+dropout = 0.0
+[base.train]
+max_steps = 4
+batch_size = 4
+lr = 0.002
+min_lr_ratio = 0.1
+warmup_steps = 2
+weight_decay = 0.1
+grad_clip = 1.0
+[base.learner]
+backspace_p = 0.0
+wrong_tokens = "uniform"
+[train]
+max_steps = 2
+batch_size = 4
+lr = 0.0003
+min_lr_ratio = 1.0
+warmup_steps = 1
+weight_decay = 0.1
+grad_clip = 1.0
+[arms.mle]
+agent = "mle"
+[arms.mle.learner]
+backspace_p = 0.0
+wrong_tokens = "uniform"
+[arms.bs]
+agent = "mle"
+start = "fork"
+train = {max_steps = 6}
+[arms.bs.learner]
+backspace_p = 0.1
+wrong_tokens = "uniform"
+"""
+
+
+def _write(tmp_path, text, name="tiny"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return str(path)
+
+
+# ---------------------------------------------------------------- committed files
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_experiment_file_loads_complete(path):
+    for quick in (False, True):
+        exp = load_experiment(path.stem, quick=quick)
+        for arm in exp.arms.values():
+            fields = [f.name for f in dataclasses.fields(LEARNERS[arm["agent"]].config_class)]
+            assert list(arm["learner"]) == fields  # every field, in the class's order
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_committed_results_match_the_experiment_file_even_with_changed_defaults(path, monkeypatch):
+    """The resolved arm configs of a committed results file equal the experiment file's, also after every
+    learner default has been changed (no value of an arm comes from a default)."""
+    data = json.loads(path.read_text())
+    assert load_experiment(data["experiment"], quick=data["quick"]).resolved() == data["resolved"]
+    for learner in LEARNERS.values():
+        cls = learner.config_class
+        changed = dataclasses.make_dataclass(cls.__name__, [
+            (f.name, f.type, dataclasses.field(default="changed")) for f in dataclasses.fields(cls)])
+        monkeypatch.setattr(learner, "config_class", changed)
+    assert load_experiment(data["experiment"], quick=data["quick"]).resolved() == data["resolved"]
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_committed_markdown_is_rendered_from_its_json(path):
+    data = json.loads(path.read_text())
+    assert path.with_suffix(".md").read_text() == render_markdown(data, path.stem)
+    for task in data["resolved"]["tasks"]:
+        assert (path.parent / f"{path.stem}_{task}.png").is_file()
+
+
+def test_readme_block_is_generated_from_the_results():
+    text = (ROOT / "README.md").read_text()
+    assert README_BEGIN in text and README_END in text
+    assert replace_readme_block(text, readme_block(COMMITTED)) == text
+
+
+# ---------------------------------------------------------------- experiment files
+
+
+def test_incomplete_or_unknown_learner_fields_are_refused(tmp_path):
+    with pytest.raises(ExperimentError, match=r"arms.bs.learner: .*complete config.*missing \['wrong_tokens'\]"):
+        load_experiment(_write(tmp_path, TINY.replace('backspace_p = 0.1\nwrong_tokens = "uniform"',
+                                                       "backspace_p = 0.1")))
+    with pytest.raises(ExperimentError, match=r"unknown \['alpha'\]"):
+        load_experiment(_write(tmp_path, TINY.replace("backspace_p = 0.1\n", "backspace_p = 0.1\nalpha = 1.0\n")))
+    with pytest.raises(ExperimentError, match=r"arms.mle.train: missing keys \['grad_clip'\]"):
+        load_experiment(_write(tmp_path, TINY.replace("grad_clip = 1.0\n[arms.mle]", "[arms.mle]")))
+    with pytest.raises(ExperimentError, match="control: 'sm' is not an arm"):
+        load_experiment(_write(tmp_path, TINY.replace('control = "mle"', 'control = "sm"')))
+    with pytest.raises(ExperimentError, match="start: expected one of"):
+        load_experiment(_write(tmp_path, TINY.replace('start = "fork"', 'start = "warm"')))
+    with pytest.raises(ExperimentError, match="--quick needs a \\[quick\\] table"):
+        load_experiment(_write(tmp_path, TINY), quick=True)
+
+
+def test_the_documented_example_loads(tmp_path):
+    text = (EXPERIMENTS_DIR / "README.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    exp = load_experiment(_write(tmp_path, example, "example"), quick=True)
+    assert list(exp.arms) == ["mle", "earm_lam01"] and exp.arms["earm_lam01"]["train"]["lr"] == 1e-4
+    assert exp.arms["earm_lam01"]["train"]["max_steps"] == 30 and exp.base["select_every"] == 40
+
+
+def test_template_is_a_complete_learner_table():
+    text = template("sequencematch")
+    names = [f.name for f in dataclasses.fields(LEARNERS["sequencematch"].config_class)]
+    assert [line.split(" = ")[0] for line in text.splitlines()[2:]] == names
+    assert 'alpha_model = "none"' in text  # TOML has no null
+    with pytest.raises(ExperimentError, match="unknown agent 'nope'"):
+        template("nope")
+
+
+# ---------------------------------------------------------------- statistics by hand
+
+
+def test_paired_t_interval_and_verdicts_by_hand():
+    # d = 1, 2, 3: mean 2, sd 1, half-width t(0.975, 2) / sqrt(3) = 4.303 / 1.7321 = 2.4843
+    c = paired({0: 2.0, 1: 3.0, 2: 4.0}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert c["n"] == 3 and c["mean"] == pytest.approx(2.0) and c["sd"] == pytest.approx(1.0)
+    assert (c["low"], c["high"]) == (pytest.approx(2 - 2.4843, abs=1e-4), pytest.approx(2 + 2.4843, abs=1e-4))
+    assert verdict(c, +1) == "no difference detected at n = 3"
+    # d = 1.0, 1.1, 0.9: mean 1, sd 0.1, half-width 0.2484: the interval excludes 0
+    c = paired({0: 1.0, 1: 1.1, 2: 0.9, 3: 5.0}, {0: 0.0, 1: 0.0, 2: 0.0})  # seed 3 unpaired: left out
+    assert c["n"] == 3 and c["half_width"] == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert verdict(c, +1) == "better" and verdict(c, -1) == "worse"
+    assert fmt_diff(c) == "+1.000 [+0.752, +1.248]"
+    one = paired({0: 1.0}, {0: 0.5})
+    assert verdict(one, +1) == "n = 1: no interval" and fmt_diff(one) == "+0.500"
+    assert paired({0: 1.0}, {1: 1.0}) is None and verdict(None, 1) == "–"
+    assert t975(4) == 2.776 and t975(100) == 1.960
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t975(0)
+
+
+def _frontier_data(gaps):
+    """Control curve (distinct_2, validity) = (0.5, 0.2), (0.6, 0.3), (0.7, 0.4) per seed; the arm's points
+    sit at diversity 0.55 and 0.65 (control there: 0.25 and 0.35), ``gaps[seed]`` above it, one point at
+    0.9 outside the control's range."""
+    temps = [0.7, 0.85, 1.0]
+    cells = {}
+    for seed, g in gaps.items():
+        cells[f"t/mle/{seed}"] = {"status": "ok", "metrics": {
+            repr(t): {"validity": v, "distinct_2": x} for t, x, v in zip(temps, (0.5, 0.6, 0.7), (0.2, 0.3, 0.4))}}
+        cells[f"t/sm/{seed}"] = {"status": "ok", "metrics": {
+            repr(t): {"validity": v, "distinct_2": x} for t, x, v in zip(temps, (0.55, 0.65, 0.9),
+                                                                         (0.25 + g, 0.35 + g, 0.0))}}
+    return {"control": "mle", "cells": cells, "metrics": [],
+            "resolved": {"arms": {"mle": {}, "sm": {}}, "temperatures": temps, "default_temperature": 1.0}}
+
+
+def test_frontier_gap_by_hand():
+    cmp, used = frontier_gap(_frontier_data({0: 0.10, 1: 0.12, 2: 0.08}), "t", "sm")
+    assert used == 6 and cmp["n"] == 3  # 2 in-range points per seed; the one at 0.9 is outside
+    assert cmp["diffs"] == {0: pytest.approx(0.10), 1: pytest.approx(0.12), 2: pytest.approx(0.08)}
+    assert verdict(cmp, +1) == "better"  # mean 0.1, sd 0.02, half-width 0.0497
+    cmp, _ = frontier_gap(_frontier_data({0: 0.10, 1: -0.12, 2: 0.01}), "t", "sm")
+    assert verdict(cmp, +1) == "no difference detected at n = 3"
+
+
+# ---------------------------------------------------------------- running
+
+
+@pytest.mark.slow
+def test_run_resume_and_refusal(tmp_path):
+    path = _write(tmp_path, TINY)
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    data = run_experiment(path, workers=2, out_dir=out, scratch=scratch, command="test", log=lambda s: None)
+    assert sorted(data["cells"]) == [f"oracle-hmm/{a}/{s}" for a in ("base", "bs", "mle") for s in (0, 1)]
+    assert all(c["status"] == "ok" for c in data["cells"].values()), data["cells"]
+    base = data["cells"]["oracle-hmm/base/0"]
+    assert base["selection"]["split"] == "valid" and base["selection"]["best_step"] in (2, 4)
+    m = data["cells"]["oracle-hmm/bs/0"]["metrics"]
+    assert set(m) == {"0.85", "1.0"} and {"oracle_nll", "nll", "nll_at_t", "distinct_2"} <= set(m["1.0"])
+    assert m["1.0"]["nll_at_t"] == pytest.approx(m["1.0"]["nll"])  # T = 1: the tempered model is the model
+    prov = data["invocations"][0]["provenance"]
+    assert len(prov["corpus_hashes"]["oracle-hmm"]) == 64 and prov["torch"] and "dirty" in prov
+    md = (out / "tiny.md").read_text()
+    assert "| bs | 2 |" in md and (out / "tiny_oracle-hmm.png").is_file()
+    assert md == render_markdown(json.loads((out / "tiny.json").read_text()), "tiny")
+    again = run_experiment(path, workers=1, out_dir=out, scratch=scratch, command="test", log=lambda s: None)
+    assert again["invocations"][1]["cells"] == [] and again["cells"] == data["cells"]  # nothing rerun
+    with pytest.raises(ExperimentError, match=r"another configuration of 'tiny' \(arms.bs.learner.backspace_p: "
+                                              r"0.1 -> 0.2\)"):
+        run_experiment(_write(tmp_path, TINY.replace("backspace_p = 0.1", "backspace_p = 0.2")), out_dir=out,
+                       scratch=scratch, log=lambda s: None)
