@@ -133,7 +133,8 @@ def frontier_statement(data: dict, task: str, arm: str) -> str:
         return f"`{arm}`: no point of its curve lies within `{control}`'s diversity range; not compared."
     v = verdict(cmp, +1)
     words = {"better": f"above `{control}`'s curve beyond the interval",
-             "worse": f"below `{control}`'s curve beyond the interval"}.get(v, v)
+             "worse": f"below `{control}`'s curve beyond the interval"}.get(v, v.replace("better", "above").replace(
+                 "worse", "below"))
     return (f"`{arm}`: {words} (quality gap at equal diversity {fmt_diff(cmp)}, 95 % t over seeds, "
             f"n = {cmp['n']}, {used} points within `{control}`'s diversity range).")
 
@@ -245,7 +246,8 @@ def render_markdown(data: dict, stem: str) -> str:
               f"Mean ± std over seeds at T = {r['default_temperature']:g}. Δ: paired difference arm − `{control}` "
               "per seed (same base run, same sampling seed), mean [95 % t-interval over seeds]; the verdict is "
               "generated from the interval (\"better\"/\"worse\" when it excludes 0, in the metric's good "
-              "direction). `nll`: held-out NLL on `test` (nats/token, lower is better)."]
+              "direction, over at least 5 seeds; over fewer seeds such an interval is shown without a verdict). "
+              "`nll`: held-out NLL on `test` (nats/token, lower is better)."]
     for task in r["tasks"]:
         metrics = shown_metrics(data, task)
         prim = metrics[0]
@@ -315,7 +317,7 @@ def readme_block(json_paths: list) -> str:
                 if c1 is None and c2 is None:
                     continue
                 fg, _ = frontier_gap(data, task, arm)
-                fv = {"better": "above", "worse": "below"}.get(verdict(fg, +1), verdict(fg, +1))
+                fv = verdict(fg, +1).replace("better", "above").replace("worse", "below")
                 n = max(c["n"] for c in (c1, c2) if c is not None)
                 lines.append(f"| `{name}` | {task} | {arm} vs {data['control']} | {n} | {prim} {fmt_diff(c1)} | "
                              f"{verdict(c1, DIRECTION[prim])} | {fmt_diff(c2)} | {verdict(c2, DIRECTION['nll'])} | "

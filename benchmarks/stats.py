@@ -8,7 +8,9 @@ sampling seed, so the arms are *paired* by seed: a comparison uses the per-seed 
 
 (the paired t-test's interval; Student 1908; e.g. Wasserman, *All of Statistics*, §10.1). The verdict
 words are generated from the interval and never typed: "better" / "worse" when it excludes 0 on one side
-(in the metric's good direction), otherwise "no difference detected at n = k".
+(in the metric's good direction) over at least :data:`MIN_SEEDS` seeds, otherwise "no difference detected
+at n = k"; an interval that excludes 0 over fewer seeds is reported as such, without a verdict (with two
+or three seeds of a discrete metric the differences are often identical and the interval has width 0).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from collections.abc import Sequence
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042)
+
+#: seeds needed before an interval that excludes 0 is called "better" / "worse" (the issue's "five seeds
+#: where a verdict is claimed")
+MIN_SEEDS = 5
 
 #: metric -> +1 if higher is better, -1 if lower is better (the direction of "better" in verdicts)
 DIRECTION = {"validity": +1, "oracle_support": +1, "distinct_2": +1, "bleu4": +1, "oracle_nll": -1,
@@ -65,9 +71,10 @@ def paired(arm: dict, control: dict) -> dict | None:
     return out
 
 
-def verdict(comparison: dict | None, direction: int) -> str:
-    """Words for a :func:`paired` result: ``better`` / ``worse`` when the 95 % interval excludes 0,
-    ``no difference detected at n = k`` otherwise, ``n = 1: no interval`` for one seed, ``–`` for none.
+def verdict(comparison: dict | None, direction: int, min_seeds: int = MIN_SEEDS) -> str:
+    """Words for a :func:`paired` result: ``better`` / ``worse`` when the 95 % interval excludes 0 and
+    ``n >= min_seeds``; ``better/worse at n = k < 5: no verdict`` when it excludes 0 over fewer seeds;
+    ``no difference detected at n = k`` otherwise; ``n = 1: no interval`` for one seed; ``–`` for none.
 
     :param direction: +1 if a larger value is better, -1 if smaller is better.
     """
@@ -77,7 +84,8 @@ def verdict(comparison: dict | None, direction: int) -> str:
     if comparison["low"] is None:
         return f"n = {n}: no interval"
     if comparison["low"] > 0 or comparison["high"] < 0:
-        return "better" if (comparison["mean"] > 0) == (direction > 0) else "worse"
+        word = "better" if (comparison["mean"] > 0) == (direction > 0) else "worse"
+        return word if n >= min_seeds else f"{word} at n = {n} < {min_seeds}: no verdict"
     return f"no difference detected at n = {n}"
 
 

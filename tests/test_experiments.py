@@ -174,7 +174,8 @@ def test_paired_t_interval_and_verdicts_by_hand():
     # d = 1.0, 1.1, 0.9: mean 1, sd 0.1, half-width 0.2484: the interval excludes 0
     c = paired({0: 1.0, 1: 1.1, 2: 0.9, 3: 5.0}, {0: 0.0, 1: 0.0, 2: 0.0})  # seed 3 unpaired: left out
     assert c["n"] == 3 and c["half_width"] == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-6)
-    assert verdict(c, +1) == "better" and verdict(c, -1) == "worse"
+    assert verdict(c, +1) == "better at n = 3 < 5: no verdict" and verdict(c, -1) == "worse at n = 3 < 5: no verdict"
+    assert verdict(c, +1, min_seeds=3) == "better" and verdict(c, -1, min_seeds=3) == "worse"
     assert fmt_diff(c) == "+1.000 [+0.752, +1.248]"
     one = paired({0: 1.0}, {0: 0.5})
     assert verdict(one, +1) == "n = 1: no interval" and fmt_diff(one) == "+0.500"
@@ -204,7 +205,7 @@ def test_frontier_gap_by_hand():
     cmp, used = frontier_gap(_frontier_data({0: 0.10, 1: 0.12, 2: 0.08}), "t", "sm")
     assert used == 6 and cmp["n"] == 3  # 2 in-range points per seed; the one at 0.9 is outside
     assert cmp["diffs"] == {0: pytest.approx(0.10), 1: pytest.approx(0.12), 2: pytest.approx(0.08)}
-    assert verdict(cmp, +1) == "better"  # mean 0.1, sd 0.02, half-width 0.0497
+    assert verdict(cmp, +1, min_seeds=3) == "better"  # mean 0.1, sd 0.02, half-width 0.0497
     cmp, _ = frontier_gap(_frontier_data({0: 0.10, 1: -0.12, 2: 0.01}), "t", "sm")
     assert verdict(cmp, +1) == "no difference detected at n = 3"
 
