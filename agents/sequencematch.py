@@ -129,8 +129,8 @@ entropy 0.84 → 0.93 nats), ``model_samples="fresh"`` 0.105 (NLL 1.115: its
 χ² on model samples reaches gradient norm 60 at cosine −0.86 by step 400),
 α = 1000 0.078, ``wrong_token_value="cancel"`` (no routing) 0.137 (NLL
 0.829; cosine 0.83-0.99 throughout). Seed 1: MLE 0.078 → 0.273, MLE +
-backspace 0.092, SequenceMatch 0.082. None of the options is the default:
-none reached continued MLE (one seed each for the candidates).
+backspace 0.092, SequenceMatch 0.082, no routing 0.072. None of the options is the default:
+none reached continued MLE (one or two seeds for the candidates).
 
 Trajectory layout (docs/internals.md): ``tokens[b] = [bos, prompt...,
 a_1..a_n, pad...]``; ``logits[:, i]`` are the logits of the state reached
