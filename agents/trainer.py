@@ -31,7 +31,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence
 
 import numpy as np
