@@ -34,10 +34,9 @@ from typing import Literal
 
 import torch
 
-from .common.demos import Demos
-from .common.learner import LearnerContext, register_learner
-from .common.trajectory import token_log_probs
-from .mle import check_augmentation, demo_batch
+from .common.learner import register_learner
+from .common.trajectory import TrajectoryBatch, token_log_probs
+from .mle import TeacherForcedLearner, check_augmentation
 
 
 @dataclass
@@ -81,7 +80,7 @@ def mixce_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Te
 
 
 @register_learner
-class MixCELearner:
+class MixCELearner(TeacherForcedLearner):
     """MixCE on (optionally backspace-augmented) demonstrations (``--agent mixce``).
 
     :param ctx: :class:`~agents.common.learner.LearnerContext`.
@@ -92,20 +91,6 @@ class MixCELearner:
     config_class = MixCEConfig
     progress_keys = ("loss/mixce", "loss/nll")
 
-    def __init__(self, ctx: LearnerContext, cfg: MixCEConfig):
-        self.ctx, self.cfg, self.model = ctx, cfg, ctx.model
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
-        batch, target = demo_batch(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
-        logits = self.model(batch.tokens)
+    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
         loss, nll = mixce_loss(logits, batch.tokens, target, self.cfg.eta)
-        return loss, {"loss/mixce": loss.item(), "loss/nll": nll.item(), "train/tokens": int(batch.is_action.sum())}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+        return loss, {"loss/mixce": loss.item(), "loss/nll": nll.item()}

@@ -104,8 +104,44 @@ def demo_batch(demos: Demos, backspace_p: float, wrong_tokens: str,
     return batch, target
 
 
+class TeacherForcedLearner:
+    """Base of the learners whose loss is a function of the policy's logits on one teacher-forced pass.
+
+    Collates (optionally backspace-augmented, :func:`demo_batch`) demonstrations, runs the policy once
+    over them and hands the logits to :meth:`token_loss`; holds no state of its own (an empty
+    ``state_dict``), so resume is exact through the trainer's model, optimiser and RNG state. Used by
+    MLE and the token-level baselines (unlikelihood, TaiLr, MixCE). Subclasses set ``name``,
+    ``config_class`` and ``progress_keys``, and their config has ``backspace_p`` and ``wrong_tokens``.
+
+    :param ctx: :class:`~agents.common.learner.LearnerContext`.
+    :param cfg: the subclass's config dataclass.
+    """
+
+    def __init__(self, ctx: LearnerContext, cfg):
+        self.ctx, self.cfg, self.model = ctx, cfg, ctx.model
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The objective on one pass: ``logits`` FloatTensor ``[B, T, V]`` over ``batch.tokens``, ``target``
+        BoolTensor ``[B, T]`` (the imitated positions). Returns ``(scalar loss, scalars to log)``."""
+        raise NotImplementedError
+
+    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
+        batch, target = demo_batch(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
+        loss, logs = self.token_loss(self.model(batch.tokens), batch, target)
+        return loss, {**logs, "train/tokens": int(batch.is_action.sum())}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @register_learner
-class MLELearner:
+class MLELearner(TeacherForcedLearner):
     """Behaviour cloning on (optionally backspace-augmented) demonstrations (``--agent mle``).
 
     :param ctx: :class:`~agents.common.learner.LearnerContext`.
@@ -116,20 +152,6 @@ class MLELearner:
     config_class = MLEConfig
     progress_keys = ("loss/mle",)
 
-    def __init__(self, ctx: LearnerContext, cfg: MLEConfig):
-        self.ctx, self.cfg, self.model = ctx, cfg, ctx.model
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
-        batch, target = demo_batch(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
-        logits = self.model(batch.tokens)
+    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
         loss = mle_loss(logits, batch, target)
-        return loss, {"loss/mle": loss.item(), "train/tokens": int(batch.is_action.sum())}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+        return loss, {"loss/mle": loss.item()}

@@ -28,10 +28,9 @@ from typing import Literal
 
 import torch
 
-from .common.demos import Demos
-from .common.learner import LearnerContext, register_learner
-from .common.trajectory import token_log_probs
-from .mle import check_augmentation, demo_batch
+from .common.learner import register_learner
+from .common.trajectory import TrajectoryBatch, token_log_probs
+from .mle import TeacherForcedLearner, check_augmentation
 
 
 @dataclass
@@ -92,7 +91,7 @@ def tailr_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Te
 
 
 @register_learner
-class TaiLrLearner:
+class TaiLrLearner(TeacherForcedLearner):
     """TaiLr on (optionally backspace-augmented) demonstrations (``--agent tailr``).
 
     :param ctx: :class:`~agents.common.learner.LearnerContext`.
@@ -103,22 +102,7 @@ class TaiLrLearner:
     config_class = TaiLrConfig
     progress_keys = ("loss/tailr", "tailr/weight")
 
-    def __init__(self, ctx: LearnerContext, cfg: TaiLrConfig):
-        self.ctx, self.cfg, self.model = ctx, cfg, ctx.model
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
-        batch, target = demo_batch(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
-        logits = self.model(batch.tokens)
+    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
         loss, weight = tailr_loss(logits, batch.tokens, target, self.cfg.gamma, self.cfg.min_weight)
         nll = -token_log_probs(logits.detach(), batch.tokens, target).sum() / target.sum().clamp(min=1)
-        return loss, {"loss/tailr": loss.item(), "tailr/weight": weight.item(), "loss/nll": nll.item(),
-                      "train/tokens": int(batch.is_action.sum())}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+        return loss, {"loss/tailr": loss.item(), "tailr/weight": weight.item(), "loss/nll": nll.item()}

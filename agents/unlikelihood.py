@@ -34,10 +34,9 @@ from typing import Literal
 
 import torch
 
-from .common.demos import Demos
-from .common.learner import LearnerContext, register_learner
+from .common.learner import register_learner
 from .common.trajectory import TrajectoryBatch, action_log_softmax, token_log_probs
-from .mle import check_augmentation, demo_batch
+from .mle import TeacherForcedLearner, check_augmentation
 
 
 @dataclass
@@ -122,7 +121,7 @@ def unlikelihood_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: t
 
 
 @register_learner
-class UnlikelihoodLearner:
+class UnlikelihoodLearner(TeacherForcedLearner):
     """Token-level unlikelihood training on (optionally backspace-augmented) demonstrations (``--agent unlikelihood``).
 
     :param ctx: :class:`~agents.common.learner.LearnerContext`.
@@ -133,23 +132,8 @@ class UnlikelihoodLearner:
     config_class = UnlikelihoodConfig
     progress_keys = ("loss/nll", "loss/ul")
 
-    def __init__(self, ctx: LearnerContext, cfg: UnlikelihoodConfig):
-        self.ctx, self.cfg, self.model = ctx, cfg, ctx.model
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
-        batch, target = demo_batch(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
-        logits = self.model(batch.tokens)
+    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
         cand = context_candidates(batch, logits.shape[-1], target)
         loss, nll, ul = unlikelihood_loss(logits, batch.tokens, target, cand, self.cfg.alpha)
         return loss, {"loss/unlikelihood": loss.item(), "loss/nll": nll.item(), "loss/ul": ul.item(),
-                      "ul/candidates_per_token": float(cand.sum() / target.sum().clamp(min=1)),
-                      "train/tokens": int(batch.is_action.sum())}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+                      "ul/candidates_per_token": float(cand.sum() / target.sum().clamp(min=1))}
