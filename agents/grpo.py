@@ -68,6 +68,7 @@ import torch
 
 from seqenv.rewards import StateScore, make_score
 
+from .common.cli import check_number
 from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
 from .common.rollout import RolloutResult, make_vector_env, rollout
@@ -107,25 +108,18 @@ class GRPOConfig:
     temperature: float = 1.0
 
     def __post_init__(self):
-        if not (isinstance(self.group_size, int) and self.group_size >= 2):
-            raise ValueError(f"--grpo.group-size must be an integer >= 2 (a group needs a baseline), "
-                             f"got {self.group_size!r}")
-        for name in ("num_prompts", "updates_per_rollout"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"--grpo.{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        check_number("--grpo.group-size", self.group_size, ge=2, integer=True)  # a group needs a baseline
+        check_number("--grpo.num-prompts", self.num_prompts, ge=1, integer=True)
+        check_number("--grpo.updates-per-rollout", self.updates_per_rollout, ge=1, integer=True)
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"--grpo.advantage must be one of {', '.join(ADVANTAGES)}, got {self.advantage!r}")
         if self.kl not in ("k3", "none"):
             raise ValueError(f"--grpo.kl must be 'k3' or 'none', got {self.kl!r}")
         if not (self.reward in ("validity", "oracle") or (self.reward.startswith("critic:") and len(self.reward) > 7)):
             raise ValueError(f"--grpo.reward must be 'validity', 'oracle' or 'critic:PATH', got {self.reward!r}")
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"--grpo.beta must be a finite number >= 0, got {self.beta!r}")
-        if not (0 < self.clip_eps < 1):
-            raise ValueError(f"--grpo.clip-eps must be in (0, 1), got {self.clip_eps!r}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"--grpo.temperature must be a finite number > 0, got {self.temperature!r}")
+        check_number("--grpo.beta", self.beta, ge=0)
+        check_number("--grpo.clip-eps", self.clip_eps, gt=0, lt=1)
+        check_number("--grpo.temperature", self.temperature, gt=0)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, kind: str = "grpo") -> torch.Tensor:

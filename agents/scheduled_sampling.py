@@ -43,6 +43,7 @@ from typing import Literal
 
 import torch
 
+from .common.cli import check_number
 from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
 from .common.trajectory import TrajectoryBatch
@@ -83,8 +84,7 @@ class ScheduledSamplingConfig:
             raise ValueError(f"ScheduledSamplingConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0.0 <= self.p_max <= 1.0:
             raise ValueError(f"ScheduledSamplingConfig.p_max must be in [0, 1], got {self.p_max}")
-        if isinstance(self.ramp_steps, bool) or not isinstance(self.ramp_steps, int) or self.ramp_steps <= 0:
-            raise ValueError(f"ScheduledSamplingConfig.ramp_steps must be a positive int, got {self.ramp_steps!r}")
+        check_number("ScheduledSamplingConfig.ramp_steps", self.ramp_steps, gt=0, integer=True)
         if not self.k >= 1.0:
             raise ValueError(f"ScheduledSamplingConfig.k must be >= 1, got {self.k}")
         check_augmentation("ScheduledSamplingConfig", self.backspace_p, self.wrong_tokens)

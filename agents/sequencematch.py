@@ -149,6 +149,7 @@ import torch
 import torch.nn.functional as F
 
 
+from .common.cli import check_number
 from .common.demos import Demos
 from .common.evaluation import backspace_rate, validity_rate
 from .common.learner import LearnerContext, register_learner
@@ -316,9 +317,7 @@ class SequenceMatchConfig:
             raise ValueError(
                 f"SequenceMatchConfig.wrong_token_value must be 'route' or 'cancel', got {self.wrong_token_value!r}")
         for name in ("bc_warmup_steps", "diagnostics_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"SequenceMatchConfig.{name} must be an integer >= 0, got {v!r}")
+            check_number(f"SequenceMatchConfig.{name}", getattr(self, name), ge=0, integer=True)
         if not self.model_batch_ratio > 0 or not self.rollout_temperature > 0:
             raise ValueError(
                 f"SequenceMatchConfig.model_batch_ratio and rollout_temperature must be > 0, got "
