@@ -43,7 +43,9 @@ from pathlib import Path
 import torch
 
 from agents.trainer import Callback, TrainConfig, Trainer
+from benchmarks.provenance import provenance
 from benchmarks.train_throughput import make_llama
+from seqenv.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,8 +158,8 @@ def main(argv=None) -> dict:
     device = torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else \
         f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
     command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fsdp_gpu.py", *(argv or sys.argv[1:])])
-    report = {"command": command,
-              "device": device, "torch": torch.__version__, "policy": policy, "rows": rows}
+    report = {"command": command, "device": device, "policy": policy, "rows": rows,
+              "provenance": provenance(args.device, {args.task: make_task(args.task).corpus_hash})}
     (out / "fsdp_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# DDP vs FSDP2: MLE tokens/s and peak memory ({device})", "", f"Command: `{report['command']}`", "",
              "| dist | ranks | params | timed steps | tokens/s | peak MiB (rank 0) | wall s |",

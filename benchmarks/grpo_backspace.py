@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from agents.common.checkpoint import load_policy
 from agents.common.rollout import make_vector_env, rollout
 from agents.grpo import GRPOConfig
 from agents.trainer import TrainConfig, Trainer
+from benchmarks.provenance import provenance
 
 
 @torch.no_grad()
@@ -125,8 +125,8 @@ def main(argv=None):
             m["wall_s"] = time.time() - t0
             rows[arm].append(m)
             print(arm, seed, {k: round(v, 4) for k, v in m.items()}, flush=True)
-    out = {"args": vars(args), "rows": rows, "wall_s": time.time() - start, "machine": platform.machine(),
-           "load_at_end": os.getloadavg()[0], "torch": torch.__version__}
+    out = {"args": vars(args), "rows": rows, "wall_s": time.time() - start,
+           "provenance": provenance("cpu", {task.name: task.corpus_hash})}
     Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     keys = ("validity", "kl_to_init", "backspace_rate", "bs_after_error", "bs_after_correct", "mean_actions")
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,6 +29,7 @@ from agents.sb3 import critic_reward as cr
 from agents.sb3.policy import TransformerMaskablePolicy
 from seqenv.sb3 import SB3VecEnv
 from agents.common.rollout import make_vector_env
+from benchmarks.provenance import provenance
 from seqenv.tasks import make_task
 
 TASK = make_task("oracle-hmm")
@@ -96,8 +95,8 @@ def main(argv=None):
             rows[name] = [run_arm(arm, s, args.steps, tmp) for s in args.seeds]
             print(name, rows[name], flush=True)
     Path(args.out + ".json").write_text(json.dumps({"args": vars(args), "rows": rows, "wall_s": time.time() - start,
-                                                    "machine": platform.machine(), "load_at_end": os.getloadavg()[0],
-                                                    "torch": torch.__version__}, indent=2) + "\n")
+                                                    "provenance": provenance("cpu", {TASK.name: TASK.corpus_hash})},
+                                                   indent=2) + "\n")
     keys = ("kl_to_init", "critic_reward", "mean_length", "final_beta")
 
     def cell(vals):
