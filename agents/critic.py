@@ -54,9 +54,7 @@ class CriticConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CriticConfig.{name} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"CriticConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
+            raise ValueError(f"CriticConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"CriticConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.pooling not in _POOLINGS:
@@ -67,7 +65,7 @@ class CriticConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CriticConfig":
+    def from_dict(cls, d: dict) -> CriticConfig:
         """Build a config from :meth:`to_dict` output.
 
         :raises ValueError: on unknown keys (or any invalid value, see the class).
@@ -98,8 +96,10 @@ def critic_batch(prompts, sequences, terminated, device="cpu", ids=None) -> tupl
     if prompts is None:
         prompts = [[]] * len(sequences)
     if not len(prompts) == len(sequences) == len(terminated):
-        raise ValueError(f"need one prompt and one terminated flag per sequence, got {len(prompts)} prompts, "
-                         f"{len(sequences)} sequences, {len(terminated)} flags")
+        raise ValueError(
+            f"need one prompt and one terminated flag per sequence, got {len(prompts)} prompts, "
+            f"{len(sequences)} sequences, {len(terminated)} flags"
+        )
     return sequence_batch([[*(p or []), *s] for p, s in zip(prompts, sequences)], list(terminated), device, ids=ids)
 
 
@@ -136,8 +136,14 @@ class SequenceCritic(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        block_config = PolicyConfig(vocab_size=config.vocab_size, block_size=config.block_size, n_layer=config.n_layer,
-                                    n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout)
+        block_config = PolicyConfig(
+            vocab_size=config.vocab_size,
+            block_size=config.block_size,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_embd=config.n_embd,
+            dropout=config.dropout,
+        )
         self.blocks = nn.ModuleList([Block(block_config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, 1)
@@ -169,14 +175,17 @@ class SequenceCritic(nn.Module):
         """
         pc = getattr(policy, "config", None)
         if not all(hasattr(policy, name) for name in ("wte", "wpe", "blocks", "ln_f")) or pc is None:
-            raise ValueError(f"init_from_policy needs a transformer policy with wte, wpe, blocks, ln_f; got "
-                             f"{type(policy).__name__}")
+            raise ValueError(
+                f"init_from_policy needs a transformer policy with wte, wpe, blocks, ln_f; got {type(policy).__name__}"
+            )
         c = self.config
         mine = (c.vocab_size, c.n_layer, c.n_head, c.n_embd)
         theirs = (pc.vocab_size, pc.n_layer, pc.n_head, pc.n_embd)
         if mine != theirs:
-            raise ValueError(f"critic (vocab_size, n_layer, n_head, n_embd) = {mine} differs from the policy's "
-                             f"{theirs}: cannot initialise the critic from the policy")
+            raise ValueError(
+                f"critic (vocab_size, n_layer, n_head, n_embd) = {mine} differs from the policy's "
+                f"{theirs}: cannot initialise the critic from the policy"
+            )
         try:
             self.wte.load_state_dict(policy.wte.state_dict())
             self.blocks.load_state_dict(policy.blocks.state_dict())
@@ -222,8 +231,7 @@ class SequenceCritic(nn.Module):
             )
         if B and (mask_or_lengths.min() < 1 or mask_or_lengths.max() > T):
             raise ValueError(
-                f"lengths must be in [1, T={T}], got range "
-                f"[{int(mask_or_lengths.min())}, {int(mask_or_lengths.max())}]"
+                f"lengths must be in [1, T={T}], got range [{int(mask_or_lengths.min())}, {int(mask_or_lengths.max())}]"
             )
         return positions[None, :] < mask_or_lengths[:, None]
 

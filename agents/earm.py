@@ -29,6 +29,7 @@ Quantities [paper]
   l(x_<k))`` gives the self-normalised importance weights
   ``w̄_i = softmax_i(logsumexp l(x^i_<k))`` of the negative phase.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,12 @@ class EARMConfig:
     n_grad_conditionals: int = 2
 
     def __post_init__(self) -> None:
-        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) \
-                or not math.isfinite(self.lam) or self.lam < 0:
+        if (
+            isinstance(self.lam, bool)
+            or not isinstance(self.lam, (int, float))
+            or not math.isfinite(self.lam)
+            or self.lam < 0
+        ):
             raise ValueError(f"EARMConfig.lam must be a finite number >= 0, got {self.lam!r}")
         for name in ("start_step", "n_grad_conditionals"):
             value = getattr(self, name)
@@ -96,22 +101,36 @@ class EARMConfig:
 def _check_batch(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, name: str) -> None:
     """Raise ValueError unless (logits, tokens, mask) follow the layout above."""
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
-        raise ValueError(f"{name}: tokens must be a LongTensor[B, T], got "
-                         f"{getattr(tokens, 'dtype', type(tokens))} of shape {tuple(getattr(tokens, 'shape', ()))}")
+        raise ValueError(
+            f"{name}: tokens must be a LongTensor[B, T], got "
+            f"{getattr(tokens, 'dtype', type(tokens))} of shape {tuple(getattr(tokens, 'shape', ()))}"
+        )
     B, T = tokens.shape
     if B < 1 or T < 2:
-        raise ValueError(f"{name}: tokens must have B >= 1 rows and T >= 2 positions "
-                         f"(bos plus one predicted token), got shape {(B, T)}")
+        raise ValueError(
+            f"{name}: tokens must have B >= 1 rows and T >= 2 positions "
+            f"(bos plus one predicted token), got shape {(B, T)}"
+        )
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != tokens.shape:
-        raise ValueError(f"{name}: mask must be a BoolTensor of shape {(B, T)}, got "
-                         f"{getattr(mask, 'dtype', type(mask))} of shape {tuple(getattr(mask, 'shape', ()))}")
+        raise ValueError(
+            f"{name}: mask must be a BoolTensor of shape {(B, T)}, got "
+            f"{getattr(mask, 'dtype', type(mask))} of shape {tuple(getattr(mask, 'shape', ()))}"
+        )
     if bool(mask[:, 0].any()):
-        raise ValueError(f"{name}: mask[:, 0] must be False (position 0 holds bos, which nothing "
-                         f"predicts), got True in rows {mask[:, 0].nonzero().flatten().tolist()}")
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point() \
-            or logits.shape[:2] != tokens.shape:
-        raise ValueError(f"{name}: logits must be a floating tensor of shape [{B}, {T}, V], got "
-                         f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}")
+        raise ValueError(
+            f"{name}: mask[:, 0] must be False (position 0 holds bos, which nothing "
+            f"predicts), got True in rows {mask[:, 0].nonzero().flatten().tolist()}"
+        )
+    if (
+        not isinstance(logits, torch.Tensor)
+        or logits.dim() != 3
+        or not logits.is_floating_point()
+        or logits.shape[:2] != tokens.shape
+    ):
+        raise ValueError(
+            f"{name}: logits must be a floating tensor of shape [{B}, {T}, V], got "
+            f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}"
+        )
     V = logits.shape[2]
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= V:
@@ -159,8 +178,9 @@ def _token_energies(logits, tokens, mask):
     return torch.where(mask[:, 1:], -logit, torch.zeros_like(logit))
 
 
-def prefix_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                    n_grad_conditionals: int | None = None) -> torch.Tensor:
+def prefix_log_prob(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, n_grad_conditionals: int | None = None
+) -> torch.Tensor:
     """Log prefix probability ``log q̃(x_<k) = Σ_{j<k} log p(x_j | x_<j)`` [paper].
 
     The sum runs over predicted positions j < k (bos and any prompt are
@@ -200,8 +220,9 @@ def _prefix_log_prob(logp: torch.Tensor, n_grad: int | None) -> torch.Tensor:
     return older + recent
 
 
-def joint_energy(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                 n_grad_conditionals: int | None = 2) -> torch.Tensor:
+def joint_energy(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, n_grad_conditionals: int | None = 2
+) -> torch.Tensor:
     """Energy of the step-k joint EBM, ``E(x_≤k) = −log q̃(x_<k) − l(x_<k)[x_k]`` [paper].
 
     ``p_θ(x_≤k) = exp(−E(x_≤k)) / Z_k``; the partition function Z_k is never
@@ -242,10 +263,13 @@ def importance_weights(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     :raises ValueError: if shapes/dtypes are wrong or mask[:, 0] is True.
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point():
-        raise ValueError(f"importance_weights: logits must be a floating tensor [B, T, V], got "
-                         f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}")
-    _check_batch(logits, torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device),
-                 mask, "importance_weights")
+        raise ValueError(
+            f"importance_weights: logits must be a floating tensor [B, T, V], got "
+            f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}"
+        )
+    _check_batch(
+        logits, torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device), mask, "importance_weights"
+    )
     return _importance_weights(logits, mask)[0]
 
 
@@ -253,9 +277,9 @@ def _importance_weights(logits, mask):
     """``(weights, log_tilt)``: :func:`importance_weights` and the log-normalisers
     ``logsumexp l(x_<k)`` they are the softmax of (``[B, T-1]``, -inf where the sample is dead)."""
     alive = mask[:, 1:]
-    log_tilt = torch.logsumexp(_float(logits[:, :-1]).detach(), dim=-1)   # logsumexp l(x_<k)
+    log_tilt = torch.logsumexp(_float(logits[:, :-1]).detach(), dim=-1)  # logsumexp l(x_<k)
     log_tilt = torch.where(alive, log_tilt, torch.full_like(log_tilt, -math.inf))
-    w = torch.softmax(log_tilt, dim=0)                                     # NaN in all-dead columns
+    w = torch.softmax(log_tilt, dim=0)  # NaN in all-dead columns
     return torch.where(alive, w, torch.zeros_like(w)), log_tilt
 
 
@@ -268,10 +292,16 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 # the objective
 
 
-def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: torch.Tensor,
-              logits_samples: torch.Tensor | None, tokens_samples: torch.Tensor | None,
-              mask_samples: torch.Tensor | None, cfg: EARMConfig, step: int,
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+def earm_loss(
+    logits_data: torch.Tensor,
+    tokens_data: torch.Tensor,
+    mask_data: torch.Tensor,
+    logits_samples: torch.Tensor | None,
+    tokens_samples: torch.Tensor | None,
+    mask_samples: torch.Tensor | None,
+    cfg: EARMConfig,
+    step: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy plus λ × the E-ARM surrogate term (METHODS.md §2).
 
     Objective [paper]: ``Σ_k CE_k + λ Σ_k KL(p_data(x_≤k) || p_θ(x_≤k))`` with
@@ -352,22 +382,25 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
         "loss/ce": ce.item(),
         "energy/data_mean": (_token_energies(logits_data, tokens_data, mask_data).sum() / n_tokens).item(),
     }
-    if step < cfg.start_step:                      # pure MLE warm start [paper]
+    if step < cfg.start_step:  # pure MLE warm start [paper]
         metrics.update({"loss/earm": 0.0, "loss/total": metrics["loss/ce"]})
         return ce, metrics
 
     if logits_samples is None or tokens_samples is None or mask_samples is None:
-        raise ValueError(f"E-ARM term is on at step {step} (start_step={cfg.start_step}): "
-                         "logits_samples, tokens_samples and mask_samples are required, got None")
+        raise ValueError(
+            f"E-ARM term is on at step {step} (start_step={cfg.start_step}): "
+            "logits_samples, tokens_samples and mask_samples are required, got None"
+        )
     _check_batch(logits_samples, tokens_samples, mask_samples, "samples")
     if logits_samples.shape[2] != logits_data.shape[2]:
-        raise ValueError(f"samples: vocabulary size {logits_samples.shape[2]} differs from the data's "
-                         f"{logits_data.shape[2]}")
+        raise ValueError(
+            f"samples: vocabulary size {logits_samples.shape[2]} differs from the data's {logits_data.shape[2]}"
+        )
     n = cfg.n_grad_conditionals
 
     # positive phase: E_data[E(x_≤k)] over alive data, per position k
     alive_data = mask_data[:, 1:]
-    n_data = alive_data.sum(0)                                             # n_k
+    n_data = alive_data.sum(0)  # n_k
     energy_data = _joint_energy(logits_data, tokens_data, mask_data, n)
     positive = energy_data.sum(0) / n_data.clamp(min=1)
 
@@ -383,7 +416,7 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
     positive, n_data = F.pad(positive, (0, K - positive.shape[0])), F.pad(n_data, (0, K - n_data.shape[0]))
     negative, n_samples = F.pad(negative, (0, K - negative.shape[0])), F.pad(n_samples, (0, K - n_samples.shape[0]))
     used = (n_data > 0) & (n_samples > 0)
-    c = torch.where(used, n_data / n_tokens, torch.zeros_like(positive))   # c_k = n_k / N
+    c = torch.where(used, n_data / n_tokens, torch.zeros_like(positive))  # c_k = n_k / N
 
     earm = (c * (positive - negative)).sum()
     loss = ce + cfg.lam * earm
@@ -396,7 +429,7 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
         n_alive = alive_samples.sum(0)
         dev = torch.where(alive_samples, log_tilt, 0.0)
         dev = torch.where(alive_samples, dev - dev.sum(0) / n_alive.clamp(min=1), 0.0)
-        var_lt = (dev ** 2).sum(0) / (n_alive - 1).clamp(min=1)
+        var_lt = (dev**2).sum(0) / (n_alive - 1).clamp(min=1)
         lt_max = log_tilt.max(0).values
         lt_min = torch.where(alive_samples, log_tilt, math.inf).min(0).values
         multi = n_alive >= 2
@@ -404,15 +437,17 @@ def earm_loss(logits_data: torch.Tensor, tokens_data: torch.Tensor, mask_data: t
         tilt_range = (lt_max - lt_min)[multi]
         n_sample_tokens = int(mask_samples.sum())
         sample_energy = _token_energies(logits_samples, tokens_samples, mask_samples).sum()
-    metrics.update({
-        "loss/earm": earm.item(),
-        "loss/total": loss.item(),
-        "earm/ess": ess.mean().item() if ess.numel() else math.nan,
-        "earm/ess_min": ess.min().item() if ess.numel() else math.nan,
-        "earm/log_tilt_std": tilt_std.mean().item() if tilt_std.numel() else math.nan,
-        "earm/log_tilt_range": tilt_range.mean().item() if tilt_range.numel() else math.nan,
-        "energy/sample_mean": sample_energy.item() / n_sample_tokens if n_sample_tokens else math.nan,
-    })
+    metrics.update(
+        {
+            "loss/earm": earm.item(),
+            "loss/total": loss.item(),
+            "earm/ess": ess.mean().item() if ess.numel() else math.nan,
+            "earm/ess_min": ess.min().item() if ess.numel() else math.nan,
+            "earm/log_tilt_std": tilt_std.mean().item() if tilt_std.numel() else math.nan,
+            "earm/log_tilt_range": tilt_range.mean().item() if tilt_range.numel() else math.nan,
+            "energy/sample_mean": sample_energy.item() / n_sample_tokens if n_sample_tokens else math.nan,
+        }
+    )
     return loss, metrics
 
 
@@ -452,13 +487,17 @@ def sequence_energy(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
     col = torch.arange(K, device=mask.device)
     last = torch.where(predicted, col, torch.full_like(col, -1)).max(1).values[:, None]  # column of x_K
     logp = _token_log_probs(logits, tokens, mask)
-    log_q_prefix = logp.sum(1) - logp.gather(1, last).squeeze(1)                        # log q̃(x_<K)
+    log_q_prefix = logp.sum(1) - logp.gather(1, last).squeeze(1)  # log q̃(x_<K)
     return -log_q_prefix + _token_energies(logits, tokens, mask).gather(1, last).squeeze(1)
 
 
-def energy_resample(energies: torch.Tensor, generator: torch.Generator | None = None,
-                    greedy: bool = False, temperature: float = 1.0,
-                    proposal_log_prob: torch.Tensor | None = None) -> torch.Tensor:
+def energy_resample(
+    energies: torch.Tensor,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    proposal_log_prob: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pick one of K candidates per output by their energy.
 
     Target over the K candidates of a row: ``∝ exp(−E/τ)``.
@@ -483,8 +522,10 @@ def energy_resample(energies: torch.Tensor, generator: torch.Generator | None = 
     :raises ValueError: on a bad shape, dtype, value or temperature.
     """
     if not isinstance(energies, torch.Tensor) or energies.dim() != 2 or not energies.is_floating_point():
-        raise ValueError(f"energies must be a floating tensor [N, K], got "
-                         f"{getattr(energies, 'dtype', type(energies))} of shape {tuple(getattr(energies, 'shape', ()))}")
+        raise ValueError(
+            f"energies must be a floating tensor [N, K], got "
+            f"{getattr(energies, 'dtype', type(energies))} of shape {tuple(getattr(energies, 'shape', ()))}"
+        )
     N, K = energies.shape
     if N < 1 or K < 1:
         raise ValueError(f"energies must have N >= 1 rows and K >= 1 candidates, got shape {(N, K)}")
@@ -493,13 +534,19 @@ def energy_resample(energies: torch.Tensor, generator: torch.Generator | None = 
     if not bool(torch.isfinite(energies).any(1).all()):
         bad = (~torch.isfinite(energies).any(1)).nonzero().flatten().tolist()
         raise ValueError(f"energies: rows {bad} have no finite energy (every candidate is +inf)")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if proposal_log_prob is not None:
         if not isinstance(proposal_log_prob, torch.Tensor) or proposal_log_prob.shape != energies.shape:
-            raise ValueError(f"proposal_log_prob must be a tensor of shape {(N, K)}, got "
-                             f"{tuple(getattr(proposal_log_prob, 'shape', ()))}")
+            raise ValueError(
+                f"proposal_log_prob must be a tensor of shape {(N, K)}, got "
+                f"{tuple(getattr(proposal_log_prob, 'shape', ()))}"
+            )
         if not bool(torch.isfinite(proposal_log_prob).all()):
             raise ValueError("proposal_log_prob must be finite (the candidates were drawn from it)")
     energies = energies.detach()
@@ -512,10 +559,16 @@ def energy_resample(energies: torch.Tensor, generator: torch.Generator | None = 
 
 
 @torch.no_grad()
-def energy_rerank(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, num_candidates: int,
-                  generator: torch.Generator | None = None, greedy: bool = False,
-                  temperature: float = 1.0, importance_correction: bool = True,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def energy_rerank(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    num_candidates: int,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    importance_correction: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K energy re-sampling of AR candidates (``generate.py --rerank energy``).
 
     [paper] mentions optional "top-K energy re-sampling" of generated
@@ -546,17 +599,19 @@ def energy_rerank(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
     """
     _check_batch(logits, tokens, mask, "energy_rerank")
     B = tokens.shape[0]
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1 \
-            or B % num_candidates:
-        raise ValueError(f"num_candidates must be an integer >= 1 dividing the batch size {B}, "
-                         f"got {num_candidates!r}")
+    if (
+        isinstance(num_candidates, bool)
+        or not isinstance(num_candidates, int)
+        or num_candidates < 1
+        or B % num_candidates
+    ):
+        raise ValueError(f"num_candidates must be an integer >= 1 dividing the batch size {B}, got {num_candidates!r}")
     N = B // num_candidates
     energies = sequence_energy(logits, tokens, mask).view(N, num_candidates)
     log_q = None
     if importance_correction and not greedy:
         log_q = _token_log_probs(logits, tokens, mask).sum(1).view(N, num_candidates)
-    choice = energy_resample(energies, generator, greedy=greedy, temperature=temperature,
-                             proposal_log_prob=log_q)
+    choice = energy_resample(energies, generator, greedy=greedy, temperature=temperature, proposal_log_prob=log_q)
     return choice, energies
 
 
@@ -587,8 +642,14 @@ class EARMLearner:
 
     def __init__(self, ctx: LearnerContext, cfg: EARMConfig):
         self.model, self.cfg, self.device = ctx.model, cfg, ctx.device
-        self.sampler = OnlineSampler(ctx.task, ctx.batch_size, ctx.device, ctx.generators["noise"],
-                                     ctx.generators["sample"], allow_backspace=False)
+        self.sampler = OnlineSampler(
+            ctx.task,
+            ctx.batch_size,
+            ctx.device,
+            ctx.generators["noise"],
+            ctx.generators["sample"],
+            allow_backspace=False,
+        )
 
     def parameters(self):
         return self.model.parameters()
@@ -600,8 +661,9 @@ class EARMLearner:
         metrics: dict[str, float] = {}
         if step >= self.cfg.start_step:
             res = self.sampler.sample(self.model)
-            tokens_s, mask_s = sequence_batch(res.sequences(), res.terminated.tolist(), self.device,
-                                              prompts=res.prompts(), ids=res.ids)
+            tokens_s, mask_s = sequence_batch(
+                res.sequences(), res.terminated.tolist(), self.device, prompts=res.prompts(), ids=res.ids
+            )
             logits_s = self.model(tokens_s)
             metrics["rollout/mean_length"] = float(res.lengths.float().mean())
             metrics["rollout/terminated"] = float(res.terminated.float().mean())

@@ -94,8 +94,9 @@ def output_embedding(policy: torch.nn.Module) -> torch.Tensor:
     return weight[: policy.vocab_size]
 
 
-def emo_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, cost_embedding: torch.Tensor,
-             mode: int = 1) -> torch.Tensor:
+def emo_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, cost_embedding: torch.Tensor, mode: int = 1
+) -> torch.Tensor:
     """EMO, Ren et al. (ICLR 2024): ``emoloss.EMOLoss`` on our layout, averaged over target tokens.
 
     :param logits: FloatTensor ``[B, T, V]`` on ``tokens`` (``logits[:, t-1]``

@@ -22,7 +22,7 @@ other prompted tasks: ``task.prompts``), then each is played ``K`` times.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -36,19 +36,17 @@ from .earm import energy_rerank
 from .nce import sample_with_prompts
 from .policies import Policy
 
-
 SCORE_CHUNK = 4096  # rows per forward pass when scoring candidates (bounds the activation memory)
 
 
 def _in_chunks(fn, *tensors: torch.Tensor) -> torch.Tensor:
     """``fn`` applied to :data:`SCORE_CHUNK` rows of ``tensors`` at a time, outputs concatenated (float32)."""
     n = len(tensors[0])
-    return torch.cat([fn(*(t[i:i + SCORE_CHUNK] for t in tensors)).float() for i in range(0, n, SCORE_CHUNK)])
+    return torch.cat([fn(*(t[i : i + SCORE_CHUNK] for t in tensors)).float() for i in range(0, n, SCORE_CHUNK)])
 
 
 @torch.no_grad()
-def rerank_energy(policy, sequences, terminated, num_candidates: int, generator: torch.Generator, device,
-                  prompts=None):
+def rerank_energy(policy, sequences, terminated, num_candidates: int, generator: torch.Generator, device, prompts=None):
     """Indices ``[N]`` of the chosen candidates by E-ARM energy, and the energies ``[N, K]``
     (``prompts``: per row the prompt ids the policy conditions on, or None)."""
     tokens, mask = sequence_batch(sequences, terminated, device, prompts=prompts, ids=policy)
@@ -58,8 +56,17 @@ def rerank_energy(policy, sequences, terminated, num_candidates: int, generator:
 
 
 @torch.no_grad()
-def rerank_critic(critic, sequences, terminated, num_candidates: int, generator: torch.Generator, device,
-                  temperature: float = 1.0, prompts=None, ids=None):
+def rerank_critic(
+    critic,
+    sequences,
+    terminated,
+    num_candidates: int,
+    generator: torch.Generator,
+    device,
+    temperature: float = 1.0,
+    prompts=None,
+    ids=None,
+):
     """Indices ``[N]`` of the chosen candidates by SIR with weights ``exp(−E_ψ/τ)``, and the ESS ``[N]``.
 
     Rows ``i·K .. i·K + K − 1`` are the candidates of output ``i``; with
@@ -90,15 +97,17 @@ class Generation:
     sequences: list[list[int]]
     prompts: list[list[int]]
     terminated: list[bool]
-    ess: Optional[torch.Tensor] = None
+    ess: torch.Tensor | None = None
 
     def texts(self, tokenizer) -> list[str]:
         """Prompt + generation per output, decoded; newlines escaped as ``\\n``."""
-        return [(tokenizer.decode(p) + tokenizer.decode(s)).replace("\n", "\\n")
-                for p, s in zip(self.prompts, self.sequences)]
+        return [
+            (tokenizer.decode(p) + tokenizer.decode(s)).replace("\n", "\\n")
+            for p, s in zip(self.prompts, self.sequences)
+        ]
 
 
-def generation_prompts(task: Task, num_samples: int, seed: int) -> Optional[list[str]]:
+def generation_prompts(task: Task, num_samples: int, seed: int) -> list[str] | None:
     """The prompt of each output on a task with prompts (None on an unconditional task):
     drawn uniformly with replacement (``torch.Generator`` seeded with ``seed``) from the
     ``test`` split's questions on a paired task, else from ``task.prompts``."""
@@ -116,13 +125,13 @@ def generate_reranked(
     *,
     rerank: Literal["none", "energy", "critic"] = "none",
     candidates: int = 8,
-    critic: Optional[SequenceCritic] = None,
+    critic: SequenceCritic | None = None,
     temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     seed: int = 0,
     batch_size: int = 256,
-    device: "torch.device | str" = "cpu",
+    device: torch.device | str = "cpu",
 ) -> Generation:
     """``num_samples`` outputs, each one of ``candidates`` policy samples chosen by ``rerank``.
 
@@ -148,8 +157,14 @@ def generate_reranked(
     if prompts is None:
         results = generate(policy, task, num_samples * k, batch_size=batch_size * k if k > 1 else batch_size, **kw)
     else:
-        results = sample_with_prompts(policy, task, [p for p in prompts for _ in range(k)], num_samples * k,
-                                      batch_size=batch_size * k if k > 1 else batch_size, **kw)
+        results = sample_with_prompts(
+            policy,
+            task,
+            [p for p in prompts for _ in range(k)],
+            num_samples * k,
+            batch_size=batch_size * k if k > 1 else batch_size,
+            **kw,
+        )
     seqs = [s for r in results for s in r.sequences()]
     prompt_ids = [p for r in results for p in r.prompts()]
     terminated = [bool(t) for r in results for t in r.terminated.tolist()]
@@ -162,7 +177,11 @@ def generate_reranked(
         else:
             choice, ess = rerank_critic(critic, seqs, terminated, k, gen, device, prompts=row_prompts, ids=task)
         idx = (torch.arange(num_samples, device=choice.device) * k + choice).tolist()
-        seqs, prompt_ids, terminated = [seqs[i] for i in idx], [prompt_ids[i] for i in idx], [terminated[i] for i in idx]
+        seqs, prompt_ids, terminated = (
+            [seqs[i] for i in idx],
+            [prompt_ids[i] for i in idx],
+            [terminated[i] for i in idx],
+        )
     return Generation(seqs, prompt_ids, terminated, ess)
 
 

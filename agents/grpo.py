@@ -61,8 +61,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -146,9 +147,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str = "grpo")
     return adv.reshape(-1)
 
 
-def clipped_surrogate_loss(log_p: torch.Tensor, log_old: torch.Tensor, advantages: torch.Tensor,
-                           mask: torch.Tensor, clip_eps: float, log_ref: Optional[torch.Tensor] = None,
-                           beta: float = 0.0) -> tuple[torch.Tensor, dict]:
+def clipped_surrogate_loss(
+    log_p: torch.Tensor,
+    log_old: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    log_ref: torch.Tensor | None = None,
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
     """The token-level clipped objective with a ``k3`` KL penalty (module docstring), as a loss.
 
     :param log_p: FloatTensor ``[N, T]``, ``log π_θ(a_t|s_t)`` (differentiable).
@@ -225,7 +232,7 @@ class GRPOLearner:
     def __init__(self, ctx: LearnerContext, cfg: GRPOConfig):
         self.ctx, self.cfg, self.model = ctx, cfg, ctx.model
         if cfg.reward.startswith("critic:"):
-            self.score: StateScore = CriticScore(cfg.reward[len("critic:"):], ctx.task, ctx.device)
+            self.score: StateScore = CriticScore(cfg.reward[len("critic:") :], ctx.task, ctx.device)
         else:
             self.score = make_score(cfg.reward, ctx.task)
         self.reference = None
@@ -233,10 +240,10 @@ class GRPOLearner:
             self.reference = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
         G = cfg.group_size
         self.venv = make_vector_env(ctx.task, cfg.num_prompts * G, ctx.device)
-        self.batch: Optional[dict] = None  # the current rollout (tensors), used updates_per_rollout times
+        self.batch: dict | None = None  # the current rollout (tensors), used updates_per_rollout times
         self.uses = 0
 
-    def set_reward(self, fn: "Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | StateScore") -> None:
+    def set_reward(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | StateScore) -> None:
         """Use a Python reward instead of ``cfg.reward``: ``fn(tokens LongTensor [B, L], lengths [B]) ->
         FloatTensor [B]`` on the final states (prompt + completion), paid on terminated episodes."""
         self.score = make_score(fn, self.ctx.task)
@@ -254,21 +261,35 @@ class GRPOLearner:
             picks = torch.randint(len(prompts), (cfg.num_prompts,), generator=noise).tolist()
             options = {"prompt": [prompts[i] for i in picks for _ in range(G)]}
         seed = int(torch.randint(2**31 - 1, (1,), generator=noise))
-        res = rollout(ctx.policy, self.venv, seed=seed, generator=ctx.generators["sample"],
-                      temperature=cfg.temperature, store_masks=True, allow_backspace=cfg.allow_backspace,
-                      reset_options=options)
+        res = rollout(
+            ctx.policy,
+            self.venv,
+            seed=seed,
+            generator=ctx.generators["sample"],
+            temperature=cfg.temperature,
+            store_masks=True,
+            allow_backspace=cfg.allow_backspace,
+            reset_options=options,
+        )
         rewards = episode_rewards(self.score, res)
         batch = res.to_batch()
-        masks = torch.zeros(*batch.tokens.shape, res.action_masks.shape[-1], dtype=torch.bool,
-                            device=batch.tokens.device)
+        masks = torch.zeros(
+            *batch.tokens.shape, res.action_masks.shape[-1], dtype=torch.bool, device=batch.tokens.device
+        )
         S = res.actions.shape[1]
         masks[batch.is_action] = res.action_masks[torch.arange(S, device=masks.device)[None] < res.num_actions[:, None]]
         log_old = torch.zeros(batch.tokens.shape, device=batch.tokens.device)
         log_old[batch.is_action] = res.log_probs[torch.arange(S, device=masks.device)[None] < res.num_actions[:, None]]
-        return {"tokens": batch.tokens, "is_action": batch.is_action, "masks": masks, "log_old": log_old,
-                "rewards": rewards, "advantages": group_advantages(rewards, G, cfg.advantage),
-                "backspace": (res.actions == res.ids.backspace).sum().float() / res.num_actions.sum(),
-                "actions": res.num_actions.float().mean()}
+        return {
+            "tokens": batch.tokens,
+            "is_action": batch.is_action,
+            "masks": masks,
+            "log_old": log_old,
+            "rewards": rewards,
+            "advantages": group_advantages(rewards, G, cfg.advantage),
+            "backspace": (res.actions == res.ids.backspace).sum().float() / res.num_actions.sum(),
+            "actions": res.num_actions.float().mean(),
+        }
 
     def _log_probs(self, model, b: dict) -> torch.Tensor:
         """``log π(a_t|s_t)`` ``[N, T]`` over the rollout's legal actions (0 off the actions)."""
@@ -290,22 +311,35 @@ class GRPOLearner:
         if self.reference is not None:
             with torch.no_grad():
                 log_ref = self._log_probs(self.reference, b)
-        loss, stats = clipped_surrogate_loss(log_p, b["log_old"], b["advantages"], b["is_action"], cfg.clip_eps,
-                                             log_ref, cfg.beta)
-        metrics = {"loss/grpo": loss.item(), "train/kl": stats["kl"], "train/clip_fraction": stats["clip_fraction"],
-                   "train/tokens": int(b["is_action"].sum())}
+        loss, stats = clipped_surrogate_loss(
+            log_p, b["log_old"], b["advantages"], b["is_action"], cfg.clip_eps, log_ref, cfg.beta
+        )
+        metrics = {
+            "loss/grpo": loss.item(),
+            "train/kl": stats["kl"],
+            "train/clip_fraction": stats["clip_fraction"],
+            "train/tokens": int(b["is_action"].sum()),
+        }
         if fresh:  # rollout statistics once per rollout
             r = b["rewards"].reshape(-1, cfg.group_size)
-            metrics.update({"rollout/reward_mean": float(r.mean()), "rollout/reward_std": float(r.std()),
-                            "rollout/zero_variance_groups": float((r.max(1).values == r.min(1).values).float().mean()),
-                            "rollout/backspace_rate": float(b["backspace"]),
-                            "rollout/episode_actions": float(b["actions"])})
+            metrics.update(
+                {
+                    "rollout/reward_mean": float(r.mean()),
+                    "rollout/reward_std": float(r.std()),
+                    "rollout/zero_variance_groups": float((r.max(1).values == r.min(1).values).float().mean()),
+                    "rollout/backspace_rate": float(b["backspace"]),
+                    "rollout/episode_actions": float(b["actions"]),
+                }
+            )
         return loss, metrics
 
     # ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"reference": None if self.reference is None else self.reference.state_dict(),
-                "batch": self.batch, "uses": self.uses}
+        return {
+            "reference": None if self.reference is None else self.reference.state_dict(),
+            "batch": self.batch,
+            "uses": self.uses,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("reference") is not None and self.reference is not None:

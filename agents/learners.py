@@ -1,3 +1,4 @@
+# ruff: noqa: I001  (the import order below is the registration order, i.e. the --agent choices)
 """Every learner, registered by importing its module (see :mod:`agents.common.learner`).
 
 ======================  =====================================================

@@ -62,8 +62,9 @@ class MixCEConfig:
         check_augmentation("MixCEConfig", self.backspace_p, self.wrong_tokens)
 
 
-def mixce_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor,
-               eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def mixce_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, eta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MixCE's token-level loss (Zhang et al., ACL 2023; the authors' code): mean of ``(η + (1−η)·sg(q))·(−log q)``.
 
     :param logits: FloatTensor ``[B, T, V]`` on ``tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
@@ -91,6 +92,8 @@ class MixCELearner(TeacherForcedLearner):
     config_class = MixCEConfig
     progress_keys = ("loss/mixce", "loss/nll")
 
-    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def token_loss(
+        self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         loss, nll = mixce_loss(logits, batch.tokens, target, self.cfg.eta)
         return loss, {"loss/mixce": loss.item(), "loss/nll": nll.item()}

@@ -49,7 +49,7 @@ class MLEConfig:
             raise ValueError(f"MLEConfig.wrong_tokens must be 'uniform' or 'model', got {self.wrong_tokens!r}")
 
 
-def mle_loss(logits: torch.Tensor, batch: TrajectoryBatch, target_mask: "torch.Tensor | None" = None) -> torch.Tensor:
+def mle_loss(logits: torch.Tensor, batch: TrajectoryBatch, target_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy ``-(1/|A|) Σ_{(s,a) ∈ A} log π(a|s)`` (nats per target action).
 
     :param logits: FloatTensor ``[B, T, V]`` from the policy on ``batch.tokens``.
@@ -71,9 +71,16 @@ def backspace_actions(demos: Demos, p: float, wrong_tokens: str, ctx: LearnerCon
     # FSDP: the model's proposals are as many forward passes as this rank's batch needs, so they run on the
     # gathered parameters (every rank enters once per step); a no-op otherwise
     with gathered_params(ctx.policy) if fn is not None else contextlib.nullcontext():
-        return augment_with_backspace(demos.actions, p, ctx.task.tokenizer.vocab_size, ctx.generators["noise"],
-                                      wrong_tokens=wrong_tokens, wrong_token_fn=fn, prompts=demos.prompts,
-                                      ids=demos.ids)
+        return augment_with_backspace(
+            demos.actions,
+            p,
+            ctx.task.tokenizer.vocab_size,
+            ctx.generators["noise"],
+            wrong_tokens=wrong_tokens,
+            wrong_token_fn=fn,
+            prompts=demos.prompts,
+            ids=demos.ids,
+        )
 
 
 def check_augmentation(owner: str, backspace_p: float, wrong_tokens: str) -> None:
@@ -88,8 +95,9 @@ def check_augmentation(owner: str, backspace_p: float, wrong_tokens: str) -> Non
         raise ValueError(f"{owner}.wrong_tokens must be 'uniform' or 'model', got {wrong_tokens!r}")
 
 
-def demo_batch(demos: Demos, backspace_p: float, wrong_tokens: str,
-               ctx: LearnerContext) -> tuple[TrajectoryBatch, torch.Tensor]:
+def demo_batch(
+    demos: Demos, backspace_p: float, wrong_tokens: str, ctx: LearnerContext
+) -> tuple[TrajectoryBatch, torch.Tensor]:
     """The (optionally backspace-augmented) demonstrations as a batch, and the actions to imitate.
 
     The target mask is ``is_action`` without the injected wrong tokens (see
@@ -123,7 +131,9 @@ class TeacherForcedLearner:
     def parameters(self):
         return self.model.parameters()
 
-    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def token_loss(
+        self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         """The objective on one pass: ``logits`` FloatTensor ``[B, T, V]`` over ``batch.tokens``, ``target``
         BoolTensor ``[B, T]`` (the imitated positions). Returns ``(scalar loss, scalars to log)``."""
         raise NotImplementedError
@@ -152,6 +162,8 @@ class MLELearner(TeacherForcedLearner):
     config_class = MLEConfig
     progress_keys = ("loss/mle",)
 
-    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def token_loss(
+        self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         loss = mle_loss(logits, batch, target)
         return loss, {"loss/mle": loss.item()}

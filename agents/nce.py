@@ -60,7 +60,6 @@ from .common.rollout import OnlineSampler, RolloutResult, make_vector_env, rollo
 from .common.trajectory import token_log_probs
 from .critic import CriticConfig, SequenceCritic, critic_batch
 
-
 # ---------------------------------------------------------------------------
 # Exact log q by ancestral scoring
 # ---------------------------------------------------------------------------
@@ -543,10 +542,21 @@ class _PromptedEnv:
         return getattr(self._venv, name)
 
 
-def sample_with_prompts(policy, task, prompts: "list[str] | None", num_samples: int, *, device="cpu",
-                        seed: int = 0, generator: "torch.Generator | None" = None, batch_size: int = 256,
-                        temperature: float = 1.0, top_k=None, top_p=None,
-                        allow_backspace: bool = True) -> list[RolloutResult]:
+def sample_with_prompts(
+    policy,
+    task,
+    prompts: list[str] | None,
+    num_samples: int,
+    *,
+    device="cpu",
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    temperature: float = 1.0,
+    top_k=None,
+    top_p=None,
+    allow_backspace: bool = True,
+) -> list[RolloutResult]:
     """Episodes whose prompts are given: row ``i`` starts from ``prompts[i]``.
 
     Used where samples must share a prompt with something else: the noise of a
@@ -573,9 +583,19 @@ def sample_with_prompts(policy, task, prompts: "list[str] | None", num_samples: 
         n = min(batch_size, num_samples - done)
         if n not in envs:
             envs[n] = make_vector_env(task, n, device)
-        venv = envs[n] if prompts is None else _PromptedEnv(envs[n], prompts[done:done + n])
-        out.append(rollout(policy, venv, seed=seed + done, generator=gen, temperature=temperature, top_k=top_k,
-                           top_p=top_p, allow_backspace=allow_backspace))
+        venv = envs[n] if prompts is None else _PromptedEnv(envs[n], prompts[done : done + n])
+        out.append(
+            rollout(
+                policy,
+                venv,
+                seed=seed + done,
+                generator=gen,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                allow_backspace=allow_backspace,
+            )
+        )
         done += n
     for venv in envs.values():
         venv.close()
@@ -713,8 +733,10 @@ class NCEConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"NCEConfig.{name} must be an int >= 0, got {value!r}")
         if self.patience and not self.eval_every:
-            raise ValueError(f"NCEConfig.patience={self.patience} needs eval_every >= 1 (early stopping reads the "
-                             "held-out evaluation), got eval_every=0")
+            raise ValueError(
+                f"NCEConfig.patience={self.patience} needs eval_every >= 1 (early stopping reads the "
+                "held-out evaluation), got eval_every=0"
+            )
         for name in ("policy_weight", "ce_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -722,16 +744,24 @@ class NCEConfig:
         if not 0.0 <= self.critic_dropout < 1.0:
             raise ValueError(f"NCEConfig.critic_dropout must be in [0, 1), got {self.critic_dropout!r}")
         if self.critic_n_embd % self.critic_n_head:
-            raise ValueError(f"NCEConfig.critic_n_embd ({self.critic_n_embd}) must be divisible by "
-                             f"NCEConfig.critic_n_head ({self.critic_n_head})")
+            raise ValueError(
+                f"NCEConfig.critic_n_embd ({self.critic_n_embd}) must be divisible by "
+                f"NCEConfig.critic_n_head ({self.critic_n_head})"
+            )
         if self.critic_pooling not in ("mean", "first"):
             raise ValueError(f"NCEConfig.critic_pooling must be 'mean' or 'first', got {self.critic_pooling!r}")
 
     def critic_config(self, vocab_size: int, block_size: int) -> CriticConfig:
         """The :class:`CriticConfig` of these fields for a task's vocabulary and length."""
-        return CriticConfig(vocab_size=vocab_size, block_size=block_size, n_layer=self.critic_n_layer,
-                            n_head=self.critic_n_head, n_embd=self.critic_n_embd, dropout=self.critic_dropout,
-                            pooling=self.critic_pooling)
+        return CriticConfig(
+            vocab_size=vocab_size,
+            block_size=block_size,
+            n_layer=self.critic_n_layer,
+            n_head=self.critic_n_head,
+            n_embd=self.critic_n_embd,
+            dropout=self.critic_dropout,
+            pooling=self.critic_pooling,
+        )
 
 
 @register_learner
@@ -856,14 +886,20 @@ class NCELearner:
         task = ctx.task
         self.conditional = task.prompts is not None
         if self.conditional and not task.paired:
-            raise ValueError(f"NCELearner: task {task.name!r} has prompts but no prompt per training text (not "
-                             "paired), so the data has no prompt to contrast the noise's with")
+            raise ValueError(
+                f"NCELearner: task {task.name!r} has prompts but no prompt per training text (not "
+                "paired), so the data has no prompt to contrast the noise's with"
+            )
         if self.conditional and cfg.policy_objective != "none":
-            raise ValueError(f"NCELearner: policy_objective={cfg.policy_objective!r} needs an unconditional task; "
-                             f"task {task.name!r} has prompts (train the critic only: policy_objective='none')")
+            raise ValueError(
+                f"NCELearner: policy_objective={cfg.policy_objective!r} needs an unconditional task; "
+                f"task {task.name!r} has prompts (train the critic only: policy_objective='none')"
+            )
         if self.conditional and cfg.loss == "ranking" and cfg.noise_pool:
-            raise ValueError("NCELearner: ranking NCE on a prompted task needs noise candidates of the data's own "
-                             "prompt: use noise_pool=0 (fresh samples)")
+            raise ValueError(
+                "NCELearner: ranking NCE on a prompted task needs noise candidates of the data's own "
+                "prompt: use noise_pool=0 (fresh samples)"
+            )
         self.model, self.cfg, self.task, self.device = ctx.model, cfg, task, torch.device(ctx.device)
         self.policy = ctx.policy
         self.train_policy = cfg.policy_objective != "none"
@@ -874,9 +910,15 @@ class NCELearner:
             pc = getattr(self.policy, "config", None)
             if pc is None or not hasattr(pc, "n_layer"):
                 raise ValueError(f"init_from_policy needs a transformer policy, got {type(self.policy).__name__}")
-            critic_config = CriticConfig(vocab_size=critic_config.vocab_size, block_size=critic_config.block_size,
-                                         n_layer=pc.n_layer, n_head=pc.n_head, n_embd=pc.n_embd,
-                                         dropout=cfg.critic_dropout, pooling=cfg.critic_pooling)
+            critic_config = CriticConfig(
+                vocab_size=critic_config.vocab_size,
+                block_size=critic_config.block_size,
+                n_layer=pc.n_layer,
+                n_head=pc.n_head,
+                n_embd=pc.n_embd,
+                dropout=cfg.critic_dropout,
+                pooling=cfg.critic_pooling,
+            )
         self.critic = SequenceCritic(critic_config).to(self.device)
         if cfg.init_from_policy:
             self.critic.init_from_policy(self.policy)
@@ -886,8 +928,14 @@ class NCELearner:
         self.snapshot = SnapshotNoise(cfg.refresh_every)
         self.batch_size = ctx.batch_size
         self.noise_generator, self.sample_generator = ctx.generators["noise"], ctx.generators["sample"]
-        self.sampler = OnlineSampler(task, cfg.nu * ctx.batch_size, self.device, ctx.generators["noise"],
-                                     ctx.generators["sample"], allow_backspace=False)
+        self.sampler = OnlineSampler(
+            task,
+            cfg.nu * ctx.batch_size,
+            self.device,
+            ctx.generators["noise"],
+            ctx.generators["sample"],
+            allow_backspace=False,
+        )
         self.pool: dict | None = None  # {"prompts", "sequences", "terminated"}: the fixed noise set
         self.early_stop = {"best_loss": None, "best_step": None, "bad_evals": 0, "best_critic": None}
         self.last_eval: dict = {}
@@ -907,7 +955,7 @@ class NCELearner:
         :class:`~agents.common.rollout.RolloutResult`; unconditional tasks: the env's default draws)."""
         return self.sampler.sample(self.snapshot.module)
 
-    def _fresh_noise(self, prompts: "list[list[int]]"):
+    def _fresh_noise(self, prompts: list[list[int]]):
         """``nu·B`` fresh snapshot samples as ``(prompts, sequences, terminated)`` lists; on a paired
         task each data prompt is repeated ``nu`` times (row ``i·nu + j``: the j-th sample of prompt ``i``)."""
         if not self.conditional:
@@ -922,11 +970,22 @@ class NCELearner:
         tok = self.task.tokenizer
         texts = None if prompts is None or not self.conditional else [tok.decode(p) for p in prompts]
         n = len(prompts)
-        results = sample_with_prompts(policy if policy is not None else self.snapshot.module, self.task, texts, n,
-                                      device=self.device, seed=seed, generator=generator, allow_backspace=False,
-                                      batch_size=256 if self.device.type == "cpu" else 2048)
-        return ([p for r in results for p in r.prompts()], [s for r in results for s in r.sequences()],
-                [bool(t) for r in results for t in r.terminated.tolist()])
+        results = sample_with_prompts(
+            policy if policy is not None else self.snapshot.module,
+            self.task,
+            texts,
+            n,
+            device=self.device,
+            seed=seed,
+            generator=generator,
+            allow_backspace=False,
+            batch_size=256 if self.device.type == "cpu" else 2048,
+        )
+        return (
+            [p for r in results for p in r.prompts()],
+            [s for r in results for s in r.sequences()],
+            [bool(t) for r in results for t in r.terminated.tolist()],
+        )
 
     def _draw_pool(self) -> None:
         """Draw the fixed noise set (:attr:`NCEConfig.noise_pool` samples of the snapshot)."""
@@ -946,10 +1005,14 @@ class NCELearner:
             return self._fresh_noise(demos.prompts)
         if self.pool is None or (refreshed and self.train_policy):
             self._draw_pool()
-        idx = torch.randint(len(self.pool["sequences"]), (self.cfg.nu * len(demos),),
-                            generator=self.noise_generator).tolist()
-        return ([self.pool["prompts"][i] for i in idx], [self.pool["sequences"][i] for i in idx],
-                [self.pool["terminated"][i] for i in idx])
+        idx = torch.randint(
+            len(self.pool["sequences"]), (self.cfg.nu * len(demos),), generator=self.noise_generator
+        ).tolist()
+        return (
+            [self.pool["prompts"][i] for i in idx],
+            [self.pool["sequences"][i] for i in idx],
+            [self.pool["terminated"][i] for i in idx],
+        )
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
         """One step's loss (nats) and metrics; see the class docstring.
@@ -960,14 +1023,21 @@ class NCELearner:
         """
         cfg, B = self.cfg, len(demos)
         if cfg.loss == "ranking" and B != self.batch_size:
-            raise ValueError(f"ranking NCE pairs each demonstration with nu={cfg.nu} noise samples: expected "
-                             f"{self.batch_size} demonstrations (the batch size), got {B}")
+            raise ValueError(
+                f"ranking NCE pairs each demonstration with nu={cfg.nu} noise samples: expected "
+                f"{self.batch_size} demonstrations (the batch size), got {B}"
+            )
         refreshed = self.snapshot.maybe_refresh(self.policy, step)
         noise_prompts, noise_seqs, noise_term = self._noise_batch(demos, refreshed)
         M = len(noise_seqs)
         # data and noise in one batch: [bos, prompt..., x..., eos?, pad...] (prompts empty if unconditional)
-        tokens, mask = critic_batch(list(demos.prompts) + noise_prompts, [d[:-1] for d in demos.actions] + noise_seqs,
-                                    [True] * B + noise_term, self.device, ids=demos.ids)
+        tokens, mask = critic_batch(
+            list(demos.prompts) + noise_prompts,
+            [d[:-1] for d in demos.actions] + noise_seqs,
+            [True] * B + noise_term,
+            self.device,
+            ids=demos.ids,
+        )
         energy = self.critic_model(tokens, mask).float()  # E_psi, [B + M]
         e_data, e_noise = energy[:B], energy[B:]
         c = self.critic.log_normalizer
@@ -980,11 +1050,13 @@ class NCELearner:
             lp_data, lp_noise, lq_data, lq_noise = log_p[:B], log_p[B:], log_q[:B], log_q[B:]
             # the critic's residual model p_theta·exp(-E_psi) (p_theta detached) against the noise p_s
             if cfg.loss == "binary":
-                critic_loss, m = binary_nce_loss(e_data - lp_data.detach(), e_noise - lp_noise.detach(),
-                                                 -lq_data, -lq_noise, c, cfg.nu)
+                critic_loss, m = binary_nce_loss(
+                    e_data - lp_data.detach(), e_noise - lp_noise.detach(), -lq_data, -lq_noise, c, cfg.nu
+                )
             else:
-                critic_loss, m = ranking_nce_loss(lp_data.detach() - e_data, (lp_noise.detach() - e_noise).view(B, -1),
-                                                  lq_data, lq_noise.view(B, -1))
+                critic_loss, m = ranking_nce_loss(
+                    lp_data.detach() - e_data, (lp_noise.detach() - e_noise).view(B, -1), lq_data, lq_noise.view(B, -1)
+                )
             # the policy as an EBM, energy -log p_theta, noise its own snapshot; c = 0 (both normalised)
             policy_nce, pm = self_adapting_nce_loss(lp_data, lp_noise, lq_data, lq_noise, 0.0, cfg.nu)
             ce = -lp_data.sum() / mask[:B].sum()
@@ -992,9 +1064,16 @@ class NCELearner:
             with torch.no_grad():
                 log_w = (lp_noise - lq_noise).detach()  # importance weights p_theta / p_s of the noise samples
                 ess = effective_sample_size(log_w, dim=0) / M
-            metrics.update({"policy/nce_loss": pm["loss"], "policy/nce_accuracy": pm["accuracy"],
-                            "policy/ce": float(ce.detach()), "policy/nll_data": pm["energy_data"],
-                            "policy/nll_noise": pm["energy_noise"], "noise/ess": float(ess)})
+            metrics.update(
+                {
+                    "policy/nce_loss": pm["loss"],
+                    "policy/nce_accuracy": pm["accuracy"],
+                    "policy/ce": float(ce.detach()),
+                    "policy/nll_data": pm["energy_data"],
+                    "policy/nll_noise": pm["energy_noise"],
+                    "noise/ess": float(ess),
+                }
+            )
         else:
             # frozen policy: p_theta = p_s, the policy terms cancel
             if cfg.loss == "binary":
@@ -1005,16 +1084,18 @@ class NCELearner:
             loss = critic_loss
 
         metrics.update({f"nce/{k}": v for k, v in m.items() if not k.startswith("energy")})
-        metrics.update({
-            "critic/c": float(c.detach()),
-            "critic/energy_data": float(e_data.detach().mean()),
-            "critic/energy_noise": float(e_noise.detach().mean()),
-            "noise/snapshot_age": self.snapshot.age(step),
-            "noise/refreshed": float(refreshed),
-            "rollout/mean_length": sum(map(len, noise_seqs)) / M,
-            "rollout/terminated": sum(noise_term) / M,
-            "train/tokens": int(mask.sum()),
-        })
+        metrics.update(
+            {
+                "critic/c": float(c.detach()),
+                "critic/energy_data": float(e_data.detach().mean()),
+                "critic/energy_noise": float(e_noise.detach().mean()),
+                "noise/snapshot_age": self.snapshot.age(step),
+                "noise/refreshed": float(refreshed),
+                "rollout/mean_length": sum(map(len, noise_seqs)) / M,
+                "rollout/terminated": sum(noise_term) / M,
+                "train/tokens": int(mask.sum()),
+            }
+        )
         return loss, metrics
 
     @torch.no_grad()
@@ -1043,7 +1124,7 @@ class NCELearner:
             ``critic_energy_real``, ``critic_energy_sample`` (mean ``E_psi``, nats).
         """
         cfg = self.cfg
-        pairs = self.task.encoded_pairs("valid")[:cfg.eval_size]
+        pairs = self.task.encoded_pairs("valid")[: cfg.eval_size]
         real_prompts = [p for p, _ in pairs]
         real_seqs = [x for _, x in pairs]
         if self._eval_noise is None or self.train_policy:
@@ -1057,8 +1138,9 @@ class NCELearner:
             prompts = real_prompts + noise_prompts
             seqs, term = real_seqs + noise_seqs, [True] * len(real_seqs) + noise_term
             for i in range(0, len(seqs), 256):
-                tokens, mask = critic_batch(prompts[i:i + 256], seqs[i:i + 256], term[i:i + 256], self.device,
-                                            ids=self.task)
+                tokens, mask = critic_batch(
+                    prompts[i : i + 256], seqs[i : i + 256], term[i : i + 256], self.device, ids=self.task
+                )
                 energies.append(self.critic(tokens, mask).float())
             energy = torch.cat(energies)
         finally:
@@ -1072,9 +1154,14 @@ class NCELearner:
         diff = e_real[:, None] - e_noise[None, :]
         auc = float((diff < 0).float().mean() + 0.5 * (diff == 0).float().mean())
         ess = float(effective_sample_size(-e_noise, dim=0)) / len(e_noise)
-        self.last_eval = {"critic_accuracy": accuracy, "critic_loss": loss, "critic_auc": auc,
-                          "critic_weight_ess": ess, "critic_energy_real": float(e_real.mean()),
-                          "critic_energy_sample": float(e_noise.mean())}
+        self.last_eval = {
+            "critic_accuracy": accuracy,
+            "critic_loss": loss,
+            "critic_auc": auc,
+            "critic_weight_ess": ess,
+            "critic_energy_real": float(e_real.mean()),
+            "critic_energy_sample": float(e_noise.mean()),
+        }
         return dict(self.last_eval)
 
     def state_dict(self) -> dict:
@@ -1083,8 +1170,13 @@ class NCELearner:
         noise set as id lists, or None) and ``early_stop`` (best held-out
         loss, its step, evaluations without improvement, the best critic's
         state_dict): tensors, dicts, lists, numbers only."""
-        return {"critic_config": self.critic.config.to_dict(), "critic": self.critic.state_dict(),
-                "snapshot": self.snapshot.state_dict(), "pool": self.pool, "early_stop": dict(self.early_stop)}
+        return {
+            "critic_config": self.critic.config.to_dict(),
+            "critic": self.critic.state_dict(),
+            "snapshot": self.snapshot.state_dict(),
+            "pool": self.pool,
+            "early_stop": dict(self.early_stop),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output (``{}``: nothing to restore;
@@ -1098,8 +1190,9 @@ class NCELearner:
         if missing:
             raise ValueError(f"NCE learner state is missing keys {sorted(missing)}")
         if state["critic_config"] != self.critic.config.to_dict():
-            raise ValueError(f"saved critic config {state['critic_config']} differs from this run's "
-                             f"{self.critic.config.to_dict()}")
+            raise ValueError(
+                f"saved critic config {state['critic_config']} differs from this run's {self.critic.config.to_dict()}"
+            )
         self.critic.load_state_dict(state["critic"])
         self.snapshot.load_state_dict(state["snapshot"], self.policy)
         self.pool = state.get("pool")
@@ -1123,7 +1216,7 @@ class CriticEvalCallback:
     :param learner: the :class:`NCELearner`.
     """
 
-    def __init__(self, learner: "NCELearner"):
+    def __init__(self, learner: NCELearner):
         self.learner = learner
 
     def on_batch(self, trainer, demos) -> None:
@@ -1154,8 +1247,12 @@ class CriticEvalCallback:
             return
         es = learner.early_stop
         if es["best_loss"] is None or m["critic_loss"] < es["best_loss"]:
-            es.update(best_loss=m["critic_loss"], best_step=trainer.step, bad_evals=0,
-                      best_critic={k: v.detach().clone() for k, v in learner.critic.state_dict().items()})
+            es.update(
+                best_loss=m["critic_loss"],
+                best_step=trainer.step,
+                bad_evals=0,
+                best_critic={k: v.detach().clone() for k, v in learner.critic.state_dict().items()},
+            )
         else:
             es["bad_evals"] += 1
         if (cfg.patience and es["bad_evals"] >= cfg.patience) or last:
@@ -1166,7 +1263,7 @@ class CriticEvalCallback:
                 trainer.request_stop()
 
 
-def load_critic(path: "str | os.PathLike", device: "str | torch.device" = "cpu", task=None) -> SequenceCritic:
+def load_critic(path: str | os.PathLike, device: str | torch.device = "cpu", task=None) -> SequenceCritic:
     """The trained critic of a ``train.py --agent nce`` checkpoint, in eval mode.
 
     :param path: the run's ``checkpoint.pt``.

@@ -108,8 +108,9 @@ def sampling_probability(step: int, schedule: str, p_max: float, ramp_steps: int
     return float(min(p_max, max(0.0, p)))
 
 
-def mix_inputs(batch: TrajectoryBatch, pass1_logits: torch.Tensor, p: float,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mix_inputs(
+    batch: TrajectoryBatch, pass1_logits: torch.Tensor, p: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass 2's inputs: each replaceable gold token swapped, w.p. ``p``, for a pass-1 sample (Mihaylova & Martins).
 
     The token at index ``i`` is replaced by a draw from pass 1's
@@ -141,8 +142,9 @@ def mix_inputs(batch: TrajectoryBatch, pass1_logits: torch.Tensor, p: float,
     return mixed, replace
 
 
-def scheduled_sampling_loss(pass2_logits: torch.Tensor, batch: TrajectoryBatch,
-                            target_mask: torch.Tensor) -> torch.Tensor:
+def scheduled_sampling_loss(
+    pass2_logits: torch.Tensor, batch: TrajectoryBatch, target_mask: torch.Tensor
+) -> torch.Tensor:
     """Pass 2's loss: cross-entropy of the **gold** actions under the logits on the mixed inputs (nats per target).
 
     :param pass2_logits: FloatTensor ``[B, T, V]`` from the policy on the mixed tokens.
@@ -180,10 +182,13 @@ class ScheduledSamplingLearner:
         mixed, replaced = mix_inputs(batch, pass1, p, self.ctx.generators["sample"])
         loss = scheduled_sampling_loss(self.model(mixed), batch, target)
         n_elig = (batch.is_action & (batch.tokens != batch.ids.backspace) & (batch.tokens != batch.ids.eos)).sum()
-        return loss, {"loss/ss": loss.item(), "ss/p": p,
-                      "ss/replaced": float(replaced.sum() / n_elig.clamp(min=1)),
-                      "ss/changed": float((mixed != batch.tokens).sum() / n_elig.clamp(min=1)),
-                      "train/tokens": int(batch.is_action.sum())}
+        return loss, {
+            "loss/ss": loss.item(),
+            "ss/p": p,
+            "ss/replaced": float(replaced.sum() / n_elig.clamp(min=1)),
+            "ss/changed": float((mixed != batch.tokens).sum() / n_elig.clamp(min=1)),
+            "train/tokens": int(batch.is_action.sum()),
+        }
 
     def state_dict(self) -> dict:
         return {}

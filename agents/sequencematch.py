@@ -143,11 +143,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
 
 from .common.cli import check_number
 from .common.demos import Demos
@@ -261,7 +260,7 @@ class SequenceMatchConfig:
     gamma: float = 0.998
     eta: float = 0.001
     divergence: Literal["chi2_mixture", "kl", "js"] = "chi2_mixture"
-    alpha_model: Optional[float] = None
+    alpha_model: float | None = None
     mix: Literal["add", "convex"] = "add"
     imitate_wrong_tokens: bool = False
     normalize: Literal["sequence", "token"] = "sequence"
@@ -287,20 +286,20 @@ class SequenceMatchConfig:
         if not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"SequenceMatchConfig.eta must be a finite number >= 0, got {self.eta!r}")
         if self.divergence not in DIVERGENCES:
-            raise ValueError(
-                f"SequenceMatchConfig.divergence must be one of {DIVERGENCES}, got {self.divergence!r}"
-            )
+            raise ValueError(f"SequenceMatchConfig.divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
         if not 0.0 <= self.backspace_p < 1.0:
             raise ValueError(f"SequenceMatchConfig.backspace_p must be in [0, 1), got {self.backspace_p!r}")
         if self.wrong_tokens not in ("uniform", "model"):
             raise ValueError(
-                f"SequenceMatchConfig.wrong_tokens must be 'uniform' or 'model', got {self.wrong_tokens!r}")
+                f"SequenceMatchConfig.wrong_tokens must be 'uniform' or 'model', got {self.wrong_tokens!r}"
+            )
         for name in ("buffer_size", "refresh_every", "rollout_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SequenceMatchConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.alpha_model is not None and not (math.isfinite(self.alpha_model) and self.alpha_model > 0):
-            raise ValueError(f"SequenceMatchConfig.alpha_model must be None or a finite number > 0, got "
-                             f"{self.alpha_model!r}")
+            raise ValueError(
+                f"SequenceMatchConfig.alpha_model must be None or a finite number > 0, got {self.alpha_model!r}"
+            )
         if self.mix not in ("add", "convex"):
             raise ValueError(f"SequenceMatchConfig.mix must be 'add' or 'convex', got {self.mix!r}")
         if self.mix == "convex" and not self.eta <= 1:
@@ -309,13 +308,16 @@ class SequenceMatchConfig:
             raise ValueError(f"SequenceMatchConfig.normalize must be 'sequence' or 'token', got {self.normalize!r}")
         if self.estimator not in ("trajectory", "transition"):
             raise ValueError(
-                f"SequenceMatchConfig.estimator must be 'trajectory' or 'transition', got {self.estimator!r}")
+                f"SequenceMatchConfig.estimator must be 'trajectory' or 'transition', got {self.estimator!r}"
+            )
         if self.model_samples not in ("buffer", "fresh"):
             raise ValueError(
-                f"SequenceMatchConfig.model_samples must be 'buffer' or 'fresh', got {self.model_samples!r}")
+                f"SequenceMatchConfig.model_samples must be 'buffer' or 'fresh', got {self.model_samples!r}"
+            )
         if self.wrong_token_value not in ("route", "cancel"):
             raise ValueError(
-                f"SequenceMatchConfig.wrong_token_value must be 'route' or 'cancel', got {self.wrong_token_value!r}")
+                f"SequenceMatchConfig.wrong_token_value must be 'route' or 'cancel', got {self.wrong_token_value!r}"
+            )
         for name in ("bc_warmup_steps", "diagnostics_every"):
             check_number(f"SequenceMatchConfig.{name}", getattr(self, name), ge=0, integer=True)
         if not self.model_batch_ratio > 0 or not self.rollout_temperature > 0:
@@ -455,9 +457,7 @@ def absorbing_tail(per_step: torch.Tensor, num_steps: torch.Tensor, gamma: float
     return discount / (1 - gamma) * per_step
 
 
-def absorbing_values(
-    logits: torch.Tensor, batch: TrajectoryBatch, values: torch.Tensor | None = None
-) -> torch.Tensor:
+def absorbing_values(logits: torch.Tensor, batch: TrajectoryBatch, values: torch.Tensor | None = None) -> torch.Tensor:
     """``V_⊥`` of every row: ``logsumexp`` of the logits at its last action's index [recon].
 
     Meaningful for terminated rows only (their last action is ``eos``);
@@ -483,9 +483,13 @@ def _check_logits(logits: torch.Tensor, batch: TrajectoryBatch) -> None:
 # The loss
 
 
-def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: SequenceMatchConfig,
-                        reward_mask: torch.Tensor | None = None,
-                        wrong_mask: torch.Tensor | None = None) -> dict:
+def _per_sequence_terms(
+    logits: torch.Tensor,
+    batch: TrajectoryBatch,
+    cfg: SequenceMatchConfig,
+    reward_mask: torch.Tensor | None = None,
+    wrong_mask: torch.Tensor | None = None,
+) -> dict:
     """Per-sequence weighted sums of the loss ingredients (FloatTensor[B] unless noted).
 
     Weights: ``w_i = γ^i`` and the tail factor ``γ^N/(1 − γ)`` for
@@ -524,11 +528,14 @@ def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: Seque
     v_abs = absorbing_values(logits, batch, values=v)
     r_abs = (1 - g) * v_abs  # self-loop implicit reward r_⊥ = V_⊥ - γ V_⊥
     if cfg.estimator == "trajectory":
+
         def tail(f):
             return torch.where(done, absorbing_tail(f, n, g), zero)
     else:
+
         def tail(f):
             return torch.where(done, f, zero)
+
     first = batch.first_action_index()
     phi_r = phi(r, cfg)
     return {
@@ -550,8 +557,17 @@ def _per_sequence_terms(logits: torch.Tensor, batch: TrajectoryBatch, cfg: Seque
 
 
 #: The components of :func:`sequencematch_terms`, in the order the diagnostics log them.
-TERMS = ("reward_data", "reward_wrong", "chi2_data", "chi2_model", "tail_reward", "tail_chi2", "value", "tail_value",
-         "bc")
+TERMS = (
+    "reward_data",
+    "reward_wrong",
+    "chi2_data",
+    "chi2_model",
+    "tail_reward",
+    "tail_chi2",
+    "value",
+    "tail_value",
+    "bc",
+)
 
 
 def sequencematch_terms(
@@ -602,6 +618,7 @@ def sequencematch_terms(
     inv4a = 1.0 / (4 * cfg.alpha)
     inv4a_model = 1.0 / (4 * (cfg.alpha if cfg.alpha_model is None else cfg.alpha_model))
     if cfg.estimator == "trajectory":
+
         def e_d(x):
             return x.mean()
 
@@ -624,13 +641,23 @@ def sequencematch_terms(
 
     zero = torch.zeros((), device=logits_data.device)
     if cfg.divergence == "chi2_mixture":
-        terms = {"reward_data": -e_d(d["r"]), "reward_wrong": -e_d(d["r_wrong"]),
-                 "chi2_data": inv4a * e_d(d["r2"]), "chi2_model": inv4a_model * e_m(m["r2"]),
-                 "tail_reward": -e_d(d["tail_r"]),
-                 "tail_chi2": inv4a * e_d(d["tail_r2"]) + inv4a_model * e_m(m["tail_r2"])}
+        terms = {
+            "reward_data": -e_d(d["r"]),
+            "reward_wrong": -e_d(d["r_wrong"]),
+            "chi2_data": inv4a * e_d(d["r2"]),
+            "chi2_model": inv4a_model * e_m(m["r2"]),
+            "tail_reward": -e_d(d["tail_r"]),
+            "tail_chi2": inv4a * e_d(d["tail_r2"]) + inv4a_model * e_m(m["tail_r2"]),
+        }
     else:
-        terms = {"reward_data": -e_d(d["phi"]), "reward_wrong": -e_d(d["phi_wrong"]), "chi2_data": zero,
-                 "chi2_model": zero, "tail_reward": -e_d(d["tail_phi"]), "tail_chi2": zero}
+        terms = {
+            "reward_data": -e_d(d["phi"]),
+            "reward_wrong": -e_d(d["phi_wrong"]),
+            "chi2_data": zero,
+            "chi2_model": zero,
+            "tail_reward": -e_d(d["tail_phi"]),
+            "tail_chi2": zero,
+        }
     if cfg.wrong_token_value == "cancel":  # minus the routing term: Σ over wrong tokens outside the reward of w Δ
         rm = data.is_action if reward_mask is None else reward_mask & data.is_action
         left_out = data.is_action & ~bc_mask & ~rm
@@ -748,11 +775,15 @@ def level_decomposition(
     :raises ValueError: for ``estimator="transition"`` or a divergence other than ``chi2_mixture``.
     """
     if cfg.estimator != "trajectory" or cfg.divergence != "chi2_mixture":
-        raise ValueError(f"level_decomposition needs estimator='trajectory' and divergence='chi2_mixture', got "
-                         f"{cfg.estimator!r}, {cfg.divergence!r}")
+        raise ValueError(
+            f"level_decomposition needs estimator='trajectory' and divergence='chi2_mixture', got "
+            f"{cfg.estimator!r}, {cfg.divergence!r}"
+        )
     terms, _ = sequencematch_terms(logits_data, data, logits_model, model, cfg, bc_mask, reward_mask)
-    scale = 1.0 / ((1.0 / data.num_actions.float().mean() if cfg.normalize == "token" else 1.0)
-                   * (cfg.eta if cfg.mix == "convex" else 1.0))
+    scale = 1.0 / (
+        (1.0 / data.num_actions.float().mean() if cfg.normalize == "token" else 1.0)
+        * (cfg.eta if cfg.mix == "convex" else 1.0)
+    )
     five = sum(terms[k] for k in ("reward_data", "reward_wrong", "tail_reward", "value", "tail_value")) * scale
     g = cfg.gamma
     w = discount_weights(data, g)
@@ -764,9 +795,11 @@ def level_decomposition(
     vm = soft_values(logits_model)
     v0_d = v.gather(1, (data.first_action_index() - 1)[:, None]).squeeze(1)
     v0_m = vm.gather(1, (model.first_action_index() - 1)[:, None]).squeeze(1)
-    out = {"imitated_nll": (w * torch.where(rmask, ce, torch.zeros_like(ce))).sum(1).mean(),
-           "routing": (w * torch.where(left_out, routing_i, torch.zeros_like(v))).sum(1).mean(),
-           "start_values": 0.5 * (v0_m.mean() - v0_d.mean())}
+    out = {
+        "imitated_nll": (w * torch.where(rmask, ce, torch.zeros_like(ce))).sum(1).mean(),
+        "routing": (w * torch.where(left_out, routing_i, torch.zeros_like(v))).sum(1).mean(),
+        "start_values": 0.5 * (v0_m.mean() - v0_d.mean()),
+    }
     if cfg.wrong_token_value == "cancel":
         out["routing"] = out["routing"] * 0
     out["truncation"] = five - sum(out.values())
@@ -796,9 +829,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (na * nb)) if na > 0 and nb > 0 else 0.0
 
 
-def gradient_diagnostics(terms: dict[str, torch.Tensor], reference: torch.Tensor,
-                         params: list[torch.nn.Parameter],
-                         regrouped: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+def gradient_diagnostics(
+    terms: dict[str, torch.Tensor],
+    reference: torch.Tensor,
+    params: list[torch.nn.Parameter],
+    regrouped: dict[str, torch.Tensor] | None = None,
+) -> dict[str, float]:
     """Where the gradient goes: each term's gradient norm and its cosine with a reference gradient.
 
     :param terms: name -> scalar tensor whose sum is the loss
@@ -841,10 +877,12 @@ def logit_diagnostics(logits: torch.Tensor, batch: TrajectoryBatch, cfg: Sequenc
         lg = logits[states].float()  # [K, V]
         logp = torch.log_softmax(lg, -1)
         r, mask = implicit_rewards(logits, batch, cfg.gamma)
-        return {f"diag/{prefix}_logit_abs": float(lg.abs().mean()),
-                f"diag/{prefix}_reward_abs": float(r[mask].abs().mean()),
-                f"diag/{prefix}_entropy": float(-(logp.exp() * logp).sum(-1).mean()),
-                f"diag/{prefix}_value": float(torch.logsumexp(lg, -1).mean())}
+        return {
+            f"diag/{prefix}_logit_abs": float(lg.abs().mean()),
+            f"diag/{prefix}_reward_abs": float(r[mask].abs().mean()),
+            f"diag/{prefix}_entropy": float(-(logp.exp() * logp).sum(-1).mean()),
+            f"diag/{prefix}_value": float(torch.logsumexp(lg, -1).mean()),
+        }
 
 
 # ----------------------------------------------------------------------------
@@ -905,14 +943,26 @@ class SequenceMatchLearner:
         self.ctx, self.model, self.cfg, self.task, self.device = ctx, ctx.model, cfg, ctx.task, ctx.device
         self.noise_gen = ctx.generators["noise"]
         self.model_batch_size = max(1, round(ctx.batch_size * cfg.model_batch_ratio))
-        self.sampler = OnlineSampler(ctx.task, cfg.rollout_batch_size, ctx.device, ctx.generators["noise"],
-                                     ctx.generators["sample"], temperature=cfg.rollout_temperature)
+        self.sampler = OnlineSampler(
+            ctx.task,
+            cfg.rollout_batch_size,
+            ctx.device,
+            ctx.generators["noise"],
+            ctx.generators["sample"],
+            temperature=cfg.rollout_temperature,
+        )
         self.buffer: list[tuple[list[int], list[int]]] = []  # (prompt, actions)
         self.born: list[int] = []  # step each buffered episode was generated at
         self.fresh_sampler = None
         if cfg.model_samples == "fresh":
-            self.fresh_sampler = OnlineSampler(ctx.task, self.model_batch_size, ctx.device, ctx.generators["noise"],
-                                               ctx.generators["sample"], temperature=cfg.rollout_temperature)
+            self.fresh_sampler = OnlineSampler(
+                ctx.task,
+                self.model_batch_size,
+                ctx.device,
+                ctx.generators["noise"],
+                ctx.generators["sample"],
+                temperature=cfg.rollout_temperature,
+            )
             self.fresh_sampler.venv = PromptedReset(self.fresh_sampler.venv)
         # the diagnostics flatten whole gradients: one process only (FSDP shards them, DDP would all-reduce per term)
         self._distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -931,9 +981,11 @@ class SequenceMatchLearner:
         del self.buffer[: -self.cfg.buffer_size], self.born[: -self.cfg.buffer_size]
         tok = self.task.tokenizer
         texts = [tok.decode(p) + tok.decode(s) for p, s in zip(prompts, res.sequences())]
-        out = {"rollout/backspace_rate": backspace_rate(actions) or 0.0,
-               "rollout/mean_length": float(res.lengths.float().mean()),
-               "rollout/terminated": float(res.terminated.float().mean())}
+        out = {
+            "rollout/backspace_rate": backspace_rate(actions) or 0.0,
+            "rollout/mean_length": float(res.lengths.float().mean()),
+            "rollout/terminated": float(res.terminated.float().mean()),
+        }
         validity = validity_rate(self.task, texts)
         if validity is not None:
             out["rollout/validity"] = validity
@@ -955,8 +1007,7 @@ class SequenceMatchLearner:
             data = collate(actions, demos.prompts, device=self.device, ids=demos.ids)
             bc_mask = data.is_action & ~wrong_token_mask(data)
             loss = mle_loss(self.model(data.tokens), data, bc_mask)
-            return loss, {"loss/bc": loss.item(), "loss/total": loss.item(),
-                          "train/tokens": int(data.is_action.sum())}
+            return loss, {"loss/bc": loss.item(), "loss/total": loss.item(), "train/tokens": int(data.is_action.sum())}
         if self.cfg.model_samples == "fresh":
             prompts, acts = self._fresh_batch(demos)
             age = [0.0]
@@ -973,8 +1024,9 @@ class SequenceMatchLearner:
         B = data.tokens.shape[0]
         bc_mask = data.is_action & ~wrong_token_mask(data)
         reward_mask = None if self.cfg.imitate_wrong_tokens else bc_mask
-        terms, m = sequencematch_terms(logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask,
-                                       reward_mask=reward_mask)
+        terms, m = sequencematch_terms(
+            logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask, reward_mask=reward_mask
+        )
         loss = sum(terms.values())
         metrics.update(m)
         every = self.cfg.diagnostics_every
@@ -997,8 +1049,11 @@ class SequenceMatchLearner:
 
     def state_dict(self) -> dict:
         """The buffer (plain lists), so that a resumed run samples the same model batches."""
-        return {"buffer_prompts": [p for p, _ in self.buffer], "buffer_actions": [a for _, a in self.buffer],
-                "born": list(self.born)}
+        return {
+            "buffer_prompts": [p for p, _ in self.buffer],
+            "buffer_actions": [a for _, a in self.buffer],
+            "born": list(self.born),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state:

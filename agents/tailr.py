@@ -73,8 +73,9 @@ def tailr_weights(logp: torch.Tensor, gamma: float, min_weight: float) -> torch.
         return w.clamp(min=min_weight, max=1.0)
 
 
-def tailr_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, gamma: float,
-               min_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+def tailr_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, gamma: float, min_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TaiLr, Ji et al. (ICLR 2023) §3.3-3.4: ``−(1/|A|) Σ_t w_t log p(x_t)`` with detached weights.
 
     :param logits: FloatTensor ``[B, T, V]`` on ``tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
@@ -102,7 +103,9 @@ class TaiLrLearner(TeacherForcedLearner):
     config_class = TaiLrConfig
     progress_keys = ("loss/tailr", "tailr/weight")
 
-    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def token_loss(
+        self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         loss, weight = tailr_loss(logits, batch.tokens, target, self.cfg.gamma, self.cfg.min_weight)
         nll = -token_log_probs(logits.detach(), batch.tokens, target).sum() / target.sum().clamp(min=1)
         return loss, {"loss/tailr": loss.item(), "tailr/weight": weight.item(), "loss/nll": nll.item()}

@@ -30,37 +30,52 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Optional, Sequence
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 from seqenv.pretrained import PRETRAINED_NAMES
 from seqenv.tasks import make_task
 
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
-
-from .common.checkpoint import (HF_EXPORT_DIR, CheckpointError, check_corpus, check_task_compatible,
-                                hf_tokenizer_arg, link_atomic, load_checkpoint, save_checkpoint)
+from .common.checkpoint import (
+    HF_EXPORT_DIR,
+    CheckpointError,
+    check_corpus,
+    check_task_compatible,
+    hf_tokenizer_arg,
+    link_atomic,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .common.cli import MAX_LR, MAX_SAMPLES, MAX_STEPS, MIN_TEMPERATURE, TrainingInterrupted, check_number
-from .common.rundir import RunDirectory, RunLock, check_logdir_path
 from .common.demos import DemoSampler
-from .common.distributed import (full_state_dicts, gathered_params, init_single_process_group,
-                                 load_full_optimizer_state, shard_hf_policy, wrap_ddp)
+from .common.distributed import (
+    full_state_dicts,
+    gathered_params,
+    init_single_process_group,
+    load_full_optimizer_state,
+    shard_hf_policy,
+    wrap_ddp,
+)
 from .common.evaluation import evaluate_policy, format_episode
-from .common.rollout import generate
 from .common.learner import LearnerContext
+from .common.rollout import generate
+from .common.rundir import RunDirectory, RunLock, check_logdir_path
 from .learners import AGENTS, LEARNERS
 from .policies import build_policy
 from .policies.transformer import PolicyConfig
 
-
-_FSDP_TRANSFORMER_ERROR = ("--dist fsdp shards Hugging Face policies only (--policy hf:PATH): our TransformerPolicy "
-                           "is small enough to replicate; use --dist ddp")
+_FSDP_TRANSFORMER_ERROR = (
+    "--dist fsdp shards Hugging Face policies only (--policy hf:PATH): our TransformerPolicy "
+    "is small enough to replicate; use --dist ddp"
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,8 +119,9 @@ class ModelConfig:
 
     def policy_config(self, vocab_size: int, block_size: int) -> PolicyConfig:
         """The full :class:`PolicyConfig` for a task's vocabulary and longest state (validates the sizes)."""
-        return PolicyConfig(vocab_size=vocab_size, block_size=block_size,
-                            **{k: getattr(self, k) for k in _POLICY_SIZE_FIELDS})
+        return PolicyConfig(
+            vocab_size=vocab_size, block_size=block_size, **{k: getattr(self, k) for k in _POLICY_SIZE_FIELDS}
+        )
 
 
 def _flag(name: str) -> str:
@@ -125,7 +141,7 @@ class LoraFlags:
     r: int = 0
     alpha: float = 16.0
 
-    def settings(self) -> Optional[dict]:
+    def settings(self) -> dict | None:
         """``None`` (full fine-tuning) or the ``LoraSettings`` dict."""
         return None if self.r == 0 else {"r": self.r, "alpha": self.alpha}
 
@@ -160,7 +176,7 @@ class EvalFlags:
         (``--eval.no-at-start`` skips it).
     """
 
-    max_sequences: Optional[int] = None
+    max_sequences: int | None = None
     at_start: bool = True
 
     def __post_init__(self):
@@ -244,9 +260,9 @@ class _RunConfig:
 
     agent: Literal[AGENTS] = "mle"
     task: str = "python-lines"
-    logdir: Optional[str] = None
-    init: Optional[str] = None
-    fork_from: Optional[str] = None
+    logdir: str | None = None
+    init: str | None = None
+    fork_from: str | None = None
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -267,22 +283,27 @@ class _RunConfig:
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: str = "transformer"
-    dtype: Optional[str] = None
+    dtype: str | None = None
     lora: LoraFlags = field(default_factory=LoraFlags)
     allow_corpus_mismatch: bool = False
     dist: Literal["ddp", "fsdp"] = "ddp"
     gradient_checkpointing: bool = True
-    start_text: Annotated[Optional[str], tyro.conf.arg(name="policy.start-text")] = None
-    end_token: Annotated[Optional[str], tyro.conf.arg(name="policy.end-token")] = None
+    start_text: Annotated[str | None, tyro.conf.arg(name="policy.start-text")] = None
+    end_token: Annotated[str | None, tyro.conf.arg(name="policy.end-token")] = None
 
     def __post_init__(self):
-        if self.policy not in ("transformer", *PRETRAINED_NAMES) and not (self.policy.startswith("hf:")
-                                                                           and len(self.policy) > 3):
-            raise ValueError(f"policy must be 'transformer', 'hf:PATH' (a Hugging Face model) or one of "
-                             f"{', '.join(PRETRAINED_NAMES)}, got {self.policy!r}")
+        if self.policy not in ("transformer", *PRETRAINED_NAMES) and not (
+            self.policy.startswith("hf:") and len(self.policy) > 3
+        ):
+            raise ValueError(
+                f"policy must be 'transformer', 'hf:PATH' (a Hugging Face model) or one of "
+                f"{', '.join(PRETRAINED_NAMES)}, got {self.policy!r}"
+            )
         if self.policy == "transformer" and (self.start_text or self.end_token):
-            raise ValueError("--policy.start-text and --policy.end-token apply to Hugging Face policies "
-                             "(--policy hf:PATH or smollm2); our transformer's tokenizers have fixed bos/eos ids")
+            raise ValueError(
+                "--policy.start-text and --policy.end-token apply to Hugging Face policies "
+                "(--policy hf:PATH or smollm2); our transformer's tokenizers have fixed bos/eos ids"
+            )
         if self.dtype is not None and self.dtype not in HF_DTYPES:
             raise ValueError(f"dtype must be one of {HF_DTYPES} (or unset), got {self.dtype!r}")
         if isinstance(self.lora, LoraFlags) and (self.lora.r < 0 or not self.lora.alpha > 0):
@@ -292,25 +313,33 @@ class _RunConfig:
         elif self.policy.startswith("hf:"):
             path = self.policy[3:]
             if os.path.exists(path):
-                raise ValueError(f"--policy {self.policy!r}: {path!r} is a file; expected a Hugging Face model "
-                                 "directory (config.json, weights, tokenizer)")
+                raise ValueError(
+                    f"--policy {self.policy!r}: {path!r} is a file; expected a Hugging Face model "
+                    "directory (config.json, weights, tokenizer)"
+                )
             if path.startswith(("/", ".", "~")) or path.count("/") != 1:  # not a hub id ("org/name")
-                raise ValueError(f"--policy {self.policy!r}: directory {path!r} does not exist (expected a Hugging "
-                                 "Face model directory or a hub id org/name)")
+                raise ValueError(
+                    f"--policy {self.policy!r}: directory {path!r} does not exist (expected a Hugging "
+                    "Face model directory or a hub id org/name)"
+                )
         if self.agent not in AGENTS:
             raise ValueError(f"unknown agent {self.agent!r}; valid agents: {', '.join(AGENTS)}")
         if self.dist not in ("ddp", "fsdp"):
             raise ValueError(f"dist must be 'ddp' or 'fsdp', got {self.dist!r}")
         if self.dist == "fsdp" and self.agent == "nce":
-            raise ValueError("--dist fsdp does not support --agent nce (its critic and noise-policy snapshot are "
-                             "replicated modules); use --dist ddp")
+            raise ValueError(
+                "--dist fsdp does not support --agent nce (its critic and noise-policy snapshot are "
+                "replicated modules); use --dist ddp"
+            )
         if self.dist == "fsdp" and self.policy == "transformer" and not (self.init or self.resume):
             raise ValueError(_FSDP_TRANSFORMER_ERROR)
         if self.resume and self.overwrite:
             raise ValueError("--resume continues the run in --logdir, --overwrite deletes it: pass one of them")
         if self.init and self.fork_from:
-            raise ValueError("--init starts a fresh optimiser from a checkpoint's weights, --fork-from continues "
-                             "the checkpoint's optimiser and step: pass one of them")
+            raise ValueError(
+                "--init starts a fresh optimiser from a checkpoint's weights, --fork-from continues "
+                "the checkpoint's optimiser and step: pass one of them"
+            )
         for name in ("max_steps", "ckpt_every", "log_every"):
             check_number(_flag(name), getattr(self, name), ge=1, le=MAX_STEPS, integer=True)
         for name in ("batch_size", "eval_samples"):
@@ -331,8 +360,9 @@ class _RunConfig:
                 for f in dataclasses.fields(value):
                     v = getattr(value, f.name)
                     if isinstance(v, float) and not math.isfinite(v):
-                        raise ValueError(f"--{section.name}.{f.name.replace('_', '-')} must be a finite number, "
-                                         f"got {v!r}")
+                        raise ValueError(
+                            f"--{section.name}.{f.name.replace('_', '-')} must be a finite number, got {v!r}"
+                        )
                     if f.name.endswith("temperature") and isinstance(v, (int, float)) and 0 < v < MIN_TEMPERATURE:
                         check_number(f"--{section.name}.{f.name.replace('_', '-')}", v, ge=MIN_TEMPERATURE)
         if self.logdir is not None and not str(self.logdir).strip():
@@ -345,7 +375,7 @@ class _RunConfig:
         return {**dataclasses.asdict(self), "overwrite": False}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output (nested sections included).
 
         Configs written before the restructure (``seqenv-checkpoint-v1``) are
@@ -369,16 +399,27 @@ TrainConfig = dataclasses.make_dataclass(
     "TrainConfig",
     [(name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in LEARNERS.items()],
     bases=(_RunConfig,),
-    namespace={"__doc__": _RunConfig.__doc__.rstrip() + "".join(
-        f"\n    :param {name}: hyperparameters of the ``{name}`` learner." for name in LEARNERS) + "\n    "},
+    namespace={
+        "__doc__": _RunConfig.__doc__.rstrip()
+        + "".join(f"\n    :param {name}: hyperparameters of the ``{name}`` learner." for name in LEARNERS)
+        + "\n    "
+    },
 )
 TrainConfig.__module__ = __name__
 
 
 #: flags that may differ when a run is resumed: they do not change what the run computes
 #: (``max_steps`` may only be raised: the run is extended, see :func:`lr_lambda`)
-RESUME_FLAGS = ("device", "progress", "max_steps", "log_every", "ckpt_every", "allow_corpus_mismatch",
-                "eval.max_sequences", "eval.at_start")
+RESUME_FLAGS = (
+    "device",
+    "progress",
+    "max_steps",
+    "log_every",
+    "ckpt_every",
+    "allow_corpus_mismatch",
+    "eval.max_sequences",
+    "eval.at_start",
+)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -407,8 +448,11 @@ def resume_conflicts(saved: TrainConfig, requested: TrainConfig) -> list[str]:
         if key in RESUME_FLAGS and not (key == "max_steps" and new[key] < old[key]):
             continue
         flag = "--" + key.replace("_", "-")
-        out.append(f"{flag} {new.get(key)!r} (the run's: {old.get(key)!r}"
-                   + ("; --max-steps can only be raised" if key == "max_steps" else "") + ")")
+        out.append(
+            f"{flag} {new.get(key)!r} (the run's: {old.get(key)!r}"
+            + ("; --max-steps can only be raised" if key == "max_steps" else "")
+            + ")"
+        )
     return out
 
 
@@ -428,10 +472,15 @@ def _init_model_config(requested: ModelConfig, init_state: dict, init: str) -> M
         return requested
     actual = ModelConfig(**sizes)
     if requested != ModelConfig() and requested != actual:
-        wrong = [f"--model.{k.replace('_', '-')} {getattr(requested, k)!r} (the checkpoint's: {sizes[k]!r})"
-                 for k in _POLICY_SIZE_FIELDS if getattr(requested, k) != sizes[k]]
-        raise ValueError(f"--init {init!r} keeps the checkpoint's architecture; these flags would change it: "
-                         f"{'; '.join(wrong)}. Drop them (--model.* sizes a fresh policy)")
+        wrong = [
+            f"--model.{k.replace('_', '-')} {getattr(requested, k)!r} (the checkpoint's: {sizes[k]!r})"
+            for k in _POLICY_SIZE_FIELDS
+            if getattr(requested, k) != sizes[k]
+        ]
+        raise ValueError(
+            f"--init {init!r} keeps the checkpoint's architecture; these flags would change it: "
+            f"{'; '.join(wrong)}. Drop them (--model.* sizes a fresh policy)"
+        )
     return actual
 
 
@@ -495,24 +544,28 @@ class Callback:
     returns or stops. Time spent in callbacks is not excluded from anything.
     """
 
-    def on_batch(self, trainer: "Trainer", demos) -> None:
+    def on_batch(self, trainer: Trainer, demos) -> None:
         pass
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
         pass
 
-    def on_evaluate_start(self, trainer: "Trainer") -> None:
+    def on_evaluate_start(self, trainer: Trainer) -> None:
         pass
 
-    def on_evaluate(self, trainer: "Trainer", metrics: dict) -> None:
+    def on_evaluate(self, trainer: Trainer, metrics: dict) -> None:
         pass
 
-    def on_train_end(self, trainer: "Trainer") -> None:
+    def on_train_end(self, trainer: Trainer) -> None:
         pass
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": repr(random.getstate())}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "python": repr(random.getstate()),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     state.update({f"gen/{k}": g.get_state() for k, g in generators.items()})
@@ -547,7 +600,8 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     no_decay = [p for p in params if p.dim() < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr or LR_DEFAULTS["transformer"], betas=(0.9, 0.95),
+        lr=cfg.lr or LR_DEFAULTS["transformer"],
+        betas=(0.9, 0.95),
     )
 
 
@@ -562,11 +616,17 @@ class SamplesPanel(Callback):
     def __init__(self, num_episodes: int = 8):
         self.num_episodes = num_episodes
 
-    def on_evaluate(self, trainer: "Trainer", metrics: dict) -> None:
+    def on_evaluate(self, trainer: Trainer, metrics: dict) -> None:
         if trainer.writer is None:
             return
-        results = generate(trainer.policy, trainer.task, self.num_episodes, device=trainer.device,
-                           seed=trainer.cfg.seed, temperature=trainer.cfg.eval_temperature)
+        results = generate(
+            trainer.policy,
+            trainer.task,
+            self.num_episodes,
+            device=trainer.device,
+            seed=trainer.cfg.seed,
+            temperature=trainer.cfg.eval_temperature,
+        )
         tok = trainer.task.tokenizer
         rows = ["| episode (actions) | final text |", "|---|---|"]
         for r in results:
@@ -602,12 +662,20 @@ class Trainer:
         unless ``cfg.allow_corpus_mismatch``.
     """
 
-    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (),
-                 resume_overrides: Sequence[str] = ("device", "progress")):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        callbacks: Sequence[Callback] = (),
+        resume_overrides: Sequence[str] = ("device", "progress"),
+    ):
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self._own_group = False  # close() leaves a process group the caller initialised
         if self.distributed and not dist.is_initialized():
-            backend = "nccl" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "gloo"
+            backend = (
+                "nccl"
+                if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+                else "gloo"
+            )
             dist.init_process_group(backend)
             self._own_group = True
         self.rank = dist.get_rank() if self.distributed else 0
@@ -619,10 +687,10 @@ class Trainer:
         self.prev_ckpt_path = self.logdir / "checkpoint.prev.pt"
         self.callbacks: list[Callback] = [SamplesPanel(), *callbacks]
         self.writer = None
-        self.lock: Optional[RunLock] = None
+        self.lock: RunLock | None = None
         #: the run-directory guard (rank 0): locked and checked now; the old run's files are deleted
         #: (``--overwrite``) only at the end of setup, once every input has been read and validated
-        self.run_dir: Optional[RunDirectory] = None
+        self.run_dir: RunDirectory | None = None
         if self.is_main:
             self.run_dir = RunDirectory(self.logdir, resume=cfg.resume, overwrite=cfg.overwrite, script="train.py")
             self.lock = self.run_dir.lock
@@ -635,23 +703,29 @@ class Trainer:
     def _setup(self, cfg: TrainConfig, resume_overrides: Sequence[str]) -> None:
         resume_state = None
         #: step of the last checkpoint written by (or resumed from) this run; None = none yet
-        self.saved_step: Optional[int] = None
+        self.saved_step: int | None = None
         allow_corpus_mismatch = cfg.allow_corpus_mismatch  # an action of this invocation, not of the saved run
         if cfg.resume:
             resume_state = load_checkpoint(self.ckpt_path)  # FileNotFoundError names the path
             missing = [k for k in ("config", "step", "optimizer", "scheduler", "rng") if k not in resume_state]
             if missing:
-                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: it has no training state "
-                                      f"({', '.join(missing)} missing; agent {resume_state.get('agent')!r}); "
-                                      "start a new run from it with --init instead")
+                raise CheckpointError(
+                    f"cannot resume from {str(self.ckpt_path)!r}: it has no training state "
+                    f"({', '.join(missing)} missing; agent {resume_state.get('agent')!r}); "
+                    "start a new run from it with --init instead"
+                )
             try:
                 saved = TrainConfig.from_dict(resume_state["config"])
             except (TypeError, ValueError) as e:
-                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its config is not a train.py "
-                                      f"config ({' '.join(str(e).split())})") from None
+                raise CheckpointError(
+                    f"cannot resume from {str(self.ckpt_path)!r}: its config is not a train.py "
+                    f"config ({' '.join(str(e).split())})"
+                ) from None
             if "max_steps" in resume_overrides and cfg.max_steps < saved.max_steps:
-                raise ValueError(f"--max-steps {cfg.max_steps} is below the run's max_steps {saved.max_steps}; "
-                                 "resuming can only raise it")
+                raise ValueError(
+                    f"--max-steps {cfg.max_steps} is below the run's max_steps {saved.max_steps}; "
+                    "resuming can only raise it"
+                )
             for name in resume_overrides:  # "eval.max_sequences": a field of a section
                 *section, attr = name.split(".")
                 src, dst = cfg, saved
@@ -672,8 +746,10 @@ class Trainer:
                 init_single_process_group(self.device)
                 self._own_group = True
             if cfg.batch_size % self.world_size:
-                raise ValueError(f"--batch-size {cfg.batch_size} is the global batch under --dist fsdp and must be "
-                                 f"divisible by the number of processes ({self.world_size})")
+                raise ValueError(
+                    f"--batch-size {cfg.batch_size} is the global batch under --dist fsdp and must be "
+                    f"divisible by the number of processes ({self.world_size})"
+                )
         # FSDP shards each rank's own copy without a broadcast: every rank must build the same weights (LoRA's
         # random adapters), so the torch stream is seeded alike on all ranks
         torch.manual_seed(cfg.seed + (0 if self.fsdp else self.rank))
@@ -697,20 +773,33 @@ class Trainer:
                 dtype, compute_dtype = "float32", getattr(torch, dtype)
             path = cfg.policy[3:] if cfg.policy.startswith("hf:") else cfg.policy
             try:
-                self.policy = build_policy({"family": "hf", "config": {
-                    "path": path, "dtype": dtype, "attn_implementation": "sdpa", "lora": cfg.lora.settings(),
-                    "gradient_checkpointing": cfg.gradient_checkpointing, "start_token": cfg.start_text,
-                    "end_token": cfg.end_token}}).to(build_device)
+                self.policy = build_policy(
+                    {
+                        "family": "hf",
+                        "config": {
+                            "path": path,
+                            "dtype": dtype,
+                            "attn_implementation": "sdpa",
+                            "lora": cfg.lora.settings(),
+                            "gradient_checkpointing": cfg.gradient_checkpointing,
+                            "start_token": cfg.start_text,
+                            "end_token": cfg.end_token,
+                        },
+                    }
+                ).to(build_device)
             except OSError as e:  # a model or tokenizer that cannot be loaded (hub id offline, bad directory)
-                raise ValueError(f"--policy {cfg.policy!r}: cannot load the model or its tokenizer "
-                                 f"({' '.join(str(e).split())[:300]})") from None
+                raise ValueError(
+                    f"--policy {cfg.policy!r}: cannot load the model or its tokenizer "
+                    f"({' '.join(str(e).split())[:300]})"
+                ) from None
             hf = self.policy.seq_tokenizer
         try:
             self.task = make_task(cfg.task, tokenizer=hf) if hf else make_task(cfg.task)
         except (OSError, ValueError) as e:  # a checkpoint's HF tokenizer that cannot be loaded
             where = hf[3:] if isinstance(hf, str) else hf.get("path") if isinstance(hf, dict) else None
-            ours = where is not None and (isinstance(e, OSError) and not isinstance(e, FileNotFoundError)
-                                          or where in str(e))
+            ours = where is not None and (
+                isinstance(e, OSError) and not isinstance(e, FileNotFoundError) or where in str(e)
+            )
             if not ours:  # the corpus's own errors (a missing file: task) stay as they are
                 raise
             raise ValueError(f"tokenizer {where!r}: cannot load it ({' '.join(str(e).split())[:300]})") from None
@@ -718,14 +807,16 @@ class Trainer:
         self.corpus_mismatch = False
         if resume_state is not None:
             check_task_compatible(resume_state, self.task, path=f"--resume checkpoint {str(self.ckpt_path)!r}")
-            self.corpus_mismatch = check_corpus(resume_state, self.task, f"--resume checkpoint {str(self.ckpt_path)!r}",
-                                                allow=allow_corpus_mismatch)
+            self.corpus_mismatch = check_corpus(
+                resume_state, self.task, f"--resume checkpoint {str(self.ckpt_path)!r}", allow=allow_corpus_mismatch
+            )
         if init_state is not None:
             flag, path = ("--fork-from", cfg.fork_from) if fork_state is not None else ("--init", cfg.init)
             check_task_compatible(init_state, self.task, path=f"{flag} checkpoint {path!r}")
             # the same task: the same texts expected (another task is a deliberate choice)
-            self.corpus_mismatch = check_corpus(init_state, self.task, f"{flag} checkpoint {path!r}",
-                                                allow=allow_corpus_mismatch)
+            self.corpus_mismatch = check_corpus(
+                init_state, self.task, f"{flag} checkpoint {path!r}", allow=allow_corpus_mismatch
+            )
             cfg.model = _init_model_config(cfg.model, init_state, path)
         if source is not None:
             spec = source["policy"]
@@ -737,11 +828,16 @@ class Trainer:
             try:
                 self.policy.load_state_dict(source["model"])
             except RuntimeError as e:
-                which = (f"--resume checkpoint {str(self.ckpt_path)!r}" if resume_state else
-                         f"--fork-from checkpoint {cfg.fork_from!r}" if fork_state is not None else
-                         f"--init checkpoint {cfg.init!r}")
-                raise CheckpointError(f"{which}: its weights do not match its policy spec "
-                                      f"({' '.join(str(e).split())[:300]})") from None
+                which = (
+                    f"--resume checkpoint {str(self.ckpt_path)!r}"
+                    if resume_state
+                    else f"--fork-from checkpoint {cfg.fork_from!r}"
+                    if fork_state is not None
+                    else f"--init checkpoint {cfg.init!r}"
+                )
+                raise CheckpointError(
+                    f"{which}: its weights do not match its policy spec ({' '.join(str(e).split())[:300]})"
+                ) from None
         elif cfg.policy != "transformer":
             pass  # built above
         else:
@@ -766,11 +862,18 @@ class Trainer:
         if cfg.batch_size == 0:  # resolved by the policy family; config.json stores the value
             family = getattr(self.policy, "family", "transformer")
             cfg.batch_size = BATCH_DEFAULTS["transformer" if family == "transformer" else "pretrained"]
-        ctx = LearnerContext(model=self.model, policy=self.policy, task=self.task, device=self.device,
-                             generators=self.generators,
-                             batch_size=cfg.batch_size // self.world_size if self.fsdp else cfg.batch_size)
+        ctx = LearnerContext(
+            model=self.model,
+            policy=self.policy,
+            task=self.task,
+            device=self.device,
+            generators=self.generators,
+            batch_size=cfg.batch_size // self.world_size if self.fsdp else cfg.batch_size,
+        )
         self.learner = make_learner(cfg, ctx)
-        self.callbacks += list(getattr(self.learner, "callbacks", ()))  # a learner's own hooks (e.g. NCE early stopping)
+        self.callbacks += list(
+            getattr(self.learner, "callbacks", ())
+        )  # a learner's own hooks (e.g. NCE early stopping)
         self.stop_requested = False  # set by a callback (request_stop) to end the run early, as if finished
         if cfg.lr == 0:  # resolved once, by what is trained; config.json stores the value
             cfg.lr = default_lr(self.policy)
@@ -785,8 +888,10 @@ class Trainer:
                 else:
                     self.optimizer.load_state_dict(resume_state["optimizer"])
             except (ValueError, KeyError) as e:
-                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its optimiser state does not "
-                                      f"match the model ({' '.join(str(e).split())})") from None
+                raise CheckpointError(
+                    f"cannot resume from {str(self.ckpt_path)!r}: its optimiser state does not "
+                    f"match the model ({' '.join(str(e).split())})"
+                ) from None
             try:
                 self.scheduler.load_state_dict(resume_state["scheduler"])
                 # a multi-process checkpoint holds every rank's learner state (a rollout buffer) and random streams
@@ -800,13 +905,16 @@ class Trainer:
                 elif self.fsdp:  # a rank the run did not have: its own streams, but the global batch's data stream
                     self.generators["data"].set_state(resume_state["rng"]["gen/data"])
             except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
-                raise CheckpointError(f"cannot resume from {str(self.ckpt_path)!r}: its training state (scheduler, "
-                                      f"learner or random streams) is malformed ({type(e).__name__}: "
-                                      f"{' '.join(str(e).split())[:200]})") from None
+                raise CheckpointError(
+                    f"cannot resume from {str(self.ckpt_path)!r}: its training state (scheduler, "
+                    f"learner or random streams) is malformed ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:200]})"
+                ) from None
             self.step = int(resume_state["step"])
             if cfg.max_steps != resume_state["config"]["max_steps"]:  # extended: the lr of the new schedule now
-                for group, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
-                                            self.scheduler.lr_lambdas):
+                for group, base, lam in zip(
+                    self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas
+                ):
                     group["lr"] = base * lam(self.step)
         if fork_state is not None:
             self._continue(fork_state)
@@ -815,8 +923,9 @@ class Trainer:
             (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             # a resumed run hides the events its killed predecessor logged after the checkpoint (steps > the
             # checkpoint's; they would appear twice otherwise): TensorBoard drops old events with step >= purge_step
-            self.writer = SummaryWriter(str(self.logdir),
-                                        purge_step=self.step + 1 if resume_state is not None else None)
+            self.writer = SummaryWriter(
+                str(self.logdir), purge_step=self.step + 1 if resume_state is not None else None
+            )
 
     def _continue(self, state: dict) -> None:
         """``fork_from``: the checkpoint's AdamW moments, step and random streams; this config's hyperparameters.
@@ -837,8 +946,10 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{where}: its optimiser state does not fit the {self.cfg.agent!r} learner's "
-                                  f"parameters ({e}); use --init for a fresh optimiser") from None
+            raise CheckpointError(
+                f"{where}: its optimiser state does not fit the {self.cfg.agent!r} learner's "
+                f"parameters ({e}); use --init for a fresh optimiser"
+            ) from None
         for group, h in zip(self.optimizer.param_groups, hyper):
             group.update(h)  # this config's lr, betas, weight decay
         _set_rng_state(state["rng"], self.generators)
@@ -887,7 +998,7 @@ class Trainer:
             state["rank_states"] = ranks
         return state
 
-    def _corpus_sha256(self) -> Optional[str]:
+    def _corpus_sha256(self) -> str | None:
         """``Task.corpus_hash`` of the run's task (None for a task without its texts)."""
         try:
             return self.task.corpus_hash
@@ -904,8 +1015,9 @@ class Trainer:
             # HF policy: a plain-transformers export (not for LoRA: checkpoint.pt already holds the adapters, and a
             # second copy would double a LoRA run's directory; HFPolicy.save_pretrained writes the peft form)
             if hasattr(self.policy, "save_pretrained_atomic") and not getattr(self.policy, "uses_lora", False):
-                self.policy.save_pretrained_atomic(self.logdir / HF_EXPORT_DIR,
-                                                   state_dict=state["model"] if self.fsdp else None)
+                self.policy.save_pretrained_atomic(
+                    self.logdir / HF_EXPORT_DIR, state_dict=state["model"] if self.fsdp else None
+                )
         self.saved_step = self.step
 
     def log(self, metrics: dict, step: int) -> None:
@@ -924,7 +1036,7 @@ class Trainer:
         return {k.split("/")[-1]: f"{v:.3g}" for k, v in seen.items()}
 
     # ------------------------------------------------------------------
-    def train(self, stop_at: Optional[int] = None) -> Optional[dict]:
+    def train(self, stop_at: int | None = None) -> dict | None:
         """Run until ``max_steps`` (or ``stop_at``, to simulate a kill in tests).
 
         :return: the final evaluation metrics (rank 0; ``None`` elsewhere and
@@ -947,7 +1059,7 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         self.model.train()
         t_last, tokens_since, shown = time.perf_counter(), 0, {}
-        self.interrupted: Optional[str] = None
+        self.interrupted: str | None = None
         previous_handlers = self._install_signal_handlers()
         try:
             while self.step < end and not self.stop_requested:
@@ -955,8 +1067,9 @@ class Trainer:
                 if self.fsdp and self.world_size > 1:  # this rank's share of the global batch
                     n = cfg.batch_size // self.world_size
                     lo = self.rank * n
-                    demos = dataclasses.replace(demos, prompts=demos.prompts[lo:lo + n],
-                                                actions=demos.actions[lo:lo + n])
+                    demos = dataclasses.replace(
+                        demos, prompts=demos.prompts[lo : lo + n], actions=demos.actions[lo : lo + n]
+                    )
                 for cb in self.callbacks:
                     cb.on_batch(self, demos)
                 with autocast:
@@ -966,8 +1079,10 @@ class Trainer:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                 if finite.item() < 1:
                     rolled_back = self._roll_back() if self.saved_step == self.step else ""
-                    raise NonFiniteLossError(f"loss became {loss.item()} at step {self.step}; stopped. {rolled_back}"
-                                             f"{self._kept_message()} (lower --lr or check the data)")
+                    raise NonFiniteLossError(
+                        f"loss became {loss.item()} at step {self.step}; stopped. {rolled_back}"
+                        f"{self._kept_message()} (lower --lr or check the data)"
+                    )
                 if self.saved_step == self.step and self.is_main:  # a finite loss: the checkpoint of this state holds
                     self.prev_ckpt_path.unlink(missing_ok=True)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -986,9 +1101,14 @@ class Trainer:
                         mean_loss /= self.world_size
                     if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
                         grad_norm = grad_norm.full_tensor()
-                    metrics.update({"train/loss": mean_loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
-                                    "train/grad_norm": float(grad_norm),
-                                    "train/tokens_per_s": tokens_since / max(now - t_last, 1e-9)})
+                    metrics.update(
+                        {
+                            "train/loss": mean_loss.item(),
+                            "train/lr": self.scheduler.get_last_lr()[0],
+                            "train/grad_norm": float(grad_norm),
+                            "train/tokens_per_s": tokens_since / max(now - t_last, 1e-9),
+                        }
+                    )
                     t_last, tokens_since = now, 0
                     self.log(metrics, self.step)
                     if bar is not None:
@@ -1000,14 +1120,17 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 interrupted = self._interrupted_everywhere()
-                if (self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or self.stop_requested
-                        or interrupted):
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or self.stop_requested or interrupted:
                     self._check_not_diverged(demos)  # a diverged state never replaces the last good checkpoint
                     self.save()
                 if interrupted:
                     break
-                if (cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps
-                        and not self.stop_requested):
+                if (
+                    cfg.eval_every
+                    and self.step % cfg.eval_every == 0
+                    and self.step < cfg.max_steps
+                    and not self.stop_requested
+                ):
                     self.evaluate()
         finally:
             self._restore_signal_handlers(previous_handlers)
@@ -1021,7 +1144,8 @@ class Trainer:
             raise TrainingInterrupted(
                 f"interrupted ({self.interrupted}) at step {self.step}: checkpoint {str(self.ckpt_path)!r} written "
                 f"(step {self.saved_step}); continue with: python scripts/train.py --logdir {str(self.logdir)!r} "
-                "--resume")
+                "--resume"
+            )
         if self.distributed:
             dist.barrier()
         if self.is_main and (self.step >= cfg.max_steps or self.stop_requested):  # the final state passed the
@@ -1081,13 +1205,21 @@ class Trainer:
 
         :param demos: the step's :class:`~agents.common.demos.Demos` (up to 4 rows are scored).
         """
-        bad = next((n for n, p in self.policy.named_parameters()  # FSDP: this rank's shard (the flag is reduced)
-                    if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()), None)
+        bad = next(
+            (
+                n
+                for n, p in self.policy.named_parameters()  # FSDP: this rank's shard (the flag is reduced)
+                if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()
+            ),
+            None,
+        )
         ok = weights_ok = self._all_ranks(bad is None)  # before the forward: under FSDP every rank takes part in it
         if ok:
             ids = self.policy.special_ids
-            rows = [[ids["bos"], *p, *a][: self.policy.max_state_length]
-                    for p, a in zip(demos.prompts[:4], demos.actions[:4])]
+            rows = [
+                [ids["bos"], *p, *a][: self.policy.max_state_length]
+                for p, a in zip(demos.prompts[:4], demos.actions[:4])
+            ]
             width = max(len(r) for r in rows)
             tokens = torch.tensor([r + [ids["pad"]] * (width - len(r)) for r in rows], device=self.device)
             was_training = self.policy.training
@@ -1099,10 +1231,17 @@ class Trainer:
                 self.policy.train(was_training)
             ok = self._all_ranks(ok)
         if not ok:
-            what = (f"weight {bad!r} became non-finite" if bad else "a weight (on another rank) became non-finite"
-                    if not weights_ok else "the policy's logits became non-finite")
-            raise NonFiniteLossError(f"training diverged at step {self.step}: {what}; stopped without saving it. "
-                                     f"{self._kept_message()} (lower --lr or check the data)")
+            what = (
+                f"weight {bad!r} became non-finite"
+                if bad
+                else "a weight (on another rank) became non-finite"
+                if not weights_ok
+                else "the policy's logits became non-finite"
+            )
+            raise NonFiniteLossError(
+                f"training diverged at step {self.step}: {what}; stopped without saving it. "
+                f"{self._kept_message()} (lower --lr or check the data)"
+            )
 
     def _all_ranks(self, ok: bool) -> bool:
         """``ok`` on every rank (an all-reduce MIN under DDP/FSDP)."""
@@ -1140,7 +1279,7 @@ class Trainer:
             return f"The last good checkpoint {str(self.ckpt_path)!r} (step {self.saved_step}) is kept"
         return f"No checkpoint was written (the first is due at step {self.cfg.ckpt_every})"
 
-    def evaluate(self) -> Optional[dict]:
+    def evaluate(self) -> dict | None:
         """Evaluate the policy (rank 0): sample metrics, held-out NLL, oracle NLL; then the callbacks.
 
         Under FSDP every rank must call it: the parameters are gathered on all ranks while rank 0 evaluates.
@@ -1150,14 +1289,20 @@ class Trainer:
                 return self._evaluate()
         return self._evaluate()
 
-    def _evaluate(self) -> Optional[dict]:
+    def _evaluate(self) -> dict | None:
         if not self.is_main:
             return None
         for cb in self.callbacks:
             cb.on_evaluate_start(self)
-        metrics = evaluate_policy(self.policy, self.task, num_samples=self.cfg.eval_samples, device=self.device,
-                                  seed=self.cfg.seed, temperature=self.cfg.eval_temperature,
-                                  max_sequences=self.cfg.eval.max_sequences)
+        metrics = evaluate_policy(
+            self.policy,
+            self.task,
+            num_samples=self.cfg.eval_samples,
+            device=self.device,
+            seed=self.cfg.seed,
+            temperature=self.cfg.eval_temperature,
+            max_sequences=self.cfg.eval.max_sequences,
+        )
         self.log({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         for cb in self.callbacks:
             cb.on_evaluate(self, metrics)

@@ -97,8 +97,9 @@ def context_candidates(batch: TrajectoryBatch, vocab_size: int, target_mask: tor
     return cand & target_mask[:, :, None]
 
 
-def unlikelihood_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor,
-                      candidates: torch.Tensor, alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def unlikelihood_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, candidates: torch.Tensor, alpha: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token-level unlikelihood, Welleck et al. (ICLR 2020) eq. 4, averaged over target tokens.
 
     ``L = (1/|A|) Σ_{t ∈ A} [ −log p(x_t) − α Σ_{c ∈ C_t} log(1 − p(c)) ]`` with
@@ -132,8 +133,14 @@ class UnlikelihoodLearner(TeacherForcedLearner):
     config_class = UnlikelihoodConfig
     progress_keys = ("loss/nll", "loss/ul")
 
-    def token_loss(self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def token_loss(
+        self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         cand = context_candidates(batch, logits.shape[-1], target)
         loss, nll, ul = unlikelihood_loss(logits, batch.tokens, target, cand, self.cfg.alpha)
-        return loss, {"loss/unlikelihood": loss.item(), "loss/nll": nll.item(), "loss/ul": ul.item(),
-                      "ul/candidates_per_token": float(cand.sum() / target.sum().clamp(min=1))}
+        return loss, {
+            "loss/unlikelihood": loss.item(),
+            "loss/nll": nll.item(),
+            "loss/ul": ul.item(),
+            "ul/candidates_per_token": float(cand.sum() / target.sum().clamp(min=1)),
+        }

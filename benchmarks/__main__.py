@@ -1,10 +1,10 @@
 """``python -m benchmarks``: the experiment runner (see ``benchmarks/experiments/README.md``).
 
-    python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick]
-    python -m benchmarks render [RESULTS.json ...]      # re-draw .md/.png from the JSON alone (default: all)
-    python -m benchmarks readme                          # regenerate README's "Which method wins where" block
-    python -m benchmarks template AGENT                  # a complete learner table with today's defaults
-    python -m benchmarks list                            # the experiment files
+python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick]
+python -m benchmarks render [RESULTS.json ...]      # re-draw .md/.png from the JSON alone (default: all)
+python -m benchmarks readme                          # regenerate README's "Which method wins where" block
+python -m benchmarks template AGENT                  # a complete learner table with today's defaults
+python -m benchmarks list                            # the experiment files
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def main(argv: list) -> int:
     """The subcommands; a user error raises (``run_cli`` prints it as one ``error:`` line, exit status 2)."""
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run or resume an experiment")
     r.add_argument("name", help="experiment: benchmarks/experiments/NAME.toml (or a path to a .toml)")
@@ -56,9 +57,16 @@ def main(argv: list) -> int:
     if args.cmd == "run":
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        run_experiment(args.name, seeds=args.seeds, workers=args.workers, device=args.device, quick=args.quick,
-                       out_dir=Path(args.out_dir), scratch=Path(args.scratch),
-                       command="python -m benchmarks " + shlex.join(argv))
+        run_experiment(
+            args.name,
+            seeds=args.seeds,
+            workers=args.workers,
+            device=args.device,
+            quick=args.quick,
+            out_dir=Path(args.out_dir),
+            scratch=Path(args.scratch),
+            command="python -m benchmarks " + shlex.join(argv),
+        )
     elif args.cmd == "render":
         for f in args.files or runner_results(RESULTS_DIR):
             print(render_files(Path(f), png=not args.no_png))

@@ -39,17 +39,42 @@ def main(argv=None) -> dict:
     policies = {task: work / task / "seed0" / "mle_weak" / "checkpoint.pt" for task in args.tasks}
     missing = [str(p) for p in policies.values() if not p.is_file()]
     if missing:
-        raise SystemExit(f"error: no weak policy checkpoint at {missing}; run benchmarks/critic_rerank.py "
-                         f"--workdir {args.workdir} first")
+        raise SystemExit(
+            f"error: no weak policy checkpoint at {missing}; run benchmarks/critic_rerank.py "
+            f"--workdir {args.workdir} first"
+        )
     with ProcessPoolExecutor(2) as pool:
-        futures = {task: pool.submit(train_critic, task, 0, str(ckpt), str(work / "critic_long" / task), args.steps,
-                                     args.batch_size, args.lr, NCE_KWARGS) for task, ckpt in policies.items()}
+        futures = {
+            task: pool.submit(
+                train_critic,
+                task,
+                0,
+                str(ckpt),
+                str(work / "critic_long" / task),
+                args.steps,
+                args.batch_size,
+                args.lr,
+                NCE_KWARGS,
+            )
+            for task, ckpt in policies.items()
+        }
         results = {f"{task}/weak": f.result() for task, f in futures.items()}
-    report = {"command": "python benchmarks/critic_long.py " + " ".join(argv or sys.argv[1:]), "steps": args.steps,
-              "lr": args.lr, "batch": f"{args.batch_size} + {args.batch_size}", "nce": NCE_KWARGS, "results": results}
+    report = {
+        "command": "python benchmarks/critic_long.py " + " ".join(argv or sys.argv[1:]),
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch": f"{args.batch_size} + {args.batch_size}",
+        "nce": NCE_KWARGS,
+        "results": results,
+    }
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     for key, r in results.items():
-        print(key, r["critic_accuracy"], r["critic_auc"], [(c["step"], round(c["critic_accuracy"], 3)) for c in r["curve"]])
+        print(
+            key,
+            r["critic_accuracy"],
+            r["critic_auc"],
+            [(c["step"], round(c["critic_accuracy"], 3)) for c in r["curve"]],
+        )
     return report
 
 

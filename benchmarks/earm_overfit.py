@@ -60,12 +60,25 @@ def _config(agent, task, seed, logdir, args, lam=0.0, start=0, fork_from=None):
     from agents.earm import EARMConfig
     from agents.trainer import ModelConfig, TrainConfig
 
-    return TrainConfig(agent=agent, task=task, seed=seed, max_steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, min_lr_ratio=1.0, warmup_steps=50, logdir=logdir, device="cpu", progress=False,
-                       eval_samples=64, ckpt_every=10**9, log_every=10,
-                       model=ModelConfig(n_layer=args.size[0], n_head=args.size[1], n_embd=args.size[2],
-                                         dropout=args.dropout),
-                       earm=EARMConfig(lam=lam, start_step=start), fork_from=fork_from)
+    return TrainConfig(
+        agent=agent,
+        task=task,
+        seed=seed,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr_ratio=1.0,
+        warmup_steps=50,
+        logdir=logdir,
+        device="cpu",
+        progress=False,
+        eval_samples=64,
+        ckpt_every=10**9,
+        log_every=10,
+        model=ModelConfig(n_layer=args.size[0], n_head=args.size[1], n_embd=args.size[2], dropout=args.dropout),
+        earm=EARMConfig(lam=lam, start_step=start),
+        fork_from=fork_from,
+    )
 
 
 def _curve_callback(every: int, curve: list, stats: list):
@@ -75,8 +88,13 @@ def _curve_callback(every: int, curve: list, stats: list):
     class Curve(Callback):
         def on_step_end(self, trainer, metrics):
             if "earm/ess" in metrics:
-                stats.append({k: metrics[k] for k in ("earm/ess", "earm/ess_min", "earm/log_tilt_std",
-                                                      "earm/log_tilt_range") if k in metrics})
+                stats.append(
+                    {
+                        k: metrics[k]
+                        for k in ("earm/ess", "earm/ess_min", "earm/log_tilt_std", "earm/log_tilt_range")
+                        if k in metrics
+                    }
+                )
             if trainer.step % every == 0 or trainer.step == trainer.cfg.max_steps:
                 h = heldout_nll(trainer.policy, trainer.task, "valid", device="cpu")
                 curve.append((trainer.step, h["nll"]))
@@ -96,7 +114,9 @@ def run_mle(task, seed, logdir, starts, args_d) -> dict:
     args = argparse.Namespace(**args_d)
     curve, stats = [], []
     t0 = time.perf_counter()
-    trainer = Trainer(_config("mle", task, seed, logdir, args), callbacks=[_curve_callback(args.eval_every, curve, stats)])
+    trainer = Trainer(
+        _config("mle", task, seed, logdir, args), callbacks=[_curve_callback(args.eval_every, curve, stats)]
+    )
     try:
         for s in sorted(starts):
             trainer.train(stop_at=s)
@@ -119,8 +139,10 @@ def run_earm(task, seed, logdir, fork, lam, start, args_d) -> dict:
     curve, stats = [], []
     t0 = time.perf_counter()
     # the MLE run's model, AdamW moments, step and random streams (TrainConfig.fork_from)
-    trainer = Trainer(_config("earm", task, seed, logdir, args, lam=lam, start=start, fork_from=fork),
-                      callbacks=[_curve_callback(args.eval_every, curve, stats)])
+    trainer = Trainer(
+        _config("earm", task, seed, logdir, args, lam=lam, start=start, fork_from=fork),
+        callbacks=[_curve_callback(args.eval_every, curve, stats)],
+    )
     try:
         trainer.train()
     finally:
@@ -179,8 +201,16 @@ def main(argv=None):
     jobs = {}
     for lam, start, seeds in arms:
         for s in seeds:
-            jobs[lam, start, s] = pool.submit(run_earm, task, s, str(work / f"seed{s}" / f"earm_l{lam}_s{start}"),
-                                              str(work / f"seed{s}" / "mle" / f"fork_{start}.pt"), lam, start, args_d)
+            jobs[lam, start, s] = pool.submit(
+                run_earm,
+                task,
+                s,
+                str(work / f"seed{s}" / f"earm_l{lam}_s{start}"),
+                str(work / f"seed{s}" / "mle" / f"fork_{start}.pt"),
+                lam,
+                start,
+                args_d,
+            )
     earm = {k: f.result() for k, f in jobs.items()}
     pool.shutdown()
     wall = time.time() - t_start
@@ -188,14 +218,29 @@ def main(argv=None):
 
     import torch
 
-    meta = {"command": "python benchmarks/earm_overfit.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "torch": torch.__version__, "torch_threads_per_run": 1, "jobs": args.jobs,
-                        "load_average_at_start": load, "python": platform.python_version()},
-            "args": args_d, "wall_s": wall, "corpus": corpus, "train_tokens": train_tokens,
-            "steps_per_epoch": epoch_steps, "arms": arms}
-    js = {"meta": meta, "mle": {str(s): v for s, v in mle.items()},
-          "earm": {f"{l}/{st}/{s}": v for (l, st, s), v in earm.items()}}
+    meta = {
+        "command": "python benchmarks/earm_overfit.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads_per_run": 1,
+            "jobs": args.jobs,
+            "load_average_at_start": load,
+            "python": platform.python_version(),
+        },
+        "args": args_d,
+        "wall_s": wall,
+        "corpus": corpus,
+        "train_tokens": train_tokens,
+        "steps_per_epoch": epoch_steps,
+        "arms": arms,
+    }
+    js = {
+        "meta": meta,
+        "mle": {str(s): v for s, v in mle.items()},
+        "earm": {f"{l}/{st}/{s}": v for (l, st, s), v in earm.items()},
+    }
     report(js, Path(args.out))
 
 
@@ -226,7 +271,12 @@ def report(js: dict, out: Path) -> None:
     meta = js["meta"]
     args = argparse.Namespace(**{"heldout": None, **meta["args"]})
     arms = [tuple(a) for a in meta.get("arms", _arms(args))]
-    corpus, train_tokens, epoch_steps, wall = meta["corpus"], meta["train_tokens"], meta["steps_per_epoch"], meta["wall_s"]
+    corpus, train_tokens, epoch_steps, wall = (
+        meta["corpus"],
+        meta["train_tokens"],
+        meta["steps_per_epoch"],
+        meta["wall_s"],
+    )
     load, machine = meta["machine"]["load_average_at_start"], meta["machine"]
     mle = {int(s): v for s, v in js["mle"].items()}
 
@@ -236,16 +286,37 @@ def report(js: dict, out: Path) -> None:
 
     rows = []
     for lam, start, seeds in arms:
-        r = {k: [] for k in ("mle_best", "mle_final", "earm_best", "earm_final", "diff_best", "diff_final", "ess",
-                             "ess_min", "log_tilt_std", "log_tilt_range")}
+        r = {
+            k: []
+            for k in (
+                "mle_best",
+                "mle_final",
+                "earm_best",
+                "earm_final",
+                "diff_best",
+                "diff_final",
+                "ess",
+                "ess_min",
+                "log_tilt_std",
+                "log_tilt_range",
+            )
+        }
         for s in seeds:
             mb, mf = _best_final(mle[s]["curve"], start)
             eb, ef = _best_final(earm_curve(lam, start, s), start)
             neg = js["earm"][f"{lam}/{start}/{s}"]["negative_phase"]
-            for k, v in (("mle_best", mb), ("mle_final", mf), ("earm_best", eb), ("earm_final", ef),
-                         ("diff_best", eb - mb), ("diff_final", ef - mf), ("ess", neg.get("earm/ess")),
-                         ("ess_min", neg.get("earm/ess_min")), ("log_tilt_std", neg.get("earm/log_tilt_std")),
-                         ("log_tilt_range", neg.get("earm/log_tilt_range"))):
+            for k, v in (
+                ("mle_best", mb),
+                ("mle_final", mf),
+                ("earm_best", eb),
+                ("earm_final", ef),
+                ("diff_best", eb - mb),
+                ("diff_final", ef - mf),
+                ("ess", neg.get("earm/ess")),
+                ("ess_min", neg.get("earm/ess_min")),
+                ("log_tilt_std", neg.get("earm/log_tilt_std")),
+                ("log_tilt_range", neg.get("earm/log_tilt_range")),
+            ):
                 r[k].append(v)
         rows.append(dict(lam=lam, start=start, seeds=list(seeds), **r))
     seeds_main = arms[0][2]
@@ -262,14 +333,18 @@ def report(js: dict, out: Path) -> None:
         mean = [statistics.mean(c[i][1] for c in curves) for i in range(n)]
         sd = [statistics.stdev(c[i][1] for c in curves) if len(curves) > 1 else 0.0 for i in range(n)]
         ax.plot(steps, mean, label=label, color=color)
-        ax.fill_between(steps, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
-                        color=color, alpha=0.2)
+        ax.fill_between(
+            steps, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)], color=color, alpha=0.2
+        )
 
     band([mle[s]["curve"] for s in seeds_main], f"MLE (continued), {len(seeds_main)} seeds", "black")
     colors = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple"]
     for i, (lam, start, seeds) in enumerate(arms):
-        band([earm_curve(lam, start, s) for s in seeds], f"E-ARM λ={lam} from step {start}, {len(seeds)} seeds",
-             colors[i % len(colors)])
+        band(
+            [earm_curve(lam, start, s) for s in seeds],
+            f"E-ARM λ={lam} from step {start}, {len(seeds)} seeds",
+            colors[i % len(colors)],
+        )
     ax.set_xlabel(f"optimiser step (batch {args.batch_size}; {epoch_steps:.0f} steps per epoch)")
     ax.set_ylabel("held-out NLL (valid split, nats/token)")
     ax.set_title(f"E-ARM vs MLE on {corpus['train']} python-lines (mean ± std)")
@@ -277,32 +352,38 @@ def report(js: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
 
-    L = ["# E-ARM in the overfitting regime (issue 11)\n",
-         f"Generated by `benchmarks/earm_overfit.py` in {wall / 60:.1f} min.\n",
-         "```\n" + meta["command"] + "\n```\n",
-         f"**Machine**: {machine['cpu']}, {machine['cores']} cores shared with other jobs (load "
-         f"average at start {load[0]:.1f}), torch {machine['torch']} CPU, 1 thread per run, {args.jobs} runs at a time.\n",
-         f"**Budget**: corpus = first {args.lines} train lines of python-lines + {args.heldout} of its valid and "
-         f"test lines as a `file:` task (splits {corpus}; {train_tokens} training tokens incl. eos, ≈ "
-         f"{epoch_steps:.0f} steps per epoch); policy {args.size[0]} layers × {args.size[1]} heads × "
-         f"{args.size[2]} wide, dropout {args.dropout}; {args.steps} optimiser steps × {args.batch_size} lines "
-         f"(≈ {args.steps / epoch_steps:.0f} epochs), AdamW lr {args.lr} constant after 50 warm-up steps; "
-         f"held-out NLL on the valid split every {args.eval_every} steps. E-ARM arms fork the MLE run of the same "
-         f"seed at the start step (model, optimiser, schedule, random streams) and run the remaining steps (same "
-         f"total budget in steps). Main arm seeds {seeds_main}; sweep seeds {args.sweep_seeds}.\n",
-         f"MLE's held-out NLL minimum at step {_ms(mle_min_steps, 0)} (mean ± std over the main seeds).\n",
-         f"![curves]({out.with_suffix('.png').name})\n",
-         "| λ | start | seeds | MLE best | E-ARM best | Δ best (E-ARM − MLE) | MLE final | E-ARM final | "
-         "Δ final | weight ESS / n (mean; min) | log-normaliser std (nats) | log-normaliser max−min (nats) |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    L = [
+        "# E-ARM in the overfitting regime (issue 11)\n",
+        f"Generated by `benchmarks/earm_overfit.py` in {wall / 60:.1f} min.\n",
+        "```\n" + meta["command"] + "\n```\n",
+        f"**Machine**: {machine['cpu']}, {machine['cores']} cores shared with other jobs (load "
+        f"average at start {load[0]:.1f}), torch {machine['torch']} CPU, 1 thread per run, {args.jobs} runs at a time.\n",
+        f"**Budget**: corpus = first {args.lines} train lines of python-lines + {args.heldout} of its valid and "
+        f"test lines as a `file:` task (splits {corpus}; {train_tokens} training tokens incl. eos, ≈ "
+        f"{epoch_steps:.0f} steps per epoch); policy {args.size[0]} layers × {args.size[1]} heads × "
+        f"{args.size[2]} wide, dropout {args.dropout}; {args.steps} optimiser steps × {args.batch_size} lines "
+        f"(≈ {args.steps / epoch_steps:.0f} epochs), AdamW lr {args.lr} constant after 50 warm-up steps; "
+        f"held-out NLL on the valid split every {args.eval_every} steps. E-ARM arms fork the MLE run of the same "
+        f"seed at the start step (model, optimiser, schedule, random streams) and run the remaining steps (same "
+        f"total budget in steps). Main arm seeds {seeds_main}; sweep seeds {args.sweep_seeds}.\n",
+        f"MLE's held-out NLL minimum at step {_ms(mle_min_steps, 0)} (mean ± std over the main seeds).\n",
+        f"![curves]({out.with_suffix('.png').name})\n",
+        "| λ | start | seeds | MLE best | E-ARM best | Δ best (E-ARM − MLE) | MLE final | E-ARM final | "
+        "Δ final | weight ESS / n (mean; min) | log-normaliser std (nats) | log-normaliser max−min (nats) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        L.append(f"| {r['lam']} | {r['start']} | {len(r['seeds'])} | {_ms(r['mle_best'])} | {_ms(r['earm_best'])} | "
-                 f"{_ms(r['diff_best'])} | {_ms(r['mle_final'])} | {_ms(r['earm_final'])} | {_ms(r['diff_final'])} | "
-                 f"{_ms(r['ess'])}; {_ms(r['ess_min'])} | {_ms(r['log_tilt_std'])} | {_ms(r['log_tilt_range'])} |")
-    L.append("\nNLL in nats per token. Best = minimum of the held-out curve from the start step on (the fork point "
-             "included for both arms); Δ are paired per seed (negative = E-ARM better). ESS / n (1 = uniform "
-             "weights) and the log-normaliser spread are averages over the arm's steps of the per-step values "
-             "logged by `earm_loss` (`earm/ess`, `earm/ess_min`, `earm/log_tilt_std`, `earm/log_tilt_range`).")
+        L.append(
+            f"| {r['lam']} | {r['start']} | {len(r['seeds'])} | {_ms(r['mle_best'])} | {_ms(r['earm_best'])} | "
+            f"{_ms(r['diff_best'])} | {_ms(r['mle_final'])} | {_ms(r['earm_final'])} | {_ms(r['diff_final'])} | "
+            f"{_ms(r['ess'])}; {_ms(r['ess_min'])} | {_ms(r['log_tilt_std'])} | {_ms(r['log_tilt_range'])} |"
+        )
+    L.append(
+        "\nNLL in nats per token. Best = minimum of the held-out curve from the start step on (the fork point "
+        "included for both arms); Δ are paired per seed (negative = E-ARM better). ESS / n (1 = uniform "
+        "weights) and the log-normaliser spread are averages over the arm's steps of the per-step values "
+        "logged by `earm_loss` (`earm/ess`, `earm/ess_min`, `earm/log_tilt_std`, `earm/log_tilt_range`)."
+    )
     out.with_suffix(".md").write_text("\n".join(L) + "\n")
     print(out.with_suffix(".md").read_text())
 

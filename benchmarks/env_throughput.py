@@ -39,9 +39,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -209,7 +209,7 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path, name: str) -> Non
         "no-ops, observations are the state tensors, valid until the next step); **copy** = "
         "`validate_actions=False` with fresh observation tensors each step; **default** = the constructor "
         "defaults (validation on, fresh tensors). On CPU the step runs numpy ops on the tensors' memory "
-        "(`backend=\"auto\"`); **fast-torch** = fast with `backend=\"torch\"`, the torch ops that run on "
+        '(`backend="auto"`); **fast-torch** = fast with `backend="torch"`, the torch ops that run on '
         "accelerators, here on CPU.",
         "",
         "| env | device | setting | num_envs | steps/s | × SyncVectorEnv |",
@@ -236,8 +236,12 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=float, default=None, help="seconds per timed window (default 2, quick 0.2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed windows per configuration (default 3, quick 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
-    ap.add_argument("--out", type=Path, default=RESULTS,
-                    help="output directory (files env_throughput.{md,json}; env_throughput_quick.* with --quick)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="output directory (files env_throughput.{md,json}; env_throughput_quick.* with --quick)",
+    )
     args = ap.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -264,11 +268,15 @@ def main(argv=None) -> None:
         print(f"round {i + 1}/{repeats} done", flush=True)
     for r in runners:
         r.close()
-    rows = [{"env": r.env, "device": r.device, "setting": r.setting, "num_envs": r.num_envs, "steps_per_s": r.best}
-            for r in runners]
+    rows = [
+        {"env": r.env, "device": r.device, "setting": r.setting, "num_envs": r.num_envs, "steps_per_s": r.best}
+        for r in runners
+    ]
     for row in rows:
-        print(f"{row['env']:16s} {row['device']:5s} {row['setting']:8s} {row['num_envs']:6d} "
-              f"{fmt(row['steps_per_s']):>9s} steps/s")
+        print(
+            f"{row['env']:16s} {row['device']:5s} {row['setting']:8s} {row['num_envs']:6d} "
+            f"{fmt(row['steps_per_s']):>9s} steps/s"
+        )
 
     meta = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + list(sys.argv[1:] if argv is None else argv)),

@@ -72,10 +72,25 @@ class _Meter(Callback):
 def worker(args) -> None:
     """One mode under torchrun: train, then rank 0 writes ``args.result`` (JSON)."""
     meter = _Meter(args.warmup)
-    cfg = TrainConfig(agent="mle", task=args.task, policy=args.policy, dist=args.dist, device=args.device,
-                      dtype=args.dtype, batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-                      log_every=1, ckpt_every=10**6, eval_samples=8, lr=1e-4, warmup_steps=0, progress=False,
-                      gradient_checkpointing=args.gradient_checkpointing, logdir=args.logdir, overwrite=True)
+    cfg = TrainConfig(
+        agent="mle",
+        task=args.task,
+        policy=args.policy,
+        dist=args.dist,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps,
+        log_every=1,
+        ckpt_every=10**6,
+        eval_samples=8,
+        lr=1e-4,
+        warmup_steps=0,
+        progress=False,
+        gradient_checkpointing=args.gradient_checkpointing,
+        logdir=args.logdir,
+        overwrite=True,
+    )
     trainer = Trainer(cfg, callbacks=[meter])
     try:
         n_params = sum(p.numel() for p in trainer.policy.parameters())
@@ -86,13 +101,28 @@ def worker(args) -> None:
     if rank == 0:
         seconds = sum(dt for dt, _ in meter.rows)
         tokens = sum(dt * tps for dt, tps in meter.rows)
-        peak = meter.peak_bytes if meter.peak_bytes is not None else resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss * 1024
-        Path(args.result).write_text(json.dumps({
-            "dist": args.dist, "world_size": world, "batch_size_flag": args.batch_size, "params": n_params,
-            "timed_steps": len(meter.rows), "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
-            "peak_mib": peak / 2**20, "peak_kind": "cuda max_memory_allocated" if meter.peak_bytes is not None
-            else "ru_maxrss (lifetime, upper bound)"}))
+        peak = (
+            meter.peak_bytes
+            if meter.peak_bytes is not None
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        Path(args.result).write_text(
+            json.dumps(
+                {
+                    "dist": args.dist,
+                    "world_size": world,
+                    "batch_size_flag": args.batch_size,
+                    "params": n_params,
+                    "timed_steps": len(meter.rows),
+                    "seconds": seconds,
+                    "tokens_per_s": tokens / max(seconds, 1e-9),
+                    "peak_mib": peak / 2**20,
+                    "peak_kind": "cuda max_memory_allocated"
+                    if meter.peak_bytes is not None
+                    else "ru_maxrss (lifetime, upper bound)",
+                }
+            )
+        )
 
 
 def main(argv=None) -> dict:
@@ -131,10 +161,35 @@ def main(argv=None) -> dict:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         batch = args.batch_size if mode == "fsdp" else args.batch_size // args.nproc
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), "--master_port",
-               str(port), str(Path(__file__).resolve()), "--worker", "--dist", mode, "--device", args.device,
-               "--policy", policy, "--task", args.task, "--batch-size", str(batch), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--logdir", str(work / mode), "--result", str(work / f"{mode}.json")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(args.nproc),
+            "--master_port",
+            str(port),
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--dist",
+            mode,
+            "--device",
+            args.device,
+            "--policy",
+            policy,
+            "--task",
+            args.task,
+            "--batch-size",
+            str(batch),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--logdir",
+            str(work / mode),
+            "--result",
+            str(work / f"{mode}.json"),
+        ]
         if args.dtype:
             cmd += ["--dtype", args.dtype]
         if args.gradient_checkpointing:
@@ -146,8 +201,11 @@ def main(argv=None) -> dict:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=ROOT)
             ok = proc.returncode == 0 and (work / f"{mode}.json").is_file()
-            row = json.loads((work / f"{mode}.json").read_text()) if ok else {
-                "dist": mode, "error": (proc.stderr or proc.stdout)[-1500:]}
+            row = (
+                json.loads((work / f"{mode}.json").read_text())
+                if ok
+                else {"dist": mode, "error": (proc.stderr or proc.stdout)[-1500:]}
+            )
         except subprocess.TimeoutExpired:
             row = {"dist": mode, "error": f"timed out after {args.timeout} s"}
         row["wall_s"] = time.time() - t0
@@ -155,21 +213,36 @@ def main(argv=None) -> dict:
         print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
         if "error" in row:
             print(row["error"], file=sys.stderr)
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" and torch.cuda.is_available() else \
-        f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device == "cuda" and torch.cuda.is_available()
+        else f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
+    )
     command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/fsdp_gpu.py", *(argv or sys.argv[1:])])
-    report = {"command": command, "device": device, "policy": policy, "rows": rows,
-              "provenance": provenance(args.device, {args.task: make_task(args.task).corpus_hash})}
+    report = {
+        "command": command,
+        "device": device,
+        "policy": policy,
+        "rows": rows,
+        "provenance": provenance(args.device, {args.task: make_task(args.task).corpus_hash}),
+    }
     (out / "fsdp_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# DDP vs FSDP2: MLE tokens/s and peak memory ({device})", "", f"Command: `{report['command']}`", "",
-             "| dist | ranks | params | timed steps | tokens/s | peak MiB (rank 0) | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# DDP vs FSDP2: MLE tokens/s and peak memory ({device})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| dist | ranks | params | timed steps | tokens/s | peak MiB (rank 0) | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['dist']} | - | - | - | failed | - | {r['wall_s']:.0f} |")
         else:
-            lines.append(f"| {r['dist']} | {r['world_size']} | {r['params'] / 1e6:.1f}M | {r['timed_steps']} | "
-                         f"{r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | {r['wall_s']:.0f} |")
+            lines.append(
+                f"| {r['dist']} | {r['world_size']} | {r['params'] / 1e6:.1f}M | {r['timed_steps']} | "
+                f"{r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | {r['wall_s']:.0f} |"
+            )
     lines += ["", f"Peak memory: {rows[0].get('peak_kind', '-')}."]
     (out / "fsdp_gpu.md").write_text("\n".join(lines) + "\n")
     return report

@@ -48,11 +48,20 @@ def measure(policy, reference, task, num_samples: int, seed: int, allow_backspac
     prompts, answers = task.split_prompts["test"], task.splits["test"]
     idx = [i % len(prompts) for i in range(num_samples)]
     venv = make_vector_env(task, num_samples, "cpu")
-    res = rollout(policy, venv, seed=seed, generator=torch.Generator().manual_seed(seed), store_masks=True,
-                  reset_options={"prompt": [prompts[i] for i in idx]}, allow_backspace=allow_backspace)
+    res = rollout(
+        policy,
+        venv,
+        seed=seed,
+        generator=torch.Generator().manual_seed(seed),
+        store_masks=True,
+        reset_options={"prompt": [prompts[i] for i in idx]},
+        allow_backspace=allow_backspace,
+    )
     tok = task.tokenizer
-    valid = [bool(t) and task.is_valid(prompts[i] + tok.decode(s))
-             for i, s, t in zip(idx, res.sequences(), res.terminated.tolist())]
+    valid = [
+        bool(t) and task.is_valid(prompts[i] + tok.decode(s))
+        for i, s, t in zip(idx, res.sequences(), res.terminated.tolist())
+    ]
     # KL: log π (stored) minus log π0 over the same actions and masks
     batch = res.to_batch()
     S = res.actions.shape[1]
@@ -81,11 +90,15 @@ def measure(policy, reference, task, num_samples: int, seed: int, allow_backspac
             elif a != res.ids.eos:
                 text += tok.decode([a])
     n_actions = int(res.num_actions.sum())
-    return {"validity": sum(valid) / len(valid), "kl_to_init": sum(kl) / len(kl),
-            "backspace_rate": float((res.actions == bs).sum()) / n_actions,
-            "bs_after_error": err_bs / err_next if err_next else float("nan"),
-            "bs_after_correct": ok_bs / ok_next if ok_next else float("nan"),
-            "error_states": err_next, "mean_actions": n_actions / num_samples}
+    return {
+        "validity": sum(valid) / len(valid),
+        "kl_to_init": sum(kl) / len(kl),
+        "backspace_rate": float((res.actions == bs).sum()) / n_actions,
+        "bs_after_error": err_bs / err_next if err_next else float("nan"),
+        "bs_after_correct": ok_bs / ok_next if ok_next else float("nan"),
+        "error_states": err_next,
+        "mean_actions": n_actions / num_samples,
+    }
 
 
 def main(argv=None):
@@ -105,19 +118,40 @@ def main(argv=None):
     torch.set_num_threads(1)
     start = time.time()
     reference, task, _ = load_policy(args.init, "cpu")
-    rows = {"start": [measure(reference, reference, task, args.eval_samples, seed) for seed in args.seeds],
-            "start (backspace masked)": [measure(reference, reference, task, args.eval_samples, seed, False)
-                                         for seed in args.seeds]}
+    rows = {
+        "start": [measure(reference, reference, task, args.eval_samples, seed) for seed in args.seeds],
+        "start (backspace masked)": [
+            measure(reference, reference, task, args.eval_samples, seed, False) for seed in args.seeds
+        ],
+    }
     for arm, allow in (("grpo_backspace", True), ("grpo_no_backspace", False)):
         rows[arm] = []
         for seed in args.seeds:
             t0 = time.time()
-            cfg = TrainConfig(agent="grpo", task="arithmetic", init=args.init, seed=seed,
-                              logdir=os.path.join(args.workdir, f"{arm}_s{seed}"), overwrite=True,
-                              max_steps=args.steps, lr=args.lr, warmup_steps=0, min_lr_ratio=1.0,
-                              ckpt_every=args.steps, log_every=5, eval_samples=64, progress=False, device="cpu",
-                              grpo=GRPOConfig(group_size=args.group_size, num_prompts=args.num_prompts,
-                                              beta=args.beta, allow_backspace=allow, advantage=args.advantage))
+            cfg = TrainConfig(
+                agent="grpo",
+                task="arithmetic",
+                init=args.init,
+                seed=seed,
+                logdir=os.path.join(args.workdir, f"{arm}_s{seed}"),
+                overwrite=True,
+                max_steps=args.steps,
+                lr=args.lr,
+                warmup_steps=0,
+                min_lr_ratio=1.0,
+                ckpt_every=args.steps,
+                log_every=5,
+                eval_samples=64,
+                progress=False,
+                device="cpu",
+                grpo=GRPOConfig(
+                    group_size=args.group_size,
+                    num_prompts=args.num_prompts,
+                    beta=args.beta,
+                    allow_backspace=allow,
+                    advantage=args.advantage,
+                ),
+            )
             trainer = Trainer(cfg)
             trainer.train()
             trainer.close()
@@ -125,8 +159,12 @@ def main(argv=None):
             m["wall_s"] = time.time() - t0
             rows[arm].append(m)
             print(arm, seed, {k: round(v, 4) for k, v in m.items()}, flush=True)
-    out = {"args": vars(args), "rows": rows, "wall_s": time.time() - start,
-           "provenance": provenance("cpu", {task.name: task.corpus_hash})}
+    out = {
+        "args": vars(args),
+        "rows": rows,
+        "wall_s": time.time() - start,
+        "provenance": provenance("cpu", {task.name: task.corpus_hash}),
+    }
     Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     keys = ("validity", "kl_to_init", "backspace_rate", "bs_after_error", "bs_after_correct", "mean_actions")
 

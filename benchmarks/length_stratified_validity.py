@@ -66,12 +66,18 @@ def main(argv=None) -> dict:
             res[name] = bucket_validity(task, [task.tokenizer.decode(x) for x in g.sequences])
         res["tuned_standardised"] = standardised(res["start"], res["tuned"])
         rows.append({"start": start_path, "tuned": tuned_path, **res})
-    js = {"command": "python benchmarks/length_stratified_validity.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                    else argv), "pairs": rows}
+    js = {
+        "command": "python benchmarks/length_stratified_validity.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "pairs": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(js, indent=1) + "\n")
-    L = [f"`{js['command']}`\n", "| pair | policy | " + " | ".join(BUCKETS) + " | all | standardised |",
-         "|---|---|" + "---|" * (len(BUCKETS) + 2)]
+    L = [
+        f"`{js['command']}`\n",
+        "| pair | policy | " + " | ".join(BUCKETS) + " | all | standardised |",
+        "|---|---|" + "---|" * (len(BUCKETS) + 2),
+    ]
     for i, r in enumerate(rows):
         for name in ("start", "tuned"):
             cells = [f"{r[name][b][1]:.3f} ({r[name][b][0]})" if b in r[name] else "–" for b in BUCKETS]
@@ -80,8 +86,10 @@ def main(argv=None) -> dict:
     s = [r["tuned_standardised"] for r in rows]
     a = [r["start"]["all"][1] for r in rows]
     if len(rows) > 1:
-        L.append(f"\nstart {statistics.mean(a):.3f} ± {statistics.stdev(a):.3f}; tuned standardised to the start's "
-                 f"lengths {statistics.mean(s):.3f} ± {statistics.stdev(s):.3f} (mean ± std over pairs)")
+        L.append(
+            f"\nstart {statistics.mean(a):.3f} ± {statistics.stdev(a):.3f}; tuned standardised to the start's "
+            f"lengths {statistics.mean(s):.3f} ± {statistics.stdev(s):.3f} (mean ± std over pairs)"
+        )
     args.out.with_suffix(".md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
     return js

@@ -64,8 +64,13 @@ def machine_info(device: str = "cpu") -> dict:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
-    return {"device": device, "device_name": device_name(device), "cpu_count": os.cpu_count(),
-            "load_average": load, "platform": platform.platform()}
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "load_average": load,
+        "platform": platform.platform(),
+    }
 
 
 def provenance(device: str = "cpu", corpus_hashes: dict | None = None) -> dict:
@@ -73,8 +78,14 @@ def provenance(device: str = "cpu", corpus_hashes: dict | None = None) -> dict:
 
     :param corpus_hashes: ``{task name: Task.corpus_hash}`` of the tasks the invocation runs.
     """
-    return {"time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **git_state(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": _version("transformers"), "numpy": _version("numpy"),
-            "machine": machine_info(device), "corpus_hashes": dict(corpus_hashes or {}),
-            "argv": [os.path.basename(sys.executable), *sys.argv]}
+    return {
+        "time_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **git_state(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "numpy": _version("numpy"),
+        "machine": machine_info(device),
+        "corpus_hashes": dict(corpus_hashes or {}),
+        "argv": [os.path.basename(sys.executable), *sys.argv],
+    }

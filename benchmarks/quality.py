@@ -88,10 +88,10 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -120,19 +120,56 @@ START_FRACTIONS = (0.125, 0.375, 0.625)
 K_GRID = (1, 10, 100, 1000)
 MAIN_P = 0.05  # MLE + backspace in `main`: the SequenceMatch learner's default noise rate
 #: metric keys of the tables; the recovery probe's and the cost's come after evaluate_policy's
-QUALITY_COLUMNS = ("validity", "oracle_support", "oracle_nll", "oracle_nll_in_support", "nll", "perplexity",
-                   "bleu4", "self_bleu4", "distinct_2", "mean_length", "backspace_rate", "terminated_rate")
+QUALITY_COLUMNS = (
+    "validity",
+    "oracle_support",
+    "oracle_nll",
+    "oracle_nll_in_support",
+    "nll",
+    "perplexity",
+    "bleu4",
+    "self_bleu4",
+    "distinct_2",
+    "mean_length",
+    "backspace_rate",
+    "terminated_rate",
+)
 RECOVERY_COLUMNS = ("recovery_backspace", "recovery_deleted", "recovery_validity")
 COST_COLUMNS = ("method_s_per_step", "method_ms_per_token", "cost_ratio_token", "total_s", "cost_ratio_total")
-RERANK_COLUMNS = ("rerank_validity", "rerank_oracle_support", "rerank_oracle_nll", "rerank_oracle_nll_in_support",
-                  "rerank_bleu4", "rerank_self_bleu4", "rerank_distinct_2", "rerank_mean_length", "rerank_ess")
-PPO_COLUMNS = ("ppo_validity", "ppo_oracle_support", "ppo_oracle_nll", "ppo_oracle_nll_in_support", "ppo_bleu4",
-               "ppo_self_bleu4", "ppo_distinct_2", "ppo_mean_length", "ppo_backspace_rate", "ppo_critic_reward",
-               "ppo_kl_to_init", "ppo_s")
+RERANK_COLUMNS = (
+    "rerank_validity",
+    "rerank_oracle_support",
+    "rerank_oracle_nll",
+    "rerank_oracle_nll_in_support",
+    "rerank_bleu4",
+    "rerank_self_bleu4",
+    "rerank_distinct_2",
+    "rerank_mean_length",
+    "rerank_ess",
+)
+PPO_COLUMNS = (
+    "ppo_validity",
+    "ppo_oracle_support",
+    "ppo_oracle_nll",
+    "ppo_oracle_nll_in_support",
+    "ppo_bleu4",
+    "ppo_self_bleu4",
+    "ppo_distinct_2",
+    "ppo_mean_length",
+    "ppo_backspace_rate",
+    "ppo_critic_reward",
+    "ppo_kl_to_init",
+    "ppo_s",
+)
 ALL_COLUMNS = (*QUALITY_COLUMNS, *RECOVERY_COLUMNS, *COST_COLUMNS, *RERANK_COLUMNS, *PPO_COLUMNS)
 #: (metric, +1 = higher is better / -1 = lower is better) judged against MLE
-VERDICT_METRICS = (("validity", +1), ("oracle_support", +1), ("oracle_nll", -1), ("oracle_nll_in_support", -1),
-                   ("nll", -1))
+VERDICT_METRICS = (
+    ("validity", +1),
+    ("oracle_support", +1),
+    ("oracle_nll", -1),
+    ("oracle_nll_in_support", -1),
+    ("nll", -1),
+)
 
 
 # ----------------------------------------------------------------------------
@@ -206,8 +243,11 @@ class RunSpec:
     @property
     def key(self) -> str:
         """A file-name-safe identifier (run directory name)."""
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{self.task}/{self.method}-" +
-                      "-".join(f"{k}={v:g}" for k, v in self.params) + f"/seed{self.seed}")
+        return re.sub(
+            r"[^A-Za-z0-9_.=-]+",
+            "_",
+            f"{self.task}/{self.method}-" + "-".join(f"{k}={v:g}" for k, v in self.params) + f"/seed{self.seed}",
+        )
 
     def param(self, name: str, default=None):
         """The value of parameter ``name``, or ``default`` if the spec does not set it."""
@@ -230,8 +270,8 @@ class RunResult:
     params: dict
     label: str
     status: str = "ok"  # "ok" | "failed"
-    error: Optional[str] = None
-    run_dir: Optional[str] = None
+    error: str | None = None
+    run_dir: str | None = None
     metrics: dict = field(default_factory=dict)
     total_steps: int = 0
     method_steps: int = 0
@@ -256,7 +296,7 @@ class Phase:
     data_tokens: int
 
 
-def train_in_phases(cfg: TrainConfig, stops: list[int], on_stop: Optional[Callable] = None):
+def train_in_phases(cfg: TrainConfig, stops: list[int], on_stop: Callable | None = None):
     """Run ``Trainer(cfg)`` until each step of ``stops`` in turn; time the optimiser steps of each phase.
 
     Demonstration tokens (each demonstration's tokens and its ``eos``) are
@@ -328,8 +368,9 @@ class Bench:
     :param ppo_timesteps: env steps of PPO with the critic reward in ``nce_k`` (0 = no PPO).
     """
 
-    def __init__(self, budget: Budget, scratch: Path, device: str = "cpu", log: Callable = print,
-                 ppo_timesteps: int = 0):
+    def __init__(
+        self, budget: Budget, scratch: Path, device: str = "cpu", log: Callable = print, ppo_timesteps: int = 0
+    ):
         self.budget, self.scratch, self.device, self.log = budget, Path(scratch), device, log
         self.ppo_timesteps = ppo_timesteps
         self.fork_points: dict[tuple[str, int], set[int]] = {}  # (task, seed) -> steps to copy the MLE checkpoint at
@@ -340,11 +381,24 @@ class Bench:
     def config(self, spec: RunSpec, agent: str, **sections) -> TrainConfig:
         """The TrainConfig of ``spec`` under the shared budget; ``sections`` replace e.g. ``mle=MLEConfig(...)``."""
         b = self.budget
-        return TrainConfig(agent=agent, task=spec.task, logdir=str(self.scratch / spec.key), seed=spec.seed,
-                           max_steps=b.steps, device=self.device, batch_size=b.batch_size, lr=b.lr,
-                           warmup_steps=b.warmup_steps, ckpt_every=b.steps, log_every=max(1, b.steps // 20),
-                           eval_samples=b.eval_samples, progress=False, model=b.model(), overwrite=True,
-                           **sections)  # scratch runs are redone, never resumed
+        return TrainConfig(
+            agent=agent,
+            task=spec.task,
+            logdir=str(self.scratch / spec.key),
+            seed=spec.seed,
+            max_steps=b.steps,
+            device=self.device,
+            batch_size=b.batch_size,
+            lr=b.lr,
+            warmup_steps=b.warmup_steps,
+            ckpt_every=b.steps,
+            log_every=max(1, b.steps // 20),
+            eval_samples=b.eval_samples,
+            progress=False,
+            model=b.model(),
+            overwrite=True,
+            **sections,
+        )  # scratch runs are redone, never resumed
 
     def mle_seconds_until(self, task: str, seed: int, step: int) -> tuple[float, int]:
         """Seconds and demonstration tokens the MLE run of (task, seed) spent on its first ``step`` steps."""
@@ -377,18 +431,37 @@ class Bench:
         return train_in_phases(resumed, [cfg.max_steps])
 
 
-def finish(bench: Bench, spec: RunSpec, trainer: Trainer, metrics: dict, method_phases: list[Phase], eval_s: float,
-           inherited: tuple[float, int] = (0.0, 0)) -> RunResult:
+def finish(
+    bench: Bench,
+    spec: RunSpec,
+    trainer: Trainer,
+    metrics: dict,
+    method_phases: list[Phase],
+    eval_s: float,
+    inherited: tuple[float, int] = (0.0, 0),
+) -> RunResult:
     """RunResult of a finished run: its metrics plus the recovery probe, its cost."""
-    rec = recovery(trainer.policy, trainer.task, num_samples=bench.budget.recovery_samples, device=trainer.device,
-                   seed=spec.seed)
+    rec = recovery(
+        trainer.policy, trainer.task, num_samples=bench.budget.recovery_samples, device=trainer.device, seed=spec.seed
+    )
     method_s = sum(p.seconds for p in method_phases)
     method_tokens = sum(p.data_tokens for p in method_phases)
-    return RunResult(task=spec.task, seed=spec.seed, method=spec.method, params=dict(spec.params), label=spec.label,
-                     run_dir=str(trainer.logdir), metrics={**metrics, **rec}, total_steps=trainer.step,
-                     method_steps=sum(p.stop - p.start for p in method_phases), total_s=inherited[0] + method_s,
-                     method_s=method_s, total_data_tokens=inherited[1] + method_tokens,
-                     method_data_tokens=method_tokens, eval_s=eval_s)
+    return RunResult(
+        task=spec.task,
+        seed=spec.seed,
+        method=spec.method,
+        params=dict(spec.params),
+        label=spec.label,
+        run_dir=str(trainer.logdir),
+        metrics={**metrics, **rec},
+        total_steps=trainer.step,
+        method_steps=sum(p.stop - p.start for p in method_phases),
+        total_s=inherited[0] + method_s,
+        method_s=method_s,
+        total_data_tokens=inherited[1] + method_tokens,
+        method_data_tokens=method_tokens,
+        eval_s=eval_s,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -428,8 +501,15 @@ def run_sequencematch(spec: RunSpec, bench: Bench) -> RunResult:
     sm = SequenceMatchConfig(alpha=float(spec.param("alpha")), backspace_p=float(spec.param("p")))
     w = bench.budget.warm_steps
     trainer, metrics, phases, eval_s = bench.fork(spec, w, "sequencematch", sequencematch=sm)
-    return finish(bench, spec, trainer, metrics, phases, eval_s,
-                  bench.mle_seconds_until(spec.task, spec.seed, w) if w else (0.0, 0))
+    return finish(
+        bench,
+        spec,
+        trainer,
+        metrics,
+        phases,
+        eval_s,
+        bench.mle_seconds_until(spec.task, spec.seed, w) if w else (0.0, 0),
+    )
 
 
 def run_earm(spec: RunSpec, bench: Bench) -> RunResult:
@@ -438,8 +518,15 @@ def run_earm(spec: RunSpec, bench: Bench) -> RunResult:
     start = int(spec.param("start"))
     earm = EARMConfig(lam=float(spec.param("lam")), start_step=start)
     trainer, metrics, phases, eval_s = bench.fork(spec, start, "earm", earm=earm)
-    return finish(bench, spec, trainer, metrics, phases, eval_s,
-                  bench.mle_seconds_until(spec.task, spec.seed, start) if start else (0.0, 0))
+    return finish(
+        bench,
+        spec,
+        trainer,
+        metrics,
+        phases,
+        eval_s,
+        bench.mle_seconds_until(spec.task, spec.seed, start) if start else (0.0, 0),
+    )
 
 
 def run_nce(spec: RunSpec, bench: Bench) -> RunResult:
@@ -465,15 +552,31 @@ def run_nce(spec: RunSpec, bench: Bench) -> RunResult:
 
     b = bench.budget
     n_layer, n_head, n_embd = MODEL_SIZES[b.model_size]
-    nce = NCEConfig(refresh_every=int(spec.param("k")), policy_objective="self_adapting_nce",
-                         critic_n_layer=n_layer, critic_n_head=n_head, critic_n_embd=n_embd)
+    nce = NCEConfig(
+        refresh_every=int(spec.param("k")),
+        policy_objective="self_adapting_nce",
+        critic_n_layer=n_layer,
+        critic_n_head=n_head,
+        critic_n_embd=n_embd,
+    )
     w = b.warm_steps
-    cfg = dataclasses.replace(bench.config(spec, "nce", nce=nce), max_steps=b.steps - w,
-                              init=bench.forks[(spec.task, spec.seed, w)] if w else None,
-                              warmup_steps=min(b.warmup_steps, b.steps - w), ckpt_every=b.steps - w)
+    cfg = dataclasses.replace(
+        bench.config(spec, "nce", nce=nce),
+        max_steps=b.steps - w,
+        init=bench.forks[(spec.task, spec.seed, w)] if w else None,
+        warmup_steps=min(b.warmup_steps, b.steps - w),
+        ckpt_every=b.steps - w,
+    )
     trainer, metrics, phases, eval_s = train_in_phases(cfg, [cfg.max_steps])
-    result = finish(bench, spec, trainer, metrics, phases, eval_s,
-                    bench.mle_seconds_until(spec.task, spec.seed, w) if w else (0.0, 0))
+    result = finish(
+        bench,
+        spec,
+        trainer,
+        metrics,
+        phases,
+        eval_s,
+        bench.mle_seconds_until(spec.task, spec.seed, w) if w else (0.0, 0),
+    )
 
     device, task, C = trainer.device, trainer.task, b.rerank_candidates
     critic = load_critic(trainer.ckpt_path, device, task)
@@ -481,37 +584,59 @@ def run_nce(spec: RunSpec, bench: Bench) -> RunResult:
     seqs = [s for r in episodes for s in r.sequences()]
     actions = [a for r in episodes for a in r.action_lists()]
     terminated = [bool(t) for r in episodes for t in r.terminated.tolist()]
-    choice, ess = rerank_critic(critic, seqs, terminated, C, torch.Generator(device=device).manual_seed(spec.seed),
-                                device)
+    choice, ess = rerank_critic(
+        critic, seqs, terminated, C, torch.Generator(device=device).manual_seed(spec.seed), device
+    )
     keep = [i * C + int(c) for i, c in enumerate(choice.tolist())]
-    reranked = evaluate_samples(task, [seqs[i] for i in keep], action_histories=[actions[i] for i in keep],
-                                seed=spec.seed)
+    reranked = evaluate_samples(
+        task, [seqs[i] for i in keep], action_histories=[actions[i] for i in keep], seed=spec.seed
+    )
     result.metrics.update({f"rerank_{k}": v for k, v in reranked.items() if k in NCE_SAMPLE_KEYS})
     result.metrics["rerank_ess"] = float(ess.float().mean())
     if bench.ppo_timesteps > 0:
         ckpt = str(trainer.ckpt_path)
         n_envs = 32  # one PPO rollout = n_envs * n_steps actions; at least two rollouts in the budget
-        ppo_cfg = PPOCriticConfig(checkpoint=ckpt, critic=ckpt, total_timesteps=bench.ppo_timesteps,
-                                      num_envs=n_envs, n_steps=max(4, min(64, bench.ppo_timesteps // (2 * n_envs))),
-                                      batch_size=256, logdir=str(Path(cfg.logdir) / "ppo"), device=bench.device,
-                                      seed=spec.seed, eval_samples=b.eval_samples, progress=False, overwrite=True)
+        ppo_cfg = PPOCriticConfig(
+            checkpoint=ckpt,
+            critic=ckpt,
+            total_timesteps=bench.ppo_timesteps,
+            num_envs=n_envs,
+            n_steps=max(4, min(64, bench.ppo_timesteps // (2 * n_envs))),
+            batch_size=256,
+            logdir=str(Path(cfg.logdir) / "ppo"),
+            device=bench.device,
+            seed=spec.seed,
+            eval_samples=b.eval_samples,
+            progress=False,
+            overwrite=True,
+        )
         t0 = time.perf_counter()
         after = run_ppo(ppo_cfg)["after"]
         result.metrics["ppo_s"] = time.perf_counter() - t0
-        result.metrics.update({f"ppo_{k}": v for k, v in after.items()
-                               if k in (*NCE_SAMPLE_KEYS, "critic_reward", "kl_to_init")})
+        result.metrics.update(
+            {f"ppo_{k}": v for k, v in after.items() if k in (*NCE_SAMPLE_KEYS, "critic_reward", "kl_to_init")}
+        )
     return result
 
 
 #: sample metrics reported for reranked and PPO samples in ``nce_k``
-NCE_SAMPLE_KEYS = ("validity", "oracle_support", "oracle_nll", "oracle_nll_in_support", "bleu4", "self_bleu4",
-                   "distinct_2", "mean_length", "backspace_rate")
+NCE_SAMPLE_KEYS = (
+    "validity",
+    "oracle_support",
+    "oracle_nll",
+    "oracle_nll_in_support",
+    "bleu4",
+    "self_bleu4",
+    "distinct_2",
+    "mean_length",
+    "backspace_rate",
+)
 
 
 #: method name -> (run function, fork step function). The fork step is the MLE
 #: step the method starts from (``None``: it does not fork), so that the MLE run
 #: of the same task and seed copies its checkpoint there.
-METHODS: dict[str, tuple[Callable[[RunSpec, Bench], RunResult], Callable[[RunSpec, Budget], Optional[int]]]] = {
+METHODS: dict[str, tuple[Callable[[RunSpec, Bench], RunResult], Callable[[RunSpec, Budget], int | None]]] = {
     "mle": (run_mle, lambda spec, b: None),
     "mle_backspace": (run_mle_backspace, lambda spec, b: None),
     "sequencematch": (run_sequencematch, lambda spec, b: b.warm_steps),
@@ -524,8 +649,19 @@ METHODS: dict[str, tuple[Callable[[RunSpec, Bench], RunResult], Callable[[RunSpe
 # experiments: which runs, and which rows of which table
 
 
-def plan(experiments, tasks, seeds, ablation_tasks, ablation_seeds, budget: Budget, p_grid=P_GRID,
-         alpha_grid=ALPHA_GRID, lambda_grid=LAMBDA_GRID, k_grid=K_GRID, sweep_seeds=None) -> dict[str, list[RunSpec]]:
+def plan(
+    experiments,
+    tasks,
+    seeds,
+    ablation_tasks,
+    ablation_seeds,
+    budget: Budget,
+    p_grid=P_GRID,
+    alpha_grid=ALPHA_GRID,
+    lambda_grid=LAMBDA_GRID,
+    k_grid=K_GRID,
+    sweep_seeds=None,
+) -> dict[str, list[RunSpec]]:
     """The runs of each experiment, in order (a spec may appear in several).
 
     ``ablation_p`` and ``ablation_alpha`` run on ``ablation_seeds``,
@@ -541,20 +677,27 @@ def plan(experiments, tasks, seeds, ablation_tasks, ablation_seeds, budget: Budg
         if exp == "main":
             for t in tasks:
                 for s in seeds:
-                    specs += [RunSpec(t, s, "mle"), RunSpec(t, s, "mle_backspace", (("p", MAIN_P),)),
-                              RunSpec(t, s, "sequencematch"), RunSpec(t, s, "earm")]
-        for t in (ablation_tasks if exp != "main" else ()):
-            for s in (ablation_seeds if exp in ("ablation_p", "ablation_alpha") or sweep_seeds is None else sweep_seeds):
+                    specs += [
+                        RunSpec(t, s, "mle"),
+                        RunSpec(t, s, "mle_backspace", (("p", MAIN_P),)),
+                        RunSpec(t, s, "sequencematch"),
+                        RunSpec(t, s, "earm"),
+                    ]
+        for t in ablation_tasks if exp != "main" else ():
+            for s in ablation_seeds if exp in ("ablation_p", "ablation_alpha") or sweep_seeds is None else sweep_seeds:
                 if exp == "ablation_p":
                     specs.append(RunSpec(t, s, "mle"))
                     specs += [RunSpec(t, s, "mle_backspace", (("p", p),)) for p in p_grid if p > 0]
                     specs += [RunSpec(t, s, "sequencematch", (("p", p),)) for p in p_grid]
                 elif exp == "ablation_alpha":
-                    specs += [RunSpec(t, s, "mle")] + [RunSpec(t, s, "sequencematch", (("alpha", a),)) for a in alpha_grid]
+                    specs += [RunSpec(t, s, "mle")] + [
+                        RunSpec(t, s, "sequencematch", (("alpha", a),)) for a in alpha_grid
+                    ]
                 elif exp == "earm_sweep":
                     starts = sorted({max(1, round(f * budget.steps)) for f in START_FRACTIONS} - {budget.steps})
-                    specs += [RunSpec(t, s, "mle")] + [RunSpec(t, s, "earm", (("lam", lam), ("start", st)))
-                                                       for lam in lambda_grid for st in starts]
+                    specs += [RunSpec(t, s, "mle")] + [
+                        RunSpec(t, s, "earm", (("lam", lam), ("start", st))) for lam in lambda_grid for st in starts
+                    ]
                 elif exp == "nce_k":
                     specs += [RunSpec(t, s, "mle")] + [RunSpec(t, s, "nce", (("k", k),)) for k in k_grid]
         out[exp] = specs
@@ -571,9 +714,11 @@ def canonical(spec: RunSpec, budget: Budget) -> RunSpec:
     """
 
     d = SequenceMatchConfig()
-    defaults = {"sequencematch": {"alpha": d.alpha, "p": d.backspace_p},
-                "earm": {"lam": 0.05, "start": budget.warm_steps},
-                "mle_backspace": {"p": MAIN_P}}.get(spec.method, {})
+    defaults = {
+        "sequencematch": {"alpha": d.alpha, "p": d.backspace_p},
+        "earm": {"lam": 0.05, "start": budget.warm_steps},
+        "mle_backspace": {"p": MAIN_P},
+    }.get(spec.method, {})
     params = {**defaults, **dict(spec.params)}
     return dataclasses.replace(spec, params=tuple(params.items()))
 
@@ -606,14 +751,23 @@ def run_all(bench: Bench, runs: dict[str, list[RunSpec]], on_result: Callable = 
             result = METHODS[spec.method][0](spec, bench)
         except Exception as e:  # one failed run must not stop the benchmark
             bench.log(traceback.format_exc(limit=3))
-            result = RunResult(task=spec.task, seed=spec.seed, method=spec.method, params=dict(spec.params),
-                               label=spec.label, status="failed", error=f"{type(e).__name__}: {e}"[:500])
+            result = RunResult(
+                task=spec.task,
+                seed=spec.seed,
+                method=spec.method,
+                params=dict(spec.params),
+                label=spec.label,
+                status="failed",
+                error=f"{type(e).__name__}: {e}"[:500],
+            )
         bench.results[spec] = result
         m = result.metrics
-        bench.log(f"[{i}/{len(order)}] {spec.task} {spec.label} seed {spec.seed}: {result.status} "
-                  f"in {time.perf_counter() - t0:.0f}s (train {result.method_s:.0f}s"
-                  f"{'' if result.status == 'ok' else ', ' + str(result.error)}) validity={m.get('validity')} "
-                  f"oracle_nll={_fmt(m.get('oracle_nll'))} nll={_fmt(m.get('nll'))}")
+        bench.log(
+            f"[{i}/{len(order)}] {spec.task} {spec.label} seed {spec.seed}: {result.status} "
+            f"in {time.perf_counter() - t0:.0f}s (train {result.method_s:.0f}s"
+            f"{'' if result.status == 'ok' else ', ' + str(result.error)}) validity={m.get('validity')} "
+            f"oracle_nll={_fmt(m.get('oracle_nll'))} nll={_fmt(m.get('nll'))}"
+        )
         on_result(result)
 
 
@@ -625,7 +779,7 @@ def _fmt(x, digits=3):
 # aggregation over seeds, costs, verdicts
 
 
-def mean_std(values: list) -> Optional[tuple[float, float]]:
+def mean_std(values: list) -> tuple[float, float] | None:
     """``(mean, sample std with ddof = 1)`` of the finite numbers in ``values``; std 0 for one value; None if none."""
     xs = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     if not xs:
@@ -650,7 +804,9 @@ def add_costs(results: list[dict]) -> None:
         m["total_s"] = r["total_s"]
         base = mle.get((r["task"], r["seed"]))
         if base is not None:
-            m["cost_ratio_token"] = m["method_ms_per_token"] / (1000 * base["method_s"] / max(1, base["method_data_tokens"]))
+            m["cost_ratio_token"] = m["method_ms_per_token"] / (
+                1000 * base["method_s"] / max(1, base["method_data_tokens"])
+            )
             m["cost_ratio_total"] = r["total_s"] / base["total_s"]
 
 
@@ -699,9 +855,19 @@ def verdicts(summary: dict[str, dict[str, dict]], baseline: str = "mle") -> list
                 a, b = row.get(metric), base.get(metric)
                 if a is None or b is None:
                     continue
-                out.append(dict(task=task, method=label, metric=metric, method_mean=a[0], method_std=a[1],
-                                mle_mean=b[0], mle_std=b[1], delta=a[0] - b[0],
-                                verdict=verdict(a[0], a[1], b[0], b[1], direction)))
+                out.append(
+                    dict(
+                        task=task,
+                        method=label,
+                        metric=metric,
+                        method_mean=a[0],
+                        method_std=a[1],
+                        mle_mean=b[0],
+                        mle_std=b[1],
+                        delta=a[0] - b[0],
+                        verdict=verdict(a[0], a[1], b[0], b[1], direction),
+                    )
+                )
     return out
 
 
@@ -720,14 +886,25 @@ def machine_info(threads: int) -> dict:
     try:
         import subprocess
 
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         commit = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "git_commit": commit, "loadavg_start": list(os.getloadavg())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": commit,
+        "loadavg_start": list(os.getloadavg()),
+    }
 
 
 def task_reference(name: str) -> dict:
@@ -741,19 +918,23 @@ def task_reference(name: str) -> dict:
 
     task = make_task(name)
     texts = task.splits["test"]
-    return {"data_validity": validity_rate(task, texts),
-            "oracle_entropy": task.oracle.entropy_estimate(task.encoded("test")) if task.oracle is not None else None}
+    return {
+        "data_validity": validity_rate(task, texts),
+        "oracle_entropy": task.oracle.entropy_estimate(task.encoded("test")) if task.oracle is not None else None,
+    }
 
 
 def _table(summary_rows: dict, columns) -> str:
     """Markdown table of :func:`summarize` rows: "mean ± std" cells, a plain mean where one seed finished."""
     cols = [c for c in columns if any(row.get(c) is not None for row in summary_rows.values())]
-    rows = {label: {k: (v[0] if row["ok"] == 1 and isinstance(v, tuple) else v) for k, v in row.items()}
-            for label, row in summary_rows.items()}
+    rows = {
+        label: {k: (v[0] if row["ok"] == 1 and isinstance(v, tuple) else v) for k, v in row.items()}
+        for label, row in summary_rows.items()
+    }
     return format_metrics_table(rows, ["runs", *cols], digits=3)
 
 
-def render_markdown(report: dict, notes: Optional[str] = None) -> str:
+def render_markdown(report: dict, notes: str | None = None) -> str:
     """``quality.md`` from the ``quality.json`` dict (see :func:`build_report`)."""
     b, mach = report["budget"], report["machine"]
     n_layer, n_head, n_embd = MODEL_SIZES[b["model_size"]]
@@ -763,7 +944,9 @@ def render_markdown(report: dict, notes: Optional[str] = None) -> str:
         f"Generated by `benchmarks/quality.py` on {report['date']}; total wall time "
         f"{report['total_wall_s'] / 60:.1f} min.",
         "",
-        "```", report["command"], "```",
+        "```",
+        report["command"],
+        "```",
         "",
         f"**Machine**: {mach['cpu']}, {mach['cores']} cores (shared with other jobs; load average at start "
         f"{', '.join(f'{x:.1f}' for x in mach['loadavg_start'])}), torch {mach['torch']} with "
@@ -798,46 +981,72 @@ def render_markdown(report: dict, notes: Optional[str] = None) -> str:
         lines += ["## Reading", "", notes.strip(), ""]
     results = report["runs"]
     exps = report["experiments"]
-    titles = {"main": "Main comparison", "ablation_p": "Ablation: backspace noise rate p",
-              "ablation_alpha": "Ablation: SequenceMatch α", "earm_sweep": "E-ARM sweep: λ × start step",
-              "nce_k": "NCE critic: snapshot refresh interval K"}
+    titles = {
+        "main": "Main comparison",
+        "ablation_p": "Ablation: backspace noise rate p",
+        "ablation_alpha": "Ablation: SequenceMatch α",
+        "earm_sweep": "E-ARM sweep: λ × start step",
+        "nce_k": "NCE critic: snapshot refresh interval K",
+    }
     for exp, specs in exps.items():
         specs = [RunSpec(s["task"], s["seed"], s["method"], tuple(tuple(p) for p in s["params"])) for s in specs]
         lines += [f"## {titles[exp]}", ""]
         if exp == "nce_k":
-            lines += [f"Each `nce K=…` run starts from the MLE checkpoint at step W and trains the policy by "
-                      f"self-adapting NCE against its own snapshot, refreshed every K steps, plus a residual critic "
-                      f"(K ≥ the {b['steps'] - b['warm_steps']} NCE steps means the snapshot is never refreshed). "
-                      f"Reranking keeps one of {b['rerank_candidates']} candidates per sample by importance "
-                      f"resampling ∝ exp(−E_ψ) (`generate.py --rerank critic`). The `mle` row is the MLE run "
-                      f"after all {b['steps']} steps.", ""]
+            lines += [
+                f"Each `nce K=…` run starts from the MLE checkpoint at step W and trains the policy by "
+                f"self-adapting NCE against its own snapshot, refreshed every K steps, plus a residual critic "
+                f"(K ≥ the {b['steps'] - b['warm_steps']} NCE steps means the snapshot is never refreshed). "
+                f"Reranking keeps one of {b['rerank_candidates']} candidates per sample by importance "
+                f"resampling ∝ exp(−E_ψ) (`generate.py --rerank critic`). The `mle` row is the MLE run "
+                f"after all {b['steps']} steps.",
+                "",
+            ]
         summary = summarize(results, specs, ALL_COLUMNS)
         for task, rows in summary.items():
             ref = report.get("reference", {}).get(task, {})
             lines += [f"### {task}", ""]
             if ref:
-                lines += ["Reference (held-out test texts): " + "; ".join(
-                    f"{k} = {v:.3f}" for k, v in ref.items() if v is not None) + ".", ""]
-            lines += ["Quality" + (" (raw samples of each policy)" if exp == "nce_k" else "") + ":",
-                      "", _table(rows, QUALITY_COLUMNS), ""]
+                lines += [
+                    "Reference (held-out test texts): "
+                    + "; ".join(f"{k} = {v:.3f}" for k, v in ref.items() if v is not None)
+                    + ".",
+                    "",
+                ]
+            lines += [
+                "Quality" + (" (raw samples of each policy)" if exp == "nce_k" else "") + ":",
+                "",
+                _table(rows, QUALITY_COLUMNS),
+                "",
+            ]
             if exp == "nce_k":
                 lines += ["Critic-reranked samples of the same policies:", "", _table(rows, RERANK_COLUMNS), ""]
                 if any(row.get("ppo_s") for row in rows.values()):
-                    lines += ["PPO with the critic as reward, started from each NCE policy (`ppo_critic_reward` = "
-                              "mean −E_ψ − c, `ppo_kl_to_init` = KL to the start, nats per sequence):", "",
-                              _table(rows, PPO_COLUMNS), ""]
+                    lines += [
+                        "PPO with the critic as reward, started from each NCE policy (`ppo_critic_reward` = "
+                        "mean −E_ψ − c, `ppo_kl_to_init` = KL to the start, nats per sequence):",
+                        "",
+                        _table(rows, PPO_COLUMNS),
+                        "",
+                    ]
             lines += ["Recovery and training cost:", "", _table(rows, (*RECOVERY_COLUMNS, *COST_COLUMNS)), ""]
         if exp == "main":
             vs = verdicts(summary)
             if vs:
-                lines += ["### Against MLE, beyond the seed spread?", "",
-                          "`better` / `worse` when the means differ by more than the sum of the two standard "
-                          "deviations; otherwise `within spread`.", "",
-                          "| task | method | metric | method | MLE | Δ | verdict |", "|---|---|---|---|---|---|---|"]
+                lines += [
+                    "### Against MLE, beyond the seed spread?",
+                    "",
+                    "`better` / `worse` when the means differ by more than the sum of the two standard "
+                    "deviations; otherwise `within spread`.",
+                    "",
+                    "| task | method | metric | method | MLE | Δ | verdict |",
+                    "|---|---|---|---|---|---|---|",
+                ]
                 for v in vs:
-                    lines.append(f"| {v['task']} | {v['method']} | {v['metric']} | {v['method_mean']:.3f} ± "
-                                 f"{v['method_std']:.3f} | {v['mle_mean']:.3f} ± {v['mle_std']:.3f} | "
-                                 f"{v['delta']:+.3f} | {v['verdict']} |")
+                    lines.append(
+                        f"| {v['task']} | {v['method']} | {v['metric']} | {v['method_mean']:.3f} ± "
+                        f"{v['method_std']:.3f} | {v['mle_mean']:.3f} ± {v['mle_std']:.3f} | "
+                        f"{v['delta']:+.3f} | {v['verdict']} |"
+                    )
                 lines.append("")
         plot = report.get("plots", {}).get(exp)
         if plot:
@@ -870,14 +1079,16 @@ def plot_main(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(summary)
-    panels = [("validity", "oracle_support", "validity (oracle: support) ↑"),
-              ("oracle_nll", "nll", "oracle NLL, nats/seq ↓ (real tasks: held-out NLL, nats/token ↓)"),
-              ("recovery_deleted", None, "recovery: wrong token deleted ↑"),
-              ("cost_ratio_token", None, "cost per token / MLE")]
+    panels = [
+        ("validity", "oracle_support", "validity (oracle: support) ↑"),
+        ("oracle_nll", "nll", "oracle NLL, nats/seq ↓ (real tasks: held-out NLL, nats/token ↓)"),
+        ("recovery_deleted", None, "recovery: wrong token deleted ↑"),
+        ("cost_ratio_token", None, "cost per token / MLE"),
+    ]
     fig, axes = plt.subplots(len(panels), len(tasks), figsize=(4.2 * len(tasks), 3.2 * len(panels)), squeeze=False)
     for j, task in enumerate(tasks):
         rows = summary[task]
-        for i, (first, fallback, title) in enumerate(panels):
+        for i, (first, fallback, _title) in enumerate(panels):
             metric = first if any(r.get(first) is not None for r in rows.values()) else fallback
             if metric is None:
                 axes[i][j].axis("off")
@@ -889,8 +1100,16 @@ def plot_main(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_sweep(summary: dict, path: Path, lines: dict[str, tuple], x_of: Callable, xlabel: str,
-               metrics=("oracle_support", "oracle_nll", "nll"), logx: bool = False, reference: str = "mle") -> None:
+def plot_sweep(
+    summary: dict,
+    path: Path,
+    lines: dict[str, tuple],
+    x_of: Callable,
+    xlabel: str,
+    metrics=("oracle_support", "oracle_nll", "nll"),
+    logx: bool = False,
+    reference: str = "mle",
+) -> None:
     """Curves (mean ± std over seeds) of ``metrics`` against a swept parameter, one panel per task and metric.
 
     :param lines: ``{line name: (predicate(row label) -> bool, metric key prefix)}``;
@@ -910,11 +1129,20 @@ def plot_sweep(summary: dict, path: Path, lines: dict[str, tuple], x_of: Callabl
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
             for name, (pred, prefix) in lines.items():
-                pts = sorted((x_of(k), v[prefix + metric]) for k, v in rows.items()
-                             if pred(k) and v.get(prefix + metric) is not None)
+                pts = sorted(
+                    (x_of(k), v[prefix + metric])
+                    for k, v in rows.items()
+                    if pred(k) and v.get(prefix + metric) is not None
+                )
                 if pts:
-                    ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
-                                marker="o", capsize=3, label=name)
+                    ax.errorbar(
+                        [p[0] for p in pts],
+                        [p[1][0] for p in pts],
+                        yerr=[p[1][1] for p in pts],
+                        marker="o",
+                        capsize=3,
+                        label=name,
+                    )
             ref = rows.get(reference, {}).get(metric)
             if ref is not None:
                 ax.axhline(ref[0], ls="--", color="gray", label=f"{reference} (all steps)")
@@ -929,7 +1157,7 @@ def plot_sweep(summary: dict, path: Path, lines: dict[str, tuple], x_of: Callabl
     plt.close(fig)
 
 
-def _param_of(label: str, name: str) -> Optional[float]:
+def _param_of(label: str, name: str) -> float | None:
     m = re.search(rf"(?:^| ){re.escape(name)}=([-+0-9.e]+)", label)
     return float(m.group(1)) if m else None
 
@@ -946,47 +1174,84 @@ def draw_plots(report: dict, out_dir: Path) -> dict[str, str]:
         if exp == "main":
             plot_main(summary, out_dir / name)
         elif exp == "ablation_p":  # MLE is p = 0 of MLE + backspace
-            plot_sweep(summary, out_dir / name,
-                       {"MLE + backspace": (lambda k: k == "mle" or k.startswith("mle_backspace"), ""),
-                        "SequenceMatch": (lambda k: k.startswith("sequencematch"), "")},
-                       lambda k: 0.0 if k == "mle" else _param_of(k, "p"), "noise rate p")
+            plot_sweep(
+                summary,
+                out_dir / name,
+                {
+                    "MLE + backspace": (lambda k: k == "mle" or k.startswith("mle_backspace"), ""),
+                    "SequenceMatch": (lambda k: k.startswith("sequencematch"), ""),
+                },
+                lambda k: 0.0 if k == "mle" else _param_of(k, "p"),
+                "noise rate p",
+            )
         elif exp == "ablation_alpha":
-            plot_sweep(summary, out_dir / name, {"SequenceMatch": (lambda k: k.startswith("sequencematch"), "")},
-                       lambda k: _param_of(k, "α"), "α", logx=True)
+            plot_sweep(
+                summary,
+                out_dir / name,
+                {"SequenceMatch": (lambda k: k.startswith("sequencematch"), "")},
+                lambda k: _param_of(k, "α"),
+                "α",
+                logx=True,
+            )
         elif exp == "earm_sweep":
             starts = sorted({_param_of(k, "start") for rows in summary.values() for k in rows} - {None})
-            lines = {f"start={s:g}": ((lambda k, s=s: k.startswith("earm") and _param_of(k, "start") == s), "")
-                     for s in starts}
-            plot_sweep(summary, out_dir / name, lines, lambda k: _param_of(k, "λ"), "λ",
-                       metrics=("nll", "oracle_nll", "oracle_support"), logx=True)
+            lines = {
+                f"start={s:g}": ((lambda k, s=s: k.startswith("earm") and _param_of(k, "start") == s), "")
+                for s in starts
+            }
+            plot_sweep(
+                summary,
+                out_dir / name,
+                lines,
+                lambda k: _param_of(k, "λ"),
+                "λ",
+                metrics=("nll", "oracle_nll", "oracle_support"),
+                logx=True,
+            )
         elif exp == "nce_k":
             is_nce = lambda k: k.startswith("nce")  # noqa: E731
-            plot_sweep(summary, out_dir / name, {"raw": (is_nce, ""), "critic-reranked": (is_nce, "rerank_"),
-                                                 "PPO, critic reward": (is_nce, "ppo_")},
-                       lambda k: _param_of(k, "K"), "K", metrics=("oracle_nll", "oracle_support", "distinct_2"),
-                       logx=True)
+            plot_sweep(
+                summary,
+                out_dir / name,
+                {"raw": (is_nce, ""), "critic-reranked": (is_nce, "rerank_"), "PPO, critic reward": (is_nce, "ppo_")},
+                lambda k: _param_of(k, "K"),
+                "K",
+                metrics=("oracle_nll", "oracle_support", "distinct_2"),
+                logx=True,
+            )
         plots[exp] = name
     return plots
 
 
-def build_report(args, budget: Budget, runs: dict[str, list[RunSpec]], bench: Bench, wall_s: float, machine: dict,
-                 command: str) -> dict:
+def build_report(
+    args, budget: Budget, runs: dict[str, list[RunSpec]], bench: Bench, wall_s: float, machine: dict, command: str
+) -> dict:
     """The ``quality.json`` dict: command, machine, budget, experiments (their specs), every run."""
     results = [dataclasses.asdict(r) for r in bench.results.values()]
     add_costs(results)
     return {
-        "command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "total_wall_s": wall_s, "machine": machine, "device": args.device, "budget": dataclasses.asdict(budget),
-        "seeds": list(args.seeds), "ablation_seeds": list(args.ablation_seeds),
+        "command": command,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "total_wall_s": wall_s,
+        "machine": machine,
+        "device": args.device,
+        "budget": dataclasses.asdict(budget),
+        "seeds": list(args.seeds),
+        "ablation_seeds": list(args.ablation_seeds),
         "sweep_seeds": list(getattr(args, "sweep_seeds", args.ablation_seeds)),
         "reference": {t: task_reference(t) for t in sorted({s.task for specs in runs.values() for s in specs})},
-        "experiments": {exp: [dict(task=s.task, seed=s.seed, method=s.method, params=[list(p) for p in
-                                   canonical(s, budget).params]) for s in specs] for exp, specs in runs.items()},
+        "experiments": {
+            exp: [
+                dict(task=s.task, seed=s.seed, method=s.method, params=[list(p) for p in canonical(s, budget).params])
+                for s in specs
+            ]
+            for exp, specs in runs.items()
+        },
         "runs": results,
     }
 
 
-def write_outputs(report: dict, out_dir: Path, notes: Optional[str] = None, plots: bool = True) -> None:
+def write_outputs(report: dict, out_dir: Path, notes: str | None = None, plots: bool = True) -> None:
     """Write ``quality.json``, the PNG plots and ``quality.md`` into ``out_dir``.
 
     ``notes`` (Markdown, the "Reading" section) is kept in ``quality.json``, so
@@ -1006,27 +1271,49 @@ def write_outputs(report: dict, out_dir: Path, notes: Optional[str] = None, plot
 # command line
 
 
-QUICK = dict(steps=40, warm_steps=20, batch_size=16, model_size="small", eval_samples=64, recovery_samples=64,
-             warmup_steps=5)
+QUICK = dict(
+    steps=40, warm_steps=20, batch_size=16, model_size="small", eval_samples=64, recovery_samples=64, warmup_steps=5
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line (see ``--help``); exits with a usage error on an unknown experiment or ``--threads < 1``."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
-    p.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset of " + ", ".join(EXPERIMENTS))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
+    )
+    p.add_argument(
+        "--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset of " + ", ".join(EXPERIMENTS)
+    )
     p.add_argument("--tasks", nargs="+", default=["oracle-hmm", "python-lines", "pydoc-text"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--ablation-tasks", nargs="+", default=["oracle-hmm"])
-    p.add_argument("--ablation-seeds", nargs="+", type=int, default=None,
-                   help="seeds of ablation_p and ablation_alpha (default: --seeds; --quick: the first seed)")
-    p.add_argument("--sweep-seeds", nargs="+", type=int, default=None,
-                   help="seeds of earm_sweep and nce_k (default: --ablation-seeds)")
+    p.add_argument(
+        "--ablation-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds of ablation_p and ablation_alpha (default: --seeds; --quick: the first seed)",
+    )
+    p.add_argument(
+        "--sweep-seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds of earm_sweep and nce_k (default: --ablation-seeds)",
+    )
     p.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default {Budget.steps})")
-    p.add_argument("--warm-steps", type=int, default=None, help=f"W, MLE steps before a fork (default {Budget.warm_steps})")
+    p.add_argument(
+        "--warm-steps", type=int, default=None, help=f"W, MLE steps before a fork (default {Budget.warm_steps})"
+    )
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--model-size", choices=sorted(MODEL_SIZES), default=None,
-                   help="tiny = 1x2x32, small = 2x4x128, default = 4x4x128 (layers x heads x width)")
+    p.add_argument(
+        "--model-size",
+        choices=sorted(MODEL_SIZES),
+        default=None,
+        help="tiny = 1x2x32, small = 2x4x128, default = 4x4x128 (layers x heads x width)",
+    )
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--eval-samples", type=int, default=None)
     p.add_argument("--recovery-samples", type=int, default=None)
@@ -1035,17 +1322,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lambda-grid", nargs="+", type=float, default=list(LAMBDA_GRID))
     p.add_argument("--k-grid", nargs="+", type=int, default=list(K_GRID))
     p.add_argument("--no-nce", action="store_true", help="skip nce_k (also skipped when the nce agent is missing)")
-    p.add_argument("--ppo-timesteps", type=int, default=None,
-                   help="env steps of PPO with the critic reward per nce_k run (0 = no PPO; default 4096, quick 1024)")
-    p.add_argument("--quick", action="store_true", help="small budget (every experiment in < 30 min on a 2-core CPU): "
-                   + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + "; ablations on seed 0 only")
+    p.add_argument(
+        "--ppo-timesteps",
+        type=int,
+        default=None,
+        help="env steps of PPO with the critic reward per nce_k run (0 = no PPO; default 4096, quick 1024)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small budget (every experiment in < 30 min on a 2-core CPU): "
+        + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+        + "; ablations on seed 0 only",
+    )
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--scratch", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
-    p.add_argument("--notes", default=None, help="Markdown file inserted as the 'Reading' section of quality.md "
-                   "(kept in quality.json for later --render-only)")
-    p.add_argument("--render-only", action="store_true", help="re-draw quality.md and plots from --out-dir/quality.json")
+    p.add_argument(
+        "--notes",
+        default=None,
+        help="Markdown file inserted as the 'Reading' section of quality.md "
+        "(kept in quality.json for later --render-only)",
+    )
+    p.add_argument(
+        "--render-only", action="store_true", help="re-draw quality.md and plots from --out-dir/quality.json"
+    )
     args = p.parse_args(argv)
     args.experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
     bad = [e for e in args.experiments if e not in EXPERIMENTS]
@@ -1090,16 +1392,32 @@ def main(argv=None) -> dict:
     budget = budget_from_args(args)
     experiments = list(args.experiments)
     if "nce_k" in experiments and args.no_nce:
-        print("skipping nce_k: " + ("--no-nce" if args.no_nce else "the nce agent is not registered in agents/trainer.py"),
-              flush=True)
+        print(
+            "skipping nce_k: "
+            + ("--no-nce" if args.no_nce else "the nce agent is not registered in agents/trainer.py"),
+            flush=True,
+        )
         experiments.remove("nce_k")
-    runs = plan(experiments, args.tasks, args.seeds, args.ablation_tasks, args.ablation_seeds, budget,
-                args.p_grid, args.alpha_grid, args.lambda_grid, args.k_grid, args.sweep_seeds)
+    runs = plan(
+        experiments,
+        args.tasks,
+        args.seeds,
+        args.ablation_tasks,
+        args.ablation_seeds,
+        budget,
+        args.p_grid,
+        args.alpha_grid,
+        args.lambda_grid,
+        args.k_grid,
+        args.sweep_seeds,
+    )
     machine = machine_info(args.threads)
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in argv)
     t0 = time.perf_counter()
     ppo_timesteps = args.ppo_timesteps if args.ppo_timesteps is not None else (1024 if args.quick else 4096)
-    bench = Bench(budget, Path(args.scratch), args.device, log=lambda s: print(s, flush=True), ppo_timesteps=ppo_timesteps)
+    bench = Bench(
+        budget, Path(args.scratch), args.device, log=lambda s: print(s, flush=True), ppo_timesteps=ppo_timesteps
+    )
 
     def save_partial(_result):
         report = build_report(args, budget, runs, bench, time.perf_counter() - t0, machine, command)
@@ -1108,8 +1426,10 @@ def main(argv=None) -> dict:
     run_all(bench, runs, on_result=save_partial)
     report = build_report(args, budget, runs, bench, time.perf_counter() - t0, machine, command)
     write_outputs(report, out_dir, notes)
-    print(f"wrote {out_dir / 'quality.md'} and {out_dir / 'quality.json'} in {report['total_wall_s'] / 60:.1f} min",
-          flush=True)
+    print(
+        f"wrote {out_dir / 'quality.md'} and {out_dir / 'quality.json'} in {report['total_wall_s'] / 60:.1f} min",
+        flush=True,
+    )
     return report
 
 

@@ -56,8 +56,11 @@ def _ok(data: dict, task: str, arm: str) -> dict:
 def values(data: dict, task: str, arm: str, metric: str, temp: float | None = None) -> dict:
     """``{seed: value}`` of ``metric`` at temperature ``temp`` (default: the experiment's default)."""
     key = _t(data, temp)
-    return {s: c["metrics"][key].get(metric) for s, c in _ok(data, task, arm).items()
-            if c["metrics"].get(key, {}).get(metric) is not None}
+    return {
+        s: c["metrics"][key].get(metric)
+        for s, c in _ok(data, task, arm).items()
+        if c["metrics"].get(key, {}).get(metric) is not None
+    }
 
 
 def primary_metric(data: dict, task: str) -> str:
@@ -81,8 +84,9 @@ def comparisons(data: dict, task: str) -> dict:
     out = {}
     for arm in data["resolved"]["arms"]:
         if arm != control:
-            out[arm] = {m: paired(values(data, task, arm, m), values(data, task, control, m))
-                        for m in shown_metrics(data, task)}
+            out[arm] = {
+                m: paired(values(data, task, arm, m), values(data, task, control, m)) for m in shown_metrics(data, task)
+            }
     return out
 
 
@@ -132,11 +136,14 @@ def frontier_statement(data: dict, task: str, arm: str) -> str:
     if cmp is None:
         return f"`{arm}`: no point of its curve lies within `{control}`'s diversity range; not compared."
     v = verdict(cmp, +1)
-    words = {"better": f"above `{control}`'s curve beyond the interval",
-             "worse": f"below `{control}`'s curve beyond the interval"}.get(v, v.replace("better", "above").replace(
-                 "worse", "below"))
-    return (f"`{arm}`: {words} (quality gap at equal diversity {fmt_diff(cmp)}, 95 % t over seeds, "
-            f"n = {cmp['n']}, {used} points within `{control}`'s diversity range).")
+    words = {
+        "better": f"above `{control}`'s curve beyond the interval",
+        "worse": f"below `{control}`'s curve beyond the interval",
+    }.get(v, v.replace("better", "above").replace("worse", "below"))
+    return (
+        f"`{arm}`: {words} (quality gap at equal diversity {fmt_diff(cmp)}, 95 % t over seeds, "
+        f"n = {cmp['n']}, {used} points within `{control}`'s diversity range)."
+    )
 
 
 def render_png(data: dict, task: str, path: Path) -> None:
@@ -158,9 +165,15 @@ def render_png(data: dict, task: str, path: Path) -> None:
         if not pts:
             continue
         is_control = arm == data["control"]
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=arm,
-                color="black" if is_control else None, linewidth=2.5 if is_control else 1.2,
-                linestyle="--" if arm == "base" else "-")
+        ax.plot(
+            [p[1] for p in pts],
+            [p[2] for p in pts],
+            marker="o",
+            label=arm,
+            color="black" if is_control else None,
+            linewidth=2.5 if is_control else 1.2,
+            linestyle="--" if arm == "base" else "-",
+        )
         for temp, xx, yy in pts:
             ax.annotate(f"{temp:g}", (xx, yy), fontsize=6, textcoords="offset points", xytext=(3, 3))
     ax.set_xlabel(f"diversity: {x}" + (" (lower = more coverage)" if DIRECTION.get(x, -1) < 0 else ""))
@@ -192,27 +205,42 @@ def _budget_lines(data: dict) -> list:
     m = r["model"]
     b = r["base"]
     tr = b["train"]
-    sel = (f"; the arms start from the base checkpoint of lowest held-out NLL on `valid` (scored every "
-           f"{b['select_every']} steps)" if b["select_every"] else "; the arms start from its last step")
-    lines = [f"Model {m['n_layer']} layers × {m['n_head']} heads × {m['n_embd']} wide, dropout {m['dropout']}. "
-             f"Base: `{b['agent']}` from scratch, {tr['max_steps']} steps × {tr['batch_size']} demonstrations, "
-             f"lr {tr['lr']:g} (warm-up {tr['warmup_steps']}, cosine to {tr['min_lr_ratio']:g} × lr){sel}.  ",
-             f"Evaluation: {r['eval_samples']} episodes per temperature (test prompts on a prompted task), sampling "
-             f"seed = the run's seed, temperatures {', '.join(f'{t:g}' for t in r['temperatures'])} (tables at "
-             f"T = {r['default_temperature']:g}); held-out `nll` on the `test` split.", "",
-             "| arm | agent | start | steps | batch | lr | warm-up | min lr ratio |", "|---|---|---|---|---|---|---|---|"]
+    sel = (
+        f"; the arms start from the base checkpoint of lowest held-out NLL on `valid` (scored every "
+        f"{b['select_every']} steps)"
+        if b["select_every"]
+        else "; the arms start from its last step"
+    )
+    lines = [
+        f"Model {m['n_layer']} layers × {m['n_head']} heads × {m['n_embd']} wide, dropout {m['dropout']}. "
+        f"Base: `{b['agent']}` from scratch, {tr['max_steps']} steps × {tr['batch_size']} demonstrations, "
+        f"lr {tr['lr']:g} (warm-up {tr['warmup_steps']}, cosine to {tr['min_lr_ratio']:g} × lr){sel}.  ",
+        f"Evaluation: {r['eval_samples']} episodes per temperature (test prompts on a prompted task), sampling "
+        f"seed = the run's seed, temperatures {', '.join(f'{t:g}' for t in r['temperatures'])} (tables at "
+        f"T = {r['default_temperature']:g}); held-out `nll` on the `test` split.",
+        "",
+        "| arm | agent | start | steps | batch | lr | warm-up | min lr ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for arm, a in r["arms"].items():
         t = a["train"]
         steps = f"{t['max_steps']} (incl. base's)" if a["start"] == "fork" else str(t["max_steps"])
-        lines.append(f"| {arm} | {a['agent']} | {a['start']} | {steps} | {t['batch_size']} | {t['lr']:g} | "
-                     f"{t['warmup_steps']} | {t['min_lr_ratio']:g} |")
+        lines.append(
+            f"| {arm} | {a['agent']} | {a['start']} | {steps} | {t['batch_size']} | {t['lr']:g} | "
+            f"{t['warmup_steps']} | {t['min_lr_ratio']:g} |"
+        )
     agents = {}
     for arm, a in r["arms"].items():
         agents.setdefault(a["agent"], []).append(arm)
     for agent, arms in agents.items():
         fields = list(r["arms"][arms[0]]["learner"])
-        lines += ["", f"`{agent}` learner config of each arm (complete; every field, none from defaults):", "",
-                  "| arm | " + " | ".join(fields) + " |", "|---|" + "---|" * len(fields)]
+        lines += [
+            "",
+            f"`{agent}` learner config of each arm (complete; every field, none from defaults):",
+            "",
+            "| arm | " + " | ".join(fields) + " |",
+            "|---|" + "---|" * len(fields),
+        ]
         for arm in arms:
             lines.append(f"| {arm} | " + " | ".join(str(r["arms"][arm]["learner"][f]) for f in fields) + " |")
     return lines
@@ -223,38 +251,65 @@ def render_markdown(data: dict, stem: str) -> str:
     r = data["resolved"]
     control = data["control"]
     title = f"# Experiment `{data['experiment']}`" + (" (quick budget)" if data.get("quick") else "")
-    lines = [title, "", f"Generated from `{stem}.json` by `python -m benchmarks render {stem}.json` "
-             f"(do not edit); experiment file `{data['file']}`.", ""]
+    lines = [
+        title,
+        "",
+        f"Generated from `{stem}.json` by `python -m benchmarks render {stem}.json` "
+        f"(do not edit); experiment file `{data['file']}`.",
+        "",
+    ]
     if data.get("description"):
         lines += [data["description"].strip(), ""]
-    lines += ["## Runs", "", "| # | command | commit | dirty | Python | torch | transformers | device | CPUs | "
-              "load avg 1/5/15 min | workers | wall | cells |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Runs",
+        "",
+        "| # | command | commit | dirty | Python | torch | transformers | device | CPUs | "
+        "load avg 1/5/15 min | workers | wall | cells |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     hashes = {}
     for i, inv in enumerate(data["invocations"]):
         p = inv["provenance"]
         mach = p["machine"]
         load = "/".join(f"{x:g}" for x in mach["load_average"]) if mach.get("load_average") else "–"
-        lines.append(f"| {i} | `{inv['command']}` | {(p['commit'] or '?')[:10]} | {p['dirty']} | {p['python']} | "
-                     f"{p['torch']} | {p['transformers']} | {mach['device']}: {mach['device_name']} | "
-                     f"{mach['cpu_count']} | {load} | {inv['workers']} | {inv.get('wall_s', 0) / 60:.1f} min | "
-                     f"{len(inv['cells'])} |")
+        lines.append(
+            f"| {i} | `{inv['command']}` | {(p['commit'] or '?')[:10]} | {p['dirty']} | {p['python']} | "
+            f"{p['torch']} | {p['transformers']} | {mach['device']}: {mach['device_name']} | "
+            f"{mach['cpu_count']} | {load} | {inv['workers']} | {inv.get('wall_s', 0) / 60:.1f} min | "
+            f"{len(inv['cells'])} |"
+        )
         hashes.update(p["corpus_hashes"])
-    lines += ["", "Corpus identity (`Task.corpus_hash`, SHA-256 of the splits' texts): " +
-              ", ".join(f"`{t}` {h[:16]}" for t, h in sorted(hashes.items())) + ".", "", "## Budget", ""]
+    lines += [
+        "",
+        "Corpus identity (`Task.corpus_hash`, SHA-256 of the splits' texts): "
+        + ", ".join(f"`{t}` {h[:16]}" for t, h in sorted(hashes.items()))
+        + ".",
+        "",
+        "## Budget",
+        "",
+    ]
     lines += _budget_lines(data)
-    lines += ["", "## Results", "",
-              f"Mean ± std over seeds at T = {r['default_temperature']:g}. Δ: paired difference arm − `{control}` "
-              "per seed (same base run, same sampling seed), mean [95 % t-interval over seeds]; the verdict is "
-              "generated from the interval (\"better\"/\"worse\" when it excludes 0, in the metric's good "
-              "direction, over at least 5 seeds; over fewer seeds such an interval is shown without a verdict). "
-              "`nll`: held-out NLL on `test` (nats/token, lower is better)."]
+    lines += [
+        "",
+        "## Results",
+        "",
+        f"Mean ± std over seeds at T = {r['default_temperature']:g}. Δ: paired difference arm − `{control}` "
+        "per seed (same base run, same sampling seed), mean [95 % t-interval over seeds]; the verdict is "
+        'generated from the interval ("better"/"worse" when it excludes 0, in the metric\'s good '
+        "direction, over at least 5 seeds; over fewer seeds such an interval is shown without a verdict). "
+        "`nll`: held-out NLL on `test` (nats/token, lower is better).",
+    ]
     for task in r["tasks"]:
         metrics = shown_metrics(data, task)
         prim = metrics[0]
         cmps = comparisons(data, task)
-        lines += ["", f"### `{task}`", "",
-                  "| arm | n | " + " | ".join(metrics) + f" | Δ {prim} | verdict | Δ nll | verdict |",
-                  "|---|---|" + "---|" * (len(metrics) + 4)]
+        lines += [
+            "",
+            f"### `{task}`",
+            "",
+            "| arm | n | " + " | ".join(metrics) + f" | Δ {prim} | verdict | Δ nll | verdict |",
+            "|---|---|" + "---|" * (len(metrics) + 4),
+        ]
         for arm in ["base", *r["arms"]]:
             n = len(_ok(data, task, arm))
             cells = [_ms(values(data, task, arm, m)) for m in metrics]
@@ -268,17 +323,22 @@ def render_markdown(data: dict, stem: str) -> str:
         for k, c in failed:
             lines.append(f"\nFailed: `{k}`: {c.get('error')}")
         q, x = frontier_axes(data, task)
-        lines += ["", f"#### Quality–diversity frontier (`{task}`)", "",
-                  f"![frontier]({stem}_{task}.png)", "",
-                  f"Quality `{q}` / diversity `{x}`, mean over seeds, per temperature:", "",
-                  "| arm | " + " | ".join(f"T = {t:g}" for t in r["temperatures"]) + " |",
-                  "|---|" + "---|" * len(r["temperatures"])]
+        lines += [
+            "",
+            f"#### Quality–diversity frontier (`{task}`)",
+            "",
+            f"![frontier]({stem}_{task}.png)",
+            "",
+            f"Quality `{q}` / diversity `{x}`, mean over seeds, per temperature:",
+            "",
+            "| arm | " + " | ".join(f"T = {t:g}" for t in r["temperatures"]) + " |",
+            "|---|" + "---|" * len(r["temperatures"]),
+        ]
         for arm in ["base", *r["arms"]]:
             row = []
             for temp in r["temperatures"]:
                 qv, xv = values(data, task, arm, q, temp), values(data, task, arm, x, temp)
-                row.append(f"{np.mean(list(qv.values())):.3f} / {np.mean(list(xv.values())):.3f}"
-                           if qv and xv else "–")
+                row.append(f"{np.mean(list(qv.values())):.3f} / {np.mean(list(xv.values())):.3f}" if qv and xv else "–")
             lines.append(f"| {arm} | " + " | ".join(row) + " |")
         lines += [""] + [f"- {frontier_statement(data, task, arm)}" for arm in r["arms"] if arm != control]
     return "\n".join(lines) + "\n"
@@ -304,9 +364,13 @@ def render_files(json_path: Path, png: bool = True) -> Path:
 
 def readme_block(json_paths: list) -> str:
     """The README's generated "Which method wins where" table from the runner's results files."""
-    lines = [README_BEGIN, "",
-             "| results | task | arm vs control | n | task metric Δ [95 % t] | verdict | held-out NLL Δ [95 % t] | "
-             "verdict | quality–diversity curve vs control |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        README_BEGIN,
+        "",
+        "| results | task | arm vs control | n | task metric Δ [95 % t] | verdict | held-out NLL Δ [95 % t] | "
+        "verdict | quality–diversity curve vs control |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(json_paths, key=lambda p: Path(p).name):
         data = json.loads(Path(path).read_text())
         name = Path(path).with_suffix(".md").name
@@ -319,9 +383,11 @@ def readme_block(json_paths: list) -> str:
                 fg, _ = frontier_gap(data, task, arm)
                 fv = verdict(fg, +1).replace("better", "above").replace("worse", "below")
                 n = max(c["n"] for c in (c1, c2) if c is not None)
-                lines.append(f"| `{name}` | {task} | {arm} vs {data['control']} | {n} | {prim} {fmt_diff(c1)} | "
-                             f"{verdict(c1, DIRECTION[prim])} | {fmt_diff(c2)} | {verdict(c2, DIRECTION['nll'])} | "
-                             f"{fv} |")
+                lines.append(
+                    f"| `{name}` | {task} | {arm} vs {data['control']} | {n} | {prim} {fmt_diff(c1)} | "
+                    f"{verdict(c1, DIRECTION[prim])} | {fmt_diff(c2)} | {verdict(c2, DIRECTION['nll'])} | "
+                    f"{fv} |"
+                )
     lines += ["", README_END]
     return "\n".join(lines)
 

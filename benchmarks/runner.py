@@ -63,8 +63,20 @@ RESULTS_DIR = HERE / "results"
 TRAIN_KEYS = ("max_steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip")
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 STARTS = ("init", "fork")
-TOP_KEYS = {"description", "tasks", "seeds", "control", "temperatures", "default_temperature", "metrics",
-            "eval_samples", "base", "train", "arms", "quick"}
+TOP_KEYS = {
+    "description",
+    "tasks",
+    "seeds",
+    "control",
+    "temperatures",
+    "default_temperature",
+    "metrics",
+    "eval_samples",
+    "base",
+    "train",
+    "arms",
+    "quick",
+}
 QUICK_KEYS = {"seeds", "tasks", "arms", "eval_samples", "model", "base", "train"}
 
 
@@ -105,9 +117,11 @@ def _learner_config(agent: str, values: dict, where: str):
     missing = [n for n in names if n not in values]
     unknown = [k for k in values if k not in names]
     if missing or unknown:
-        raise ExperimentError(f"{where}: the learner table must give every field of {cls.__name__} (a complete "
-                              f"config, never a diff against defaults); missing {missing}, unknown {unknown} "
-                              f"(python -m benchmarks template {agent} prints a complete table)")
+        raise ExperimentError(
+            f"{where}: the learner table must give every field of {cls.__name__} (a complete "
+            f"config, never a diff against defaults); missing {missing}, unknown {unknown} "
+            f"(python -m benchmarks template {agent} prints a complete table)"
+        )
     kw = {}
     for f in dataclasses.fields(cls):
         v = values[f.name]
@@ -123,26 +137,35 @@ def _check_keys(table: dict, required, where: str, optional=()) -> None:
     missing = [k for k in required if k not in table]
     unknown = [k for k in table if k not in required and k not in optional]
     if missing or unknown:
-        raise ExperimentError(f"{where}: missing keys {missing}, unknown keys {unknown}; expected {list(required)}"
-                              + (f" (optional {list(optional)})" if optional else ""))
+        raise ExperimentError(
+            f"{where}: missing keys {missing}, unknown keys {unknown}; expected {list(required)}"
+            + (f" (optional {list(optional)})" if optional else "")
+        )
 
 
 def _resolve_run(table: dict, train_default: dict | None, model: dict, where: str, is_base: bool) -> dict:
     """One run's resolved config: ``dict(agent, start, train, learner[, select_every])``, JSON-able."""
-    _check_keys(table, ("agent", "learner"), where, optional=("train", "select_every") if is_base else ("train", "start"))
+    _check_keys(
+        table, ("agent", "learner"), where, optional=("train", "select_every") if is_base else ("train", "start")
+    )
     agent = table["agent"]
     train = dict(train_default or {})
     train.update(table.get("train", {}))
     _check_keys(train, TRAIN_KEYS, f"{where}.train")
     learner = _learner_config(agent, table["learner"], f"{where}.learner")
     TrainConfig(agent=agent, model=ModelConfig(**model), **train)  # validates the values, message names the flag
-    out = {"agent": agent, "train": {k: train[k] for k in TRAIN_KEYS},
-           "learner": json.loads(json.dumps(dataclasses.asdict(learner)))}
+    out = {
+        "agent": agent,
+        "train": {k: train[k] for k in TRAIN_KEYS},
+        "learner": json.loads(json.dumps(dataclasses.asdict(learner))),
+    }
     if is_base:
         out["select_every"] = int(table.get("select_every", 0))
         if not 0 <= out["select_every"] <= train["max_steps"]:
-            raise ExperimentError(f"{where}.select_every: expected 0 (off) or a step count <= max_steps "
-                                  f"{train['max_steps']}, got {out['select_every']}")
+            raise ExperimentError(
+                f"{where}.select_every: expected 0 (off) or a step count <= max_steps "
+                f"{train['max_steps']}, got {out['select_every']}"
+            )
     else:
         start = table.get("start", "init")
         if start not in STARTS:
@@ -172,9 +195,15 @@ class Experiment:
 
     def resolved(self) -> dict:
         """Everything that defines the cells' computations (complete configs), JSON-able."""
-        return {"tasks": self.tasks, "model": self.model, "eval_samples": self.eval_samples,
-                "temperatures": self.temperatures, "default_temperature": self.default_temperature,
-                "base": self.base, "arms": self.arms}
+        return {
+            "tasks": self.tasks,
+            "model": self.model,
+            "eval_samples": self.eval_samples,
+            "temperatures": self.temperatures,
+            "default_temperature": self.default_temperature,
+            "base": self.base,
+            "arms": self.arms,
+        }
 
 
 def experiment_path(name: str) -> Path:
@@ -197,8 +226,12 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
     except tomllib.TOMLDecodeError as e:
         raise ExperimentError(f"{path}: not valid TOML ({e})") from None
     where = path.name
-    _check_keys(raw, ("tasks", "seeds", "control", "temperatures", "metrics", "eval_samples", "base", "arms"),
-                where, optional=("description", "default_temperature", "train", "quick"))
+    _check_keys(
+        raw,
+        ("tasks", "seeds", "control", "temperatures", "metrics", "eval_samples", "base", "arms"),
+        where,
+        optional=("description", "default_temperature", "train", "quick"),
+    )
     if quick:
         q = raw.get("quick")
         if q is None:
@@ -211,8 +244,10 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         if "arms" in q:
             unknown = [a for a in q["arms"] if a not in raw["arms"]]
             if unknown or raw["control"] not in q["arms"]:
-                raise ExperimentError(f"{where}.quick.arms: must name arms of the file and include the control "
-                                      f"{raw['control']!r}; got {q['arms']}")
+                raise ExperimentError(
+                    f"{where}.quick.arms: must name arms of the file and include the control "
+                    f"{raw['control']!r}; got {q['arms']}"
+                )
             raw["arms"] = {a: raw["arms"][a] for a in q["arms"]}
         if "model" in q:
             raw["base"]["model"] = {**raw["base"].get("model", {}), **q["model"]}
@@ -232,21 +267,35 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         raise ExperimentError(f"{where}.base: needs a [base.model] table with {list(MODEL_KEYS)}")
     _check_keys(model, MODEL_KEYS, f"{where}.base.model")
     base = _resolve_run(base_raw, None, model, f"{where}.base", is_base=True)
-    arms = {a: _resolve_run(t, raw.get("train"), model, f"{where}.arms.{a}", is_base=False)
-            for a, t in raw["arms"].items()}
+    arms = {
+        a: _resolve_run(t, raw.get("train"), model, f"{where}.arms.{a}", is_base=False) for a, t in raw["arms"].items()
+    }
     if raw["control"] not in arms:
         raise ExperimentError(f"{where}.control: {raw['control']!r} is not an arm; arms are {list(arms)}")
     temps = [float(t) for t in raw["temperatures"]]
     default_t = float(raw.get("default_temperature", 1.0))
     if default_t not in temps or any(not t > 0 for t in temps):
-        raise ExperimentError(f"{where}: temperatures must be > 0 and contain default_temperature {default_t}, "
-                              f"got {temps}")
+        raise ExperimentError(
+            f"{where}: temperatures must be > 0 and contain default_temperature {default_t}, got {temps}"
+        )
     for t in raw["tasks"]:
         make_task(t)  # unknown task names fail here, naming the task
-    return Experiment(name=path.stem, path=str(path), description=raw.get("description", ""),
-                      tasks=list(raw["tasks"]), seeds=[int(s) for s in raw["seeds"]], control=raw["control"],
-                      temperatures=temps, default_temperature=default_t, metrics=list(raw["metrics"]),
-                      eval_samples=int(raw["eval_samples"]), model=dict(model), base=base, arms=arms, quick=quick)
+    return Experiment(
+        name=path.stem,
+        path=str(path),
+        description=raw.get("description", ""),
+        tasks=list(raw["tasks"]),
+        seeds=[int(s) for s in raw["seeds"]],
+        control=raw["control"],
+        temperatures=temps,
+        default_temperature=default_t,
+        metrics=list(raw["metrics"]),
+        eval_samples=int(raw["eval_samples"]),
+        model=dict(model),
+        base=base,
+        arms=arms,
+        quick=quick,
+    )
 
 
 def results_stem(exp: Experiment, out_dir: Path = RESULTS_DIR) -> Path:
@@ -305,10 +354,23 @@ def run_cell(job: dict) -> dict:
         if job["start_from"] is not None:
             start = {"fork_from" if run.get("start") == "fork" else "init": job["start_from"]}
         steps = run["train"]["max_steps"]
-        cfg = TrainConfig(agent=agent, task=job["task"], seed=job["seed"], logdir=job["logdir"], device=job["device"],
-                          progress=False, overwrite=True, ckpt_every=steps, log_every=max(1, steps // 10),
-                          eval_samples=job["eval_samples"], eval_temperature=job["default_temperature"],
-                          model=ModelConfig(**job["model"]), **run["train"], **start, **section)
+        cfg = TrainConfig(
+            agent=agent,
+            task=job["task"],
+            seed=job["seed"],
+            logdir=job["logdir"],
+            device=job["device"],
+            progress=False,
+            overwrite=True,
+            ckpt_every=steps,
+            log_every=max(1, steps // 10),
+            eval_samples=job["eval_samples"],
+            eval_temperature=job["default_temperature"],
+            model=ModelConfig(**job["model"]),
+            **run["train"],
+            **start,
+            **section,
+        )
         select = _Select(run.get("select_every", 0))
         trainer = Trainer(cfg, callbacks=[select])
         try:
@@ -321,8 +383,14 @@ def run_cell(job: dict) -> dict:
         selection = None
         if select.every:
             best_nll, best_step = select.best
-            selection = {"split": "valid", "metric": "nll", "every": select.every, "best_step": best_step,
-                         "best_valid_nll": best_nll, "curve": select.curve}
+            selection = {
+                "split": "valid",
+                "metric": "nll",
+                "every": select.every,
+                "best_step": best_step,
+                "best_valid_nll": best_nll,
+                "curve": select.curve,
+            }
             checkpoint = str(Path(job["logdir"]) / "best.pt")
             state = torch.load(checkpoint, map_location=device, weights_only=True)
             policy.load_state_dict(state["model"])  # report the selected checkpoint, on test
@@ -333,13 +401,21 @@ def run_cell(job: dict) -> dict:
             if temp == job["default_temperature"] and default is not None:
                 m = dict(default)
             else:
-                m = evaluate_policy(policy, task, num_samples=job["eval_samples"], device=device, seed=job["seed"],
-                                    temperature=temp)
+                m = evaluate_policy(
+                    policy, task, num_samples=job["eval_samples"], device=device, seed=job["seed"], temperature=temp
+                )
             if task.oracle is not None:
                 m["nll_at_t"] = heldout_nll(Tempered(policy, temp), task, "test", device=device)["nll"]
             metrics[repr(float(temp))] = {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
-        return {"status": "ok", "metrics": metrics, "steps": steps, "train_s": round(train_s, 2),
-                "eval_s": round(time.perf_counter() - t1, 2), "checkpoint": checkpoint, "selection": selection}
+        return {
+            "status": "ok",
+            "metrics": metrics,
+            "steps": steps,
+            "train_s": round(train_s, 2),
+            "eval_s": round(time.perf_counter() - t1, 2),
+            "checkpoint": checkpoint,
+            "selection": selection,
+        }
     except Exception as e:  # recorded, the experiment goes on
         return {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
 
@@ -368,9 +444,18 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_experiment(name: str, seeds: list | None = None, workers: int = 1, device: str = "cpu",
-                   quick: bool = False, out_dir: Path = RESULTS_DIR, scratch: Path = Path("runs/bench"),
-                   command: str | None = None, log: Callable = print, render: bool = True) -> dict:
+def run_experiment(
+    name: str,
+    seeds: list | None = None,
+    workers: int = 1,
+    device: str = "cpu",
+    quick: bool = False,
+    out_dir: Path = RESULTS_DIR,
+    scratch: Path = Path("runs/bench"),
+    command: str | None = None,
+    log: Callable = print,
+    render: bool = True,
+) -> dict:
     """Run (or resume) an experiment; returns the results dict written to ``results_stem(exp).json``.
 
     :param seeds: override the file's seeds (the results record which seeds ran).
@@ -387,33 +472,60 @@ def run_experiment(name: str, seeds: list | None = None, workers: int = 1, devic
         data = json.loads(json_path.read_text())
         if data.get("resolved") != resolved:
             diffs = _diff(resolved, data.get("resolved", {}))
-            raise ExperimentError(f"{json_path} was made with another configuration of {exp.name!r} "
-                                  f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}); move it away to "
-                                  "rerun, or name the changed experiment differently")
+            raise ExperimentError(
+                f"{json_path} was made with another configuration of {exp.name!r} "
+                f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}); move it away to "
+                "rerun, or name the changed experiment differently"
+            )
     else:
-        data = {"format": FORMAT, "experiment": exp.name, "file": os.path.relpath(exp.path, HERE.parent),
-                "description": exp.description, "quick": quick, "control": exp.control, "metrics": exp.metrics,
-                "resolved": resolved, "invocations": [], "cells": {}}
+        data = {
+            "format": FORMAT,
+            "experiment": exp.name,
+            "file": os.path.relpath(exp.path, HERE.parent),
+            "description": exp.description,
+            "quick": quick,
+            "control": exp.control,
+            "metrics": exp.metrics,
+            "resolved": resolved,
+            "invocations": [],
+            "cells": {},
+        }
     data["control"], data["metrics"], data["description"] = exp.control, exp.metrics, exp.description
     hashes = {t: make_task(t).corpus_hash for t in exp.tasks}
     for task, h in hashes.items():
         for inv in data["invocations"]:
             old = inv["provenance"]["corpus_hashes"].get(task)
             if old is not None and old != h:
-                raise ExperimentError(f"task {task!r}: corpus hash {h[:12]} differs from {old[:12]} of earlier "
-                                      f"cells in {json_path} (another Python's standard library?); move it away")
-    invocation = {"command": command or "python -m benchmarks run " + shlex.join(sys.argv[2:]),
-                  "seeds": seeds, "workers": workers, "provenance": provenance(device, hashes), "cells": []}
+                raise ExperimentError(
+                    f"task {task!r}: corpus hash {h[:12]} differs from {old[:12]} of earlier "
+                    f"cells in {json_path} (another Python's standard library?); move it away"
+                )
+    invocation = {
+        "command": command or "python -m benchmarks run " + shlex.join(sys.argv[2:]),
+        "seeds": seeds,
+        "workers": workers,
+        "provenance": provenance(device, hashes),
+        "cells": [],
+    }
     data["invocations"].append(invocation)
     cells = data["cells"]
     scratch = Path(scratch) / stem.name
 
     def job(task, arm, seed, start_from):
         run = exp.base if arm == "base" else exp.arms[arm]
-        return {"task": task, "seed": seed, "arm": arm, "run": run, "model": exp.model, "device": device,
-                "logdir": str(scratch / task / f"{arm}-s{seed}"), "start_from": start_from,
-                "temperatures": exp.temperatures, "default_temperature": exp.default_temperature,
-                "eval_samples": exp.eval_samples}
+        return {
+            "task": task,
+            "seed": seed,
+            "arm": arm,
+            "run": run,
+            "model": exp.model,
+            "device": device,
+            "logdir": str(scratch / task / f"{arm}-s{seed}"),
+            "start_from": start_from,
+            "temperatures": exp.temperatures,
+            "default_temperature": exp.default_temperature,
+            "eval_samples": exp.eval_samples,
+        }
 
     def done(key):
         return cells.get(key, {}).get("status") == "ok"
@@ -440,8 +552,10 @@ def run_experiment(name: str, seeds: list | None = None, workers: int = 1, devic
                 res["invocation"] = len(data["invocations"]) - 1
                 cells[cell_key(task, arm, seed)] = res
                 invocation["cells"].append(cell_key(task, arm, seed))
-                log(f"[{time.perf_counter() - t0:7.1f} s] {task} {arm} seed {seed}: {res['status']}"
-                    + (f" ({res['error']})" if res["status"] != "ok" else ""))
+                log(
+                    f"[{time.perf_counter() - t0:7.1f} s] {task} {arm} seed {seed}: {res['status']}"
+                    + (f" ({res['error']})" if res["status"] != "ok" else "")
+                )
                 if arm == "base" and res["status"] == "ok":
                     for a in exp.arms:
                         if not done(cell_key(task, a, seed)):

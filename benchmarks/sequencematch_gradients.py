@@ -53,11 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file: this checkout's agents/ and benchmarks/
     sys.path.insert(0, str(ROOT))
 
-from agents.common.evaluation import evaluate_policy, heldout_nll  # noqa: E402
-from agents.common.rollout import make_vector_env, rollout  # noqa: E402
 from agents.common.checkpoint import load_policy  # noqa: E402
 from agents.common.demos import DemoSampler  # noqa: E402
+from agents.common.evaluation import evaluate_policy, heldout_nll  # noqa: E402
 from agents.common.learner import LearnerContext  # noqa: E402
+from agents.common.rollout import make_vector_env, rollout  # noqa: E402
 from agents.sequencematch import PromptedReset, SequenceMatchConfig, SequenceMatchLearner  # noqa: E402
 from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer  # noqa: E402
 from benchmarks.quality import PhaseCounter  # noqa: E402
@@ -110,15 +110,23 @@ def prompted_recovery(policy, task, num_samples: int = 256, seed: int = 0, tempe
     device = next(policy.parameters()).device
     venv = PromptedReset(make_vector_env(task, num_samples, device))
     venv.prompts = chosen
-    res = rollout(policy, venv, seed=seed, temperature=temperature, generator=torch.Generator().manual_seed(seed),
-                  forced_actions=(actions, counts))
+    res = rollout(
+        policy,
+        venv,
+        seed=seed,
+        temperature=temperature,
+        generator=torch.Generator().manual_seed(seed),
+        forced_actions=(actions, counts),
+    )
     venv.close()
     acts, finals = res.action_lists(), res.sequences()
     first_free = [a[c] if len(a) > c else None for a, c in zip(acts, counts.tolist())]
     texts = [p + task.tokenizer.decode(s) for p, s in zip(chosen, finals)]
-    return {"recovery_backspace": sum(f == sp.backspace for f in first_free) / num_samples,
-            "recovery_deleted": sum(not (len(s) > k and s[k] == w) for s, k, w in zip(finals, cuts, wrong)) / num_samples,
-            "recovery_validity": sum(bool(task.validity(t)) for t in texts) / num_samples}
+    return {
+        "recovery_backspace": sum(f == sp.backspace for f in first_free) / num_samples,
+        "recovery_deleted": sum(not (len(s) > k and s[k] == w) for s, k, w in zip(finals, cuts, wrong)) / num_samples,
+        "recovery_validity": sum(bool(task.validity(t)) for t in texts) / num_samples,
+    }
 
 
 class _Diag(Callback):
@@ -129,15 +137,18 @@ class _Diag(Callback):
 
     def on_step_end(self, trainer, metrics) -> None:
         if any(k.startswith("diag/") for k in metrics):
-            row = {"step": trainer.step, **{k: v for k, v in metrics.items()
-                                            if k.startswith(("diag/", "loss/", "buffer/age"))}}
+            row = {
+                "step": trainer.step,
+                **{k: v for k, v in metrics.items() if k.startswith(("diag/", "loss/", "buffer/age"))},
+            }
             self.rows.append(row)
 
 
 def _run(task_spec, kw: dict, sections: dict, temperatures, eval_samples: int, recovery_samples: int) -> dict:
     model = ModelConfig(**kw.pop("model"))
-    cfg = TrainConfig(task=task_spec, **kw, model=model, device="cpu", progress=False, overwrite=True,
-                      eval_samples=eval_samples)
+    cfg = TrainConfig(
+        task=task_spec, **kw, model=model, device="cpu", progress=False, overwrite=True, eval_samples=eval_samples
+    )
     for name, values in sections.items():
         setattr(cfg, name, dataclasses.replace(getattr(cfg, name), **values))
     meter, diag = PhaseCounter(), _Diag()
@@ -158,9 +169,18 @@ def _run(task_spec, kw: dict, sections: dict, temperatures, eval_samples: int, r
         valid_nll = heldout_nll(policy, task, "valid")["nll"]
     finally:
         trainer.close()
-    return {"metrics": metrics, "grid": grid, "recovery": rec, "valid_nll": valid_nll, "seconds": seconds,
-            "train_seconds": seconds - meter.eval_s - diag_s, "diag_seconds": diag_s, "demo_tokens": meter.tokens,
-            "diag": diag.rows, "post_eval_seconds": time.perf_counter() - t1}
+    return {
+        "metrics": metrics,
+        "grid": grid,
+        "recovery": rec,
+        "valid_nll": valid_nll,
+        "seconds": seconds,
+        "train_seconds": seconds - meter.eval_s - diag_s,
+        "diag_seconds": diag_s,
+        "demo_tokens": meter.tokens,
+        "diag": diag.rows,
+        "post_eval_seconds": time.perf_counter() - t1,
+    }
 
 
 def decompose(path: str, batches: int = 4, batch_size: int = 64, seed: int = 0, **cfg_kw) -> dict:
@@ -170,8 +190,9 @@ def decompose(path: str, batches: int = 4, batch_size: int = 64, seed: int = 0, 
     policy, task, _ = load_policy(path)
     policy.train()
     gens = {"noise": torch.Generator().manual_seed(seed), "sample": torch.Generator().manual_seed(seed + 1)}
-    ctx = LearnerContext(model=policy, policy=policy, task=task, device=torch.device("cpu"), generators=gens,
-                         batch_size=batch_size)
+    ctx = LearnerContext(
+        model=policy, policy=policy, task=task, device=torch.device("cpu"), generators=gens, batch_size=batch_size
+    )
     learner = SequenceMatchLearner(ctx, SequenceMatchConfig(diagnostics_every=1, **cfg_kw))
     data = DemoSampler(task, "train", torch.Generator().manual_seed(seed))
     rows = [learner.loss(data.sample(batch_size), i)[1] for i in range(batches)]
@@ -185,17 +206,29 @@ def _ci(xs: list[float]) -> tuple[float, float]:
     return m, (T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
 
 
-SHOWN = ("reward_data", "reward_wrong", "chi2_data", "chi2_model", "tail_reward", "tail_chi2", "value", "tail_value",
-         "bc", "total")
+SHOWN = (
+    "reward_data",
+    "reward_wrong",
+    "chi2_data",
+    "chi2_model",
+    "tail_reward",
+    "tail_chi2",
+    "value",
+    "tail_value",
+    "bc",
+    "total",
+)
 
 
 def _diag_line(row: dict) -> str:
     parts = [f"{t} {row.get(f'diag/grad_norm/{t}', 0):.3g} ({row.get(f'diag/cos_mle/{t}', 0):+.2f})" for t in SHOWN]
-    return (f"  step {row['step']:5d}: " + ", ".join(parts) + f"; mle+bs {row.get('diag/grad_norm/mle_backspace', 0):.3g}"
-            f"; |l| {row.get('diag/data_logit_abs', 0):.2f}, |r| data {row.get('diag/data_reward_abs', 0):.2f} "
-            f"model {row.get('diag/model_reward_abs', 0):.2f}, H data {row.get('diag/data_entropy', 0):.3f} "
-            f"model {row.get('diag/model_entropy', 0):.3f}, V data {row.get('diag/data_value', 0):.2f} "
-            f"model {row.get('diag/model_value', 0):.2f}, age {row.get('buffer/age', 0):.0f}")
+    return (
+        f"  step {row['step']:5d}: " + ", ".join(parts) + f"; mle+bs {row.get('diag/grad_norm/mle_backspace', 0):.3g}"
+        f"; |l| {row.get('diag/data_logit_abs', 0):.2f}, |r| data {row.get('diag/data_reward_abs', 0):.2f} "
+        f"model {row.get('diag/model_reward_abs', 0):.2f}, H data {row.get('diag/data_entropy', 0):.3f} "
+        f"model {row.get('diag/model_entropy', 0):.3f}, V data {row.get('diag/data_value', 0):.2f} "
+        f"model {row.get('diag/model_value', 0):.2f}, age {row.get('buffer/age', 0):.0f}"
+    )
 
 
 def main(argv=None) -> dict:
@@ -206,8 +239,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--base-steps", type=int, default=1500)
     ap.add_argument("--base-lr", type=float, default=2e-3)
-    ap.add_argument("--base-min-lr-ratio", type=float, default=1.0,
-                    help="the base's cosine ends at this × base lr (1 = constant: the arms continue the same schedule)")
+    ap.add_argument(
+        "--base-min-lr-ratio",
+        type=float,
+        default=1.0,
+        help="the base's cosine ends at this × base lr (1 = constant: the arms continue the same schedule)",
+    )
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -218,11 +255,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--diagnostics-every", type=int, default=100)
     ap.add_argument("--scratch", default="runs/sm_gradients")
     ap.add_argument("--out", default="benchmarks/results/sequencematch_gradients")
-    ap.add_argument("--reuse", default=None, help="a previous report JSON of this benchmark with the same budget: its "
-                                                  "bases and runs are taken as they are (the bases' checkpoints must "
-                                                  "still be in --scratch), only the missing runs are trained")
-    ap.add_argument("--decompose", nargs="+", default=None, metavar="CKPT",
-                    help="only print the gradient decomposition (mean of 4 batches) on these checkpoints, as JSON")
+    ap.add_argument(
+        "--reuse",
+        default=None,
+        help="a previous report JSON of this benchmark with the same budget: its "
+        "bases and runs are taken as they are (the bases' checkpoints must "
+        "still be in --scratch), only the missing runs are trained",
+    )
+    ap.add_argument(
+        "--decompose",
+        nargs="+",
+        default=None,
+        metavar="CKPT",
+        help="only print the gradient decomposition (mean of 4 batches) on these checkpoints, as JSON",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.decompose:
@@ -238,6 +284,7 @@ def main(argv=None) -> dict:
     ev = (args.temperatures, args.eval_samples, args.recovery_samples)
     t0 = time.perf_counter()
     bases, runs = {}, {}
+
     def write_report(seeds):
         wall = time.perf_counter() - t0
 
@@ -260,36 +307,59 @@ def main(argv=None) -> dict:
                     row[f"{k}_vs_mle"] = _ci([val(runs[(arm, s)], k) - val(runs[("mle", s)], k) for s in seeds])
                 row["cost_vs_mle"] = _ci([per_token(runs[(arm, s)]) / per_token(runs[("mle", s)]) for s in seeds])
             summary[arm] = row
-        base_mean = {"validity": statistics.mean(bases[s]["metrics"]["validity"] for s in seeds),
-                     "nll": statistics.mean(bases[s]["metrics"]["nll"] for s in seeds)}
-        report = {"command": "python benchmarks/sequencematch_gradients.py " + " ".join(argv or sys.argv[1:]),
-                  "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs, load "
-                             f"{os.getloadavg()[0]:.1f} at the end), 1 torch thread, one run at a time, CPU",
-                  "args": vars(args), "task": spec, "wall_s": wall, "base_mean": base_mean,
-                  "bases": {s: {k: v for k, v in b.items() if k != "diag"} for s, b in bases.items()},
-                  "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()}, "summary": summary}
+        base_mean = {
+            "validity": statistics.mean(bases[s]["metrics"]["validity"] for s in seeds),
+            "nll": statistics.mean(bases[s]["metrics"]["nll"] for s in seeds),
+        }
+        report = {
+            "command": "python benchmarks/sequencematch_gradients.py " + " ".join(argv or sys.argv[1:]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs, load "
+            f"{os.getloadavg()[0]:.1f} at the end), 1 torch thread, one run at a time, CPU",
+            "args": vars(args),
+            "task": spec,
+            "wall_s": wall,
+            "base_mean": base_mean,
+            "bases": {s: {k: v for k, v in b.items() if k != "diag"} for s, b in bases.items()},
+            "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()},
+            "summary": summary,
+        }
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"# SequenceMatch gradients and fix candidates on base-{args.base} `arithmetic`", "",
-                 f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
-                 f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}, cosine to {args.base_min_lr_ratio} × lr), fork from its last step; every "
-                 f"arm {args.steps} steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size}, "
-                 f"model {args.model}, seeds {seeds}; {args.eval_samples} evaluation episodes on the test "
-                 f"questions per temperature, {args.recovery_samples} recovery probes.  ",
-                 f"Base (mean over seeds): validity {base_mean['validity']:.3f}, held-out NLL {base_mean['nll']:.3f}.  ",
-                 "Cells: mean ± 95 % t half-width over seeds; `Δ` columns: paired per-seed difference to continued "
-                 "MLE (same base, same data order), mean ± 95 % t half-width.", "",
-                 "| arm | " + " | ".join(keys) + " | " + " | ".join(f"Δ {k}" for k in keys[:2] + ["nll"]) + " | cost_vs_mle |",
-                 "|---|" + "---|" * (len(keys) + 4)]
+        lines = [
+            f"# SequenceMatch gradients and fix candidates on base-{args.base} `arithmetic`",
+            "",
+            f"Command: `{report['command']}`  ",
+            f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
+            f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}, cosine to {args.base_min_lr_ratio} × lr), fork from its last step; every "
+            f"arm {args.steps} steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size}, "
+            f"model {args.model}, seeds {seeds}; {args.eval_samples} evaluation episodes on the test "
+            f"questions per temperature, {args.recovery_samples} recovery probes.  ",
+            f"Base (mean over seeds): validity {base_mean['validity']:.3f}, held-out NLL {base_mean['nll']:.3f}.  ",
+            "Cells: mean ± 95 % t half-width over seeds; `Δ` columns: paired per-seed difference to continued "
+            "MLE (same base, same data order), mean ± 95 % t half-width.",
+            "",
+            "| arm | "
+            + " | ".join(keys)
+            + " | "
+            + " | ".join(f"Δ {k}" for k in keys[:2] + ["nll"])
+            + " | cost_vs_mle |",
+            "|---|" + "---|" * (len(keys) + 4),
+        ]
         for arm in args.arms:
             row = summary[arm]
             cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys]
-            dcells = [f"{row[f'{k}_vs_mle'][0]:+.3f} ± {row[f'{k}_vs_mle'][1]:.3f}" if f"{k}_vs_mle" in row else "–"
-                      for k in keys[:2] + ["nll"]]
+            dcells = [
+                f"{row[f'{k}_vs_mle'][0]:+.3f} ± {row[f'{k}_vs_mle'][1]:.3f}" if f"{k}_vs_mle" in row else "–"
+                for k in keys[:2] + ["nll"]
+            ]
             cost = f"{row['cost_vs_mle'][0]:.2f} ± {row['cost_vs_mle'][1]:.2f}" if "cost_vs_mle" in row else "–"
             lines.append(f"| {arm} | " + " | ".join(cells) + " | " + " | ".join(dcells) + f" | {cost} |")
-        lines += ["", "Per-term gradient norms (cosine with the MLE + backspace gradient of the same batch), seed "
-                  f"{seeds[0]}, at the first diagnostics step after the fork and later:", ""]
+        lines += [
+            "",
+            "Per-term gradient norms (cosine with the MLE + backspace gradient of the same batch), seed "
+            f"{seeds[0]}, at the first diagnostics step after the fork and later:",
+            "",
+        ]
         for arm in args.arms:
             rows = runs[(arm, seeds[0])]["diag"]
             if rows:
@@ -307,11 +377,28 @@ def main(argv=None) -> dict:
         if str(s) in old["bases"] and (bdir / "checkpoint.pt").exists():
             bases[s] = old["bases"][str(s)]
         else:
-            bases[s] = _run(spec, dict(common, model=dict(model), agent="mle", seed=s, max_steps=args.base_steps,
-                                       lr=args.base_lr, warmup_steps=100, min_lr_ratio=args.base_min_lr_ratio,
-                                       logdir=str(bdir), ckpt_every=args.base_steps), {}, *ev)
-        print(f"base s{s}: validity {bases[s]['metrics']['validity']:.3f} nll {bases[s]['metrics']['nll']:.3f} "
-              f"({bases[s]['seconds']:.0f} s)", flush=True)
+            bases[s] = _run(
+                spec,
+                dict(
+                    common,
+                    model=dict(model),
+                    agent="mle",
+                    seed=s,
+                    max_steps=args.base_steps,
+                    lr=args.base_lr,
+                    warmup_steps=100,
+                    min_lr_ratio=args.base_min_lr_ratio,
+                    logdir=str(bdir),
+                    ckpt_every=args.base_steps,
+                ),
+                {},
+                *ev,
+            )
+        print(
+            f"base s{s}: validity {bases[s]['metrics']['validity']:.3f} nll {bases[s]['metrics']['nll']:.3f} "
+            f"({bases[s]['seconds']:.0f} s)",
+            flush=True,
+        )
         for arm in args.arms:
             if f"{arm}-s{s}" in old["runs"]:
                 runs[(arm, s)] = old["runs"][f"{arm}-s{s}"]
@@ -322,13 +409,31 @@ def main(argv=None) -> dict:
                 values.setdefault("diagnostics_every", args.diagnostics_every)
                 if values.get("bc_warmup_steps") == -1:
                     values["bc_warmup_steps"] = args.steps // 2
-            r = _run(spec, dict(common, model=dict(model), agent=agent, seed=s, max_steps=args.steps, lr=args.lr,
-                                warmup_steps=20, min_lr_ratio=1.0, init=str(bdir / "checkpoint.pt"),
-                                logdir=str(scratch / f"{arm}-s{s}"), ckpt_every=args.steps), {agent: values}, *ev)
+            r = _run(
+                spec,
+                dict(
+                    common,
+                    model=dict(model),
+                    agent=agent,
+                    seed=s,
+                    max_steps=args.steps,
+                    lr=args.lr,
+                    warmup_steps=20,
+                    min_lr_ratio=1.0,
+                    init=str(bdir / "checkpoint.pt"),
+                    logdir=str(scratch / f"{arm}-s{s}"),
+                    ckpt_every=args.steps,
+                ),
+                {agent: values},
+                *ev,
+            )
             runs[(arm, s)] = r
-            print(f"{arm} s{s}: validity {r['metrics']['validity']:.3f} nll {r['metrics']['nll']:.3f} "
-                  f"deleted {r['recovery'].get('recovery_deleted', float('nan')):.3f} ({r['seconds']:.0f} s, "
-                  f"diagnostics {r['diag_seconds']:.0f} s)", flush=True)
+            print(
+                f"{arm} s{s}: validity {r['metrics']['validity']:.3f} nll {r['metrics']['nll']:.3f} "
+                f"deleted {r['recovery'].get('recovery_deleted', float('nan')):.3f} ({r['seconds']:.0f} s, "
+                f"diagnostics {r['diag_seconds']:.0f} s)",
+                flush=True,
+            )
             for row in r["diag"]:
                 if row is r["diag"][0] or row["step"] % 200 == 0 or row is r["diag"][-1]:
                     print(_diag_line(row), flush=True)

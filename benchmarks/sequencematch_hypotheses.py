@@ -117,8 +117,14 @@ def _train(kw: dict) -> dict:
     finally:
         trainer.close()
     seconds = time.perf_counter() - t0
-    return {"metrics": metrics, "seconds": seconds, "train_seconds": seconds - meter.eval_s,
-            "demo_tokens": meter.tokens, "best": meter.best, "curve": meter.curve}
+    return {
+        "metrics": metrics,
+        "seconds": seconds,
+        "train_seconds": seconds - meter.eval_s,
+        "demo_tokens": meter.tokens,
+        "best": meter.best,
+        "curve": meter.curve,
+    }
 
 
 def main(argv=None) -> dict:
@@ -128,16 +134,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--base-steps", type=int, default=1500, help="MLE steps of the base policy")
     ap.add_argument("--base-lr", type=float, default=2e-3)
-    ap.add_argument("--select-every", type=int, default=0,
-                    help="> 0: every N base steps score the valid split and fork the arms from the best "
-                         "held-out-NLL checkpoint (early stopping by selection); 0: fork from the last step")
+    ap.add_argument(
+        "--select-every",
+        type=int,
+        default=0,
+        help="> 0: every N base steps score the valid split and fork the arms from the best "
+        "held-out-NLL checkpoint (early stopping by selection); 0: fork from the last step",
+    )
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps of every arm")
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak lr of every arm")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--model", default="2x4x128", help="n_layer x n_head x n_embd")
     ap.add_argument("--eval-samples", type=int, default=512)
-    ap.add_argument("--metric", default=None, help="the verdict's metric (default: validity if the task has a "
-                                                   "checker, else oracle_nll)")
+    ap.add_argument(
+        "--metric",
+        default=None,
+        help="the verdict's metric (default: validity if the task has a checker, else oracle_nll)",
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--scratch", default="runs/sm_hypotheses")
     ap.add_argument("--out", default="benchmarks/results/sequencematch_hypotheses")
@@ -154,20 +167,45 @@ def main(argv=None) -> dict:
     common = dict(task=args.task, batch_size=args.batch_size, eval_samples=args.eval_samples, model=model)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
-        bases = {s: pool.submit(_train, dict(common, agent="mle", seed=s, max_steps=args.base_steps, lr=args.base_lr,
-                                             warmup_steps=100, logdir=str(scratch / f"base-s{s}"),
-                                             ckpt_every=args.base_steps, select_every=args.select_every))
-                 for s in args.seeds}
+        bases = {
+            s: pool.submit(
+                _train,
+                dict(
+                    common,
+                    agent="mle",
+                    seed=s,
+                    max_steps=args.base_steps,
+                    lr=args.base_lr,
+                    warmup_steps=100,
+                    logdir=str(scratch / f"base-s{s}"),
+                    ckpt_every=args.base_steps,
+                    select_every=args.select_every,
+                ),
+            )
+            for s in args.seeds
+        }
         base_runs = {s: f.result() for s, f in bases.items()}
         fork = "best.pt" if args.select_every else "checkpoint.pt"
         futures = {}
         for s in args.seeds:
             for arm in args.arms:
                 agent, values = ARMS[arm]
-                futures[(arm, s)] = pool.submit(_train, dict(
-                    common, agent=agent, seed=s, max_steps=args.steps, lr=args.lr, warmup_steps=20,
-                    min_lr_ratio=1.0, init=str(scratch / f"base-s{s}" / fork),
-                    logdir=str(scratch / f"{arm}-s{s}"), ckpt_every=args.steps, sections={agent: values}))
+                futures[(arm, s)] = pool.submit(
+                    _train,
+                    dict(
+                        common,
+                        agent=agent,
+                        seed=s,
+                        max_steps=args.steps,
+                        lr=args.lr,
+                        warmup_steps=20,
+                        min_lr_ratio=1.0,
+                        init=str(scratch / f"base-s{s}" / fork),
+                        logdir=str(scratch / f"{arm}-s{s}"),
+                        ckpt_every=args.steps,
+                        sections={agent: values},
+                    ),
+                )
         runs = {k: f.result() for k, f in futures.items()}
     wall = time.perf_counter() - t0
 
@@ -185,8 +223,11 @@ def main(argv=None) -> dict:
             ratios = [per_token(runs[(arm, s)]) / per_token(runs[("mle", s)]) for s in args.seeds]
             row["cost_vs_mle"] = (statistics.mean(ratios), statistics.stdev(ratios) if len(ratios) > 1 else 0.0)
         summary[arm] = row
-    base = {m: statistics.mean(base_runs[s]["metrics"][m] for s in args.seeds)
-            for m in dict.fromkeys((metric, "nll")) if base_runs[args.seeds[0]]["metrics"].get(m) is not None}
+    base = {
+        m: statistics.mean(base_runs[s]["metrics"][m] for s in args.seeds)
+        for m in dict.fromkeys((metric, "nll"))
+        if base_runs[args.seeds[0]]["metrics"].get(m) is not None
+    }
     best_steps = [base_runs[s]["best"][1] for s in args.seeds] if args.select_every else None
 
     def verdict(arm: str) -> str:
@@ -200,32 +241,49 @@ def main(argv=None) -> dict:
             return "worse than MLE beyond the spread"
         return "within the spread"
 
-    report = {"command": "python benchmarks/sequencematch_hypotheses.py " + " ".join(argv or sys.argv[1:]),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs), 1 torch thread per "
-                         f"run, {args.jobs} runs at a time, CPU",
-              "args": vars(args), "metric": metric, "wall_s": wall, "base_mean": base, "base_best_steps": best_steps,
-              "base_curves": {s: base_runs[s]["curve"] for s in args.seeds},
-              "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()},
-              "summary": summary, "verdicts": {a: verdict(a) for a in args.arms if a != "mle"}}
+    report = {
+        "command": "python benchmarks/sequencematch_hypotheses.py " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs), 1 torch thread per "
+        f"run, {args.jobs} runs at a time, CPU",
+        "args": vars(args),
+        "metric": metric,
+        "wall_s": wall,
+        "base_mean": base,
+        "base_best_steps": best_steps,
+        "base_curves": {s: base_runs[s]["curve"] for s in args.seeds},
+        "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()},
+        "summary": summary,
+        "verdicts": {a: verdict(a) for a in args.arms if a != "mle"},
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    selection = (f"; arms fork from the best valid-NLL step (scored every {args.select_every} steps; best steps "
-                 f"{best_steps})" if args.select_every else "; arms fork from the last step")
-    lines = [f"# SequenceMatch hypotheses on `{args.task}`", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
-             f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}){selection}; every arm then {args.steps} "
-             f"steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size} demonstrations, "
-             f"model {args.model}, {len(args.seeds)} seeds ({args.seeds}), {args.eval_samples} evaluation episodes "
-             f"(on the test prompts for a prompted task). Mean ± std over seeds.  ",
-             "Base MLE (mean over seeds): " + ", ".join(f"{k} {v:.3f}" for k, v in base.items()) + ".  ",
-             "`cost_vs_mle`: optimiser-loop seconds per demonstration token over the same for continued MLE "
-             "(same seed, same run; evaluations excluded).", "",
-             "| arm | " + " | ".join(metrics_shown) + f" | cost_vs_mle | vs MLE ({metric}) |",
-             "|---|" + "---|" * (len(metrics_shown) + 2)]
+    selection = (
+        f"; arms fork from the best valid-NLL step (scored every {args.select_every} steps; best steps {best_steps})"
+        if args.select_every
+        else "; arms fork from the last step"
+    )
+    lines = [
+        f"# SequenceMatch hypotheses on `{args.task}`",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; wall {wall / 60:.1f} min.  ",
+        f"Budget: base MLE {args.base_steps} steps (lr {args.base_lr}){selection}; every arm then {args.steps} "
+        f"steps at lr {args.lr} (constant after 20 warm-up steps), batch {args.batch_size} demonstrations, "
+        f"model {args.model}, {len(args.seeds)} seeds ({args.seeds}), {args.eval_samples} evaluation episodes "
+        f"(on the test prompts for a prompted task). Mean ± std over seeds.  ",
+        "Base MLE (mean over seeds): " + ", ".join(f"{k} {v:.3f}" for k, v in base.items()) + ".  ",
+        "`cost_vs_mle`: optimiser-loop seconds per demonstration token over the same for continued MLE "
+        "(same seed, same run; evaluations excluded).",
+        "",
+        "| arm | " + " | ".join(metrics_shown) + f" | cost_vs_mle | vs MLE ({metric}) |",
+        "|---|" + "---|" * (len(metrics_shown) + 2),
+    ]
     for arm in args.arms:
-        cells = [f"{summary[arm][m][0]:.3f} ± {summary[arm][m][1]:.3f}" if m in summary[arm] else "–"
-                 for m in (*metrics_shown, "cost_vs_mle")]
+        cells = [
+            f"{summary[arm][m][0]:.3f} ± {summary[arm][m][1]:.3f}" if m in summary[arm] else "–"
+            for m in (*metrics_shown, "cost_vs_mle")
+        ]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {report['verdicts'].get(arm, 'control')} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -27,9 +27,11 @@ from agents.common.evaluation import heldout_nll  # noqa: E402
 from agents.policies.hf import HFPolicy  # noqa: E402
 from seqenv.tasks import make_task  # noqa: E402
 
-PAIRS = {"<|endoftext|> ... <|endoftext|>": ("<|endoftext|>", "<|endoftext|>"),
-         "<|im_start|> ... <|im_end|>": ("<|im_start|>", "<|im_end|>"),
-         "<|endoftext|> ... newline": ("<|endoftext|>", "\n")}
+PAIRS = {
+    "<|endoftext|> ... <|endoftext|>": ("<|endoftext|>", "<|endoftext|>"),
+    "<|im_start|> ... <|im_end|>": ("<|im_start|>", "<|im_end|>"),
+    "<|endoftext|> ... newline": ("<|endoftext|>", "\n"),
+}
 
 
 def main(argv=None) -> dict:
@@ -48,16 +50,24 @@ def main(argv=None) -> dict:
         bos, eos = policy.special_ids["bos"], policy.special_ids["eos"]
         first, last = [], []
         with torch.no_grad():
-            for text in task.encoded("test")[:args.texts]:
+            for text in task.encoded("test")[: args.texts]:
                 logp = policy(torch.tensor([[bos, *text]])).double().log_softmax(-1)[0]
                 first.append(-float(logp[0, text[0]]))
                 last.append(-float(logp[-1, eos]))
-        rows[name] = {"nll": h["nll"], "tokens": h["tokens"], "sequences": h["sequences"],
-                      "first_token_nll": sum(first) / len(first), "end_token_nll": sum(last) / len(last)}
+        rows[name] = {
+            "nll": h["nll"],
+            "tokens": h["tokens"],
+            "sequences": h["sequences"],
+            "first_token_nll": sum(first) / len(first),
+            "end_token_nll": sum(last) / len(last),
+        }
         print(name, rows[name], flush=True)
-    report = {"command": "python benchmarks/smollm2_boundaries.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), CPU, float32",
-              "wall_s": time.perf_counter() - t0, "rows": rows}
+    report = {
+        "command": "python benchmarks/smollm2_boundaries.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), CPU, float32",
+        "wall_s": time.perf_counter() - t0,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -64,7 +64,7 @@ METRICS = ("validity", "nll", "distinct_2", "backspace_rate", "mean_length")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def tiny_llama_dir(path: "str | Path", texts: list[str], seed: int = 0) -> Path:
+def tiny_llama_dir(path: str | Path, texts: list[str], seed: int = 0) -> Path:
     """A random 2-layer Llama (width 32, GQA 4/2 heads) with a byte-level BPE tokenizer (300 ids) trained on
     ``texts``, ``<|endoftext|>`` its bos/eos: the stand-in for SmolLM2 in ``--smoke`` runs."""
     import transformers
@@ -76,15 +76,30 @@ def tiny_llama_dir(path: "str | Path", texts: list[str], seed: int = 0) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        min_frequency=1,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                              eos_token="<|endoftext|>")
+    hf = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(hf),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     hf.save_pretrained(path)
     return path
@@ -108,13 +123,15 @@ def _train(cfg: TrainConfig) -> dict:
     return {"metrics": metrics, "seconds": time.perf_counter() - t0}
 
 
-def _frontier(ckpt: Path, temperatures: list[float], num_samples: int, max_sequences: int, device: str,
-              seed: int) -> dict:
+def _frontier(
+    ckpt: Path, temperatures: list[float], num_samples: int, max_sequences: int, device: str, seed: int
+) -> dict:
     policy, task, _ = load_policy(ckpt, device)
     out = {}
     for t in temperatures:
-        m = evaluate_policy(policy, task, num_samples=num_samples, device=device, seed=seed, temperature=t,
-                            max_sequences=max_sequences)
+        m = evaluate_policy(
+            policy, task, num_samples=num_samples, device=device, seed=seed, temperature=t, max_sequences=max_sequences
+        )
         out[str(t)] = {k: m.get(k) for k in METRICS}
     return out
 
@@ -145,33 +162,64 @@ def main(argv=None) -> dict:
         args.device, args.mle_steps, args.arm_steps, args.batch_size = "cpu", 3, 2, 4
         args.rollout_batch_size, args.eval_samples, args.lora_r = 4, 4, 2
         task = make_task(args.task)
-        texts = [p + a for p, a in zip(task.split_prompts["train"], task.splits["train"])] \
-            if task.paired else task.splits["train"]
+        texts = (
+            [p + a for p, a in zip(task.split_prompts["train"], task.splits["train"])]
+            if task.paired
+            else task.splits["train"]
+        )
         args.policy = "hf:" + str(tiny_llama_dir(work / "tiny_llama", texts[:2000]))
-    common = dict(task=args.task, policy=args.policy, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                  progress=False, overwrite=True, eval_samples=args.eval_samples, warmup_steps=min(20, args.arm_steps),
-                  lora=LoraFlags(r=args.lora_r, alpha=args.lora_alpha))
+    common = dict(
+        task=args.task,
+        policy=args.policy,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        progress=False,
+        overwrite=True,
+        eval_samples=args.eval_samples,
+        warmup_steps=min(20, args.arm_steps),
+        lora=LoraFlags(r=args.lora_r, alpha=args.lora_alpha),
+    )
     t_start = time.perf_counter()
     bases, runs = {}, {}
     for s in args.seeds:
-        cfg = TrainConfig(agent="mle", seed=s, max_steps=args.mle_steps, logdir=str(work / f"mle-s{s}"),
-                          ckpt_every=args.mle_steps, **common)
+        cfg = TrainConfig(
+            agent="mle",
+            seed=s,
+            max_steps=args.mle_steps,
+            logdir=str(work / f"mle-s{s}"),
+            ckpt_every=args.mle_steps,
+            **common,
+        )
         cfg.eval.max_sequences = args.eval_samples
         bases[s] = _train(cfg)
         for arm in args.arms:
             agent, values = ARMS[arm]
             kw = dict(common, policy="transformer", lora=LoraFlags())  # --init keeps the base's policy and LoRA
-            cfg = TrainConfig(agent=agent, seed=s, max_steps=args.arm_steps, logdir=str(work / f"{arm}-s{s}"),
-                              init=str(work / f"mle-s{s}" / "checkpoint.pt"), min_lr_ratio=1.0,
-                              ckpt_every=args.arm_steps, **kw)
+            cfg = TrainConfig(
+                agent=agent,
+                seed=s,
+                max_steps=args.arm_steps,
+                logdir=str(work / f"{arm}-s{s}"),
+                init=str(work / f"mle-s{s}" / "checkpoint.pt"),
+                min_lr_ratio=1.0,
+                ckpt_every=args.arm_steps,
+                **kw,
+            )
             cfg.eval.max_sequences = args.eval_samples
             section = dict(values)
             if agent == "sequencematch":
                 section["rollout_batch_size"] = args.rollout_batch_size
             setattr(cfg, agent, dataclasses.replace(getattr(cfg, agent), **section))
             run = _train(cfg)
-            run["frontier"] = _frontier(work / f"{arm}-s{s}" / "checkpoint.pt", args.temperatures, args.eval_samples,
-                                        args.eval_samples, args.device, s)
+            run["frontier"] = _frontier(
+                work / f"{arm}-s{s}" / "checkpoint.pt",
+                args.temperatures,
+                args.eval_samples,
+                args.eval_samples,
+                args.device,
+                s,
+            )
             runs[(arm, s)] = run
     wall = time.perf_counter() - t_start
     # paired intervals against the control, per temperature and metric
@@ -185,16 +233,21 @@ def main(argv=None) -> dict:
                     continue
                 entry = {"mean": statistics.mean(vals)}
                 if arm != "mle" and "mle" in args.arms:
-                    entry["vs_mle"] = paired_interval([v - runs[("mle", s)]["frontier"][t][m]
-                                                       for v, s in zip(vals, args.seeds)])
+                    entry["vs_mle"] = paired_interval(
+                        [v - runs[("mle", s)]["frontier"][t][m] for v, s in zip(vals, args.seeds)]
+                    )
                 row[f"{m}@T={t}"] = entry
         summary[arm] = row
-    report = {"command": "python benchmarks/smollm2_protocol.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                         f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}",
-              "args": vars(args), "wall_s": wall,
-              "bases": {s: b for s, b in bases.items()},
-              "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()}, "summary": summary}
+    report = {
+        "command": "python benchmarks/smollm2_protocol.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}",
+        "args": vars(args),
+        "wall_s": wall,
+        "bases": {s: b for s, b in bases.items()},
+        "runs": {f"{a}-s{s}": r for (a, s), r in runs.items()},
+        "summary": summary,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -213,14 +266,19 @@ def _fmt(entry: dict) -> str:
 def _write_report(out: Path, report: dict, args) -> None:
     cols = [f"{m}@T={t}" for t in map(str, args.temperatures) for m in ("validity", "nll", "distinct_2")]
     cols = [c for c in cols if any(c in row for row in report["summary"].values())]
-    lines = [f"# The papers' protocol on {'a tiny random Llama (smoke)' if args.smoke else 'SmolLM2-135M'}: "
-             f"`{args.task}`", "",
-             f"Command: `{report['command']}`  ", f"Machine: {report['machine']}; wall {report['wall_s'] / 60:.1f} min.  ",
-             f"Budget: BC/MLE {args.mle_steps} steps, then every arm {args.arm_steps} steps from it; batch "
-             f"{args.batch_size}, lr {args.lr}, LoRA r {args.lora_r}, alpha {args.lora_alpha}; seeds {args.seeds}; "
-             f"{args.eval_samples} evaluation episodes and held-out texts per temperature.  ",
-             "Cells: mean over seeds (paired difference to continued MLE, ± 95% t half-width).", "",
-             "| arm | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = [
+        f"# The papers' protocol on {'a tiny random Llama (smoke)' if args.smoke else 'SmolLM2-135M'}: `{args.task}`",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; wall {report['wall_s'] / 60:.1f} min.  ",
+        f"Budget: BC/MLE {args.mle_steps} steps, then every arm {args.arm_steps} steps from it; batch "
+        f"{args.batch_size}, lr {args.lr}, LoRA r {args.lora_r}, alpha {args.lora_alpha}; seeds {args.seeds}; "
+        f"{args.eval_samples} evaluation episodes and held-out texts per temperature.  ",
+        "Cells: mean over seeds (paired difference to continued MLE, ± 95% t half-width).",
+        "",
+        "| arm | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for arm, row in report["summary"].items():
         lines.append(f"| {arm} | " + " | ".join(_fmt(row[c]) if c in row else "–" for c in cols) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -21,17 +21,55 @@ from collections.abc import Sequence
 
 #: two-sided 95 % quantiles t_{0.975, df} of Student's t for df = 1..30 (standard table values);
 #: above 30 degrees of freedom the normal quantile 1.960 is used (error < 0.05 in the half-width factor)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
+T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 #: seeds needed before an interval that excludes 0 is called "better" / "worse" (the issue's "five seeds
 #: where a verdict is claimed")
 MIN_SEEDS = 5
 
 #: metric -> +1 if higher is better, -1 if lower is better (the direction of "better" in verdicts)
-DIRECTION = {"validity": +1, "oracle_support": +1, "distinct_2": +1, "bleu4": +1, "oracle_nll": -1,
-             "oracle_nll_in_support": -1, "nll": -1, "perplexity": -1, "self_bleu4": -1}
+DIRECTION = {
+    "validity": +1,
+    "oracle_support": +1,
+    "distinct_2": +1,
+    "bleu4": +1,
+    "oracle_nll": -1,
+    "oracle_nll_in_support": -1,
+    "nll": -1,
+    "perplexity": -1,
+    "self_bleu4": -1,
+}
 
 
 def t975(df: int) -> float:
@@ -62,8 +100,16 @@ def paired(arm: dict, control: dict) -> dict | None:
     d = list(diffs.values())
     n = len(d)
     mean = statistics.mean(d)
-    out = {"n": n, "diffs": diffs, "mean": mean, "sd": None, "half_width": None, "low": None, "high": None,
-           "interval": "95% t"}
+    out = {
+        "n": n,
+        "diffs": diffs,
+        "mean": mean,
+        "sd": None,
+        "half_width": None,
+        "low": None,
+        "high": None,
+        "interval": "95% t",
+    }
     if n > 1:
         sd = statistics.stdev(d)
         hw = t975(n - 1) * sd / math.sqrt(n)

@@ -82,7 +82,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -92,10 +91,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from agents.common.demos import DemoSampler  # noqa: E402
 from agents.common.learner import LearnerContext  # noqa: E402
+from agents.common.rollout import RolloutResult, make_vector_env, rollout  # noqa: E402
 from agents.mle import MLEConfig, MLELearner  # noqa: E402
 from agents.policies.hf import HFPolicy  # noqa: E402
 from agents.policies.transformer import PolicyConfig, TransformerPolicy  # noqa: E402
-from agents.common.rollout import RolloutResult, make_vector_env, rollout  # noqa: E402
 from agents.trainer import TrainConfig, _optimizer, lr_lambda, resolve_device  # noqa: E402
 from seqenv.tasks import make_task  # noqa: E402
 
@@ -131,7 +130,7 @@ class BenchConfig:
     train_steps: int = 40
     gen_batches: tuple[int, ...] = (64, 256)
     gen_repeats: int = 2
-    threads: Optional[int] = None
+    threads: int | None = None
     seed: int = 0
     isolate: bool = True
 
@@ -216,7 +215,7 @@ class PeakMemory:
         self.device = device
         self.hwm_reset = True
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -249,8 +248,9 @@ def measure_training(policy, task, device: torch.device, cfg: BenchConfig, bf16:
     tcfg = TrainConfig(batch_size=cfg.train_batch, max_steps=cfg.train_warmup + cfg.train_steps)
     sampler = DemoSampler(task, "train", torch.Generator().manual_seed(cfg.seed))
     gens = {"noise": torch.Generator().manual_seed(cfg.seed)}
-    ctx = LearnerContext(model=policy, policy=policy, task=task, device=device, generators=gens,
-                         batch_size=cfg.train_batch)
+    ctx = LearnerContext(
+        model=policy, policy=policy, task=task, device=device, generators=gens, batch_size=cfg.train_batch
+    )
     learner = MLELearner(ctx, MLEConfig())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     policy.train()
@@ -274,11 +274,19 @@ def measure_training(policy, task, device: torch.device, cfg: BenchConfig, bf16:
             losses.append(metrics["loss/mle"])
         _sync(device)
         elapsed = time.perf_counter() - t0
-    return {"precision": "bf16-autocast" if bf16 else "fp32", "batch": cfg.train_batch,
-            "timed_steps": cfg.train_steps, "tokens_per_s": tokens / elapsed,
-            "step_ms": 1000 * elapsed / cfg.train_steps, "tokens_per_step": tokens / cfg.train_steps,
-            "loss_first": losses[0], "loss_last": losses[-1], "peak_mib": mem.peak_mib,
-            "total_peak_mib": mem.total_peak_mib, "hwm_reset": mem.hwm_reset}
+    return {
+        "precision": "bf16-autocast" if bf16 else "fp32",
+        "batch": cfg.train_batch,
+        "timed_steps": cfg.train_steps,
+        "tokens_per_s": tokens / elapsed,
+        "step_ms": 1000 * elapsed / cfg.train_steps,
+        "tokens_per_step": tokens / cfg.train_steps,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "peak_mib": mem.peak_mib,
+        "total_peak_mib": mem.total_peak_mib,
+        "hwm_reset": mem.hwm_reset,
+    }
 
 
 def measure_generation(policy, task, device: torch.device, batch: int, cfg: BenchConfig) -> dict:
@@ -320,8 +328,13 @@ def measure_generation(policy, task, device: torch.device, batch: int, cfg: Benc
     venv.close()
     for mode in runners:
         out[mode]["tokens_per_s"] = out[mode]["tokens"] / out[mode]["seconds"]
-    out.update(batch=batch, repeats=cfg.gen_repeats, ratio=out["cache"]["tokens_per_s"] / out["no_cache"]["tokens_per_s"],
-               mean_actions=out["cache"]["tokens"] / rows, same_episodes=same / rows)
+    out.update(
+        batch=batch,
+        repeats=cfg.gen_repeats,
+        ratio=out["cache"]["tokens_per_s"] / out["no_cache"]["tokens_per_s"],
+        mean_actions=out["cache"]["tokens"] / rows,
+        same_episodes=same / rows,
+    )
     return out
 
 
@@ -340,8 +353,13 @@ def measure(size: str, device: str, cfg: BenchConfig) -> dict:
     n_layer, n_head, n_embd = parse_size(size)
     task = make_task(cfg.task)
     torch.manual_seed(cfg.seed)
-    pcfg = PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1,
-                        n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    pcfg = PolicyConfig(
+        vocab_size=task.tokenizer.vocab_size,
+        block_size=task.max_length + 1,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+    )
     policy = TransformerPolicy(pcfg).to(dev)
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
     train = [measure_training(policy, task, dev, cfg)]
@@ -349,11 +367,23 @@ def measure(size: str, device: str, cfg: BenchConfig) -> dict:
         train.append(measure_training(policy, task, dev, cfg, bf16=True))
     generation = [measure_generation(policy, task, dev, b, cfg) for b in cfg.gen_batches]
     wall = time.perf_counter() - wall0
-    return {"size": size, "device": dev.type, "device_name": _device_name(dev), "n_layer": n_layer,
-            "n_head": n_head, "n_embd": n_embd, "params": policy.num_parameters(),
-            "block_size": pcfg.block_size, "vocab_size": pcfg.vocab_size,
-            "threads": torch.get_num_threads(), "wall_s": wall, "cpu_cores_used": (_cpu_seconds() - cpu0) / wall,
-            "loadavg_end": list(os.getloadavg()), "train": train, "generation": generation}
+    return {
+        "size": size,
+        "device": dev.type,
+        "device_name": _device_name(dev),
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_embd": n_embd,
+        "params": policy.num_parameters(),
+        "block_size": pcfg.block_size,
+        "vocab_size": pcfg.vocab_size,
+        "threads": torch.get_num_threads(),
+        "wall_s": wall,
+        "cpu_cores_used": (_cpu_seconds() - cpu0) / wall,
+        "loadavg_end": list(os.getloadavg()),
+        "train": train,
+        "generation": generation,
+    }
 
 
 def _cpu_seconds() -> float:
@@ -370,11 +400,16 @@ def _measure_in_subprocess(size: str, device: str, cfg: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         spec = json.dumps({"size": size, "device": device, "config": dataclasses.asdict(cfg)})
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", spec, "--worker-out", str(out)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", spec, "--worker-out", str(out)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"benchmark worker for size={size!r} device={device!r} failed "
-                               f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+            raise RuntimeError(
+                f"benchmark worker for size={size!r} device={device!r} failed "
+                f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+            )
         return json.loads(out.read_text())
 
 
@@ -393,19 +428,29 @@ def _cpu_model() -> str:
 def machine_info() -> dict:
     """CPU model, core counts, torch/Python versions, CUDA device, git commit, load average."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         commit = None
-    return {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
-            "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads_default": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "git_commit": commit, "loadavg_start": list(os.getloadavg())}
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads_default": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": commit,
+        "loadavg_start": list(os.getloadavg()),
+    }
 
 
-def _fmt(x: Optional[float], digits: int = 0) -> str:
+def _fmt(x: float | None, digits: int = 0) -> str:
     return "—" if x is None else f"{x:,.{digits}f}"
 
 
@@ -423,8 +468,12 @@ def to_markdown(report: dict) -> str:
         f"Load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}, "
         f"at end {', '.join(f'{x:.2f}' for x in m['loadavg_end'])} (this benchmark's own threads included; "
         "'CPU cores used' below is CPU time / wall time of each measurement)."
-        + (" The machine was shared with other jobs: absolute figures are noisy, the cache/no-cache "
-           "ratio less so (both modes interleaved in one run)." if report.get("shared") else ""),
+        + (
+            " The machine was shared with other jobs: absolute figures are noisy, the cache/no-cache "
+            "ratio less so (both modes interleaved in one run)."
+            if report.get("shared")
+            else ""
+        ),
         *([] if not report.get("note") else ["", f"Note: {report['note']}"]),
         "",
         f"Task `{cfg['task']}`; training batch {cfg['train_batch']} demonstrations, {cfg['train_warmup']} warm-up + "
@@ -445,19 +494,28 @@ def to_markdown(report: dict) -> str:
                 f"{_fmt(g['no_cache']['tokens_per_s'])} | {g['ratio']:.1f}x | {_fmt(fp32['peak_mib'], 1)} | "
                 f"{_fmt(g['cache']['peak_mib'], 1)} | {_fmt(g['no_cache']['peak_mib'], 1)} |"
             )
-    lines += ["", "Details:", "",
-              "| size | layers x heads x width | params | device | CPU cores used | train: precision, ms/step, "
-              "tokens/step, loss first -> last (nats/token), peak MiB | gen batch: mean actions/episode, "
-              "same episodes in both modes |",
-              "|---|---|---:|---|---:|---|---|"]
+    lines += [
+        "",
+        "Details:",
+        "",
+        "| size | layers x heads x width | params | device | CPU cores used | train: precision, ms/step, "
+        "tokens/step, loss first -> last (nats/token), peak MiB | gen batch: mean actions/episode, "
+        "same episodes in both modes |",
+        "|---|---|---:|---|---:|---|---|",
+    ]
     for r in report["results"]:
-        train = "; ".join(f"{t['precision']} {t['step_ms']:.1f} ms, {t['tokens_per_step']:.0f} tok, "
-                          f"{t['loss_first']:.2f} -> {t['loss_last']:.2f}, {t['peak_mib']:.1f} MiB"
-                          for t in r["train"])
-        gen = "; ".join(f"B={g['batch']}: {g['mean_actions']:.1f}, {100 * g['same_episodes']:.0f}%"
-                        for g in r["generation"])
-        lines.append(f"| {r['size']} | {r['n_layer']}x{r['n_head']}x{r['n_embd']} | {r['params']:,} | "
-                     f"{r['device_name']} | {r['cpu_cores_used']:.2f} | {train} | {gen} |")
+        train = "; ".join(
+            f"{t['precision']} {t['step_ms']:.1f} ms, {t['tokens_per_step']:.0f} tok, "
+            f"{t['loss_first']:.2f} -> {t['loss_last']:.2f}, {t['peak_mib']:.1f} MiB"
+            for t in r["train"]
+        )
+        gen = "; ".join(
+            f"B={g['batch']}: {g['mean_actions']:.1f}, {100 * g['same_episodes']:.0f}%" for g in r["generation"]
+        )
+        lines.append(
+            f"| {r['size']} | {r['n_layer']}x{r['n_head']}x{r['n_embd']} | {r['params']:,} | "
+            f"{r['device_name']} | {r['cpu_cores_used']:.2f} | {train} | {gen} |"
+        )
     lines += [
         "",
         "How it is measured (`benchmarks/train_throughput.py`, module docstring):",
@@ -478,13 +536,16 @@ def to_markdown(report: dict) -> str:
         "holds (freed-but-kept blocks, per-shape scratch of the no-cache loop's growing inputs), so CPU figures "
         "are above the live tensors' size.",
     ]
-    if any(not x.get("hwm_reset", True) for r in report["results"] for x in r["train"]
-           + [g[k] for g in r["generation"] for k in ("cache", "no_cache")]):
+    if any(
+        not x.get("hwm_reset", True)
+        for r in report["results"]
+        for x in r["train"] + [g[k] for g in r["generation"] for k in ("cache", "no_cache")]
+    ):
         lines.append("- WARNING: the RSS high-water mark could not be reset; CPU peaks are upper bounds.")
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: BenchConfig, out_dir: "str | Path", command: str = "", note: str = "") -> dict:
+def run(cfg: BenchConfig, out_dir: str | Path, command: str = "", note: str = "") -> dict:
     """Measure every (size, device) and write ``train_throughput.md`` and ``.json`` into ``out_dir``.
 
     :return: the report (what the JSON holds).
@@ -500,13 +561,23 @@ def run(cfg: BenchConfig, out_dir: "str | Path", command: str = "", note: str = 
             r = _measure_in_subprocess(size, device, cfg) if cfg.isolate else measure(size, device, cfg)
             results.append(r)
             g = r["generation"][-1]
-            print(f"{size:>8} {device:>4}: train {r['train'][0]['tokens_per_s']:,.0f} tok/s; gen B={g['batch']} "
-                  f"cache {g['cache']['tokens_per_s']:,.0f} tok/s, no cache {g['no_cache']['tokens_per_s']:,.0f} "
-                  f"tok/s ({g['ratio']:.1f}x)  [{time.perf_counter() - t0:.0f} s]", flush=True)
+            print(
+                f"{size:>8} {device:>4}: train {r['train'][0]['tokens_per_s']:,.0f} tok/s; gen B={g['batch']} "
+                f"cache {g['cache']['tokens_per_s']:,.0f} tok/s, no cache {g['no_cache']['tokens_per_s']:,.0f} "
+                f"tok/s ({g['ratio']:.1f}x)  [{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
     machine["loadavg_end"] = list(os.getloadavg())
     shared = machine["loadavg_start"][0] > 0.5  # other jobs were running when it started
-    report = {"command": command, "note": note, "shared": shared, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
-              "config": dataclasses.asdict(cfg), "results": results}
+    report = {
+        "command": command,
+        "note": note,
+        "shared": shared,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine,
+        "config": dataclasses.asdict(cfg),
+        "results": results,
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -517,10 +588,11 @@ def run(cfg: BenchConfig, out_dir: "str | Path", command: str = "", note: str = 
 QUICK = dict(train_warmup=2, train_steps=5, gen_batches=(64,), gen_repeats=1)
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     """Command line (``--help``). :return: the report written (see :func:`run`)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help=f"short run: {QUICK} unless given explicitly")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (CPU, plus CUDA when available)")
     p.add_argument("--sizes", nargs="+", default=list(BenchConfig.sizes), help="small, medium or LxHxE")
@@ -553,24 +625,41 @@ def main(argv: Optional[list[str]] = None) -> dict:
     defaults = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
     if args.quick:
         defaults.update(QUICK)
-    given = {"train_warmup": args.train_warmup, "train_steps": args.train_steps, "gen_batches": args.gen_batches,
-             "gen_repeats": args.gen_repeats}
-    cfg = BenchConfig(sizes=tuple(args.sizes), device=args.device, task=args.task, train_batch=args.train_batch,
-                      threads=args.threads, seed=args.seed, isolate=not args.in_process,
-                      **{k: (defaults[k] if v is None else v) for k, v in given.items()})
+    given = {
+        "train_warmup": args.train_warmup,
+        "train_steps": args.train_steps,
+        "gen_batches": args.gen_batches,
+        "gen_repeats": args.gen_repeats,
+    }
+    cfg = BenchConfig(
+        sizes=tuple(args.sizes),
+        device=args.device,
+        task=args.task,
+        train_batch=args.train_batch,
+        threads=args.threads,
+        seed=args.seed,
+        isolate=not args.in_process,
+        **{k: (defaults[k] if v is None else v) for k, v in given.items()},
+    )
     command = "python benchmarks/train_throughput.py" + "".join(
-        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     if args.policy.startswith("hf:"):
         return run_hf(args.policy[3:], cfg, args.out_dir, command, args.note)
     return run(cfg, args.out_dir, command, args.note)
 
 
-
 # ----------------------------------------------------------------------------- HF policies
 
 
-def make_llama(path: "str | Path", task_name: str = "python-lines", hidden: int = 384, layers: int = 6,
-               vocab: int = 1024, seed: int = 0) -> Path:
+def make_llama(
+    path: str | Path,
+    task_name: str = "python-lines",
+    hidden: int = 384,
+    layers: int = 6,
+    vocab: int = 1024,
+    seed: int = 0,
+) -> Path:
     """Write a random Llama (``hidden`` x ``layers``, ~10M parameters by default) and a byte-level BPE
     tokenizer of ``vocab`` ids trained on the task's train split to ``path`` (nothing downloaded)."""
     import transformers
@@ -580,16 +669,30 @@ def make_llama(path: "str | Path", task_name: str = "python-lines", hidden: int 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                                  unk_token="<unk>")
+    tok.train_from_iterator(
+        texts,
+        trainer=trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=len(hf_tok), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-                                      num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-                                      max_position_embeddings=256, tie_word_embeddings=False,
-                                      bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
+    config = transformers.LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+    )
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
     hf_tok.save_pretrained(path)
     return Path(path)
@@ -615,8 +718,15 @@ def measure_hf_generation(policy: HFPolicy, task, device: torch.device, batch: i
         _sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
-            model.generate(input_ids=bos, attention_mask=torch.ones_like(bos), do_sample=True, top_k=0,
-                           max_new_tokens=steps, min_new_tokens=steps, pad_token_id=ids["pad"])
+            model.generate(
+                input_ids=bos,
+                attention_mask=torch.ones_like(bos),
+                do_sample=True,
+                top_k=0,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                pad_token_id=ids["pad"],
+            )
         _sync(device)
         dg = time.perf_counter() - t1
         if timed:
@@ -634,12 +744,13 @@ def measure_hf_generation(policy: HFPolicy, task, device: torch.device, batch: i
     for mode in out:
         out[mode]["tokens_per_s"] = out[mode]["tokens"] / out[mode]["seconds"]
     out["rollout"]["actions_per_s"] = out["rollout"]["actions"] / out["rollout"]["seconds"]
-    out.update(batch=batch, repeats=cfg.gen_repeats,
-               ratio=out["rollout"]["tokens_per_s"] / out["generate"]["tokens_per_s"])
+    out.update(
+        batch=batch, repeats=cfg.gen_repeats, ratio=out["rollout"]["tokens_per_s"] / out["generate"]["tokens_per_s"]
+    )
     return out
 
 
-def run_hf(path: str, cfg: BenchConfig, out_dir: "str | Path", command: str = "", note: str = "") -> dict:
+def run_hf(path: str, cfg: BenchConfig, out_dir: str | Path, command: str = "", note: str = "") -> dict:
     """Measure the HF model at ``path`` (module docstring) and write ``train_throughput_hf.{md,json}``."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -651,28 +762,51 @@ def run_hf(path: str, cfg: BenchConfig, out_dir: "str | Path", command: str = ""
     train = measure_training(policy, task, dev, cfg)
     generation = [measure_hf_generation(policy, task, dev, b, cfg) for b in cfg.gen_batches]
     machine["loadavg_end"] = list(os.getloadavg())
-    report = {"command": command, "note": note, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
-              "config": dataclasses.asdict(cfg), "model": str(path), "params": params, "device": dev.type,
-              "device_name": _device_name(dev), "threads": torch.get_num_threads(),
-              "vocab_size": policy.vocab_size, "max_length": task.max_length, "train": train,
-              "generation": generation}
-    lines = [f"# HF policy throughput ({report['date']})", "", f"Command: `{command}`", "",
-             f"Machine: {machine.get('cpu', '')} ({json.dumps({k: machine[k] for k in machine if k != 'cpu'})})",
-             "", f"Model: {path}, {params / 1e6:.1f}M parameters, vocab {policy.vocab_size}, device "
-             f"{report['device_name']}, {report['threads']} threads, task {cfg.task} (max_length {task.max_length}). "
-             + note, "", f"Training (MLE, batch {cfg.train_batch}): {train['tokens_per_s']:,.0f} tokens/s "
-             f"(loss {train['loss_first']:.2f} -> {train['loss_last']:.2f})", "",
-             "| batch | steps x batch | rollout (vector env, backspace) slot tok/s | rollout actions/s "
-             "| model.generate() tok/s | rollout / generate |", "|---|---|---|---|---|---|"]
+    report = {
+        "command": command,
+        "note": note,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine,
+        "config": dataclasses.asdict(cfg),
+        "model": str(path),
+        "params": params,
+        "device": dev.type,
+        "device_name": _device_name(dev),
+        "threads": torch.get_num_threads(),
+        "vocab_size": policy.vocab_size,
+        "max_length": task.max_length,
+        "train": train,
+        "generation": generation,
+    }
+    lines = [
+        f"# HF policy throughput ({report['date']})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine.get('cpu', '')} ({json.dumps({k: machine[k] for k in machine if k != 'cpu'})})",
+        "",
+        f"Model: {path}, {params / 1e6:.1f}M parameters, vocab {policy.vocab_size}, device "
+        f"{report['device_name']}, {report['threads']} threads, task {cfg.task} (max_length {task.max_length}). "
+        + note,
+        "",
+        f"Training (MLE, batch {cfg.train_batch}): {train['tokens_per_s']:,.0f} tokens/s "
+        f"(loss {train['loss_first']:.2f} -> {train['loss_last']:.2f})",
+        "",
+        "| batch | steps x batch | rollout (vector env, backspace) slot tok/s | rollout actions/s "
+        "| model.generate() tok/s | rollout / generate |",
+        "|---|---|---|---|---|---|",
+    ]
     for g in generation:
-        lines.append(f"| {g['batch']} | {g['rollout']['tokens'] // g['repeats']} | {g['rollout']['tokens_per_s']:,.0f} "
-                     f"| {g['rollout']['actions_per_s']:,.0f} | {g['generate']['tokens_per_s']:,.0f} "
-                     f"| {g['ratio']:.2f} |")
+        lines.append(
+            f"| {g['batch']} | {g['rollout']['tokens'] // g['repeats']} | {g['rollout']['tokens_per_s']:,.0f} "
+            f"| {g['rollout']['actions_per_s']:,.0f} | {g['generate']['tokens_per_s']:,.0f} "
+            f"| {g['ratio']:.2f} |"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train_throughput_hf.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "train_throughput_hf.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[-len(generation) - 4:]))
+    print("\n".join(lines[-len(generation) - 4 :]))
     return report
 
 

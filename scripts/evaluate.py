@@ -19,10 +19,18 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from agents.common.checkpoint import check_corpus, load_policy
-from agents.common.cli import MAX_SAMPLES, MAX_SEED, MIN_TEMPERATURE, check_number, check_output_path, parse_flags, run_cli
+from agents.common.cli import (
+    MAX_SAMPLES,
+    MAX_SEED,
+    MIN_TEMPERATURE,
+    check_number,
+    check_output_path,
+    parse_flags,
+    run_cli,
+)
 from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
 from agents.common.mauve import mauve_score
 from agents.common.rollout import generate
@@ -52,16 +60,16 @@ class EvaluateConfig:
     """
 
     checkpoint: str
-    task: Optional[str] = None
-    out: Optional[str] = None
+    task: str | None = None
+    out: str | None = None
     num_samples: int = 512
     temperature: float = 1.0
     seed: int = 0
     device: str = "auto"
-    mauve_model: Optional[str] = None
+    mauve_model: str | None = None
     mauve_pooling: Literal["mean", "last"] = "mean"
     allow_corpus_mismatch: bool = False
-    max_sequences: Optional[int] = None
+    max_sequences: int | None = None
 
     def __post_init__(self):
         check_number("--num-samples", self.num_samples, ge=1, le=MAX_SAMPLES, integer=True)
@@ -75,8 +83,10 @@ class EvaluateConfig:
             self.mauve_model = str(pretrained_dir(self.mauve_model))
         if self.mauve_model is not None:  # checked before the work (the evaluation may take long)
             if not os.path.isfile(os.path.join(self.mauve_model, "config.json")):
-                raise FileNotFoundError(f"--mauve-model {self.mauve_model!r} is not a Hugging Face model directory "
-                                        "(no config.json there); give a local causal LM directory")
+                raise FileNotFoundError(
+                    f"--mauve-model {self.mauve_model!r} is not a Hugging Face model directory "
+                    "(no config.json there); give a local causal LM directory"
+                )
             missing = [m for m in ("mauve", "transformers") if importlib.util.find_spec(m) is None]
             if missing:
                 raise ValueError(f"--mauve-model needs {', '.join(missing)}: pip install 'seqenv[hf]'")
@@ -91,12 +101,19 @@ def _main(argv: list[str]) -> dict:
     if cfg.out is not None:  # nor over the corpus the checkpoint was trained on
         check_output_path(cfg.out, inputs=(state["task"].get("file", {}).get("path"),))
     mismatch = check_corpus(state, task, f"checkpoint {cfg.checkpoint!r}", allow=cfg.allow_corpus_mismatch)
-    metrics = evaluate_policy(policy, task, num_samples=cfg.num_samples, device=device, seed=cfg.seed,
-                              temperature=cfg.temperature, max_sequences=cfg.max_sequences)
+    metrics = evaluate_policy(
+        policy,
+        task,
+        num_samples=cfg.num_samples,
+        device=device,
+        seed=cfg.seed,
+        temperature=cfg.temperature,
+        max_sequences=cfg.max_sequences,
+    )
     if cfg.mauve_model:
         results = generate(policy, task, cfg.num_samples, device=device, seed=cfg.seed, temperature=cfg.temperature)
         texts = [task.tokenizer.decode(s) for r in results for s in r.sequences()]
-        references = task.splits["test"][:cfg.max_sequences]
+        references = task.splits["test"][: cfg.max_sequences]
         metrics["mauve"] = mauve_score(texts, references, cfg.mauve_model, cfg.mauve_pooling, device=device)
     if mismatch:
         metrics["corpus_mismatch"] = True
@@ -108,7 +125,7 @@ def _main(argv: list[str]) -> dict:
     return metrics
 
 
-def main(argv: "list[str] | None" = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     """``evaluate.py`` (arguments: ``sys.argv[1:]`` by default); user errors exit 2 with one line."""
     return run_cli(_main, argv)
 

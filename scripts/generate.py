@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from agents.common.checkpoint import load_policy
-from agents.common.cli import MAX_SAMPLES, MAX_SEED, MIN_TEMPERATURE, check_number, check_output_path, parse_flags, run_cli
+from agents.common.cli import (
+    MAX_SAMPLES,
+    MAX_SEED,
+    MIN_TEMPERATURE,
+    check_number,
+    check_output_path,
+    parse_flags,
+    run_cli,
+)
 from agents.generation import generate_texts
 from agents.nce import load_critic
 from agents.trainer import resolve_device
@@ -48,19 +56,22 @@ class GenerateConfig:
     num_samples: int = 100
     out: str = "-"
     temperature: float = 1.0
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
+    top_k: int | None = None
+    top_p: float | None = None
     seed: int = 0
     rerank: Literal["none", "energy", "critic"] = "none"
     candidates: int = 8
-    critic: Optional[str] = None
-    task: Optional[str] = None
+    critic: str | None = None
+    task: str | None = None
     device: str = "auto"
     batch_size: int = 256
 
     def __post_init__(self):
-        for flag, value in (("--num-samples", self.num_samples), ("--candidates", self.candidates),
-                            ("--batch-size", self.batch_size)):
+        for flag, value in (
+            ("--num-samples", self.num_samples),
+            ("--candidates", self.candidates),
+            ("--batch-size", self.batch_size),
+        ):
             check_number(flag, value, ge=1, le=MAX_SAMPLES, integer=True)
         check_number("--temperature", self.temperature, ge=MIN_TEMPERATURE)
         if self.top_k is not None:
@@ -82,9 +93,20 @@ def run(cfg: GenerateConfig) -> list[str]:
     if cfg.out != "-":  # the output never replaces the corpus the checkpoint was trained on
         check_output_path(cfg.out, inputs=(state["task"].get("file", {}).get("path"),))
     critic = load_critic(cfg.critic, device, task) if cfg.rerank == "critic" else None
-    return generate_texts(policy, task, cfg.num_samples, rerank=cfg.rerank, candidates=cfg.candidates,
-                          critic=critic, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                          seed=cfg.seed, batch_size=cfg.batch_size, device=device)
+    return generate_texts(
+        policy,
+        task,
+        cfg.num_samples,
+        rerank=cfg.rerank,
+        candidates=cfg.candidates,
+        critic=critic,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        device=device,
+    )
 
 
 def _main(argv: list[str]) -> list[str]:
@@ -101,7 +123,7 @@ def _main(argv: list[str]) -> list[str]:
     return texts
 
 
-def main(argv: "list[str] | None" = None) -> list[str]:
+def main(argv: list[str] | None = None) -> list[str]:
     """``generate.py`` (arguments: ``sys.argv[1:]`` by default); user errors exit 2 with one line."""
     return run_cli(_main, argv)
 

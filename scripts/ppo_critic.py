@@ -24,13 +24,16 @@ def _main(argv: list[str]) -> dict:
     cfg = parse_flags(PPOCriticConfig, argv, description=__doc__)
     metrics = run(cfg)
     columns = ("critic_reward", "kl_to_init", "objective", *SUMMARY_COLUMNS)
-    print(format_metrics_table({"start (π0)": metrics["before"], f"ppo (β={cfg.beta})": metrics["after"]},
-                               columns=columns))
+    print(
+        format_metrics_table(
+            {"start (π0)": metrics["before"], f"ppo (β={cfg.beta})": metrics["after"]}, columns=columns
+        )
+    )
     print(f"\nrun directory: {cfg.logdir}\nTensorBoard:   tensorboard --logdir {cfg.logdir}")
     return metrics
 
 
-def main(argv: "list[str] | None" = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     """``ppo_critic.py`` (arguments: ``sys.argv[1:]`` by default); user errors exit 2 with one line."""
     return run_cli(_main, argv)
 

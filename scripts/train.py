@@ -38,8 +38,8 @@ from pathlib import Path
 
 from agents.common.checkpoint import load_checkpoint, load_policy
 from agents.common.cli import RunDirectoryError, parse_flags, run_cli
-from agents.common.rundir import run_marker
 from agents.common.evaluation import SUMMARY_COLUMNS, comparison_line, format_metrics_table, recovery
+from agents.common.rundir import run_marker
 from agents.learners import LEARNERS
 from agents.mle import MLEConfig
 from agents.trainer import RESUME_FLAGS, NonFiniteLossError, TrainConfig, Trainer, resume_conflicts
@@ -47,11 +47,16 @@ from agents.trainer import RESUME_FLAGS, NonFiniteLossError, TrainConfig, Traine
 MAIN_JOB_DIR = Path("runs/main")
 MAIN_JOB_COLUMNS = SUMMARY_COLUMNS + ("recovery_backspace", "recovery_deleted", "recovery_validity")
 #: TrainConfig's sections by config class name (flag errors name ``--mle.backspace-p``, not ``MLEConfig.backspace_p``)
-SECTIONS = {"ModelConfig": "model", "EvalFlags": "eval", **{cls.config_class.__name__: name for name, cls in LEARNERS.items()}}
+SECTIONS = {
+    "ModelConfig": "model",
+    "EvalFlags": "eval",
+    **{cls.config_class.__name__: name for name, cls in LEARNERS.items()},
+}
 
 
-def run(cfg: TrainConfig, evaluate_initial: bool = False,
-        resume_overrides: tuple[str, ...] = ("device", "progress")) -> tuple[Trainer, dict | None, dict | None]:
+def run(
+    cfg: TrainConfig, evaluate_initial: bool = False, resume_overrides: tuple[str, ...] = ("device", "progress")
+) -> tuple[Trainer, dict | None, dict | None]:
     """Train one run; returns (trainer, initial metrics or None, final metrics or None off rank 0).
 
     :param resume_overrides: see :class:`agents.trainer.Trainer`.
@@ -78,6 +83,7 @@ def stage_conflicts(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
     """What differs between a stage's saved config and the one the main job would run (``device``,
     ``progress``, ``logdir`` and the actions ``resume``/``overwrite`` aside): ``"--task 'oracle-hmm' (the main
     job's: 'python-lines')"``; empty if it is the same run."""
+
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
@@ -85,13 +91,17 @@ def stage_conflicts(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
         return out
 
     old, new = flat(saved.to_dict()), flat(cfg.to_dict())
-    return [f"--{k.replace('_', '-')} {old.get(k)!r} (the main job's: {new.get(k)!r})" for k in sorted(set(old) | set(new))
-            if k not in ("device", "progress", "logdir", "resume", "overwrite", "allow_corpus_mismatch")
-            and old.get(k) != new.get(k)]
+    return [
+        f"--{k.replace('_', '-')} {old.get(k)!r} (the main job's: {new.get(k)!r})"
+        for k in sorted(set(old) | set(new))
+        if k not in ("device", "progress", "logdir", "resume", "overwrite", "allow_corpus_mismatch")
+        and old.get(k) != new.get(k)
+    ]
 
 
-def _finished_or_run(name: str, cfg: TrainConfig, device: str, evaluate_initial: bool = False,
-                     overwrite: bool = False) -> tuple[dict, bool]:
+def _finished_or_run(
+    name: str, cfg: TrainConfig, device: str, evaluate_initial: bool = False, overwrite: bool = False
+) -> tuple[dict, bool]:
     """Metrics of the run in ``cfg.logdir``: reused if finished, resumed if killed, else trained (+ recovery).
 
     A finished or killed run is reused only if its saved config is the one the
@@ -105,8 +115,10 @@ def _finished_or_run(name: str, cfg: TrainConfig, device: str, evaluate_initial:
     saved = saved_config(logdir) if (logdir / "checkpoint.pt").exists() or (logdir / "metrics.json").exists() else None
     conflicts = stage_conflicts(saved, cfg) if saved is not None else []
     if conflicts and not overwrite:
-        raise RunDirectoryError(f"main job stage {name!r}: {logdir} holds another run ({'; '.join(conflicts)}); "
-                                "move it away, or rerun the main job with --overwrite to replace it")
+        raise RunDirectoryError(
+            f"main job stage {name!r}: {logdir} holds another run ({'; '.join(conflicts)}); "
+            "move it away, or rerun the main job with --overwrite to replace it"
+        )
     if saved is not None and not conflicts and not overwrite and (logdir / "metrics.json").exists():
         print(f"[main job] {name}: reusing the finished run in {logdir} (same config)")
         return json.loads((logdir / "metrics.json").read_text()), True
@@ -140,19 +152,39 @@ def main_job(mle_steps: int = 800, arm_steps: int = 150, device: str = "auto", o
     base = MAIN_JOB_DIR / "mle"
     rows: dict[str, dict] = {}
     rows["mle"], mle_reused = _finished_or_run(
-        "mle", TrainConfig(agent="mle", task="python-lines", max_steps=mle_steps, logdir=str(base), device=device,
-                           ckpt_every=200), device, evaluate_initial=True, overwrite=overwrite)
+        "mle",
+        TrainConfig(
+            agent="mle", task="python-lines", max_steps=mle_steps, logdir=str(base), device=device, ckpt_every=200
+        ),
+        device,
+        evaluate_initial=True,
+        overwrite=overwrite,
+    )
     if (base / "initial_metrics.json").exists():
         rows = {"untrained": json.loads((base / "initial_metrics.json").read_text()), **rows}
     for name, (dirname, agent, sections) in MAIN_JOB_ARMS.items():
-        cfg = TrainConfig(agent=agent, task="python-lines", max_steps=arm_steps, lr=3e-4, warmup_steps=20,
-                          min_lr_ratio=1.0, logdir=str(MAIN_JOB_DIR / dirname), device=device, ckpt_every=100,
-                          init=str(base / "checkpoint.pt"), **sections)
+        cfg = TrainConfig(
+            agent=agent,
+            task="python-lines",
+            max_steps=arm_steps,
+            lr=3e-4,
+            warmup_steps=20,
+            min_lr_ratio=1.0,
+            logdir=str(MAIN_JOB_DIR / dirname),
+            device=device,
+            ckpt_every=100,
+            init=str(base / "checkpoint.pt"),
+            **sections,
+        )
         rows[f"{name} (+{arm_steps})"], _ = _finished_or_run(name, cfg, device, overwrite=overwrite or not mle_reused)
     print()
     print(format_metrics_table(rows, columns=MAIN_JOB_COLUMNS, drop_empty=True))
-    line = comparison_line({k: v for k, v in rows.items() if k not in ("untrained", "mle")},
-                           control=f"mle (continued) (+{arm_steps})", metric="validity", num_seeds=1)
+    line = comparison_line(
+        {k: v for k, v in rows.items() if k not in ("untrained", "mle")},
+        control=f"mle (continued) (+{arm_steps})",
+        metric="validity",
+        num_seeds=1,
+    )
     if line:
         print(f"\n{line} Across seeds: benchmarks/results/sequencematch_hypotheses.md.")
     print(f"\nruns: {MAIN_JOB_DIR}/")
@@ -160,7 +192,7 @@ def main_job(mle_steps: int = 800, arm_steps: int = 150, device: str = "auto", o
     return rows
 
 
-def saved_config(logdir: "str | Path") -> TrainConfig | None:
+def saved_config(logdir: str | Path) -> TrainConfig | None:
     """The config of the run in ``logdir``: its ``config.json``, else its checkpoint's; None if neither exists.
 
     :raises ValueError: if ``config.json`` cannot be read as a :class:`TrainConfig`.
@@ -210,9 +242,11 @@ def parse_config(argv: list[str]) -> TrainConfig:
     requested.logdir = cfg.logdir
     conflicts = resume_conflicts(saved, requested)
     if conflicts:
-        raise ValueError(f"--resume continues the run in {cfg.logdir!r} as it was configured; these flags would "
-                         f"change it: {'; '.join(conflicts)}. Drop them, or start a new run (another --logdir, "
-                         f"or --overwrite)")
+        raise ValueError(
+            f"--resume continues the run in {cfg.logdir!r} as it was configured; these flags would "
+            f"change it: {'; '.join(conflicts)}. Drop them, or start a new run (another --logdir, "
+            f"or --overwrite)"
+        )
     return requested
 
 
@@ -220,8 +254,9 @@ def _main(argv: list[str]) -> dict | None:
     if not argv or argv == ["--overwrite"]:
         return main_job(overwrite=bool(argv))
     cfg = parse_config(argv)
-    trainer, before, metrics = run(cfg, evaluate_initial=not cfg.resume and cfg.eval.at_start,
-                                   resume_overrides=RESUME_FLAGS)
+    trainer, before, metrics = run(
+        cfg, evaluate_initial=not cfg.resume and cfg.eval.at_start, resume_overrides=RESUME_FLAGS
+    )
     if trainer.is_main and metrics is not None:
         rows = {}
         if before is not None:
@@ -234,7 +269,7 @@ def _main(argv: list[str]) -> dict | None:
     return metrics
 
 
-def main(argv: "list[str] | None" = None) -> dict | None:
+def main(argv: list[str] | None = None) -> dict | None:
     """``train.py`` (arguments: ``sys.argv[1:]`` by default; none = the main job).
 
     User errors (bad flags, paths, checkpoints, run directories, a non-finite

@@ -29,7 +29,6 @@ from .tokenizers import (
     apply_backspaces,
     tokenizer_from_dict,
 )
-
 from .vector_env import SeqGenVectorEnv
 
 __version__ = "0.1.0"
@@ -42,7 +41,22 @@ if "SeqGen-v0" not in registry:
     )
 
 __all__ = [
-    "BACKSPACE_ID", "BOS_ID", "EOS_ID", "NUM_SPECIAL", "PAD_ID", "UNK_ID",
-    "BPETokenizer", "CharTokenizer", "SpecialIds", "Tokenizer", "apply_backspaces", "tokenizer_from_dict",
-    "DEFAULT_TASK", "Task", "list_tasks", "make_task", "SeqGenEnv", "SeqGenVectorEnv",
+    "BACKSPACE_ID",
+    "BOS_ID",
+    "EOS_ID",
+    "NUM_SPECIAL",
+    "PAD_ID",
+    "UNK_ID",
+    "BPETokenizer",
+    "CharTokenizer",
+    "SpecialIds",
+    "Tokenizer",
+    "apply_backspaces",
+    "tokenizer_from_dict",
+    "DEFAULT_TASK",
+    "Task",
+    "list_tasks",
+    "make_task",
+    "SeqGenEnv",
+    "SeqGenVectorEnv",
 ]

@@ -13,8 +13,9 @@ every output.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -43,21 +44,21 @@ class EnvConfig:
     ids: SpecialIds  # the tokenizer's special ids
     max_length: int
     max_episode_steps: int
-    score: Optional[StateScore]
+    score: StateScore | None
     reward_mode: str
-    prompts: Optional[list[list[int]]]  # encoded; None = unconditional
-    render_mode: Optional[str]
+    prompts: list[list[int]] | None  # encoded; None = unconditional
+    render_mode: str | None
 
 
 def resolve_config(
-    task: "str | Task" = "python-lines",
-    max_length: Optional[int] = None,
-    max_episode_steps: Optional[int] = None,
+    task: str | Task = "python-lines",
+    max_length: int | None = None,
+    max_episode_steps: int | None = None,
     reward: Any = "none",
     reward_mode: str = "terminal",
-    prompts: Optional[Sequence[str]] = None,
-    render_mode: Optional[str] = None,
-    tokenizer: Optional[str] = None,
+    prompts: Sequence[str] | None = None,
+    render_mode: str | None = None,
+    tokenizer: str | None = None,
 ) -> EnvConfig:
     """Check the env arguments and resolve the defaults (documented in :class:`SeqGenEnv`).
 
@@ -68,8 +69,10 @@ def resolve_config(
     """
     if tokenizer is not None:
         if not isinstance(task, str):
-            raise ValueError(f"tokenizer={tokenizer!r} needs a task name (the task is re-tokenized); "
-                             f"got a {type(task).__name__}: build it with make_task(name, tokenizer=...)")
+            raise ValueError(
+                f"tokenizer={tokenizer!r} needs a task name (the task is re-tokenized); "
+                f"got a {type(task).__name__}: build it with make_task(name, tokenizer=...)"
+            )
         task = make_task(task, tokenizer=tokenizer)
     task = make_task(task)
     tok = task.tokenizer
@@ -80,8 +83,11 @@ def resolve_config(
     max_length = int(max_length)
     if max_episode_steps is None:
         max_episode_steps = STEP_LIMIT_FACTOR * max_length
-    if (isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, (int, np.integer))
-            or max_episode_steps < 1):
+    if (
+        isinstance(max_episode_steps, bool)
+        or not isinstance(max_episode_steps, (int, np.integer))
+        or max_episode_steps < 1
+    ):
         raise ValueError(f"max_episode_steps must be an integer >= 1, got {max_episode_steps!r}")
     if render_mode is not None and render_mode not in RENDER_MODES:
         raise ValueError(f"unknown render_mode {render_mode!r}; expected None or one of {RENDER_MODES}")
@@ -96,8 +102,18 @@ def resolve_config(
         if len(prompts) == 0:
             raise ValueError("prompts is an empty list; pass None for an unconditional task")
         encoded = [encode_prompt(tok, p, max_length) for p in prompts]
-    return EnvConfig(task, tok, int(tok.vocab_size), SpecialIds.of(tok), max_length, int(max_episode_steps), score, reward_mode,
-                     encoded, render_mode)
+    return EnvConfig(
+        task,
+        tok,
+        int(tok.vocab_size),
+        SpecialIds.of(tok),
+        max_length,
+        int(max_episode_steps),
+        score,
+        reward_mode,
+        encoded,
+        render_mode,
+    )
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, max_length: int) -> list[int]:
@@ -132,13 +148,13 @@ class TokenActionSpace(spaces.Discrete):
     ``Discrete(vocab_size)`` under ``==``.
     """
 
-    def __init__(self, vocab_size: int, seed: Optional[int] = None, special_ids: Optional[SpecialIds] = None):
+    def __init__(self, vocab_size: int, seed: int | None = None, special_ids: SpecialIds | None = None):
         super().__init__(vocab_size, seed=seed)
         ids = SpecialIds.of(special_ids)
         self.always_legal = np.ones(vocab_size, dtype=np.int8)
         self.always_legal[[*ids.never_legal, ids.backspace]] = 0
 
-    def sample(self, mask: Optional[np.ndarray] = None, probability: Optional[np.ndarray] = None) -> np.int64:
+    def sample(self, mask: np.ndarray | None = None, probability: np.ndarray | None = None) -> np.int64:
         if mask is None and probability is None:
             mask = self.always_legal
         return super().sample(mask=mask, probability=probability)
@@ -160,7 +176,7 @@ def observation_space(vocab_size: int, max_length: int, mask_in_observation: boo
     return spaces.Dict(keys)
 
 
-def base_action_mask(vocab_size: int, special_ids: Optional[SpecialIds] = None) -> np.ndarray:
+def base_action_mask(vocab_size: int, special_ids: SpecialIds | None = None) -> np.ndarray:
     """Legal actions when something has been generated: all but ``pad`` and ``bos`` (bool ``[V]``;
     ``bos`` stays legal when it is also ``eos``, as in GPT-2's vocabulary)."""
     mask = np.ones(vocab_size, dtype=np.bool_)
@@ -168,8 +184,9 @@ def base_action_mask(vocab_size: int, special_ids: Optional[SpecialIds] = None) 
     return mask
 
 
-def illegal_action_error(action: int, vocab_size: int, can_backspace: bool, tokenizer: Tokenizer,
-                         env_index: Optional[int] = None) -> ValueError:
+def illegal_action_error(
+    action: int, vocab_size: int, can_backspace: bool, tokenizer: Tokenizer, env_index: int | None = None
+) -> ValueError:
     """The ValueError for an out-of-range or masked action (names the id, token and what is allowed)."""
     ids = SpecialIds.of(tokenizer)
     where = f" (env {env_index})" if env_index is not None else ""
@@ -183,8 +200,11 @@ def illegal_action_error(action: int, vocab_size: int, can_backspace: bool, toke
     if ids == SpecialIds():
         allowed = "eos (2), " + ("backspace (3), " if can_backspace else "") + f"token ids 4..{vocab_size - 1}"
     else:
-        allowed = (f"eos ({ids.eos}), " + (f"backspace ({ids.backspace}), " if can_backspace else "")
-                   + f"token ids 0..{vocab_size - 1} except {sorted(set(ids.never_legal) | {ids.backspace})}")
+        allowed = (
+            f"eos ({ids.eos}), "
+            + (f"backspace ({ids.backspace}), " if can_backspace else "")
+            + f"token ids 0..{vocab_size - 1} except {sorted(set(ids.never_legal) | {ids.backspace})}"
+        )
     return ValueError(f"action {action} ({name!r}){where} {reason}; allowed now: {allowed}")
 
 
@@ -370,18 +390,17 @@ class SeqGenEnv(gym.Env):
 
     def __init__(
         self,
-        task: "str | Task" = "python-lines",
-        max_length: Optional[int] = None,
-        max_episode_steps: Optional[int] = None,
+        task: str | Task = "python-lines",
+        max_length: int | None = None,
+        max_episode_steps: int | None = None,
         reward: Any = "none",
         reward_mode: str = "terminal",
-        prompts: Optional[Sequence[str]] = None,
-        render_mode: Optional[str] = None,
+        prompts: Sequence[str] | None = None,
+        render_mode: str | None = None,
         mask_in_observation: bool = False,
-        tokenizer: Optional[str] = None,
+        tokenizer: str | None = None,
     ):
-        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode,
-                             tokenizer)
+        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode, tokenizer)
         self.config = cfg
         self.task, self.tokenizer = cfg.task, cfg.tokenizer
         self.vocab_size, self.max_length = cfg.vocab_size, cfg.max_length
@@ -398,14 +417,14 @@ class SeqGenEnv(gym.Env):
         self._length = 0
         self._prompt_length = 0
         self._steps = 0
-        self._ended: Optional[bool] = None  # None: never reset
+        self._ended: bool | None = None  # None: never reset
         self._status = ""  # "", "eos" or "truncated" (for render)
-        self._prompt_key: Optional[int] = None
+        self._prompt_key: int | None = None
         self._episode = 0
-        self._potential: Optional[torch.Tensor] = None
+        self._potential: torch.Tensor | None = None
 
     # -- Gymnasium API ------------------------------------------------------
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict, dict]:
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """Start an episode: the empty sequence or a prompt.
 
         :param seed: seeds ``np_random`` and the prompt draws (episode counter
@@ -487,8 +506,9 @@ class SeqGenEnv(gym.Env):
 
         reward = 0.0
         if self.config.score is not None:
-            r, self._potential = step_rewards(self.config.score, self.reward_mode, *self._state_tensors(),
-                                              torch.tensor([terminated]), self._potential)
+            r, self._potential = step_rewards(
+                self.config.score, self.reward_mode, *self._state_tensors(), torch.tensor([terminated]), self._potential
+            )
             reward = float(r[0])
         return self._obs(), reward, terminated, truncated, {"action_mask": self._mask().astype(np.int8)}
 
@@ -496,7 +516,7 @@ class SeqGenEnv(gym.Env):
         """Legal actions in the current state: ``np.bool_ [vocab_size]`` (MaskablePPO convention)."""
         return self._mask()
 
-    def render(self) -> Optional[str]:
+    def render(self) -> str | None:
         """``render_mode="ansi"``: ``"prompt|generated▌"`` (``"generated▌"`` without a prompt),
         followed by ``" [eos]"`` or ``" [truncated]"`` once the episode ended."""
         if self.render_mode is None:
@@ -511,8 +531,11 @@ class SeqGenEnv(gym.Env):
         return mask
 
     def _obs(self) -> dict:
-        obs = {"tokens": self._tokens.copy(), "length": np.int64(self._length),
-               "prompt_length": np.int64(self._prompt_length)}
+        obs = {
+            "tokens": self._tokens.copy(),
+            "length": np.int64(self._length),
+            "prompt_length": np.int64(self._prompt_length),
+        }
         if self.mask_in_observation:
             obs["action_mask"] = self._mask().astype(np.int8)
         return obs

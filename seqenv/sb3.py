@@ -18,7 +18,8 @@ Plain ``PPO`` knows no masks and samples masked actions; build its env with
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -60,13 +61,17 @@ class SB3VecEnv(VecEnv):
 
     def __init__(self, venv: SeqGenVectorEnv):
         if not venv.copy_obs:
-            raise ValueError("SB3VecEnv needs a SeqGenVectorEnv with copy_obs=True: SB3 stores each observation "
-                             "after the next step, which overwrites the shared state tensors of copy_obs=False")
+            raise ValueError(
+                "SB3VecEnv needs a SeqGenVectorEnv with copy_obs=True: SB3 stores each observation "
+                "after the next step, which overwrites the shared state tensors of copy_obs=False"
+            )
         if venv.autoreset_mode == AutoresetMode.SAME_STEP:
-            raise ValueError("SB3VecEnv needs a SeqGenVectorEnv with autoreset_mode NEXT_STEP or DISABLED, got "
-                             "SAME_STEP: the adapter resets the ended envs itself")
+            raise ValueError(
+                "SB3VecEnv needs a SeqGenVectorEnv with autoreset_mode NEXT_STEP or DISABLED, got "
+                "SAME_STEP: the adapter resets the ended envs itself"
+            )
         self.venv = venv
-        self._actions: Optional[np.ndarray] = None
+        self._actions: np.ndarray | None = None
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
 
     # -- VecEnv API ---------------------------------------------------------
@@ -132,7 +137,8 @@ class SB3VecEnv(VecEnv):
         """
         if sorted(self._get_indices(indices)) != list(range(self.num_envs)):
             raise ValueError(
-                f"SB3VecEnv envs share one state: set_attr({attr_name!r}) needs all indices, got {indices!r}")
+                f"SB3VecEnv envs share one state: set_attr({attr_name!r}) needs all indices, got {indices!r}"
+            )
         setattr(self.venv, attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
@@ -152,7 +158,7 @@ class SB3VecEnv(VecEnv):
         """Always False: there are no per-env Gymnasium wrappers."""
         return [False for _ in self._get_indices(indices)]
 
-    def seed(self, seed: Optional[int] = None) -> Sequence[Optional[int]]:
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seeds for the next :meth:`reset`: env ``i`` gets ``seed + i`` (SB3's convention)."""
         return super().seed(seed)
 
@@ -160,7 +166,7 @@ class SB3VecEnv(VecEnv):
         """Legal actions of the current observations: bool ``[N, V]``."""
         return _np(self.venv.action_masks())
 
-    def get_images(self) -> Sequence[Optional[np.ndarray]]:
+    def get_images(self) -> Sequence[np.ndarray | None]:
         raise NotImplementedError("SeqGen envs render text (render_mode='ansi'), not images")
 
 
@@ -192,8 +198,9 @@ class TokenSequenceExtractor(BaseFeaturesExtractor):
     :return: (forward) float ``[B, features_dim]``.
     """
 
-    def __init__(self, observation_space: spaces.Dict, features_dim: int = 64, embed_dim: int = 32,
-                 hidden_dim: int = 64):
+    def __init__(
+        self, observation_space: spaces.Dict, features_dim: int = 64, embed_dim: int = 32, hidden_dim: int = 64
+    ):
         super().__init__(observation_space, features_dim)
         tokens_space = observation_space["tokens"]
         self.max_length = int(tokens_space.shape[0])

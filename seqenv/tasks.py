@@ -61,10 +61,9 @@ import re
 import string
 import sysconfig
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 from .oracle import HMMOracle
 from .pretrained import PRETRAINED_NAMES, pretrained_dir
@@ -154,14 +153,14 @@ class Task:
     tokenizer: Tokenizer
     splits: dict[str, list[str]]
     max_length: int
-    prompts: Optional[list[str]] = None
-    validity: Optional[Callable[[str], bool]] = None
-    oracle: Optional[HMMOracle] = None
+    prompts: list[str] | None = None
+    validity: Callable[[str], bool] | None = None
+    oracle: HMMOracle | None = None
     description: str = ""
-    split_prompts: Optional[dict[str, list[str]]] = None
+    split_prompts: dict[str, list[str]] | None = None
     args: dict = field(default_factory=dict, compare=False)
-    source: Optional[dict] = field(default=None, compare=False)
-    missing_data: Optional[str] = field(default=None, compare=False)
+    source: dict | None = field(default=None, compare=False)
+    missing_data: str | None = field(default=None, compare=False)
     _encoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -178,8 +177,10 @@ class Task:
                 raise ValueError(f"task {self.name!r}: split_prompts lacks splits {missing}; expected {SPLITS}")
             for s in SPLITS:
                 if len(self.split_prompts[s]) != len(self.splits[s]):
-                    raise ValueError(f"task {self.name!r}: split {s!r} has {len(self.splits[s])} texts but "
-                                     f"{len(self.split_prompts[s])} prompts in split_prompts; expected one prompt per text")
+                    raise ValueError(
+                        f"task {self.name!r}: split {s!r} has {len(self.splits[s])} texts but "
+                        f"{len(self.split_prompts[s])} prompts in split_prompts; expected one prompt per text"
+                    )
             if self.prompts is None:
                 self.prompts = list(self.split_prompts["train"])
 
@@ -235,7 +236,7 @@ class Task:
             raise ValueError(f"task {self.name!r} is not a paired conditional task: its splits have no prompts")
         return self.split_prompts[split]
 
-    def encoded_prompts(self) -> Optional[list[list[int]]]:
+    def encoded_prompts(self) -> list[list[int]] | None:
         """Token ids of the prompts, or ``None`` for an unconditional task."""
         if self.prompts is None:
             return None
@@ -268,7 +269,7 @@ class Task:
             h = hashlib.sha256()
             for s in SPLITS:
                 prompts = self.split_prompts[s] if self.split_prompts is not None else [None] * len(self.splits[s])
-                h.update(f"split {s} {len(self.splits[s])}\n".encode("utf-8"))
+                h.update(f"split {s} {len(self.splits[s])}\n".encode())
                 for text, prompt in zip(self.splits[s], prompts):
                     for part in ([] if prompt is None else [prompt]) + [text]:
                         b = part.encode("utf-8")
@@ -306,8 +307,9 @@ def split_of(text: str, valid_frac: float = 0.05, test_frac: float = 0.05) -> st
     return "train"
 
 
-def hash_splits(texts: list[str], valid_frac: float = 0.05, test_frac: float = 0.05,
-                name: str = "corpus") -> dict[str, list[str]]:
+def hash_splits(
+    texts: list[str], valid_frac: float = 0.05, test_frac: float = 0.05, name: str = "corpus"
+) -> dict[str, list[str]]:
     """Deduplicate ``texts`` (first occurrence kept) and split them by hash.
 
     Small corpora, the rule:
@@ -323,9 +325,13 @@ def hash_splits(texts: list[str], valid_frac: float = 0.05, test_frac: float = 0
     """
     unique = list(dict.fromkeys(texts))
     if 0 < len(unique) < MIN_SPLIT_TEXTS:
-        warnings.warn(f"task {name!r} has only {len(unique)} distinct texts (fewer than {MIN_SPLIT_TEXTS}): every "
-                      f"split (train, valid, test) is all {len(unique)} of them, so held-out metrics measure "
-                      f"training data", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"task {name!r} has only {len(unique)} distinct texts (fewer than {MIN_SPLIT_TEXTS}): every "
+            f"split (train, valid, test) is all {len(unique)} of them, so held-out metrics measure "
+            f"training data",
+            UserWarning,
+            stacklevel=2,
+        )
         return {s: list(unique) for s in SPLITS}
     out: dict[str, list[str]] = {s: [] for s in SPLITS}
     for t in unique:
@@ -376,7 +382,7 @@ def python_statements(min_chars: int = 8, max_chars: int = 60) -> tuple[str, ...
     return tuple(out)
 
 
-def _quiet_parse(text: str) -> Optional[ast.Module]:
+def _quiet_parse(text: str) -> ast.Module | None:
     """``ast.parse(text)``, or ``None`` if it fails; silent.
 
     Python's compiler reports some lexical oddities (``1if``, ``'\\d'``,
@@ -400,8 +406,10 @@ def _parses_as_statement(text: str) -> bool:
         return False
     node = tree.body[0]
     if isinstance(node, ast.Expr):  # a bare expression must do something: a call, a name, an attribute
-        return any(isinstance(n, (ast.Call, ast.Name, ast.Attribute, ast.Await, ast.Yield, ast.YieldFrom))
-                   for n in ast.walk(node.value))
+        return any(
+            isinstance(n, (ast.Call, ast.Name, ast.Attribute, ast.Await, ast.Yield, ast.YieldFrom))
+            for n in ast.walk(node.value)
+        )
     return True
 
 
@@ -420,7 +428,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORD = re.compile(r"[A-Za-z]+")
 
 
-_ASCII_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2014": "--", "\u2013": "-"})
+_ASCII_QUOTES = str.maketrans(
+    {"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2014": "--", "\u2013": "-"}
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -444,8 +454,12 @@ def pydoc_sentences(min_chars: int = 20, max_chars: int = 100) -> tuple[str, ...
             lines = para.splitlines()
             if lines and lines[0].lstrip().startswith("* "):
                 indent = len(lines[0]) - len(lines[0].lstrip())
-                lines = [lines[0].lstrip()[2:]] + [l[indent + 2:] if l[: indent + 2].isspace() else l for l in lines[1:]]
-            if not lines or any(l.startswith((" ", "\t")) or ">>>" in l or l.startswith(("..", "==", "--", "**", "* ")) for l in lines):
+                lines = [lines[0].lstrip()[2:]] + [
+                    l[indent + 2 :] if l[: indent + 2].isspace() else l for l in lines[1:]
+                ]
+            if not lines or any(
+                l.startswith((" ", "\t")) or ">>>" in l or l.startswith(("..", "==", "--", "**", "* ")) for l in lines
+            ):
                 continue
             text = re.sub(r"\*([^*\s][^*]*)\*", r"\1", " ".join(l.strip() for l in lines))
             for s in _SENTENCE_END.split(text):
@@ -481,8 +495,9 @@ class ProseValidity:
         return all(w.lower() in self.words for w in _WORD.findall(text))
 
 
-def _tokenizer_for(kind: "str | Tokenizer", chars: Optional[str], train: list[str], bpe_vocab_size: int,
-                   unk: str) -> Tokenizer:
+def _tokenizer_for(
+    kind: str | Tokenizer, chars: str | None, train: list[str], bpe_vocab_size: int, unk: str
+) -> Tokenizer:
     if isinstance(kind, HFTokenizer):  # e.g. built with start/end token overrides
         return kind
     if isinstance(kind, dict):  # its to_dict(), from a task spec
@@ -495,12 +510,14 @@ def _tokenizer_for(kind: "str | Tokenizer", chars: Optional[str], train: list[st
         return CharTokenizer(chars, unk=unk) if chars is not None else CharTokenizer.from_corpus(train, unk=unk)
     if kind == "bpe":
         return BPETokenizer.train(train, vocab_size=bpe_vocab_size)
-    raise ValueError(f"tokenizer must be 'char', 'bpe', 'hf:PATH' or one of {', '.join(PRETRAINED_NAMES)}, "
-                     f"got {kind!r}")
+    raise ValueError(
+        f"tokenizer must be 'char', 'bpe', 'hf:PATH' or one of {', '.join(PRETRAINED_NAMES)}, got {kind!r}"
+    )
 
 
-def _fit_max_length(name: str, tok: Tokenizer, splits: dict[str, list[str]], max_length: Optional[int],
-                    prompts: Optional[list[str]]) -> tuple[dict[str, list[str]], int]:
+def _fit_max_length(
+    name: str, tok: Tokenizer, splits: dict[str, list[str]], max_length: int | None, prompts: list[str] | None
+) -> tuple[dict[str, list[str]], int]:
     """Pick max_length (longest encoded text + 1 for the eos step, at most 512) and drop longer texts.
 
     Dropped texts are counted in a ``UserWarning``; if a held-out split loses
@@ -515,8 +532,12 @@ def _fit_max_length(name: str, tok: Tokenizer, splits: dict[str, list[str]], max
     fits = {t: len(tok.encode(t)) < max_length for s in SPLITS for t in splits[s]}
     dropped = sum(not ok for ok in fits.values())
     if dropped:
-        warnings.warn(f"task {name!r}: dropped {dropped} of {len(fits)} texts longer than {max_length - 1} tokens "
-                      f"(max_length={max_length} keeps one step for eos)", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"task {name!r}: dropped {dropped} of {len(fits)} texts longer than {max_length - 1} tokens "
+            f"(max_length={max_length} keeps one step for eos)",
+            UserWarning,
+            stacklevel=3,
+        )
     kept = {s: [t for t in splits[s] if fits[t]] for s in SPLITS}
     if not kept["train"]:
         raise ValueError(f"task {name!r}: no training text fits max_length={max_length}")
@@ -525,8 +546,19 @@ def _fit_max_length(name: str, tok: Tokenizer, splits: dict[str, list[str]], max
     return kept, max_length
 
 
-def _text_task(name, texts, validity_factory, *, chars=None, tokenizer="char", bpe_vocab_size=512,
-               unk="error", max_length=None, prompts=None, description=""):
+def _text_task(
+    name,
+    texts,
+    validity_factory,
+    *,
+    chars=None,
+    tokenizer="char",
+    bpe_vocab_size=512,
+    unk="error",
+    max_length=None,
+    prompts=None,
+    description="",
+):
     splits = hash_splits(list(texts), name=name)
     tok = _tokenizer_for(tokenizer, chars, splits["train"], bpe_vocab_size, unk)
     if chars is None and tokenizer == "char":
@@ -536,26 +568,52 @@ def _text_task(name, texts, validity_factory, *, chars=None, tokenizer="char", b
             tok = CharTokenizer(tok.chars + "".join(extra), unk=unk)
     splits, max_length = _fit_max_length(name, tok, splits, max_length, prompts)
     validity = validity_factory(splits) if validity_factory else None
-    return Task(name=name, tokenizer=tok, splits=splits, max_length=max_length, prompts=prompts,
-                validity=validity, description=description)
+    return Task(
+        name=name,
+        tokenizer=tok,
+        splits=splits,
+        max_length=max_length,
+        prompts=prompts,
+        validity=validity,
+        description=description,
+    )
 
 
 def python_lines(**kw) -> Task:
     """The ``python-lines`` task (see the module docstring)."""
     kw.setdefault("max_length", 64)
-    return _text_task("python-lines", python_statements(), lambda s: python_is_valid, chars=PRINTABLE,
-                      description="single Python statements from the standard library; validity = ast.parse", **kw)
+    return _text_task(
+        "python-lines",
+        python_statements(),
+        lambda s: python_is_valid,
+        chars=PRINTABLE,
+        description="single Python statements from the standard library; validity = ast.parse",
+        **kw,
+    )
 
 
 def pydoc_text(**kw) -> Task:
     """The ``pydoc-text`` task (see the module docstring)."""
     kw.setdefault("max_length", 104)
-    return _text_task("pydoc-text", pydoc_sentences(), lambda s: ProseValidity([t for v in s.values() for t in v]), chars=PRINTABLE,
-                      description="English sentences from pydoc_data.topics; validity = known words, punctuation", **kw)
+    return _text_task(
+        "pydoc-text",
+        pydoc_sentences(),
+        lambda s: ProseValidity([t for v in s.values() for t in v]),
+        chars=PRINTABLE,
+        description="English sentences from pydoc_data.topics; validity = known words, punctuation",
+        **kw,
+    )
 
 
-def oracle_hmm(num_train: int = 20000, num_eval: int = 1000, seed: int = 0, tokenizer: str = "char",
-               prompts=None, max_length=None, **oracle_kw) -> Task:
+def oracle_hmm(
+    num_train: int = 20000,
+    num_eval: int = 1000,
+    seed: int = 0,
+    tokenizer: str = "char",
+    prompts=None,
+    max_length=None,
+    **oracle_kw,
+) -> Task:
     """The ``oracle-hmm`` task: samples of a fixed random HMM (exact likelihood).
 
     :param num_train: training samples; ``num_eval`` each for valid and test
@@ -568,8 +626,11 @@ def oracle_hmm(num_train: int = 20000, num_eval: int = 1000, seed: int = 0, toke
     if tokenizer != "char":
         raise ValueError(f"oracle-hmm uses its own character tokenizer; got tokenizer={tokenizer!r}")
     oracle = HMMOracle(seed=seed, **oracle_kw)
-    chars = string.ascii_lowercase[: oracle.num_symbols] if oracle.num_symbols <= 26 else \
-        [chr(0x100 + i) for i in range(oracle.num_symbols)]
+    chars = (
+        string.ascii_lowercase[: oracle.num_symbols]
+        if oracle.num_symbols <= 26
+        else [chr(0x100 + i) for i in range(oracle.num_symbols)]
+    )
     tok = CharTokenizer(chars)
     splits = {}
     for i, (split, n) in enumerate((("train", num_train), ("valid", num_eval), ("test", num_eval))):
@@ -578,8 +639,15 @@ def oracle_hmm(num_train: int = 20000, num_eval: int = 1000, seed: int = 0, toke
     ml = max_length if max_length is not None else oracle.max_length + 1
     if ml < oracle.max_length + 1:
         raise ValueError(f"oracle-hmm needs max_length >= {oracle.max_length + 1} (oracle length + eos), got {ml}")
-    return Task(name="oracle-hmm", tokenizer=tok, splits=splits, max_length=ml, prompts=prompts, oracle=oracle,
-                description=f"random HMM oracle ({oracle.num_states} states, {oracle.num_symbols} symbols)")
+    return Task(
+        name="oracle-hmm",
+        tokenizer=tok,
+        splits=splits,
+        max_length=ml,
+        prompts=prompts,
+        oracle=oracle,
+        description=f"random HMM oracle ({oracle.num_states} states, {oracle.num_symbols} symbols)",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -608,7 +676,7 @@ def to_base(n: int, base: int) -> str:
     return sign + "".join(reversed(digits))
 
 
-def from_base(text: str, base: int) -> Optional[int]:
+def from_base(text: str, base: int) -> int | None:
     """Inverse of :func:`to_base` on canonical numerals; ``None`` for anything else.
 
     Canonical: optional ``-``, digits of ``base`` in lowercase, no leading
@@ -624,8 +692,9 @@ def from_base(text: str, base: int) -> Optional[int]:
     return -value if neg else value
 
 
-def arithmetic_question(rng: random.Random, min_base: int = 2, max_base: int = 16,
-                        max_digits: int = 3) -> tuple[str, str]:
+def arithmetic_question(
+    rng: random.Random, min_base: int = 2, max_base: int = 16, max_digits: int = 3
+) -> tuple[str, str]:
     """One ``add_or_sub_in_base`` question and its answer, drawn from ``rng``.
 
     Base uniform in ``min_base..max_base``; each operand: a digit count ``d``
@@ -640,7 +709,7 @@ def arithmetic_question(rng: random.Random, min_base: int = 2, max_base: int = 1
     ops = []
     for _ in range(2):
         d = rng.randint(1, max_digits)
-        ops.append(rng.randint(0 if d == 1 else base ** (d - 1), base ** d - 1))
+        ops.append(rng.randint(0 if d == 1 else base ** (d - 1), base**d - 1))
     op = rng.choice("+-")
     p, q = ops
     answer = p + q if op == "+" else p - q
@@ -667,9 +736,18 @@ def arithmetic_is_valid(text: str) -> bool:
     return m[5] == to_base(p + q if m[3] == "+" else p - q, base)
 
 
-def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200, seed: int = 0,
-               min_base: int = 2, max_base: int = 16, max_digits: int = 3, tokenizer: str = "char",
-               max_length: Optional[int] = None, prompts=None) -> Task:
+def arithmetic(
+    num_train: int = 5000,
+    num_valid: int = 200,
+    num_test: int = 200,
+    seed: int = 0,
+    min_base: int = 2,
+    max_base: int = 16,
+    max_digits: int = 3,
+    tokenizer: str = "char",
+    max_length: int | None = None,
+    prompts=None,
+) -> Task:
     """The ``arithmetic`` task: questions of DeepMind's ``add_or_sub_in_base`` as prompts, answers generated.
 
     The arithmetic setting of SequenceMatch (Cundy & Ermon, ICLR 2024) [paper]:
@@ -715,26 +793,40 @@ def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200,
     :raises ValueError: on a bad argument, or when the ranges hold too few
         distinct questions to fill the splits.
     """
-    hf_kind = isinstance(tokenizer, (HFTokenizer, dict)) or tokenizer in PRETRAINED_NAMES \
+    hf_kind = (
+        isinstance(tokenizer, (HFTokenizer, dict))
+        or tokenizer in PRETRAINED_NAMES
         or (isinstance(tokenizer, str) and tokenizer.startswith("hf:"))
+    )
     if tokenizer != "char" and not hf_kind:
-        raise ValueError(f"arithmetic uses its own character tokenizer (or a Hugging Face model's: 'hf:PATH', "
-                         f"{', '.join(map(repr, PRETRAINED_NAMES))}); got tokenizer={tokenizer!r}")
+        raise ValueError(
+            f"arithmetic uses its own character tokenizer (or a Hugging Face model's: 'hf:PATH', "
+            f"{', '.join(map(repr, PRETRAINED_NAMES))}); got tokenizer={tokenizer!r}"
+        )
     if prompts is not None:
         raise ValueError("arithmetic draws its prompts (questions) itself; got prompts=")
-    for k, v in (("num_train", num_train), ("num_valid", num_valid), ("num_test", num_test), ("max_digits", max_digits)):
+    for k, v in (
+        ("num_train", num_train),
+        ("num_valid", num_valid),
+        ("num_test", num_test),
+        ("max_digits", max_digits),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"arithmetic: {k} must be an integer >= 1, got {v!r}")
     if not (isinstance(min_base, int) and isinstance(max_base, int) and 2 <= min_base <= max_base <= 16):
-        raise ValueError(f"arithmetic: need 2 <= min_base <= max_base <= 16, got min_base={min_base!r}, max_base={max_base!r}")
+        raise ValueError(
+            f"arithmetic: need 2 <= min_base <= max_base <= 16, got min_base={min_base!r}, max_base={max_base!r}"
+        )
     longest_prompt = len(_ARITH_PREFIX.format(base=max_base)) + 2 * max_digits + len(" - ? ")
     longest_answer = max_digits + 1  # a carry digit, or "-" of a negative difference
     need = longest_prompt + longest_answer + 1
     if max_length is None:
         max_length = longest_prompt + 2 * longest_answer + 1
     elif max_length < need:
-        raise ValueError(f"arithmetic with max_digits={max_digits} needs max_length >= {need} "
-                         f"(prompt {longest_prompt} + answer {longest_answer} + eos), got {max_length}")
+        raise ValueError(
+            f"arithmetic with max_digits={max_digits} needs max_length >= {need} "
+            f"(prompt {longest_prompt} + answer {longest_answer} + eos), got {max_length}"
+        )
     sizes = {"train": num_train, "valid": num_valid, "test": num_test}
     texts: dict[str, list[str]] = {s: [] for s in SPLITS}
     questions: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -754,13 +846,21 @@ def arithmetic(num_train: int = 5000, num_valid: int = 200, num_test: int = 200,
             texts[s].append(a)
     else:
         got = {s: len(questions[s]) for s in SPLITS}
-        raise ValueError(f"arithmetic: bases {min_base}..{max_base} with at most {max_digits} digits gave only {got} "
-                         f"distinct questions in {max_draws} draws; asked for {sizes} (widen the ranges or ask for fewer)")
+        raise ValueError(
+            f"arithmetic: bases {min_base}..{max_base} with at most {max_digits} digits gave only {got} "
+            f"distinct questions in {max_draws} draws; asked for {sizes} (widen the ranges or ask for fewer)"
+        )
     tok = CharTokenizer(ARITHMETIC_CHARS) if tokenizer == "char" else _tokenizer_for(tokenizer, None, [], 0, "error")
-    return Task(name="arithmetic", tokenizer=tok, splits=texts, max_length=max_length,
-                validity=arithmetic_is_valid, split_prompts=questions,
-                description=f"add_or_sub_in_base questions (bases {min_base}..{max_base}, operands of "
-                            f"<= {max_digits} digits); validity = exact answer")
+    return Task(
+        name="arithmetic",
+        tokenizer=tok,
+        splits=texts,
+        max_length=max_length,
+        validity=arithmetic_is_valid,
+        split_prompts=questions,
+        description=f"add_or_sub_in_base questions (bases {min_base}..{max_base}, operands of "
+        f"<= {max_digits} digits); validity = exact answer",
+    )
 
 
 def file_task(path: str, **kw) -> Task:
@@ -780,12 +880,16 @@ def file_task(path: str, **kw) -> Task:
     if p.is_dir():
         raise ValueError(f"task file {str(p)!r} is a directory; expected a UTF-8 text file, one sequence per line")
     if not p.is_file():
-        raise FileNotFoundError(f"task file {str(p)!r} does not exist (expected a UTF-8 text file, one sequence per line)")
+        raise FileNotFoundError(
+            f"task file {str(p)!r} does not exist (expected a UTF-8 text file, one sequence per line)"
+        )
     raw = p.read_bytes()
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is no text
     except UnicodeDecodeError as e:
-        raise ValueError(f"task file {str(p)!r} is not valid UTF-8: byte {e.start} ({raw[e.start:e.start + 1]!r}): {e.reason}") from None
+        raise ValueError(
+            f"task file {str(p)!r} is not valid UTF-8: byte {e.start} ({raw[e.start : e.start + 1]!r}): {e.reason}"
+        ) from None
     lines = [l.rstrip("\r") for l in text.split("\n")]
     lines = [l for l in lines if l.strip()]
     if not lines:
@@ -817,7 +921,7 @@ def _cached(name: str, frozen_kw: tuple) -> Task:
     return task
 
 
-def make_task(name: "str | Task | dict" = DEFAULT_TASK, **kwargs) -> Task:
+def make_task(name: str | Task | dict = DEFAULT_TASK, **kwargs) -> Task:
     """Build a task by name (cached per name and arguments) or pass one through.
 
     :param name: a built-in name, ``"file:PATH"``, a :class:`Task`, or a
@@ -843,14 +947,14 @@ def make_task(name: "str | Task | dict" = DEFAULT_TASK, **kwargs) -> Task:
         raise ValueError(f"task must be a name, a Task or a task spec dict, got {type(name).__name__}")
     if not name.startswith("file:") and name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
-    if name.startswith("file:") and not name[len("file:"):]:
+    if name.startswith("file:") and not name[len("file:") :]:
         raise ValueError("task 'file:' needs a path, e.g. 'file:corpus.txt'")
     if isinstance(kwargs.get("tokenizer"), dict):  # a Tokenizer.to_dict() (from a task spec)
         kwargs["tokenizer"] = tokenizer_from_dict(kwargs["tokenizer"])
     frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
     if name.startswith("file:"):
         # files can change between calls: don't cache
-        task = file_task(name[len("file:"):], **kwargs)
+        task = file_task(name[len("file:") :], **kwargs)
         task.args = dict(kwargs)
         return task
     return _cached(name, frozen)
@@ -875,10 +979,15 @@ def task_from_spec(spec: dict) -> Task:
     :raises ValueError: on a malformed spec, or a built-in task whose rebuild
         differs from the spec (names what differs).
     """
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("tokenizer"), dict) \
-            or not isinstance(spec.get("max_length"), int):
-        raise ValueError(f"a task spec is a dict with 'name' (str), 'tokenizer' (dict) and 'max_length' (int), "
-                         f"got {spec!r:.200}")
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("name"), str)
+        or not isinstance(spec.get("tokenizer"), dict)
+        or not isinstance(spec.get("max_length"), int)
+    ):
+        raise ValueError(
+            f"a task spec is a dict with 'name' (str), 'tokenizer' (dict) and 'max_length' (int), got {spec!r:.200}"
+        )
     args = spec.get("args", {})
     if not isinstance(args, dict):
         raise ValueError(f"task spec 'args' must be a dict of make_task arguments, got {args!r:.200}")
@@ -890,7 +999,7 @@ def task_from_spec(spec: dict) -> Task:
             raise ValueError(problem)
         return task
     source = spec.get("file") if isinstance(spec.get("file"), dict) else {}
-    candidates = list(dict.fromkeys(p for p in (source.get("path"), name[len("file:"):]) if p))
+    candidates = list(dict.fromkeys(p for p in (source.get("path"), name[len("file:") :]) if p))
     problems = []
     for path in candidates:
         if not Path(path).expanduser().is_file():
@@ -906,22 +1015,38 @@ def task_from_spec(spec: dict) -> Task:
             problems.append(f"{path!r} no longer matches: {problem}")
             continue
         if source.get("sha256") and task.source["sha256"] != source["sha256"]:
-            warnings.warn(f"task {name!r}: the file {path!r} differs from the one the spec was made from "
-                          f"(SHA-256); its splits may differ", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"task {name!r}: the file {path!r} differs from the one the spec was made from "
+                f"(SHA-256); its splits may differ",
+                UserWarning,
+                stacklevel=2,
+            )
         task.name, task.args = name, dict(args)
         return task
-    message = (f"task {name!r} was rebuilt from its spec without its corpus file: its texts need the file "
-               f"{candidates[0]!r} ({'; '.join(problems)}); generation works without it")
+    message = (
+        f"task {name!r} was rebuilt from its spec without its corpus file: its texts need the file "
+        f"{candidates[0]!r} ({'; '.join(problems)}); generation works without it"
+    )
     prompts = args.get("prompts")
-    return Task(name=name, tokenizer=tokenizer_from_dict(spec["tokenizer"]), splits={}, max_length=spec["max_length"],
-                prompts=list(prompts) if prompts is not None else None, description=f"{name} without its data",
-                args=dict(args), source=dict(source) or None, missing_data=message)
+    return Task(
+        name=name,
+        tokenizer=tokenizer_from_dict(spec["tokenizer"]),
+        splits={},
+        max_length=spec["max_length"],
+        prompts=list(prompts) if prompts is not None else None,
+        description=f"{name} without its data",
+        args=dict(args),
+        source=dict(source) or None,
+        missing_data=message,
+    )
 
 
-def _spec_mismatch(task: Task, spec: dict) -> Optional[str]:
+def _spec_mismatch(task: Task, spec: dict) -> str | None:
     if task.tokenizer.to_dict() != spec["tokenizer"]:
-        return (f"task {spec['name']!r} rebuilt from its spec has a different tokenizer "
-                f"(vocab {task.tokenizer.vocab_size}) than the spec's")
+        return (
+            f"task {spec['name']!r} rebuilt from its spec has a different tokenizer "
+            f"(vocab {task.tokenizer.vocab_size}) than the spec's"
+        )
     if task.max_length != spec["max_length"]:
         return f"task {spec['name']!r} rebuilt from its spec has max_length {task.max_length}, the spec says {spec['max_length']}"
     return None

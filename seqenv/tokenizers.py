@@ -39,8 +39,8 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
 
 from .pretrained import pretrained_dir
 
@@ -76,10 +76,10 @@ class SpecialIds:
     bos: int = BOS_ID
     eos: int = EOS_ID
     backspace: int = BACKSPACE_ID
-    unk: Optional[int] = UNK_ID
+    unk: int | None = UNK_ID
 
     @classmethod
-    def of(cls, source=None) -> "SpecialIds":
+    def of(cls, source=None) -> SpecialIds:
         """The ids of ``source``: ``None`` (the defaults), a :class:`SpecialIds`, a
         ``special_ids`` dict, or anything with ``special_ids`` (a tokenizer, a
         policy, a DDP wrapper of one) or a ``tokenizer`` (a task).
@@ -97,8 +97,10 @@ class SpecialIds:
                 obj = obj.tokenizer  # a Task
             found = getattr(obj, "special_ids", None)
             if found is None:
-                raise ValueError(f"cannot find special ids on {type(source).__name__}; expected a tokenizer, "
-                                 "policy, task, dict or SpecialIds")
+                raise ValueError(
+                    f"cannot find special ids on {type(source).__name__}; expected a tokenizer, "
+                    "policy, task, dict or SpecialIds"
+                )
             if isinstance(found, SpecialIds):
                 return found
             source = found
@@ -106,8 +108,13 @@ class SpecialIds:
         if missing:
             raise ValueError(f"special ids {source!r} lack {missing}")
         unk = source.get("unk")
-        return cls(int(source["pad"]), int(source["bos"]), int(source["eos"]), int(source["backspace"]),
-                   None if unk is None else int(unk))
+        return cls(
+            int(source["pad"]),
+            int(source["bos"]),
+            int(source["eos"]),
+            int(source["backspace"]),
+            None if unk is None else int(unk),
+        )
 
     @property
     def never_legal(self) -> tuple[int, ...]:
@@ -227,7 +234,7 @@ class CharTokenizer(Tokenizer):
         self._stoi = {c: NUM_SPECIAL + i for i, c in enumerate(chars)}
 
     @classmethod
-    def from_corpus(cls, lines: Iterable[str], unk: str = "error") -> "CharTokenizer":
+    def from_corpus(cls, lines: Iterable[str], unk: str = "error") -> CharTokenizer:
         """Vocabulary = the sorted set of characters in ``lines``."""
         return cls(sorted(set("".join(lines))), unk=unk)
 
@@ -283,13 +290,11 @@ class BPETokenizer(Tokenizer):
     def __init__(self, hf_tokenizer):
         for i, tok in enumerate(SPECIAL_TOKENS):
             if hf_tokenizer.token_to_id(tok) != i:
-                raise ValueError(
-                    f"BPE tokenizer must map {tok!r} to id {i}, got {hf_tokenizer.token_to_id(tok)!r}"
-                )
+                raise ValueError(f"BPE tokenizer must map {tok!r} to id {i}, got {hf_tokenizer.token_to_id(tok)!r}")
         self._tok = hf_tokenizer
 
     @classmethod
-    def train(cls, lines: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> "BPETokenizer":
+    def train(cls, lines: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> BPETokenizer:
         """Train byte-level BPE on ``lines``.
 
         :param vocab_size: target size, special ids and the 256 byte symbols
@@ -359,8 +364,7 @@ def add_backspace_tokens(hf_tokenizer) -> list[int]:
 DOCUMENT_SEPARATOR = "<|endoftext|>"
 
 
-def hf_boundary_tokens(hf_tokenizer, start_token: Optional[str] = None,
-                       end_token: Optional[str] = None) -> tuple[str, str]:
+def hf_boundary_tokens(hf_tokenizer, start_token: str | None = None, end_token: str | None = None) -> tuple[str, str]:
     """The start (``bos``) and end (``eos``) tokens of plain text for a ``transformers`` tokenizer.
 
     Defaults [recon]: start = :data:`DOCUMENT_SEPARATOR` when the vocabulary
@@ -384,15 +388,17 @@ def hf_boundary_tokens(hf_tokenizer, start_token: Optional[str] = None,
     """
     vocab = hf_tokenizer.get_vocab()
 
-    def as_token(what: str, tok: Optional[str]) -> Optional[str]:
+    def as_token(what: str, tok: str | None) -> str | None:
         if tok is None or tok in vocab:
             return tok
         ids = hf_tokenizer.encode(tok, add_special_tokens=False) if tok else []
         if len(ids) == 1 and ids[0] != hf_tokenizer.unk_token_id:  # a text that is one token: "\n" -> "Ċ"
             return hf_tokenizer.convert_ids_to_tokens(ids[0])
-        raise ValueError(f"{what} token {tok!r} is not a token of the vocabulary (a single token is needed, "
-                         f"e.g. {DOCUMENT_SEPARATOR!r} or the tokenizer's bos/eos, or a text that encodes to one "
-                         f"token; it encodes to {len(ids)})")
+        raise ValueError(
+            f"{what} token {tok!r} is not a token of the vocabulary (a single token is needed, "
+            f"e.g. {DOCUMENT_SEPARATOR!r} or the tokenizer's bos/eos, or a text that encodes to one "
+            f"token; it encodes to {len(ids)})"
+        )
 
     start_token, end_token = as_token("start", start_token), as_token("end", end_token)
     if DOCUMENT_SEPARATOR in vocab:
@@ -409,7 +415,7 @@ def hf_boundary_tokens(hf_tokenizer, start_token: Optional[str] = None,
     return start, end
 
 
-def hf_special_ids(hf_tokenizer, start_token: Optional[str] = None, end_token: Optional[str] = None) -> dict[str, int]:
+def hf_special_ids(hf_tokenizer, start_token: str | None = None, end_token: str | None = None) -> dict[str, int]:
     """Special ids of a ``transformers`` tokenizer prepared by :func:`add_backspace_tokens`.
 
     ``bos`` and ``eos`` are the start and end tokens of :func:`hf_boundary_tokens`
@@ -429,8 +435,7 @@ def hf_special_ids(hf_tokenizer, start_token: Optional[str] = None, end_token: O
     start, end = hf_boundary_tokens(hf_tokenizer, start_token, end_token)
     bos, eos, pad = vocab[start], vocab[end], hf_tokenizer.pad_token_id
     if pad is None or pad in (eos, bos):
-        raise ValueError(f"tokenizer needs a pad token different from bos and eos, got pad={pad}, bos={bos}, "
-                         f"eos={eos}")
+        raise ValueError(f"tokenizer needs a pad token different from bos and eos, got pad={pad}, bos={bos}, eos={eos}")
     ids = {"pad": int(pad), "bos": int(bos), "eos": int(eos), "backspace": int(vocab[BACKSPACE_TOKEN])}
     if hf_tokenizer.unk_token_id is not None:
         ids["unk"] = int(hf_tokenizer.unk_token_id)
@@ -473,8 +478,14 @@ class HFTokenizer(Tokenizer):
     :raises ValueError: as :func:`hf_special_ids` (e.g. no eos token, an override that is not a token).
     """
 
-    def __init__(self, path: str, hf_tokenizer=None, start_token: Optional[str] = None,
-                 end_token: Optional[str] = None, pretrained: Optional[str] = None):
+    def __init__(
+        self,
+        path: str,
+        hf_tokenizer=None,
+        start_token: str | None = None,
+        end_token: str | None = None,
+        pretrained: str | None = None,
+    ):
         self.path = str(path)
         self.hf = hf_tokenizer if hf_tokenizer is not None else load_hf_tokenizer(self.path)
         self.added_ids = add_backspace_tokens(self.hf)
@@ -513,8 +524,14 @@ class HFTokenizer(Tokenizer):
     def to_dict(self) -> dict:
         """``{"type": "hf", "path", "vocab_size", "special_ids", "start_token", "end_token"[, "pretrained"]}``;
         ``vocab_size`` and ``special_ids`` detect a changed directory."""
-        d = {"type": "hf", "path": self.path, "vocab_size": self.vocab_size, "special_ids": dict(self.special_ids),
-             "start_token": self.start_token, "end_token": self.end_token}
+        d = {
+            "type": "hf",
+            "path": self.path,
+            "vocab_size": self.vocab_size,
+            "special_ids": dict(self.special_ids),
+            "start_token": self.start_token,
+            "end_token": self.end_token,
+        }
         if self.pretrained:
             d["pretrained"] = self.pretrained
         return d
@@ -534,11 +551,13 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
         if d.get("pretrained") and not os.path.isdir(path):  # converted on another machine: convert here
             path = str(pretrained_dir(d["pretrained"]))
         try:
-            tok = HFTokenizer(path, start_token=d.get("start_token"), end_token=d.get("end_token"),
-                              pretrained=d.get("pretrained"))
+            tok = HFTokenizer(
+                path, start_token=d.get("start_token"), end_token=d.get("end_token"), pretrained=d.get("pretrained")
+            )
         except ValueError as e:
-            raise ValueError(f"HF tokenizer at {d['path']!r}: {e}; the directory changed since this tokenizer "
-                             f"was saved") from None
+            raise ValueError(
+                f"HF tokenizer at {d['path']!r}: {e}; the directory changed since this tokenizer was saved"
+            ) from None
         for key in ("vocab_size", "special_ids"):
             if key in d and d[key] != tok.to_dict()[key]:
                 raise ValueError(

@@ -23,7 +23,8 @@ on CPU (the tests run both).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,27 +149,28 @@ class SeqGenVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        task: "str | Task" = "python-lines",
-        max_length: Optional[int] = None,
-        max_episode_steps: Optional[int] = None,
+        task: str | Task = "python-lines",
+        max_length: int | None = None,
+        max_episode_steps: int | None = None,
         reward: Any = "none",
         reward_mode: str = "terminal",
-        prompts: Optional[Sequence[str]] = None,
-        render_mode: Optional[str] = None,
-        device: "str | torch.device" = "cpu",
+        prompts: Sequence[str] | None = None,
+        render_mode: str | None = None,
+        device: str | torch.device = "cpu",
         validate_actions: bool = True,
         copy_obs: bool = True,
         backend: str = "auto",
-        autoreset_mode: "str | AutoresetMode" = AutoresetMode.NEXT_STEP,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         mask_in_observation: bool = False,
-        tokenizer: Optional[str] = None,
+        tokenizer: str | None = None,
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r} requested but CUDA is not available "
-                             "(torch.cuda.is_available() is False)")
+            raise ValueError(
+                f"device={str(device)!r} requested but CUDA is not available (torch.cuda.is_available() is False)"
+            )
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if backend == "numpy" and device.type != "cpu":
@@ -177,8 +179,7 @@ class SeqGenVectorEnv(VectorEnv):
         self._next_step = self._autoreset_mode == AutoresetMode.NEXT_STEP
         self._same_step = self._autoreset_mode == AutoresetMode.SAME_STEP
         self.metadata = {**self.metadata, "autoreset_mode": self._autoreset_mode}
-        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode,
-                             tokenizer)
+        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode, tokenizer)
         self.config = cfg
         self.task, self.tokenizer = cfg.task, cfg.tokenizer
         self.num_envs = B = int(num_envs)
@@ -267,7 +268,7 @@ class SeqGenVectorEnv(VectorEnv):
         return self._autoreset_mode
 
     # -- Gymnasium API ------------------------------------------------------
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict, dict]:
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """Reset every env (or those in ``options["reset_mask"]``).
 
         :param seed: env ``b`` is seeded with ``seed + b``.
@@ -343,8 +344,9 @@ class SeqGenVectorEnv(VectorEnv):
         if self.config.score is None:
             rewards = self._zero_rewards()
         else:
-            r, potential = step_rewards(self.config.score, self.reward_mode, self.tokens, self.length, terminated,
-                                        self.potential)
+            r, potential = step_rewards(
+                self.config.score, self.reward_mode, self.tokens, self.length, terminated, self.potential
+            )
             if potential is not None:
                 self.potential = potential
             rewards = (torch.where(self._to_torch(restart), 0.0, r) if next_step else r).float()
@@ -359,7 +361,7 @@ class SeqGenVectorEnv(VectorEnv):
         """Legal actions in the current states: BoolTensor ``[B, V]`` on ``device`` (a fresh tensor)."""
         return self._to_torch(self._take(self._mask_table, (self._x["length"] > self._x["prompt_length"]) * 1))
 
-    def sample_legal_actions(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample_legal_actions(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Uniformly random legal actions, LongTensor ``[B]`` on ``device``.
 
         An exact uniform draw over each env's mask in O(B): the mask's
@@ -377,7 +379,7 @@ class SeqGenVectorEnv(VectorEnv):
         r = self._long(u * (can_backspace + (self._num_legal - 1)))
         return self._to_torch(self._take(self._legal_table, r + can_backspace * self._num_legal))
 
-    def render(self) -> Optional[tuple[str, ...]]:
+    def render(self) -> tuple[str, ...] | None:
         """``render_mode="ansi"``: one ``"prompt|generated▌"`` string per env."""
         if self.render_mode is None:
             return None
@@ -385,7 +387,7 @@ class SeqGenVectorEnv(VectorEnv):
         return tuple(render_text(self.tokenizer, t[:n], p) for t, n, p in zip(toks, lens, plens))
 
     # -- helpers ------------------------------------------------------------
-    def _restart(self, rows, table: Optional[tuple] = None) -> None:
+    def _restart(self, rows, table: tuple | None = None) -> None:
         """Start a new episode (prompt or empty, step 0) in the envs where ``rows`` (bool ``[B]``) is True.
 
         :param table: ``(prompt_table [P, L], prompt_lengths [P], index [B])``
@@ -487,7 +489,8 @@ class SeqGenVectorEnv(VectorEnv):
             ended = self._to_torch(done).nonzero()[:, 0].tolist()[:10]
             raise RuntimeError(
                 f"step() called for envs whose episode ended (first: {ended}) with autoreset_mode=DISABLED; "
-                "reset them first with reset(options={'reset_mask': mask})")
+                "reset them first with reset(options={'reset_mask': mask})"
+            )
 
     def _same_step_restart(self) -> dict:
         """``SAME_STEP``: restart the envs that ended at this step; their final observations and masks.
@@ -512,10 +515,13 @@ class SeqGenVectorEnv(VectorEnv):
         self._restart(ended)
         x["done"][...] = False
         if self.config.score is not None and self.reward_mode == "step":
-            self.potential = torch.where(ended_t, self.config.score.potential(self.tokens, self.length),
-                                         self.potential)
-        return {"final_obs": final_obs, "_final_obs": ended_t,
-                "final_info": {"action_mask": final_mask, "_action_mask": ended_t}, "_final_info": ended_t}
+            self.potential = torch.where(ended_t, self.config.score.potential(self.tokens, self.length), self.potential)
+        return {
+            "final_obs": final_obs,
+            "_final_obs": ended_t,
+            "final_info": {"action_mask": final_mask, "_action_mask": ended_t},
+            "_final_info": ended_t,
+        }
 
     def _obs(self) -> dict:
         if not self.copy_obs:  # the state tensors themselves (read-only, valid until the next call)
@@ -528,7 +534,8 @@ class SeqGenVectorEnv(VectorEnv):
         obs = {k: self._to_torch(self._copy(x[k])) for k in ("tokens", "length", "prompt_length")}
         if self.mask_in_observation:
             obs["action_mask"] = self._to_torch(
-                self._take(self._obs_mask_table, (x["length"] > x["prompt_length"]) * 1))
+                self._take(self._obs_mask_table, (x["length"] > x["prompt_length"]) * 1)
+            )
         return obs
 
     def _info_mask(self) -> torch.Tensor:
@@ -538,7 +545,7 @@ class SeqGenVectorEnv(VectorEnv):
         return self.action_masks()
 
 
-def as_autoreset_mode(mode: "str | AutoresetMode") -> AutoresetMode:
+def as_autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
     """``mode`` as an ``AutoresetMode`` (accepts the enum or its value, as ``SyncVectorEnv`` does).
 
     :raises ValueError: for anything else, naming the accepted values.
@@ -548,8 +555,9 @@ def as_autoreset_mode(mode: "str | AutoresetMode") -> AutoresetMode:
     try:
         return AutoresetMode(mode)
     except ValueError:
-        raise ValueError(f"unknown autoreset_mode {mode!r}; expected an AutoresetMode or one of "
-                         f"{[m.value for m in AutoresetMode]}") from None
+        raise ValueError(
+            f"unknown autoreset_mode {mode!r}; expected an AutoresetMode or one of {[m.value for m in AutoresetMode]}"
+        ) from None
 
 
 class ToNumpy(VectorWrapper):
@@ -562,7 +570,7 @@ class ToNumpy(VectorWrapper):
     per step.
     """
 
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         return _to_numpy(obs), _to_numpy(info)
 

@@ -9,8 +9,18 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import seqenv  # noqa: F401  (registers SeqGen-v0)
-from seqenv.tasks import (ARITHMETIC_CHARS, Task, arithmetic, arithmetic_is_valid, arithmetic_question, from_base,
-                          make_task, oracle_hmm, split_of, to_base)
+from seqenv.tasks import (
+    ARITHMETIC_CHARS,
+    Task,
+    arithmetic,
+    arithmetic_is_valid,
+    arithmetic_question,
+    from_base,
+    make_task,
+    oracle_hmm,
+    split_of,
+    to_base,
+)
 from seqenv.tokenizers import EOS_ID, CharTokenizer
 
 
@@ -58,28 +68,31 @@ def test_deterministic_from_the_seed():
     assert random.getstate() == state
 
 
-@pytest.mark.parametrize("text, valid", [
-    ("In base 7, what is 126 - 4? 122", True),      # 69 - 4 = 65
-    ("In base 16, what is ff + 1? 100", True),
-    ("In base 2, what is 101 - 111? -10", True),    # 5 - 7 = -2
-    ("In base 16, what is a - f? -5", True),
-    ("In base 12, what is b + 1? 10", True),
-    ("In base 3, what is 22 + 1? 100", True),
-    ("In base 10, what is 0 - 0? 0", True),
-    ("In base 13, what is -2 - -a9? a7", True),     # signed operands (the source's format): -2 + 139 = 137
-    ("In base 7, what is 126 - 4? 123", False),     # wrong answer
-    ("In base 7, what is 126 - 4? 0122", False),    # leading zero
-    ("In base 7, what is 126 - 4? 122 ", False),    # trailing text
-    ("In base 7, what is 126 - 4?122", False),      # no separator
-    ("In base 7, what is 128 - 4? 124", False),     # 8 is no base-7 digit
-    ("In base 16, what is FF + 1? 100", False),     # upper case
-    ("In base 10, what is 3 - 3? -0", False),
-    ("In base 17, what is 1 + 1? 2", False),
-    ("In base 07, what is 1 + 1? 2", False),
-    ("In base 7 what is 1 + 1? 2", False),
-    ("In base 7, what is 126 - 4? ", False),        # the prompt alone
-    ("122", False),                                 # the answer alone
-])
+@pytest.mark.parametrize(
+    "text, valid",
+    [
+        ("In base 7, what is 126 - 4? 122", True),  # 69 - 4 = 65
+        ("In base 16, what is ff + 1? 100", True),
+        ("In base 2, what is 101 - 111? -10", True),  # 5 - 7 = -2
+        ("In base 16, what is a - f? -5", True),
+        ("In base 12, what is b + 1? 10", True),
+        ("In base 3, what is 22 + 1? 100", True),
+        ("In base 10, what is 0 - 0? 0", True),
+        ("In base 13, what is -2 - -a9? a7", True),  # signed operands (the source's format): -2 + 139 = 137
+        ("In base 7, what is 126 - 4? 123", False),  # wrong answer
+        ("In base 7, what is 126 - 4? 0122", False),  # leading zero
+        ("In base 7, what is 126 - 4? 122 ", False),  # trailing text
+        ("In base 7, what is 126 - 4?122", False),  # no separator
+        ("In base 7, what is 128 - 4? 124", False),  # 8 is no base-7 digit
+        ("In base 16, what is FF + 1? 100", False),  # upper case
+        ("In base 10, what is 3 - 3? -0", False),
+        ("In base 17, what is 1 + 1? 2", False),
+        ("In base 07, what is 1 + 1? 2", False),
+        ("In base 7 what is 1 + 1? 2", False),
+        ("In base 7, what is 126 - 4? ", False),  # the prompt alone
+        ("122", False),  # the answer alone
+    ],
+)
 def test_validity_is_the_exact_answer_after_the_question(text, valid):
     assert arithmetic_is_valid(text) is valid
     assert make_task("arithmetic").is_valid(text) is valid
@@ -88,8 +101,16 @@ def test_validity_is_the_exact_answer_after_the_question(text, valid):
 def test_base_conversion():
     assert [to_base(n, 16) for n in (0, 9, 10, 255, -256)] == ["0", "9", "a", "ff", "-100"]
     assert to_base(6, 2) == "110" and to_base(-1, 7) == "-1"
-    assert [from_base(t, 16) for t in ("ff", "-100", "0", "0f", "-0", "g", "", "-")] == [255, -256, 0, None, None,
-                                                                                          None, None, None]
+    assert [from_base(t, 16) for t in ("ff", "-100", "0", "0f", "-0", "g", "", "-")] == [
+        255,
+        -256,
+        0,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
     with pytest.raises(ValueError, match="base must be in 2..16, got 17"):
         to_base(3, 17)
 
@@ -121,14 +142,17 @@ def test_spec_rebuilds_the_task():
     assert len(again.splits["train"]) == 100
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_length=30), r"needs max_length >= 36 \(prompt 31 \+ answer 4 \+ eos\), got 30"),
-    (dict(min_base=2, max_base=2, max_digits=1), r"gave only .* distinct questions"),
-    (dict(min_base=1), "need 2 <= min_base <= max_base <= 16"),
-    (dict(num_test=0), "num_test must be an integer >= 1, got 0"),
-    (dict(tokenizer="bpe"), "arithmetic uses its own character tokenizer"),
-    (dict(prompts=["x"]), "arithmetic draws its prompts"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_length=30), r"needs max_length >= 36 \(prompt 31 \+ answer 4 \+ eos\), got 30"),
+        (dict(min_base=2, max_base=2, max_digits=1), r"gave only .* distinct questions"),
+        (dict(min_base=1), "need 2 <= min_base <= max_base <= 16"),
+        (dict(num_test=0), "num_test must be an integer >= 1, got 0"),
+        (dict(tokenizer="bpe"), "arithmetic uses its own character tokenizer"),
+        (dict(prompts=["x"]), "arithmetic draws its prompts"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         arithmetic(**kwargs)

@@ -18,8 +18,7 @@ from agents.common.trajectory import TrajectoryBatch, action_log_softmax, collat
 from agents.emo import EMOConfig, emo_loss, output_embedding
 from agents.learners import AGENTS
 from agents.mixce import MixCEConfig, mixce_loss
-from agents.scheduled_sampling import (ScheduledSamplingConfig, mix_inputs, sampling_probability,
-                                       scheduled_sampling_loss)
+from agents.scheduled_sampling import ScheduledSamplingConfig, mix_inputs, sampling_probability, scheduled_sampling_loss
 from agents.tailr import TaiLrConfig, tailr_loss, tailr_weights
 from agents.trainer import ModelConfig, TrainConfig, Trainer
 from agents.unlikelihood import UnlikelihoodConfig, context_candidates, unlikelihood_loss
@@ -42,6 +41,7 @@ def test_every_baseline_is_registered():
 
 
 # ----------------------------------------------------------------------------- unlikelihood
+
 
 def test_unlikelihood_hand_computed():
     logits, tokens, mask = _hand_example()
@@ -83,6 +83,7 @@ def test_unlikelihood_config_rejects_bad_values():
 
 # ----------------------------------------------------------------------------- TaiLr
 
+
 def test_tailr_hand_computed():
     logits, tokens, mask = _hand_example()
     # γ = 0.5: w_1 = (1/2) / (1/2 + 1/4) = 2/3, w_2 = (1/4) / (1/2 + 1/8) = 2/5
@@ -108,6 +109,7 @@ def test_tailr_config_rejects_bad_values():
 
 # ----------------------------------------------------------------------------- MixCE
 
+
 def test_mixce_hand_computed():
     logits, tokens, mask = _hand_example()
     # η = 0.5: weights η + (1 − η) q: 0.5 + 0.25 = 0.75 and 0.5 + 0.125 = 0.625
@@ -123,6 +125,7 @@ def test_mixce_hand_computed():
 
 
 # ----------------------------------------------------------------------------- EMO
+
 
 def test_emo_hand_computed():
     logits, tokens, mask = _hand_example()
@@ -156,6 +159,7 @@ def test_output_embedding_rejects_a_headless_module():
 
 # ----------------------------------------------------------------------------- scheduled sampling
 
+
 def test_sampling_probability_schedules():
     assert sampling_probability(0, "constant", 0.3) == 0.3
     assert sampling_probability(50, "linear", 0.25, ramp_steps=100) == pytest.approx(0.25)
@@ -163,7 +167,7 @@ def test_sampling_probability_schedules():
     # inverse sigmoid, k = 10: p = 1 − 10/(10 + e^{step/10}); step 0: 1 − 10/11; step 10 ln 10: 1/2
     assert sampling_probability(0, "inverse_sigmoid", 1.0, k=10) == pytest.approx(1 / 11)
     assert sampling_probability(10 * math.log(10), "inverse_sigmoid", 1.0, k=10) == pytest.approx(0.5)
-    assert sampling_probability(10 ** 6, "inverse_sigmoid", 0.4, k=10) == 0.4
+    assert sampling_probability(10**6, "inverse_sigmoid", 0.4, k=10) == 0.4
     with pytest.raises(ValueError, match="schedule"):
         ScheduledSamplingConfig(schedule="exponential")
     with pytest.raises(ValueError, match="p_max"):
@@ -191,8 +195,9 @@ def test_mix_inputs_replaces_only_ordinary_actions_with_pass1_samples():
 def test_scheduled_sampling_loss_scores_gold_targets_on_mixed_inputs():
     # a "model" whose next-token distribution depends on the previous input token only
     table = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]]))
-    gold = TrajectoryBatch(torch.tensor([[0, 0, 2]]), torch.tensor([[False, True, True]]),
-                           torch.tensor([True]))  # x_2 = 2 is the default eos id
+    gold = TrajectoryBatch(
+        torch.tensor([[0, 0, 2]]), torch.tensor([[False, True, True]]), torch.tensor([True])
+    )  # x_2 = 2 is the default eos id
     mixed = torch.tensor([[0, 1, 2]])  # x_1 = 0 replaced by 1 in pass 2's input
     loss = scheduled_sampling_loss(table[mixed], gold, gold.is_action)
     # −log p(x_1 = 0 | bos = 0) − log p(x_2 = 2 | input 1) = ln 2 + ln 4, over 2 targets
@@ -216,14 +221,26 @@ CASES = {
     "tailr": {"tailr": TaiLrConfig(backspace_p=0.1)},
     "mixce": {"mixce": MixCEConfig(backspace_p=0.1)},
     "emo": {"emo": EMOConfig(backspace_p=0.1)},
-    "scheduled_sampling": {"scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5,
-                                                                         backspace_p=0.1)},
+    "scheduled_sampling": {
+        "scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5, backspace_p=0.1)
+    },
 }
 
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(task="oracle-hmm", logdir=str(tmp_path / name), max_steps=6, batch_size=8, ckpt_every=3,
-                log_every=2, eval_samples=8, warmup_steps=2, progress=False, device="cpu", model=TINY)
+    base = dict(
+        task="oracle-hmm",
+        logdir=str(tmp_path / name),
+        max_steps=6,
+        batch_size=8,
+        ckpt_every=3,
+        log_every=2,
+        eval_samples=8,
+        warmup_steps=2,
+        progress=False,
+        device="cpu",
+        model=TINY,
+    )
     base.update(kw)
     return TrainConfig(**base)
 

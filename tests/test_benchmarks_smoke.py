@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from agents.common.demos import DemoSampler
-from seqenv.tasks import make_task
-
 from benchmarks import train_throughput as bench  # noqa: E402
+from seqenv.tasks import make_task
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +42,27 @@ def test_bad_input_raises():
 
 
 def test_main_tiny_run_writes_consistent_results(tmp_path, task):
-    report = bench.main(["--sizes", "1x2x32", "--device", "cpu", "--train-batch", "4", "--train-warmup", "1",
-                         "--train-steps", "2", "--gen-batches", "4", "--gen-repeats", "1", "--in-process",
-                         "--out-dir", str(tmp_path)])
+    report = bench.main(
+        [
+            "--sizes",
+            "1x2x32",
+            "--device",
+            "cpu",
+            "--train-batch",
+            "4",
+            "--train-warmup",
+            "1",
+            "--train-steps",
+            "2",
+            "--gen-batches",
+            "4",
+            "--gen-repeats",
+            "1",
+            "--in-process",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     saved = json.loads((tmp_path / "train_throughput.json").read_text())
     assert saved["results"] == json.loads(json.dumps(report["results"]))
     (r,) = report["results"]

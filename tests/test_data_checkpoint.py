@@ -1,10 +1,16 @@
 import pytest
 import torch
 
-from agents.common.checkpoint import CheckpointError, check_task_compatible, load_checkpoint, load_policy, save_checkpoint
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
+from agents.common.checkpoint import (
+    CheckpointError,
+    check_task_compatible,
+    load_checkpoint,
+    load_policy,
+    save_checkpoint,
+)
 from agents.common.demos import DemoSampler
 from agents.common.trajectory import collate, wrong_token_mask
+from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from seqenv.tasks import make_task
 
 BS, EOS = 3, 2
@@ -25,7 +31,7 @@ def test_wrong_token_mask_replays_backspaces():
     b = collate([[5, 6, BS, 7, EOS], [5, 6, BS, BS, 8, EOS], [BS, 5, EOS]], prompts=[[], [], [9]])
     m = wrong_token_mask(b).tolist()
     assert m[0] == [False, False, True, False, False, False, False]  # 6 deleted
-    assert m[1] == [False, True, True, False, False, False, False]   # 6 then 5 deleted
+    assert m[1] == [False, True, True, False, False, False, False]  # 6 then 5 deleted
     assert m[2] == [False, False, False, False, False, False, False]  # backspace on empty generation: no-op
 
 
@@ -39,7 +45,12 @@ def test_demo_sampler_reproducible():
 
 def test_checkpoint_atomic_round_trip_and_errors(tmp_path):
     task = make_task("oracle-hmm")
-    state = {"agent": "mle", "task": task.spec(), "policy": {"family": "transformer", "config": {"block_size": 26}}, "model": {"w": torch.ones(2)}}
+    state = {
+        "agent": "mle",
+        "task": task.spec(),
+        "policy": {"family": "transformer", "config": {"block_size": 26}},
+        "model": {"w": torch.ones(2)},
+    }
     path = tmp_path / "run" / "checkpoint.pt"
     save_checkpoint(state, path)
     back = load_checkpoint(path)
@@ -61,10 +72,18 @@ def test_checkpoint_atomic_round_trip_and_errors(tmp_path):
 
 def test_v1_checkpoint_still_loads_and_names_the_format(tmp_path):
     task = make_task("oracle-hmm")
-    policy = TransformerPolicy(PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1,
-                                            n_layer=1, n_head=2, n_embd=16))
-    old = {"format": "seqenv-checkpoint-v1", "agent": "mle", "task": task.spec(),
-           "policy_config": policy.config.to_dict(), "model": policy.state_dict()}
+    policy = TransformerPolicy(
+        PolicyConfig(
+            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=16
+        )
+    )
+    old = {
+        "format": "seqenv-checkpoint-v1",
+        "agent": "mle",
+        "task": task.spec(),
+        "policy_config": policy.config.to_dict(),
+        "model": policy.state_dict(),
+    }
     torch.save(old, tmp_path / "v1.pt")  # written the way the v1 code wrote it
     loaded, _, state = load_policy(tmp_path / "v1.pt")
     assert state["policy"] == {"family": "transformer", "config": policy.config.to_dict()}

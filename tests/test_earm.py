@@ -3,6 +3,7 @@
 The model is a tabular AR model: one logit row per prefix, small enough to
 enumerate every sequence, so expectations under the E-ARM EBM are exact.
 """
+
 import math
 
 import pytest
@@ -21,15 +22,15 @@ from agents.earm import (
 )
 
 PAD, BOS, EOS = 0, 1, 2
-A, B = 5, 6                      # the two ordinary tokens
+A, B = 5, 6  # the two ordinary tokens
 V = 7
-MAX_TOKENS = 2                   # at most 2 ordinary tokens, then eos is forced
-T = 1 + MAX_TOKENS + 1           # bos, x1, x2, eos
+MAX_TOKENS = 2  # at most 2 ordinary tokens, then eos is forced
+T = 1 + MAX_TOKENS + 1  # bos, x1, x2, eos
 
 # tabular model: prefix (tuple of ordinary tokens) -> row of the logit table
 PREFIXES = [(), (A,), (B,), (A, A), (A, B), (B, A), (B, B)]
 PREFIX_ID = {p: i for i, p in enumerate(PREFIXES)}
-SEQUENCES = [p + (EOS,) for p in PREFIXES]            # every complete sequence
+SEQUENCES = [p + (EOS,) for p in PREFIXES]  # every complete sequence
 
 
 def make_table(seed=0):
@@ -47,11 +48,11 @@ def batch_from(seqs, table):
     n = len(seqs)
     tokens = torch.full((n, T), PAD, dtype=torch.long)
     mask = torch.zeros(n, T, dtype=torch.bool)
-    rows = torch.zeros(n, T, dtype=torch.long)       # prefix id whose logits sit at each position
+    rows = torch.zeros(n, T, dtype=torch.long)  # prefix id whose logits sit at each position
     for b, s in enumerate(seqs):
         tokens[b, 0] = BOS
-        tokens[b, 1:1 + len(s)] = torch.tensor(s)
-        mask[b, 1:1 + len(s)] = True
+        tokens[b, 1 : 1 + len(s)] = torch.tensor(s)
+        mask[b, 1 : 1 + len(s)] = True
         for t in range(len(s)):
             rows[b, t] = PREFIX_ID[tuple(s[:t])]
     return tokens, mask, table[rows]
@@ -98,20 +99,29 @@ def log_cond(table, prefix, x):
 def hand_energy(table, seq, k, n_grad):
     """E(x_≤k) = −log q̃(x_<k) − l(x_<k)[x_k], grads through the last n_grad conditionals only."""
     log_q = 0.0
-    for j in range(1, k):                                    # conditionals p(x_j | x_<j), j < k
-        term = log_cond(table, seq[:j - 1], seq[j - 1])
+    for j in range(1, k):  # conditionals p(x_j | x_<j), j < k
+        term = log_cond(table, seq[: j - 1], seq[j - 1])
         log_q = log_q + (term if j >= k - n_grad else term.detach())
-    return -log_q - table[PREFIX_ID[seq[:k - 1]], seq[k - 1]]
+    return -log_q - table[PREFIX_ID[seq[: k - 1]], seq[k - 1]]
 
 
 # ---------------------------------------------------------------------------
 # config
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"lam": -0.1}, {"lam": math.nan}, {"lam": math.inf}, {"lam": "0.1"},
-    {"start_step": -1}, {"start_step": 1.5}, {"n_grad_conditionals": -1}, {"n_grad_conditionals": True},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lam": -0.1},
+        {"lam": math.nan},
+        {"lam": math.inf},
+        {"lam": "0.1"},
+        {"start_step": -1},
+        {"start_step": 1.5},
+        {"n_grad_conditionals": -1},
+        {"n_grad_conditionals": True},
+    ],
+)
 def test_config_rejects_bad_values(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
@@ -132,10 +142,10 @@ def test_ce_hand_computed():
     tokens = torch.tensor([[BOS, A, EOS], [BOS, EOS, PAD]])
     mask = torch.tensor([[False, True, True], [False, True, False]])
     logits = torch.zeros(2, 3, V)
-    logits[0, 0, A] = math.log(7.0)       # p(A) = 7 / (7 + 6) = 7/13
-    logits[0, 1, EOS] = math.log(2.0)     # p(eos) = 2 / 8 = 1/4
-    logits[1, 0, EOS] = math.log(3.0)     # p(eos) = 3 / 9 = 1/3
-    logits[1, 1] = 100.0                  # pad position: must be ignored
+    logits[0, 0, A] = math.log(7.0)  # p(A) = 7 / (7 + 6) = 7/13
+    logits[0, 1, EOS] = math.log(2.0)  # p(eos) = 2 / 8 = 1/4
+    logits[1, 0, EOS] = math.log(3.0)  # p(eos) = 3 / 9 = 1/3
+    logits[1, 1] = 100.0  # pad position: must be ignored
     expected = (-math.log(7 / 13) + math.log(4) + math.log(3)) / 3
     loss, m = earm_loss(logits, tokens, mask, None, None, None, EARMConfig(start_step=1), step=0)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
@@ -160,18 +170,19 @@ def test_prefix_log_prob_and_joint_energy_values():
     expected = [-table[0, A], -l1 - table[PREFIX_ID[(A,)], B], -l1 - l2 - table[PREFIX_ID[(A, B)], EOS]]
     assert e.tolist() == pytest.approx([float(x) for x in expected])
     assert token_energies(logits, tokens, mask)[0].tolist() == pytest.approx(
-        [-table[0, A].item(), -table[PREFIX_ID[(A,)], B].item(), -table[PREFIX_ID[(A, B)], EOS].item()])
+        [-table[0, A].item(), -table[PREFIX_ID[(A,)], B].item(), -table[PREFIX_ID[(A, B)], EOS].item()]
+    )
 
 
 def test_importance_weights_alive_only():
     # 3 samples; at position 2 only samples 0 and 2 are alive
     logits = torch.zeros(3, 3, V)
-    logits[0, 1, :] = torch.log(torch.full((V,), 1.0 / V))        # logsumexp = 0
-    logits[2, 1, :] = torch.log(torch.full((V,), 3.0 / V))        # logsumexp = ln 3
-    logits[1, 1, :] = 50.0                                         # dead: must not count
+    logits[0, 1, :] = torch.log(torch.full((V,), 1.0 / V))  # logsumexp = 0
+    logits[2, 1, :] = torch.log(torch.full((V,), 3.0 / V))  # logsumexp = ln 3
+    logits[1, 1, :] = 50.0  # dead: must not count
     mask = torch.tensor([[False, True, True], [False, True, False], [False, True, True]])
     w = importance_weights(logits, mask)
-    assert w[:, 0].tolist() == pytest.approx([1 / 3] * 3)         # equal logsumexp at position 1
+    assert w[:, 0].tolist() == pytest.approx([1 / 3] * 3)  # equal logsumexp at position 1
     assert w[:, 1].tolist() == pytest.approx([0.25, 0.0, 0.75])
 
 
@@ -184,9 +195,9 @@ def exact_negative_phase_grad(table, c, n_grad):
     table = table.clone().requires_grad_(True)
     total = 0.0
     for k in range(1, MAX_TOKENS + 2):
-        items = []                                            # (unnormalised weight, energy)
+        items = []  # (unnormalised weight, energy)
         for prefix in PREFIXES:
-            if len(prefix) != k - 1:                          # alive prefixes of length k-1 (no eos)
+            if len(prefix) != k - 1:  # alive prefixes of length k-1 (no eos)
                 continue
             log_q = sum((log_cond(table, prefix[:j], prefix[j]) for j in range(k - 1)), torch.tensor(0.0))
             for x in (A, B, EOS):
@@ -213,15 +224,15 @@ def is_grad(table, data_seqs, sample_seqs, cfg):
 def test_importance_sampling_converges_to_exact_expectation():
     table = make_table(3)
     cfg = EARMConfig(lam=1.0, n_grad_conditionals=1)
-    data = [(A, B, EOS), (A, EOS)]                  # N = 5 tokens; alive counts per k: 2, 2, 1
+    data = [(A, B, EOS), (A, EOS)]  # N = 5 tokens; alive counts per k: 2, 2, 1
     c = [2 / 5, 2 / 5, 1 / 5]
     # the sample part of the loss is -λ Σ_k c_k Σ_i w̄_i E(x^i_≤k)
     exact = -cfg.lam * exact_negative_phase_grad(table, c, cfg.n_grad_conditionals)
-    assert exact.abs().max() > 0.05                # the target is not trivially 0
+    assert exact.abs().max() > 0.05  # the target is not trivially 0
     gen = torch.Generator().manual_seed(0)
     err_small = (is_grad(table, data, sample_sequences_fast(table, 50, gen), cfg) - exact).norm()
     err_large = (is_grad(table, data, sample_sequences_fast(table, 20000, gen), cfg) - exact).norm()
-    assert err_large < 0.05 * exact.norm()          # MC error ~2.5% here; uniform weights give 44%
+    assert err_large < 0.05 * exact.norm()  # MC error ~2.5% here; uniform weights give 44%
     assert err_large < err_small
 
 
@@ -268,8 +279,10 @@ def test_surrogate_gradient_equals_eq12_estimator():
         return torch.autograd.grad(x, [L_d, L_s], allow_unused=True, materialize_grads=True)
 
     N = int(mask_d.sum())
-    ce = -sum(torch.log_softmax(L_d[b, k - 1], -1)[tok_d[b, k]]
-              for b in range(2) for k in range(1, 6) if mask_d[b, k]) / N
+    ce = (
+        -sum(torch.log_softmax(L_d[b, k - 1], -1)[tok_d[b, k]] for b in range(2) for k in range(1, 6) if mask_d[b, k])
+        / N
+    )
     hand_d, hand_s = grad_of(ce)
     g_ce = hand_d.clone()
     for k in range(1, 6):
@@ -280,10 +293,10 @@ def test_surrogate_gradient_equals_eq12_estimator():
         c_k = len(alive_d) / N
         lse = torch.stack([torch.logsumexp(L_s[i, k - 1], -1) for i in alive_s]).detach()
         w = torch.softmax(lse, 0)
-        for b in alive_d:                             # + c_k E_data[∂E]
+        for b in alive_d:  # + c_k E_data[∂E]
             gd, gs = grad_of(energy(L_d, tok_d, b, k))
             hand_d, hand_s = hand_d + cfg.lam * c_k / len(alive_d) * gd, hand_s + cfg.lam * c_k / len(alive_d) * gs
-        for wi, i in zip(w, alive_s):                 # − c_k Σ_i w̄_i ∂E(x^i)
+        for wi, i in zip(w, alive_s):  # − c_k Σ_i w̄_i ∂E(x^i)
             gd, gs = grad_of(energy(L_s, tok_s, i, k))
             hand_d, hand_s = hand_d - cfg.lam * c_k * wi * gd, hand_s - cfg.lam * c_k * wi * gs
     torch.testing.assert_close(g_d, hand_d)
@@ -343,7 +356,7 @@ def test_joint_energy_gradient_window():
     mask = tok.ne(PAD)
     mask[:, 0] = False
     L = torch.randn(1, 6, V, requires_grad=True)
-    e = joint_energy(L, tok, mask, n_grad_conditionals=2)[0, 4]          # E(x_≤5)
+    e = joint_energy(L, tok, mask, n_grad_conditionals=2)[0, 4]  # E(x_≤5)
     (g,) = torch.autograd.grad(e, L)
     per_row = g[0].abs().sum(-1)
     # log q̃(x_<5) sums p(x_1..x_4) (rows 0..3); only p(x_3), p(x_4) are in the window of 2
@@ -369,13 +382,13 @@ def test_n_grad_conditionals_exact_gradient(n_grad):
     mask = tok.ne(PAD)
     mask[:, 0] = False
     L_d = torch.randn(1, 4, V, requires_grad=True)
-    L_s = torch.randn(1, 4, V)                                            # no grad: isolates the data side
+    L_s = torch.randn(1, 4, V)  # no grad: isolates the data side
     cfg = EARMConfig(lam=1.0, n_grad_conditionals=n_grad)
     loss, _ = earm_loss(L_d, tok, mask, L_s, tok, mask, cfg, step=0)
     (g,) = torch.autograd.grad(loss, L_d)
     N = 3
     p = torch.softmax(L_d.detach()[0], -1)
-    onehot = torch.nn.functional.one_hot(tok[0, 1:], V).float()          # targets of rows 0, 1, 2
+    onehot = torch.nn.functional.one_hot(tok[0, 1:], V).float()  # targets of rows 0, 1, 2
     g_ce = (p[:3] - onehot) / N
     # positive phase (1/N) Σ_k E(x_≤k): every row gets -onehot from -l(x_<k)[x_k];
     # with n = 1, row t also gets -(onehot - p) from log q̃ at position t+2 (if t+2 <= 3)
@@ -383,7 +396,7 @@ def test_n_grad_conditionals_exact_gradient(n_grad):
     if n_grad == 1:
         g_earm[:2] += -(onehot[:2] - p[:2]) / N
     torch.testing.assert_close(g[0, :3], g_ce + g_earm)
-    assert g[0, 3].abs().max() == 0.0                                     # last row predicts nothing
+    assert g[0, 3].abs().max() == 0.0  # last row predicts nothing
 
 
 # ---------------------------------------------------------------------------

@@ -190,14 +190,17 @@ def test_action_masks_method():
     assert env.action_masks()[BACKSPACE_ID]
 
 
-@pytest.mark.parametrize("action, match", [
-    (21, r"action 21 is out of range: expected a token id in \[0, 20\]"),
-    (-1, r"action -1 is out of range"),
-    (0, r"action 0 \('<pad>'\) is never a legal action; allowed now: eos \(2\), token ids 4..20"),
-    (1, r"action 1 \('<bos>'\) is never a legal action"),
-    (3, r"action 3 \('<bksp>'\) is masked"),
-    (1.5, r"action must be an integer token id, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        (21, r"action 21 is out of range: expected a token id in \[0, 20\]"),
+        (-1, r"action -1 is out of range"),
+        (0, r"action 0 \('<pad>'\) is never a legal action; allowed now: eos \(2\), token ids 4..20"),
+        (1, r"action 1 \('<bos>'\) is never a legal action"),
+        (3, r"action 3 \('<bksp>'\) is masked"),
+        (1.5, r"action must be an integer token id, got 1.5"),
+    ],
+)
 def test_bad_actions_raise(action, match):
     env = hmm_env()
     env.reset(seed=0)
@@ -224,17 +227,20 @@ def test_step_before_reset_and_after_end():
         env.step(A)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_length=0), "max_length must be an integer >= 1"),
-    (dict(max_episode_steps=0), "max_episode_steps must be an integer >= 1"),
-    (dict(reward="likelihood"), "unknown reward 'likelihood'"),
-    (dict(reward=3), "reward must be one of"),
-    (dict(reward_mode="sometimes"), "unknown reward_mode 'sometimes'"),
-    (dict(render_mode="human"), "unknown render_mode 'human'"),
-    (dict(prompts="ab"), "prompts must be a list of strings"),
-    (dict(prompts=[]), "prompts is an empty list"),
-    (dict(task="no-such-task"), "unknown task 'no-such-task'; valid tasks: "),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_length=0), "max_length must be an integer >= 1"),
+        (dict(max_episode_steps=0), "max_episode_steps must be an integer >= 1"),
+        (dict(reward="likelihood"), "unknown reward 'likelihood'"),
+        (dict(reward=3), "reward must be one of"),
+        (dict(reward_mode="sometimes"), "unknown reward_mode 'sometimes'"),
+        (dict(render_mode="human"), "unknown render_mode 'human'"),
+        (dict(prompts="ab"), "prompts must be a list of strings"),
+        (dict(prompts=[]), "prompts is an empty list"),
+        (dict(task="no-such-task"), "unknown task 'no-such-task'; valid tasks: "),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, match):
     kwargs = {"task": "oracle-hmm", **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -303,8 +309,11 @@ def test_callable_reward_terminal_and_step():
 def test_callable_reward_with_a_wrong_shape_raises():
     env = hmm_env(reward=lambda tokens, lengths: tokens.float())
     env.reset(seed=0)
-    with pytest.raises(ValueError, match=r"must return a float tensor of shape \(1,\) \(one score per state\), "
-                                         r"got Tensor of shape \(1, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"must return a float tensor of shape \(1,\) \(one score per state\), "
+        r"got Tensor of shape \(1, 4\)",
+    ):
         env.step(A)
 
 
@@ -329,13 +338,16 @@ def test_registration():
     assert gym.spec("SeqGen-v0").vector_entry_point == "seqenv.vector_env:SeqGenVectorEnv"
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(),
-    dict(task="oracle-hmm", reward="oracle", reward_mode="step", render_mode="ansi"),
-    dict(task="oracle-hmm", prompts=["a", "bc"], max_length=6),
-    dict(mask_in_observation=True),
-    dict(task="oracle-hmm", prompts=["a", "bc"], max_length=6, mask_in_observation=True),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(task="oracle-hmm", reward="oracle", reward_mode="step", render_mode="ansi"),
+        dict(task="oracle-hmm", prompts=["a", "bc"], max_length=6),
+        dict(mask_in_observation=True),
+        dict(task="oracle-hmm", prompts=["a", "bc"], max_length=6, mask_in_observation=True),
+    ],
+)
 def test_env_checkers_pass_without_warnings(kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

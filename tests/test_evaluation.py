@@ -8,9 +8,9 @@ from sacrebleu.metrics.bleu import BLEU
 from agents.common.evaluation import (
     backspace_rate,
     bleu4,
+    comparison_line,
     distinct_n,
     evaluate_samples,
-    comparison_line,
     format_metrics_table,
     heldout_nll,
     length_stats,
@@ -27,8 +27,7 @@ ABCD = CharTokenizer("abcd")  # ids a=5 b=6 c=7 d=8, vocab_size 9
 
 def small_task(test=("ab", "c", "dab"), max_length=6, validity=None, prompts=None):
     splits = {"train": ["abc", "dd"], "valid": ["a"], "test": list(test)}
-    return Task(name="abcd", tokenizer=ABCD, splits=splits, max_length=max_length, validity=validity,
-                prompts=prompts)
+    return Task(name="abcd", tokenizer=ABCD, splits=splits, max_length=max_length, validity=validity, prompts=prompts)
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +179,9 @@ def test_bleu4_and_self_bleu4_equal_sacrebleu_sentence_scores():
     hyps, refs = texts[:3], texts[2:]
     expected = sum(metric.sentence_score(h, refs).score for h in hyps) / 100 / len(hyps)
     assert bleu4(hyps, refs) == pytest.approx(expected, abs=1e-12)
-    expected_self = sum(metric.sentence_score(h, texts[:i] + texts[i + 1:]).score
-                        for i, h in enumerate(texts)) / 100 / len(texts)
+    expected_self = (
+        sum(metric.sentence_score(h, texts[:i] + texts[i + 1 :]).score for i, h in enumerate(texts)) / 100 / len(texts)
+    )
     assert self_bleu4(texts) == pytest.approx(expected_self, abs=1e-12)
     assert 0.0 < expected_self < 1.0
 
@@ -216,8 +216,7 @@ def test_distinct_n_exact():
 
 def test_length_stats_exact():
     out = length_stats([[5, 6], [5, 6, 7, 8], []])
-    assert out == {"mean_length": 2.0, "std_length": pytest.approx(math.sqrt(8 / 3)), "min_length": 0,
-                   "max_length": 4}
+    assert out == {"mean_length": 2.0, "std_length": pytest.approx(math.sqrt(8 / 3)), "min_length": 0, "max_length": 4}
 
 
 def test_backspace_rate_exact():
@@ -279,15 +278,16 @@ def test_format_metrics_table_exact():
 
 
 def test_format_metrics_table_drops_columns_without_values_and_comparison_line():
-    rows = {"mle": {"validity": 0.5, "oracle_nll": None, "nll": 1.0},
-            "sm": {"validity": 0.625, "oracle_nll": None}}
+    rows = {"mle": {"validity": 0.5, "oracle_nll": None, "nll": 1.0}, "sm": {"validity": 0.625, "oracle_nll": None}}
     table = format_metrics_table(rows, columns=("validity", "oracle_nll", "nll"), drop_empty=True)
     assert table.splitlines()[0] == "| run | validity | nll |"
     assert table.splitlines()[3] == "| sm | 0.625 | – |"  # nll has a value in one row: kept
     assert "oracle_nll" in format_metrics_table(rows, columns=("validity", "oracle_nll"))  # default keeps all
     assert comparison_line(rows, control="mle", num_seeds=1) == (
-        "Best validity: sm, 0.625, +0.125 against mle (0.500; 1 seed).")
+        "Best validity: sm, 0.625, +0.125 against mle (0.500; 1 seed)."
+    )
     rows["mle"]["validity"] = 0.75
     assert comparison_line(rows, control="mle", num_seeds=3) == (
-        "Best validity: mle (the control), 0.750; sm is 0.125 lower (3 seeds).")
+        "Best validity: mle (the control), 0.750; sm is 0.125 lower (3 seeds)."
+    )
     assert comparison_line({"sm": {"validity": 0.1}}, control="mle") is None

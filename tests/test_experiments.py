@@ -106,8 +106,9 @@ def test_committed_results_match_the_experiment_file_even_with_changed_defaults(
     assert load_experiment(data["experiment"], quick=data["quick"]).resolved() == data["resolved"]
     for learner in LEARNERS.values():
         cls = learner.config_class
-        changed = dataclasses.make_dataclass(cls.__name__, [
-            (f.name, f.type, dataclasses.field(default="changed")) for f in dataclasses.fields(cls)])
+        changed = dataclasses.make_dataclass(
+            cls.__name__, [(f.name, f.type, dataclasses.field(default="changed")) for f in dataclasses.fields(cls)]
+        )
         monkeypatch.setattr(learner, "config_class", changed)
     assert load_experiment(data["experiment"], quick=data["quick"]).resolved() == data["resolved"]
 
@@ -131,8 +132,9 @@ def test_readme_block_is_generated_from_the_results():
 
 def test_incomplete_or_unknown_learner_fields_are_refused(tmp_path):
     with pytest.raises(ExperimentError, match=r"arms.bs.learner: .*complete config.*missing \['wrong_tokens'\]"):
-        load_experiment(_write(tmp_path, TINY.replace('backspace_p = 0.1\nwrong_tokens = "uniform"',
-                                                       "backspace_p = 0.1")))
+        load_experiment(
+            _write(tmp_path, TINY.replace('backspace_p = 0.1\nwrong_tokens = "uniform"', "backspace_p = 0.1"))
+        )
     with pytest.raises(ExperimentError, match=r"unknown \['alpha'\]"):
         load_experiment(_write(tmp_path, TINY.replace("backspace_p = 0.1\n", "backspace_p = 0.1\nalpha = 1.0\n")))
     with pytest.raises(ExperimentError, match=r"arms.mle.train: missing keys \['grad_clip'\]"):
@@ -192,13 +194,25 @@ def _frontier_data(gaps):
     temps = [0.7, 0.85, 1.0]
     cells = {}
     for seed, g in gaps.items():
-        cells[f"t/mle/{seed}"] = {"status": "ok", "metrics": {
-            repr(t): {"validity": v, "distinct_2": x} for t, x, v in zip(temps, (0.5, 0.6, 0.7), (0.2, 0.3, 0.4))}}
-        cells[f"t/sm/{seed}"] = {"status": "ok", "metrics": {
-            repr(t): {"validity": v, "distinct_2": x} for t, x, v in zip(temps, (0.55, 0.65, 0.9),
-                                                                         (0.25 + g, 0.35 + g, 0.0))}}
-    return {"control": "mle", "cells": cells, "metrics": [],
-            "resolved": {"arms": {"mle": {}, "sm": {}}, "temperatures": temps, "default_temperature": 1.0}}
+        cells[f"t/mle/{seed}"] = {
+            "status": "ok",
+            "metrics": {
+                repr(t): {"validity": v, "distinct_2": x} for t, x, v in zip(temps, (0.5, 0.6, 0.7), (0.2, 0.3, 0.4))
+            },
+        }
+        cells[f"t/sm/{seed}"] = {
+            "status": "ok",
+            "metrics": {
+                repr(t): {"validity": v, "distinct_2": x}
+                for t, x, v in zip(temps, (0.55, 0.65, 0.9), (0.25 + g, 0.35 + g, 0.0))
+            },
+        }
+    return {
+        "control": "mle",
+        "cells": cells,
+        "metrics": [],
+        "resolved": {"arms": {"mle": {}, "sm": {}}, "temperatures": temps, "default_temperature": 1.0},
+    }
 
 
 def test_frontier_gap_by_hand():
@@ -232,7 +246,14 @@ def test_run_resume_and_refusal(tmp_path):
     assert md == render_markdown(json.loads((out / "tiny.json").read_text()), "tiny")
     again = run_experiment(path, workers=1, out_dir=out, scratch=scratch, command="test", log=lambda s: None)
     assert again["invocations"][1]["cells"] == [] and again["cells"] == data["cells"]  # nothing rerun
-    with pytest.raises(ExperimentError, match=r"another configuration of 'tiny' \(arms.bs.learner.backspace_p: "
-                                              r"0.1 -> 0.2\)"):
-        run_experiment(_write(tmp_path, TINY.replace("backspace_p = 0.1", "backspace_p = 0.2")), out_dir=out,
-                       scratch=scratch, log=lambda s: None)
+    with pytest.raises(
+        ExperimentError,
+        match=r"another configuration of 'tiny' \(arms.bs.learner.backspace_p: "
+        r"0.1 -> 0.2\)",
+    ):
+        run_experiment(
+            _write(tmp_path, TINY.replace("backspace_p = 0.1", "backspace_p = 0.2")),
+            out_dir=out,
+            scratch=scratch,
+            log=lambda s: None,
+        )

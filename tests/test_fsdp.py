@@ -44,16 +44,36 @@ RTOL_BF16 = 2 * torch.finfo(torch.bfloat16).eps
 
 
 def _base(llama_dir, corpus, logdir, **kw) -> dict:
-    cfg = dict(task=f"file:{corpus}", policy=f"hf:{llama_dir}", dist="fsdp", device="cpu", max_steps=4,
-               batch_size=4, eval_samples=4, log_every=1, ckpt_every=2, lr=1e-2, warmup_steps=0, progress=False,
-               logdir=str(logdir))
+    cfg = dict(
+        task=f"file:{corpus}",
+        policy=f"hf:{llama_dir}",
+        dist="fsdp",
+        device="cpu",
+        max_steps=4,
+        batch_size=4,
+        eval_samples=4,
+        log_every=1,
+        ckpt_every=2,
+        lr=1e-2,
+        warmup_steps=0,
+        progress=False,
+        logdir=str(logdir),
+    )
     cfg.update(kw)
     return cfg
 
 
 def _lora(llama_dir, corpus, logdir) -> dict:
-    return _base(llama_dir, corpus, logdir, max_steps=3, ckpt_every=3, lora={"r": 4, "alpha": 8.0},
-                 dtype="bfloat16", gradient_checkpointing=True)
+    return _base(
+        llama_dir,
+        corpus,
+        logdir,
+        max_steps=3,
+        ckpt_every=3,
+        lora={"r": 4, "alpha": 8.0},
+        dtype="bfloat16",
+        gradient_checkpointing=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +82,27 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     llama, corpus = make_llama_dir(tmp / "llama"), tmp / "lines.txt"
     corpus.write_text("\n".join(LINES) + "\n", encoding="utf-8")
-    d = {name: tmp / name for name in ("full", "killed", "killed_copy", "lora", "sm", "earm", "emo", "ss",
-                                       "sm_killed", "ddp_sm", "ddp_sm_killed")}
-    sm = {"agent": "sequencematch", "max_steps": 3,
-          "sequencematch": {"rollout_batch_size": 3, "backspace_p": 0.2, "wrong_tokens": "model", "refresh_every": 1}}
+    d = {
+        name: tmp / name
+        for name in (
+            "full",
+            "killed",
+            "killed_copy",
+            "lora",
+            "sm",
+            "earm",
+            "emo",
+            "ss",
+            "sm_killed",
+            "ddp_sm",
+            "ddp_sm_killed",
+        )
+    }
+    sm = {
+        "agent": "sequencematch",
+        "max_steps": 3,
+        "sequencematch": {"rollout_batch_size": 3, "backspace_p": 0.2, "wrong_tokens": "model", "refresh_every": 1},
+    }
     phases = [
         {"cfg": _base(llama, corpus, d["full"])},
         {"cfg": _base(llama, corpus, d["killed"]), "stop_at": 2, "copy_to": str(d["killed_copy"])},
@@ -85,10 +122,25 @@ def runs(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(ROOT / "tests" / "_fsdp_worker.py"), str(tmp / "phases.json")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(ROOT / "tests" / "_fsdp_worker.py"),
+        str(tmp / "phases.json"),
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {"llama": llama, "corpus": corpus, **d}
 
@@ -120,8 +172,9 @@ def test_two_ranks_full_finetuning_equal_one_process_and_resume_on_two_and_one(r
     resumed = load_checkpoint(runs["killed"] / "checkpoint.pt")
     assert all(torch.equal(resumed["model"][k], v) for k, v in ckpt["model"].items())
     # resumed on 1 process from the 2-rank checkpoint at step 2 (optimiser state re-sharded for one rank)
-    one_resumed = run_phase({"cfg": {"logdir": str(runs["killed_copy"]), "resume": True, "device": "cpu",
-                                     "progress": False}})
+    one_resumed = run_phase(
+        {"cfg": {"logdir": str(runs["killed_copy"]), "resume": True, "device": "cpu", "progress": False}}
+    )
     _close(one_resumed, {3: two[3], 4: two[4]}, RTOL_FP32)
 
 
@@ -139,8 +192,16 @@ def test_fsdp_checkpoint_loads_in_one_process_generate_evaluate_init(runs, tmp_p
     exported = AutoModelForCausalLM.from_pretrained(runs["full"] / "hf")
     assert torch.equal(exported.lm_head.weight, state["model"]["model.lm_head.weight"])
     # --init warm-starts a DDP (single-process) run from it
-    t = Trainer(TrainConfig(**{**_base(runs["llama"], runs["corpus"], tmp_path / "init", max_steps=1),
-                               "dist": "ddp", "policy": "transformer", "init": str(ckpt)}))
+    t = Trainer(
+        TrainConfig(
+            **{
+                **_base(runs["llama"], runs["corpus"], tmp_path / "init", max_steps=1),
+                "dist": "ddp",
+                "policy": "transformer",
+                "init": str(ckpt),
+            }
+        )
+    )
     try:
         assert torch.equal(t.policy.state_dict()["model.lm_head.weight"], state["model"]["model.lm_head.weight"])
         t.train()

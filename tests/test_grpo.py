@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from agents.common.checkpoint import load_checkpoint
-from agents.grpo import GRPOConfig, clipped_surrogate_loss, episode_rewards, group_advantages
 from agents.common.rollout import make_vector_env, rollout
+from agents.grpo import GRPOConfig, clipped_surrogate_loss, episode_rewards, group_advantages
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.trainer import ModelConfig, TrainConfig, Trainer
 from scripts import train
@@ -24,14 +24,28 @@ def test_advantages_match_a_hand_computed_group():
     std = math.sqrt((4 * 0.25) / 3)  # group 1: mean 0.5, Bessel-corrected std sqrt(1/3)
     std3 = math.sqrt((3 * 0.0625 + 0.5625) / 3)  # group 3: mean 0.25
     grpo = group_advantages(rewards, 4, "grpo")
-    expected = [0.5 / (std + 1e-4), -0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.5 / (std + 1e-4), 0, 0, 0, 0,
-                -0.25 / (std3 + 1e-4), -0.25 / (std3 + 1e-4), -0.25 / (std3 + 1e-4), 0.75 / (std3 + 1e-4)]
+    expected = [
+        0.5 / (std + 1e-4),
+        -0.5 / (std + 1e-4),
+        -0.5 / (std + 1e-4),
+        0.5 / (std + 1e-4),
+        0,
+        0,
+        0,
+        0,
+        -0.25 / (std3 + 1e-4),
+        -0.25 / (std3 + 1e-4),
+        -0.25 / (std3 + 1e-4),
+        0.75 / (std3 + 1e-4),
+    ]
     torch.testing.assert_close(grpo, torch.tensor(expected), atol=1e-6, rtol=1e-6)  # float32 of O(1) values
     dr = group_advantages(rewards, 4, "dr_grpo")
     torch.testing.assert_close(dr, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0, -0.25, -0.25, -0.25, 0.75]))
     rloo = group_advantages(rewards, 4, "rloo")  # r_i minus the mean of the other three
-    torch.testing.assert_close(rloo, torch.tensor([1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3, 0, 0, 0, 0,
-                                                   0 - 1 / 3, 0 - 1 / 3, 0 - 1 / 3, 1 - 0]))
+    torch.testing.assert_close(
+        rloo,
+        torch.tensor([1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3, 0, 0, 0, 0, 0 - 1 / 3, 0 - 1 / 3, 0 - 1 / 3, 1 - 0]),
+    )
     with pytest.raises(ValueError, match="rewards must be"):
         group_advantages(rewards[:5], 4)
 
@@ -58,13 +72,21 @@ def test_episode_rewards_are_the_env_terminal_rewards():
     """The learner's reward of each episode = what SeqGen-v0 with reward="validity" pays over the episode."""
     task = make_task("arithmetic")
     torch.manual_seed(0)
-    policy = TransformerPolicy(PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1,
-                                            n_layer=1, n_head=2, n_embd=32))
+    policy = TransformerPolicy(
+        PolicyConfig(
+            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=32
+        )
+    )
     prompt = "In base 2, what is 1 + 0? "
     venv = make_vector_env(task, 64, "cpu")
     res = rollout(policy, venv, seed=0, reset_options={"prompt": prompt}, generator=torch.Generator().manual_seed(0))
-    ok = torch.tensor([task.is_valid(prompt + task.tokenizer.decode(s)) and bool(t)
-                       for s, t in zip(res.sequences(), res.terminated.tolist())], dtype=torch.float32)
+    ok = torch.tensor(
+        [
+            task.is_valid(prompt + task.tokenizer.decode(s)) and bool(t)
+            for s, t in zip(res.sequences(), res.terminated.tolist())
+        ],
+        dtype=torch.float32,
+    )
     torch.testing.assert_close(episode_rewards(make_score("validity", task), res), ok)
     # the env itself, replaying the actions with reward="validity": the same returns
     env = make_vector_env(task, 64, "cpu", reward="validity", autoreset_mode="Disabled")
@@ -78,8 +100,20 @@ def test_episode_rewards_are_the_env_terminal_rewards():
 
 
 def _mle_checkpoint(tmp_path, task="arithmetic"):
-    trainer = Trainer(TrainConfig(agent="mle", task=task, logdir=str(tmp_path / "mle"), max_steps=2, batch_size=8,
-                                  eval_samples=8, progress=False, device="cpu", model=TINY, warmup_steps=0))
+    trainer = Trainer(
+        TrainConfig(
+            agent="mle",
+            task=task,
+            logdir=str(tmp_path / "mle"),
+            max_steps=2,
+            batch_size=8,
+            eval_samples=8,
+            progress=False,
+            device="cpu",
+            model=TINY,
+            warmup_steps=0,
+        )
+    )
     trainer.train()
     trainer.close()
     return str(tmp_path / "mle" / "checkpoint.pt")
@@ -87,9 +121,21 @@ def _mle_checkpoint(tmp_path, task="arithmetic"):
 
 def _grpo_cfg(tmp_path, name, init, **kw):
     grpo = GRPOConfig(group_size=4, num_prompts=2, updates_per_rollout=2, beta=0.1, **kw)
-    return TrainConfig(agent="grpo", task="arithmetic", init=init, logdir=str(tmp_path / name), max_steps=6,
-                       ckpt_every=3, log_every=1, eval_samples=8, progress=False, device="cpu", lr=1e-3,
-                       warmup_steps=0, grpo=grpo)
+    return TrainConfig(
+        agent="grpo",
+        task="arithmetic",
+        init=init,
+        logdir=str(tmp_path / name),
+        max_steps=6,
+        ckpt_every=3,
+        log_every=1,
+        eval_samples=8,
+        progress=False,
+        device="cpu",
+        lr=1e-3,
+        warmup_steps=0,
+        grpo=grpo,
+    )
 
 
 def test_grpo_resume_equals_uninterrupted(tmp_path):
@@ -119,24 +165,61 @@ def test_train_script_grpo_with_init_on_cpu(tmp_path, capsys):
 
     init = _mle_checkpoint(tmp_path)
     logdir = tmp_path / "grpo"
-    train.main(["--agent", "grpo", "--task", "arithmetic", "--init", init, "--max-steps", "2", "--device", "cpu",
-                "--logdir", str(logdir), "--lr", "1e-4", "--warmup-steps", "0", "--log-every", "1",
-                "--eval-samples", "8", "--no-progress", "--grpo.group-size", "4", "--grpo.num-prompts", "2",
-                "--grpo.no-allow-backspace", "--grpo.advantage", "rloo"])
+    train.main(
+        [
+            "--agent",
+            "grpo",
+            "--task",
+            "arithmetic",
+            "--init",
+            init,
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--logdir",
+            str(logdir),
+            "--lr",
+            "1e-4",
+            "--warmup-steps",
+            "0",
+            "--log-every",
+            "1",
+            "--eval-samples",
+            "8",
+            "--no-progress",
+            "--grpo.group-size",
+            "4",
+            "--grpo.num-prompts",
+            "2",
+            "--grpo.no-allow-backspace",
+            "--grpo.advantage",
+            "rloo",
+        ]
+    )
     assert "grpo (step 2)" in capsys.readouterr().out
     ea = EventAccumulator(str(logdir))
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
-    assert {"rollout/reward_mean", "rollout/reward_std", "rollout/zero_variance_groups", "rollout/backspace_rate",
-            "train/kl", "train/clip_fraction", "train/loss"} <= tags
+    assert {
+        "rollout/reward_mean",
+        "rollout/reward_std",
+        "rollout/zero_variance_groups",
+        "rollout/backspace_rate",
+        "train/kl",
+        "train/clip_fraction",
+        "train/loss",
+    } <= tags
     assert all(e.value == 0 for e in ea.Scalars("rollout/backspace_rate"))  # masked off
     assert any(t.startswith("samples/episodes") for t in ea.Tags()["tensors"])  # the samples panel
 
 
 def test_grpo_bad_flags(capsys):
-    for flags, expected in ((["--grpo.group-size", "1"], "--grpo.group-size must be an integer >= 2"),
-                            (["--grpo.reward", "bleu"], "--grpo.reward must be 'validity', 'oracle' or 'critic:PATH'"),
-                            (["--grpo.beta", "-1"], "--grpo.beta must be a finite number >= 0")):
+    for flags, expected in (
+        (["--grpo.group-size", "1"], "--grpo.group-size must be an integer >= 2"),
+        (["--grpo.reward", "bleu"], "--grpo.reward must be 'validity', 'oracle' or 'critic:PATH'"),
+        (["--grpo.beta", "-1"], "--grpo.beta must be a finite number >= 0"),
+    ):
         with pytest.raises(SystemExit) as exc:
             train.main(["--agent", "grpo", "--task", "arithmetic", "--device", "cpu", *flags])
         assert exc.value.code == 2 and expected in capsys.readouterr().err

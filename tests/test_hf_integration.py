@@ -19,6 +19,7 @@ pytest.importorskip("peft")
 from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tolerances import rounding_atol, transformer_chain_length  # noqa: E402
 
 from agents.common.checkpoint import load_checkpoint, load_policy  # noqa: E402
 from agents.common.demos import augment_with_backspace  # noqa: E402
@@ -35,7 +36,6 @@ from agents.trainer import Callback, LoraFlags, TrainConfig, Trainer  # noqa: E4
 from agents.unlikelihood import UnlikelihoodConfig  # noqa: E402
 from scripts import evaluate, generate, train  # noqa: E402
 from seqenv import SpecialIds, make_task  # noqa: E402
-from tolerances import rounding_atol, transformer_chain_length  # noqa: E402
 
 WORDS = ["red", "green", "blue", "cat", "dog", "runs", "sits", "the", "a", "big"]
 LINES = [f"the {a} {b} {c}" for a in ("red", "big", "blue") for b in ("cat", "dog") for c in ("runs", "sits")]
@@ -46,16 +46,30 @@ def make_llama_dir(path, seed: int = 0):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"],
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        min_frequency=1,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(LINES * 4 + [" ".join(WORDS)] * 4, trainer=trainer)
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                                  unk_token="<unk>")
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=128, tie_word_embeddings=False,
-                                      bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id)
+    config = transformers.LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+    )
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
     hf_tok.save_pretrained(path)
@@ -84,8 +98,9 @@ def test_task_and_env_use_the_hf_tokenizer_ids(llama_dir):
     hf = transformers.AutoTokenizer.from_pretrained(llama_dir)
     n = len(hf)  # backspace and pad are appended after the original ids
     # byte-level BPE: "\n" is one token (Ċ), the end of a line and so the end token (issue 21)
-    assert ids == SpecialIds(pad=n, bos=hf.bos_token_id, eos=hf.convert_tokens_to_ids("Ċ"), backspace=n + 1,
-                             unk=hf.unk_token_id)
+    assert ids == SpecialIds(
+        pad=n, bos=hf.bos_token_id, eos=hf.convert_tokens_to_ids("Ċ"), backspace=n + 1, unk=hf.unk_token_id
+    )
     assert tok.vocab_size == n + 2
     assert task.encoded("train")[0] == hf.encode(task.splits["train"][0], add_special_tokens=False)
     assert task.spec()["args"] == {"tokenizer": f"hf:{llama_dir}"}
@@ -97,7 +112,7 @@ def test_task_and_env_use_the_hf_tokenizer_ids(llama_dir):
     assert mask[ids.pad] == 0 and mask[ids.bos] == 0 and mask[ids.backspace] == 0 and mask[ids.eos] == 1
     assert mask.sum() == tok.vocab_size - 3  # all but pad, bos, backspace
     a = tok.encode("x")[0]
-    obs, *_ , info = env.step(a)
+    obs, *_, info = env.step(a)
     assert obs["tokens"][0] == a and obs["length"] == 1 and info["action_mask"][ids.backspace] == 1
     obs, *_ = env.step(ids.backspace)
     assert obs["length"] == 0 and obs["tokens"][0] == ids.pad
@@ -121,8 +136,10 @@ def test_env_checkers_pass_with_an_hf_tokenizer(llama_dir):
 
 def test_vector_env_with_an_hf_tokenizer_matches_the_single_env(llama_dir):
     venv = gym.make_vec("SeqGen-v0", num_envs=3, task="python-lines", tokenizer=f"hf:{llama_dir}", max_length=6)
-    envs = [gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}", max_length=6).unwrapped
-            for _ in range(3)]
+    envs = [
+        gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}", max_length=6).unwrapped
+        for _ in range(3)
+    ]
     ids = venv.ids
     obs, info = venv.reset(seed=0)
     for e in envs:
@@ -167,9 +184,21 @@ class Losses(Callback):
 
 
 def _cfg(tmp_path, llama_dir, corpus, name, **kw):
-    base = dict(task=f"file:{corpus}", policy=f"hf:{llama_dir}", logdir=str(tmp_path / name), max_steps=20,
-                batch_size=8, ckpt_every=10, log_every=5, eval_samples=8, warmup_steps=0, lr=1e-2, min_lr_ratio=1.0,
-                progress=False, device="cpu")
+    base = dict(
+        task=f"file:{corpus}",
+        policy=f"hf:{llama_dir}",
+        logdir=str(tmp_path / name),
+        max_steps=20,
+        batch_size=8,
+        ckpt_every=10,
+        log_every=5,
+        eval_samples=8,
+        warmup_steps=0,
+        lr=1e-2,
+        min_lr_ratio=1.0,
+        progress=False,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -184,8 +213,9 @@ LEARNER_CASES = {
     "tailr": {"tailr": TaiLrConfig(backspace_p=0.1)},
     "mixce": {"mixce": MixCEConfig(backspace_p=0.1)},
     "emo": {"emo": EMOConfig(backspace_p=0.1)},
-    "scheduled_sampling": {"scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5,
-                                                                         backspace_p=0.1)},
+    "scheduled_sampling": {
+        "scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5, backspace_p=0.1)
+    },
 }
 
 
@@ -242,10 +272,34 @@ def test_lora_run_checkpoints_only_the_trainable_tensors(tmp_path, llama_dir, co
 
 
 def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, llama_dir, corpus):
-    common = ["--task", f"file:{corpus}", "--batch-size", "8", "--eval-samples", "8", "--no-progress",
-              "--device", "cpu", "--lr", "0.01", "--warmup-steps", "0"]
-    train.main(["--agent", "mle", "--policy", f"hf:{llama_dir}", "--max-steps", "6", "--logdir",
-                str(tmp_path / "mle"), *common])
+    common = [
+        "--task",
+        f"file:{corpus}",
+        "--batch-size",
+        "8",
+        "--eval-samples",
+        "8",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "0",
+    ]
+    train.main(
+        [
+            "--agent",
+            "mle",
+            "--policy",
+            f"hf:{llama_dir}",
+            "--max-steps",
+            "6",
+            "--logdir",
+            str(tmp_path / "mle"),
+            *common,
+        ]
+    )
     ckpt = tmp_path / "mle" / "checkpoint.pt"
     assert load_checkpoint(ckpt)["policy"]["family"] == "hf"
     # the hf/ export loads with plain transformers, backspace token included
@@ -254,16 +308,30 @@ def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, llama_d
     tok = transformers.AutoTokenizer.from_pretrained(export)
     assert "<|backspace|>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] >= len(tok)
 
-    train.main(["--agent", "sequencematch", "--init", str(ckpt), "--max-steps", "3", "--logdir",
-                str(tmp_path / "sm"), "--sequencematch.rollout-batch-size", "8", *common])
+    train.main(
+        [
+            "--agent",
+            "sequencematch",
+            "--init",
+            str(ckpt),
+            "--max-steps",
+            "3",
+            "--logdir",
+            str(tmp_path / "sm"),
+            "--sequencematch.rollout-batch-size",
+            "8",
+            *common,
+        ]
+    )
     sm = tmp_path / "sm" / "checkpoint.pt"
     assert load_checkpoint(sm)["policy"]["family"] == "hf"
 
     out = tmp_path / "samples.txt"
     texts = generate.main(["--checkpoint", str(sm), "--num-samples", "6", "--out", str(out), "--device", "cpu"])
     assert len(texts) == 6 and out.read_text(encoding="utf-8").count("\n") == 6
-    metrics = evaluate.main(["--checkpoint", str(sm), "--num-samples", "8", "--out", str(tmp_path / "m.json"),
-                             "--device", "cpu"])
+    metrics = evaluate.main(
+        ["--checkpoint", str(sm), "--num-samples", "8", "--out", str(tmp_path / "m.json"), "--device", "cpu"]
+    )
     assert math.isfinite(metrics["nll"]) and json.loads((tmp_path / "m.json").read_text())["num_samples"] == 8
 
 
@@ -297,11 +365,19 @@ def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus
     c = model.config
     with torch.no_grad():  # unbatched reference: padding must not change the features
         for i, t in enumerate(texts):
-            h = model(torch.tensor([tok.encode(t, add_special_tokens=False)]), output_hidden_states=True).hidden_states[-1][0]
+            h = model(torch.tensor([tok.encode(t, add_special_tokens=False)]), output_hidden_states=True).hidden_states[
+                -1
+            ][0]
             # batched vs unbatched is another operation order: the rounding bound of the blocks' reduction chain
             # (+ the mean over the positions), float32, scale = the largest |feature| (tests/tolerances.py)
-            n = transformer_chain_length(c.num_hidden_layers, c.hidden_size, c.intermediate_size,
-                                         c.hidden_size // c.num_attention_heads, 2 * len(h), vocab_out=False) + len(h)
+            n = transformer_chain_length(
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.intermediate_size,
+                c.hidden_size // c.num_attention_heads,
+                2 * len(h),
+                vocab_out=False,
+            ) + len(h)
             atol = rounding_atol(torch.float32, n, h.abs().max().item())
             assert np.abs(mean[i] - h.mean(0).numpy()).max() <= atol and np.abs(last[i] - h[-1].numpy()).max() <= atol
     with pytest.raises(ValueError, match="pooling"):
@@ -314,8 +390,9 @@ def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus
     t = Trainer(_cfg(tmp_path, llama_dir, corpus, "run", max_steps=2))
     t.train()
     t.close()
-    metrics = evaluate.main(["--checkpoint", str(ckpt), "--num-samples", "12", "--device", "cpu",
-                             "--mauve-model", str(llama_dir)])
+    metrics = evaluate.main(
+        ["--checkpoint", str(ckpt), "--num-samples", "12", "--device", "cpu", "--mauve-model", str(llama_dir)]
+    )
     assert 0 < metrics["mauve"] <= 1
 
 
@@ -334,13 +411,43 @@ def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpu
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     logdir = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(root / "scripts" / "train.py"), "--device", "cpu", "--task", f"file:{corpus}", "--policy",
-           f"hf:{llama_dir}", "--agent", "sequencematch", "--sequencematch.rollout-batch-size", "4",
-           "--max-steps", "3", "--batch-size", "4", "--eval-samples", "8", "--logdir", str(logdir), "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1",
-                                                                                  PYTHONPATH=str(root)),
-                          cwd=root)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(root / "scripts" / "train.py"),
+        "--device",
+        "cpu",
+        "--task",
+        f"file:{corpus}",
+        "--policy",
+        f"hf:{llama_dir}",
+        "--agent",
+        "sequencematch",
+        "--sequencematch.rollout-batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--eval-samples",
+        "8",
+        "--logdir",
+        str(logdir),
+        "--no-progress",
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root)),
+        cwd=root,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(logdir / "checkpoint.pt")
     assert state["step"] == 3 and state["policy"]["family"] == "hf"
@@ -351,10 +458,37 @@ def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpu
 def test_cli_grpo_trains_lora_adapters_of_an_hf_policy(tmp_path, llama_dir, capsys):
     """train.py --agent grpo on an hf: Llama with LoRA: runs on CPU, moves only the adapters, keeps a reference."""
     logdir = tmp_path / "grpo"
-    train.main(["--agent", "grpo", "--task", "python-lines", "--policy", f"hf:{llama_dir}", "--lora.r", "4",
-                "--max-steps", "2", "--device", "cpu", "--logdir", str(logdir), "--lr", "1e-2", "--warmup-steps", "0",
-                "--eval-samples", "4", "--no-progress", "--grpo.group-size", "2", "--grpo.num-prompts", "2",
-                "--grpo.advantage", "dr_grpo"])
+    train.main(
+        [
+            "--agent",
+            "grpo",
+            "--task",
+            "python-lines",
+            "--policy",
+            f"hf:{llama_dir}",
+            "--lora.r",
+            "4",
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--logdir",
+            str(logdir),
+            "--lr",
+            "1e-2",
+            "--warmup-steps",
+            "0",
+            "--eval-samples",
+            "4",
+            "--no-progress",
+            "--grpo.group-size",
+            "2",
+            "--grpo.num-prompts",
+            "2",
+            "--grpo.advantage",
+            "dr_grpo",
+        ]
+    )
     assert "grpo (step 2)" in capsys.readouterr().out
     state = load_checkpoint(logdir / "checkpoint.pt")
     assert state["agent"] == "grpo" and state["policy"]["config"]["lora"]["r"] == 4

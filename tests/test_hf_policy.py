@@ -15,11 +15,11 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-
-from agents.policies.transformer import backspace_layout  # noqa: E402
-from agents.policies.hf import BACKSPACE_TOKEN, PAD_TOKEN, HFPolicy, LoraSettings  # noqa: E402
-from seqenv.tokenizers import HFTokenizer, tokenizer_from_dict  # noqa: E402
 from tolerances import rounding_atol, transformer_chain_length  # noqa: E402
+
+from agents.policies.hf import BACKSPACE_TOKEN, PAD_TOKEN, HFPolicy, LoraSettings  # noqa: E402
+from agents.policies.transformer import backspace_layout  # noqa: E402
+from seqenv.tokenizers import HFTokenizer, tokenizer_from_dict  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(24)]
 # Special-token setups modelled on the real tokenizers: Llama (bos/eos/unk, no pad),
@@ -39,8 +39,13 @@ def make_tokenizer(arch: str):
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=300,
+            min_frequency=1,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tok.train_from_iterator([" ".join(WORDS)] * 4, trainer=trainer)
     else:
         vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
@@ -59,11 +64,20 @@ def make_config(arch: str, vocab_size: int):
     # initializer_range 0.3: logits of order 1, so a wrong mask moves them far beyond the rounding tolerance (logits_atol)
     common = dict(vocab_size=vocab_size, initializer_range=0.3)
     if arch == "gpt2":
-        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0,
-                                       **common)  # <|endoftext|> is id 0 in our tokenizer
+        return transformers.GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0, **common
+        )  # <|endoftext|> is id 0 in our tokenizer
     cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
-    return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, **common)
+    return cls(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        **common,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -344,13 +358,19 @@ def test_save_pretrained_loads_with_plain_transformers(model_dirs, tmp_path):
     assert tok.convert_tokens_to_ids(BACKSPACE_TOKEN) == policy.special_ids["backspace"]
     assert tok.pad_token == PAD_TOKEN
     assert tok.encode(f"w1 {BACKSPACE_TOKEN} w2", add_special_tokens=False) == [
-        tok.convert_tokens_to_ids("w1"), policy.special_ids["backspace"], tok.convert_tokens_to_ids("w2")
+        tok.convert_tokens_to_ids("w1"),
+        policy.special_ids["backspace"],
+        tok.convert_tokens_to_ids("w2"),
     ]
     state = [policy.special_ids["bos"], tok.convert_tokens_to_ids("w3"), policy.special_ids["backspace"]]
     with torch.no_grad():
         ref = reference_logits(policy, state)
-        torch.testing.assert_close(lm(input_ids=torch.tensor([state])).logits[0, -1, : policy.vocab_size],
-                                   ref, atol=logits_atol(policy, ref, len(state)), rtol=0)
+        torch.testing.assert_close(
+            lm(input_ids=torch.tensor([state])).logits[0, -1, : policy.vocab_size],
+            ref,
+            atol=logits_atol(policy, ref, len(state)),
+            rtol=0,
+        )
     again = HFPolicy.from_pretrained(tmp_path, dtype=torch.float32)
     assert again.policy_spec()["config"]["added_tokens"] == []
     assert again.special_ids == policy.special_ids and again.vocab_size == policy.vocab_size
@@ -392,7 +412,11 @@ def test_lora_save_pretrained_loads_with_peft(model_dirs, tmp_path):
 def test_gradient_checkpointing_gives_the_same_gradients(model_dirs):
     plain = load(model_dirs, "qwen2").train()
     ckpt = load(model_dirs, "qwen2", gradient_checkpointing=True).train()
-    flag = "is_activation_checkpointing" if hasattr(ckpt.lm, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    flag = (
+        "is_activation_checkpointing"
+        if hasattr(ckpt.lm, "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
     assert getattr(ckpt.lm, flag) and not getattr(plain.lm, flag)
     tokens = pad_rows(trajectories(plain)[:2], plain.special_ids["pad"])
     for policy in (plain, ckpt):
@@ -402,9 +426,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_dirs):
     assert g_plain.abs().max() > 0
     # backward: the forward chain once more in reverse plus the sum over the B*T positions of the weight gradient
     c = plain.lm.config
-    n = 2 * transformer_chain_length(c.num_hidden_layers, c.hidden_size, c.intermediate_size,
-                                     c.hidden_size // c.num_attention_heads, tokens.shape[1]) + tokens.numel()
-    torch.testing.assert_close(g_ckpt, g_plain, atol=rounding_atol(torch.float32, n, g_plain.abs().max().item()), rtol=0)
+    n = (
+        2
+        * transformer_chain_length(
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.hidden_size // c.num_attention_heads,
+            tokens.shape[1],
+        )
+        + tokens.numel()
+    )
+    torch.testing.assert_close(
+        g_ckpt, g_plain, atol=rounding_atol(torch.float32, n, g_plain.abs().max().item()), rtol=0
+    )
 
 
 # ---------------------------------------------------------------- seqenv HFTokenizer adapter
@@ -432,8 +467,14 @@ def test_hf_tokenizer_matches_policy_and_round_trips(model_dirs, arch):
     start = {"llama": "<s>", "qwen2": "<|endoftext|>", "gpt2": "<|endoftext|>"}[arch]
     # byte-level Qwen2 encodes "\n" as one token (Ċ): the end of a line; word-level GPT-2 has none
     end = {"llama": "</s>", "qwen2": "Ċ", "gpt2": "<|endoftext|>"}[arch]
-    assert d == {"type": "hf", "path": str(model_dirs[arch]), "vocab_size": tok.vocab_size,
-                 "special_ids": tok.special_ids, "start_token": start, "end_token": end}
+    assert d == {
+        "type": "hf",
+        "path": str(model_dirs[arch]),
+        "vocab_size": tok.vocab_size,
+        "special_ids": tok.special_ids,
+        "start_token": start,
+        "end_token": end,
+    }
     again = tokenizer_from_dict(d)
     assert isinstance(again, HFTokenizer) and again == tok
 

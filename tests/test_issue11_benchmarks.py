@@ -16,10 +16,38 @@ def test_write_corpus_keeps_python_lines_splits(tmp_path):
 
 def test_tiny_run_writes_curves_and_summary(tmp_path):
     out = tmp_path / "res"
-    earm_overfit.main(["--seeds", "0", "--sweep-seeds", "0", "--jobs", "1", "--lines", "40", "--heldout", "6",
-                       "--steps", "6", "--eval-every", "3", "--start", "3", "--sweep-lams", "--sweep-starts",
-                       "--size", "1", "2", "16", "--batch-size", "4", "--workdir", str(tmp_path / "w"),
-                       "--out", str(out)])
+    earm_overfit.main(
+        [
+            "--seeds",
+            "0",
+            "--sweep-seeds",
+            "0",
+            "--jobs",
+            "1",
+            "--lines",
+            "40",
+            "--heldout",
+            "6",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--start",
+            "3",
+            "--sweep-lams",
+            "--sweep-starts",
+            "--size",
+            "1",
+            "2",
+            "16",
+            "--batch-size",
+            "4",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+        ]
+    )
     js = json.loads(out.with_suffix(".json").read_text())
     assert [s for s, _ in js["mle"]["0"]["curve"]] == [3, 6]
     assert [s for s, _ in js["earm"]["0.05/3/0"]["curve"]] == [6]  # the fork starts at step 3
@@ -32,11 +60,49 @@ def test_critic_rerank_tiny_run_with_a_wall_clock_cap(tmp_path):
     from benchmarks import critic_rerank
 
     out = tmp_path / "cr"
-    critic_rerank.main(["--tasks", "arithmetic", "--seeds", "0", "--jobs", "1", "--policy-steps", "10",
-                        "--policy-size", "1", "2", "16", "--batch-size", "4", "--critic-steps", "6",
-                        "--critic-batch-size", "4", "--pool", "8", "--eval-every", "2", "--patience", "0",
-                        "--critic-max-minutes", "0", "--ablations", "--candidates", "1", "2", "--critic-policies", "weak", "converged",
-                        "--rerank-samples", "4", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    critic_rerank.main(
+        [
+            "--tasks",
+            "arithmetic",
+            "--seeds",
+            "0",
+            "--jobs",
+            "1",
+            "--policy-steps",
+            "10",
+            "--policy-size",
+            "1",
+            "2",
+            "16",
+            "--batch-size",
+            "4",
+            "--critic-steps",
+            "6",
+            "--critic-batch-size",
+            "4",
+            "--pool",
+            "8",
+            "--eval-every",
+            "2",
+            "--patience",
+            "0",
+            "--critic-max-minutes",
+            "0",
+            "--ablations",
+            "--candidates",
+            "1",
+            "2",
+            "--critic-policies",
+            "weak",
+            "converged",
+            "--rerank-samples",
+            "4",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+        ]
+    )
     js = json.loads(out.with_suffix(".json").read_text())
     assert js["meta"]["weak_steps"] == 1 and js["meta"]["machine"]["gpu"] is None
     for kind in ("weak", "converged"):

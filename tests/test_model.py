@@ -5,9 +5,9 @@ import random
 
 import pytest
 import torch
+from tolerances import policy_atol
 
 from agents.policies.transformer import KVCache, PolicyConfig, TransformerPolicy, backspace_layout
-from tolerances import policy_atol
 
 PAD, BOS, EOS, BS = 0, 1, 2, 3
 V = 12  # ordinary tokens are 4..11 here (eos and unk included among them is fine)

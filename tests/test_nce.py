@@ -378,7 +378,7 @@ def test_snapshot_noise_rejects_bad_input():
             SnapshotNoise(bad)
     snap = SnapshotNoise(2)
     with pytest.raises(RuntimeError):
-        snap.module
+        _ = snap.module
     with pytest.raises(RuntimeError):
         snap.age(0)
     with pytest.raises(ValueError, match="step"):

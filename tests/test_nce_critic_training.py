@@ -23,15 +23,19 @@ TINY = dict(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)
 
 def _policy(task, seed=0, n_embd=32):
     torch.manual_seed(seed)
-    return TransformerPolicy(PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1,
-                                          n_layer=1, n_head=2, n_embd=n_embd))
+    return TransformerPolicy(
+        PolicyConfig(
+            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=n_embd
+        )
+    )
 
 
 def _learner(task, policy, batch_size=4, seed=0, **kw):
     gens = {"noise": torch.Generator().manual_seed(seed), "sample": torch.Generator().manual_seed(seed + 1)}
     torch.manual_seed(seed)
-    ctx = LearnerContext(model=policy, policy=policy, task=task, device=torch.device("cpu"), generators=gens,
-                         batch_size=batch_size)
+    ctx = LearnerContext(
+        model=policy, policy=policy, task=task, device=torch.device("cpu"), generators=gens, batch_size=batch_size
+    )
     return NCELearner(ctx, NCEConfig(**{**TINY, **kw}))
 
 
@@ -45,8 +49,11 @@ def test_critic_batch_reads_prompt_and_completion():
 
 def test_init_from_policy_copies_the_trunk_and_keeps_a_zero_head():
     policy = _policy(ORACLE, n_embd=32)
-    critic = SequenceCritic(CriticConfig(vocab_size=ORACLE.tokenizer.vocab_size, block_size=ORACLE.max_length + 1,
-                                         n_layer=1, n_head=2, n_embd=32))
+    critic = SequenceCritic(
+        CriticConfig(
+            vocab_size=ORACLE.tokenizer.vocab_size, block_size=ORACLE.max_length + 1, n_layer=1, n_head=2, n_embd=32
+        )
+    )
     critic.init_from_policy(policy)
     assert torch.equal(critic.wte.weight, policy.wte.weight)
     assert torch.equal(critic.wpe.weight, policy.wpe.weight)
@@ -66,11 +73,14 @@ def test_learner_init_from_policy_takes_the_policy_sizes():
     assert torch.equal(learner.critic.blocks[0].mlp.c_fc.weight, policy.blocks[0].mlp.c_fc.weight)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(noise_pool=-1), r"noise_pool must be an int >= 0, got -1"),
-    (dict(patience=2, eval_every=0), r"patience=2 needs eval_every >= 1"),
-    (dict(eval_size=0), r"eval_size must be an int >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(noise_pool=-1), r"noise_pool must be an int >= 0, got -1"),
+        (dict(patience=2, eval_every=0), r"patience=2 needs eval_every >= 1"),
+        (dict(eval_size=0), r"eval_size must be an int >= 1, got 0"),
+    ],
+)
 def test_config_rejects(kw, match):
     with pytest.raises(ValueError, match=match):
         NCEConfig(**kw)
@@ -82,7 +92,7 @@ def test_fixed_pool_is_drawn_once_and_batches_come_from_it():
     learner.loss(demos, 0)
     pool = learner.pool
     assert len(pool["sequences"]) == 10
-    for step in (1, 2):
+    for _ in (1, 2):
         prompts, seqs, term = learner._noise_batch(demos, refreshed=True)  # frozen policy: never redrawn
         assert learner.pool is pool and len(seqs) == 8
         assert all(s in pool["sequences"] for s in seqs)
@@ -210,9 +220,18 @@ def test_trainer_request_stop_ends_the_run_like_a_finished_one(tmp_path):
             if trainer.step == 3:
                 trainer.request_stop()
 
-    cfg = TrainConfig(agent="mle", task="oracle-hmm", max_steps=50, batch_size=4, logdir=str(tmp_path / "run"),
-                      device="cpu", progress=False, eval_samples=4, warmup_steps=1,
-                      model=ModelConfig(n_layer=1, n_head=2, n_embd=16))
+    cfg = TrainConfig(
+        agent="mle",
+        task="oracle-hmm",
+        max_steps=50,
+        batch_size=4,
+        logdir=str(tmp_path / "run"),
+        device="cpu",
+        progress=False,
+        eval_samples=4,
+        warmup_steps=1,
+        model=ModelConfig(n_layer=1, n_head=2, n_embd=16),
+    )
     trainer = Trainer(cfg, callbacks=[StopAt3()])
     metrics = trainer.train()
     trainer.close()
@@ -223,14 +242,34 @@ def test_trainer_request_stop_ends_the_run_like_a_finished_one(tmp_path):
 
 def test_nce_run_logs_held_out_critic_metrics(tmp_path):
     init = tmp_path / "mle"
-    cfg = TrainConfig(agent="mle", task="arithmetic", max_steps=2, batch_size=4, logdir=str(init), device="cpu",
-                      progress=False, eval_samples=4, warmup_steps=1, model=ModelConfig(n_layer=1, n_head=2, n_embd=16))
+    cfg = TrainConfig(
+        agent="mle",
+        task="arithmetic",
+        max_steps=2,
+        batch_size=4,
+        logdir=str(init),
+        device="cpu",
+        progress=False,
+        eval_samples=4,
+        warmup_steps=1,
+        model=ModelConfig(n_layer=1, n_head=2, n_embd=16),
+    )
     t = Trainer(cfg)
     t.train()
     t.close()
-    cfg = TrainConfig(agent="nce", task="arithmetic", init=str(init / "checkpoint.pt"), max_steps=4, batch_size=4,
-                      logdir=str(tmp_path / "nce"), device="cpu", progress=False, eval_samples=4, warmup_steps=1,
-                      nce=NCEConfig(noise_pool=8, init_from_policy=True, eval_every=2, eval_size=8, patience=3))
+    cfg = TrainConfig(
+        agent="nce",
+        task="arithmetic",
+        init=str(init / "checkpoint.pt"),
+        max_steps=4,
+        batch_size=4,
+        logdir=str(tmp_path / "nce"),
+        device="cpu",
+        progress=False,
+        eval_samples=4,
+        warmup_steps=1,
+        nce=NCEConfig(noise_pool=8, init_from_policy=True, eval_every=2, eval_size=8, patience=3),
+    )
     t = Trainer(cfg)
     metrics = t.train()
     t.close()
@@ -248,8 +287,11 @@ def test_sample_with_prompts_and_per_prompt_reranking():
         sample_with_prompts(policy, ARITH, prompts, 2)
     want = generation_prompts(ARITH, 5, seed=3)
     assert want == generation_prompts(ARITH, 5, seed=3) and set(want) <= set(ARITH.split_prompt_texts("test"))
-    critic = SequenceCritic(CriticConfig(vocab_size=ARITH.tokenizer.vocab_size, block_size=ARITH.max_length + 1,
-                                         n_layer=1, n_head=2, n_embd=16))
+    critic = SequenceCritic(
+        CriticConfig(
+            vocab_size=ARITH.tokenizer.vocab_size, block_size=ARITH.max_length + 1, n_layer=1, n_head=2, n_embd=16
+        )
+    )
     torch.nn.init.normal_(critic.head.weight)
     g = generate_reranked(policy, ARITH, 5, rerank="critic", candidates=4, critic=critic, seed=3)
     assert [ARITH.tokenizer.decode(p) for p in g.prompts] == want  # each output's 4 candidates share its prompt

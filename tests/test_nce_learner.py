@@ -6,17 +6,17 @@ import math
 
 import pytest
 import torch
+from tolerances import policy_atol
 
 from agents.common.checkpoint import CheckpointError, save_checkpoint
-from agents.common.demos import DemoSampler, Demos
-from scripts import generate as generate_script
+from agents.common.demos import Demos, DemoSampler
 from agents.common.learner import LearnerContext
 from agents.common.rollout import make_vector_env, rollout
 from agents.common.trajectory import collate, sequence_batch
+from agents.nce import NCEConfig, NCELearner, load_critic, no_backspace_log_prob
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
-from agents.nce import NCELearner, NCEConfig, load_critic, no_backspace_log_prob
+from scripts import generate as generate_script
 from seqenv.tasks import make_task
-from tolerances import policy_atol
 
 TASK = make_task("oracle-hmm")
 TINY_CRITIC = dict(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)
@@ -24,15 +24,19 @@ TINY_CRITIC = dict(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)
 
 def _policy(seed: int = 0) -> TransformerPolicy:
     torch.manual_seed(seed)
-    return TransformerPolicy(PolicyConfig(vocab_size=TASK.tokenizer.vocab_size, block_size=TASK.max_length + 1,
-                                          n_layer=1, n_head=2, n_embd=32))
+    return TransformerPolicy(
+        PolicyConfig(
+            vocab_size=TASK.tokenizer.vocab_size, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=32
+        )
+    )
 
 
 def _learner(policy, batch_size=8, seed=0, **kw) -> NCELearner:
     gens = {"noise": torch.Generator().manual_seed(seed), "sample": torch.Generator().manual_seed(seed + 1)}
     torch.manual_seed(seed)  # the critic's initialisation
-    ctx = LearnerContext(model=policy, policy=policy, task=TASK, device=torch.device("cpu"), generators=gens,
-                         batch_size=batch_size)
+    ctx = LearnerContext(
+        model=policy, policy=policy, task=TASK, device=torch.device("cpu"), generators=gens, batch_size=batch_size
+    )
     return NCELearner(ctx, NCEConfig(**TINY_CRITIC, **kw))
 
 
@@ -51,8 +55,14 @@ def _train(learner, steps, batch_size=16, lr=3e-3, seed=0):
 
 
 def _save(path, agent, policy, learner=None):
-    state = {"agent": agent, "task": TASK.spec(), "policy": policy.policy_spec(),
-             "model": policy.state_dict(), "step": 0, "learner": learner.state_dict() if learner else {}}
+    state = {
+        "agent": agent,
+        "task": TASK.spec(),
+        "policy": policy.policy_spec(),
+        "model": policy.state_dict(),
+        "step": 0,
+        "learner": learner.state_dict() if learner else {},
+    }
     save_checkpoint(state, path)
     return str(path)
 
@@ -62,14 +72,17 @@ def _save(path, agent, policy, learner=None):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss, nu, expected_loss, expected_acc", [
-    # h = -log nu everywhere. nu = 1: -log σ(0) - log(1 - σ(0)) = 2 log 2; no sample has h != 0 -> accuracy 0
-    ("binary", 1, 2 * math.log(2), 0.0),
-    # nu = 2: -log σ(-log 2) = log 3, -2 log(1 - σ(-log 2)) = 2 log 1.5; h < 0 classifies all as noise: 16 of 24
-    ("binary", 2, math.log(3) + 2 * math.log(1.5), 16 / 24),
-    # ranking with 3 noise candidates, all scores equal: -log(1/4); data never strictly best
-    ("ranking", 3, math.log(4), 0.0),
-])
+@pytest.mark.parametrize(
+    "loss, nu, expected_loss, expected_acc",
+    [
+        # h = -log nu everywhere. nu = 1: -log σ(0) - log(1 - σ(0)) = 2 log 2; no sample has h != 0 -> accuracy 0
+        ("binary", 1, 2 * math.log(2), 0.0),
+        # nu = 2: -log σ(-log 2) = log 3, -2 log(1 - σ(-log 2)) = 2 log 1.5; h < 0 classifies all as noise: 16 of 24
+        ("binary", 2, math.log(3) + 2 * math.log(1.5), 16 / 24),
+        # ranking with 3 noise candidates, all scores equal: -log(1/4); data never strictly best
+        ("ranking", 3, math.log(4), 0.0),
+    ],
+)
 def test_loss_at_init_hand_computed_and_only_the_critic_learns(loss, nu, expected_loss, expected_acc):
     policy = _policy()
     learner = _learner(policy, batch_size=8, loss=loss, nu=nu)
@@ -111,14 +124,20 @@ def test_self_adapting_policy_objective_at_k1_and_metrics():
 def test_no_backspace_log_prob_is_the_rollout_sampling_distribution():
 
     policy = _policy(3)
-    res = rollout(policy, make_vector_env(TASK, 6, "cpu"), seed=0, generator=torch.Generator().manual_seed(0),
-                  allow_backspace=False)
+    res = rollout(
+        policy,
+        make_vector_env(TASK, 6, "cpu"),
+        seed=0,
+        generator=torch.Generator().manual_seed(0),
+        allow_backspace=False,
+    )
     tokens, mask = sequence_batch(res.sequences(), res.terminated.tolist(), "cpu")
     with torch.no_grad():
         log_q = no_backspace_log_prob(policy(tokens), tokens, mask)
     # one pass vs KV-cached rollout: per step the rounding bound of forward + log-softmax, summed over the steps
-    per_step = policy_atol(policy.config, tokens.shape[1], res.log_probs.abs().max().item(),
-                           extra_terms=TASK.tokenizer.vocab_size)
+    per_step = policy_atol(
+        policy.config, tokens.shape[1], res.log_probs.abs().max().item(), extra_terms=TASK.tokenizer.vocab_size
+    )
     torch.testing.assert_close(log_q, res.log_probs.sum(1), atol=per_step * tokens.shape[1], rtol=0)
 
 
@@ -145,7 +164,9 @@ def _train_mle(policy, steps, batch_size=32):
     for _ in range(steps):
         batch = collate(data.sample(batch_size).actions)
         logits = policy(batch.tokens)[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits[batch.is_action[:, 1:]], batch.tokens[:, 1:][batch.is_action[:, 1:]])
+        loss = torch.nn.functional.cross_entropy(
+            logits[batch.is_action[:, 1:]], batch.tokens[:, 1:][batch.is_action[:, 1:]]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -224,8 +245,9 @@ def test_bad_input():
     conditional.prompts = ["ab"]
     with pytest.raises(ValueError, match="task .oracle-hmm. has prompts but no prompt per training text"):
         p = _policy()
-        NCELearner(LearnerContext(p, p, conditional, torch.device("cpu"), {"noise": None, "sample": None}, 2),
-                   NCEConfig())
+        NCELearner(
+            LearnerContext(p, p, conditional, torch.device("cpu"), {"noise": None, "sample": None}, 2), NCEConfig()
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -241,8 +263,12 @@ def trained(tmp_path_factory):
     _train_mle(policy, steps=20)
     learner = _learner(policy, batch_size=16)
     _train(learner, steps=20)
-    return {"learner": learner, "policy": policy, "nce": _save(tmp / "nce.pt", "nce", policy, learner),
-            "mle": _save(tmp / "mle.pt", "mle", policy)}
+    return {
+        "learner": learner,
+        "policy": policy,
+        "nce": _save(tmp / "nce.pt", "nce", policy, learner),
+        "mle": _save(tmp / "mle.pt", "mle", policy),
+    }
 
 
 def test_load_critic_round_trip_and_errors(trained, tmp_path):
@@ -261,8 +287,9 @@ def test_load_critic_round_trip_and_errors(trained, tmp_path):
     # same tokenizer, longer sequences than the critic (block_size 26) reads; the policy could read them
     longer = copy.copy(TASK)
     longer.max_length = 40
-    big_policy = TransformerPolicy(PolicyConfig(vocab_size=TASK.tokenizer.vocab_size, block_size=41, n_layer=1,
-                                                n_head=2, n_embd=32))
+    big_policy = TransformerPolicy(
+        PolicyConfig(vocab_size=TASK.tokenizer.vocab_size, block_size=41, n_layer=1, n_head=2, n_embd=32)
+    )
     path = _save(tmp_path / "big.pt", "nce", big_policy, trained["learner"])
     with pytest.raises(CheckpointError, match=r"max_length 40 but the critic in .* at most 25 tokens"):
         load_critic(path, "cpu", longer)
@@ -277,14 +304,21 @@ def _generate_module():
 def test_generate_rerank_critic_picks_one_candidate_per_output(trained):
     gen = _generate_module()
     n, k = 6, 4
-    reranked = gen.run(gen.GenerateConfig(checkpoint=trained["nce"], rerank="critic", critic=trained["nce"],
-                                          candidates=k, num_samples=n, device="cpu"))
+    reranked = gen.run(
+        gen.GenerateConfig(
+            checkpoint=trained["nce"], rerank="critic", critic=trained["nce"], candidates=k, num_samples=n, device="cpu"
+        )
+    )
     # the same seed and a single batch: rerank="none" with n*k samples draws exactly the candidates
-    candidates = gen.run(gen.GenerateConfig(checkpoint=trained["nce"], num_samples=n * k, batch_size=n * k,
-                                            device="cpu"))
+    candidates = gen.run(
+        gen.GenerateConfig(checkpoint=trained["nce"], num_samples=n * k, batch_size=n * k, device="cpu")
+    )
     assert len(reranked) == n
     for i, text in enumerate(reranked):
-        assert text in candidates[i * k:(i + 1) * k]
+        assert text in candidates[i * k : (i + 1) * k]
     with pytest.raises(CheckpointError, match="is not an nce checkpoint"):
-        gen.run(gen.GenerateConfig(checkpoint=trained["mle"], rerank="critic", critic=trained["mle"],
-                                   num_samples=2, device="cpu"))
+        gen.run(
+            gen.GenerateConfig(
+                checkpoint=trained["mle"], rerank="critic", critic=trained["mle"], num_samples=2, device="cpu"
+            )
+        )

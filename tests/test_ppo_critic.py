@@ -6,21 +6,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import policy_atol
 
 from agents.common.checkpoint import CheckpointError, load_policy, save_checkpoint
-from agents.common.trajectory import sequence_batch
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
-from agents.critic import CriticConfig, SequenceCritic
 from agents.common.learner import LearnerContext
-from agents.nce import NCELearner, NCEConfig
 from agents.common.rollout import make_vector_env
+from agents.common.trajectory import sequence_batch
+from agents.critic import CriticConfig, SequenceCritic
+from agents.nce import NCEConfig, NCELearner
+from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.sb3 import critic_reward
-from scripts import ppo_critic as ppo_critic_script
 from agents.sb3.policy import TransformerMaskablePolicy
+from scripts import ppo_critic as ppo_critic_script
 from seqenv.sb3 import SB3VecEnv
 from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID, PAD_ID
-from tolerances import policy_atol
 
 TASK = make_task("oracle-hmm")
 V = TASK.tokenizer.vocab_size
@@ -33,8 +33,9 @@ def _script():
 
 def _policy(seed=0) -> TransformerPolicy:
     torch.manual_seed(seed)
-    return TransformerPolicy(PolicyConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2,
-                                          n_embd=32)).eval()
+    return TransformerPolicy(
+        PolicyConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=32)
+    ).eval()
 
 
 def _critic(seed=0) -> SequenceCritic:
@@ -49,8 +50,9 @@ def _critic(seed=0) -> SequenceCritic:
 def test_actor_is_the_transformer_policy_at_the_current_state():
     policy = _policy()
     env = SB3VecEnv(make_vector_env(TASK, 4, "cpu"))
-    sb3 = TransformerMaskablePolicy(env.observation_space, env.action_space, lambda _: 1e-3,
-                                    policy_config=policy.config.to_dict())
+    sb3 = TransformerMaskablePolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, policy_config=policy.config.to_dict()
+    )
     sb3.actor.load_state_dict(policy.state_dict())
     obs = env.reset()
     for a in ([5, 6, 7, 5], [8, 9, EOS_ID, BS], [10, BS, 11, EOS_ID]):
@@ -98,7 +100,9 @@ def _expected_log_ref(policy, trajectory):
 def test_critic_kl_reward_hand_checked():
     ppo_critic = _script()
     policy, critic, beta = _policy(1), _critic(2), 0.5
-    env = ppo_critic.CriticKLReward(SB3VecEnv(make_vector_env(TASK, 2, "cpu", max_length=3)), critic, policy, beta, "cpu")
+    env = ppo_critic.CriticKLReward(
+        SB3VecEnv(make_vector_env(TASK, 2, "cpu", max_length=3)), critic, policy, beta, "cpu"
+    )
     env.reset()
     # env 0: "5 6 eos" terminates at step 3, then a new episode "5 5"; env 1: "7 bs 8 9 10" is truncated
     # at step 5 (3 tokens = max_length)
@@ -151,10 +155,35 @@ def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys)
 
     mle, nce = _checkpoints(tmp_path)
     logdir = tmp_path / "ppo"
-    metrics = ppo_critic_script.main(["--checkpoint", mle, "--critic", nce, "--total-timesteps", "384", "--beta", "0.5",
-                              "--num-envs", "8", "--logdir", str(logdir), "--device", "cpu", "--seed", "3",
-                              "--n-steps", "16", "--batch-size", "64", "--n-epochs", "2", "--eval-samples", "32",
-                              "--no-progress"])
+    metrics = ppo_critic_script.main(
+        [
+            "--checkpoint",
+            mle,
+            "--critic",
+            nce,
+            "--total-timesteps",
+            "384",
+            "--beta",
+            "0.5",
+            "--num-envs",
+            "8",
+            "--logdir",
+            str(logdir),
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--n-steps",
+            "16",
+            "--batch-size",
+            "64",
+            "--n-epochs",
+            "2",
+            "--eval-samples",
+            "32",
+            "--no-progress",
+        ]
+    )
     assert abs(metrics["before"]["kl_to_init"]) < 1e-4  # π = π0 at the start: the KL estimate is exactly 0
     assert metrics["before"]["objective"] == pytest.approx(metrics["before"]["critic_reward"], abs=1e-4)
     assert "| start (π0) |" in capsys.readouterr().out
@@ -168,9 +197,17 @@ def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys)
     ea = EventAccumulator(str(events[0]))
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
-    assert {"rollout/ep_rew_mean", "rollout/ep_len_mean", "train/approx_kl", "train/entropy_loss",
-            "train/value_loss", "rollout/critic_reward_mean", "rollout/kl_to_init_mean", "rollout/objective_mean",
-            "train/beta"} <= tags
+    assert {
+        "rollout/ep_rew_mean",
+        "rollout/ep_len_mean",
+        "train/approx_kl",
+        "train/entropy_loss",
+        "train/value_loss",
+        "rollout/critic_reward_mean",
+        "rollout/kl_to_init_mean",
+        "rollout/objective_mean",
+        "train/beta",
+    } <= tags
 
 
 def test_ppo_bad_input(tmp_path, capsys):
@@ -180,14 +217,19 @@ def test_ppo_bad_input(tmp_path, capsys):
         ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, beta=-1.0)
     with pytest.raises(ValueError, match=r"--num-envs must be an integer >= 1 and <= 1000000, got 0"):
         ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, num_envs=0)
-    for flag, value, expected in (("--max-grad-norm", "0", "--max-grad-norm must be a finite number > 0, got 0.0"),
-                                  ("--learning-rate", "inf", "--learning-rate must be a finite number > 0, got inf"),
-                                  ("--vf-coef", "-1", "--vf-coef must be a finite number >= 0, got -1.0"),
-                                  ("--gae-lambda", "nan", "--gae-lambda must be a finite number >= 0 and <= 1, got nan")):
+    for flag, value, expected in (
+        ("--max-grad-norm", "0", "--max-grad-norm must be a finite number > 0, got 0.0"),
+        ("--learning-rate", "inf", "--learning-rate must be a finite number > 0, got inf"),
+        ("--vf-coef", "-1", "--vf-coef must be a finite number >= 0, got -1.0"),
+        ("--gae-lambda", "nan", "--gae-lambda must be a finite number >= 0 and <= 1, got nan"),
+    ):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             ppo_critic_script.main(["--checkpoint", mle, "--critic", mle, "--device", "cpu", flag, value])
         assert exc.value.code == 2 and capsys.readouterr().err == f"error: {expected}\n"
     with pytest.raises(CheckpointError, match="is not an nce checkpoint"):
-        ppo_critic.run(ppo_critic.PPOCriticConfig(checkpoint=mle, critic=mle, device="cpu", eval_samples=4,
-                                                  logdir=str(tmp_path / "x")))
+        ppo_critic.run(
+            ppo_critic.PPOCriticConfig(
+                checkpoint=mle, critic=mle, device="cpu", eval_samples=4, logdir=str(tmp_path / "x")
+            )
+        )

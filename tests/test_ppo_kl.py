@@ -21,9 +21,14 @@ V = TASK.tokenizer.vocab_size
 
 def _mdp(seed=0):
     g = torch.Generator().manual_seed(seed)
-    theta = {"s0": torch.randn(2, generator=g, dtype=torch.float64),
-             "s1": torch.randn(2, 2, generator=g, dtype=torch.float64)}  # s1[a0] logits
-    ref = {"s0": torch.randn(2, generator=g, dtype=torch.float64), "s1": torch.randn(2, 2, generator=g, dtype=torch.float64)}
+    theta = {
+        "s0": torch.randn(2, generator=g, dtype=torch.float64),
+        "s1": torch.randn(2, 2, generator=g, dtype=torch.float64),
+    }  # s1[a0] logits
+    ref = {
+        "s0": torch.randn(2, generator=g, dtype=torch.float64),
+        "s1": torch.randn(2, 2, generator=g, dtype=torch.float64),
+    }
     R = torch.randn(2, 2, generator=g, dtype=torch.float64)
     return theta, ref, R
 
@@ -49,8 +54,10 @@ def _estimator_gradient(theta, ref, R, beta, estimator, penalty_in_loss=False, r
         logr = [r.log_softmax(-1)[None] for _, r, _ in states]
         acts = [torch.tensor([a]) for _, _, a in states]
         p_tau = sum(lp[0, a] for lp, (_, _, a) in zip(logp, states)).exp().detach()
-        terms = [cr.kl_reward_term(lp.detach(), lr, a, estimator)[0] if reward_kl else torch.zeros((), dtype=lp.dtype)
-                 for lp, lr, a in zip(logp, logr, acts)]
+        terms = [
+            cr.kl_reward_term(lp.detach(), lr, a, estimator)[0] if reward_kl else torch.zeros((), dtype=lp.dtype)
+            for lp, lr, a in zip(logp, logr, acts)
+        ]
         rewards = [-beta * terms[0], R[a0, a1] - beta * terms[1]]
         for t in range(2):
             G = sum(rewards[t:]).detach()
@@ -100,8 +107,11 @@ def test_estimator_gradients_on_a_two_state_mdp(seed):
         states = [(theta["s0"], ref["s0"], a0), (theta["s1"][a0], ref["s1"][a0], a1)]
         p_tau = sum(s.log_softmax(-1)[a] for s, _, a in states).exp().detach()
         for s, r, a in states:
-            missing = missing + p_tau * cr.kl_reward_term(s.log_softmax(-1)[None], r.log_softmax(-1)[None],
-                                                          torch.tensor([a]), "k3")[0]
+            missing = (
+                missing
+                + p_tau
+                * cr.kl_reward_term(s.log_softmax(-1)[None], r.log_softmax(-1)[None], torch.tensor([a]), "k3")[0]
+            )
     expected = [t + beta * m for t, m in zip(truth, _grad(lambda: missing, theta))]
     assert close(k3, expected)
 
@@ -139,15 +149,17 @@ class CountCritic(torch.nn.Module):
 
 def _reference():
     torch.manual_seed(0)
-    return TransformerPolicy(PolicyConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2,
-                                          n_embd=32)).eval()
+    return TransformerPolicy(
+        PolicyConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=32)
+    ).eval()
 
 
 def _run(tmp_path, critic_weight, steps, **kw):
     ref = _reference()
     kw = {"num_envs": 16, "n_steps": 16, "batch_size": 64, "n_epochs": 2, "learning_rate": 1e-3, **kw}
-    cfg = cr.PPOCriticConfig(checkpoint="x", critic="x", total_timesteps=steps, logdir=str(tmp_path), progress=False,
-                             **kw)
+    cfg = cr.PPOCriticConfig(
+        checkpoint="x", critic="x", total_timesteps=steps, logdir=str(tmp_path), progress=False, **kw
+    )
     critic = CountCritic(critic_weight)
     ppo, reward, callback = cr.make_ppo(cfg, ref, ref.config.to_dict(), critic, TASK, "cpu")
     ppo.learn(steps, callback=callback)
@@ -171,8 +183,10 @@ def test_exact_kl_penalty_rides_in_the_entropy_slot(tmp_path):
     masks = torch.as_tensor(reward._masks)
     actions = masks.float().argmax(1)
     _, _, neg_kl = policy.evaluate_actions(obs, actions, masks)
-    expected = cr.exact_kl(reward.log_probs(policy.actor, reward._obs, reward._masks),
-                           reward.log_probs(policy.kl_reference, reward._obs, reward._masks))
+    expected = cr.exact_kl(
+        reward.log_probs(policy.actor, reward._obs, reward._masks),
+        reward.log_probs(policy.kl_reference, reward._obs, reward._masks),
+    )
     torch.testing.assert_close(-neg_kl.detach(), expected, atol=1e-5, rtol=1e-4)  # float32 log-softmax over V ~ 20
     assert (expected > 0).any()  # PPO moved π away from π0
     neg_kl.sum().backward()
@@ -189,7 +203,8 @@ def test_final_kl_falls_as_beta_grows(tmp_path):
 @pytest.mark.slow
 def test_adaptive_controller_reaches_its_target(tmp_path):
     """Start at β = 1 with a target KL of 0.2 nats: after 40 rollouts the final KL is within ±50 % of it."""
-    metrics, reward, _ = _run(tmp_path, 1.0, 20480, beta=1.0, kl_target=0.2, kl_horizon=512, num_envs=32,
-                              batch_size=128)
+    metrics, reward, _ = _run(
+        tmp_path, 1.0, 20480, beta=1.0, kl_target=0.2, kl_horizon=512, num_envs=32, batch_size=128
+    )
     assert reward.beta != 1.0
     assert 0.1 <= metrics["kl_to_init"] <= 0.3, (metrics["kl_to_init"], reward.beta)

@@ -19,7 +19,6 @@ from agents.trainer import LR_DEFAULTS, LoraFlags, TrainConfig, Trainer  # noqa:
 from seqenv import pretrained  # noqa: E402
 from seqenv.tasks import make_task  # noqa: E402
 from seqenv.tokenizers import HFTokenizer, hf_boundary_tokens  # noqa: E402
-
 from tests.test_hf_policy import make_config, make_tokenizer  # noqa: E402
 
 
@@ -47,8 +46,9 @@ def chat_dir(tmp_path_factory):
     vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(24)])}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|im_start|>",
-                                               eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>"
+    )
     return save_model("llama", tmp_path_factory.mktemp("chat"), specials=tok)
 
 
@@ -123,8 +123,17 @@ def test_chunked_nll_equals_one_pass_and_bounds_the_logits(dirs, tmp_path):
 def test_eval_max_sequences_bounds_generation_and_nll(dirs, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(" ".join(f"w{(i * j) % 24}" for j in range(1 + i % 5)) for i in range(200)) + "\n")
-    cfg = TrainConfig(agent="mle", task=f"file:{corpus}", policy=f"hf:{dirs['llama']}", max_steps=1,
-                      batch_size=4, eval_samples=50, logdir=str(tmp_path / "run"), device="cpu", progress=False)
+    cfg = TrainConfig(
+        agent="mle",
+        task=f"file:{corpus}",
+        policy=f"hf:{dirs['llama']}",
+        max_steps=1,
+        batch_size=4,
+        eval_samples=50,
+        logdir=str(tmp_path / "run"),
+        device="cpu",
+        progress=False,
+    )
     cfg.eval.max_sequences = 3
     t = Trainer(cfg)
     seen = []
@@ -144,8 +153,11 @@ def test_lr_defaults_by_what_is_trained(dirs, tmp_path):
     corpus.write_text("\n".join(f"w{i} w{(i * 3) % 24}" for i in range(60)) + "\n")
     common = dict(agent="mle", task=f"file:{corpus}", max_steps=1, device="cpu", progress=False)
     got = {}
-    for name, kw in {"transformer": {}, "full": {"policy": f"hf:{dirs['llama']}"},
-                     "lora": {"policy": f"hf:{dirs['llama']}", "lora": LoraFlags(r=2)}}.items():
+    for name, kw in {
+        "transformer": {},
+        "full": {"policy": f"hf:{dirs['llama']}"},
+        "lora": {"policy": f"hf:{dirs['llama']}", "lora": LoraFlags(r=2)},
+    }.items():
         t = Trainer(TrainConfig(logdir=str(tmp_path / name), **common, **kw))
         got[name] = (t.cfg.lr, t.optimizer.param_groups[0]["initial_lr"])
         t.close()
@@ -196,6 +208,7 @@ def fake_convert(calls):
         calls.append((str(gguf), dtype))
         os.makedirs(out)
         (out / "config.json").write_text("{}")
+
     return convert
 
 

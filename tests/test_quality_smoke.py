@@ -7,11 +7,26 @@ from argparse import Namespace
 import pytest
 
 from agents.trainer import NonFiniteLossError
-
 from benchmarks import quality  # noqa: E402
 
-MICRO = ["--tasks", "oracle-hmm", "--seeds", "0", "--steps", "3", "--warm-steps", "1", "--batch-size", "8",
-         "--model-size", "tiny", "--eval-samples", "8", "--recovery-samples", "8"]
+MICRO = [
+    "--tasks",
+    "oracle-hmm",
+    "--seeds",
+    "0",
+    "--steps",
+    "3",
+    "--warm-steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--model-size",
+    "tiny",
+    "--eval-samples",
+    "8",
+    "--recovery-samples",
+    "8",
+]
 
 
 def test_mean_std_is_the_sample_std_of_finite_values():
@@ -30,11 +45,31 @@ def test_verdict_needs_the_gap_to_exceed_both_spreads():
 
 
 def test_add_costs_divides_by_the_mle_run_of_the_same_task_and_seed():
-    runs = [dict(task="t", seed=0, method="mle", status="ok", method_s=10.0, method_steps=100, method_data_tokens=1000,
-                 total_s=10.0, metrics={}),
-            dict(task="t", seed=0, method="sequencematch", status="ok", method_s=15.0, method_steps=50,
-                 method_data_tokens=500, total_s=20.0, metrics={}),
-            dict(task="t", seed=0, method="earm", status="failed", metrics={})]
+    runs = [
+        dict(
+            task="t",
+            seed=0,
+            method="mle",
+            status="ok",
+            method_s=10.0,
+            method_steps=100,
+            method_data_tokens=1000,
+            total_s=10.0,
+            metrics={},
+        ),
+        dict(
+            task="t",
+            seed=0,
+            method="sequencematch",
+            status="ok",
+            method_s=15.0,
+            method_steps=50,
+            method_data_tokens=500,
+            total_s=20.0,
+            metrics={},
+        ),
+        dict(task="t", seed=0, method="earm", status="failed", metrics={}),
+    ]
     quality.add_costs(runs)
     mle, sm, failed = (r["metrics"] for r in runs)
     assert mle["cost_ratio_token"] == 1.0 and mle["cost_ratio_total"] == 1.0
@@ -113,8 +148,23 @@ def test_micro_run_writes_tables_json_and_plots(tmp_path):
 
 def test_micro_nce_run_reports_reranked_samples(tmp_path):
     out = tmp_path / "results"
-    quality.main([*MICRO, "--experiments", "nce_k", "--ablation-tasks", "oracle-hmm", "--k-grid", "1",
-                  "--ppo-timesteps", "0", "--out-dir", str(out), "--scratch", str(tmp_path / "runs")])
+    quality.main(
+        [
+            *MICRO,
+            "--experiments",
+            "nce_k",
+            "--ablation-tasks",
+            "oracle-hmm",
+            "--k-grid",
+            "1",
+            "--ppo-timesteps",
+            "0",
+            "--out-dir",
+            str(out),
+            "--scratch",
+            str(tmp_path / "runs"),
+        ]
+    )
     runs = {r["label"]: r for r in json.loads((out / "quality.json").read_text())["runs"]}
     assert sorted(runs) == ["mle", "nce K=1"] and runs["nce K=1"]["status"] == "ok", runs["nce K=1"]["error"]
     m = runs["nce K=1"]["metrics"]

@@ -61,5 +61,3 @@ def test_importance_resample_rejects_bad_input():
         importance_resample(T_([[0.0, math.inf]]), g)
     with pytest.raises(ValueError, match="finite"):
         importance_resample(T_([[-math.inf, -math.inf]]), g)
-
-

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from tolerances import policy_atol
 
 from agents.common.evaluation import recovery
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.common.rollout import generate, make_vector_env, rollout, sample_actions
+from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, EOS_ID, PAD_ID, apply_backspaces
-from tolerances import policy_atol
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,11 @@ def task():
 
 def _policy(task, seed=0):
     torch.manual_seed(seed)
-    return TransformerPolicy(PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1,
-                                          n_layer=2, n_head=2, n_embd=32))
+    return TransformerPolicy(
+        PolicyConfig(
+            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=2, n_head=2, n_embd=32
+        )
+    )
 
 
 def test_rollout_log_probs_match_one_pass_recomputation(task):
@@ -115,7 +118,9 @@ class _Bias(TransformerPolicy):
 
 
 def test_recovery_probe_extremes(task):
-    cfg = PolicyConfig(vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=1, n_embd=16)
+    cfg = PolicyConfig(
+        vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=1, n_embd=16
+    )
     eager = _Bias(cfg)
     eager.bias = 100.0
     r = recovery(eager, task, num_samples=64)
@@ -132,6 +137,7 @@ def test_rollout_without_kv_cache_gives_the_same_episodes(task):
     a = rollout(policy, venv, seed=0, generator=torch.Generator().manual_seed(5))
     b = rollout(policy, venv, seed=0, generator=torch.Generator().manual_seed(5), use_kv_cache=False)
     assert a.action_lists() == b.action_lists()
-    atol = policy_atol(policy.config, a.log_probs.shape[1], a.log_probs.abs().max().item(),
-                       extra_terms=task.tokenizer.vocab_size)  # log-prob scale bounds the logits' (tests/tolerances.py)
+    atol = policy_atol(
+        policy.config, a.log_probs.shape[1], a.log_probs.abs().max().item(), extra_terms=task.tokenizer.vocab_size
+    )  # log-prob scale bounds the logits' (tests/tolerances.py)
     assert (a.log_probs - b.log_probs).abs().max() <= atol

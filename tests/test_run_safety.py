@@ -20,8 +20,19 @@ from scripts import evaluate, generate, ppo_critic, train
 from seqenv.tasks import make_task
 
 TINY = ["--model.n-layer", "1", "--model.n-head", "2", "--model.n-embd", "32", "--no-progress", "--device", "cpu"]
-RUN = ["--task", "oracle-hmm", "--batch-size", "4", "--eval-samples", "4", "--warmup-steps", "1", "--ckpt-every", "1",
-       *TINY]
+RUN = [
+    "--task",
+    "oracle-hmm",
+    "--batch-size",
+    "4",
+    "--eval-samples",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--ckpt-every",
+    "1",
+    *TINY,
+]
 
 
 def _snapshot(d: Path) -> dict:
@@ -47,8 +58,16 @@ def finished_run(tmp_path):
 
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(task="oracle-hmm", logdir=str(tmp_path / name), device="cpu", progress=False, batch_size=4,
-                eval_samples=4, warmup_steps=1, model={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    base = dict(
+        task="oracle-hmm",
+        logdir=str(tmp_path / name),
+        device="cpu",
+        progress=False,
+        batch_size=4,
+        eval_samples=4,
+        warmup_steps=1,
+        model={"n_layer": 1, "n_head": 2, "n_embd": 32},
+    )
     base.update(kw)
     return TrainConfig.from_dict(base)
 
@@ -57,20 +76,29 @@ def _cfg(tmp_path, name, **kw):
 def test_1_ppo_critic_refuses_a_directory_holding_a_run_and_overwrite_reads_inputs_first(finished_run, capsys):
     before = _snapshot(finished_run)
     ckpt = str(finished_run / "checkpoint.pt")
-    line = _error_line(capsys, ppo_critic.main, ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run),
-                                                 "--device", "cpu"])
+    line = _error_line(
+        capsys,
+        ppo_critic.main,
+        ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run), "--device", "cpu"],
+    )
     assert line.startswith(f"error: run directory {str(finished_run)!r} already holds a run (checkpoint.pt, ")
     assert _snapshot(finished_run) == before
     # --overwrite: the inputs are read (and here rejected: an mle checkpoint is no critic) before anything is deleted
-    line = _error_line(capsys, ppo_critic.main, ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run),
-                                                 "--device", "cpu", "--overwrite"])
+    line = _error_line(
+        capsys,
+        ppo_critic.main,
+        ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run), "--device", "cpu", "--overwrite"],
+    )
     assert "is not an nce checkpoint" in line
     assert _snapshot(finished_run) == before
     # it takes the lock: a second process on the directory is refused
     lock = RunLock(finished_run)
     try:
-        line = _error_line(capsys, ppo_critic.main, ["--checkpoint", ckpt, "--critic", ckpt, "--logdir",
-                                                     str(finished_run), "--device", "cpu", "--overwrite"])
+        line = _error_line(
+            capsys,
+            ppo_critic.main,
+            ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run), "--device", "cpu", "--overwrite"],
+        )
         assert "is in use by another run" in line
     finally:
         lock.release()
@@ -79,8 +107,20 @@ def test_1_ppo_critic_refuses_a_directory_holding_a_run_and_overwrite_reads_inpu
 # 2 ---------------------------------------------------------------------------------------------------------
 def test_2_overwrite_reads_the_init_checkpoint_before_deleting_it(finished_run):
     old = load_checkpoint(finished_run / "checkpoint.pt")
-    train.main([*RUN, "--max-steps", "1", "--init", str(finished_run / "checkpoint.pt"), "--logdir",
-                str(finished_run), "--overwrite", "--lr", "1e-9"])
+    train.main(
+        [
+            *RUN,
+            "--max-steps",
+            "1",
+            "--init",
+            str(finished_run / "checkpoint.pt"),
+            "--logdir",
+            str(finished_run),
+            "--overwrite",
+            "--lr",
+            "1e-9",
+        ]
+    )
     new = load_checkpoint(finished_run / "checkpoint.pt")
     assert new["step"] == 1 and new["config"]["init"] == str(finished_run / "checkpoint.pt")
     # warm-started from the old weights (lr 1e-9: one AdamW step moves each weight by at most ~1e-9)
@@ -94,8 +134,21 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
     corpus = tmp_path / "data.txt"
     corpus.write_text("".join(f"ab{i % 7} = c{i % 5}\n" for i in range(80)), encoding="utf-8")
     logdir = tmp_path / "run"
-    train.main(["--task", f"file:{corpus}", "--max-steps", "1", "--batch-size", "4", "--eval-samples", "2",
-                "--logdir", str(logdir), *TINY])
+    train.main(
+        [
+            "--task",
+            f"file:{corpus}",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--eval-samples",
+            "2",
+            "--logdir",
+            str(logdir),
+            *TINY,
+        ]
+    )
     state = load_checkpoint(logdir / "checkpoint.pt")
     saved_hash = make_task(f"file:{corpus}").corpus_hash
     assert state["corpus_sha256"] == saved_hash
@@ -106,13 +159,27 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
     assert new_hash != saved_hash
     line = _error_line(capsys, train.main, ["--logdir", str(logdir), "--resume", "--max-steps", "2", *TINY])
     assert saved_hash in line and new_hash in line and "--allow-corpus-mismatch" in line
-    line = _error_line(capsys, evaluate.main, ["--checkpoint", str(logdir / "checkpoint.pt"), "--device", "cpu",
-                                               "--num-samples", "2"])
+    line = _error_line(
+        capsys, evaluate.main, ["--checkpoint", str(logdir / "checkpoint.pt"), "--device", "cpu", "--num-samples", "2"]
+    )
     assert line.startswith("error: the corpus of task") and saved_hash in line and new_hash in line
     assert _snapshot(logdir) == before
     # --init on the same task: refused too (another task over the same characters would be allowed)
-    line = _error_line(capsys, train.main, ["--task", f"file:{corpus}", "--init", str(logdir / "checkpoint.pt"),
-                                            "--max-steps", "1", "--logdir", str(tmp_path / "init"), *TINY])
+    line = _error_line(
+        capsys,
+        train.main,
+        [
+            "--task",
+            f"file:{corpus}",
+            "--init",
+            str(logdir / "checkpoint.pt"),
+            "--max-steps",
+            "1",
+            "--logdir",
+            str(tmp_path / "init"),
+            *TINY,
+        ],
+    )
     assert line.startswith(f"error: the corpus of task 'file:{corpus}' differs from the one --init checkpoint")
     assert not (tmp_path / "init").exists()
     # an edit with new characters: another tokenizer, refused in one line too (no shape-mismatch traceback)
@@ -126,8 +193,19 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
     assert metrics["corpus_mismatch"] is True
     assert json.loads((logdir / "metrics.json").read_text())["corpus_mismatch"] is True
     out = tmp_path / "m.json"
-    evaluate.main(["--checkpoint", str(logdir / "checkpoint.pt"), "--device", "cpu", "--num-samples", "2",
-                   "--allow-corpus-mismatch", "--out", str(out)])
+    evaluate.main(
+        [
+            "--checkpoint",
+            str(logdir / "checkpoint.pt"),
+            "--device",
+            "cpu",
+            "--num-samples",
+            "2",
+            "--allow-corpus-mismatch",
+            "--out",
+            str(out),
+        ]
+    )
     # the resumed run saved the new corpus' hash: evaluating on it is no mismatch any more
     assert load_checkpoint(logdir / "checkpoint.pt")["corpus_sha256"] == new_hash
     assert "corpus_mismatch" not in json.loads(out.read_text())
@@ -142,24 +220,30 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
 def test_4_divergence_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     # the issue's command: lr 1e6 diverges at once; the only checkpoint (step 1) holds the diverged state
     logdir = tmp_path / "lr"
-    line = _error_line(capsys, train.main, [*RUN, "--lr", "1e6", "--warmup-steps", "0", "--max-steps", "6",
-                                            "--logdir", str(logdir)])
-    assert line == (f"error: loss became nan at step 1; stopped. The only checkpoint (step 1) held the diverged "
-                    f"state: moved to {str(logdir / 'checkpoint.diverged.pt')!r}. No good checkpoint remains; start "
-                    "again with --overwrite (lower --lr or check the data)")
+    line = _error_line(
+        capsys, train.main, [*RUN, "--lr", "1e6", "--warmup-steps", "0", "--max-steps", "6", "--logdir", str(logdir)]
+    )
+    assert line == (
+        f"error: loss became nan at step 1; stopped. The only checkpoint (step 1) held the diverged "
+        f"state: moved to {str(logdir / 'checkpoint.diverged.pt')!r}. No good checkpoint remains; start "
+        "again with --overwrite (lower --lr or check the data)"
+    )
     assert not (logdir / "checkpoint.pt").exists()
     # a loss that turns non-finite at step 3, right after the step-3 checkpoint: step 2's is restored
     t = Trainer(_cfg(tmp_path, "nan", ckpt_every=1, max_steps=10))
     real = t.learner.loss
-    monkeypatch.setattr(t.learner, "loss", lambda demos, step: (real(demos, step)[0] * (float("nan") if step == 3
-                                                                                          else 1.0), {}))
+    monkeypatch.setattr(
+        t.learner, "loss", lambda demos, step: (real(demos, step)[0] * (float("nan") if step == 3 else 1.0), {})
+    )
     with pytest.raises(NonFiniteLossError) as exc:
         t.train()
     t.close()
     path = tmp_path / "nan" / "checkpoint.pt"
-    assert str(exc.value) == (f"loss became nan at step 3; stopped. The checkpoint of step 3 held the diverged state: "
-                              f"moved to {str(path.parent / 'checkpoint.diverged.pt')!r}. The last good checkpoint "
-                              f"{str(path)!r} (step 2) is kept (lower --lr or check the data)")
+    assert str(exc.value) == (
+        f"loss became nan at step 3; stopped. The checkpoint of step 3 held the diverged state: "
+        f"moved to {str(path.parent / 'checkpoint.diverged.pt')!r}. The last good checkpoint "
+        f"{str(path)!r} (step 2) is kept (lower --lr or check the data)"
+    )
     assert load_checkpoint(path)["step"] == 2
     assert load_checkpoint(path.parent / "checkpoint.diverged.pt")["step"] == 3
     # weights that become non-finite are caught before they are saved
@@ -173,14 +257,27 @@ def test_4_divergence_never_replaces_the_last_good_checkpoint(tmp_path, monkeypa
                     trainer.policy.lm_head.weight[0, 0] = float("inf")  # tied to wte.weight
 
     t.callbacks.append(Poison())
-    with pytest.raises(NonFiniteLossError, match=r"training diverged at step 4: weight 'wte.weight' became "
-                                                 r"non-finite; stopped without saving it\. The last good checkpoint .* "
-                                                 r"\(step 2\) is kept"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"training diverged at step 4: weight 'wte.weight' became "
+        r"non-finite; stopped without saving it\. The last good checkpoint .* "
+        r"\(step 2\) is kept",
+    ):
         t.train()
     t.close()
     assert load_checkpoint(tmp_path / "inf" / "checkpoint.pt")["step"] == 2
-    generate.main(["--checkpoint", str(tmp_path / "inf" / "checkpoint.pt"), "--num-samples", "2", "--device", "cpu",
-                   "--out", str(tmp_path / "g.txt")])
+    generate.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "inf" / "checkpoint.pt"),
+            "--num-samples",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "g.txt"),
+        ]
+    )
 
 
 # 5 ---------------------------------------------------------------------------------------------------------
@@ -202,8 +299,10 @@ def test_5_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(tmp_path, 
     t.close()
     assert signal.getsignal(signal.SIGINT) is handler  # restored
     path = tmp_path / "int" / "checkpoint.pt"
-    assert str(exc.value) == (f"interrupted (SIGINT) at step 3: checkpoint {str(path)!r} written (step 3); continue "
-                              f"with: python scripts/train.py --logdir {str(path.parent)!r} --resume")
+    assert str(exc.value) == (
+        f"interrupted (SIGINT) at step 3: checkpoint {str(path)!r} written (step 3); continue "
+        f"with: python scripts/train.py --logdir {str(path.parent)!r} --resume"
+    )
     assert load_checkpoint(path)["step"] == 3
     RunLock(path.parent).release()  # the lock was released
     # run_cli: the message on one line, exit status 130; SIGTERM alike
@@ -251,18 +350,46 @@ def test_7_an_output_never_overwrites_an_input(finished_run, tmp_path, capsys):
     assert "would overwrite the input" in line
     corpus = tmp_path / "c.txt"
     corpus.write_text("abc\n")
-    line = _error_line(capsys, generate.main, ["--checkpoint", str(ckpt), "--out", str(corpus), "--device", "cpu",
-                                               "--task", f"file:{corpus}"])
+    line = _error_line(
+        capsys,
+        generate.main,
+        ["--checkpoint", str(ckpt), "--out", str(corpus), "--device", "cpu", "--task", f"file:{corpus}"],
+    )
     assert line == f"error: --out {str(corpus)!r} would overwrite the input 'file:{corpus}'; give another path"
     assert ckpt.read_bytes() == before and corpus.read_text() == "abc\n"
     # nor over the corpus a file: checkpoint was trained on, though no --task names it
     data = tmp_path / "data.txt"
     data.write_text("".join(f"ab{i % 7} = c{i % 5}\n" for i in range(40)))
-    train.main(["--task", f"file:{data}", "--max-steps", "1", "--batch-size", "4", "--eval-samples", "2",
-                "--logdir", str(tmp_path / "f"), *TINY])
+    train.main(
+        [
+            "--task",
+            f"file:{data}",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--eval-samples",
+            "2",
+            "--logdir",
+            str(tmp_path / "f"),
+            *TINY,
+        ]
+    )
     for main in (generate.main, evaluate.main):
-        line = _error_line(capsys, main, ["--checkpoint", str(tmp_path / "f" / "checkpoint.pt"), "--out", str(data),
-                                          "--device", "cpu", "--num-samples", "2"])
+        line = _error_line(
+            capsys,
+            main,
+            [
+                "--checkpoint",
+                str(tmp_path / "f" / "checkpoint.pt"),
+                "--out",
+                str(data),
+                "--device",
+                "cpu",
+                "--num-samples",
+                "2",
+            ],
+        )
         assert line == f"error: --out {str(data)!r} would overwrite the input {str(data)!r}; give another path"
     assert data.read_text().startswith("ab0 = c0\n")
 
@@ -282,7 +409,11 @@ def test_8_resume_purges_the_events_logged_after_the_checkpoint(tmp_path):
     ea.Reload()
     steps = [e.step for e in ea.Scalars("train/loss")]
     assert steps == [1, 2, 3, 4]
-    assert [e.step for e in ea.Scalars("train/loss")][1:] == [2, 3, 4]  # step 3 once: the first run's step-3 event was purged
+    assert [e.step for e in ea.Scalars("train/loss")][1:] == [
+        2,
+        3,
+        4,
+    ]  # step 3 once: the first run's step-3 event was purged
 
 
 # 9 ---------------------------------------------------------------------------------------------------------
@@ -292,8 +423,10 @@ def test_9_overwrite_never_deletes_files_no_run_of_ours_wrote(tmp_path, capsys):
     (model_dir / "config.json").write_text('{"model_type": "llama"}')
     (model_dir / "model.safetensors").write_bytes(b"weights")
     line = _error_line(capsys, train.main, [*RUN, "--max-steps", "1", "--logdir", str(model_dir), "--overwrite"])
-    assert line.startswith(f"error: directory {str(model_dir)!r} holds files that no seqenv run wrote there "
-                           f"(config.json; no {MARKER} marker); nothing was deleted")
+    assert line.startswith(
+        f"error: directory {str(model_dir)!r} holds files that no seqenv run wrote there "
+        f"(config.json; no {MARKER} marker); nothing was deleted"
+    )
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
     # a train.py run written before the marker existed is recognised by its config.json's content
     legacy = tmp_path / "legacy"
@@ -324,14 +457,36 @@ def test_10_an_empty_logdir_is_refused(tmp_path, capsys, monkeypatch):
 # 11 --------------------------------------------------------------------------------------------------------
 def test_11_init_keeps_the_checkpoint_s_architecture_in_config_json(finished_run, tmp_path, capsys):
     init = str(finished_run / "checkpoint.pt")
-    line = _error_line(capsys, train.main, [*RUN, "--max-steps", "1", "--init", init, "--logdir", str(tmp_path / "a"),
-                                            "--model.n-layer", "3"])
-    assert line == (f"error: --init {init!r} keeps the checkpoint's architecture; these flags would change it: "
-                    "--model.n-layer 3 (the checkpoint's: 1). Drop them (--model.* sizes a fresh policy)")
+    line = _error_line(
+        capsys,
+        train.main,
+        [*RUN, "--max-steps", "1", "--init", init, "--logdir", str(tmp_path / "a"), "--model.n-layer", "3"],
+    )
+    assert line == (
+        f"error: --init {init!r} keeps the checkpoint's architecture; these flags would change it: "
+        "--model.n-layer 3 (the checkpoint's: 1). Drop them (--model.* sizes a fresh policy)"
+    )
     assert not (tmp_path / "a").exists()  # the guard removes a directory it created for a run that never started
     # without --model.* flags, config.json states the checkpoint's sizes (not the defaults)
-    train.main(["--task", "oracle-hmm", "--batch-size", "4", "--eval-samples", "2", "--no-progress", "--device", "cpu",
-                "--max-steps", "1", "--init", init, "--logdir", str(tmp_path / "b")])
+    train.main(
+        [
+            "--task",
+            "oracle-hmm",
+            "--batch-size",
+            "4",
+            "--eval-samples",
+            "2",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "1",
+            "--init",
+            init,
+            "--logdir",
+            str(tmp_path / "b"),
+        ]
+    )
     model = json.loads((tmp_path / "b" / "config.json").read_text())["model"]
     assert (model["n_layer"], model["n_head"], model["n_embd"]) == (1, 2, 32)
 
@@ -381,8 +536,11 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
     # --init with weights that do not match the policy spec
     bad = dict(state, model={**state["model"], "wte.weight": torch.zeros(3, 3)})
     save_checkpoint(bad, tmp_path / "shapes.pt")
-    line = _error_line(capsys, train.main, [*RUN, "--max-steps", "1", "--init", str(tmp_path / "shapes.pt"),
-                                            "--logdir", str(tmp_path / "s")])
+    line = _error_line(
+        capsys,
+        train.main,
+        [*RUN, "--max-steps", "1", "--init", str(tmp_path / "shapes.pt"), "--logdir", str(tmp_path / "s")],
+    )
     assert line.startswith(f"error: --init checkpoint {str(tmp_path / 'shapes.pt')!r}: its weights do not match")
     # --resume on a checkpoint without optimiser state
     nopt = tmp_path / "nopt"
@@ -397,21 +555,30 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
         save_checkpoint({**state, key: value}, path)
         expected = f"error: checkpoint {str(path)!r} has a malformed '{key}'"
         assert _error_line(capsys, generate.main, ["--checkpoint", str(path), "--device", "cpu"]).startswith(expected)
-        assert _error_line(capsys, train.main, [*RUN, "--init", str(path), "--logdir", str(tmp_path / "s")]) \
-            .startswith(expected)
-        assert _error_line(capsys, train.main, ["--logdir", str(path.parent), "--resume", "--max-steps", "3",
-                                                *TINY]).startswith(expected)
+        assert _error_line(capsys, train.main, [*RUN, "--init", str(path), "--logdir", str(tmp_path / "s")]).startswith(
+            expected
+        )
+        assert _error_line(
+            capsys, train.main, ["--logdir", str(path.parent), "--resume", "--max-steps", "3", *TINY]
+        ).startswith(expected)
     save_checkpoint({**state, "rng": {}}, tmp_path / "rng" / "checkpoint.pt")
     line = _error_line(capsys, train.main, ["--logdir", str(tmp_path / "rng"), "--resume", "--max-steps", "3", *TINY])
     assert "its training state (scheduler, learner or random streams) is malformed (KeyError: 'torch')" in line
     # NaN weights: generate and evaluate refuse the checkpoint in one line
-    nan = dict(state, model={k: v * float("nan") if k == "lm_head.weight" else v  # tied: reported as wte.weight
-                             for k, v in state["model"].items()})
+    nan = dict(
+        state,
+        model={
+            k: v * float("nan") if k == "lm_head.weight" else v  # tied: reported as wte.weight
+            for k, v in state["model"].items()
+        },
+    )
     save_checkpoint(nan, tmp_path / "nan.pt")
     for main in (generate.main, evaluate.main):
         line = _error_line(capsys, main, ["--checkpoint", str(tmp_path / "nan.pt"), "--device", "cpu"])
-        assert line == (f"error: checkpoint {str(tmp_path / 'nan.pt')!r} holds non-finite weights ('wte.weight' "
-                        "has NaN or inf): the run that wrote it diverged; use an earlier checkpoint")
+        assert line == (
+            f"error: checkpoint {str(tmp_path / 'nan.pt')!r} holds non-finite weights ('wte.weight' "
+            "has NaN or inf): the run that wrote it diverged; use an earlier checkpoint"
+        )
     # --resume in a ppo_critic.py run directory
     ppo = tmp_path / "ppo"
     ppo.mkdir()
@@ -434,8 +601,10 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
         (["--eval-samples", "100000000000000000000"], "error: --eval-samples must be an integer >= 1 and <= 1000000"),
         (["--lr", "1e300"], "error: --lr must be a finite number > 0 and <= 1e+06, got 1e+300"),
         (["--eval-temperature", "1e-300"], "error: --eval-temperature must be a finite number >= 0.001, got 1e-300"),
-        (["--agent", "sequencematch", "--sequencematch.rollout-temperature", "1e-45"],
-         "error: --sequencematch.rollout-temperature must be a finite number >= 0.001, got 1e-45"),
+        (
+            ["--agent", "sequencematch", "--sequencematch.rollout-temperature", "1e-45"],
+            "error: --sequencematch.rollout-temperature must be a finite number >= 0.001, got 1e-45",
+        ),
         (["--agent", "gail"], "error: --agent: invalid choice 'gail'; expected one of mle, sequencematch"),
         (["--no-such-flag", "1"], "error: unrecognized arguments: --no-such-flag 1 (see --help for the flags)"),
     ]
@@ -443,8 +612,20 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
         line = _error_line(capsys, train.main, [*argv, "--logdir", str(tmp_path / "never"), "--no-progress"])
         assert line.startswith(expected), (argv, line)
     # a nucleus below float32's smallest number keeps the most likely token (it dropped every token before)
-    texts = generate.main(["--checkpoint", str(ckpt), "--top-p", "1e-300", "--num-samples", "2", "--device", "cpu",
-                           "--out", str(tmp_path / "g.txt")])
+    texts = generate.main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--top-p",
+            "1e-300",
+            "--num-samples",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "g.txt"),
+        ]
+    )
     assert len(texts) == 2 and texts[0] == texts[1]  # greedy: the same text twice
     line = _error_line(capsys, generate.main, ["--seed", "99999999999999999999", "--checkpoint", str(ckpt)])
     assert line.startswith("error: --seed must be an integer >= 0 and <= 2147483647")
@@ -461,8 +642,10 @@ def test_14_evaluate_checks_every_input_before_the_work(finished_run, tmp_path, 
     monkeypatch.setattr(evaluate, "load_policy", no_work)
     ckpt = ["--checkpoint", str(finished_run / "checkpoint.pt"), "--device", "cpu"]
     line = _error_line(capsys, evaluate.main, [*ckpt, "--mauve-model", "/nonexistent"])
-    assert line == ("error: --mauve-model '/nonexistent' is not a Hugging Face model directory (no config.json "
-                    "there); give a local causal LM directory")
+    assert line == (
+        "error: --mauve-model '/nonexistent' is not a Hugging Face model directory (no config.json "
+        "there); give a local causal LM directory"
+    )
     line = _error_line(capsys, evaluate.main, [*ckpt, "--mauve-pooling", "max"])
     assert line == "error: --mauve-pooling: invalid choice 'max'; expected one of mean, last"
     line = _error_line(capsys, evaluate.main, [*ckpt, "--out", str(tmp_path / "missing" / "m.json")])
@@ -474,12 +657,27 @@ def test_15_bom_warnings_pickle_message_and_file_modes(tmp_path, capsys):
     corpus = tmp_path / "bom.txt"
     corpus.write_bytes("\ufeffab = 1\ncd = 2\n".encode("utf-8"))
     task = make_task(f"file:{corpus}")
-    assert "\ufeff" not in task.tokenizer.to_dict().get("chars", "") and task.splits["train"][0].startswith(("ab", "cd"))
+    assert "\ufeff" not in task.tokenizer.to_dict().get("chars", "") and task.splits["train"][0].startswith(
+        ("ab", "cd")
+    )
     # a warning (2 distinct lines: held-out = training data) is one "warning: ..." line, no source line
     logdir = tmp_path / "run"
     capsys.readouterr()
-    train.main(["--task", f"file:{corpus}", "--max-steps", "1", "--batch-size", "2", "--eval-samples", "2",
-                "--logdir", str(logdir), *TINY])
+    train.main(
+        [
+            "--task",
+            f"file:{corpus}",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--eval-samples",
+            "2",
+            "--logdir",
+            str(logdir),
+            *TINY,
+        ]
+    )
     err = capsys.readouterr().err
     warned = [line for line in err.splitlines() if "distinct texts" in line]
     assert warned and all(line.startswith("warning: task ") for line in warned)

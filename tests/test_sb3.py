@@ -15,8 +15,13 @@ A, B_, C = 5, 6, 7
 
 
 def test_same_step_reset_terminal_observation_and_time_limit_flag():
-    venv = make_sb3_vec_env(task="oracle-hmm", num_envs=3, max_length=3, max_episode_steps=3,
-                            reward=lambda tokens, lengths: lengths.double())
+    venv = make_sb3_vec_env(
+        task="oracle-hmm",
+        num_envs=3,
+        max_length=3,
+        max_episode_steps=3,
+        reward=lambda tokens, lengths: lengths.double(),
+    )
     obs = venv.reset()
     assert obs["tokens"].tolist() == [[0, 0, 0]] * 3 and obs["length"].dtype == np.int64
     assert [i["action_mask"][BACKSPACE_ID] for i in venv.reset_infos] == [False] * 3
@@ -87,8 +92,11 @@ def test_token_sequence_extractor_reads_the_state_at_its_last_token():
     ext = TokenSequenceExtractor(venv.observation_space, features_dim=8)
     tokens = torch.tensor([[A, B_, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)
     one_hot = torch.nn.functional.one_hot
-    obs = {"tokens": tokens, "length": one_hot(torch.tensor([2, 0]), 5).float(),
-           "prompt_length": one_hot(torch.tensor([0, 0]), 5).float()}
+    obs = {
+        "tokens": tokens,
+        "length": one_hot(torch.tensor([2, 0]), 5).float(),
+        "prompt_length": one_hot(torch.tensor([0, 0]), 5).float(),
+    }
     out = ext(obs)
     assert out.shape == (2, 8)
     as_index = ext({**obs, "length": torch.tensor([2, 0]), "prompt_length": torch.tensor([[0], [0]])})
@@ -105,9 +113,20 @@ def test_token_sequence_extractor_reads_the_state_at_its_last_token():
 def test_ppo_smoke_runs_and_predicts_one_action_per_env():
     """Smoke test: PPO over the adapter runs and predicts; it checks shapes, not learning."""
     venv = make_sb3_vec_env(task="oracle-hmm", num_envs=4, max_length=6, reward="oracle", validate_actions=False)
-    model = PPO("MultiInputPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu",
-                policy_kwargs=dict(features_extractor_class=TokenSequenceExtractor,
-                                   features_extractor_kwargs=dict(features_dim=16), net_arch=[16]))
+    model = PPO(
+        "MultiInputPolicy",
+        venv,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs=dict(
+            features_extractor_class=TokenSequenceExtractor,
+            features_extractor_kwargs=dict(features_dim=16),
+            net_arch=[16],
+        ),
+    )
     model.learn(total_timesteps=256)
     assert model.num_timesteps == 256
     action, _ = model.predict(venv.reset(), deterministic=True)
@@ -116,9 +135,20 @@ def test_ppo_smoke_runs_and_predicts_one_action_per_env():
 
 def test_maskable_ppo_learns_with_validation_on():
     venv = make_sb3_vec_env(task="oracle-hmm", num_envs=4, max_length=6, reward="oracle", reward_mode="step")
-    model = MaskablePPO("MultiInputPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu",
-                        policy_kwargs=dict(features_extractor_class=TokenSequenceExtractor,
-                                           features_extractor_kwargs=dict(features_dim=16), net_arch=[16]))
+    model = MaskablePPO(
+        "MultiInputPolicy",
+        venv,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs=dict(
+            features_extractor_class=TokenSequenceExtractor,
+            features_extractor_kwargs=dict(features_dim=16),
+            net_arch=[16],
+        ),
+    )
     model.learn(total_timesteps=256)  # any masked action would raise in the env
     assert model.num_timesteps == 256
     obs = venv.reset()

@@ -34,18 +34,25 @@ G = 0.9
 
 def two_step():
     """Data [bos x eos] and model [bos y eos]: two actions each, both terminated."""
-    data = TrajectoryBatch(tokens=torch.tensor([[BOS, X, EOS]]), is_action=torch.tensor([[False, True, True]]),
-                           terminated=torch.tensor([True]))
-    model = TrajectoryBatch(tokens=torch.tensor([[BOS, Y, EOS]]), is_action=torch.tensor([[False, True, True]]),
-                            terminated=torch.tensor([True]))
+    data = TrajectoryBatch(
+        tokens=torch.tensor([[BOS, X, EOS]]),
+        is_action=torch.tensor([[False, True, True]]),
+        terminated=torch.tensor([True]),
+    )
+    model = TrajectoryBatch(
+        tokens=torch.tensor([[BOS, Y, EOS]]),
+        is_action=torch.tensor([[False, True, True]]),
+        terminated=torch.tensor([True]),
+    )
     g = torch.Generator().manual_seed(0)
     ld = torch.nn.Parameter(torch.randn(1, 3, V, generator=g))
     lm = torch.nn.Parameter(torch.randn(1, 3, V, generator=g))
     return data, model, ld, lm
 
 
-@pytest.mark.parametrize("kw", [{}, {"estimator": "transition"}, {"normalize": "token", "mix": "convex", "eta": 0.3},
-                                {"divergence": "kl"}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"estimator": "transition"}, {"normalize": "token", "mix": "convex", "eta": 0.3}, {"divergence": "kl"}]
+)
 def test_term_gradients_sum_to_the_total_gradient(kw):
     data, model, ld, lm = two_step()
     cfg = SequenceMatchConfig(alpha=0.25, gamma=G, eta=kw.pop("eta", 0.5), **kw)
@@ -117,11 +124,15 @@ TASK = make_task("arithmetic", num_train=50, num_valid=5, num_test=5, min_base=1
 
 def _learner(**kw):
     torch.manual_seed(0)
-    policy = TransformerPolicy(PolicyConfig(vocab_size=TASK.tokenizer.vocab_size, block_size=TASK.max_length + 1,
-                                            n_layer=1, n_head=2, n_embd=16))
+    policy = TransformerPolicy(
+        PolicyConfig(
+            vocab_size=TASK.tokenizer.vocab_size, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=16
+        )
+    )
     gens = {"noise": torch.Generator().manual_seed(0), "sample": torch.Generator().manual_seed(1)}
-    ctx = LearnerContext(model=policy, policy=policy, task=TASK, device=torch.device("cpu"), generators=gens,
-                         batch_size=4)
+    ctx = LearnerContext(
+        model=policy, policy=policy, task=TASK, device=torch.device("cpu"), generators=gens, batch_size=4
+    )
     return SequenceMatchLearner(ctx, SequenceMatchConfig(rollout_batch_size=4, **kw))
 
 
@@ -138,8 +149,9 @@ def test_fresh_samples_start_from_the_data_prompts():
     loss, m = learner.loss(demos, 0)
     assert torch.isfinite(loss) and m["buffer/age"] == 0.0 and not learner.buffer
     # the diagnostics were computed on this step (diagnostics_every = 1)
-    assert {f"diag/grad_norm/{t}" for t in (*TERMS, "total", "mle_backspace", "imitated_nll", "routing",
-                                            "start_values")} <= set(m)
+    assert {
+        f"diag/grad_norm/{t}" for t in (*TERMS, "total", "mle_backspace", "imitated_nll", "routing", "start_values")
+    } <= set(m)
     assert m["diag/grad_norm/start_values"] < 1e-6  # fresh samples share the data's start states
     assert m["diag/cos_mle/total"] > 0.5  # discounted data NLL dominates: it points where MLE's gradient does
 
@@ -191,7 +203,7 @@ def test_reward_value_and_tails_reduce_to_nll_routing_and_start_values():
     got = sum(float(terms[k]) for k in ("reward_data", "tail_reward", "value", "tail_value"))
     v = torch.logsumexp(ld[0], -1)
     logp = torch.log_softmax(ld[0], -1)
-    nll = sum(-(G ** j) * float(logp[i - 1, data.tokens[0, i]]) for j, i in ((1, 3), (2, 4), (3, 5)))
+    nll = sum(-(G**j) * float(logp[i - 1, data.tokens[0, i]]) for j, i in ((1, 3), (2, 4), (3, 5)))
     routing = float(v[1] - G * v[2])
     start = 0.5 * (float(torch.logsumexp(lm[0, 2], -1)) - float(v[1]))
     # float32 sums of O(10) terms of size up to 1/(1 − γ) = 10: tolerance 1e-4 absolute
@@ -216,7 +228,7 @@ def test_cancelled_routing_leaves_nll_and_start_values():
     got = sum(float(terms[k]) for k in ("reward_data", "reward_wrong", "tail_reward", "value", "tail_value"))
     v = torch.logsumexp(ld[0], -1)
     logp = torch.log_softmax(ld[0], -1)
-    nll = sum(-(G ** j) * float(logp[i - 1, data.tokens[0, i]]) for j, i in ((1, 3), (2, 4), (3, 5)))
+    nll = sum(-(G**j) * float(logp[i - 1, data.tokens[0, i]]) for j, i in ((1, 3), (2, 4), (3, 5)))
     start = 0.5 * (float(torch.logsumexp(lm[0, 2], -1)) - float(v[1]))
     assert got == pytest.approx(nll + start, abs=1e-4)  # float32, O(10) terms of size <= 10
     with pytest.raises(ValueError, match="wrong_token_value"):

@@ -7,10 +7,20 @@ from collections import Counter
 import pytest
 import torch
 
-from seqenv.oracle import HMMOracle, pad_sequences
 from seqenv.env import SeqGenEnv
-from seqenv.tasks import (MIN_SPLIT_TEXTS, MissingTaskDataError, _parses_as_statement, hash_splits, list_tasks, make_task,
-                          oracle_hmm, python_is_valid, split_of, task_from_spec)
+from seqenv.oracle import HMMOracle, pad_sequences
+from seqenv.tasks import (
+    MIN_SPLIT_TEXTS,
+    MissingTaskDataError,
+    _parses_as_statement,
+    hash_splits,
+    list_tasks,
+    make_task,
+    oracle_hmm,
+    python_is_valid,
+    split_of,
+    task_from_spec,
+)
 from seqenv.tokenizers import EOS_ID
 
 
@@ -30,8 +40,15 @@ def test_python_lines_task():
 
 # texts whose parse makes Python 3.11's compiler emit a SyntaxWarning/DeprecationWarning
 # ("invalid decimal literal", "invalid escape sequence", "invalid hexadecimal literal")
-NOISY_SAMPLES = {"1_a = 0x": False, "x = 1if y else 2": True, "'\\d'": True, "x = 1if": False,
-                 'y = "\\d" +': False, "a = 0x1for": False, "print(1if x)": False}
+NOISY_SAMPLES = {
+    "1_a = 0x": False,
+    "x = 1if y else 2": True,
+    "'\\d'": True,
+    "x = 1if": False,
+    'y = "\\d" +': False,
+    "a = 0x1for": False,
+    "print(1if x)": False,
+}
 
 
 def test_python_validity_check_is_silent():
@@ -63,7 +80,10 @@ def test_pydoc_text_task():
 
 
 def test_unknown_task_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown task 'nope'; valid tasks: arithmetic, oracle-hmm, pydoc-text, python-lines, file:PATH"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown task 'nope'; valid tasks: arithmetic, oracle-hmm, pydoc-text, python-lines, file:PATH",
+    ):
         make_task("nope")
     assert list_tasks() == ["arithmetic", "oracle-hmm", "pydoc-text", "python-lines", "file:PATH"]
 
@@ -106,8 +126,11 @@ def _write(path, lines):
 def test_tiny_file_corpus_uses_every_line_in_every_split(tmp_path, n):
     lines = [f"line number {i}" for i in range(n)]
     p = _write(tmp_path / "tiny.txt", lines + lines[:1])  # a repeated line counts once
-    with pytest.warns(UserWarning, match=rf"has only {n} distinct texts \(fewer than 10\): every split \(train, "
-                                         r"valid, test\) is all"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"has only {n} distinct texts \(fewer than 10\): every split \(train, "
+        r"valid, test\) is all",
+    ):
         task = make_task(f"file:{p}")
     assert task.splits == {"train": lines, "valid": lines, "test": lines}
 
@@ -139,7 +162,9 @@ def test_file_task_on_a_directory_says_so(tmp_path):
 
 
 def _corpus(tmp_path):
-    return _write(tmp_path / "corpus.txt", [f"{w} = {i}" for i, w in enumerate(["alpha", "beta", "gamma", "delta"] * 5)])
+    return _write(
+        tmp_path / "corpus.txt", [f"{w} = {i}" for i, w in enumerate(["alpha", "beta", "gamma", "delta"] * 5)]
+    )
 
 
 def test_a_file_task_spec_generates_without_the_corpus(tmp_path):
@@ -152,8 +177,11 @@ def test_a_file_task_spec_generates_without_the_corpus(tmp_path):
     assert not rebuilt.has_data and rebuilt.name == task.name and rebuilt.spec() == spec
     assert rebuilt.tokenizer == task.tokenizer and rebuilt.max_length == task.max_length
     assert make_task(spec).tokenizer == task.tokenizer
-    with pytest.raises(MissingTaskDataError, match=rf"its texts need the file '{p.resolve()}' \('.*' does not exist.*"
-                                                   r"\(needed: the 'test' split\)"):
+    with pytest.raises(
+        MissingTaskDataError,
+        match=rf"its texts need the file '{p.resolve()}' \('.*' does not exist.*"
+        r"\(needed: the 'test' split\)",
+    ):
         rebuilt.encoded("test")
     with pytest.raises(FileNotFoundError, match="without its corpus file"):
         list(rebuilt.splits.values())
@@ -186,8 +214,9 @@ def test_a_changed_corpus_is_flagged(tmp_path):
     _write(p, lines[::-1])  # same lines and tokenizer, other bytes (and order)
     with pytest.warns(UserWarning, match="differs from the one the spec was made from"):
         changed = task_from_spec(spec)
-    assert changed.has_data and sorted(changed.splits["train"] + changed.splits["valid"] + changed.splits["test"]) \
-        == sorted(lines)
+    assert changed.has_data and sorted(
+        changed.splits["train"] + changed.splits["valid"] + changed.splits["test"]
+    ) == sorted(lines)
     _write(p, lines + ["a new character: Z"])  # another tokenizer: the file no longer serves the spec
     rebuilt = task_from_spec(spec)
     assert not rebuilt.has_data and rebuilt.tokenizer == task.tokenizer
@@ -209,7 +238,11 @@ def test_max_length_validation():
 
 
 def _enumerate(oracle):
-    seqs = [list(s) for n in range(1, oracle.max_length + 1) for s in itertools.product(range(5, 5 + oracle.num_symbols), repeat=n)]
+    seqs = [
+        list(s)
+        for n in range(1, oracle.max_length + 1)
+        for s in itertools.product(range(5, 5 + oracle.num_symbols), repeat=n)
+    ]
     return seqs, pad_sequences(seqs)
 
 

@@ -1,8 +1,16 @@
 import pytest
 
 from seqenv.tokenizers import (
-    BACKSPACE_ID, BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, UNK_ID,
-    BPETokenizer, CharTokenizer, apply_backspaces, tokenizer_from_dict,
+    BACKSPACE_ID,
+    BOS_ID,
+    EOS_ID,
+    NUM_SPECIAL,
+    PAD_ID,
+    UNK_ID,
+    BPETokenizer,
+    CharTokenizer,
+    apply_backspaces,
+    tokenizer_from_dict,
 )
 
 

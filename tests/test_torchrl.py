@@ -38,7 +38,9 @@ def check_rollout(td, steps: int, batch: tuple = ()) -> tuple:
     assert done.sum() > 10 and (action == BACKSPACE_ID).sum() > 0
     assert td["next", "terminated"][..., 0].tolist() == (action == EOS_ID).tolist()
     truncated = td["next", "truncated"][..., 0]
-    assert truncated[next_length == L].all() and done.tolist() == (td["next", "terminated"][..., 0] | truncated).tolist()
+    assert (
+        truncated[next_length == L].all() and done.tolist() == (td["next", "terminated"][..., 0] | truncated).tolist()
+    )
     return length, next_length, change, done, action
 
 
@@ -62,8 +64,15 @@ def test_vector_env_same_step_specs_and_masked_random_rollout():
     # validate_actions=False: GymWrapper draws one unmasked random step while it builds its info reader
     # (before ActionMask applies); categorical_action_encoding: TorchRL zero-fills the final observation
     # of envs that did not end, and zeros are no valid one-hot for the Discrete keys
-    venv = gym.make_vec("SeqGen-v0", num_envs=8, task="oracle-hmm", max_length=L, autoreset_mode="SameStep",
-                        mask_in_observation=True, validate_actions=False)
+    venv = gym.make_vec(
+        "SeqGen-v0",
+        num_envs=8,
+        task="oracle-hmm",
+        max_length=L,
+        autoreset_mode="SameStep",
+        mask_in_observation=True,
+        validate_actions=False,
+    )
     env = TransformedEnv(GymWrapper(venv, categorical_action_encoding=True), ActionMask())
     # the rollout before check_env_specs: TorchRL's VecGymEnvTransform turns a full reset() that follows a step
     # where only some envs ended into a partial one (the other envs keep their last observation)
@@ -78,8 +87,9 @@ def test_vector_env_same_step_specs_and_masked_random_rollout():
 
 
 def test_vector_env_disabled_gives_true_final_observations():
-    venv = gym.make_vec("SeqGen-v0", num_envs=8, task="oracle-hmm", max_length=L, autoreset_mode="Disabled",
-                        mask_in_observation=True)  # validation on: an illegal action would raise
+    venv = gym.make_vec(
+        "SeqGen-v0", num_envs=8, task="oracle-hmm", max_length=L, autoreset_mode="Disabled", mask_in_observation=True
+    )  # validation on: an illegal action would raise
     env = TransformedEnv(GymWrapper(venv), ActionMask())
     check_env_specs(env)
     torch.manual_seed(0)

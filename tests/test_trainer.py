@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from agents.common.checkpoint import CheckpointError, load_checkpoint, load_policy
+from agents.common.evaluation import heldout_nll
 from agents.earm import EARMConfig
 from agents.mle import MLEConfig
 from agents.nce import NCEConfig
 from agents.sequencematch import SequenceMatchConfig
-from agents.common.checkpoint import CheckpointError, load_checkpoint, load_policy
-from agents.common.evaluation import heldout_nll
 from agents.trainer import ModelConfig, NonFiniteLossError, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,19 @@ TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32)
 
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(task="oracle-hmm", logdir=str(tmp_path / name), max_steps=6, batch_size=8, ckpt_every=3,
-                log_every=2, eval_samples=16, warmup_steps=2, progress=False, device="cpu", model=TINY)
+    base = dict(
+        task="oracle-hmm",
+        logdir=str(tmp_path / name),
+        max_steps=6,
+        batch_size=8,
+        ckpt_every=3,
+        log_every=2,
+        eval_samples=16,
+        warmup_steps=2,
+        progress=False,
+        device="cpu",
+        model=TINY,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -34,18 +45,36 @@ def _params(trainer):
     return {k: v.clone() for k, v in trainer.policy.state_dict().items()}
 
 
-@pytest.mark.parametrize("agent, task", [("mle", "oracle-hmm"), ("sequencematch", "oracle-hmm"), ("earm", "oracle-hmm"),
-                                         ("nce", "oracle-hmm"),
-                                         # a prompted task: the online samplers' env resets must be seeded too
-                                         ("sequencematch", "arithmetic"), ("earm", "arithmetic"),
-                                         ("mle", "arithmetic")])
+@pytest.mark.parametrize(
+    "agent, task",
+    [
+        ("mle", "oracle-hmm"),
+        ("sequencematch", "oracle-hmm"),
+        ("earm", "oracle-hmm"),
+        ("nce", "oracle-hmm"),
+        # a prompted task: the online samplers' env resets must be seeded too
+        ("sequencematch", "arithmetic"),
+        ("earm", "arithmetic"),
+        ("mle", "arithmetic"),
+    ],
+)
 def test_resume_reaches_the_same_final_state(tmp_path, agent, task):
-    extra = {"earm": {"earm": EARMConfig(start_step=2)},
-             "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)},
-             "mle": {"mle": MLEConfig(backspace_p=0.1)},
-             # K = 2: the run is killed at step 4 with the snapshot of step 2 in the step-3 checkpoint
-             "nce": {"nce": NCEConfig(refresh_every=2, policy_objective="self_adapting_nce", ce_weight=0.5,
-                                           critic_n_layer=1, critic_n_head=2, critic_n_embd=32)}}[agent]
+    extra = {
+        "earm": {"earm": EARMConfig(start_step=2)},
+        "sequencematch": {"sequencematch": SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)},
+        "mle": {"mle": MLEConfig(backspace_p=0.1)},
+        # K = 2: the run is killed at step 4 with the snapshot of step 2 in the step-3 checkpoint
+        "nce": {
+            "nce": NCEConfig(
+                refresh_every=2,
+                policy_objective="self_adapting_nce",
+                ce_weight=0.5,
+                critic_n_layer=1,
+                critic_n_head=2,
+                critic_n_embd=32,
+            )
+        },
+    }[agent]
     full = Trainer(_cfg(tmp_path, "full", agent=agent, task=task, **extra))
     m_full = full.train()
     full.close()
@@ -76,18 +105,37 @@ def test_fork_from_continues_model_optimiser_step_and_random_streams(tmp_path):
     base.close()
     fork = Trainer(_cfg(tmp_path, "fork", fork_from=str(tmp_path / "base" / "checkpoint.pt")))
     assert fork.step == 3 and fork.optimizer.state_dict()["state"]  # AdamW moments carried
-    assert fork.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4))))  # cosine 1/4 done
+    assert fork.optimizer.param_groups[0]["lr"] == pytest.approx(
+        2e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    )  # cosine 1/4 done
     fork.train()
     fork.close()
     for k, v in _params(full).items():
         assert torch.equal(v, fork.policy.state_dict()[k]), k  # moments, schedule, data/sample streams all carried
-    sm = Trainer(_cfg(tmp_path, "sm", agent="sequencematch", fork_from=str(tmp_path / "base" / "checkpoint.pt"),
-                      lr=1e-3, sequencematch=SequenceMatchConfig(refresh_every=2, rollout_batch_size=8)))
-    assert sm.step == 3 and sm.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4))))
+    sm = Trainer(
+        _cfg(
+            tmp_path,
+            "sm",
+            agent="sequencematch",
+            fork_from=str(tmp_path / "base" / "checkpoint.pt"),
+            lr=1e-3,
+            sequencematch=SequenceMatchConfig(refresh_every=2, rollout_batch_size=8),
+        )
+    )
+    assert sm.step == 3 and sm.optimizer.param_groups[0]["lr"] == pytest.approx(
+        1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    )
     sm.close()
     with pytest.raises(CheckpointError, match="optimiser state does not fit the 'nce' learner"):
-        Trainer(_cfg(tmp_path, "nce", agent="nce", fork_from=str(tmp_path / "base" / "checkpoint.pt"),
-                     nce=NCEConfig(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)))
+        Trainer(
+            _cfg(
+                tmp_path,
+                "nce",
+                agent="nce",
+                fork_from=str(tmp_path / "base" / "checkpoint.pt"),
+                nce=NCEConfig(critic_n_layer=1, critic_n_head=2, critic_n_embd=32),
+            )
+        )
     with pytest.raises(CheckpointError, match="at step 3, not below --max-steps 3"):
         Trainer(_cfg(tmp_path, "short", max_steps=3, fork_from=str(tmp_path / "base" / "checkpoint.pt")))
     with pytest.raises(ValueError, match="pass one of them"):
@@ -149,7 +197,9 @@ def test_bad_input(tmp_path):
     t = Trainer(_cfg(tmp_path, "hmm", max_steps=1))
     t.save()
     t.close()
-    with pytest.raises(CheckpointError, match="trained on task 'oracle-hmm' with a different tokenizer than task 'python-lines'"):
+    with pytest.raises(
+        CheckpointError, match="trained on task 'oracle-hmm' with a different tokenizer than task 'python-lines'"
+    ):
         Trainer(_cfg(tmp_path, "py", task="python-lines", init=str(tmp_path / "hmm" / "checkpoint.pt")))
     with pytest.raises(ValueError, match="--max-steps must be an integer >= 1 and <= 1000000000, got 0"):
         _cfg(tmp_path, "z", max_steps=0)
@@ -163,10 +213,35 @@ def _free_port() -> int:
 
 def test_ddp_two_cpu_processes_gloo(tmp_path):
     logdir = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(ROOT / "scripts" / "train.py"), "--device", "cpu", "--task", "oracle-hmm", "--max-steps", "4",
-           "--batch-size", "8", "--eval-samples", "16", "--logdir", str(logdir), "--no-progress",
-           "--model.n-layer", "1", "--model.n-embd", "32", "--model.n-head", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(ROOT / "scripts" / "train.py"),
+        "--device",
+        "cpu",
+        "--task",
+        "oracle-hmm",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--eval-samples",
+        "16",
+        "--logdir",
+        str(logdir),
+        "--no-progress",
+        "--model.n-layer",
+        "1",
+        "--model.n-embd",
+        "32",
+        "--model.n-head",
+        "2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # this checkout's packages
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -64,11 +64,22 @@ def test_vector_env_pays_the_same_validity_rewards_as_single_envs(backend):
     task = make_task("arithmetic")
     tok = task.tokenizer
     enc = tok.encode
-    scripts = [enc("122") + [EOS_ID], enc("123") + [EOS_ID], enc("13") + [BACKSPACE_ID] + enc("22") + [EOS_ID],
-               enc("122122122122")]
+    scripts = [
+        enc("122") + [EOS_ID],
+        enc("123") + [EOS_ID],
+        enc("13") + [BACKSPACE_ID] + enc("22") + [EOS_ID],
+        enc("122122122122"),
+    ]
     N = len(scripts)
-    venv = SeqGenVectorEnv(task=task, num_envs=N, backend=backend, reward="validity", max_episode_steps=10,
-                           autoreset_mode="Disabled", validate_actions=False)  # ended rows: ignored below
+    venv = SeqGenVectorEnv(
+        task=task,
+        num_envs=N,
+        backend=backend,
+        reward="validity",
+        max_episode_steps=10,
+        autoreset_mode="Disabled",
+        validate_actions=False,
+    )  # ended rows: ignored below
     envs = [SeqGenEnv(task=task, reward="validity", max_episode_steps=10) for _ in range(N)]
     venv.reset(seed=0, options={"prompt": [QUESTION] * N})
     for e in envs:
@@ -100,9 +111,16 @@ def test_vector_env_pays_the_same_validity_rewards_as_single_envs(backend):
     paid, done = [], [False] * N
     for _ in range(300):
         mask = vinfo["action_mask"].numpy()
-        actions = np.array([EOS_ID if rng.random() < 0.3
-                            else BACKSPACE_ID if mask[i, BACKSPACE_ID] and rng.random() < 0.2
-                            else int(rng.choice(letters)) for i in range(N)])
+        actions = np.array(
+            [
+                EOS_ID
+                if rng.random() < 0.3
+                else BACKSPACE_ID
+                if mask[i, BACKSPACE_ID] and rng.random() < 0.2
+                else int(rng.choice(letters))
+                for i in range(N)
+            ]
+        )
         _, vrew, vterm, vtrunc, vinfo = venv.step(actions)
         for i, e in enumerate(envs):
             if done[i]:  # NEXT_STEP autoreset: the vector env restarts this env

@@ -25,8 +25,14 @@ def position_score(tokens, lengths):
 
 
 CONFIGS = {
-    "prompts+oracle-step": dict(task="oracle-hmm", max_length=5, max_episode_steps=8, prompts=["a", "bc", "", "d"],
-                                reward="oracle", reward_mode="step"),
+    "prompts+oracle-step": dict(
+        task="oracle-hmm",
+        max_length=5,
+        max_episode_steps=8,
+        prompts=["a", "bc", "", "d"],
+        reward="oracle",
+        reward_mode="step",
+    ),
     "callable-terminal": dict(task="oracle-hmm", max_length=5, max_episode_steps=8, reward=position_score),
 }
 
@@ -126,7 +132,7 @@ def _assert_equal(ours, ref, path="out"):
         assert type(ours) is type(ref) and len(ours) == len(ref), path
         if isinstance(ref, dict):
             assert sorted(ours) == sorted(ref), (path, sorted(ours), sorted(ref))
-        for k in (ref if isinstance(ref, dict) else range(len(ref))):
+        for k in ref if isinstance(ref, dict) else range(len(ref)):
             _assert_equal(ours[k], ref[k], f"{path}[{k!r}]")
     elif isinstance(ref, np.ndarray) and ref.dtype == object:  # final_obs: one dict or None per env
         assert isinstance(ours, np.ndarray) and ours.dtype == object and ours.shape == ref.shape, path
@@ -147,18 +153,30 @@ def test_autoreset_mode_arguments():
     venv = gym.make_vec("SeqGen-v0", num_envs=2, task="oracle-hmm", autoreset_mode=AutoresetMode.SAME_STEP)
     assert venv.autoreset_mode == AutoresetMode.SAME_STEP and venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     assert SeqGenVectorEnv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP  # the class default is untouched
-    assert SeqGenVectorEnv(num_envs=1, task="oracle-hmm", autoreset_mode="Disabled").autoreset_mode \
+    assert (
+        SeqGenVectorEnv(num_envs=1, task="oracle-hmm", autoreset_mode="Disabled").autoreset_mode
         == AutoresetMode.DISABLED
-    with pytest.raises(ValueError, match=r"unknown autoreset_mode 'same_step'; expected an AutoresetMode or one of "
-                                         r"\['NextStep', 'SameStep', 'Disabled'\]"):
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"unknown autoreset_mode 'same_step'; expected an AutoresetMode or one of "
+        r"\['NextStep', 'SameStep', 'Disabled'\]",
+    ):
         SeqGenVectorEnv(num_envs=1, task="oracle-hmm", autoreset_mode="same_step")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_step_scripted_final_obs(backend):
-    venv = SeqGenVectorEnv(num_envs=3, task="oracle-hmm", max_length=2, max_episode_steps=10, backend=backend,
-                           autoreset_mode="SameStep",
-                           mask_in_observation=True, reward=lambda tokens, lengths: lengths.double() * 10)
+    venv = SeqGenVectorEnv(
+        num_envs=3,
+        task="oracle-hmm",
+        max_length=2,
+        max_episode_steps=10,
+        backend=backend,
+        autoreset_mode="SameStep",
+        mask_in_observation=True,
+        reward=lambda tokens, lengths: lengths.double() * 10,
+    )
     venv.reset(seed=0)
     obs, rew, term, trunc, info = venv.step(np.array([A, A, A]))
     assert "final_obs" not in info and obs["length"].tolist() == [1, 1, 1] and info["_action_mask"].all()
@@ -193,8 +211,9 @@ def test_to_numpy_converts_final_obs():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mask_in_observation(backend):
     for copy_obs in (True, False):
-        venv = SeqGenVectorEnv(num_envs=2, task="oracle-hmm", max_length=3, backend=backend, copy_obs=copy_obs,
-                               mask_in_observation=True)
+        venv = SeqGenVectorEnv(
+            num_envs=2, task="oracle-hmm", max_length=3, backend=backend, copy_obs=copy_obs, mask_in_observation=True
+        )
         assert venv.single_observation_space["action_mask"] == gym.spaces.MultiBinary(21)
         assert venv.observation_space["action_mask"] == gym.spaces.Box(0, 1, (2, 21), np.int8)  # batch_space
         obs, info = venv.reset(seed=0)
@@ -378,8 +397,9 @@ def test_sample_legal_actions_is_uniform_over_the_mask(backend):
 
 
 def test_record_episode_statistics():
-    venv = SeqGenVectorEnv(num_envs=2, task="oracle-hmm", max_length=4,
-                           reward=lambda tokens, lengths: lengths.double(), reward_mode="step")
+    venv = SeqGenVectorEnv(
+        num_envs=2, task="oracle-hmm", max_length=4, reward=lambda tokens, lengths: lengths.double(), reward_mode="step"
+    )
     env = RecordEpisodeStatistics(ToNumpy(venv))
     obs, info = env.reset(seed=0)
     assert isinstance(obs["tokens"], np.ndarray)

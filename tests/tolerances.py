@@ -48,8 +48,9 @@ def rounding_atol(dtype: torch.dtype, n: int, scale: float) -> float:
     return 2 * gamma(n, dtype) * float(scale)
 
 
-def transformer_chain_length(n_layer: int, d_model: int, d_ff: int, head_dim: int, seq_len: int,
-                             vocab_out: bool = True) -> int:
+def transformer_chain_length(
+    n_layer: int, d_model: int, d_ff: int, head_dim: int, seq_len: int, vocab_out: bool = True
+) -> int:
     """Sum of the reduction lengths along one token's path through a pre-norm decoder.
 
     Per block: norm (``d_model``), q/k/v projection (``d_model``), scores (``head_dim``), softmax
@@ -65,6 +66,10 @@ def policy_atol(config, seq_len: int, scale: float, extra_terms: int = 0) -> flo
     """:func:`rounding_atol` for the outputs of a ``TransformerPolicy`` (``PolicyConfig``: ``n_layer``,
     ``n_embd``, ``n_head``; MLP width ``4 n_embd``) at ``seq_len`` positions, float32, plus
     ``extra_terms`` further summed terms (e.g. ``vocab_size`` for a log-softmax over the logits)."""
-    n = transformer_chain_length(config.n_layer, config.n_embd, 4 * config.n_embd,
-                                 config.n_embd // config.n_head, seq_len) + extra_terms
+    n = (
+        transformer_chain_length(
+            config.n_layer, config.n_embd, 4 * config.n_embd, config.n_embd // config.n_head, seq_len
+        )
+        + extra_terms
+    )
     return rounding_atol(torch.float32, n, scale)

@@ -57,7 +57,7 @@ def _umask() -> int:
     return mask
 
 
-def link_atomic(src: "str | os.PathLike", dst: "str | os.PathLike") -> None:
+def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Make ``dst`` a hard link to ``src`` (no copy), replacing ``dst`` atomically; a copy where links fail."""
     src, dst = Path(src), Path(dst)
     tmp = src.with_name(f"{src.name}.{os.getpid()}-link.tmp")
@@ -69,7 +69,7 @@ def link_atomic(src: "str | os.PathLike", dst: "str | os.PathLike") -> None:
     os.replace(tmp, dst)
 
 
-def save_checkpoint(state: dict, path: "str | os.PathLike", previous: "str | os.PathLike | None" = None) -> None:
+def save_checkpoint(state: dict, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
     """Write ``state`` to ``path`` atomically (temp file, fsync, ``os.replace``), mode ``0666 & ~umask``
     like every other file of the run.
 
@@ -100,12 +100,14 @@ def save_checkpoint(state: dict, path: "str | os.PathLike", previous: "str | os.
             os.unlink(tmp)
         if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a failed write as RuntimeError
             kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
-            raise CheckpointError(f"could not write checkpoint {str(path)!r} ({' '.join(str(e).split())[:200]}; "
-                                  f"disk full or file size limit?); {kept}") from None
+            raise CheckpointError(
+                f"could not write checkpoint {str(path)!r} ({' '.join(str(e).split())[:200]}; "
+                f"disk full or file size limit?); {kept}"
+            ) from None
         raise
 
 
-def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(..., weights_only=True)``.
 
     An HF policy (family ``hf``) whose model directory no longer exists is
@@ -128,27 +130,38 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a torch file ({detail})") from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY_FORMATS):
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{str(path)!r} is not a seqenv checkpoint (format {got!r}, expected {FORMAT!r} "
-                              f"or one of {LEGACY_FORMATS})")
+        raise CheckpointError(
+            f"{str(path)!r} is not a seqenv checkpoint (format {got!r}, expected {FORMAT!r} or one of {LEGACY_FORMATS})"
+        )
     if state["format"] == "seqenv-checkpoint-v1" and "policy_config" in state:
         state["policy"] = {"family": "transformer", "config": state.pop("policy_config")}
         state["format"] = FORMAT
     missing = [k for k in ("agent", "task", "policy", "model") if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks the keys {missing}")
-    if not isinstance(state["policy"], dict) or not isinstance(state["policy"].get("config"), dict) \
-            or not isinstance(state["task"], dict):
+    if (
+        not isinstance(state["policy"], dict)
+        or not isinstance(state["policy"].get("config"), dict)
+        or not isinstance(state["task"], dict)
+    ):
         raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'policy' or 'task' entry")
     task = state["task"]
-    if not isinstance(task.get("name"), str) or not isinstance(task.get("tokenizer"), dict) \
-            or not isinstance(task.get("max_length"), int) or isinstance(task.get("max_length"), bool):
-        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'task' entry (expected 'name' (str), "
-                              "'tokenizer' (dict) and 'max_length' (int))")
+    if (
+        not isinstance(task.get("name"), str)
+        or not isinstance(task.get("tokenizer"), dict)
+        or not isinstance(task.get("max_length"), int)
+        or isinstance(task.get("max_length"), bool)
+    ):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a malformed 'task' entry (expected 'name' (str), "
+            "'tokenizer' (dict) and 'max_length' (int))"
+        )
     if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'model' entry (expected a dict of tensors)")
     if "step" in state and (not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0):
-        raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'step' ({state['step']!r}; expected an "
-                              "integer >= 0)")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a malformed 'step' ({state['step']!r}; expected an integer >= 0)"
+        )
     _use_hf_export(state, path)
     return state
 
@@ -161,8 +174,8 @@ def _first_sentence(text: str, limit: int = 400) -> str:
     head = text[:limit]
     cut = max(head.rfind(". "), head.rfind("; "))
     if cut > limit // 3:
-        return head[:cut + 1] + " ..."
-    return head[:head.rfind(" ")] + " ..."
+        return head[: cut + 1] + " ..."
+    return head[: head.rfind(" ")] + " ..."
 
 
 def check_corpus(state: dict, task: Task, path: str = "checkpoint", allow: bool = False) -> bool:
@@ -194,7 +207,7 @@ def check_corpus(state: dict, task: Task, path: str = "checkpoint", allow: bool 
     )
 
 
-def checkpoint_task(state: dict, task: "str | Task | None" = None, path: str = "checkpoint") -> Task:
+def checkpoint_task(state: dict, task: str | Task | None = None, path: str = "checkpoint") -> Task:
     """The task to use a checkpoint on: ``task`` if given, else the checkpoint's own, rebuilt from its spec.
 
     The checkpoint's task is rebuilt from its ``Task.spec()`` (tokenizer,
@@ -281,8 +294,9 @@ def check_task_compatible(state: dict, task: Task, path: str = "checkpoint") -> 
         )
 
 
-def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
-                task: "str | Task | None" = None) -> tuple[Policy, Task, dict]:
+def load_policy(
+    path: str | os.PathLike, device: str | torch.device = "cpu", task: str | Task | None = None
+) -> tuple[Policy, Task, dict]:
     """Load the policy of a checkpoint (any family, :func:`agents.policies.build_policy`), with its task.
 
     :param task: evaluate/generate on this task instead of the checkpoint's
@@ -301,11 +315,14 @@ def load_policy(path: "str | os.PathLike", device: "str | torch.device" = "cpu",
     try:
         policy.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r}: model weights do not match its policy spec: "
-                              f"{_first_sentence(str(e))}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: model weights do not match its policy spec: {_first_sentence(str(e))}"
+        ) from None
     bad = next((n for n, p in policy.named_parameters() if not torch.isfinite(p).all()), None)
     if bad is not None:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds non-finite weights ({bad!r} has NaN or inf): the "
-                              "run that wrote it diverged; use an earlier checkpoint")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds non-finite weights ({bad!r} has NaN or inf): the "
+            "run that wrote it diverged; use an earlier checkpoint"
+        )
     policy.eval()
     return policy, task, state

@@ -25,8 +25,9 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import tyro
 
@@ -71,22 +72,46 @@ class TrainingInterrupted(Exception):
 
 #: exceptions reported as one line with exit status 2 (CheckpointError, FlagError and
 #: RunDirectoryError are ValueErrors; MissingTaskDataError is a FileNotFoundError)
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
-                                                 NotADirectoryError, CheckpointError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    CheckpointError,
+)
 
 
-def check_number(flag: str, value: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
-                 le: Optional[float] = None, lt: Optional[float] = None, integer: bool = False) -> None:
+def check_number(
+    flag: str,
+    value: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    integer: bool = False,
+) -> None:
     """Raise unless ``value`` is a finite number (an ``int`` if ``integer``) within the bounds.
 
     :param flag: the flag's name as the user types it (``"--grad-clip"``).
     :raises ValueError: ``"--grad-clip must be a finite number > 0, got -1.0"``.
     """
-    bounds = [f"{op} {b:g}" if isinstance(b, float) else f"{op} {b}"
-              for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if b is not None]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(value, int) or not integer) \
-        and math.isfinite(value) and (ge is None or value >= ge) and (gt is None or value > gt) \
-        and (le is None or value <= le) and (lt is None or value < lt)
+    bounds = [
+        f"{op} {b:g}" if isinstance(b, float) else f"{op} {b}"
+        for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt))
+        if b is not None
+    ]
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or not integer)
+        and math.isfinite(value)
+        and (ge is None or value >= ge)
+        and (gt is None or value > gt)
+        and (le is None or value <= le)
+        and (lt is None or value < lt)
+    )
     if not ok:
         kind = "an integer" if integer else "a finite number"
         raise ValueError(f"{flag} must be {kind}{' ' if bounds else ''}{' and '.join(bounds)}, got {value!r}")
@@ -95,13 +120,21 @@ def check_number(flag: str, value: Any, *, ge: Optional[float] = None, gt: Optio
 def _flag_names(message: str, sections: Mapping[str, str]) -> str:
     """``MLEConfig.backspace_p`` -> ``--mle.backspace-p`` for each ``{class name: section}`` in ``sections``."""
     for cls_name, section in sections.items():
-        message = re.sub(rf"\b{re.escape(cls_name)}\.(\w+)",
-                         lambda m: f"--{section}.{m.group(1).replace('_', '-')}", message)
+        message = re.sub(
+            rf"\b{re.escape(cls_name)}\.(\w+)",
+            lambda m, section=section: f"--{section}.{m.group(1).replace('_', '-')}",
+            message,
+        )
     return message
 
 
-def parse_flags(cls: "type[T]", argv: Sequence[str], description: Optional[str] = None, default: Optional[T] = None,
-                sections: Mapping[str, str] = {}) -> T:
+def parse_flags(
+    cls: type[T],
+    argv: Sequence[str],
+    description: str | None = None,
+    default: T | None = None,
+    sections: Mapping[str, str] = {},
+) -> T:
     """``tyro.cli(cls, args=argv)`` with one-line errors for rejected values.
 
     :param default: an instance whose values are the defaults (e.g. a saved run's config).
@@ -143,22 +176,23 @@ def _parse_error_line(event) -> str:
     if isinstance(event, e.UnrecognizedArgs):
         return f"unrecognized arguments: {' '.join(event.tokens)} (see --help for the flags)"
     if isinstance(event, e.InvalidChoice):
-        return (f"{_arg_name(event.argument)}: invalid choice {event.value!r}; expected one of "
-                f"{', '.join(event.choices)}")
+        return (
+            f"{_arg_name(event.argument)}: invalid choice {event.value!r}; expected one of {', '.join(event.choices)}"
+        )
     if isinstance(event, e.MissingArgs):
         missing = ", ".join(_arg_name(a.arg) for a in event.missing_arguments)
         return f"missing required flags: {missing} (see --help)"
     if isinstance(event, e.BadValue):
-        what = (f"takes no value, got {event.offending_value!r}" if event.reason == "fixed"
-                else "needs a value")
+        what = f"takes no value, got {event.offending_value!r}" if event.reason == "fixed" else "needs a value"
         return f"{_arg_name(event.argument)} {what}"
     if isinstance(event, e.MutexConflict):
         return f"{event.first_token} and {event.second_token} cannot be given together"
     return f"bad command line ({type(event).__name__}); see --help"
 
 
-def check_output_path(path: "str | os.PathLike", flag: str = "--out",
-                      inputs: Sequence["str | os.PathLike | None"] = ()) -> None:
+def check_output_path(
+    path: str | os.PathLike, flag: str = "--out", inputs: Sequence[str | os.PathLike | None] = ()
+) -> None:
     """Check that a file can be written at ``path`` (before any work is done); ``-`` (stdout) passes.
 
     :param inputs: the command's input paths (checkpoints, corpora, model
@@ -202,8 +236,11 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file, flush=True)
 
 
-def run_cli(main: Callable[[list[str]], T], argv: Optional[Sequence[str]] = None,
-            extra_errors: tuple[type[BaseException], ...] = ()) -> T:
+def run_cli(
+    main: Callable[[list[str]], T],
+    argv: Sequence[str] | None = None,
+    extra_errors: tuple[type[BaseException], ...] = (),
+) -> T:
     """Run ``main(argv)``; a user error exits with status 2 and one line ``error: ...`` on stderr.
 
     :param argv: the arguments (default ``sys.argv[1:]``); ``--debug`` is removed

@@ -34,8 +34,8 @@ is reserved for NCE.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -135,9 +135,7 @@ def augment_with_backspace(
     eos_id, backspace_id = ids.eos, ids.backspace
     bodies = [seq[:-1] if seq and seq[-1] == eos_id else list(seq) for seq in sequences]
     slots = [(j, k) for j, body in enumerate(bodies) for k in range(len(body) + 1)]
-    true_next = torch.tensor(
-        [bodies[j][k] if k < len(bodies[j]) else eos_id for j, k in slots], dtype=torch.long
-    )
+    true_next = torch.tensor([bodies[j][k] if k < len(bodies[j]) else eos_id for j, k in slots], dtype=torch.long)
     num_slots = len(slots)
 
     # Random numbers for every slot, drawn up front (the same seed gives the same draws).
@@ -199,6 +197,7 @@ def model_wrong_token_fn(policy, generator: torch.Generator, device) -> WrongTok
     :param policy: a policy (Policy protocol; possibly DDP-wrapped).
     :param generator: CPU ``torch.Generator`` for the draws.
     """
+
     @torch.no_grad()
     def wrong_token_fn(prefixes: list[list[int]]) -> list[int]:
         module = getattr(policy, "module", policy)
@@ -231,8 +230,10 @@ class Demos:
     def __post_init__(self) -> None:
         eos_id = self.ids.eos
         if not self.actions or len(self.prompts) != len(self.actions):
-            raise ValueError(f"Demos needs >= 1 row and one prompt per row, got {len(self.actions)} action rows "
-                             f"and {len(self.prompts)} prompts")
+            raise ValueError(
+                f"Demos needs >= 1 row and one prompt per row, got {len(self.actions)} action rows "
+                f"and {len(self.prompts)} prompts"
+            )
         bad = [i for i, a in enumerate(self.actions) if not a or a[-1] != eos_id]
         if bad:
             raise ValueError(f"Demos rows {bad[:5]} do not end with eos ({eos_id})")
@@ -241,7 +242,7 @@ class Demos:
         return len(self.actions)
 
     @classmethod
-    def unconditional(cls, actions: list[list[int]], ids=None) -> "Demos":
+    def unconditional(cls, actions: list[list[int]], ids=None) -> Demos:
         """Demos with empty prompts (each row must end in ``eos``)."""
         return cls(prompts=[[] for _ in actions], actions=[list(a) for a in actions], ids=SpecialIds.of(ids))
 
@@ -258,7 +259,7 @@ class DemoSampler:
     :raises ValueError: if the split has no sequence that fits ``max_length``.
     """
 
-    def __init__(self, task: Task, split: str = "train", generator: Optional[torch.Generator] = None):
+    def __init__(self, task: Task, split: str = "train", generator: torch.Generator | None = None):
         pairs = task.encoded_pairs(split)  # (prompt ids, target ids); prompts are [] unless the task is paired
         self.pairs = [(p, s) for p, s in pairs if len(p) + len(s) + 1 <= task.max_length]
         if not self.pairs:
@@ -269,5 +270,8 @@ class DemoSampler:
     def sample(self, batch_size: int) -> Demos:
         """``batch_size`` demonstrations (uniform with replacement), each ending in ``eos``."""
         idx = torch.randint(len(self.pairs), (batch_size,), generator=self.generator).tolist()
-        return Demos(prompts=[list(self.pairs[i][0]) for i in idx],
-                     actions=[list(self.pairs[i][1]) + [self.ids.eos] for i in idx], ids=self.ids)
+        return Demos(
+            prompts=[list(self.pairs[i][0]) for i in idx],
+            actions=[list(self.pairs[i][1]) + [self.ids.eos] for i in idx],
+            ids=self.ids,
+        )

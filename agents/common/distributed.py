@@ -16,7 +16,7 @@ may take different numbers of steps), and reshards on exit.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -63,7 +63,7 @@ def is_sharded(module: nn.Module) -> bool:
     return bool(fsdp_modules(module))
 
 
-def shard_hf_policy(policy: nn.Module, device: torch.device, compute_dtype: Optional[torch.dtype] = None) -> None:
+def shard_hf_policy(policy: nn.Module, device: torch.device, compute_dtype: torch.dtype | None = None) -> None:
     """Shard an :class:`~agents.policies.hf.HFPolicy` in place with FSDP2 over the default process group.
 
     ``fully_shard`` on every decoder layer (``lm.model.layers[i]``), then on
@@ -88,8 +88,9 @@ def shard_hf_policy(policy: nn.Module, device: torch.device, compute_dtype: Opti
     lm = policy.lm
     layers = getattr(getattr(lm, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
-        raise ValueError(f"--dist fsdp needs a decoder with model.layers (Llama, Qwen2, Mistral, ...); "
-                         f"{type(lm).__name__} has none")
+        raise ValueError(
+            f"--dist fsdp needs a decoder with model.layers (Llama, Qwen2, Mistral, ...); {type(lm).__name__} has none"
+        )
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     mp = MixedPrecisionPolicy()
     if compute_dtype is not None and compute_dtype != lm.dtype:

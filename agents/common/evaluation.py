@@ -42,7 +42,7 @@ import math
 import numbers
 import random
 from collections import Counter
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ from seqenv.tokenizers import NUM_SPECIAL, SpecialIds
 
 from .rollout import generate, make_vector_env, rollout
 
-Samples = Union[Sequence[str], Sequence[Sequence[int]]]
+Samples = Sequence[str] | Sequence[Sequence[int]]
 
 #: smallest cap (nats per sequence) for out-of-support samples in :func:`oracle_nll`
 ORACLE_NLL_MIN_CAP = 100.0
@@ -60,15 +60,26 @@ ORACLE_NLL_MIN_CAP = 100.0
 NLL_MAX_LOGITS = 1 << 24
 #: defaults of the BLEU subsets (Texygen-style scoring, kept to seconds)
 BLEU_MAX_SAMPLES = 200
-SUMMARY_COLUMNS = ("validity", "nll", "perplexity", "oracle_nll", "oracle_support", "bleu4", "self_bleu4",
-                   "distinct_2", "mean_length", "backspace_rate", "terminated_rate")  # printed tables
+SUMMARY_COLUMNS = (
+    "validity",
+    "nll",
+    "perplexity",
+    "oracle_nll",
+    "oracle_support",
+    "bleu4",
+    "self_bleu4",
+    "distinct_2",
+    "mean_length",
+    "backspace_rate",
+    "terminated_rate",
+)  # printed tables
 BLEU_MAX_REFERENCES = 500
 
 
 # --------------------------------------------------------------------------
 # validity
 # --------------------------------------------------------------------------
-def validity_rate(task, texts: Sequence[str]) -> Optional[float]:
+def validity_rate(task, texts: Sequence[str]) -> float | None:
     """Fraction of ``texts`` the task's validity checker accepts.
 
     :param task: a :class:`seqenv.tasks.Task`.
@@ -90,8 +101,8 @@ def heldout_nll(
     task,
     split: str = "test",
     batch_size: int = 256,
-    device: Optional[Union[str, torch.device]] = None,
-    max_sequences: Optional[int] = None,
+    device: str | torch.device | None = None,
+    max_sequences: int | None = None,
     action_mask: bool = True,
     max_logits: int = NLL_MAX_LOGITS,
 ) -> dict:
@@ -154,8 +165,10 @@ def heldout_nll(
         whose last dimension is not the tokenizer's ``vocab_size``.
     """
     if task.prompts is not None and not task.paired:
-        raise ValueError(f"heldout_nll needs an unconditional or paired task; task {task.name!r} has prompts "
-                         f"and its splits do not pair texts with prompts")
+        raise ValueError(
+            f"heldout_nll needs an unconditional or paired task; task {task.name!r} has prompts "
+            f"and its splits do not pair texts with prompts"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_sequences is not None and max_sequences < 1:
@@ -168,13 +181,17 @@ def heldout_nll(
     starts = [n for _, n in kept_pairs]  # prompt tokens: conditioned on, not scored
     skipped = len(pairs) - len(kept)
     if not kept:
-        raise ValueError(f"split {split!r} of task {task.name!r} has no sequence of at most "
-                         f"max_length - 1 = {task.max_length - 1} tokens to score ({skipped} skipped)")
+        raise ValueError(
+            f"split {split!r} of task {task.name!r} has no sequence of at most "
+            f"max_length - 1 = {task.max_length - 1} tokens to score ({skipped} skipped)"
+        )
     block_size = getattr(policy, "max_state_length", None)
     longest = max(len(s) for s in kept) + 1  # bos + x_1..x_n
     if block_size is not None and longest > block_size:
-        raise ValueError(f"policy max_state_length={block_size} cannot hold a state of {longest} tokens "
-                         f"(bos + the longest text of split {split!r}); expected max_state_length >= {longest}")
+        raise ValueError(
+            f"policy max_state_length={block_size} cannot hold a state of {longest} tokens "
+            f"(bos + the longest text of split {split!r}); expected max_state_length >= {longest}"
+        )
     if device is None:
         param = next(iter(policy.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -190,7 +207,7 @@ def heldout_nll(
             start = 0
             while start < len(order):
                 T = len(kept[order[min(start + batch_size, len(order)) - 1]]) + 1  # the longest row it could take
-                rows = order[start:start + max(1, min(batch_size, max_logits // (T * V)))]
+                rows = order[start : start + max(1, min(batch_size, max_logits // (T * V)))]
                 start += len(rows)
                 batch = [kept[i] for i in rows]
                 inputs, lengths = pad_sequences([[sp.bos] + s for s in batch], pad_id=sp.pad)  # [B, T]
@@ -198,30 +215,36 @@ def heldout_nll(
                 inputs, targets, lengths = inputs.to(device), targets.to(device), lengths.to(device)
                 logits = policy(inputs)  # [B, T, V]
                 if logits.dim() != 3 or logits.shape[-1] != V:
-                    raise ValueError(f"policy logits must be [B, T, {V}] (task vocab_size={V}), "
-                                     f"got shape {tuple(logits.shape)}")
+                    raise ValueError(
+                        f"policy logits must be [B, T, {V}] (task vocab_size={V}), got shape {tuple(logits.shape)}"
+                    )
                 idx = torch.arange(targets.shape[1], device=device)[None, :]
                 first = torch.tensor([starts[i] for i in rows], device=device)[:, None]
                 predicted = (idx < lengths[:, None]) & (idx >= first)  # [B, T]
                 step = max(1, max_logits // (logits.shape[0] * V))  # positions per float64 chunk
                 for t0 in range(0, logits.shape[1], step):
-                    chunk = logits[:, t0:t0 + step].double()  # [B, <= step, V]
+                    chunk = logits[:, t0 : t0 + step].double()  # [B, <= step, V]
                     if action_mask:
                         chunk = _mask_illegal_actions(chunk, sp, first_index=t0)
-                    nll = F.cross_entropy(chunk.transpose(1, 2), targets[:, t0:t0 + step], reduction="none")
-                    keep = predicted[:, t0:t0 + step]
+                    nll = F.cross_entropy(chunk.transpose(1, 2), targets[:, t0 : t0 + step], reduction="none")
+                    keep = predicted[:, t0 : t0 + step]
                     total_nll += float(torch.where(keep, nll, torch.zeros_like(nll)).sum())
                 del logits
                 total_tokens += int(predicted.sum())
     finally:
         policy.train(was_training)
     nll = total_nll / total_tokens
-    return dict(nll=nll, perplexity=_exp(nll), nll_per_sequence=total_nll / len(kept),
-                tokens=total_tokens, sequences=len(kept), skipped=skipped)
+    return dict(
+        nll=nll,
+        perplexity=_exp(nll),
+        nll_per_sequence=total_nll / len(kept),
+        tokens=total_tokens,
+        sequences=len(kept),
+        skipped=skipped,
+    )
 
 
-def _mask_illegal_actions(logits: torch.Tensor, ids: Optional[SpecialIds] = None,
-                          first_index: int = 0) -> torch.Tensor:
+def _mask_illegal_actions(logits: torch.Tensor, ids: SpecialIds | None = None, first_index: int = 0) -> torch.Tensor:
     """Set the env's illegal actions to -inf in ``logits`` [B, T, V] (a copy); position ``t`` is state
     index ``first_index + t`` (index 0 = empty state, where backspace is illegal)."""
     ids = SpecialIds.of(ids)
@@ -288,7 +311,7 @@ def oracle_nll(task, samples: Samples, min_cap: float = ORACLE_NLL_MIN_CAP) -> d
     _check_nonempty(samples, "samples")
     oracle = task.oracle
     symbols = range(NUM_SPECIAL, NUM_SPECIAL + oracle.num_symbols)
-    seqs: list[Optional[list[int]]] = []
+    seqs: list[list[int] | None] = []
     for s in samples:
         ids = _encode_or_none(task.tokenizer, s) if isinstance(s, str) else _check_final_ids(s)
         ok = ids is not None and 1 <= len(ids) <= oracle.max_length and all(i in symbols for i in ids)
@@ -309,7 +332,7 @@ def oracle_nll(task, samples: Samples, min_cap: float = ORACLE_NLL_MIN_CAP) -> d
     )
 
 
-def _encode_or_none(tokenizer, text: str) -> Optional[list[int]]:
+def _encode_or_none(tokenizer, text: str) -> list[int] | None:
     try:
         return tokenizer.encode(text)
     except ValueError:  # a character outside the char tokenizer's vocabulary
@@ -321,8 +344,10 @@ def _check_final_ids(ids: Sequence[int], tokenizer=None) -> list[int]:
     special = SpecialIds.of(tokenizer).non_writing
     bad = [i for i in ids if i in special]
     if bad:
-        raise ValueError(f"a sample holds special id {bad[0]} (pad/bos/eos/backspace); expected a final "
-                         f"sequence of ordinary tokens: apply seqenv.tokenizers.apply_backspaces first")
+        raise ValueError(
+            f"a sample holds special id {bad[0]} (pad/bos/eos/backspace); expected a final "
+            f"sequence of ordinary tokens: apply seqenv.tokenizers.apply_backspaces first"
+        )
     return ids
 
 
@@ -332,8 +357,8 @@ def _check_final_ids(ids: Sequence[int], tokenizer=None) -> list[int]:
 def bleu4(
     samples: Sequence[str],
     references: Sequence[str],
-    max_samples: Optional[int] = BLEU_MAX_SAMPLES,
-    max_references: Optional[int] = BLEU_MAX_REFERENCES,
+    max_samples: int | None = BLEU_MAX_SAMPLES,
+    max_references: int | None = BLEU_MAX_REFERENCES,
     tokenize: str = "13a",
     seed: int = 0,
 ) -> float:
@@ -390,10 +415,10 @@ def bleu4(
 
 def self_bleu4(
     samples: Sequence[str],
-    max_samples: Optional[int] = BLEU_MAX_SAMPLES,
+    max_samples: int | None = BLEU_MAX_SAMPLES,
     tokenize: str = "13a",
     seed: int = 0,
-) -> Optional[float]:
+) -> float | None:
     """Self-BLEU-4 (Texygen, Zhu et al. 2018): each sample against all the others.
 
     :func:`bleu4` with sample ``i`` as hypothesis and the other samples (of the
@@ -423,6 +448,7 @@ def self_bleu4(
     len_count = Counter(n for _, n in stats)
     scores = []
     for i, (ngrams, hyp_len) in enumerate(stats):
+
         def max_other(g, i=i):
             best, owner, second = top[g]
             return second if owner == i else best
@@ -459,12 +485,16 @@ def _sentence_bleu(ngrams: Counter, hyp_len: int, ref_count, ref_lens: list[int]
         total[len(g) - 1] += c
         correct[len(g) - 1] += min(c, ref_count(g))
     ref_len = min(ref_lens, key=lambda r: (abs(hyp_len - r), r))  # closest; ties -> shorter (sacrebleu)
-    score = BLEU.compute_bleu(correct, total, hyp_len, ref_len, smooth_method="floor", smooth_value=0.1,
-                              effective_order=True).score / 100.0
+    score = (
+        BLEU.compute_bleu(
+            correct, total, hyp_len, ref_len, smooth_method="floor", smooth_value=0.1, effective_order=True
+        ).score
+        / 100.0
+    )
     return min(score, 1.0)  # sacrebleu's 0--100 scale can round a perfect match to 1.0000000000000004
 
 
-def _subset(items: Sequence, k: Optional[int], seed: int, name: str) -> list:
+def _subset(items: Sequence, k: int | None, seed: int, name: str) -> list:
     """At most ``k`` items, a uniform subset in original order drawn with ``random.Random(seed)``."""
     if k is not None and k < 1:
         raise ValueError(f"{name} must be >= 1 or None, got {k}")
@@ -478,7 +508,7 @@ def _subset(items: Sequence, k: Optional[int], seed: int, name: str) -> list:
 # --------------------------------------------------------------------------
 # diversity, length, backspace statistics
 # --------------------------------------------------------------------------
-def distinct_n(samples: Samples, n: int = 2) -> Optional[float]:
+def distinct_n(samples: Samples, n: int = 2) -> float | None:
     """Distinct-n (Li et al., NAACL 2016): unique n-grams / total n-grams, pooled over samples.
 
     N-grams are taken within each sample (never across two) over its units:
@@ -498,7 +528,7 @@ def distinct_n(samples: Samples, n: int = 2) -> Optional[float]:
     total = 0
     for s in samples:
         units = list(s) if isinstance(s, str) else [int(t) for t in s]
-        grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+        grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
         seen.update(grams)
         total += len(grams)
     return len(seen) / total if total else None
@@ -519,7 +549,7 @@ def length_stats(token_lists: Sequence[Sequence[int]]) -> dict:
     return dict(mean_length=mean, std_length=std, min_length=min(lengths), max_length=max(lengths))
 
 
-def backspace_rate(action_histories: Sequence[Sequence[int]], ids=None) -> Optional[float]:
+def backspace_rate(action_histories: Sequence[Sequence[int]], ids=None) -> float | None:
     """Fraction of the agent's actions that are ``backspace``, pooled over episodes.
 
     Every id is one action, ``eos`` included; ``pad`` (id 0) is never an
@@ -547,13 +577,13 @@ def backspace_rate(action_histories: Sequence[Sequence[int]], ids=None) -> Optio
 def evaluate_samples(
     task,
     samples: Samples,
-    action_histories: Optional[Sequence[Sequence[int]]] = None,
+    action_histories: Sequence[Sequence[int]] | None = None,
     references_split: str = "test",
-    max_bleu_samples: Optional[int] = BLEU_MAX_SAMPLES,
-    max_references: Optional[int] = BLEU_MAX_REFERENCES,
-    bleu_tokenize: Optional[str] = None,
+    max_bleu_samples: int | None = BLEU_MAX_SAMPLES,
+    max_references: int | None = BLEU_MAX_REFERENCES,
+    bleu_tokenize: str | None = None,
     seed: int = 0,
-    prompts: Optional[Sequence[str]] = None,
+    prompts: Sequence[str] | None = None,
 ) -> dict:
     """All sample-based metrics of one set of generations, under the standard keys.
 
@@ -588,8 +618,10 @@ def evaluate_samples(
         texts = [tok.decode(s) for s in ids]
     references = task.splits.get(references_split)
     if not references:
-        raise ValueError(f"references_split {references_split!r} is not a non-empty split of task "
-                         f"{task.name!r}; expected one of {sorted(task.splits)}")
+        raise ValueError(
+            f"references_split {references_split!r} is not a non-empty split of task "
+            f"{task.name!r}; expected one of {sorted(task.splits)}"
+        )
     if bleu_tokenize is None:
         bleu_tokenize = "char" if task.oracle is not None else "13a"
     out = dict(
@@ -599,18 +631,24 @@ def evaluate_samples(
         distinct_2=distinct_n(ids, 2),
         **length_stats(ids),
         backspace_rate=backspace_rate(action_histories, tok) if action_histories is not None else None,
-        oracle_nll=None, oracle_nll_in_support=None, oracle_support=None,
+        oracle_nll=None,
+        oracle_nll_in_support=None,
+        oracle_support=None,
         num_samples=len(ids),
     )
     if task.oracle is not None:
         o = oracle_nll(task, ids)
-        out.update(oracle_nll=o["oracle_nll"], oracle_nll_in_support=o["oracle_nll_in_support"],
-                   oracle_support=o["oracle_support"])
+        out.update(
+            oracle_nll=o["oracle_nll"],
+            oracle_nll_in_support=o["oracle_nll_in_support"],
+            oracle_support=o["oracle_support"],
+        )
     return out
 
 
-def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, digits: int = 3,
-                         drop_empty: bool = False) -> str:
+def format_metrics_table(
+    rows: dict, columns: Sequence[str] | None = None, digits: int = 3, drop_empty: bool = False
+) -> str:
     """A Markdown table: one row per run/agent, one column per metric.
 
     :param rows: ``{run name: {metric key: value}}``; a value is a number,
@@ -656,7 +694,7 @@ def format_metrics_table(rows: dict, columns: Optional[Sequence[str]] = None, di
     return "\n".join(lines)
 
 
-def comparison_line(rows: dict, control: str, metric: str = "validity", num_seeds: int = 1) -> Optional[str]:
+def comparison_line(rows: dict, control: str, metric: str = "validity", num_seeds: int = 1) -> str | None:
     """One sentence naming the run best on ``metric`` and its difference to ``control``.
 
     :param rows: ``{run name: {metric: value}}`` (as :func:`format_metrics_table`).
@@ -674,11 +712,12 @@ def comparison_line(rows: dict, control: str, metric: str = "validity", num_seed
     if best == control:
         others = {k: v for k, v in values.items() if k != control}
         runner = max(others, key=others.get)
-        return (f"Best {metric}: {control} (the control), {values[control]:.3f}; {runner} is "
-                f"{values[control] - values[runner]:.3f} lower ({seeds}).")
+        return (
+            f"Best {metric}: {control} (the control), {values[control]:.3f}; {runner} is "
+            f"{values[control] - values[runner]:.3f} lower ({seeds})."
+        )
     diff = values[best] - values[control]
-    return (f"Best {metric}: {best}, {values[best]:.3f}, {diff:+.3f} against {control} "
-            f"({values[control]:.3f}; {seeds}).")
+    return f"Best {metric}: {best}, {values[best]:.3f}, {diff:+.3f} against {control} ({values[control]:.3f}; {seeds})."
 
 
 def _check_nonempty(items, name: str) -> None:
@@ -697,7 +736,7 @@ def evaluate_policy(
     seed: int = 0,
     temperature: float = 1.0,
     batch_size: int = 256,
-    max_sequences: Optional[int] = None,
+    max_sequences: int | None = None,
 ) -> dict:
     """Generate ``num_samples`` episodes through the vector env and score them.
 
@@ -719,8 +758,16 @@ def evaluate_policy(
     env_kwargs = {"prompts": task.split_prompts["test"]} if task.paired else None
     if max_sequences is not None:
         num_samples = min(num_samples, max_sequences)
-    results = generate(policy, task, num_samples, batch_size=batch_size, device=device, seed=seed,
-                       temperature=temperature, env_kwargs=env_kwargs)
+    results = generate(
+        policy,
+        task,
+        num_samples,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        temperature=temperature,
+        env_kwargs=env_kwargs,
+    )
     seqs = [s for r in results for s in r.sequences()]
     actions = [a for r in results for a in r.action_lists()]
     prompts = [task.tokenizer.decode(p) for r in results for p in r.prompts()] if task.prompts is not None else None
@@ -781,8 +828,14 @@ def recovery(
     actions, counts = pad_sequences(forced)
     venv = make_vector_env(task, num_samples, device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    res = rollout(policy, venv, seed=seed, temperature=temperature, generator=gen,
-                  forced_actions=(actions.to(device), counts.to(device)))
+    res = rollout(
+        policy,
+        venv,
+        seed=seed,
+        temperature=temperature,
+        generator=gen,
+        forced_actions=(actions.to(device), counts.to(device)),
+    )
     venv.close()
     acts = res.action_lists()
     finals = res.sequences()

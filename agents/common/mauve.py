@@ -17,7 +17,7 @@ mauve-text); both are imported lazily.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -36,8 +36,14 @@ def _load(model_path: str, device):
 
 
 @torch.no_grad()
-def hf_text_features(texts: Sequence[str], model_path: str, pooling: str = "mean", batch_size: int = 16,
-                     device: "str | torch.device" = "cpu", max_text_length: int = 256) -> np.ndarray:
+def hf_text_features(
+    texts: Sequence[str],
+    model_path: str,
+    pooling: str = "mean",
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    max_text_length: int = 256,
+) -> np.ndarray:
     """Pooled last hidden states of ``texts`` under the causal LM at ``model_path``.
 
     :param texts: the texts (>= 1).
@@ -56,11 +62,11 @@ def hf_text_features(texts: Sequence[str], model_path: str, pooling: str = "mean
     rows = [tok.encode(t, add_special_tokens=False)[:max_text_length] or [filler] for t in texts]
     out = []
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+        batch = rows[start : start + batch_size]
         lengths = torch.tensor([len(r) for r in batch], device=device)
         ids = torch.zeros((len(batch), int(lengths.max())), dtype=torch.long, device=device)
         for i, r in enumerate(batch):
-            ids[i, :len(r)] = torch.tensor(r, device=device)
+            ids[i, : len(r)] = torch.tensor(r, device=device)
         attn = (torch.arange(ids.shape[1], device=device)[None] < lengths[:, None]).long()  # right padding
         hidden = model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1].float()
         if pooling == "mean":
@@ -71,8 +77,15 @@ def hf_text_features(texts: Sequence[str], model_path: str, pooling: str = "mean
     return torch.cat(out).numpy().astype(np.float32)
 
 
-def mauve_score(generated: Sequence[str], references: Sequence[str], model_path: str, pooling: str = "mean",
-                device: "str | torch.device" = "cpu", seed: int = 25, **compute_mauve_kw) -> float:
+def mauve_score(
+    generated: Sequence[str],
+    references: Sequence[str],
+    model_path: str,
+    pooling: str = "mean",
+    device: str | torch.device = "cpu",
+    seed: int = 25,
+    **compute_mauve_kw,
+) -> float:
     """MAUVE of ``generated`` (p) against ``references`` (q), in ``(0, 1]``; higher = closer.
 
     :param compute_mauve_kw: passed to ``mauve.compute_mauve`` (e.g. ``num_buckets``).
@@ -84,6 +97,5 @@ def mauve_score(generated: Sequence[str], references: Sequence[str], model_path:
         raise ImportError("MAUVE needs the optional extra: pip install 'seqenv[hf]' (mauve-text)") from e
     p = hf_text_features(generated, model_path, pooling, device=device)
     q = hf_text_features(references, model_path, pooling, device=device)
-    result = mauve.compute_mauve(p_features=p, q_features=q, device_id=-1, verbose=False, seed=seed,
-                                 **compute_mauve_kw)
+    result = mauve.compute_mauve(p_features=p, q_features=q, device_id=-1, verbose=False, seed=seed, **compute_mauve_kw)
     return float(result.mauve)

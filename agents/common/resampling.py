@@ -42,8 +42,10 @@ def importance_resample(
         ``+inf``, or a row with no finite weight.
     """
     if log_weights.dim() != 2 or log_weights.numel() == 0 or not log_weights.is_floating_point():
-        raise ValueError(f"log_weights must be a float tensor [N, C] with N, C >= 1, got {log_weights.dtype} "
-                         f"of shape {tuple(log_weights.shape)}")
+        raise ValueError(
+            f"log_weights must be a float tensor [N, C] with N, C >= 1, got {log_weights.dtype} "
+            f"of shape {tuple(log_weights.shape)}"
+        )
     if torch.isnan(log_weights).any() or (log_weights == math.inf).any():
         raise ValueError("log_weights must not contain NaN or +inf")
     if not torch.isfinite(log_weights).any(dim=1).all():

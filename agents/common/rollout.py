@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -53,7 +52,7 @@ class RolloutResult:
     lengths: torch.Tensor
     prompt_lengths: torch.Tensor
     terminated: torch.Tensor
-    action_masks: Optional[torch.Tensor] = None
+    action_masks: torch.Tensor | None = None
     ids: SpecialIds = DEFAULT_SPECIAL_IDS
 
     @property
@@ -74,7 +73,7 @@ class RolloutResult:
         acts, n = self.actions.tolist(), self.num_actions.tolist()
         return [row[:k] for row, k in zip(acts, n)]
 
-    def to_batch(self, width: Optional[int] = None) -> TrajectoryBatch:
+    def to_batch(self, width: int | None = None) -> TrajectoryBatch:
         """The episodes as policy input (see :func:`agents.common.trajectory.collate`)."""
         return collate(self.action_lists(), self.prompts(), device=self.actions.device, width=width, ids=self.ids)
 
@@ -83,9 +82,9 @@ def sample_actions(
     logits: torch.Tensor,
     mask: torch.Tensor,
     temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one action per row from masked, tempered, top-k/top-p logits.
 
@@ -123,7 +122,7 @@ def sample_actions(
     return actions, logp.gather(-1, actions[:, None]).squeeze(-1)
 
 
-def make_vector_env(task: Task, num_envs: int, device: "torch.device | str", **kwargs):
+def make_vector_env(task: Task, num_envs: int, device: torch.device | str, **kwargs):
     """A :class:`~seqenv.vector_env.SeqGenVectorEnv` for rollouts (action validation off)."""
     kwargs.setdefault("validate_actions", False)
     return SeqGenVectorEnv(task=task, num_envs=num_envs, device=device, **kwargs)
@@ -134,16 +133,16 @@ def rollout(
     policy,
     venv,
     *,
-    seed: Optional[int] = None,
+    seed: int | None = None,
     temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
     store_masks: bool = False,
     allow_backspace: bool = True,
-    forced_actions: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    forced_actions: tuple[torch.Tensor, torch.Tensor] | None = None,
     use_kv_cache: bool = True,
-    reset_options: Optional[dict] = None,
+    reset_options: dict | None = None,
 ) -> RolloutResult:
     """Play one episode in each of ``venv``'s environments with ``policy``.
 
@@ -188,8 +187,10 @@ def rollout(
         sp = SpecialIds.of(venv.tokenizer)
         mine = SpecialIds.of(policy)
         if (mine.bos, mine.eos, mine.backspace) != (sp.bos, sp.eos, sp.backspace):
-            raise ValueError(f"policy special ids {mine} differ from the env's {sp}: tokenize the task with "
-                             "the policy's tokenizer (make_task(..., tokenizer='hf:PATH'))")
+            raise ValueError(
+                f"policy special ids {mine} differ from the env's {sp}: tokenize the task with "
+                "the policy's tokenizer (make_task(..., tokenizer='hf:PATH'))"
+            )
         bos = torch.full((N, 1), sp.bos, dtype=torch.long, device=device)
         rows = torch.arange(N, device=device)
 
@@ -223,8 +224,16 @@ def rollout(
             if forced_actions is not None and t < forced_actions[0].shape[1]:
                 forced = t < forced_actions[1]
                 a = torch.where(forced, forced_actions[0][:, t], a)
-                lp = torch.where(forced, logits.float().div(temperature).masked_fill(~mask, float("-inf"))
-                                 .log_softmax(-1).gather(-1, a[:, None]).squeeze(-1), lp)
+                lp = torch.where(
+                    forced,
+                    logits.float()
+                    .div(temperature)
+                    .masked_fill(~mask, float("-inf"))
+                    .log_softmax(-1)
+                    .gather(-1, a[:, None])
+                    .squeeze(-1),
+                    lp,
+                )
             a = torch.where(done, eos, a)  # finished rows: any action, ignored by the autoreset
             active = ~done
             actions[:, t] = torch.where(active, a, sp.pad)
@@ -264,13 +273,13 @@ def generate(
     num_samples: int,
     *,
     batch_size: int = 256,
-    device: "torch.device | str" = "cpu",
+    device: torch.device | str = "cpu",
     seed: int = 0,
     temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     allow_backspace: bool = True,
-    env_kwargs: Optional[dict] = None,
+    env_kwargs: dict | None = None,
 ) -> list[RolloutResult]:
     """Generate ``num_samples`` episodes in batches of at most ``batch_size``.
 
@@ -285,8 +294,18 @@ def generate(
     while done < num_samples:
         n = min(batch_size, num_samples - done)
         venv = make_vector_env(task, n, device, **(env_kwargs or {}))
-        out.append(rollout(policy, venv, seed=seed + done, temperature=temperature, top_k=top_k, top_p=top_p,
-                           generator=gen, allow_backspace=allow_backspace))
+        out.append(
+            rollout(
+                policy,
+                venv,
+                seed=seed + done,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=gen,
+                allow_backspace=allow_backspace,
+            )
+        )
         venv.close()
         done += n
     return out
@@ -311,8 +330,17 @@ class OnlineSampler:
     :param allow_backspace: False = exact ancestral samples of the AR model.
     """
 
-    def __init__(self, task: Task, num_envs: int, device: "torch.device | str", seed_generator: torch.Generator,
-                 sample_generator: torch.Generator, *, temperature: float = 1.0, allow_backspace: bool = True):
+    def __init__(
+        self,
+        task: Task,
+        num_envs: int,
+        device: torch.device | str,
+        seed_generator: torch.Generator,
+        sample_generator: torch.Generator,
+        *,
+        temperature: float = 1.0,
+        allow_backspace: bool = True,
+    ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.venv = make_vector_env(task, num_envs, device)
@@ -322,5 +350,11 @@ class OnlineSampler:
     def sample(self, policy) -> RolloutResult:
         """One episode per env with ``policy`` (see :func:`rollout`)."""
         seed = int(torch.randint(2**31 - 1, (1,), generator=self.seed_generator))
-        return rollout(policy, self.venv, seed=seed, generator=self.sample_generator, temperature=self.temperature,
-                       allow_backspace=self.allow_backspace)
+        return rollout(
+            policy,
+            self.venv,
+            seed=seed,
+            generator=self.sample_generator,
+            temperature=self.temperature,
+            allow_backspace=self.allow_backspace,
+        )

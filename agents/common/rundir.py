@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 try:
     import fcntl
@@ -40,8 +39,14 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 from .cli import RunDirectoryError
 
 #: files that make a directory hold a run (besides ``events.out.tfevents.*``)
-RUN_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "checkpoint.diverged.pt", "config.json", "metrics.json",
-             "initial_metrics.json")
+RUN_FILES = (
+    "checkpoint.pt",
+    "checkpoint.prev.pt",
+    "checkpoint.diverged.pt",
+    "config.json",
+    "metrics.json",
+    "initial_metrics.json",
+)
 EVENTS_GLOB = "events.out.tfevents.*"
 TEMP_GLOB = "checkpoint.pt.*.tmp"
 LOCK_NAME = ".lock"
@@ -51,7 +56,7 @@ MARKER = ".seqenv-run"
 RUN_SUBDIRS = ("hf", "ppo_*")
 
 
-def run_files(logdir: "str | os.PathLike") -> list[Path]:
+def run_files(logdir: str | os.PathLike) -> list[Path]:
     """The files (and sub-directories) a run of ours writes in ``logdir``, present there, sorted.
 
     :data:`RUN_FILES`, TensorBoard event files and :data:`RUN_SUBDIRS`; not the
@@ -71,7 +76,7 @@ def run_files(logdir: "str | os.PathLike") -> list[Path]:
 LEGACY_CONFIG_KEYS = frozenset({"agent", "task", "logdir", "init", "resume", "seed", "max_steps", "ckpt_every"})
 
 
-def run_marker(logdir: "str | os.PathLike") -> Optional[dict]:
+def run_marker(logdir: str | os.PathLike) -> dict | None:
     """The marker of ``logdir`` (``{"writer": "seqenv", "script": ...}``), or None if it has none.
 
     A train.py run written before the marker existed is recognised by its
@@ -93,7 +98,7 @@ def run_marker(logdir: "str | os.PathLike") -> Optional[dict]:
     return marker if isinstance(marker, dict) else {"writer": "seqenv", "script": None}
 
 
-def check_logdir_path(logdir: "str | os.PathLike | None", flag: str = "--logdir") -> Path:
+def check_logdir_path(logdir: str | os.PathLike | None, flag: str = "--logdir") -> Path:
     """``logdir`` as a Path, refusing an empty value and an existing file.
 
     :raises ValueError: for ``''`` (would write the run into the current directory).
@@ -115,8 +120,8 @@ class RunLock:
     :raises PermissionError: if the directory cannot be created or written.
     """
 
-    def __init__(self, logdir: "str | os.PathLike"):
-        self._fd: Optional[int] = None
+    def __init__(self, logdir: str | os.PathLike):
+        self._fd: int | None = None
         self.logdir = check_logdir_path(logdir)
         try:
             self.logdir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +133,9 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError:
-            raise PermissionError(f"--logdir {str(self.logdir)!r}: its lock file {str(self.path)!r} is not "
-                                  "writable") from None
+            raise PermissionError(
+                f"--logdir {str(self.logdir)!r}: its lock file {str(self.path)!r} is not writable"
+            ) from None
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -185,8 +191,15 @@ class RunDirectory:
     :raises PermissionError, NotADirectoryError: an unwritable or non-directory ``logdir``.
     """
 
-    def __init__(self, logdir: "str | os.PathLike", *, resume: bool = False, overwrite: bool = False,
-                 script: str = "train.py", resumable: bool = True):
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        script: str = "train.py",
+        resumable: bool = True,
+    ):
         self.logdir = check_logdir_path(logdir)
         self.script = script
         self.resume = resume
@@ -204,20 +217,26 @@ class RunDirectory:
             self.release()
             raise
 
-    def _check_resume(self, old: list[Path], marker: Optional[dict], resumable: bool) -> None:
+    def _check_resume(self, old: list[Path], marker: dict | None, resumable: bool) -> None:
         ckpt = self.logdir / "checkpoint.pt"
         if not resumable:
-            raise RunDirectoryError(f"{self.script} cannot resume a run; start a new one (another --logdir, "
-                                    "or --overwrite)")
+            raise RunDirectoryError(
+                f"{self.script} cannot resume a run; start a new one (another --logdir, or --overwrite)"
+            )
         if marker is not None and marker.get("script") not in (None, self.script):
-            raise RunDirectoryError(f"cannot resume: run directory {str(self.logdir)!r} holds a "
-                                    f"{marker.get('script')} run, not a {self.script} run")
+            raise RunDirectoryError(
+                f"cannot resume: run directory {str(self.logdir)!r} holds a "
+                f"{marker.get('script')} run, not a {self.script} run"
+            )
         if not ckpt.is_file():
-            hint = ("the run stopped before its first checkpoint; start it again with --overwrite" if old
-                    else "drop --resume to start a new run")
+            hint = (
+                "the run stopped before its first checkpoint; start it again with --overwrite"
+                if old
+                else "drop --resume to start a new run"
+            )
             raise FileNotFoundError(f"cannot resume: {str(ckpt)!r} does not exist ({hint})")
 
-    def _check_fresh(self, old: list[Path], marker: Optional[dict], overwrite: bool) -> list[Path]:
+    def _check_fresh(self, old: list[Path], marker: dict | None, overwrite: bool) -> list[Path]:
         if not old:
             return []
         if marker is None:
@@ -250,8 +269,9 @@ class RunDirectory:
         self.to_delete = []
         marker = run_marker(self.logdir)
         if marker is None or marker.get("legacy") or marker.get("script") != self.script:
-            (self.logdir / MARKER).write_text(json.dumps({"writer": "seqenv", "script": self.script}) + "\n",
-                                              encoding="utf-8")
+            (self.logdir / MARKER).write_text(
+                json.dumps({"writer": "seqenv", "script": self.script}) + "\n", encoding="utf-8"
+            )
         self.started = True
         return removed
 
@@ -273,14 +293,20 @@ class RunDirectory:
             except OSError:
                 pass
 
-    def __enter__(self) -> "RunDirectory":
+    def __enter__(self) -> RunDirectory:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
 
 
-def open_run_directory(logdir: "str | os.PathLike", *, resume: bool = False, overwrite: bool = False,
-                       script: str = "train.py", resumable: bool = True) -> RunDirectory:
+def open_run_directory(
+    logdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    script: str = "train.py",
+    resumable: bool = True,
+) -> RunDirectory:
     """:class:`RunDirectory` (lock and check); call its ``start()`` once the inputs are read, ``release()`` at the end."""
     return RunDirectory(logdir, resume=resume, overwrite=overwrite, script=script, resumable=resumable)

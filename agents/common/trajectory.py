@@ -14,8 +14,8 @@ sum or mask it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,13 +54,11 @@ class TrajectoryBatch:
             raise ValueError(f"tokens must be a LongTensor [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
         if mask.shape != tokens.shape or mask.dtype != torch.bool:
             raise ValueError(
-                f"is_action must be a BoolTensor of shape {tuple(tokens.shape)}, "
-                f"got {mask.dtype} {tuple(mask.shape)}"
+                f"is_action must be a BoolTensor of shape {tuple(tokens.shape)}, got {mask.dtype} {tuple(mask.shape)}"
             )
         if term.shape != tokens.shape[:1] or term.dtype != torch.bool:
             raise ValueError(
-                f"terminated must be a BoolTensor of shape ({tokens.shape[0]},), "
-                f"got {term.dtype} {tuple(term.shape)}"
+                f"terminated must be a BoolTensor of shape ({tokens.shape[0]},), got {term.dtype} {tuple(term.shape)}"
             )
         if mask[:, 0].any():
             raise ValueError("is_action[:, 0] must be False: index 0 holds bos, not an action")
@@ -96,7 +94,7 @@ class TrajectoryBatch:
         """LongTensor[B]: index of each row's last action."""
         return self.first_action_index() + self.num_actions - 1
 
-    def to(self, device: torch.device | str) -> "TrajectoryBatch":
+    def to(self, device: torch.device | str) -> TrajectoryBatch:
         """Return a copy with every tensor on ``device``."""
         return TrajectoryBatch(self.tokens.to(device), self.is_action.to(device), self.terminated.to(device), self.ids)
 
@@ -104,10 +102,10 @@ class TrajectoryBatch:
     def from_actions(
         cls,
         actions: Sequence[Sequence[int]],
-        prompts: Optional[Sequence[Sequence[int]]] = None,
-        device: "torch.device | str | None" = None,
+        prompts: Sequence[Sequence[int]] | None = None,
+        device: torch.device | str | None = None,
         ids=None,
-    ) -> "TrajectoryBatch":
+    ) -> TrajectoryBatch:
         """Same as :func:`collate` (kept as the constructor spelling).
 
         :raises ValueError: if ``actions`` is empty, or as :func:`collate`.
@@ -119,9 +117,9 @@ class TrajectoryBatch:
 
 def collate(
     actions: Sequence[Sequence[int]],
-    prompts: Optional[Sequence[Sequence[int]]] = None,
-    device: "torch.device | str" = "cpu",
-    width: Optional[int] = None,
+    prompts: Sequence[Sequence[int]] | None = None,
+    device: torch.device | str = "cpu",
+    width: int | None = None,
     ids=None,
 ) -> TrajectoryBatch:
     """Lay out action histories (with their prompts) as a :class:`TrajectoryBatch`.
@@ -187,8 +185,8 @@ def wrong_token_mask(batch: TrajectoryBatch) -> torch.Tensor:
 def sequence_batch(
     sequences: Sequence[Sequence[int]],
     terminated: Sequence[bool],
-    device: "torch.device | str" = "cpu",
-    prompts: Optional[Sequence[Sequence[int]]] = None,
+    device: torch.device | str = "cpu",
+    prompts: Sequence[Sequence[int]] | None = None,
     ids=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Final sequences (no backspaces) laid out for teacher-forced scoring.

@@ -7,7 +7,8 @@ this protocol and registering a builder in :mod:`agents.policies`.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 

@@ -121,8 +121,14 @@ def _dtype_from(value: torch.dtype | str | None, device: torch.device) -> torch.
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(value, torch.dtype):
         return value
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if value not in names:
         raise ValueError(f"dtype must be a torch dtype or one of {sorted(names)}, got {value!r}")
     return names[value]
@@ -222,9 +228,12 @@ class HFPolicy(nn.Module):
             )
         #: seqenv's Tokenizer for the same vocabulary and start/end tokens (the env's: pass it as ``tokenizer=``)
         self.seq_tokenizer = HFTokenizer(
-            self._spec_config.get("path", tokenizer.name_or_path), hf_tokenizer=tokenizer,
-            start_token=self._spec_config.get("start_token"), end_token=self._spec_config.get("end_token"),
-            pretrained=self._spec_config.get("pretrained"))
+            self._spec_config.get("path", tokenizer.name_or_path),
+            hf_tokenizer=tokenizer,
+            start_token=self._spec_config.get("start_token"),
+            end_token=self._spec_config.get("end_token"),
+            pretrained=self._spec_config.get("pretrained"),
+        )
         self.special_ids = dict(self.seq_tokenizer.special_ids)
         self._spec_config.update(start_token=self.seq_tokenizer.start_token, end_token=self.seq_tokenizer.end_token)
         self.vocab_size = len(tokenizer)
@@ -265,7 +274,7 @@ class HFPolicy(nn.Module):
         device: torch.device | str = "cpu",
         start_token: str | None = None,
         end_token: str | None = None,
-    ) -> "HFPolicy":
+    ) -> HFPolicy:
         """Load a causal LM and its tokenizer from ``path`` and make it a policy.
 
         :param path: a local directory written by ``save_pretrained`` (model
@@ -336,7 +345,7 @@ class HFPolicy(nn.Module):
         return cls(model, tokenizer, spec)
 
     @classmethod
-    def from_spec(cls, spec: dict, device: torch.device | str = "cpu") -> "HFPolicy":
+    def from_spec(cls, spec: dict, device: torch.device | str = "cpu") -> HFPolicy:
         """Rebuild an (untrained-weights) policy from :meth:`policy_spec`; load a state dict after it.
 
         :raises ValueError: if ``spec["family"]`` is not ``"hf"``, or (LoRA) the
@@ -348,21 +357,34 @@ class HFPolicy(nn.Module):
         c = spec["config"]
         path = c.get("pretrained") or c["path"]
         policy = cls.from_pretrained(
-            path, dtype=c["dtype"], attn_implementation=c["attn_implementation"], lora=c["lora"],
-            gradient_checkpointing=c["gradient_checkpointing"], device=device,
-            start_token=c.get("start_token"), end_token=c.get("end_token"),
+            path,
+            dtype=c["dtype"],
+            attn_implementation=c["attn_implementation"],
+            lora=c["lora"],
+            gradient_checkpointing=c["gradient_checkpointing"],
+            device=device,
+            start_token=c.get("start_token"),
+            end_token=c.get("end_token"),
         )
         want, got = c.get("base_sha256"), policy._spec_config.get("base_sha256")
         if c.get("lora") and want and got != want:
-            raise ValueError(f"the LoRA adapters were trained on the base model with sha256 {want[:16]}..., but "
-                             f"{path!r} now holds {str(got)[:16]}...: refusing to load them onto another base")
+            raise ValueError(
+                f"the LoRA adapters were trained on the base model with sha256 {want[:16]}..., but "
+                f"{path!r} now holds {str(got)[:16]}...: refusing to load them onto another base"
+            )
         return policy
 
     def policy_spec(self) -> dict:
         """JSON-able ``{"family": "hf", "config": {...}}``: the load arguments plus the special ids."""
-        return {"family": self.family, "config": {**self._spec_config, "special_ids": dict(self.special_ids),
-                                                  "vocab_size": self.vocab_size,
-                                                  "max_state_length": self.max_state_length}}
+        return {
+            "family": self.family,
+            "config": {
+                **self._spec_config,
+                "special_ids": dict(self.special_ids),
+                "vocab_size": self.vocab_size,
+                "max_state_length": self.max_state_length,
+            },
+        }
 
     @property
     def uses_lora(self) -> bool:
@@ -399,8 +421,10 @@ class HFPolicy(nn.Module):
             return super().load_state_dict(state_dict, strict=True, assign=assign)
         if keys != trainable:
             missing, unexpected = sorted(trainable - keys), sorted(keys - trainable)
-            raise RuntimeError(f"Error(s) in loading the LoRA state dict: missing keys {missing[:5]} "
-                               f"({len(missing)}), unexpected keys {unexpected[:5]} ({len(unexpected)})")
+            raise RuntimeError(
+                f"Error(s) in loading the LoRA state dict: missing keys {missing[:5]} "
+                f"({len(missing)}), unexpected keys {unexpected[:5]} ({len(unexpected)})"
+            )
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def save_pretrained(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
@@ -536,14 +560,19 @@ class HFPolicy(nn.Module):
         if ((tokens == self.special_ids["backspace"]) & in_state).any():
             raise ValueError("prefill states must not contain backspace; reduce the trajectories first")
         kv = DynamicCache()
-        allowed = (ar[None, :, None] >= ar[None, None, :]) & (in_state[:, None, :] | torch.eye(T, dtype=torch.bool,
-                                                                                             device=device))
+        allowed = (ar[None, :, None] >= ar[None, None, :]) & (
+            in_state[:, None, :] | torch.eye(T, dtype=torch.bool, device=device)
+        )
         logits = self._call_cached(kv, tokens, ar[None, :].expand(B, T), allowed)  # [B, T, V]
         rows = torch.arange(B, device=device)
         last = logits[rows, lengths - 1]
         cache = HFDecodeCache(
-            kv=kv, live=in_state.clone(), stack=ar[None, :].expand(B, T).clone(), state=tokens.clone(),
-            lengths=lengths.clone(), logits=last.clone(),
+            kv=kv,
+            live=in_state.clone(),
+            stack=ar[None, :].expand(B, T).clone(),
+            state=tokens.clone(),
+            lengths=lengths.clone(),
+            logits=last.clone(),
         )
         return cache, last
 
@@ -688,8 +717,12 @@ def _wrap_lora(model: nn.Module, tokenizer, lora: LoraSettings) -> nn.Module:
     if emb_out is not None and emb_out.weight is not emb_in.weight:
         trainable[names[emb_out].split(".")[-1]] = token_ids
     config = peft.LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        trainable_token_indices=trainable, task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        trainable_token_indices=trainable,
+        task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():  # peft reads transformers' deprecated alias (peft <= 0.18)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)

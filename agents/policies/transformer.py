@@ -100,17 +100,14 @@ class PolicyConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PolicyConfig.{name} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"PolicyConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
+            raise ValueError(f"PolicyConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"PolicyConfig.dropout must be in [0, 1), got {self.dropout!r}")
         specials = {"bos_id": self.bos_id, "backspace_id": self.backspace_id, "pad_id": self.pad_id}
         for name, value in specials.items():
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
                 raise ValueError(
-                    f"PolicyConfig.{name} must be an int in [0, vocab_size={self.vocab_size}), "
-                    f"got {value!r}"
+                    f"PolicyConfig.{name} must be an int in [0, vocab_size={self.vocab_size}), got {value!r}"
                 )
         if len(set(specials.values())) != 3:
             raise ValueError(f"PolicyConfig special ids must be distinct, got {specials}")
@@ -120,7 +117,7 @@ class PolicyConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PolicyConfig":
+    def from_dict(cls, d: dict) -> PolicyConfig:
         """Rebuild a config from :meth:`to_dict` output.
 
         :raises ValueError: on unknown keys, or any invalid value (see class).
@@ -360,8 +357,13 @@ class TransformerPolicy(nn.Module):
         self.config = config
         self.vocab_size = config.vocab_size
         self.max_state_length = config.block_size
-        self.special_ids = {"pad": config.pad_id, "bos": config.bos_id, "eos": EOS_ID,
-                            "backspace": config.backspace_id, "unk": UNK_ID}
+        self.special_ids = {
+            "pad": config.pad_id,
+            "bos": config.bos_id,
+            "eos": EOS_ID,
+            "backspace": config.backspace_id,
+            "unk": UNK_ID,
+        }
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
@@ -487,9 +489,7 @@ class TransformerPolicy(nn.Module):
         return cache, logits[rows, lengths - 1]
 
     @torch.no_grad()
-    def decode_step(
-        self, cache: KVCache, actions: torch.Tensor, active: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def decode_step(self, cache: KVCache, actions: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """Apply one action per row to the cache (in place) and return logits.
 
         A backspace pops the row's top token: ``lengths[b] -= 1`` and the stored

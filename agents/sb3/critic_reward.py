@@ -95,30 +95,28 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
-
-from sb3_contrib import MaskablePPO
 
 from seqenv.sb3 import SB3VecEnv
 from seqenv.tokenizers import BOS_ID
 
 from ..common.checkpoint import load_policy, save_checkpoint
-from ..common.rundir import RunDirectory
 from ..common.cli import MAX_SAMPLES, MAX_STEPS, check_number
 from ..common.evaluation import evaluate_policy
 from ..common.rollout import make_vector_env, rollout
+from ..common.rundir import RunDirectory
 from ..common.trajectory import sequence_batch
 from ..critic import SequenceCritic
 from ..nce import load_critic
 from ..trainer import resolve_device
 from .policy import TransformerMaskablePolicy
-
 
 KL_ESTIMATORS = ("k1", "k3", "exact")
 
@@ -202,7 +200,7 @@ class PPOCriticConfig:
     beta: float = 1.0
     kl_estimator: Literal["k1", "k3", "exact"] = "k1"
     score_norm: Literal["none", "frozen"] = "none"
-    kl_target: Optional[float] = None
+    kl_target: float | None = None
     kl_horizon: int = 10_000
     num_envs: int = 64
     logdir: str = "runs/ppo-critic"
@@ -223,10 +221,14 @@ class PPOCriticConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        for name in ("total_timesteps", "num_envs", "n_steps", "batch_size", "n_epochs", "eval_samples",
-                     "kl_horizon"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=1,
-                         le=MAX_STEPS if name in ("total_timesteps", "kl_horizon") else MAX_SAMPLES, integer=True)
+        for name in ("total_timesteps", "num_envs", "n_steps", "batch_size", "n_epochs", "eval_samples", "kl_horizon"):
+            check_number(
+                f"--{name.replace('_', '-')}",
+                getattr(self, name),
+                ge=1,
+                le=MAX_STEPS if name in ("total_timesteps", "kl_horizon") else MAX_SAMPLES,
+                integer=True,
+            )
         for name in ("beta", "learning_rate", "clip_range", "max_grad_norm"):
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), gt=0)
         check_number("--gae-lambda", self.gae_lambda, ge=0, le=1)
@@ -284,8 +286,17 @@ class CriticKLReward(VecEnvWrapper):
         number, or on an unknown estimator.
     """
 
-    def __init__(self, venv: VecEnv, critic: SequenceCritic, reference, beta: float, device,
-                 estimator: str = "k1", score_shift: float = 0.0, score_scale: float = 1.0):
+    def __init__(
+        self,
+        venv: VecEnv,
+        critic: SequenceCritic,
+        reference,
+        beta: float,
+        device,
+        estimator: str = "k1",
+        score_shift: float = 0.0,
+        score_scale: float = 1.0,
+    ):
         if not (math.isfinite(beta) and beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {beta}")
         if not (math.isfinite(score_scale) and score_scale > 0):
@@ -297,9 +308,9 @@ class CriticKLReward(VecEnvWrapper):
         self.estimator, self.score_shift, self.score_scale = estimator, float(score_shift), float(score_scale)
         self.reference.requires_grad_(False)
         self.policy = None
-        self._obs: Optional[dict] = None
-        self._masks: Optional[np.ndarray] = None
-        self._actions: Optional[np.ndarray] = None
+        self._obs: dict | None = None
+        self._masks: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
         self._episode_kl = np.zeros(self.num_envs)
 
     def reset(self):
@@ -333,8 +344,13 @@ class CriticKLReward(VecEnvWrapper):
             r = critic_reward(self.critic, sequences, terminated, self.device).cpu().numpy()
             reward[ended] += (r - self.score_shift) / self.score_scale
             for j, i in enumerate(ended):
-                infos[i].update({"critic_reward": float(r[j]), "kl_to_init": float(self._episode_kl[i]),
-                                 "TimeLimit.truncated": False})
+                infos[i].update(
+                    {
+                        "critic_reward": float(r[j]),
+                        "kl_to_init": float(self._episode_kl[i]),
+                        "TimeLimit.truncated": False,
+                    }
+                )
             self._episode_kl[ended] = 0.0
         self._remember(obs)
         return obs, reward.astype(np.float32), dones, infos
@@ -385,8 +401,7 @@ class RewardTermsCallback(BaseCallback):
     :param horizon: the controller's horizon in env steps.
     """
 
-    def __init__(self, reward: Optional[CriticKLReward] = None, kl_target: Optional[float] = None,
-                 horizon: int = 10_000):
+    def __init__(self, reward: CriticKLReward | None = None, kl_target: float | None = None, horizon: int = 10_000):
         super().__init__()
         self.reward, self.kl_target, self.horizon = reward, kl_target, horizon
         self._critic, self._kl = [], []
@@ -439,13 +454,14 @@ def evaluate(policy, reference, critic, task, beta: float, num_samples: int, dev
     """
     metrics = evaluate_policy(policy, task, num_samples=num_samples, device=device, seed=seed)
     venv = make_vector_env(task, num_samples, device)
-    res = rollout(policy, venv, seed=seed, generator=torch.Generator(device=device).manual_seed(seed),
-                  store_masks=True)
+    res = rollout(policy, venv, seed=seed, generator=torch.Generator(device=device).manual_seed(seed), store_masks=True)
     batch = res.to_batch()
     S = res.actions.shape[1]
     masks = torch.zeros(*batch.tokens.shape, res.action_masks.shape[-1], dtype=torch.bool, device=batch.tokens.device)
     masks[batch.is_action] = res.action_masks[torch.arange(S, device=masks.device)[None] < res.num_actions[:, None]]
-    logits = reference(batch.tokens).float()[:, :-1].masked_fill(~masks[:, 1:], -math.inf)  # predict position t from t-1
+    logits = (
+        reference(batch.tokens).float()[:, :-1].masked_fill(~masks[:, 1:], -math.inf)
+    )  # predict position t from t-1
     log_ref = F.log_softmax(logits, -1).gather(-1, batch.tokens[:, 1:, None]).squeeze(-1)
     log_ref = torch.where(batch.is_action[:, 1:], log_ref, torch.zeros_like(log_ref)).sum(1)
     kl = float((res.log_probs.sum(1) - log_ref).mean())
@@ -454,8 +470,16 @@ def evaluate(policy, reference, critic, task, beta: float, num_samples: int, dev
     return metrics
 
 
-def make_ppo(cfg: PPOCriticConfig, reference, policy_config: dict, critic, task, device,
-             score_shift: float = 0.0, score_scale: float = 1.0):
+def make_ppo(
+    cfg: PPOCriticConfig,
+    reference,
+    policy_config: dict,
+    critic,
+    task,
+    device,
+    score_shift: float = 0.0,
+    score_scale: float = 1.0,
+):
     """The MaskablePPO model of a run, its actor started at π0, with the reward wrapper and the callback.
 
     ``cfg.checkpoint``/``cfg.critic`` are not read (the caller loaded them).
@@ -465,17 +489,37 @@ def make_ppo(cfg: PPOCriticConfig, reference, policy_config: dict, critic, task,
     :param critic: see :class:`CriticKLReward`.
     :return: ``(ppo, reward, callback)``: run ``ppo.learn(n, callback=callback)``.
     """
-    reward = CriticKLReward(SB3VecEnv(make_vector_env(task, cfg.num_envs, device)), critic, reference, cfg.beta,
-                            device, estimator=cfg.kl_estimator, score_shift=score_shift, score_scale=score_scale)
+    reward = CriticKLReward(
+        SB3VecEnv(make_vector_env(task, cfg.num_envs, device)),
+        critic,
+        reference,
+        cfg.beta,
+        device,
+        estimator=cfg.kl_estimator,
+        score_shift=score_shift,
+        score_scale=score_scale,
+    )
     env = VecMonitor(reward)  # episode returns in reward units; no reward normalisation (module docstring)
     exact = cfg.kl_estimator == "exact"
     ppo = MaskablePPO(
-        TransformerMaskablePolicy, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
-        batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=1.0, gae_lambda=cfg.gae_lambda,
-        clip_range=cfg.clip_range, ent_coef=cfg.beta if exact else 0.0, vf_coef=cfg.vf_coef,
-        max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl or None,
-        normalize_advantage=cfg.normalize_advantage, tensorboard_log=cfg.logdir,
-        policy_kwargs=dict(policy_config=policy_config), seed=cfg.seed, device=device,
+        TransformerMaskablePolicy,
+        env,
+        learning_rate=cfg.learning_rate,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=1.0,
+        gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_range,
+        ent_coef=cfg.beta if exact else 0.0,
+        vf_coef=cfg.vf_coef,
+        max_grad_norm=cfg.max_grad_norm,
+        target_kl=cfg.target_kl or None,
+        normalize_advantage=cfg.normalize_advantage,
+        tensorboard_log=cfg.logdir,
+        policy_kwargs=dict(policy_config=policy_config),
+        seed=cfg.seed,
+        device=device,
     )
     ppo.policy.actor.load_state_dict(reference.state_dict())  # π starts at π0
     reward.policy = ppo.policy.actor  # the log π term of the KL penalty
@@ -510,8 +554,12 @@ def _run(cfg: PPOCriticConfig, device, reference, task, state, critic) -> dict:
 
     shift, scale = 0.0, 1.0
     if cfg.score_norm == "frozen":  # the critic score's spread on π0 samples, measured once
-        res = rollout(reference, make_vector_env(task, cfg.eval_samples, device), seed=cfg.seed + 1,
-                      generator=torch.Generator(device=device).manual_seed(cfg.seed + 1))
+        res = rollout(
+            reference,
+            make_vector_env(task, cfg.eval_samples, device),
+            seed=cfg.seed + 1,
+            generator=torch.Generator(device=device).manual_seed(cfg.seed + 1),
+        )
         scores = critic_reward(critic, res.sequences(), res.terminated.tolist(), device).double()
         shift, scale = float(scores.mean()), max(float(scores.std()), 1e-6)
     ppo, reward, callback = make_ppo(cfg, reference, state["policy"]["config"], critic, task, device, shift, scale)
@@ -521,10 +569,18 @@ def _run(cfg: PPOCriticConfig, device, reference, task, state, critic) -> dict:
     actor = ppo.policy.actor
     after = evaluate(actor, reference, critic, task, reward.beta, cfg.eval_samples, device, cfg.seed)
     logdir = Path(cfg.logdir)
-    save_checkpoint({"agent": "ppo", "task": task.spec(), "policy": actor.policy_spec(),
-                     "model": actor.state_dict(), "config": asdict(cfg), "step": int(ppo.num_timesteps),
-                     "learner": {"value_head": ppo.policy.value_net.state_dict()}}, logdir / "checkpoint.pt")
-    metrics = {"before": before, "after": after, "final_beta": reward.beta, "score_shift": shift,
-               "score_scale": scale}
+    save_checkpoint(
+        {
+            "agent": "ppo",
+            "task": task.spec(),
+            "policy": actor.policy_spec(),
+            "model": actor.state_dict(),
+            "config": asdict(cfg),
+            "step": int(ppo.num_timesteps),
+            "learner": {"value_head": ppo.policy.value_net.state_dict()},
+        },
+        logdir / "checkpoint.pt",
+    )
+    metrics = {"before": before, "after": after, "final_beta": reward.beta, "score_shift": shift, "score_scale": scale}
     (logdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -35,7 +35,7 @@ Usage (``scripts/ppo_critic.py``)::
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -72,7 +72,7 @@ class TransformerStateExtractor(BaseFeaturesExtractor):
         if config.block_size < self.max_length + 1:
             raise ValueError(f"policy block_size {config.block_size} < env max_length + 1 = {self.max_length + 1}")
         self.policy = TransformerPolicy(config)
-        self._hidden: Optional[torch.Tensor] = None
+        self._hidden: torch.Tensor | None = None
         self.policy.ln_f.register_forward_hook(self._keep_hidden)
 
     def _keep_hidden(self, module, inputs, output) -> None:
@@ -136,23 +136,36 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
     """
 
     @property
-    def kl_reference(self) -> Optional[TransformerPolicy]:
+    def kl_reference(self) -> TransformerPolicy | None:
         """The frozen π0 of the exact-KL penalty, or ``None`` (set it with :meth:`set_kl_reference`)."""
         return self.__dict__.get("_kl_reference")
 
-    def set_kl_reference(self, model: Optional[TransformerPolicy]) -> None:
+    def set_kl_reference(self, model: TransformerPolicy | None) -> None:
         """Attach π0 for the exact-KL penalty (``None`` detaches it). Kept outside the module tree: never
         trained, saved or moved by SB3."""
         self.__dict__["_kl_reference"] = model
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
-                 policy_config: dict, value_hidden: int = 64, detach_value: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule,
+        policy_config: dict,
+        value_hidden: int = 64,
+        detach_value: bool = True,
+        **kwargs: Any,
+    ):
         vocab = PolicyConfig.from_dict(policy_config).vocab_size
         if not isinstance(action_space, spaces.Discrete) or int(action_space.n) != vocab:
             raise ValueError(f"action space must be Discrete({vocab}) (the actor's vocabulary), got {action_space}")
         self.value_hidden, self.detach_value = value_hidden, detach_value
-        kwargs.update(net_arch=[], ortho_init=False, features_extractor_class=TransformerStateExtractor,
-                      features_extractor_kwargs=dict(policy_config=policy_config), share_features_extractor=True)
+        kwargs.update(
+            net_arch=[],
+            ortho_init=False,
+            features_extractor_class=TransformerStateExtractor,
+            features_extractor_kwargs=dict(policy_config=policy_config),
+            share_features_extractor=True,
+        )
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     @property
@@ -174,8 +187,11 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
         latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
         distribution = self._get_action_dist_from_latent(latent_pi)
         logits = distribution.distribution.logits.float()  # the actor's logits [B, V]
-        mask = (torch.ones_like(logits, dtype=torch.bool) if action_masks is None
-                else torch.as_tensor(action_masks, device=logits.device).reshape(logits.shape).bool())
+        mask = (
+            torch.ones_like(logits, dtype=torch.bool)
+            if action_masks is None
+            else torch.as_tensor(action_masks, device=logits.device).reshape(logits.shape).bool()
+        )
         if action_masks is not None:
             distribution.apply_masking(action_masks)
         tokens, length = obs["tokens"].long(), discrete_index(obs["length"])
@@ -191,6 +207,9 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
         data = super()._get_constructor_parameters()
         for key in ("net_arch", "ortho_init", "features_extractor_class", "features_extractor_kwargs"):
             data.pop(key, None)
-        data.update(policy_config=self.features_extractor_kwargs["policy_config"], value_hidden=self.value_hidden,
-                    detach_value=self.detach_value)
+        data.update(
+            policy_config=self.features_extractor_kwargs["policy_config"],
+            value_hidden=self.value_hidden,
+            detach_value=self.detach_value,
+        )
         return data
