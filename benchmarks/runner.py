@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import os
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -322,6 +323,23 @@ class Tempered(torch.nn.Module):
         return self.policy(tokens) / self.temperature
 
 
+class _StepTimer(Callback):
+    """Wall seconds of each optimisation step, from the batch's arrival to the step's end (the learner's own
+    sampling included; logging, checkpoints and evaluations excluded): the cost per step, and with the same
+    demonstration batch in every arm, the cost per demonstration token relative to the control."""
+
+    def __init__(self):
+        self.t, self.seconds = None, []
+
+    def on_batch(self, trainer, demos) -> None:
+        self.t = time.perf_counter()
+
+    def on_step_end(self, trainer, metrics) -> None:
+        if self.t is not None:
+            self.seconds.append(time.perf_counter() - self.t)
+            self.t = None
+
+
 class _Select(Callback):
     """Model selection of the base: held-out NLL on ``valid`` every ``every`` steps, best kept as ``best.pt``."""
 
@@ -342,7 +360,8 @@ def run_cell(job: dict) -> dict:
 
     :param job: ``dict(task, seed, arm, run (resolved config), model, logdir, device, start_from (checkpoint
         or None), temperatures, default_temperature, eval_samples)``.
-    :return: ``dict(status="ok", metrics={str(T): {...}}, steps, train_s, eval_s, checkpoint, selection)``
+    :return: ``dict(status="ok", metrics={str(T): {...}}, steps, train_s, eval_s, step_s_median (median wall
+        seconds of one optimisation step, see :class:`_StepTimer`), checkpoint, selection)``
         or ``dict(status="failed", error=...)``.
     """
     torch.set_num_threads(1)
@@ -371,8 +390,8 @@ def run_cell(job: dict) -> dict:
             **start,
             **section,
         )
-        select = _Select(run.get("select_every", 0))
-        trainer = Trainer(cfg, callbacks=[select])
+        select, timer = _Select(run.get("select_every", 0)), _StepTimer()
+        trainer = Trainer(cfg, callbacks=[select, timer])
         try:
             default = trainer.train()  # ends with evaluate_policy at the default temperature, seed = the seed
         finally:
@@ -413,6 +432,7 @@ def run_cell(job: dict) -> dict:
             "steps": steps,
             "train_s": round(train_s, 2),
             "eval_s": round(time.perf_counter() - t1, 2),
+            "step_s_median": round(statistics.median(timer.seconds), 5) if timer.seconds else None,
             "checkpoint": checkpoint,
             "selection": selection,
         }
