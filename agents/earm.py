@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .common.cli import check_number
 from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
 from .common.resampling import effective_sample_size, importance_resample
@@ -81,17 +82,9 @@ class EARMConfig:
     n_grad_conditionals: int = 2
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.lam, bool)
-            or not isinstance(self.lam, (int, float))
-            or not math.isfinite(self.lam)
-            or self.lam < 0
-        ):
-            raise ValueError(f"EARMConfig.lam must be a finite number >= 0, got {self.lam!r}")
+        check_number("EARMConfig.lam", self.lam, ge=0)
         for name in ("start_step", "n_grad_conditionals"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"EARMConfig.{name} must be an integer >= 0, got {value!r}")
+            check_number(f"EARMConfig.{name}", getattr(self, name), ge=0, integer=True)
 
 
 # ---------------------------------------------------------------------------
@@ -203,8 +196,8 @@ def prefix_log_prob(
 
 
 def _check_n_grad(n):
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-        raise ValueError(f"n_grad_conditionals must be an integer >= 0 or None, got {n!r}")
+    if n is not None:
+        check_number("n_grad_conditionals", n, ge=0, integer=True)
 
 
 def _prefix_log_prob(logp: torch.Tensor, n_grad: int | None) -> torch.Tensor:
@@ -369,8 +362,7 @@ def earm_loss(
     """
     if not isinstance(cfg, EARMConfig):
         raise ValueError(f"cfg must be an EARMConfig, got {type(cfg).__name__}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    check_number("step", step, ge=0, integer=True)
     _check_batch(logits_data, tokens_data, mask_data, "data")
     n_tokens = int(mask_data.sum())
     if n_tokens == 0:
@@ -534,13 +526,7 @@ def energy_resample(
     if not bool(torch.isfinite(energies).any(1).all()):
         bad = (~torch.isfinite(energies).any(1)).nonzero().flatten().tolist()
         raise ValueError(f"energies: rows {bad} have no finite energy (every candidate is +inf)")
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    check_number("temperature", temperature, gt=0)
     if proposal_log_prob is not None:
         if not isinstance(proposal_log_prob, torch.Tensor) or proposal_log_prob.shape != energies.shape:
             raise ValueError(
@@ -599,13 +585,9 @@ def energy_rerank(
     """
     _check_batch(logits, tokens, mask, "energy_rerank")
     B = tokens.shape[0]
-    if (
-        isinstance(num_candidates, bool)
-        or not isinstance(num_candidates, int)
-        or num_candidates < 1
-        or B % num_candidates
-    ):
-        raise ValueError(f"num_candidates must be an integer >= 1 dividing the batch size {B}, got {num_candidates!r}")
+    check_number("num_candidates", num_candidates, ge=1, integer=True)
+    if B % num_candidates:
+        raise ValueError(f"num_candidates must divide the batch size {B}, got {num_candidates!r}")
     N = B // num_candidates
     energies = sequence_energy(logits, tokens, mask).view(N, num_candidates)
     log_q = None

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from .checks import check_number
 from .rewards import StateScore, check_reward_mode, make_score, step_rewards
 from .tasks import Task, make_task
 from .tokenizers import SpecialIds, Tokenizer
@@ -78,17 +79,11 @@ def resolve_config(
     tok = task.tokenizer
     if max_length is None:
         max_length = task.max_length
-    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
-        raise ValueError(f"max_length must be an integer >= 1 (tokens, prompt included), got {max_length!r}")
+    check_number("max_length", max_length, ge=1, integer=True)  # tokens, prompt included
     max_length = int(max_length)
     if max_episode_steps is None:
         max_episode_steps = STEP_LIMIT_FACTOR * max_length
-    if (
-        isinstance(max_episode_steps, bool)
-        or not isinstance(max_episode_steps, (int, np.integer))
-        or max_episode_steps < 1
-    ):
-        raise ValueError(f"max_episode_steps must be an integer >= 1, got {max_episode_steps!r}")
+    check_number("max_episode_steps", max_episode_steps, ge=1, integer=True)
     if render_mode is not None and render_mode not in RENDER_MODES:
         raise ValueError(f"unknown render_mode {render_mode!r}; expected None or one of {RENDER_MODES}")
     score = make_score(reward, task)

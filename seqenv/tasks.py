@@ -65,6 +65,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import check_number
 from .oracle import HMMOracle
 from .pretrained import PRETRAINED_NAMES, pretrained_dir
 from .tokenizers import BPETokenizer, CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_dict
@@ -811,8 +812,7 @@ def arithmetic(
         ("num_test", num_test),
         ("max_digits", max_digits),
     ):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"arithmetic: {k} must be an integer >= 1, got {v!r}")
+        check_number(f"arithmetic: {k}", v, ge=1, integer=True)
     if not (isinstance(min_base, int) and isinstance(max_base, int) and 2 <= min_base <= max_base <= 16):
         raise ValueError(
             f"arithmetic: need 2 <= min_base <= max_base <= 16, got min_base={min_base!r}, max_base={max_base!r}"

@@ -31,6 +31,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from gymnasium.vector.utils import batch_space
 
+from .checks import check_number
 from .env import (
     RENDER_MODES,
     TokenActionSpace,
@@ -164,8 +165,7 @@ class SeqGenVectorEnv(VectorEnv):
         mask_in_observation: bool = False,
         tokenizer: str | None = None,
     ):
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        check_number("num_envs", num_envs, ge=1, integer=True)
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from seqenv.checks import check_number
 from seqenv.tasks import Task, make_task
 from seqenv.tokenizers import tokenizer_from_dict
 
@@ -146,22 +147,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ):
         raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'policy' or 'task' entry")
     task = state["task"]
-    if (
-        not isinstance(task.get("name"), str)
-        or not isinstance(task.get("tokenizer"), dict)
-        or not isinstance(task.get("max_length"), int)
-        or isinstance(task.get("max_length"), bool)
-    ):
+    try:
+        check_number("max_length", task.get("max_length"), ge=1, integer=True)
+        well_formed = isinstance(task.get("name"), str) and isinstance(task.get("tokenizer"), dict)
+    except ValueError:
+        well_formed = False
+    if not well_formed:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has a malformed 'task' entry (expected 'name' (str), "
             "'tokenizer' (dict) and 'max_length' (int))"
         )
     if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise CheckpointError(f"checkpoint {str(path)!r} has a malformed 'model' entry (expected a dict of tensors)")
-    if "step" in state and (not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has a malformed 'step' ({state['step']!r}; expected an integer >= 0)"
-        )
+    if "step" in state:
+        try:
+            check_number("step", state["step"], ge=0, integer=True)
+        except ValueError:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has a malformed 'step' ({state['step']!r}; expected an integer >= 0)"
+            ) from None
     _use_hf_export(state, path)
     return state
 

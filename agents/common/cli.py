@@ -2,7 +2,8 @@
 
 * :func:`check_number` -- the range checks of every numeric flag, used in the
   flag dataclasses' ``__post_init__`` (so they run at parse time and in the
-  Python API alike); the message names the flag, the value and the range.
+  Python API alike); the message names the flag, the value and the range
+  (defined in :mod:`seqenv.checks`, which the envs use too; re-exported here).
 * :func:`parse_flags` -- ``tyro.cli`` whose rejected values (a ``ValueError``
   from a ``__post_init__``, an unconvertible value) become a
   :class:`FlagError` that :func:`run_cli` reports on one line, instead of
@@ -18,7 +19,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -27,7 +27,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import tyro
 
@@ -39,6 +39,8 @@ except ImportError:  # pragma: no cover - older tyro
     _tyro_errors = None
     _on_parse_error = None
     _InstantiationFailure = None
+
+from seqenv.checks import check_number as check_number  # re-exported: the one range check
 
 from .checkpoint import CheckpointError
 
@@ -80,41 +82,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     CheckpointError,
 )
-
-
-def check_number(
-    flag: str,
-    value: Any,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    integer: bool = False,
-) -> None:
-    """Raise unless ``value`` is a finite number (an ``int`` if ``integer``) within the bounds.
-
-    :param flag: the flag's name as the user types it (``"--grad-clip"``).
-    :raises ValueError: ``"--grad-clip must be a finite number > 0, got -1.0"``.
-    """
-    bounds = [
-        f"{op} {b:g}" if isinstance(b, float) else f"{op} {b}"
-        for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt))
-        if b is not None
-    ]
-    ok = (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and (isinstance(value, int) or not integer)
-        and math.isfinite(value)
-        and (ge is None or value >= ge)
-        and (gt is None or value > gt)
-        and (le is None or value <= le)
-        and (lt is None or value < lt)
-    )
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{flag} must be {kind}{' ' if bounds else ''}{' and '.join(bounds)}, got {value!r}")
 
 
 def _flag_names(message: str, sections: Mapping[str, str]) -> str:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seqenv.checks import check_number
 from seqenv.oracle import pad_sequences
 from seqenv.tasks import Task
 from seqenv.tokenizers import DEFAULT_SPECIAL_IDS, NUM_SPECIAL, SpecialIds
@@ -116,8 +117,7 @@ def augment_with_backspace(
     if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
         raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
     ids = SpecialIds.of(ids)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= NUM_SPECIAL:
-        raise ValueError(f"vocab_size must be an int > {NUM_SPECIAL} (the special ids), got {vocab_size!r}")
+    check_number("vocab_size", vocab_size, gt=NUM_SPECIAL, integer=True)  # room for a data token beyond the specials
     if wrong_tokens not in WRONG_TOKEN_SOURCES:
         raise ValueError(f"wrong_tokens must be one of {WRONG_TOKEN_SOURCES}, got {wrong_tokens!r}")
     if wrong_tokens == "model" and not callable(wrong_token_fn):
