@@ -95,9 +95,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from seqenv.checks import check_number
 from seqenv.pretrained import PRETRAINED_NAMES, file_sha256, pretrained_dir, pretrained_sha256
 from seqenv.tokenizers import BACKSPACE_TOKEN, HF_PAD_TOKEN, HFTokenizer
 
+from .base import check_decode_step, check_prefill, check_token_ids
 from .transformer import backspace_layout
 
 PAD_TOKEN = HF_PAD_TOKEN
@@ -154,8 +156,7 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoraSettings.r must be a positive int, got {self.r!r}")
+        check_number("LoraSettings.r", self.r, ge=1, integer=True)
         if not self.alpha > 0:
             raise ValueError(f"LoraSettings.alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -476,12 +477,6 @@ class HFPolicy(nn.Module):
 
     # ------------------------------------------------------------ forward
 
-    def _check_ids(self, tokens: torch.Tensor, name: str) -> None:
-        bad = (tokens < 0) | (tokens >= self.vocab_size)
-        if bad.any():
-            idx = tuple(bad.nonzero()[0].tolist())
-            raise ValueError(f"{name}{list(idx)} = {int(tokens[idx])} is not a token id in [0, {self.vocab_size})")
-
     def _float_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """BoolTensor[B, Q, K] (True = attend) -> additive FloatTensor[B, 1, Q, K] in the model dtype."""
         dtype = self.compute_dtype or self.lm.dtype
@@ -502,7 +497,7 @@ class HFPolicy(nn.Module):
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
-        self._check_ids(tokens, "tokens")
+        check_token_ids(tokens, self.vocab_size)
         input_ids, position_ids, allowed = backspace_layout(
             tokens, self.special_ids["backspace"], self.special_ids["pad"]
         )
@@ -542,23 +537,10 @@ class HFPolicy(nn.Module):
         """
         from transformers import DynamicCache
 
-        if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
-            raise ValueError(
-                f"expected tokens [B, T] and lengths [B], got {tuple(tokens.shape)} and {tuple(lengths.shape)}"
-            )
+        tokens, lengths, in_state = check_prefill(self, tokens, lengths)
         B, T = tokens.shape
-        if T > self.max_state_length:
-            raise ValueError(f"prefill length T={T} exceeds max_state_length={self.max_state_length}")
-        if ((lengths < 1) | (lengths > T)).any():
-            raise ValueError(f"lengths must be in [1, {T}], got {lengths.tolist()}")
         device = tokens.device
-        lengths = lengths.to(device=device, dtype=torch.long)
         ar = torch.arange(T, device=device)
-        in_state = ar[None, :] < lengths[:, None]  # [B, T]
-        tokens = torch.where(in_state, tokens, self.special_ids["pad"])
-        self._check_ids(tokens, "tokens")
-        if ((tokens == self.special_ids["backspace"]) & in_state).any():
-            raise ValueError("prefill states must not contain backspace; reduce the trajectories first")
         kv = DynamicCache()
         allowed = (ar[None, :, None] >= ar[None, None, :]) & (
             in_state[:, None, :] | torch.eye(T, dtype=torch.bool, device=device)
@@ -596,30 +578,9 @@ class HFPolicy(nn.Module):
             beyond ``max_state_length`` or a pop of bos (checked before any
             change).
         """
-        B = cache.lengths.shape[0]
-        if actions.shape != (B,) or (active is not None and active.shape != (B,)):
-            raise ValueError(
-                f"actions and active must have shape ({B},), got {tuple(actions.shape)} and "
-                f"{None if active is None else tuple(active.shape)}"
-            )
-        device = cache.lengths.device
-        actions = actions.to(device=device, dtype=torch.long)
-        active = torch.ones(B, dtype=torch.bool, device=device) if active is None else active.to(device, torch.bool)
         lengths = cache.lengths
-        pop = active & (actions == self.special_ids["backspace"])
-        push = active & ~pop
-        bad_id = active & ((actions < 0) | (actions >= self.vocab_size))
-        bad_pop = pop & (lengths <= 1)
-        bad_push = push & (lengths >= self.max_state_length)
-        if (bad_id | bad_pop | bad_push).any():
-            for bad, what in (
-                (bad_id, f"action id outside [0, {self.vocab_size})"),
-                (bad_pop, "backspace would delete bos (state length 1)"),
-                (bad_push, f"push would exceed max_state_length={self.max_state_length}"),
-            ):
-                if bad.any():
-                    b = int(bad.nonzero()[0])
-                    raise ValueError(f"row {b}: {what}; action {int(actions[b])}, length {int(lengths[b])}")
+        B, device = lengths.shape[0], lengths.device
+        actions, active, pop, push = check_decode_step(self, lengths, actions, active)
         if not bool(active.any()):
             return cache.logits.clone()
 

@@ -59,7 +59,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqenv.checks import check_number
 from seqenv.tokenizers import EOS_ID, UNK_ID
+
+from .base import check_decode_step, check_prefill, check_token_ids
 
 
 @dataclass
@@ -96,19 +99,16 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PolicyConfig.{name} must be a positive int, got {value!r}")
+            check_number(f"PolicyConfig.{name}", getattr(self, name), ge=1, integer=True)
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"PolicyConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"PolicyConfig.dropout must be in [0, 1), got {self.dropout!r}")
         specials = {"bos_id": self.bos_id, "backspace_id": self.backspace_id, "pad_id": self.pad_id}
         for name, value in specials.items():
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
-                raise ValueError(
-                    f"PolicyConfig.{name} must be an int in [0, vocab_size={self.vocab_size}), got {value!r}"
-                )
+            check_number(
+                f"PolicyConfig.{name} (vocab_size={self.vocab_size})", value, ge=0, lt=self.vocab_size, integer=True
+            )
         if len(set(specials.values())) != 3:
             raise ValueError(f"PolicyConfig special ids must be distinct, got {specials}")
 
@@ -394,13 +394,6 @@ class TransformerPolicy(nn.Module):
         """Number of trainable parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def _check_ids(self, tokens: torch.Tensor, name: str) -> None:
-        V = self.config.vocab_size
-        bad = (tokens < 0) | (tokens >= V)
-        if bad.any():
-            idx = tuple(bad.nonzero()[0].tolist())
-            raise ValueError(f"{name}{list(idx)} = {int(tokens[idx])} is not a token id in [0, {V})")
-
     def _run(self, input_ids, position_ids, attn_mask):
         """Embeddings and blocks. :return: ``(hidden [B, T, C], keys, values)`` (lists per layer)."""
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
@@ -429,7 +422,7 @@ class TransformerPolicy(nn.Module):
         c = self.config
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tuple(tokens.shape)}")
-        self._check_ids(tokens, "tokens")
+        check_token_ids(tokens, c.vocab_size)
         T = tokens.shape[1]
         if fast_path and T <= c.block_size and not (tokens == c.backspace_id).any():
             _check_pads_at_end(tokens, c.pad_id)
@@ -459,21 +452,8 @@ class TransformerPolicy(nn.Module):
             inside a state.
         """
         c = self.config
-        if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
-            raise ValueError(
-                f"expected tokens [B, T] and lengths [B], got {tuple(tokens.shape)} and {tuple(lengths.shape)}"
-            )
+        tokens, lengths, _ = check_prefill(self, tokens, lengths, "block_size")
         B, T = tokens.shape
-        if T > c.block_size:
-            raise ValueError(f"prefill length T={T} exceeds block_size={c.block_size}")
-        if ((lengths < 1) | (lengths > T)).any():
-            raise ValueError(f"lengths must be in [1, {T}], got {lengths.tolist()}")
-        lengths = lengths.to(device=tokens.device, dtype=torch.long)
-        in_state = torch.arange(T, device=tokens.device)[None, :] < lengths[:, None]
-        tokens = torch.where(in_state, tokens, c.pad_id)
-        self._check_ids(tokens, "tokens")
-        if ((tokens == c.backspace_id) & in_state).any():
-            raise ValueError("prefill states must not contain backspace; reduce the trajectories first")
 
         position_ids = torch.arange(T, device=tokens.device)[None, :]
         x, ks, vs = self._run(tokens, position_ids, None)
@@ -509,31 +489,9 @@ class TransformerPolicy(nn.Module):
             one host sync per step).
         """
         c = self.config
-        B = cache.lengths.shape[0]
-        if actions.shape != (B,) or (active is not None and active.shape != (B,)):
-            raise ValueError(
-                f"actions and active must have shape ({B},), got {tuple(actions.shape)} and "
-                f"{None if active is None else tuple(active.shape)}"
-            )
-        actions = actions.to(device=cache.lengths.device, dtype=torch.long)
-        if active is None:
-            active = torch.ones(B, dtype=torch.bool, device=actions.device)
-        active = active.to(device=actions.device, dtype=torch.bool)
         lengths = cache.lengths
-        pop = active & (actions == c.backspace_id)
-        push = active & ~pop
-        bad_id = active & ((actions < 0) | (actions >= c.vocab_size))
-        bad_pop = pop & (lengths <= 1)
-        bad_push = push & (lengths >= c.block_size)
-        if (bad_id | bad_pop | bad_push).any():
-            for bad, what in (
-                (bad_id, f"action id outside [0, {c.vocab_size})"),
-                (bad_pop, "backspace would delete bos (state length 1)"),
-                (bad_push, f"push would exceed block_size={c.block_size}"),
-            ):
-                if bad.any():
-                    b = int(bad.nonzero()[0])
-                    raise ValueError(f"row {b}: {what}; action {int(actions[b])}, length {int(lengths[b])}")
+        B = lengths.shape[0]
+        actions, active, pop, push = check_decode_step(self, lengths, actions, active, "block_size")
 
         rows = torch.arange(B, device=actions.device)
         pos = lengths.clamp(max=c.block_size - 1)  # slot of the pushed token (throwaway for other rows)
