@@ -2,8 +2,9 @@
 
 :class:`SeqGenEnv` is the Gymnasium env (numpy observations); its docstring is
 the manual of the MDP. :class:`seqenv.vector_env.SeqGenVectorEnv` runs the same
-MDP for a batch of envs in torch tensors; both build their configuration with
-:func:`resolve_config`, their spaces with :func:`observation_space` and
+MDP for a batch of envs in torch tensors; both take one :class:`EnvConfig`
+(built once by :meth:`EnvConfig.make`, read through :class:`EnvConfigView`, as
+gymnax keeps ``EnvParams`` apart from the step function), their spaces with :func:`observation_space` and
 :class:`TokenActionSpace`, their prompts with :func:`prompt_index`, their
 rewards with :mod:`seqenv.rewards` and their error messages with
 :func:`illegal_action_error`, and a test drives them side by side and compares
@@ -35,80 +36,117 @@ RESET_OPTIONS = ("prompt",)
 # --------------------------------------------------------------------------
 # configuration shared by the single and the vector env
 # --------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class EnvConfig:
-    """Validated constructor arguments of both envs (see :func:`resolve_config`)."""
+    """The MDP's parameters, validated once and shared by both envs (gymnax's ``EnvParams``).
+
+    Build it with :meth:`make` (the arguments are documented in :class:`SeqGenEnv`);
+    ``SeqGenEnv(config)`` and ``SeqGenVectorEnv(num_envs, config)`` take it as it
+    is, ``SeqGenEnv(task=..., max_length=...)`` builds it from the keywords.
+    """
 
     task: Task
     tokenizer: Tokenizer
     vocab_size: int
     ids: SpecialIds  # the tokenizer's special ids
-    max_length: int
+    max_length: int  # tokens in a state, prompt included
     max_episode_steps: int
     score: StateScore | None
     reward_mode: str
     prompts: list[list[int]] | None  # encoded; None = unconditional
     render_mode: str | None
+    mask_in_observation: bool = False
+
+    @classmethod
+    def make(
+        cls,
+        task: str | Task = "python-lines",
+        max_length: int | None = None,
+        max_episode_steps: int | None = None,
+        reward: Any = "none",
+        reward_mode: str = "terminal",
+        prompts: Sequence[str] | None = None,
+        render_mode: str | None = None,
+        mask_in_observation: bool = False,
+        tokenizer: str | None = None,
+    ) -> EnvConfig:
+        """Check the env arguments and resolve the defaults (table in :class:`SeqGenEnv`).
+
+        :raises ValueError: unknown task, ``max_length < 1``, ``max_episode_steps
+            < 1``, unknown reward or reward mode, ``reward="oracle"`` without an
+            oracle, ``reward="validity"`` without a checker, a bad or too long
+            prompt, an unknown render mode, a ``tokenizer`` given with a ``Task``
+            instance.
+        """
+        if tokenizer is not None:
+            if not isinstance(task, str):
+                raise ValueError(
+                    f"tokenizer={tokenizer!r} needs a task name (the task is re-tokenized); "
+                    f"got a {type(task).__name__}: build it with make_task(name, tokenizer=...)"
+                )
+            task = make_task(task, tokenizer=tokenizer)
+        task = make_task(task)
+        tok = task.tokenizer
+        if max_length is None:
+            max_length = task.max_length
+        check_number("max_length", max_length, ge=1, integer=True)  # tokens, prompt included
+        max_length = int(max_length)
+        if max_episode_steps is None:
+            max_episode_steps = STEP_LIMIT_FACTOR * max_length
+        check_number("max_episode_steps", max_episode_steps, ge=1, integer=True)
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            raise ValueError(f"unknown render_mode {render_mode!r}; expected None or one of {RENDER_MODES}")
+        score = make_score(reward, task)
+        check_reward_mode(reward_mode)
+        if prompts is None:
+            prompts = task.prompts
+        elif isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts must be a list of strings, got {prompts!r:.80}")
+        encoded = None
+        if prompts is not None:
+            if len(prompts) == 0:
+                raise ValueError("prompts is an empty list; pass None for an unconditional task")
+            encoded = [encode_prompt(tok, p, max_length) for p in prompts]
+        return cls(
+            task,
+            tok,
+            int(tok.vocab_size),
+            SpecialIds.of(tok),
+            max_length,
+            int(max_episode_steps),
+            score,
+            reward_mode,
+            encoded,
+            render_mode,
+            bool(mask_in_observation),
+        )
+
+    @classmethod
+    def of(cls, config: EnvConfig | str | Task, kwargs: dict[str, Any]) -> EnvConfig:
+        """``config`` itself (no keywords allowed with it) or ``EnvConfig.make(config, **kwargs)``.
+
+        :raises ValueError: an ``EnvConfig`` with keyword arguments (they would be ignored).
+        """
+        if isinstance(config, EnvConfig):
+            if kwargs:
+                raise ValueError(f"an EnvConfig is complete; got it with the arguments {sorted(kwargs)} as well")
+            return config
+        return cls.make(config, **kwargs)
 
 
-def resolve_config(
-    task: str | Task = "python-lines",
-    max_length: int | None = None,
-    max_episode_steps: int | None = None,
-    reward: Any = "none",
-    reward_mode: str = "terminal",
-    prompts: Sequence[str] | None = None,
-    render_mode: str | None = None,
-    tokenizer: str | None = None,
-) -> EnvConfig:
-    """Check the env arguments and resolve the defaults (documented in :class:`SeqGenEnv`).
+class EnvConfigView:
+    """The :class:`EnvConfig` fields both envs expose as read-only attributes (``env.max_length``, ...)."""
 
-    :raises ValueError: unknown task, ``max_length < 1``, ``max_episode_steps
-        < 1``, unknown reward or reward mode, ``reward="oracle"`` without an
-        oracle, ``reward="validity"`` without a checker, a bad or too long prompt, an unknown render mode, a
-        ``tokenizer`` given with a ``Task`` instance.
-    """
-    if tokenizer is not None:
-        if not isinstance(task, str):
-            raise ValueError(
-                f"tokenizer={tokenizer!r} needs a task name (the task is re-tokenized); "
-                f"got a {type(task).__name__}: build it with make_task(name, tokenizer=...)"
-            )
-        task = make_task(task, tokenizer=tokenizer)
-    task = make_task(task)
-    tok = task.tokenizer
-    if max_length is None:
-        max_length = task.max_length
-    check_number("max_length", max_length, ge=1, integer=True)  # tokens, prompt included
-    max_length = int(max_length)
-    if max_episode_steps is None:
-        max_episode_steps = STEP_LIMIT_FACTOR * max_length
-    check_number("max_episode_steps", max_episode_steps, ge=1, integer=True)
-    if render_mode is not None and render_mode not in RENDER_MODES:
-        raise ValueError(f"unknown render_mode {render_mode!r}; expected None or one of {RENDER_MODES}")
-    score = make_score(reward, task)
-    check_reward_mode(reward_mode)
-    if prompts is None:
-        prompts = task.prompts
-    elif isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"prompts must be a list of strings, got {prompts!r:.80}")
-    encoded = None
-    if prompts is not None:
-        if len(prompts) == 0:
-            raise ValueError("prompts is an empty list; pass None for an unconditional task")
-        encoded = [encode_prompt(tok, p, max_length) for p in prompts]
-    return EnvConfig(
-        task,
-        tok,
-        int(tok.vocab_size),
-        SpecialIds.of(tok),
-        max_length,
-        int(max_episode_steps),
-        score,
-        reward_mode,
-        encoded,
-        render_mode,
-    )
+    config: EnvConfig
+    task = property(lambda self: self.config.task)
+    tokenizer = property(lambda self: self.config.tokenizer)
+    vocab_size = property(lambda self: self.config.vocab_size)
+    ids = property(lambda self: self.config.ids)
+    max_length = property(lambda self: self.config.max_length)
+    max_episode_steps = property(lambda self: self.config.max_episode_steps)
+    reward_mode = property(lambda self: self.config.reward_mode)
+    render_mode = property(lambda self: self.config.render_mode)
+    mask_in_observation = property(lambda self: self.config.mask_in_observation)
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, max_length: int) -> list[int]:
@@ -233,7 +271,7 @@ def prompt_index(key, episode, num_prompts: int):
 # --------------------------------------------------------------------------
 # the single env
 # --------------------------------------------------------------------------
-class SeqGenEnv(gym.Env):
+class SeqGenEnv(EnvConfigView, gym.Env):
     """
     ## Description
 
@@ -383,27 +421,13 @@ class SeqGenEnv(gym.Env):
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
-    def __init__(
-        self,
-        task: str | Task = "python-lines",
-        max_length: int | None = None,
-        max_episode_steps: int | None = None,
-        reward: Any = "none",
-        reward_mode: str = "terminal",
-        prompts: Sequence[str] | None = None,
-        render_mode: str | None = None,
-        mask_in_observation: bool = False,
-        tokenizer: str | None = None,
-    ):
-        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode, tokenizer)
-        self.config = cfg
-        self.task, self.tokenizer = cfg.task, cfg.tokenizer
-        self.vocab_size, self.max_length = cfg.vocab_size, cfg.max_length
-        self.max_episode_steps = cfg.max_episode_steps
-        self.reward_mode = cfg.reward_mode
-        self.render_mode = cfg.render_mode
-        self.mask_in_observation = bool(mask_in_observation)
-        self.ids = cfg.ids
+    def __init__(self, task: str | Task | EnvConfig = "python-lines", **kwargs: Any):
+        """:param task: a task name or :class:`Task` (with the keyword arguments of the table
+            above), or a complete :class:`EnvConfig` (alone).
+        :raises ValueError: on a bad argument (:meth:`EnvConfig.make`).
+        :raises TypeError: on an unknown keyword argument.
+        """
+        self.config = EnvConfig.of(task, kwargs)
         self.action_space = TokenActionSpace(self.vocab_size, special_ids=self.ids)
         self.observation_space = observation_space(self.vocab_size, self.max_length, self.mask_in_observation)
 

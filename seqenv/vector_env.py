@@ -9,9 +9,11 @@ row writes (CPU) or selects (accelerators), and nothing loops over
 environments in Python. Dynamics, masks, rewards and prompt draws are those of
 the single env, output for output (``tests/test_vector_env.py``).
 
-The step is written once over an array namespace ``xp``: ``torch`` on
-accelerators, and on CPU ``numpy`` operating in place on the tensors' memory
-(``Tensor.numpy()`` views, no copies; ``torch.from_numpy`` for the outputs).
+The step is written once over an op table (:class:`ArrayOps`: the array
+namespace ``xp`` and the few operations whose spelling differs):
+:data:`TORCH_OPS` on accelerators, and on CPU :data:`NUMPY_OPS`, numpy
+operating in place on the tensors' memory (``Tensor.numpy()`` views, no
+copies; ``torch.from_numpy`` for the outputs).
 Both backends run the same lines; numpy is the CPU default because a torch op
 on a small CPU tensor costs about 4x a numpy op, and a step is dominated by
 that per-op cost up to thousands of envs. ``backend="torch"`` forces torch ops
@@ -23,7 +25,8 @@ on CPU (the tests run both).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,8 @@ from gymnasium.vector.utils import batch_space
 from .checks import check_number
 from .env import (
     RENDER_MODES,
+    EnvConfig,
+    EnvConfigView,
     TokenActionSpace,
     base_action_mask,
     encode_prompt,
@@ -41,7 +46,6 @@ from .env import (
     observation_space,
     prompt_index,
     render_text,
-    resolve_config,
     seed_key,
 )
 from .rewards import step_rewards
@@ -52,7 +56,49 @@ BACKENDS = ("auto", "numpy", "torch")
 STATE = ("tokens", "length", "prompt_length", "steps", "done", "episode", "key")
 
 
-class SeqGenVectorEnv(VectorEnv):
+@dataclass(frozen=True)
+class ArrayOps:
+    """The operations of the step whose spelling differs between numpy and torch.
+
+    Arrays are numpy arrays (:data:`NUMPY_OPS`) or torch tensors (:data:`TORCH_OPS`).
+    """
+
+    xp: Any  #: the namespace of the common ops (``where``, ``maximum``, ...): ``numpy`` or ``torch``
+    view: Callable[[torch.Tensor], Any]  #: a state tensor as the array the step writes in place
+    to_torch: Callable[[Any], torch.Tensor]  #: an array as a tensor (numpy: shares memory)
+    copy: Callable[[Any], Any]
+    long: Callable[[Any], Any]  #: cast to int64
+    const: Callable[[np.ndarray, torch.device], Any]  #: a constant table on the env's device
+    zeros_f32: Callable[[int, torch.device], torch.Tensor]  #: float32 ``[n]`` zeros as a tensor
+    take: Callable[[Any, Any], Any]  #: ``table[idx]`` along the first dimension
+    clip: Callable[[Any, int], Any]  #: clip to ``[0, high]``
+
+
+NUMPY_OPS = ArrayOps(
+    xp=np,
+    view=torch.Tensor.numpy,
+    to_torch=torch.from_numpy,
+    copy=np.copy,
+    long=lambda a: a.astype(np.int64),
+    const=lambda a, device: np.asarray(a),
+    zeros_f32=lambda n, device: torch.from_numpy(np.zeros(n, dtype=np.float32)),
+    take=lambda table, idx: table.take(idx, axis=0),  # faster than table[idx] in numpy
+    clip=lambda a, high: np.minimum(np.maximum(a, 0), high),  # faster than np.clip
+)
+TORCH_OPS = ArrayOps(
+    xp=torch,
+    view=lambda t: t,
+    to_torch=lambda a: a,
+    copy=torch.clone,
+    long=lambda a: a.long(),
+    const=lambda a, device: torch.as_tensor(np.asarray(a), device=device),
+    zeros_f32=lambda n, device: torch.zeros(n, dtype=torch.float32, device=device),
+    take=lambda table, idx: table.index_select(0, idx),
+    clip=lambda a, high: a.clamp(0, high),
+)
+
+
+class SeqGenVectorEnv(EnvConfigView, VectorEnv):
     """``num_envs`` sequence-generation envs as one batched torch state.
 
     Same MDP, arguments and observation keys as :class:`seqenv.env.SeqGenEnv`
@@ -137,9 +183,13 @@ class SeqGenVectorEnv(VectorEnv):
         elsewhere), ``"numpy"`` (CPU only) or ``"torch"``. Same results.
     :param autoreset_mode: ``AutoresetMode`` or its string value
         (``"NextStep"``, ``"SameStep"``, ``"Disabled"``), see above.
-    :param task, max_length, max_episode_steps, reward, reward_mode, prompts,
-        render_mode, mask_in_observation: as :class:`~seqenv.env.SeqGenEnv`;
-        ``max_episode_steps`` reaches this constructor through ``gym.make_vec``.
+    :param task: a task name or ``Task`` with the keyword arguments of
+        :class:`~seqenv.env.SeqGenEnv` (``max_length``, ``max_episode_steps``,
+        ``reward``, ``reward_mode``, ``prompts``, ``render_mode``,
+        ``mask_in_observation``, ``tokenizer``: :meth:`~seqenv.env.EnvConfig.make`),
+        or a complete :class:`~seqenv.env.EnvConfig` (the one a single env has
+        is ``env.config``); ``max_episode_steps`` reaches this constructor
+        through ``gym.make_vec``.
     :raises ValueError: on bad arguments (those of the single env,
         ``num_envs < 1``, a CUDA device without CUDA, an unknown backend or
         autoreset mode).
@@ -150,20 +200,14 @@ class SeqGenVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        task: str | Task = "python-lines",
-        max_length: int | None = None,
-        max_episode_steps: int | None = None,
-        reward: Any = "none",
-        reward_mode: str = "terminal",
-        prompts: Sequence[str] | None = None,
-        render_mode: str | None = None,
+        task: str | Task | EnvConfig = "python-lines",
+        *,
         device: str | torch.device = "cpu",
         validate_actions: bool = True,
         copy_obs: bool = True,
         backend: str = "auto",
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
-        mask_in_observation: bool = False,
-        tokenizer: str | None = None,
+        **kwargs: Any,
     ):
         check_number("num_envs", num_envs, ge=1, integer=True)
         device = torch.device(device)
@@ -179,14 +223,9 @@ class SeqGenVectorEnv(VectorEnv):
         self._next_step = self._autoreset_mode == AutoresetMode.NEXT_STEP
         self._same_step = self._autoreset_mode == AutoresetMode.SAME_STEP
         self.metadata = {**self.metadata, "autoreset_mode": self._autoreset_mode}
-        cfg = resolve_config(task, max_length, max_episode_steps, reward, reward_mode, prompts, render_mode, tokenizer)
-        self.config = cfg
-        self.task, self.tokenizer = cfg.task, cfg.tokenizer
+        self.config = cfg = EnvConfig.of(task, kwargs)
         self.num_envs = B = int(num_envs)
-        self.vocab_size, self.max_length = V, L = cfg.vocab_size, cfg.max_length
-        self.max_episode_steps = cfg.max_episode_steps
-        self.reward_mode = cfg.reward_mode
-        self.render_mode = cfg.render_mode
+        V, L = cfg.vocab_size, cfg.max_length
         self.device = device
         self.validate_actions = bool(validate_actions)
         self.copy_obs = bool(copy_obs)
@@ -194,7 +233,6 @@ class SeqGenVectorEnv(VectorEnv):
 
         self.single_action_space = TokenActionSpace(V, special_ids=cfg.ids)
         self.action_space = batch_space(self.single_action_space, B)
-        self.mask_in_observation = bool(mask_in_observation)
         self.single_observation_space = observation_space(V, L, self.mask_in_observation)
         self.observation_space = batch_space(self.single_observation_space, B)
 
@@ -213,7 +251,7 @@ class SeqGenVectorEnv(VectorEnv):
         self._started = False
 
         # constants: lookup tables indexed by the action clamped to [0, V] (V = out of range)
-        sp = self.ids = cfg.ids
+        sp = cfg.ids
         ids = np.arange(V + 1)
         ordinary = ~np.isin(ids, sp.non_writing) & (ids < V)  # unk and ordinary tokens are written
         change = ordinary * 1 - (ids == sp.backspace)  # length change: +1 append, -1 backspace, 0 else
@@ -226,41 +264,22 @@ class SeqGenVectorEnv(VectorEnv):
         legal_table = np.concatenate([legal[legal != sp.backspace], [sp.pad], legal])  # 2 rows of num_legal, flat
         prompt_table, prompt_lengths = self._table(cfg.prompts or [[]])
 
-        # the arrays the step computes on (numpy views of the tensors' memory, or the tensors),
-        # and the few operations whose spelling differs between numpy and torch
-        if self.backend == "numpy":
-            self.xp = np
-            self._x = {name: getattr(self, name).numpy() for name in STATE}
-            self._to_torch = torch.from_numpy
-            self._zero_rewards = lambda: torch.from_numpy(np.zeros(B, dtype=np.float32))
-            self._copy = np.copy
-            self._long = lambda a: a.astype(np.int64)
-            self._const = lambda a: np.asarray(a)
-            self._take = lambda table, idx: table.take(idx, axis=0)  # faster than table[idx] in numpy
-            self._clip = lambda a, high: np.minimum(np.maximum(a, 0), high)  # faster than np.clip
-        else:
-            self.xp = torch
-            self._x = {name: getattr(self, name) for name in STATE}
-            self._to_torch = lambda a: a
-            self._zero_rewards = lambda: torch.zeros(B, dtype=torch.float32, device=device)
-            self._copy = torch.clone
-            self._long = lambda a: a.long()
-            self._const = lambda a: torch.as_tensor(np.asarray(a), device=device)
-            self._take = lambda table, idx: table.index_select(0, idx)
-            self._clip = lambda a, high: a.clamp(0, high)
-        self._change = self._const(change.astype(np.int64))  # [V + 1]
-        self._written = self._const(written.astype(np.int64))  # [V + 1]
-        self._mask_table = self._const(mask_table)  # [2, V] bool
-        self._legal_table = self._const(legal_table.astype(np.int64))
-        self._row_start = self._const(np.arange(B, dtype=np.int64) * L)  # flat index of each row's first token
-        self._env_index = self._const(np.arange(B, dtype=np.int64))
-        self._prompt_table = self._const(prompt_table)  # [P, L] (P = 1 empty prompt if unconditional)
-        self._prompt_lengths = self._const(prompt_lengths)
+        # the arrays the step computes on (numpy views of the tensors' memory, or the tensors)
+        self.ops = ops = NUMPY_OPS if self.backend == "numpy" else TORCH_OPS
+        self._x = {name: ops.view(getattr(self, name)) for name in STATE}
+        self._change = ops.const(change.astype(np.int64), device)  # [V + 1]
+        self._written = ops.const(written.astype(np.int64), device)  # [V + 1]
+        self._mask_table = ops.const(mask_table, device)  # [2, V] bool
+        self._legal_table = ops.const(legal_table.astype(np.int64), device)
+        self._row_start = ops.const(np.arange(B, dtype=np.int64) * L, device)  # flat index of each row's first token
+        self._env_index = ops.const(np.arange(B, dtype=np.int64), device)
+        self._prompt_table = ops.const(prompt_table, device)  # [P, L] (P = 1 empty prompt if unconditional)
+        self._prompt_lengths = ops.const(prompt_lengths, device)
         self._conditional = cfg.prompts is not None
-        self._mask_buffer = self._take(self._mask_table, self._env_index * 0)  # info["action_mask"] when copy_obs=False
-        self._obs_mask_table = self._const(mask_table.astype(np.int8))  # obs["action_mask"] (mask_in_observation)
-        self._obs_mask_buffer = self._take(self._obs_mask_table, self._env_index * 0)  # ... when copy_obs=False
-        self._all_envs = self._to_torch(self._env_index >= 0)  # info["_action_mask"]: a constant, all True
+        self._mask_buffer = ops.take(self._mask_table, self._env_index * 0)  # info["action_mask"] when copy_obs=False
+        self._obs_mask_table = ops.const(mask_table.astype(np.int8), device)  # obs["action_mask"] (mask_in_observation)
+        self._obs_mask_buffer = ops.take(self._obs_mask_table, self._env_index * 0)  # ... when copy_obs=False
+        self._all_envs = ops.to_torch(self._env_index >= 0)  # info["_action_mask"]: a constant, all True
 
     @property
     def autoreset_mode(self) -> AutoresetMode:
@@ -280,7 +299,7 @@ class SeqGenVectorEnv(VectorEnv):
         :raises ValueError: on unknown options, a bad mask or prompt.
         """
         super().reset(seed=seed)
-        x, xp = self._x, self.xp
+        x, xp = self._x, self.ops.xp
         options = dict(options or {})
         unknown = set(options) - set(VECTOR_RESET_OPTIONS)
         if unknown:
@@ -295,7 +314,7 @@ class SeqGenVectorEnv(VectorEnv):
         self._restart(rows, table)
         x["done"][...] = x["done"] & ~rows
         if self.config.score is not None and self.reward_mode == "step":
-            rows_t = self._to_torch(rows)
+            rows_t = self.ops.to_torch(rows)
             self.potential = torch.where(rows_t, self.config.score.potential(self.tokens, self.length), self.potential)
         self._started = True
         return self._obs(), {"action_mask": self._info_mask(), "_action_mask": self._all_envs}
@@ -314,42 +333,42 @@ class SeqGenVectorEnv(VectorEnv):
         """
         if not self._started:
             raise RuntimeError("step() called before reset(); call reset() first")
-        x, xp = self._x, self.xp
+        x, xp = self._x, self.ops.xp
         a = self._as_actions(actions)
         next_step = self._next_step
         if next_step:
-            restart = self._copy(x["done"])  # these envs start a new episode now; their action is ignored
+            restart = self.ops.copy(x["done"])  # these envs start a new episode now; their action is ignored
             if self.validate_actions:
                 self._validate(a, restart)
             x["steps"] += 1
             self._restart(restart)  # steps back to 0 there
             # the transition, by table lookup: +1 and the token for an append, -1 and pad for a backspace,
             # nothing for eos, pad, bos, out-of-range ids (clipped to V) and restarting envs
-            a = xp.where(restart, self.ids.pad, self._clip(a, self.vocab_size))
+            a = xp.where(restart, self.ids.pad, self.ops.clip(a, self.vocab_size))
         else:  # SAME_STEP: no env is done here; DISABLED: the user resets the ended envs
             if self.validate_actions:
                 self._check_not_done()
                 self._validate(a, None)
             x["steps"] += 1
-            a = self._clip(a, self.vocab_size)
-        length = xp.maximum(x["length"] + self._take(self._change, a), x["prompt_length"])  # keep the prompt
+            a = self.ops.clip(a, self.vocab_size)
+        length = xp.maximum(x["length"] + self.ops.take(self._change, a), x["prompt_length"])  # keep the prompt
         write_at = xp.minimum(x["length"], length)  # append: at the old length; backspace: at the new one
-        x["tokens"].reshape(-1)[self._row_start + write_at] = self._take(self._written, a)
+        x["tokens"].reshape(-1)[self._row_start + write_at] = self.ops.take(self._written, a)
         x["length"][...] = length
         terminated = a == self.ids.eos
         truncated = (length == self.max_length) | (x["steps"] >= self.max_episode_steps)
         x["done"][...] = terminated | truncated
-        terminated, truncated = self._to_torch(terminated), self._to_torch(truncated)
+        terminated, truncated = self.ops.to_torch(terminated), self.ops.to_torch(truncated)
 
         if self.config.score is None:
-            rewards = self._zero_rewards()
+            rewards = self.ops.zeros_f32(self.num_envs, self.device)
         else:
             r, potential = step_rewards(
                 self.config.score, self.reward_mode, self.tokens, self.length, terminated, self.potential
             )
             if potential is not None:
                 self.potential = potential
-            rewards = (torch.where(self._to_torch(restart), 0.0, r) if next_step else r).float()
+            rewards = (torch.where(self.ops.to_torch(restart), 0.0, r) if next_step else r).float()
         if self._same_step:
             info = self._same_step_restart()
             info["action_mask"], info["_action_mask"] = self._info_mask(), self._all_envs
@@ -359,7 +378,7 @@ class SeqGenVectorEnv(VectorEnv):
 
     def action_masks(self) -> torch.Tensor:
         """Legal actions in the current states: BoolTensor ``[B, V]`` on ``device`` (a fresh tensor)."""
-        return self._to_torch(self._take(self._mask_table, (self._x["length"] > self._x["prompt_length"]) * 1))
+        return self.ops.to_torch(self.ops.take(self._mask_table, (self._x["length"] > self._x["prompt_length"]) * 1))
 
     def sample_legal_actions(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Uniformly random legal actions, LongTensor ``[B]`` on ``device``.
@@ -376,8 +395,8 @@ class SeqGenVectorEnv(VectorEnv):
         u = torch.rand(self.num_envs, generator=generator, device=self.device, dtype=torch.float64)
         u = u.numpy() if self.backend == "numpy" else u
         can_backspace = (self._x["length"] > self._x["prompt_length"]) * 1
-        r = self._long(u * (can_backspace + (self._num_legal - 1)))
-        return self._to_torch(self._take(self._legal_table, r + can_backspace * self._num_legal))
+        r = self.ops.long(u * (can_backspace + (self._num_legal - 1)))
+        return self.ops.to_torch(self.ops.take(self._legal_table, r + can_backspace * self._num_legal))
 
     def render(self) -> tuple[str, ...] | None:
         """``render_mode="ansi"``: one ``"prompt|generated▌"`` string per env."""
@@ -442,7 +461,7 @@ class SeqGenVectorEnv(VectorEnv):
                 f"reset option 'prompt' must be a string or a list of {self.num_envs} strings, got {prompt!r:.80}"
             )
         table, lengths = self._table([encode_prompt(self.tokenizer, p, self.max_length) for p in prompt])
-        return self._const(table), self._const(lengths), self._env_index
+        return self.ops.const(table, self.device), self.ops.const(lengths, self.device), self._env_index
 
     def _reset_mask(self, mask):
         """The envs to reset: bool array ``[B]`` of the backend."""
@@ -456,7 +475,7 @@ class SeqGenVectorEnv(VectorEnv):
                 f"reset option 'reset_mask' must be a bool array of shape ({self.num_envs},), "
                 f"got dtype {mask.dtype} shape {mask.shape}"
             )
-        return self._const(mask)
+        return self.ops.const(mask, self.device)
 
     def _as_actions(self, actions):
         """Actions as an int64 array of the backend, shape ``[B]``."""
@@ -470,12 +489,14 @@ class SeqGenVectorEnv(VectorEnv):
             raise ValueError(f"actions must have shape ({self.num_envs},) (one token id per env), got {tuple(a.shape)}")
         if not integer:
             raise ValueError(f"actions must be integer token ids, got dtype {a.dtype}")
-        return self._long(a)
+        return self.ops.long(a)
 
     def _validate(self, a, restart) -> None:
         """Raise for an illegal action of an env not in ``restart`` (bool ``[B]``, or None: no env restarts)."""
         can_backspace = self._x["length"] > self._x["prompt_length"]
-        legal = self._take(self._mask_table[1], self._clip(a, self.vocab_size - 1)) & (a < self.vocab_size) & (a >= 0)
+        legal = (
+            self.ops.take(self._mask_table[1], self.ops.clip(a, self.vocab_size - 1)) & (a < self.vocab_size) & (a >= 0)
+        )
         legal = legal & ((a != self.ids.backspace) | can_backspace)
         bad = ~legal if restart is None else ~(legal | restart)
         if bool(bad.any()):
@@ -486,7 +507,7 @@ class SeqGenVectorEnv(VectorEnv):
         """``DISABLED``: raise RuntimeError if an env whose episode ended is stepped before its reset."""
         done = self._x["done"]
         if bool(done.any()):
-            ended = self._to_torch(done).nonzero()[:, 0].tolist()[:10]
+            ended = self.ops.to_torch(done).nonzero()[:, 0].tolist()[:10]
             raise RuntimeError(
                 f"step() called for envs whose episode ended (first: {ended}) with autoreset_mode=DISABLED; "
                 "reset them first with reset(options={'reset_mask': mask})"
@@ -499,19 +520,19 @@ class SeqGenVectorEnv(VectorEnv):
             entries of ``info`` (class docstring; as ``SyncVectorEnv``).
         """
         x = self._x
-        ended = self._copy(x["done"])
+        ended = self.ops.copy(x["done"])
         if not bool(ended.any()):  # one host sync: whether there is a final observation to build
             return {}
         rows = ended.nonzero()[0] if self.backend == "numpy" else ended.nonzero()[:, 0]
         can_backspace = (x["length"] > x["prompt_length"]) * 1
-        state = {k: self._to_torch(x[k][rows]) for k in ("tokens", "length", "prompt_length")}  # copies
+        state = {k: self.ops.to_torch(x[k][rows]) for k in ("tokens", "length", "prompt_length")}  # copies
         if self.mask_in_observation:
-            state["action_mask"] = self._to_torch(self._take(self._obs_mask_table, can_backspace[rows]))
+            state["action_mask"] = self.ops.to_torch(self.ops.take(self._obs_mask_table, can_backspace[rows]))
         final_obs = np.full(self.num_envs, None, dtype=object)
         for j, b in enumerate(rows.tolist()):
             final_obs[b] = {k: v[j] for k, v in state.items()}
-        ended_t = self._to_torch(ended)
-        final_mask = self._to_torch(self._take(self._mask_table, can_backspace) & ended[:, None])
+        ended_t = self.ops.to_torch(ended)
+        final_mask = self.ops.to_torch(self.ops.take(self._mask_table, can_backspace) & ended[:, None])
         self._restart(ended)
         x["done"][...] = False
         if self.config.score is not None and self.reward_mode == "step":
@@ -528,20 +549,20 @@ class SeqGenVectorEnv(VectorEnv):
             obs = {"tokens": self.tokens, "length": self.length, "prompt_length": self.prompt_length}
             if self.mask_in_observation:  # one buffer; only the backspace column changes
                 self._obs_mask_buffer[:, self.ids.backspace] = self._x["length"] > self._x["prompt_length"]
-                obs["action_mask"] = self._to_torch(self._obs_mask_buffer)
+                obs["action_mask"] = self.ops.to_torch(self._obs_mask_buffer)
             return obs
         x = self._x
-        obs = {k: self._to_torch(self._copy(x[k])) for k in ("tokens", "length", "prompt_length")}
+        obs = {k: self.ops.to_torch(self.ops.copy(x[k])) for k in ("tokens", "length", "prompt_length")}
         if self.mask_in_observation:
-            obs["action_mask"] = self._to_torch(
-                self._take(self._obs_mask_table, (x["length"] > x["prompt_length"]) * 1)
+            obs["action_mask"] = self.ops.to_torch(
+                self.ops.take(self._obs_mask_table, (x["length"] > x["prompt_length"]) * 1)
             )
         return obs
 
     def _info_mask(self) -> torch.Tensor:
         if not self.copy_obs:  # one buffer; only the backspace column changes
             self._mask_buffer[:, self.ids.backspace] = self._x["length"] > self._x["prompt_length"]
-            return self._to_torch(self._mask_buffer)
+            return self.ops.to_torch(self._mask_buffer)
         return self.action_masks()
 
 

@@ -10,7 +10,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
 import seqenv  # noqa: F401  (registers SeqGen-v0)
-from seqenv.env import SeqGenEnv
+from seqenv.env import EnvConfig, SeqGenEnv
 from seqenv.tokenizers import BACKSPACE_ID, EOS_ID, PAD_ID
 from seqenv.vector_env import SeqGenVectorEnv, ToNumpy
 
@@ -306,6 +306,24 @@ def test_actions_of_ended_episodes_are_not_validated():
     venv.step(np.array([EOS_ID, A]))
     obs, rew, term, trunc, _ = venv.step(np.array([PAD_ID, B_]))  # env 0 restarts; its pad is ignored
     assert obs["tokens"].tolist() == [[0, 0, 0, 0], [A, B_, 0, 0]]
+
+
+def test_one_env_config_serves_both_envs():
+    """An EnvConfig built once drives a single env and a vector env alike (gymnax's EnvParams)."""
+    config = EnvConfig.make(task="oracle-hmm", max_length=4, prompts=["ab", "c"], mask_in_observation=True)
+    env, venv = SeqGenEnv(config), SeqGenVectorEnv(num_envs=2, task=config)
+    assert env.config is config and venv.config is config
+    assert (env.max_length, venv.max_length, venv.mask_in_observation) == (4, 4, True)
+    obs, _ = env.reset(seed=3)
+    vobs, _ = venv.reset(seed=3)  # env 0 of the batch is seeded with 3, as the single env
+    assert obs["tokens"].tolist() == vobs["tokens"][0].tolist()
+    assert obs["action_mask"].tolist() == vobs["action_mask"][0].tolist()
+    with pytest.raises(ValueError, match=r"an EnvConfig is complete; got it with the arguments \['max_length'\]"):
+        SeqGenEnv(config, max_length=3)
+    with pytest.raises(TypeError, match="max_lenght"):
+        SeqGenVectorEnv(num_envs=1, task="oracle-hmm", max_lenght=3)
+    with pytest.raises(AttributeError):
+        env.max_length = 5  # read-only: the config is the one source
 
 
 def test_step_before_reset_and_bad_arguments():
