@@ -8,14 +8,17 @@ the model runs the forward passes and hands the logits in.
 
 Sequence batch layout (every function here)
 --------------------------------------------
-``tokens: LongTensor[B, T] = [bos, x_1, ..., x_n, eos, pad, ...]`` and
-``mask: BoolTensor[B, T]``, True at the positions of predicted tokens
-(x_1..x_n and eos; never bos, pad or a prompt). ``logits: FloatTensor[B, T, V]``
-with ``logits[:, i]`` the logits of the token after ``tokens[:, :i+1]``, so the
-token at position k (``tokens[:, k]``) is predicted by ``l(x_<k) = logits[:, k-1]``.
-Per-position outputs have shape ``[B, T-1]``; column ``k-1`` belongs to
-position ``k``. Unpredicted positions before a predicted one (bos, a prompt)
-are conditioned on, never scored.
+A :class:`~agents.common.trajectory.TrajectoryBatch` of final sequences
+(:func:`~agents.common.trajectory.sequence_batch`): ``tokens: LongTensor[B, T]
+= [bos, x_1, ..., x_n, eos, pad, ...]`` and ``is_action: BoolTensor[B, T]``,
+True at the positions of predicted tokens (x_1..x_n and eos; never bos, pad
+or a prompt). ``logits: FloatTensor[B, T, V]`` with ``logits[:, i]`` the
+logits of the token after ``tokens[:, :i+1]``, so the token at position k
+(``tokens[:, k]``) is predicted by ``l(x_<k) = logits[:, k-1]``.
+Per-position outputs have shape ``[B, T]`` like every per-position tensor in
+``agents``: column ``k`` belongs to position ``k`` (column 0, bos, is never
+predicted). Unpredicted positions before a predicted one (bos, a prompt) are
+conditioned on, never scored.
 
 Quantities [paper]
 ------------------
@@ -43,13 +46,11 @@ from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
 from .common.resampling import effective_sample_size, importance_resample
 from .common.rollout import OnlineSampler
-from .common.trajectory import collate, sequence_batch
-from .common.trajectory import token_log_probs as _gather_log_probs
+from .common.trajectory import TrajectoryBatch, collate, token_log_probs
 
 __all__ = [
     "EARMConfig",
     "earm_loss",
-    "token_log_probs",
     "token_energies",
     "prefix_log_prob",
     "joint_energy",
@@ -88,91 +89,33 @@ class EARMConfig:
 
 
 # ---------------------------------------------------------------------------
-# input checks
+# per-position quantities: FloatTensor[B, T], column k belongs to tokens[:, k] (0 where not predicted)
 
 
-def _check_batch(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, name: str) -> None:
-    """Raise ValueError unless (logits, tokens, mask) follow the layout above."""
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
-        raise ValueError(
-            f"{name}: tokens must be a LongTensor[B, T], got "
-            f"{getattr(tokens, 'dtype', type(tokens))} of shape {tuple(getattr(tokens, 'shape', ()))}"
-        )
-    B, T = tokens.shape
-    if B < 1 or T < 2:
-        raise ValueError(
-            f"{name}: tokens must have B >= 1 rows and T >= 2 positions "
-            f"(bos plus one predicted token), got shape {(B, T)}"
-        )
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != tokens.shape:
-        raise ValueError(
-            f"{name}: mask must be a BoolTensor of shape {(B, T)}, got "
-            f"{getattr(mask, 'dtype', type(mask))} of shape {tuple(getattr(mask, 'shape', ()))}"
-        )
-    if bool(mask[:, 0].any()):
-        raise ValueError(
-            f"{name}: mask[:, 0] must be False (position 0 holds bos, which nothing "
-            f"predicts), got True in rows {mask[:, 0].nonzero().flatten().tolist()}"
-        )
-    if (
-        not isinstance(logits, torch.Tensor)
-        or logits.dim() != 3
-        or not logits.is_floating_point()
-        or logits.shape[:2] != tokens.shape
-    ):
-        raise ValueError(
-            f"{name}: logits must be a floating tensor of shape [{B}, {T}, V], got "
-            f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}"
-        )
-    V = logits.shape[2]
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= V:
-        raise ValueError(f"{name}: token ids must lie in [0, {V}) (V = logits.shape[-1]), got range [{lo}, {hi}]")
-
-
-# ---------------------------------------------------------------------------
-# per-position quantities
-
-
-def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each predicted token under the AR model.
-
-    :param logits: FloatTensor[B, T, V], layout in the module docstring.
-    :param tokens: LongTensor[B, T].
-    :param mask: BoolTensor[B, T], True at predicted positions.
-    :return: FloatTensor[B, T-1] (float32 or wider), column k-1 is
-        ``log p(x_k | x_<k) = log_softmax(l(x_<k))[x_k]`` in nats; 0 where
-        position k is not predicted.
-    :raises ValueError: on a malformed batch.
-    """
-    _check_batch(logits, tokens, mask, "token_log_probs")
-    return _token_log_probs(logits, tokens, mask)
-
-
-def _token_log_probs(logits, tokens, mask):
-    return _gather_log_probs(logits, tokens, mask)[:, 1:]  # the one gather, in this module's [B, T-1] columns
-
-
-def token_energies(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_energies(logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
     """Energy of each predicted token, ``φ(x_k, x_<k) = −l(x_<k)[x_k]`` [paper].
 
-    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
-        :param mask: BoolTensor[B, T] (layout in the module docstring).
-    :return: FloatTensor[B, T-1], column k-1 = energy of position k in nats;
+    :param logits: FloatTensor[B, T, V] on ``batch`` (layout in the module docstring).
+    :param batch: the sequences; ``is_action`` marks the predicted tokens.
+    :return: FloatTensor[B, T], column k = energy of position k in nats;
         0 where position k is not predicted.
-    :raises ValueError: on a malformed batch.
+    :raises ValueError: on logits that do not fit the batch.
     """
-    _check_batch(logits, tokens, mask, "token_energies")
-    return _token_energies(logits, tokens, mask)
+    batch.check_logits(logits)
+    return _token_energies(logits, batch)
 
 
-def _token_energies(logits, tokens, mask):
-    logit = _float(logits[:, :-1]).gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return torch.where(mask[:, 1:], -logit, torch.zeros_like(logit))
+def _token_energies(logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
+    logit = F.pad(_float(logits[:, :-1]).gather(-1, batch.tokens[:, 1:, None]).squeeze(-1), (1, 0))
+    return torch.where(batch.is_action, -logit, torch.zeros_like(logit))
+
+
+def _token_log_probs(logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
+    return token_log_probs(logits, batch.tokens, batch.is_action)  # the one gather, [B, T]
 
 
 def prefix_log_prob(
-    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, n_grad_conditionals: int | None = None
+    logits: torch.Tensor, batch: TrajectoryBatch, n_grad_conditionals: int | None = None
 ) -> torch.Tensor:
     """Log prefix probability ``log q̃(x_<k) = Σ_{j<k} log p(x_j | x_<j)`` [paper].
 
@@ -181,18 +124,18 @@ def prefix_log_prob(
     only through the most recent ``n_grad_conditionals`` terms,
     ``k − n <= j <= k − 1``; older terms are detached [paper: n = 2].
 
-    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
-        :param mask: BoolTensor[B, T] (layout in the module docstring).
+    :param logits: FloatTensor[B, T, V] on ``batch`` (layout in the module docstring).
+    :param batch: the sequences; ``is_action`` marks the predicted tokens.
     :param n_grad_conditionals: integer >= 0, or None for gradients through
         every conditional.
-    :return: FloatTensor[B, T-1], column k-1 = log q̃(x_<k) in nats (0 for k = 1).
+    :return: FloatTensor[B, T], column k = log q̃(x_<k) in nats (0 for k <= 1).
         Values at unpredicted positions k are the log-probability of the
         predicted tokens before k and carry no meaning.
-    :raises ValueError: on a malformed batch or a bad ``n_grad_conditionals``.
+    :raises ValueError: on logits that do not fit the batch or a bad ``n_grad_conditionals``.
     """
-    _check_batch(logits, tokens, mask, "prefix_log_prob")
+    batch.check_logits(logits)
     _check_n_grad(n_grad_conditionals)
-    return _prefix_log_prob(_token_log_probs(logits, tokens, mask), n_grad_conditionals)
+    return _prefix_log_prob(_token_log_probs(logits, batch), n_grad_conditionals)
 
 
 def _check_n_grad(n):
@@ -201,9 +144,12 @@ def _check_n_grad(n):
 
 
 def _prefix_log_prob(logp: torch.Tensor, n_grad: int | None) -> torch.Tensor:
-    """Exclusive cumulative sum of ``logp`` [B, K] along positions, gradients windowed."""
-    K = logp.shape[1]
-    if n_grad is None or n_grad >= K:
+    """Exclusive cumulative sum of ``logp`` [B, T] along positions, gradients windowed.
+
+    Column 0 (bos) is never predicted, so a window of ``T - 1`` conditionals already holds them all.
+    """
+    T = logp.shape[1]
+    if n_grad is None or n_grad >= T - 1:
         return torch.cumsum(logp, dim=1) - logp
     # recent[:, c] = Σ_{d=1..n} logp[:, c-d]: the conditionals that keep their gradient
     recent = torch.zeros_like(logp)
@@ -213,64 +159,55 @@ def _prefix_log_prob(logp: torch.Tensor, n_grad: int | None) -> torch.Tensor:
     return older + recent
 
 
-def joint_energy(
-    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, n_grad_conditionals: int | None = 2
-) -> torch.Tensor:
+def joint_energy(logits: torch.Tensor, batch: TrajectoryBatch, n_grad_conditionals: int | None = 2) -> torch.Tensor:
     """Energy of the step-k joint EBM, ``E(x_≤k) = −log q̃(x_<k) − l(x_<k)[x_k]`` [paper].
 
     ``p_θ(x_≤k) = exp(−E(x_≤k)) / Z_k``; the partition function Z_k is never
     computed (it cancels in the gradient estimator of :func:`earm_loss`).
 
-    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
-        :param mask: BoolTensor[B, T] (layout in the module docstring).
+    :param logits: FloatTensor[B, T, V] on ``batch`` (layout in the module docstring).
+    :param batch: the sequences; ``is_action`` marks the predicted tokens.
     :param n_grad_conditionals: gradient window of ``log q̃`` (see
         :func:`prefix_log_prob`); None for the full gradient.
-    :return: FloatTensor[B, T-1], column k-1 = E(x_≤k) in nats; 0 where
+    :return: FloatTensor[B, T], column k = E(x_≤k) in nats; 0 where
         position k is not predicted.
-    :raises ValueError: on a malformed batch or a bad ``n_grad_conditionals``.
+    :raises ValueError: on logits that do not fit the batch or a bad ``n_grad_conditionals``.
     """
-    _check_batch(logits, tokens, mask, "joint_energy")
+    batch.check_logits(logits)
     _check_n_grad(n_grad_conditionals)
-    return _joint_energy(logits, tokens, mask, n_grad_conditionals)
+    return _joint_energy(logits, batch, n_grad_conditionals)
 
 
-def _joint_energy(logits, tokens, mask, n_grad):
-    log_q = _prefix_log_prob(_token_log_probs(logits, tokens, mask), n_grad)
-    energy = -log_q + _token_energies(logits, tokens, mask)
-    return torch.where(mask[:, 1:], energy, torch.zeros_like(energy))
+def _joint_energy(logits: torch.Tensor, batch: TrajectoryBatch, n_grad: int | None) -> torch.Tensor:
+    log_q = _prefix_log_prob(_token_log_probs(logits, batch), n_grad)
+    energy = -log_q + _token_energies(logits, batch)
+    return torch.where(batch.is_action, energy, torch.zeros_like(energy))
 
 
-def importance_weights(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def importance_weights(logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
     """Self-normalised importance weights of AR samples for the step-k EBM [paper].
 
     For samples x^i ~ q (the AR model itself, ancestral sampling), the weight
     of sample i at position k is ``w̄_i = softmax_i(logsumexp l(x^i_<k))``,
-    taken over the samples *alive* at k (``mask[i, k]`` True: the sample has
-    a token at position k) [paper: softmax over the batch; restriction to alive
-    samples: recon]. Detached: the weights carry no gradient.
+    taken over the samples *alive* at k (``batch.is_action[i, k]``: the sample
+    has a token at position k) [paper: softmax over the batch; restriction to
+    alive samples: recon]. Detached: the weights carry no gradient.
 
     :param logits: FloatTensor[B, T, V] of the samples.
-    :param mask: BoolTensor[B, T], True at the samples' predicted positions.
-    :return: FloatTensor[B, T-1], column k-1 = w̄ at position k; each column sums
-        to 1 over the alive samples, and is all 0 where no sample is alive.
-    :raises ValueError: if shapes/dtypes are wrong or mask[:, 0] is True.
+    :param batch: the samples; ``is_action`` marks their predicted positions.
+    :return: FloatTensor[B, T], column k = w̄ at position k; each column sums
+        to 1 over the alive samples, and is all 0 where no sample is alive (column 0).
+    :raises ValueError: on logits that do not fit the batch.
     """
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point():
-        raise ValueError(
-            f"importance_weights: logits must be a floating tensor [B, T, V], got "
-            f"{getattr(logits, 'dtype', type(logits))} of shape {tuple(getattr(logits, 'shape', ()))}"
-        )
-    _check_batch(
-        logits, torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device), mask, "importance_weights"
-    )
-    return _importance_weights(logits, mask)[0]
+    batch.check_logits(logits)
+    return _importance_weights(logits, batch)[0]
 
 
-def _importance_weights(logits, mask):
+def _importance_weights(logits: torch.Tensor, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weights, log_tilt)``: :func:`importance_weights` and the log-normalisers
-    ``logsumexp l(x_<k)`` they are the softmax of (``[B, T-1]``, -inf where the sample is dead)."""
-    alive = mask[:, 1:]
-    log_tilt = torch.logsumexp(_float(logits[:, :-1]).detach(), dim=-1)  # logsumexp l(x_<k)
+    ``logsumexp l(x_<k)`` they are the softmax of (``[B, T]``, -inf where the sample is dead)."""
+    alive = batch.is_action
+    log_tilt = F.pad(torch.logsumexp(_float(logits[:, :-1]).detach(), dim=-1), (1, 0))  # logsumexp l(x_<k)
     log_tilt = torch.where(alive, log_tilt, torch.full_like(log_tilt, -math.inf))
     w = torch.softmax(log_tilt, dim=0)  # NaN in all-dead columns
     return torch.where(alive, w, torch.zeros_like(w)), log_tilt
@@ -287,11 +224,9 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 def earm_loss(
     logits_data: torch.Tensor,
-    tokens_data: torch.Tensor,
-    mask_data: torch.Tensor,
+    data: TrajectoryBatch,
     logits_samples: torch.Tensor | None,
-    tokens_samples: torch.Tensor | None,
-    mask_samples: torch.Tensor | None,
+    samples: TrajectoryBatch | None,
     cfg: EARMConfig,
     step: int,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -323,7 +258,7 @@ def earm_loss(
       sequences this is the paper's ``Σ_k CE_k + λ Σ_k KL_k`` divided by the
       length, so λ keeps the paper's meaning.
     - Variable lengths: position k of a sequence is *alive* when the sequence
-      predicts a token there (``mask[:, k]``; eos included, pad not). At each k
+      predicts a token there (``is_action[:, k]``; eos included, pad not). At each k
       the data average runs over alive data sequences and the weights w̄ over
       alive samples only. A position enters the sum only when at least one data
       sequence *and* at least one sample are alive there (a positive phase with
@@ -333,10 +268,10 @@ def earm_loss(
       and the sample arguments may be None.
 
     :param logits_data: FloatTensor[B, T, V], model logits on the data batch (with grad).
-    :param tokens_data: LongTensor[B, T]; :param mask_data: BoolTensor[B, T].
+    :param data: the data sequences ``[B, T]``.
     :param logits_samples: FloatTensor[Bs, Ts, V], model logits on its own samples
         (with grad), or None before ``start_step``.
-    :param tokens_samples: LongTensor[Bs, Ts]; :param mask_samples: BoolTensor[Bs, Ts].
+    :param samples: the model's samples ``[Bs, Ts]``, or None before ``start_step``.
     :param cfg: EARMConfig.
     :param step: current optimiser step, integer >= 0.
     :return: ``(loss, metrics)``: loss a 0-dim float tensor (nats per token);
@@ -357,33 +292,31 @@ def earm_loss(
         the weights are ``softmax`` of these, so a spread near 0 means uniform
         weights and a negative phase equal to the plain sample average
         (``earm/log_tilt_range``: the mean max - min, nats).
-    :raises ValueError: on a malformed batch, a batch with no predicted data
-        token, a bad ``step``, or missing samples once the E-ARM term is on.
+    :raises ValueError: on logits that do not fit their batch, a bad ``step``,
+        or missing samples once the E-ARM term is on.
     """
     if not isinstance(cfg, EARMConfig):
         raise ValueError(f"cfg must be an EARMConfig, got {type(cfg).__name__}")
     check_number("step", step, ge=0, integer=True)
-    _check_batch(logits_data, tokens_data, mask_data, "data")
-    n_tokens = int(mask_data.sum())
-    if n_tokens == 0:
-        raise ValueError("data: mask has no predicted token (mask_data.sum() == 0)")
+    data.check_logits(logits_data, "logits_data")
+    n_tokens = int(data.is_action.sum())  # >= 1: a TrajectoryBatch row has an action
 
     # cross-entropy, nats per predicted token
-    ce = -_token_log_probs(logits_data, tokens_data, mask_data).sum() / n_tokens
+    ce = -_token_log_probs(logits_data, data).sum() / n_tokens
     metrics = {
         "loss/ce": ce.item(),
-        "energy/data_mean": (_token_energies(logits_data, tokens_data, mask_data).sum() / n_tokens).item(),
+        "energy/data_mean": (_token_energies(logits_data, data).sum() / n_tokens).item(),
     }
     if step < cfg.start_step:  # pure MLE warm start [paper]
         metrics.update({"loss/earm": 0.0, "loss/total": metrics["loss/ce"]})
         return ce, metrics
 
-    if logits_samples is None or tokens_samples is None or mask_samples is None:
+    if logits_samples is None or samples is None:
         raise ValueError(
             f"E-ARM term is on at step {step} (start_step={cfg.start_step}): "
-            "logits_samples, tokens_samples and mask_samples are required, got None"
+            "logits_samples and samples are required, got None"
         )
-    _check_batch(logits_samples, tokens_samples, mask_samples, "samples")
+    samples.check_logits(logits_samples, "logits_samples")
     if logits_samples.shape[2] != logits_data.shape[2]:
         raise ValueError(
             f"samples: vocabulary size {logits_samples.shape[2]} differs from the data's {logits_data.shape[2]}"
@@ -391,16 +324,15 @@ def earm_loss(
     n = cfg.n_grad_conditionals
 
     # positive phase: E_data[E(x_≤k)] over alive data, per position k
-    alive_data = mask_data[:, 1:]
-    n_data = alive_data.sum(0)  # n_k
-    energy_data = _joint_energy(logits_data, tokens_data, mask_data, n)
+    n_data = data.is_action.sum(0)  # n_k
+    energy_data = _joint_energy(logits_data, data, n)
     positive = energy_data.sum(0) / n_data.clamp(min=1)
 
     # negative phase: Σ_i w̄_i E(x^i_≤k), AR samples as proposal, weights detached
-    alive_samples = mask_samples[:, 1:]
+    alive_samples = samples.is_action
     n_samples = alive_samples.sum(0)
-    weights, log_tilt = _importance_weights(logits_samples, mask_samples)
-    energy_samples = _joint_energy(logits_samples, tokens_samples, mask_samples, n)
+    weights, log_tilt = _importance_weights(logits_samples, samples)
+    energy_samples = _joint_energy(logits_samples, samples, n)
     negative = (weights * energy_samples).sum(0)
 
     # match positions k across the two batches (pad the shorter with dead positions)
@@ -427,8 +359,8 @@ def earm_loss(
         multi = n_alive >= 2
         tilt_std = var_lt.sqrt()[multi]
         tilt_range = (lt_max - lt_min)[multi]
-        n_sample_tokens = int(mask_samples.sum())
-        sample_energy = _token_energies(logits_samples, tokens_samples, mask_samples).sum()
+        n_sample_tokens = int(alive_samples.sum())
+        sample_energy = _token_energies(logits_samples, samples).sum()
     metrics.update(
         {
             "loss/earm": earm.item(),
@@ -447,7 +379,7 @@ def earm_loss(
 # inference: energy re-sampling of candidates
 
 
-def sequence_energy(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_energy(logits: torch.Tensor, batch: TrajectoryBatch) -> torch.Tensor:
     """E-ARM joint energy of each complete sequence.
 
     With K the last predicted position of a row (its eos, or its last token if
@@ -464,23 +396,16 @@ def sequence_energy(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
     the energy of a different EBM, ``q(x) · Π_k exp(logsumexp l(x_<k))``, which
     E-ARM does not train.
 
-    :param logits: FloatTensor[B, T, V]; :param tokens: LongTensor[B, T];
-        :param mask: BoolTensor[B, T] (layout in the module docstring). Every
-        row needs at least one predicted token.
+    :param logits: FloatTensor[B, T, V] on ``batch`` (layout in the module docstring).
+    :param batch: the sequences (every row has a predicted token).
     :return: FloatTensor[B], energies in nats (with gradient if the logits have one).
-    :raises ValueError: on a malformed batch or a row with no predicted token.
+    :raises ValueError: on logits that do not fit the batch.
     """
-    _check_batch(logits, tokens, mask, "sequence_energy")
-    predicted = mask[:, 1:]
-    empty = ~predicted.any(1)
-    if bool(empty.any()):
-        raise ValueError(f"sequence_energy: rows {empty.nonzero().flatten().tolist()} have no predicted token")
-    K = predicted.shape[1]
-    col = torch.arange(K, device=mask.device)
-    last = torch.where(predicted, col, torch.full_like(col, -1)).max(1).values[:, None]  # column of x_K
-    logp = _token_log_probs(logits, tokens, mask)
+    batch.check_logits(logits)
+    last = batch.last_action_index()[:, None]  # column of x_K
+    logp = _token_log_probs(logits, batch)
     log_q_prefix = logp.sum(1) - logp.gather(1, last).squeeze(1)  # log q̃(x_<K)
-    return -log_q_prefix + _token_energies(logits, tokens, mask).gather(1, last).squeeze(1)
+    return -log_q_prefix + _token_energies(logits, batch).gather(1, last).squeeze(1)
 
 
 def energy_resample(
@@ -547,8 +472,7 @@ def energy_resample(
 @torch.no_grad()
 def energy_rerank(
     logits: torch.Tensor,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
+    batch: TrajectoryBatch,
     num_candidates: int,
     generator: torch.Generator | None = None,
     greedy: bool = False,
@@ -573,26 +497,26 @@ def energy_rerank(
     model at temperature 1 without backspace; otherwise call
     :func:`energy_resample` with your own proposal log-probabilities.
 
-    :param logits: FloatTensor[N*K, T, V]; :param tokens: LongTensor[N*K, T];
-        :param mask: BoolTensor[N*K, T]. Rows ``n*K .. n*K+K-1`` are the K
+    :param logits: FloatTensor[N*K, T, V] on ``batch``.
+    :param batch: the N*K candidates; rows ``n*K .. n*K+K-1`` are the K
         candidates of output n.
     :param num_candidates: K >= 1, dividing the batch size.
     :param generator, greedy, temperature: as in :func:`energy_resample`.
     :param importance_correction: subtract the AR log-probability (see above).
     :return: ``(choice, energies)``: LongTensor[N] in [0, K) and FloatTensor[N, K]
-        in nats; the chosen rows are ``tokens.view(N, K, T)[torch.arange(N), choice]``.
-    :raises ValueError: on a malformed batch or a K that does not divide the batch.
+        in nats; the chosen rows are ``batch.tokens.view(N, K, T)[torch.arange(N), choice]``.
+    :raises ValueError: on logits that do not fit the batch or a K that does not divide the batch.
     """
-    _check_batch(logits, tokens, mask, "energy_rerank")
-    B = tokens.shape[0]
+    batch.check_logits(logits)
+    B = batch.tokens.shape[0]
     check_number("num_candidates", num_candidates, ge=1, integer=True)
     if B % num_candidates:
         raise ValueError(f"num_candidates must divide the batch size {B}, got {num_candidates!r}")
     N = B // num_candidates
-    energies = sequence_energy(logits, tokens, mask).view(N, num_candidates)
+    energies = sequence_energy(logits, batch).view(N, num_candidates)
     log_q = None
     if importance_correction and not greedy:
-        log_q = _token_log_probs(logits, tokens, mask).sum(1).view(N, num_candidates)
+        log_q = _token_log_probs(logits, batch).sum(1).view(N, num_candidates)
     choice = energy_resample(energies, generator, greedy=greedy, temperature=temperature, proposal_log_prob=log_q)
     return choice, energies
 
@@ -639,17 +563,17 @@ class EARMLearner:
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
         data = collate(demos.actions, demos.prompts, device=self.device, ids=demos.ids)
         logits_data = self.model(data.tokens)
-        logits_s = tokens_s = mask_s = None
+        logits_s = samples = None
         metrics: dict[str, float] = {}
         if step >= self.cfg.start_step:
             res = self.sampler.sample(self.model)
-            tokens_s, mask_s = sequence_batch(
+            samples = TrajectoryBatch.of_sequences(
                 res.sequences(), res.terminated.tolist(), self.device, prompts=res.prompts(), ids=res.ids
             )
-            logits_s = self.model(tokens_s)
+            logits_s = self.model(samples.tokens)
             metrics["rollout/mean_length"] = float(res.lengths.float().mean())
             metrics["rollout/terminated"] = float(res.terminated.float().mean())
-        loss, m = earm_loss(logits_data, data.tokens, data.is_action, logits_s, tokens_s, mask_s, self.cfg, step)
+        loss, m = earm_loss(logits_data, data, logits_s, samples, self.cfg, step)
         metrics.update(m)
         metrics["train/tokens"] = int(data.is_action.sum())
         return loss, metrics

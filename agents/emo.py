@@ -45,7 +45,7 @@ from emo import EMOLoss
 
 from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
-from .common.trajectory import token_log_probs
+from .common.trajectory import TrajectoryBatch, token_log_probs
 from .mle import check_augmentation, demo_batch
 
 
@@ -95,19 +95,24 @@ def output_embedding(policy: torch.nn.Module) -> torch.Tensor:
 
 
 def emo_loss(
-    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, cost_embedding: torch.Tensor, mode: int = 1
+    logits: torch.Tensor,
+    batch: TrajectoryBatch,
+    target_mask: torch.Tensor,
+    cost_embedding: torch.Tensor,
+    mode: int = 1,
 ) -> torch.Tensor:
     """EMO, Ren et al. (ICLR 2024): ``emoloss.EMOLoss`` on our layout, averaged over target tokens.
 
-    :param logits: FloatTensor ``[B, T, V]`` on ``tokens`` (``logits[:, t-1]``
+    :param logits: FloatTensor ``[B, T, V]`` on ``batch.tokens`` (``logits[:, t-1]``
         predicts ``tokens[:, t]``, the package's shift too); upcast to float32.
-    :param tokens: LongTensor ``[B, T]``.
+    :param batch: the trajectories ``[B, T]``.
     :param target_mask: BoolTensor ``[B, T]``, the target positions ``A``.
     :param cost_embedding: FloatTensor ``[V, d]``, rows whose cosine distances
         are the transport costs (no gradient flows into it).
     :param mode: 1 or 2 (see :class:`EMOConfig`).
     :return: scalar float32 tensor.
     """
+    tokens = batch.tokens
     labels = torch.where(target_mask, tokens, torch.full_like(tokens, -100))
     return EMOLoss(logits.float(), labels, cost_embedding.detach().float(), ignore_index=-100, mode=mode)
 
@@ -135,7 +140,7 @@ class EMOLearner:
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
         batch, target = demo_batch(demos, self.cfg.backspace_p, self.cfg.wrong_tokens, self.ctx)
         logits = self.model(batch.tokens)
-        loss = emo_loss(logits, batch.tokens, target, self.cost_embedding, self.cfg.mode)
+        loss = emo_loss(logits, batch, target, self.cost_embedding, self.cfg.mode)
         nll = -token_log_probs(logits.detach(), batch.tokens, target).sum() / target.sum().clamp(min=1)
         return loss, {"loss/emo": loss.item(), "loss/nll": nll.item(), "train/tokens": int(batch.is_action.sum())}
 

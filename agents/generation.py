@@ -30,7 +30,7 @@ from seqenv.tasks import Task
 
 from .common.resampling import importance_resample
 from .common.rollout import generate
-from .common.trajectory import sequence_batch
+from .common.trajectory import TrajectoryBatch
 from .critic import SequenceCritic, critic_batch
 from .earm import energy_rerank
 from .nce import sample_with_prompts
@@ -49,9 +49,9 @@ def _in_chunks(fn, *tensors: torch.Tensor) -> torch.Tensor:
 def rerank_energy(policy, sequences, terminated, num_candidates: int, generator: torch.Generator, device, prompts=None):
     """Indices ``[N]`` of the chosen candidates by E-ARM energy, and the energies ``[N, K]``
     (``prompts``: per row the prompt ids the policy conditions on, or None)."""
-    tokens, mask = sequence_batch(sequences, terminated, device, prompts=prompts, ids=policy)
-    logits = _in_chunks(getattr(policy, "module", policy), tokens)
-    choice, energies = energy_rerank(logits, tokens, mask, num_candidates, generator=generator)
+    batch = TrajectoryBatch.of_sequences(sequences, terminated, device, prompts=prompts, ids=policy)
+    logits = _in_chunks(getattr(policy, "module", policy), batch.tokens)
+    choice, energies = energy_rerank(logits, batch, num_candidates, generator=generator)
     return choice, energies
 
 

@@ -63,18 +63,18 @@ class MixCEConfig:
 
 
 def mixce_loss(
-    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, eta: float
+    logits: torch.Tensor, batch: TrajectoryBatch, target_mask: torch.Tensor, eta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MixCE's token-level loss (Zhang et al., ACL 2023; the authors' code): mean of ``(η + (1−η)·sg(q))·(−log q)``.
 
-    :param logits: FloatTensor ``[B, T, V]`` on ``tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
-    :param tokens: LongTensor ``[B, T]``.
+    :param logits: FloatTensor ``[B, T, V]`` on ``batch.tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
+    :param batch: the trajectories ``[B, T]``.
     :param target_mask: BoolTensor ``[B, T]``, the target positions ``A``.
     :param eta: η in [0, 1].
     :return: ``(loss, mean NLL)`` over target tokens, scalar float32 tensors, nats.
     """
     n = target_mask.sum().clamp(min=1)
-    logp = token_log_probs(logits, tokens, target_mask)
+    logp = token_log_probs(logits, batch.tokens, target_mask)
     q = logp.detach().exp()
     loss = -((eta + (1.0 - eta) * q) * logp).sum() / n
     return loss, -logp.detach().sum() / n
@@ -95,5 +95,5 @@ class MixCELearner(TeacherForcedLearner):
     def token_loss(
         self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
-        loss, nll = mixce_loss(logits, batch.tokens, target, self.cfg.eta)
+        loss, nll = mixce_loss(logits, batch, target, self.cfg.eta)
         return loss, {"loss/mixce": loss.item(), "loss/nll": nll.item()}

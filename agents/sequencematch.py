@@ -433,7 +433,7 @@ def implicit_rewards(
         ``mask`` is False; ``mask = batch.is_action``.
     :raises ValueError: if ``logits`` is not [B, T, V] matching ``batch.tokens``.
     """
-    _check_logits(logits, batch)
+    batch.check_logits(logits)
     v = soft_values(logits) if values is None else values
     r = soft_q_of_actions(logits, batch) - gamma * v
     return torch.where(batch.is_action, r, torch.zeros_like(r)), batch.is_action
@@ -471,14 +471,6 @@ def absorbing_values(logits: torch.Tensor, batch: TrajectoryBatch, values: torch
     return v.gather(1, batch.last_action_index()[:, None]).squeeze(1)
 
 
-def _check_logits(logits: torch.Tensor, batch: TrajectoryBatch) -> None:
-    if logits.dim() != 3 or logits.shape[:2] != batch.tokens.shape or not logits.is_floating_point():
-        raise ValueError(
-            f"logits must be a float tensor [B, T, V] with [B, T] = {tuple(batch.tokens.shape)}, "
-            f"got {logits.dtype} {tuple(logits.shape)}"
-        )
-
-
 # ----------------------------------------------------------------------------
 # The loss
 
@@ -507,7 +499,7 @@ def _per_sequence_terms(
     (FloatTensor[B, T], 0 off actions; for BC); ``r_mean_sum`` = Σ r
     (undiscounted, for metrics).
     """
-    _check_logits(logits, batch)
+    batch.check_logits(logits)
     g = cfg.gamma
     v = soft_values(logits)
     q = soft_q_of_actions(logits, batch)

@@ -74,19 +74,19 @@ def tailr_weights(logp: torch.Tensor, gamma: float, min_weight: float) -> torch.
 
 
 def tailr_loss(
-    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, gamma: float, min_weight: float
+    logits: torch.Tensor, batch: TrajectoryBatch, target_mask: torch.Tensor, gamma: float, min_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TaiLr, Ji et al. (ICLR 2023) §3.3-3.4: ``−(1/|A|) Σ_t w_t log p(x_t)`` with detached weights.
 
-    :param logits: FloatTensor ``[B, T, V]`` on ``tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
-    :param tokens: LongTensor ``[B, T]``.
+    :param logits: FloatTensor ``[B, T, V]`` on ``batch.tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
+    :param batch: the trajectories ``[B, T]``.
     :param target_mask: BoolTensor ``[B, T]``, the target positions ``A``.
     :param gamma: γ in (0, 1].
     :param min_weight: ``w_min`` in [0, 1].
     :return: ``(loss, mean weight over targets)``, scalar float32 tensors.
     """
     n = target_mask.sum().clamp(min=1)
-    logp = token_log_probs(logits, tokens, target_mask)
+    logp = token_log_probs(logits, batch.tokens, target_mask)
     w = tailr_weights(logp, gamma, min_weight)
     return -(w * logp).sum() / n, (w * target_mask).sum() / n
 
@@ -106,6 +106,6 @@ class TaiLrLearner(TeacherForcedLearner):
     def token_loss(
         self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
-        loss, weight = tailr_loss(logits, batch.tokens, target, self.cfg.gamma, self.cfg.min_weight)
+        loss, weight = tailr_loss(logits, batch, target, self.cfg.gamma, self.cfg.min_weight)
         nll = -token_log_probs(logits.detach(), batch.tokens, target).sum() / target.sum().clamp(min=1)
         return loss, {"loss/tailr": loss.item(), "tailr/weight": weight.item(), "loss/nll": nll.item()}

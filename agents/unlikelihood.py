@@ -98,15 +98,19 @@ def context_candidates(batch: TrajectoryBatch, vocab_size: int, target_mask: tor
 
 
 def unlikelihood_loss(
-    logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor, candidates: torch.Tensor, alpha: float = 1.0
+    logits: torch.Tensor,
+    batch: TrajectoryBatch,
+    target_mask: torch.Tensor,
+    candidates: torch.Tensor,
+    alpha: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token-level unlikelihood, Welleck et al. (ICLR 2020) eq. 4, averaged over target tokens.
 
     ``L = (1/|A|) Σ_{t ∈ A} [ −log p(x_t) − α Σ_{c ∈ C_t} log(1 − p(c)) ]`` with
     ``1 − p`` clamped at 1e-5 (the authors' code).
 
-    :param logits: FloatTensor ``[B, T, V]`` on ``tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
-    :param tokens: LongTensor ``[B, T]``.
+    :param logits: FloatTensor ``[B, T, V]`` on ``batch.tokens`` (``logits[:, t-1]`` predicts ``tokens[:, t]``).
+    :param batch: the trajectories ``[B, T]``.
     :param target_mask: BoolTensor ``[B, T]``, the target positions ``A`` (``[:, 0]`` False).
     :param candidates: BoolTensor ``[B, T, V]``, ``C_t`` per position (see :func:`context_candidates`).
     :param alpha: α >= 0.
@@ -114,7 +118,7 @@ def unlikelihood_loss(
         terms per target token (``loss = nll + α·ul``), nats.
     """
     n = target_mask.sum().clamp(min=1)
-    nll = -token_log_probs(logits, tokens, target_mask).sum() / n
+    nll = -token_log_probs(logits, batch.tokens, target_mask).sum() / n
     logp = action_log_softmax(logits)
     one_minus_p = torch.clamp(-torch.expm1(logp), min=1e-5)
     ul = -(torch.log(one_minus_p) * candidates).sum() / n
@@ -137,7 +141,7 @@ class UnlikelihoodLearner(TeacherForcedLearner):
         self, logits: torch.Tensor, batch: TrajectoryBatch, target: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
         cand = context_candidates(batch, logits.shape[-1], target)
-        loss, nll, ul = unlikelihood_loss(logits, batch.tokens, target, cand, self.cfg.alpha)
+        loss, nll, ul = unlikelihood_loss(logits, batch, target, cand, self.cfg.alpha)
         return loss, {
             "loss/unlikelihood": loss.item(),
             "loss/nll": nll.item(),

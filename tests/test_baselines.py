@@ -33,7 +33,8 @@ def _hand_example():
     probs = torch.tensor([[[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [1 / 3, 1 / 3, 1 / 3]]])
     tokens = torch.tensor([[0, 0, 2]])  # column 0 is bos (its id is never scored)
     mask = torch.tensor([[False, True, True]])
-    return probs.log().requires_grad_(True), tokens, mask
+    batch = TrajectoryBatch(tokens, mask, torch.tensor([True]))  # the last action is eos (id 2)
+    return probs.log().requires_grad_(True), batch, mask
 
 
 def test_every_baseline_is_registered():
@@ -44,15 +45,15 @@ def test_every_baseline_is_registered():
 
 
 def test_unlikelihood_hand_computed():
-    logits, tokens, mask = _hand_example()
+    logits, batch, mask = _hand_example()
     cand = torch.zeros(1, 3, 3, dtype=torch.bool)
     cand[0, 2, 0] = True  # C_2 = {x_1} = {0} (x_1 != x_2); C_1 = {}
-    loss, nll, ul = unlikelihood_loss(logits, tokens, mask, cand, alpha=1.0)
+    loss, nll, ul = unlikelihood_loss(logits, batch, mask, cand, alpha=1.0)
     # ul: −log(1 − p(0 | x_1)) = −log(3/4) = ln(4/3), averaged over 2 targets
     assert nll.item() == pytest.approx((LN2 + LN4) / 2, abs=TOL)
     assert ul.item() == pytest.approx(math.log(4 / 3) / 2, abs=TOL)
     assert loss.item() == pytest.approx((LN2 + LN4 + math.log(4 / 3)) / 2, abs=TOL)
-    loss2, _, _ = unlikelihood_loss(logits, tokens, mask, cand, alpha=0.5)
+    loss2, _, _ = unlikelihood_loss(logits, batch, mask, cand, alpha=0.5)
     assert loss2.item() == pytest.approx((LN2 + LN4 + 0.5 * math.log(4 / 3)) / 2, abs=TOL)
     # gradient of the UL term wrt column-1 logits: −∂log(1 − q_0)/∂l_k = q_0 (1[k=0] − q_k) / (1 − q_0) ... / 2
     (g,) = torch.autograd.grad(ul, logits)
@@ -85,13 +86,13 @@ def test_unlikelihood_config_rejects_bad_values():
 
 
 def test_tailr_hand_computed():
-    logits, tokens, mask = _hand_example()
+    logits, batch, mask = _hand_example()
     # γ = 0.5: w_1 = (1/2) / (1/2 + 1/4) = 2/3, w_2 = (1/4) / (1/2 + 1/8) = 2/5
-    loss, w = tailr_loss(logits, tokens, mask, gamma=0.5, min_weight=0.0)
+    loss, w = tailr_loss(logits, batch, mask, gamma=0.5, min_weight=0.0)
     assert loss.item() == pytest.approx((2 / 3 * LN2 + 2 / 5 * LN4) / 2, abs=TOL)
     assert w.item() == pytest.approx((2 / 3 + 2 / 5) / 2, abs=TOL)
     # the lower threshold lifts w_2 to 0.5
-    loss, _ = tailr_loss(logits, tokens, mask, gamma=0.5, min_weight=0.5)
+    loss, _ = tailr_loss(logits, batch, mask, gamma=0.5, min_weight=0.5)
     assert loss.item() == pytest.approx((2 / 3 * LN2 + 0.5 * LN4) / 2, abs=TOL)
     # the weights are detached: the gradient is w_t times MLE's, column 0: (2/3)(q − e_0)/2
     (g,) = torch.autograd.grad(loss, logits)
@@ -111,12 +112,12 @@ def test_tailr_config_rejects_bad_values():
 
 
 def test_mixce_hand_computed():
-    logits, tokens, mask = _hand_example()
+    logits, batch, mask = _hand_example()
     # η = 0.5: weights η + (1 − η) q: 0.5 + 0.25 = 0.75 and 0.5 + 0.125 = 0.625
-    loss, nll = mixce_loss(logits, tokens, mask, eta=0.5)
+    loss, nll = mixce_loss(logits, batch, mask, eta=0.5)
     assert loss.item() == pytest.approx((0.75 * LN2 + 0.625 * LN4) / 2, abs=TOL)
     assert nll.item() == pytest.approx((LN2 + LN4) / 2, abs=TOL)
-    loss1, _ = mixce_loss(logits, tokens, mask, eta=1.0)  # η = 1 is MLE
+    loss1, _ = mixce_loss(logits, batch, mask, eta=1.0)  # η = 1 is MLE
     assert loss1.item() == pytest.approx((LN2 + LN4) / 2, abs=TOL)
     (g,) = torch.autograd.grad(loss, logits)  # sg(q): gradient 0.75 × MLE's in column 0
     assert torch.allclose(g[0, 0], 0.75 * (torch.tensor([0.5, 0.25, 0.25]) - torch.tensor([1.0, 0, 0])) / 2, atol=TOL)
@@ -128,7 +129,7 @@ def test_mixce_hand_computed():
 
 
 def test_emo_hand_computed():
-    logits, tokens, mask = _hand_example()
+    logits, batch, mask = _hand_example()
     # unit rows e_0 = (1, 0), e_1 = (0, 1), e_2 = (1, 1)/√2 (the package normalises): costs C(i, j) = 1 − cos
     emb = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
     s = 1 - 1 / math.sqrt(2)
@@ -137,7 +138,7 @@ def test_emo_hand_computed():
     n1, n2 = LN2, LN4
     r1, r2 = n1 / d1, n2 / d2
     assert r1 < 3 < r2  # step 2's ratio hits the package's cap of 3
-    loss = emo_loss(logits, tokens, mask, emb, mode=1)
+    loss = emo_loss(logits, batch, mask, emb, mode=1)
     expect = (0.5 * (n1 + r1 * d1) + 0.5 * (n2 + 3 * d2)) / 2
     assert loss.item() == pytest.approx(expect, abs=TOL)
     # gradient, column 0: ½(∇NLL + r_1 ∇DEMD)/2 with ∇_k DEMD = q_k (C(k, 0) − DEMD)
@@ -147,7 +148,7 @@ def test_emo_hand_computed():
     expect_g = 0.5 * ((q - torch.tensor([1.0, 0, 0])) + r1 * q * (cost - d1)) / 2
     assert torch.allclose(g[0, 0], expect_g, atol=TOL)
     # mode 2: sg(DEMD/NLL)·NLL + DEMD = 2·DEMD in value
-    assert emo_loss(logits, tokens, mask, emb, mode=2).item() == pytest.approx((2 * d1 + 2 * d2) / 2, abs=TOL)
+    assert emo_loss(logits, batch, mask, emb, mode=2).item() == pytest.approx((2 * d1 + 2 * d2) / 2, abs=TOL)
     with pytest.raises(ValueError, match="mode"):
         EMOConfig(mode=3)
 

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from agents.common.trajectory import TrajectoryBatch
 from agents.earm import (
     EARMConfig,
     earm_loss,
@@ -43,8 +44,14 @@ def make_table(seed=0):
     return table
 
 
+def tb(tokens, mask):
+    """The TrajectoryBatch of sequences ``tokens`` [n, T] scored at ``mask`` [n, T] (terminated = ends in eos)."""
+    last = tokens.gather(1, (mask.long().cumsum(1).argmax(1))[:, None]).squeeze(1)
+    return TrajectoryBatch(tokens, mask, last == EOS)
+
+
 def batch_from(seqs, table):
-    """tokens [n, T], mask [n, T], logits [n, T, V] (gathered from `table`, keeps its grad)."""
+    """TrajectoryBatch [n, T] and logits [n, T, V] (gathered from `table`, keeps its grad)."""
     n = len(seqs)
     tokens = torch.full((n, T), PAD, dtype=torch.long)
     mask = torch.zeros(n, T, dtype=torch.bool)
@@ -55,7 +62,7 @@ def batch_from(seqs, table):
         mask[b, 1 : 1 + len(s)] = True
         for t in range(len(s)):
             rows[b, t] = PREFIX_ID[tuple(s[:t])]
-    return tokens, mask, table[rows]
+    return tb(tokens, mask), table[rows]
 
 
 def sample_sequences(table, n, gen):
@@ -147,7 +154,7 @@ def test_ce_hand_computed():
     logits[1, 0, EOS] = math.log(3.0)  # p(eos) = 3 / 9 = 1/3
     logits[1, 1] = 100.0  # pad position: must be ignored
     expected = (-math.log(7 / 13) + math.log(4) + math.log(3)) / 3
-    loss, m = earm_loss(logits, tokens, mask, None, None, None, EARMConfig(start_step=1), step=0)
+    loss, m = earm_loss(logits, tb(tokens, mask), None, None, EARMConfig(start_step=1), step=0)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert m["loss/ce"] == pytest.approx(expected, rel=1e-6)
     assert m["loss/earm"] == 0.0
@@ -162,15 +169,15 @@ def test_ce_hand_computed():
 def test_prefix_log_prob_and_joint_energy_values():
     table = make_table(1)
     seq = (A, B, EOS)
-    tokens, mask, logits = batch_from([seq], table)
-    lq = prefix_log_prob(logits, tokens, mask)[0]
+    batch, logits = batch_from([seq], table)
+    lq = prefix_log_prob(logits, batch)[0]  # [T]: column k belongs to position k (column 0: bos)
     l1, l2 = log_cond(table, (), A).item(), log_cond(table, (A,), B).item()
-    assert lq.tolist() == pytest.approx([0.0, l1, l1 + l2])
-    e = joint_energy(logits, tokens, mask)[0]
-    expected = [-table[0, A], -l1 - table[PREFIX_ID[(A,)], B], -l1 - l2 - table[PREFIX_ID[(A, B)], EOS]]
+    assert lq.tolist() == pytest.approx([0.0, 0.0, l1, l1 + l2])
+    e = joint_energy(logits, batch)[0]
+    expected = [0.0, -table[0, A], -l1 - table[PREFIX_ID[(A,)], B], -l1 - l2 - table[PREFIX_ID[(A, B)], EOS]]
     assert e.tolist() == pytest.approx([float(x) for x in expected])
-    assert token_energies(logits, tokens, mask)[0].tolist() == pytest.approx(
-        [-table[0, A].item(), -table[PREFIX_ID[(A,)], B].item(), -table[PREFIX_ID[(A, B)], EOS].item()]
+    assert token_energies(logits, batch)[0].tolist() == pytest.approx(
+        [0.0, -table[0, A].item(), -table[PREFIX_ID[(A,)], B].item(), -table[PREFIX_ID[(A, B)], EOS].item()]
     )
 
 
@@ -181,9 +188,11 @@ def test_importance_weights_alive_only():
     logits[2, 1, :] = torch.log(torch.full((V,), 3.0 / V))  # logsumexp = ln 3
     logits[1, 1, :] = 50.0  # dead: must not count
     mask = torch.tensor([[False, True, True], [False, True, False], [False, True, True]])
-    w = importance_weights(logits, mask)
-    assert w[:, 0].tolist() == pytest.approx([1 / 3] * 3)  # equal logsumexp at position 1
-    assert w[:, 1].tolist() == pytest.approx([0.25, 0.0, 0.75])
+    tokens = torch.tensor([[BOS, A, EOS], [BOS, EOS, PAD], [BOS, A, EOS]])
+    w = importance_weights(logits, tb(tokens, mask))
+    assert w[:, 0].tolist() == [0.0] * 3  # bos: nothing predicted
+    assert w[:, 1].tolist() == pytest.approx([1 / 3] * 3)  # equal logsumexp at position 1
+    assert w[:, 2].tolist() == pytest.approx([0.25, 0.0, 0.75])
 
 
 # ---------------------------------------------------------------------------
@@ -213,10 +222,10 @@ def exact_negative_phase_grad(table, c, n_grad):
 
 def is_grad(table, data_seqs, sample_seqs, cfg):
     """Gradient of earm_loss wrt the logit table used for the samples only."""
-    tokens_d, mask_d, logits_d = batch_from(data_seqs, table.detach())
+    data, logits_d = batch_from(data_seqs, table.detach())
     table_s = table.clone().requires_grad_(True)
-    tokens_s, mask_s, logits_s = batch_from(sample_seqs, table_s)
-    loss, _ = earm_loss(logits_d, tokens_d, mask_d, logits_s, tokens_s, mask_s, cfg, step=0)
+    samples, logits_s = batch_from(sample_seqs, table_s)
+    loss, _ = earm_loss(logits_d, data, logits_s, samples, cfg, step=0)
     (g,) = torch.autograd.grad(loss, table_s)
     return g
 
@@ -264,7 +273,7 @@ def test_surrogate_gradient_equals_eq12_estimator():
     L_d = torch.randn(2, 6, V, dtype=torch.float64, requires_grad=True)
     L_s = torch.randn(3, 5, V, dtype=torch.float64, requires_grad=True)
 
-    loss, _ = earm_loss(L_d, tok_d, mask_d, L_s, tok_s, mask_s, cfg, step=0)
+    loss, _ = earm_loss(L_d, tb(tok_d, mask_d), L_s, tb(tok_s, mask_s), cfg, step=0)
     g_d, g_s = torch.autograd.grad(loss, [L_d, L_s])
 
     # by hand: energies of individual prefixes, their autograd gradients, Eq. 12
@@ -318,32 +327,33 @@ def _random_batches(seed=0):
     tok_s = torch.tensor([[BOS, A, EOS, PAD], [BOS, B, B, EOS]])
     mask_s = tok_s.ne(PAD)
     mask_s[:, 0] = False
-    return L_d, tok, mask, L_s, tok_s, mask_s
+    return L_d, tb(tok, mask), L_s, tb(tok_s, mask_s)
 
 
 def test_start_step_pure_mle_before_and_earm_after():
-    L_d, tok, mask, L_s, tok_s, mask_s = _random_batches()
+    L_d, data, L_s, samples = _random_batches()
+    tok, mask = data.tokens, data.is_action
     cfg = EARMConfig(lam=0.5, start_step=10)
     ce = torch.nn.functional.cross_entropy(L_d[:, :-1].reshape(-1, V), tok[:, 1:].reshape(-1), reduction="none")
     ce = (ce * mask[:, 1:].reshape(-1)).sum() / mask.sum()
     (g_ce,) = torch.autograd.grad(ce, L_d)
 
     # before start: CE exactly, with or without samples
-    for samples in [(None, None, None), (L_s, tok_s, mask_s)]:
-        loss, m = earm_loss(L_d, tok, mask, *samples, cfg, step=9)
+    for sample_args in [(None, None), (L_s, samples)]:
+        loss, m = earm_loss(L_d, data, *sample_args, cfg, step=9)
         (g,) = torch.autograd.grad(loss, L_d)
         torch.testing.assert_close(loss, ce)
         torch.testing.assert_close(g, g_ce)
         assert m["loss/earm"] == 0.0 and "earm/ess" not in m
 
     # from start on: E-ARM term present, different loss and gradient
-    loss, m = earm_loss(L_d, tok, mask, L_s, tok_s, mask_s, cfg, step=10)
+    loss, m = earm_loss(L_d, data, L_s, samples, cfg, step=10)
     (g,) = torch.autograd.grad(loss, L_d)
     assert abs(loss.item() - ce.item()) > 1e-3
     assert (g - g_ce).abs().max() > 1e-3
     assert loss.item() == pytest.approx(m["loss/ce"] + 0.5 * m["loss/earm"], rel=1e-6)
     with pytest.raises(ValueError, match="start_step"):
-        earm_loss(L_d, tok, mask, None, None, None, cfg, step=10)
+        earm_loss(L_d, data, None, None, cfg, step=10)
 
 
 # ---------------------------------------------------------------------------
@@ -356,7 +366,7 @@ def test_joint_energy_gradient_window():
     mask = tok.ne(PAD)
     mask[:, 0] = False
     L = torch.randn(1, 6, V, requires_grad=True)
-    e = joint_energy(L, tok, mask, n_grad_conditionals=2)[0, 4]  # E(x_≤5)
+    e = joint_energy(L, tb(tok, mask), n_grad_conditionals=2)[0, 5]  # E(x_≤5)
     (g,) = torch.autograd.grad(e, L)
     per_row = g[0].abs().sum(-1)
     # log q̃(x_<5) sums p(x_1..x_4) (rows 0..3); only p(x_3), p(x_4) are in the window of 2
@@ -371,7 +381,7 @@ def test_joint_energy_gradient_window():
     expected_row4[EOS] = -1.0
     torch.testing.assert_close(g[0, 4], expected_row4)
     # value is independent of the window
-    full = joint_energy(L, tok, mask, n_grad_conditionals=None)[0, 4]
+    full = joint_energy(L, tb(tok, mask), n_grad_conditionals=None)[0, 5]
     assert e.item() == pytest.approx(full.item())
 
 
@@ -384,7 +394,7 @@ def test_n_grad_conditionals_exact_gradient(n_grad):
     L_d = torch.randn(1, 4, V, requires_grad=True)
     L_s = torch.randn(1, 4, V)  # no grad: isolates the data side
     cfg = EARMConfig(lam=1.0, n_grad_conditionals=n_grad)
-    loss, _ = earm_loss(L_d, tok, mask, L_s, tok, mask, cfg, step=0)
+    loss, _ = earm_loss(L_d, tb(tok, mask), L_s, tb(tok, mask), cfg, step=0)
     (g,) = torch.autograd.grad(loss, L_d)
     N = 3
     p = torch.softmax(L_d.detach()[0], -1)
@@ -411,7 +421,7 @@ def test_ess_metric_hand_computed():
     L_s[0, 0] = math.log(1 / V)
     L_s[1, 0] = math.log(3 / V)
     L_d = torch.zeros(1, 2, V)
-    _, m = earm_loss(L_d, tok[:1], mask[:1], L_s, tok, mask, EARMConfig(), step=0)
+    _, m = earm_loss(L_d, tb(tok[:1], mask[:1]), L_s, tb(tok, mask), EARMConfig(), step=0)
     # w = [1/4, 3/4]: ESS = 1 / (1/16 + 9/16) = 1.6, normalised by 2 alive samples
     assert m["earm/ess"] == pytest.approx(0.8)
     assert m["earm/ess_min"] == pytest.approx(0.8)
@@ -431,8 +441,8 @@ def test_ess_metric_hand_computed():
 def test_sequence_energy_hand_computed():
     table = make_table(5)
     seqs = [(A, B, EOS), (EOS,), (B, EOS)]
-    tokens, mask, logits = batch_from(seqs, table)
-    e = sequence_energy(logits, tokens, mask)
+    batch, logits = batch_from(seqs, table)
+    e = sequence_energy(logits, batch)
     for b, s in enumerate(seqs):
         log_q_prefix = sum((log_cond(table, s[:j], s[j]) for j in range(len(s) - 1)), torch.tensor(0.0))
         expected = -log_q_prefix - table[PREFIX_ID[s[:-1]], EOS]
@@ -442,7 +452,7 @@ def test_sequence_energy_hand_computed():
         alt = -log_q - torch.logsumexp(table[PREFIX_ID[s[:-1]]], -1)
         assert e[b].item() == pytest.approx(alt.item())
         # and the last column of joint_energy
-        assert e[b].item() == pytest.approx(joint_energy(logits, tokens, mask)[b, len(s) - 1].item())
+        assert e[b].item() == pytest.approx(joint_energy(logits, batch)[b, len(s)].item())
 
 
 def test_energy_resample_greedy_and_sampling():
@@ -470,16 +480,16 @@ def test_energy_rerank_targets_the_ebm():
     table = make_table(7)
     N, K = 400, 100
     cands = sample_sequences_fast(table, N * K, torch.Generator().manual_seed(3))
-    tokens, mask, logits = batch_from(cands, table)
-    choice, energies = energy_rerank(logits, tokens, mask, K, generator=torch.Generator().manual_seed(4))
+    batch, logits = batch_from(cands, table)
+    choice, energies = energy_rerank(logits, batch, K, generator=torch.Generator().manual_seed(4))
     assert energies.shape == (N, K) and choice.shape == (N,)
     chosen = [cands[n * K + int(choice[n])] for n in range(N)]
-    tok_all, mask_all, log_all = batch_from(SEQUENCES, table)
-    target = torch.softmax(-sequence_energy(log_all, tok_all, mask_all), 0)
+    all_batch, log_all = batch_from(SEQUENCES, table)
+    target = torch.softmax(-sequence_energy(log_all, all_batch), 0)
     for s, p in zip(SEQUENCES, target.tolist()):
         assert chosen.count(s) / N == pytest.approx(p, abs=0.06)
     # greedy: the minimum-energy candidate of each group
-    choice_g, _ = energy_rerank(logits, tokens, mask, K, greedy=True)
+    choice_g, _ = energy_rerank(logits, batch, K, greedy=True)
     torch.testing.assert_close(choice_g, energies.argmin(1))
 
 
@@ -488,26 +498,27 @@ def test_energy_rerank_targets_the_ebm():
 
 
 def test_bad_inputs_raise():
-    L_d, tok, mask, L_s, tok_s, mask_s = _random_batches()
+    L_d, data, L_s, samples = _random_batches()
+    tok, mask = data.tokens, data.is_action
     cfg = EARMConfig()
     bad_mask = mask.clone()
     bad_mask[0, 0] = True
-    with pytest.raises(ValueError, match=r"mask\[:, 0\]"):
-        earm_loss(L_d, tok, bad_mask, L_s, tok_s, mask_s, cfg, step=0)
+    with pytest.raises(ValueError, match=r"is_action\[:, 0\]"):  # the batch type checks its layout, once
+        tb(tok, bad_mask)
     with pytest.raises(ValueError, match="BoolTensor"):
-        earm_loss(L_d, tok, mask.long(), L_s, tok_s, mask_s, cfg, step=0)
+        TrajectoryBatch(tok, mask.long(), data.terminated)
     with pytest.raises(ValueError, match="token ids"):
-        earm_loss(L_d, tok.clamp(max=V - 1) + 1, mask, L_s, tok_s, mask_s, cfg, step=0)
+        earm_loss(L_d, tb(tok.clamp(max=V - 1) + 1, mask), L_s, samples, cfg, step=0)
     with pytest.raises(ValueError, match="logits"):
-        earm_loss(L_d[:, :3], tok, mask, L_s, tok_s, mask_s, cfg, step=0)
-    with pytest.raises(ValueError, match="no predicted token"):
-        earm_loss(L_d, tok, torch.zeros_like(mask), L_s, tok_s, mask_s, cfg, step=0)
+        earm_loss(L_d[:, :3], data, L_s, samples, cfg, step=0)
+    with pytest.raises(ValueError, match="row 0 has no action"):
+        TrajectoryBatch(tok, torch.zeros_like(mask), data.terminated)
     with pytest.raises(ValueError, match="step"):
-        earm_loss(L_d, tok, mask, L_s, tok_s, mask_s, cfg, step=-1)
+        earm_loss(L_d, data, L_s, samples, cfg, step=-1)
     with pytest.raises(ValueError, match="EARMConfig"):
-        earm_loss(L_d, tok, mask, L_s, tok_s, mask_s, {"lam": 0.05}, step=0)
+        earm_loss(L_d, data, L_s, samples, {"lam": 0.05}, step=0)
     with pytest.raises(ValueError, match="vocabulary size"):
-        earm_loss(L_d, tok, mask, L_s[..., :6], tok_s.clamp(max=5), mask_s, cfg, step=0)
+        earm_loss(L_d, data, L_s[..., :6], tb(samples.tokens.clamp(max=5), samples.is_action), cfg, step=0)
     with pytest.raises(ValueError, match="N >= 1 rows and K >= 1"):
         energy_resample(torch.zeros(3, 0))
     with pytest.raises(ValueError, match=r"\[N, K\]"):
@@ -521,10 +532,6 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="proposal_log_prob"):
         energy_resample(torch.zeros(2, 2), proposal_log_prob=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="num_candidates"):
-        energy_rerank(L_d, tok, mask, 3)
-    with pytest.raises(ValueError, match=r"rows \[1\]"):
-        m = mask.clone()
-        m[1] = False
-        sequence_energy(L_d, tok, m)
+        energy_rerank(L_d, data, 3)
     with pytest.raises(ValueError, match="n_grad_conditionals"):
-        joint_energy(L_d, tok, mask, n_grad_conditionals=-2)
+        joint_energy(L_d, data, n_grad_conditionals=-2)

@@ -50,8 +50,14 @@ class TrajectoryBatch:
     def __post_init__(self) -> None:
         tokens, mask, term = self.tokens, self.is_action, self.terminated
         eos_id = self.ids.eos
-        if tokens.dim() != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"tokens must be a LongTensor [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
+        for name in ("tokens", "is_action", "terminated"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if tokens.dim() != 2 or tokens.dtype != torch.long or tokens.shape[0] < 1:
+            raise ValueError(
+                f"tokens must be a LongTensor [B, T] with B >= 1, got {tokens.dtype} {tuple(tokens.shape)}"
+            )
         if mask.shape != tokens.shape or mask.dtype != torch.bool:
             raise ValueError(
                 f"is_action must be a BoolTensor of shape {tuple(tokens.shape)}, got {mask.dtype} {tuple(mask.shape)}"
@@ -94,6 +100,25 @@ class TrajectoryBatch:
         """LongTensor[B]: index of each row's last action."""
         return self.first_action_index() + self.num_actions - 1
 
+    def check_logits(self, logits: torch.Tensor, name: str = "logits") -> None:
+        """Raise unless ``logits`` are a policy's output on this batch.
+
+        :param logits: FloatTensor ``[B, T, V]`` (any floating dtype) with ``[B, T]`` = ``tokens.shape``.
+        :raises ValueError: on another shape or dtype, or a token id outside ``[0, V)``.
+        """
+        B, T = self.tokens.shape
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point():
+            raise ValueError(
+                f"{name} must be a floating tensor [B, T, V] with [B, T] = {(B, T)}, got "
+                f"{getattr(logits, 'dtype', type(logits))} {tuple(getattr(logits, 'shape', ()))}"
+            )
+        if logits.shape[:2] != self.tokens.shape:
+            raise ValueError(f"{name} must have shape [{B}, {T}, V], got {logits.dtype} {tuple(logits.shape)}")
+        V = logits.shape[2]
+        lo, hi = int(self.tokens.min()), int(self.tokens.max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"{name}: token ids must lie in [0, {V}) (V = logits.shape[-1]), got range [{lo}, {hi}]")
+
     def to(self, device: torch.device | str) -> TrajectoryBatch:
         """Return a copy with every tensor on ``device``."""
         return TrajectoryBatch(self.tokens.to(device), self.is_action.to(device), self.terminated.to(device), self.ids)
@@ -113,6 +138,44 @@ class TrajectoryBatch:
         if not actions:
             raise ValueError("actions is empty; a batch needs at least one trajectory")
         return collate(actions, prompts, device=device if device is not None else "cpu", ids=ids)
+
+    @classmethod
+    def of_sequences(
+        cls,
+        sequences: Sequence[Sequence[int]],
+        terminated: Sequence[bool],
+        device: torch.device | str = "cpu",
+        prompts: Sequence[Sequence[int]] | None = None,
+        ids=None,
+    ) -> TrajectoryBatch:
+        """Final sequences (no backspaces) laid out for teacher-forced scoring.
+
+        :param sequences: generated tokens of each row (no bos, no prompt, no eos).
+        :param terminated: per row, whether an ``eos`` follows.
+        :param prompts: optional prompt ids per row (conditioned on, never scored).
+        :param ids: special ids (as :func:`collate`).
+        :return: a batch whose ``tokens`` LongTensor ``[B, T]`` = ``[bos,
+            prompt..., x..., eos?, pad...]`` and whose ``is_action`` BoolTensor
+            ``[B, T]`` marks the scored (predicted) positions (``x`` and
+            ``eos``; truncated rows have no ``eos``). Empty truncated rows keep
+            one scored position (a pad) so that every row is scored.
+        :raises ValueError: on an empty list of sequences.
+
+        Used by E-ARM, NCE, GRPO's critic reward and reranking.
+        """
+        if len(sequences) == 0:
+            raise ValueError("sequences is empty; a batch needs at least one sequence")
+        ids = SpecialIds.of(ids)
+        if prompts is None:
+            prompts = [()] * len(sequences)
+        rows = [[ids.bos, *p, *s] + ([ids.eos] if t else []) for p, s, t in zip(prompts, sequences, terminated)]
+        starts = [1 + len(p) for p in prompts]
+        rows = [r if len(r) > s else r + [ids.pad] for r, s in zip(rows, starts)]
+        tokens, lengths = pad_sequences(rows, pad_id=ids.pad)
+        idx = torch.arange(tokens.shape[1])[None]
+        mask = (idx < lengths[:, None]) & (idx >= torch.tensor(starts)[:, None])
+        term = torch.tensor([bool(t) for t in terminated], dtype=torch.bool)
+        return cls(tokens.to(device), mask.to(device), term.to(device), ids)
 
 
 def collate(
@@ -189,29 +252,13 @@ def sequence_batch(
     prompts: Sequence[Sequence[int]] | None = None,
     ids=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final sequences (no backspaces) laid out for teacher-forced scoring.
+    """``(batch.tokens, batch.is_action)`` of :meth:`TrajectoryBatch.of_sequences` (same arguments).
 
-    :param sequences: generated tokens of each row (no bos, no prompt, no eos).
-    :param terminated: per row, whether an ``eos`` follows.
-    :param prompts: optional prompt ids per row (conditioned on, never scored).
-    :param ids: special ids (as :func:`collate`).
-    :return: ``tokens`` LongTensor ``[B, T]`` = ``[bos, prompt..., x..., eos?,
-        pad...]`` and the predicted-position mask BoolTensor ``[B, T]`` (``x``
-        and ``eos``; truncated rows have no ``eos``). Empty truncated rows keep
-        one predicted position (a pad) so that every row is scored.
-
-    Used by E-ARM, NCE and reranking.
+    For the callers not yet moved to the batch type (the NCE critic's inputs); new code
+    takes the :class:`TrajectoryBatch`.
     """
-    ids = SpecialIds.of(ids)
-    if prompts is None:
-        prompts = [()] * len(sequences)
-    rows = [[ids.bos, *p, *s] + ([ids.eos] if t else []) for p, s, t in zip(prompts, sequences, terminated)]
-    starts = [1 + len(p) for p in prompts]
-    rows = [r if len(r) > s else r + [ids.pad] for r, s in zip(rows, starts)]
-    tokens, lengths = pad_sequences(rows, pad_id=ids.pad)
-    idx = torch.arange(tokens.shape[1])[None]
-    mask = (idx < lengths[:, None]) & (idx >= torch.tensor(starts)[:, None])
-    return tokens.to(device), mask.to(device)
+    batch = TrajectoryBatch.of_sequences(sequences, terminated, device, prompts, ids)
+    return batch.tokens, batch.is_action
 
 
 def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
