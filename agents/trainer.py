@@ -22,6 +22,7 @@ and implements :class:`agents.common.learner.Learner`. Extra behaviour
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
@@ -484,6 +486,78 @@ def _init_model_config(requested: ModelConfig, init_state: dict, init: str) -> M
     return actual
 
 
+def resume_state_of(ckpt_path: Path) -> tuple[dict, TrainConfig]:
+    """The checkpoint a ``--resume`` continues, and the run's config saved in it.
+
+    :return: ``(state, saved)``: the checkpoint's dict (:func:`load_checkpoint`) and its ``TrainConfig``.
+    :raises FileNotFoundError: naming the path, when there is no checkpoint.
+    :raises CheckpointError: a checkpoint without training state (an export: use ``--init``) or
+        whose config is not a ``train.py`` config.
+    """
+    state = load_checkpoint(ckpt_path)  # FileNotFoundError names the path
+    missing = [k for k in ("config", "step", "optimizer", "scheduler", "rng") if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {str(ckpt_path)!r}: it has no training state "
+            f"({', '.join(missing)} missing; agent {state.get('agent')!r}); "
+            "start a new run from it with --init instead"
+        )
+    try:
+        saved = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot resume from {str(ckpt_path)!r}: its config is not a train.py config ({' '.join(str(e).split())})"
+        ) from None
+    return state, saved
+
+
+def merge_resumed_config(saved: TrainConfig, requested: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """The one place a resumed run's config is merged: ``saved`` with the fields ``overrides`` taken from ``requested``.
+
+    :param saved: the run's config (its checkpoint's); not modified.
+    :param requested: this invocation's config (``--resume`` and the flags given).
+    :param overrides: field names, ``"eval.max_sequences"`` for a field of a section
+        (``train.py`` passes :data:`RESUME_FLAGS`, the flags it checked with :func:`resume_conflicts`).
+    :return: a new config with ``resume=True`` and this invocation's ``allow_corpus_mismatch``
+        (an action of this invocation, not of the saved run).
+    :raises ValueError: if ``max_steps`` is overridden with a lower value (resuming can only raise it).
+    """
+    if "max_steps" in overrides and requested.max_steps < saved.max_steps:
+        raise ValueError(
+            f"--max-steps {requested.max_steps} is below the run's max_steps {saved.max_steps}; "
+            "resuming can only raise it"
+        )
+    merged = copy.deepcopy(saved)
+    for name in overrides:
+        *section, attr = name.split(".")
+        src, dst = requested, merged
+        for part in section:
+            src, dst = getattr(src, part), getattr(dst, part)
+        setattr(dst, attr, getattr(src, attr))
+    merged.resume = True
+    merged.allow_corpus_mismatch = requested.allow_corpus_mismatch
+    return merged
+
+
+def resolve_run_config(
+    cfg: TrainConfig, ckpt_path: Path, resume_overrides: Sequence[str] = ("device", "progress")
+) -> tuple[TrainConfig, dict | None]:
+    """Step 1 of a run: the config to use and, with ``--resume``, the checkpoint it continues.
+
+    A fresh run (``--init`` and ``--fork-from`` included: they read their checkpoint
+    when the policy is built) uses ``cfg`` as it is; ``--resume`` uses the saved
+    config merged with ``cfg`` by :func:`merge_resumed_config`.
+
+    :return: ``(config, resume_state)``; ``resume_state`` is None for a fresh run.
+    :raises FileNotFoundError, CheckpointError, ValueError: as :func:`resume_state_of`
+        and :func:`merge_resumed_config`.
+    """
+    if not cfg.resume:
+        return cfg, None
+    state, saved = resume_state_of(ckpt_path)
+    return merge_resumed_config(saved, cfg, resume_overrides), state
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA (this process's local rank) when available, else CPU.
 
@@ -701,42 +775,25 @@ class Trainer:
             raise
 
     def _setup(self, cfg: TrainConfig, resume_overrides: Sequence[str]) -> None:
-        resume_state = None
+        """The run in named steps: its config, device, task and policy, learner, optimiser, restored state, logs."""
+        cfg, resume_state = resolve_run_config(cfg, self.ckpt_path, resume_overrides)
         #: step of the last checkpoint written by (or resumed from) this run; None = none yet
-        self.saved_step: int | None = None
-        allow_corpus_mismatch = cfg.allow_corpus_mismatch  # an action of this invocation, not of the saved run
-        if cfg.resume:
-            resume_state = load_checkpoint(self.ckpt_path)  # FileNotFoundError names the path
-            missing = [k for k in ("config", "step", "optimizer", "scheduler", "rng") if k not in resume_state]
-            if missing:
-                raise CheckpointError(
-                    f"cannot resume from {str(self.ckpt_path)!r}: it has no training state "
-                    f"({', '.join(missing)} missing; agent {resume_state.get('agent')!r}); "
-                    "start a new run from it with --init instead"
-                )
-            try:
-                saved = TrainConfig.from_dict(resume_state["config"])
-            except (TypeError, ValueError) as e:
-                raise CheckpointError(
-                    f"cannot resume from {str(self.ckpt_path)!r}: its config is not a train.py "
-                    f"config ({' '.join(str(e).split())})"
-                ) from None
-            if "max_steps" in resume_overrides and cfg.max_steps < saved.max_steps:
-                raise ValueError(
-                    f"--max-steps {cfg.max_steps} is below the run's max_steps {saved.max_steps}; "
-                    "resuming can only raise it"
-                )
-            for name in resume_overrides:  # "eval.max_sequences": a field of a section
-                *section, attr = name.split(".")
-                src, dst = cfg, saved
-                for part in section:
-                    src, dst = getattr(src, part), getattr(dst, part)
-                setattr(dst, attr, getattr(src, attr))
-            saved.resume = True
-            saved.allow_corpus_mismatch = allow_corpus_mismatch
-            cfg = saved
-            self.saved_step = int(resume_state["step"])
+        self.saved_step: int | None = None if resume_state is None else int(resume_state["step"])
         self.cfg = cfg
+        self._set_device_and_seeds()
+        fork_state = self._build_task_and_policy(resume_state)
+        self._build_learner()
+        self._build_optimizer()
+        if resume_state is not None:
+            self._restore_training_state(resume_state)
+        if fork_state is not None:
+            self._continue(fork_state)
+        if self.is_main:  # every input is read and checked: now the old run's files may go (--overwrite)
+            self._start_run_directory(resumed=resume_state is not None)
+
+    def _set_device_and_seeds(self) -> None:
+        """The device (and FSDP's process group) and the global random seeds of this rank."""
+        cfg = self.cfg
         self.device = resolve_device(cfg.device)
         self.fsdp = cfg.dist == "fsdp"
         if self.device.type == "cuda" and (self.distributed or self.fsdp):  # NCCL's object collectives need it
@@ -756,6 +813,13 @@ class Trainer:
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
+    def _build_task_and_policy(self, resume_state: dict | None) -> dict | None:
+        """The task and the policy (fresh, ``--init``, ``--fork-from`` or resumed), sharded or DDP-wrapped.
+
+        :return: the ``--fork-from`` checkpoint (its training state is continued later), else None.
+        """
+        cfg = self.cfg
+        allow_corpus_mismatch = cfg.allow_corpus_mismatch
         init_state = fork_state = None
         if cfg.fork_from and resume_state is None:
             init_state = fork_state = load_checkpoint(cfg.fork_from)
@@ -852,7 +916,11 @@ class Trainer:
             self.model = self.policy  # the sharded units sit inside it; calling it gathers them
         else:
             self.model = wrap_ddp(self.policy, self.device)
+        return fork_state
 
+    def _build_learner(self) -> None:
+        """The random streams, the demonstration sampler and the learner (with its own callbacks)."""
+        cfg = self.cfg
         self.generators = {  # under FSDP the data stream is the global batch's, the same on every rank
             "data": torch.Generator().manual_seed(1000 * cfg.seed + (0 if self.fsdp else self.rank)),
             "noise": torch.Generator().manual_seed(1000 * cfg.seed + 100 + self.rank),
@@ -875,57 +943,64 @@ class Trainer:
             getattr(self.learner, "callbacks", ())
         )  # a learner's own hooks (e.g. NCE early stopping)
         self.stop_requested = False  # set by a callback (request_stop) to end the run early, as if finished
+
+    def _build_optimizer(self) -> None:
+        """AdamW over what the learner trains, and the learning-rate schedule."""
+        cfg = self.cfg
         if cfg.lr == 0:  # resolved once, by what is trained; config.json stores the value
             cfg.lr = default_lr(self.policy)
         self.params = [p for p in self.learner.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.step = 0
-        if resume_state is not None:
-            try:
-                if self.fsdp:
-                    load_full_optimizer_state(self.policy, self.optimizer, resume_state["optimizer"])
-                else:
-                    self.optimizer.load_state_dict(resume_state["optimizer"])
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(
-                    f"cannot resume from {str(self.ckpt_path)!r}: its optimiser state does not "
-                    f"match the model ({' '.join(str(e).split())})"
-                ) from None
-            try:
-                self.scheduler.load_state_dict(resume_state["scheduler"])
-                # a multi-process checkpoint holds every rank's learner state (a rollout buffer) and random streams
-                ranks = resume_state.get("rank_states") or []
-                mine = ranks[self.rank] if self.rank < len(ranks) else None
-                self.learner.load_state_dict(mine["learner"] if mine else resume_state.get("learner", {}))
-                if mine is not None:
-                    _set_rng_state(mine["rng"], self.generators)
-                elif self.rank == 0:
-                    _set_rng_state(resume_state["rng"], self.generators)
-                elif self.fsdp:  # a rank the run did not have: its own streams, but the global batch's data stream
-                    self.generators["data"].set_state(resume_state["rng"]["gen/data"])
-            except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
-                raise CheckpointError(
-                    f"cannot resume from {str(self.ckpt_path)!r}: its training state (scheduler, "
-                    f"learner or random streams) is malformed ({type(e).__name__}: "
-                    f"{' '.join(str(e).split())[:200]})"
-                ) from None
-            self.step = int(resume_state["step"])
-            if cfg.max_steps != resume_state["config"]["max_steps"]:  # extended: the lr of the new schedule now
-                for group, base, lam in zip(
-                    self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas
-                ):
-                    group["lr"] = base * lam(self.step)
-        if fork_state is not None:
-            self._continue(fork_state)
-        if self.is_main:  # every input is read and checked: now the old run's files may go (--overwrite)
-            self.run_dir.start()
-            (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            # a resumed run hides the events its killed predecessor logged after the checkpoint (steps > the
-            # checkpoint's; they would appear twice otherwise): TensorBoard drops old events with step >= purge_step
-            self.writer = SummaryWriter(
-                str(self.logdir), purge_step=self.step + 1 if resume_state is not None else None
-            )
+
+    def _restore_training_state(self, resume_state: dict) -> None:
+        """Optimiser, schedule, learner state, random streams and step of the checkpoint a ``--resume`` continues."""
+        cfg = self.cfg
+        try:
+            if self.fsdp:
+                load_full_optimizer_state(self.policy, self.optimizer, resume_state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(resume_state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"cannot resume from {str(self.ckpt_path)!r}: its optimiser state does not "
+                f"match the model ({' '.join(str(e).split())})"
+            ) from None
+        try:
+            self.scheduler.load_state_dict(resume_state["scheduler"])
+            # a multi-process checkpoint holds every rank's learner state (a rollout buffer) and random streams
+            ranks = resume_state.get("rank_states") or []
+            mine = ranks[self.rank] if self.rank < len(ranks) else None
+            self.learner.load_state_dict(mine["learner"] if mine else resume_state.get("learner", {}))
+            if mine is not None:
+                _set_rng_state(mine["rng"], self.generators)
+            elif self.rank == 0:
+                _set_rng_state(resume_state["rng"], self.generators)
+            elif self.fsdp:  # a rank the run did not have: its own streams, but the global batch's data stream
+                self.generators["data"].set_state(resume_state["rng"]["gen/data"])
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(
+                f"cannot resume from {str(self.ckpt_path)!r}: its training state (scheduler, "
+                f"learner or random streams) is malformed ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]})"
+            ) from None
+        self.step = int(resume_state["step"])
+        if cfg.max_steps != resume_state["config"]["max_steps"]:  # extended: the lr of the new schedule now
+            for group, base, lam in zip(
+                self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas
+            ):
+                group["lr"] = base * lam(self.step)
+
+    def _start_run_directory(self, resumed: bool) -> None:
+        """Rank 0: take over the run directory (``--overwrite`` deletes the old run now), write ``config.json``,
+        open the TensorBoard writer."""
+        cfg = self.cfg
+        self.run_dir.start()
+        (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        # a resumed run hides the events its killed predecessor logged after the checkpoint (steps > the
+        # checkpoint's; they would appear twice otherwise): TensorBoard drops old events with step >= purge_step
+        self.writer = SummaryWriter(str(self.logdir), purge_step=self.step + 1 if resumed else None)
 
     def _continue(self, state: dict) -> None:
         """``fork_from``: the checkpoint's AdamW moments, step and random streams; this config's hyperparameters.

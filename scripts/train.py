@@ -228,6 +228,8 @@ def parse_config(argv: list[str]) -> TrainConfig:
     config (:func:`saved_config`) as defaults, so that the result is the run's
     config changed by exactly the flags given; changes outside
     :data:`agents.trainer.RESUME_FLAGS` (or a lower ``--max-steps``) are refused.
+    The merge itself happens once, in the trainer
+    (:func:`agents.trainer.merge_resumed_config`, with the checkpoint's config).
 
     :raises ValueError: a bad flag (:class:`~agents.common.cli.FlagError`), or
         ``--resume`` with flags that change the run (all of them listed).

@@ -17,7 +17,15 @@ from agents.earm import EARMConfig
 from agents.mle import MLEConfig
 from agents.nce import NCEConfig
 from agents.sequencematch import SequenceMatchConfig
-from agents.trainer import ModelConfig, NonFiniteLossError, TrainConfig, Trainer
+from agents.trainer import (
+    RESUME_FLAGS,
+    ModelConfig,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    merge_resumed_config,
+    resolve_run_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32)
@@ -248,3 +256,20 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     state = load_checkpoint(logdir / "checkpoint.pt")
     assert state["step"] == 4
     assert json.loads((logdir / "metrics.json").read_text())["nll"] > 0
+
+
+def test_a_resumed_config_is_merged_in_one_place(tmp_path):
+    """merge_resumed_config: the saved run's config, with exactly the resume flags taken from the request."""
+    saved = TrainConfig(task="oracle-hmm", max_steps=100, lr=1e-3, device="cpu", log_every=10)
+    requested = TrainConfig(task="python-lines", max_steps=250, lr=5e-3, device="auto", log_every=7, resume=True)
+    requested.eval.max_sequences = 64
+    merged = merge_resumed_config(saved, requested, RESUME_FLAGS)
+    assert (merged.task, merged.lr) == ("oracle-hmm", 1e-3)  # what the run computes: the saved run's
+    assert (merged.max_steps, merged.device, merged.log_every, merged.eval.max_sequences) == (250, "auto", 7, 64)
+    assert merged.resume and not saved.resume and saved.max_steps == 100  # a new config; saved is untouched
+    with pytest.raises(ValueError, match="--max-steps 50 is below the run's max_steps 100"):
+        merge_resumed_config(saved, TrainConfig(max_steps=50), RESUME_FLAGS)
+    fresh = TrainConfig(logdir=str(tmp_path / "run"))
+    assert resolve_run_config(fresh, tmp_path / "run" / "checkpoint.pt") == (fresh, None)
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        resolve_run_config(TrainConfig(resume=True), tmp_path / "run" / "checkpoint.pt")
