@@ -3,6 +3,13 @@
     python scripts/ppo_critic.py --checkpoint runs/mle-oracle-hmm/checkpoint.pt \\
         --critic runs/nce-oracle-hmm/checkpoint.pt --total-timesteps 200000 --logdir runs/ppo-critic
 
+``--critic validity`` uses the task's verifiable reward (1 when the checker
+accepts the final text) as the score instead of a critic: PPO with the
+verifiable reward, e.g.
+
+    python scripts/ppo_critic.py --checkpoint runs/mle-py/checkpoint.pt --critic validity \\
+        --beta 1 --learning-rate 2e-4 --total-timesteps 4096 --logdir runs/ppo-validity
+
 The objective, the KL reward and what is logged: :mod:`agents.sb3.critic_reward`.
 The run directory is guarded like train.py's: one that holds a run is refused
 unless ``--overwrite`` (its files are deleted only after both checkpoints are

@@ -233,3 +233,76 @@ def test_ppo_bad_input(tmp_path, capsys):
                 checkpoint=mle, critic=mle, device="cpu", eval_samples=4, logdir=str(tmp_path / "x")
             )
         )
+
+
+def test_validity_score_is_the_env_reward_hand_checked():
+    """critic=None (``--critic validity``): the score is the env's reward="validity", 1 on an accepted final
+    text, 0 otherwise, rescaled by (r - shift)/scale at the step that ends the episode, beside β·k_t."""
+    task = make_task("python-lines")
+    tok, beta = task.tokenizer, 0.5
+    torch.manual_seed(0)
+    policy = TransformerPolicy(
+        PolicyConfig(vocab_size=tok.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=32)
+    ).eval()
+    venv = make_vector_env(task, 2, "cpu", reward="validity")
+    env = critic_reward.CriticKLReward(SB3VecEnv(venv), None, policy, beta, "cpu", score_shift=0.5, score_scale=2.0)
+    env.reset()
+    good, bad = tok.encode("x = 1"), tok.encode("x = (")  # a valid line and an unclosed bracket, same length
+    assert task.is_valid("x = 1") and not task.is_valid("x = (") and len(good) == len(bad)
+    rewards, infos = [], []
+    for a in zip([*good, EOS_ID], [*bad, EOS_ID]):
+        _, r, _, info = env.step(np.array(a))
+        rewards.append(r)
+        infos.append(info)
+    log_ref = [_expected_log_ref_for(policy, task, t) for t in ([*good, EOS_ID], [*bad, EOS_ID])]
+    for b, valid in ((0, 1.0), (1, 0.0)):
+        expected = [beta * v for v in log_ref[b]]
+        expected[-1] += (valid - 0.5) / 2.0  # the validity score, shifted and scaled
+        np.testing.assert_allclose([r[b] for r in rewards], expected, rtol=1e-5, atol=1e-5)
+        assert infos[-1][b]["critic_reward"] == valid  # logged before shift/scale
+    with pytest.raises(ValueError, match="needs the task"):
+        critic_reward.critic_reward(None, [good], [True], "cpu")
+    scores = critic_reward.critic_reward(None, [good, bad, good], [True, True, False], "cpu", task)
+    assert scores.tolist() == [1.0, 0.0, 0.0]  # a truncated text earns nothing, as in the env
+
+
+def _expected_log_ref_for(policy, task, trajectory):
+    """log π0(a_t|s_t) along one episode with no backspace, masked like the env (pad and bos off, backspace
+    legal once there is text)."""
+    V = task.tokenizer.vocab_size
+    with torch.no_grad():
+        logits = policy(torch.tensor([[BOS_ID, *trajectory]]))[0, :-1]
+    out = []
+    for t, a in enumerate(trajectory):
+        mask = torch.ones(V, dtype=torch.bool)
+        mask[[PAD_ID, BOS_ID]] = False
+        mask[BS] = t > 0
+        out.append(float(F.log_softmax(logits[t].masked_fill(~mask, -math.inf), -1)[a]))
+    return out
+
+
+@pytest.mark.slow
+def test_ppo_script_with_the_verifiable_reward(tmp_path, capsys):
+    """``--critic validity`` runs without a critic checkpoint: the score is the task's validity (arithmetic:
+    a conditional task, the prompt counted in the checked text), before = the start policy's."""
+    task = make_task("arithmetic")
+    torch.manual_seed(0)
+    policy = TransformerPolicy(
+        PolicyConfig(
+            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=32
+        )
+    )
+    mle = tmp_path / "mle.pt"
+    save_checkpoint(
+        {"agent": "mle", "task": task.spec(), "policy": policy.policy_spec(), "model": policy.state_dict(), "step": 0},
+        mle,
+    )
+    metrics = ppo_critic_script.main(
+        ["--checkpoint", str(mle), "--critic", "validity", "--total-timesteps", "128", "--num-envs", "8"]
+        + ["--n-steps", "16", "--batch-size", "64", "--n-epochs", "1", "--eval-samples", "32", "--no-progress"]
+        + ["--logdir", str(tmp_path / "ppo"), "--device", "cpu"]
+    )
+    for when in ("before", "after"):
+        assert 0.0 <= metrics[when]["critic_reward"] <= 1.0
+    assert abs(metrics["before"]["kl_to_init"]) < 1e-4
+    assert load_policy(tmp_path / "ppo" / "checkpoint.pt")[2]["config"]["critic"] == "validity"

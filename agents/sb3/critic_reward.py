@@ -87,6 +87,14 @@ score normalisation -- and of ``Σ_t log(π/π0)(a_t|s_t)``, nats per sequence),
 run maximises) and ``train/beta`` (β used for the next rollout). The fine-tuned policy is saved as a normal seqenv
 checkpoint (``agent: "ppo"``) that ``load_policy``, ``generate.py`` and
 ``evaluate.py`` read; ``metrics.json`` holds the evaluations before and after.
+
+**PPO with the verifiable reward** (``--critic validity``): no critic; the
+score ``r(x)`` is the env's ``reward="validity"`` (1 when the task's checker
+accepts the final text, else 0; :mod:`seqenv.rewards`), paid on the step that
+ends the episode, with the same KL term, controller and logging
+(``rollout/critic_reward_mean`` is then the rollout's validity). The
+objective is ``E[valid(x)] - β KL(π‖π0)``, whose optimum is
+``π*(x) ∝ π0(x) exp(valid(x)/β)``: valid texts up-weighted by ``e^{1/β}``.
 """
 
 from __future__ import annotations
@@ -119,6 +127,8 @@ from ..trainer import resolve_device
 from .policy import TransformerMaskablePolicy
 
 KL_ESTIMATORS = ("k1", "k3", "exact")
+#: ``--critic`` value of PPO with the verifiable reward (module docstring)
+VALIDITY = "validity"
 
 
 def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -163,7 +173,8 @@ class PPOCriticConfig:
 
     :param checkpoint: the starting policy π0 (a seqenv checkpoint, e.g. MLE).
     :param critic: an ``nce`` checkpoint (``train.py --agent nce``) whose
-        critic was trained on top of π0.
+        critic was trained on top of π0, or ``validity``: the task's
+        verifiable reward as the score (module docstring), no critic.
     :param total_timesteps: env steps (actions) of PPO in all.
     :param beta: KL coefficient β > 0 (the start value with ``kl_target``); 1
         targets the critic's residual EBM exactly (with ``score_norm="none"``).
@@ -244,13 +255,25 @@ class PPOCriticConfig:
 
 
 @torch.no_grad()
-def critic_reward(critic: SequenceCritic, sequences: list[list[int]], terminated: list[bool], device) -> torch.Tensor:
-    """``r(x) = -E_ψ(x) - c``, the log density ratio of the critic's residual EBM to its base policy.
+def critic_reward(
+    critic: SequenceCritic | None, sequences: list[list[int]], terminated: list[bool], device, task=None
+) -> torch.Tensor:
+    """``r(x) = -E_ψ(x) - c``, the log density ratio of the critic's residual EBM to its base policy; with
+    ``critic=None`` the verifiable reward ``valid(x)`` instead (1.0 when ``x`` terminated and ``task``'s checker
+    accepts its text, else 0.0; as the env's ``reward="validity"``).
 
-    :param sequences: final states as token lists (no ``bos``/``eos``).
+    :param sequences: final states as token lists (no ``bos``/``eos``; with ``critic=None`` the whole state,
+        the prompt of a conditional task included).
     :param terminated: per sequence, whether it ended with ``eos`` (then ``eos`` is appended).
-    :returns: FloatTensor ``[N]`` (nats) on ``device``.
+    :param task: the :class:`~seqenv.tasks.Task` (needed when ``critic`` is None).
+    :returns: FloatTensor ``[N]`` (nats; 0/1 for validity) on ``device``.
+    :raises ValueError: ``critic`` and ``task`` both None.
     """
+    if critic is None:
+        if task is None:
+            raise ValueError("critic_reward without a critic needs the task (its validity checker)")
+        valid = [bool(t) and task.is_valid(task.tokenizer.decode(s)) for s, t in zip(sequences, terminated)]
+        return torch.tensor(valid, dtype=torch.float32, device=device)
     tokens, mask = sequence_batch(sequences, terminated, device)
     return -critic(tokens, mask).float() - critic.log_normalizer.float()
 
@@ -276,7 +299,10 @@ class CriticKLReward(VecEnvWrapper):
         ``length``; final states in ``infos[i]["terminal_observation"]``;
         ``env_method("action_masks")``).
     :param critic: the residual critic (:func:`agents.nce.load_critic`), or any
-        module with ``critic(tokens, mask) -> energy [N]`` and a ``log_normalizer``.
+        module with ``critic(tokens, mask) -> energy [N]`` and a ``log_normalizer``;
+        or None: the score ``r(x_T)`` is then the env's own terminal reward at the
+        step that ends the episode (``reward="validity"``: 0/1), passed through
+        the same ``(r - shift)/scale``.
     :param reference: π0, a :class:`~agents.policies.transformer.TransformerPolicy` (frozen here).
     :param beta: β > 0.
     :param device: where the critic, π0 and π run.
@@ -341,8 +367,12 @@ class CriticKLReward(VecEnvWrapper):
             finals = [infos[i]["terminal_observation"] for i in ended]
             sequences = [f["tokens"][: int(f["length"])].tolist() for f in finals]
             terminated = [not infos[i].get("TimeLimit.truncated", False) for i in ended]
-            r = critic_reward(self.critic, sequences, terminated, self.device).cpu().numpy()
-            reward[ended] += (r - self.score_shift) / self.score_scale
+            if self.critic is None:  # the env's terminal reward is the score: rescale it in place
+                r = env_reward[ended].astype(np.float64)
+                reward[ended] += (r - self.score_shift) / self.score_scale - r
+            else:
+                r = critic_reward(self.critic, sequences, terminated, self.device).cpu().numpy()
+                reward[ended] += (r - self.score_shift) / self.score_scale
             for j, i in enumerate(ended):
                 infos[i].update(
                     {
@@ -447,7 +477,7 @@ def adaptive_beta(beta: float, kl: float, target: float, n_steps: int, horizon: 
 def evaluate(policy, reference, critic, task, beta: float, num_samples: int, device, seed: int) -> dict:
     """:func:`agents.common.evaluation.evaluate_policy`'s metrics plus the objective's terms on fresh samples:
 
-    ``critic_reward`` = mean ``r(x)``, ``kl_to_init`` = mean ``log π(τ) - log
+    ``critic_reward`` = mean ``r(x)`` (``critic=None``: the validity of those samples), ``kl_to_init`` = mean ``log π(τ) - log
     π0(τ)`` over the episodes' action histories τ (a Monte Carlo estimate of
     KL(π‖π0) in nats per sequence; both policies masked to the legal
     actions), and ``objective`` = ``critic_reward - beta · kl_to_init``.
@@ -465,7 +495,8 @@ def evaluate(policy, reference, critic, task, beta: float, num_samples: int, dev
     log_ref = F.log_softmax(logits, -1).gather(-1, batch.tokens[:, 1:, None]).squeeze(-1)
     log_ref = torch.where(batch.is_action[:, 1:], log_ref, torch.zeros_like(log_ref)).sum(1)
     kl = float((res.log_probs.sum(1) - log_ref).mean())
-    reward = float(critic_reward(critic, res.sequences(), res.terminated.tolist(), device).mean())
+    states = res.sequences() if critic is not None else [p + x for p, x in zip(res.prompts(), res.sequences())]
+    reward = float(critic_reward(critic, states, res.terminated.tolist(), device, task).mean())
     metrics.update(critic_reward=reward, kl_to_init=kl, objective=reward - beta * kl)
     return metrics
 
@@ -486,11 +517,11 @@ def make_ppo(
 
     :param reference: π0, a :class:`~agents.policies.transformer.TransformerPolicy` on ``device``.
     :param policy_config: its ``PolicyConfig.to_dict()``.
-    :param critic: see :class:`CriticKLReward`.
+    :param critic: see :class:`CriticKLReward` (None: the env pays ``reward="validity"`` as the score).
     :return: ``(ppo, reward, callback)``: run ``ppo.learn(n, callback=callback)``.
     """
     reward = CriticKLReward(
-        SB3VecEnv(make_vector_env(task, cfg.num_envs, device)),
+        SB3VecEnv(make_vector_env(task, cfg.num_envs, device, reward="validity" if critic is None else "none")),
         critic,
         reference,
         cfg.beta,
@@ -544,7 +575,7 @@ def run(cfg: PPOCriticConfig) -> dict:
     device = resolve_device(cfg.device)
     with RunDirectory(cfg.logdir, overwrite=cfg.overwrite, script="ppo_critic.py", resumable=False) as run_dir:
         reference, task, state = load_policy(cfg.checkpoint, device)  # π0, frozen
-        critic = load_critic(cfg.critic, device, task)
+        critic = None if cfg.critic == VALIDITY else load_critic(cfg.critic, device, task)
         run_dir.start()  # inputs read: the old run's files may go now
         return _run(cfg, device, reference, task, state, critic)
 
@@ -560,7 +591,8 @@ def _run(cfg: PPOCriticConfig, device, reference, task, state, critic) -> dict:
             seed=cfg.seed + 1,
             generator=torch.Generator(device=device).manual_seed(cfg.seed + 1),
         )
-        scores = critic_reward(critic, res.sequences(), res.terminated.tolist(), device).double()
+        states = res.sequences() if critic is not None else [p + x for p, x in zip(res.prompts(), res.sequences())]
+        scores = critic_reward(critic, states, res.terminated.tolist(), device, task).double()
         shift, scale = float(scores.mean()), max(float(scores.std()), 1e-6)
     ppo, reward, callback = make_ppo(cfg, reference, state["policy"]["config"], critic, task, device, shift, scale)
     ppo.learn(cfg.total_timesteps, callback=callback, tb_log_name="ppo", progress_bar=cfg.progress)
