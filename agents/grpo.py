@@ -68,12 +68,13 @@ from typing import Literal
 import torch
 
 from seqenv.rewards import StateScore, make_score
+from seqenv.tokenizers import SpecialIds
 
 from .common.cli import check_number
 from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
 from .common.rollout import RolloutResult, make_vector_env, rollout
-from .common.trajectory import sequence_batch
+from .common.trajectory import TrajectoryBatch, sequence_batch
 from .nce import load_critic
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo")
@@ -151,20 +152,21 @@ def clipped_surrogate_loss(
     log_p: torch.Tensor,
     log_old: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
+    batch: TrajectoryBatch,
     clip_eps: float,
     log_ref: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """The token-level clipped objective with a ``k3`` KL penalty (module docstring), as a loss.
 
-    :param log_p: FloatTensor ``[N, T]``, ``log π_θ(a_t|s_t)`` (differentiable).
+    :param log_p: FloatTensor ``[N, T]``, ``log π_θ(a_t|s_t)`` (differentiable), columns as ``batch``'s.
     :param log_old: ``[N, T]``, ``log π_old(a_t|s_t)`` (no gradient).
     :param advantages: ``[N]``, one per episode.
-    :param mask: BoolTensor ``[N, T]``, the actions.
+    :param batch: the episodes ``[N, T]``; its ``is_action`` marks the actions.
     :param log_ref: ``[N, T]`` ``log π_ref(a_t|s_t)``, or None (no KL term).
     :return: ``(loss, {"kl": mean k3, "clip_fraction": fraction of actions whose ratio was clipped})``.
     """
+    mask = batch.is_action
     n = mask.sum().clamp(min=1)
     ratio = torch.exp(torch.where(mask, log_p - log_old, torch.zeros_like(log_p)))
     adv = advantages[:, None].to(log_p.dtype)
@@ -240,6 +242,7 @@ class GRPOLearner:
             self.reference = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
         G = cfg.group_size
         self.venv = make_vector_env(ctx.task, cfg.num_prompts * G, ctx.device)
+        self.ids = SpecialIds.of(ctx.policy)
         self.batch: dict | None = None  # the current rollout (tensors), used updates_per_rollout times
         self.uses = 0
 
@@ -283,6 +286,7 @@ class GRPOLearner:
         return {
             "tokens": batch.tokens,
             "is_action": batch.is_action,
+            "terminated": batch.terminated,
             "masks": masks,
             "log_old": log_old,
             "rewards": rewards,
@@ -311,8 +315,9 @@ class GRPOLearner:
         if self.reference is not None:
             with torch.no_grad():
                 log_ref = self._log_probs(self.reference, b)
+        episodes = TrajectoryBatch(b["tokens"], b["is_action"], b["terminated"], self.ids)
         loss, stats = clipped_surrogate_loss(
-            log_p, b["log_old"], b["advantages"], b["is_action"], cfg.clip_eps, log_ref, cfg.beta
+            log_p, b["log_old"], b["advantages"], episodes, cfg.clip_eps, log_ref, cfg.beta
         )
         metrics = {
             "loss/grpo": loss.item(),
@@ -345,3 +350,7 @@ class GRPOLearner:
         if state.get("reference") is not None and self.reference is not None:
             self.reference.load_state_dict(state["reference"])
         self.batch, self.uses = state.get("batch"), int(state.get("uses", 0))
+        if self.batch is not None and "terminated" not in self.batch:  # saved before the batch kept it
+            b = self.batch
+            last = b["is_action"].long().cumsum(1).argmax(1, keepdim=True)  # the last action of each row
+            b["terminated"] = b["tokens"].gather(1, last).squeeze(1) == self.ids.eos

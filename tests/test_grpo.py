@@ -8,6 +8,7 @@ import torch
 
 from agents.common.checkpoint import load_checkpoint
 from agents.common.rollout import make_vector_env, rollout
+from agents.common.trajectory import TrajectoryBatch
 from agents.grpo import GRPOConfig, clipped_surrogate_loss, episode_rewards, group_advantages
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.trainer import ModelConfig, TrainConfig, Trainer
@@ -55,14 +56,15 @@ def test_clipped_loss_hand_checked():
     log_old = torch.zeros(2, 3)
     log_p = torch.tensor([[0.0, 0.5, 0.0], [0.0, -0.5, 0.0]])
     mask = torch.tensor([[False, True, True], [False, True, False]])
+    episodes = TrajectoryBatch(torch.tensor([[1, 5, 2], [1, 6, 0]]), mask, torch.tensor([True, False]))
     log_p[0, 2] = 0.0
     adv = torch.tensor([2.0, -1.0])
-    loss, stats = clipped_surrogate_loss(log_p, log_old, adv, mask, 0.2)
+    loss, stats = clipped_surrogate_loss(log_p, log_old, adv, episodes, 0.2)
     # episode 0: min(e^.5 * 2, 1.2 * 2) = 2.4; min(1 * 2, 1 * 2) = 2; episode 1: min(e^-.5 * -1, .8 * -1) = -.8
     assert float(loss) == pytest.approx(-(2.4 + 2.0 - 0.8) / 3)
     assert stats["clip_fraction"] == pytest.approx(2 / 3)
     log_ref = torch.tensor([[0.0, 0.0, math.log(2)], [0.0, 0.0, 0.0]])
-    loss_kl, stats = clipped_surrogate_loss(log_p, log_old, adv, mask, 0.2, log_ref, beta=0.5)
+    loss_kl, stats = clipped_surrogate_loss(log_p, log_old, adv, episodes, 0.2, log_ref, beta=0.5)
     k3 = [math.exp(-0.5) + 0.5 - 1, 2 - math.log(2) - 1, math.exp(0.5) - 0.5 - 1]
     assert stats["kl"] == pytest.approx(sum(k3) / 3)
     assert float(loss_kl) == pytest.approx(float(loss) + 0.5 * sum(k3) / 3)
