@@ -1,6 +1,6 @@
 """``python -m benchmarks``: the experiment runner (see ``benchmarks/experiments/README.md``).
 
-python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick]
+python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick] [--reuse OTHER.json ...]
 python -m benchmarks render [RESULTS.json ...]      # re-draw .md/.png from the JSON alone (default: all)
 python -m benchmarks readme                          # regenerate README's "Which method wins where" block
 python -m benchmarks template AGENT                  # a complete learner table with today's defaults
@@ -15,12 +15,7 @@ import sys
 from pathlib import Path
 
 from agents.common.cli import run_cli
-from benchmarks.report import (
-    readme_block,
-    render_files,
-    replace_readme_block,
-    runner_results,
-)
+from benchmarks.report import regenerate_readme, render_files, runner_results
 from benchmarks.runner import (
     EXPERIMENTS_DIR,
     RESULTS_DIR,
@@ -46,6 +41,15 @@ def main(argv: list) -> int:
     r.add_argument("--quick", action="store_true", help="the file's [quick] budget; writes NAME-quick.*")
     r.add_argument("--out-dir", default=str(RESULTS_DIR))
     r.add_argument("--scratch", default="runs/bench", help="run directories (checkpoints), git-ignored")
+    r.add_argument(
+        "--reuse",
+        nargs="+",
+        default=[],
+        metavar="RESULTS.json",
+        help="copy the cells of these results files that are identical computations (same task, seed, model, "
+        "evaluation, base and arm config) instead of running them; the other run's base checkpoints must be "
+        "reachable at their recorded paths",
+    )
     g = sub.add_parser("render", help="re-draw Markdown and plots from results JSON")
     g.add_argument("files", nargs="*")
     g.add_argument("--no-png", action="store_true")
@@ -66,12 +70,13 @@ def main(argv: list) -> int:
             out_dir=Path(args.out_dir),
             scratch=Path(args.scratch),
             command="python -m benchmarks " + shlex.join(argv),
+            reuse=args.reuse,
         )
     elif args.cmd == "render":
         for f in args.files or runner_results(RESULTS_DIR):
             print(render_files(Path(f), png=not args.no_png))
     elif args.cmd == "readme":
-        README.write_text(replace_readme_block(README.read_text(), readme_block(runner_results(RESULTS_DIR))))
+        README.write_text(regenerate_readme(README.read_text(), RESULTS_DIR))
         print(f"updated {README}")
     elif args.cmd == "template":
         print(template(args.agent), end="")

@@ -24,10 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.stats import DIRECTION, fmt_diff, mean_std, paired, verdict
+from benchmarks.stats import DIRECTION, MIN_SEEDS, fmt_diff, mean_std, paired, verdict
 
 README_BEGIN = "<!-- BEGIN GENERATED: which-method-wins (python -m benchmarks readme; do not edit) -->"
 README_END = "<!-- END GENERATED: which-method-wins -->"
+METHODS_BEGIN = "<!-- BEGIN GENERATED: baseline-verdicts (python -m benchmarks readme; do not edit) -->"
+METHODS_END = "<!-- END GENERATED: baseline-verdicts -->"
+#: the results file of the README's per-method verdict table: the full comparison once it is committed
+METHODS_SOURCES = ("baselines.json", "baselines-quick.json")
 FORMAT = "seqenv-experiment-v1"
 
 
@@ -76,6 +80,46 @@ def shown_metrics(data: dict, task: str) -> list:
     arms = ["base", *data["resolved"]["arms"]]
     present = [m for m in data["metrics"] if any(values(data, task, a, m) for a in arms)]
     return list(dict.fromkeys([primary_metric(data, task), *present, "nll"]))
+
+
+def arm_verdict(data: dict, arm: str, comparison: dict | None, direction: int) -> str:
+    """:func:`verdict`, plus ", confirmed on fresh seeds (picked in OTHER)" for a better/worse verdict of an arm
+    whose config is one of the arms of the experiment this one ``confirms`` (seeds disjoint, checked by the
+    loader) -- the only place these words are written."""
+    v = verdict(comparison, direction)
+    confirms = data.get("confirms") or {}
+    if v in ("better", "worse") and arm in confirms.get("arms", {}):
+        v += f", confirmed on fresh seeds (`{confirms['arms'][arm]}` of `{confirms['experiment']}`)"
+    return v
+
+
+def _origin(cell: dict) -> tuple:
+    r = cell.get("reused_from")
+    return (r["file"], r["invocation"]) if r else ("", cell.get("invocation", 0))
+
+
+def cost_ratio(data: dict, task: str, arm: str) -> dict | None:
+    """Cost per demonstration token relative to the control: per seed, the arm's median step time over the
+    control's (``step_s_median``; every arm trains on the same demonstration batches), then mean, min and max
+    over seeds. ``mixed``: some pair of cells was timed in different runs (a copied cell), so under
+    different machine load. None when no seed has both timings."""
+    mine, ctrl = _ok(data, task, arm), _ok(data, task, data["control"])
+    ratios, mixed = [], False
+    for seed, cell in mine.items():
+        c = ctrl.get(seed)
+        if c and cell.get("step_s_median") and c.get("step_s_median"):
+            ratios.append(cell["step_s_median"] / c["step_s_median"])
+            mixed |= _origin(cell) != _origin(c)
+    if not ratios:
+        return None
+    return {"n": len(ratios), "mean": float(np.mean(ratios)), "min": min(ratios), "max": max(ratios), "mixed": mixed}
+
+
+def fmt_cost(c: dict | None) -> str:
+    """``2.71× (2.60–2.85)``: mean (min–max over seeds); ``†`` when timed in different runs."""
+    if c is None:
+        return "–"
+    return f"{c['mean']:.2f}× ({c['min']:.2f}–{c['max']:.2f}){' †' if c['mixed'] else ''}"
 
 
 def comparisons(data: dict, task: str) -> dict:
@@ -279,6 +323,30 @@ def render_markdown(data: dict, stem: str) -> str:
             f"{len(inv['cells'])} |"
         )
         hashes.update(p["corpus_hashes"])
+    for i, inv in enumerate(data["invocations"]):
+        for f, keys in inv.get("reused", {}).items():
+            by_arm: dict = {}
+            for k in keys:
+                t, a, s = k.rsplit("/", 2)
+                by_arm.setdefault(a, set()).add((t, int(s)))
+            commits = sorted(
+                {(data["cells"][k]["reused_from"].get("commit") or "?")[:10] for k in keys if k in data["cells"]}
+            )
+            lines.append(
+                f"\nRun {i} copied {len(keys)} cells from `{f}` instead of running them (identical task, seed, "
+                f"model, evaluation, base and arm config; computed there at commit {', '.join(commits)}; each "
+                f"cell's `reused_from` names its origin): "
+                + "; ".join(f"{a} ({len(ts)} task × seed)" for a, ts in by_arm.items())
+                + "."
+            )
+    if data.get("confirms"):
+        c = data["confirms"]
+        arms = ", ".join(f"`{a}` (= `{b}`)" for a, b in c["arms"].items()) or "none"
+        lines.append(
+            f"\nThis experiment confirms variants picked in `{c['experiment']}` on fresh seeds (its seeds "
+            f"{c['seeds']} are disjoint from this file's, checked by the loader); arms with the same complete "
+            f"config there: {arms}."
+        )
     lines += [
         "",
         "Corpus identity (`Task.corpus_hash`, SHA-256 of the splits' texts): "
@@ -297,7 +365,9 @@ def render_markdown(data: dict, stem: str) -> str:
         "per seed (same base run, same sampling seed), mean [95 % t-interval over seeds]; the verdict is "
         'generated from the interval ("better"/"worse" when it excludes 0, in the metric\'s good '
         "direction, over at least 5 seeds; over fewer seeds such an interval is shown without a verdict). "
-        "`nll`: held-out NLL on `test` (nats/token, lower is better).",
+        "`nll`: held-out NLL on `test` (nats/token, lower is better). Cost: seconds per optimisation step "
+        f"relative to `{control}` (the same demonstration batches, so per demonstration token), per seed, "
+        "mean (min–max); † timed in different runs (a copied cell), under different machine load.",
     ]
     for task in r["tasks"]:
         metrics = shown_metrics(data, task)
@@ -307,17 +377,23 @@ def render_markdown(data: dict, stem: str) -> str:
             "",
             f"### `{task}`",
             "",
-            "| arm | n | " + " | ".join(metrics) + f" | Δ {prim} | verdict | Δ nll | verdict |",
-            "|---|---|" + "---|" * (len(metrics) + 4),
+            "| arm | n | " + " | ".join(metrics) + f" | Δ {prim} | verdict | Δ nll | verdict | cost × {control} |",
+            "|---|---|" + "---|" * (len(metrics) + 5),
         ]
         for arm in ["base", *r["arms"]]:
             n = len(_ok(data, task, arm))
             cells = [_ms(values(data, task, arm, m)) for m in metrics]
             if arm in cmps:
                 c1, c2 = cmps[arm][prim], cmps[arm]["nll"]
-                extra = [fmt_diff(c1), verdict(c1, DIRECTION[prim]), fmt_diff(c2), verdict(c2, DIRECTION["nll"])]
+                extra = [
+                    fmt_diff(c1),
+                    arm_verdict(data, arm, c1, DIRECTION[prim]),
+                    fmt_diff(c2),
+                    arm_verdict(data, arm, c2, DIRECTION["nll"]),
+                    fmt_cost(cost_ratio(data, task, arm)),
+                ]
             else:
-                extra = ["control" if arm == control else "(start of every arm)", "", "", ""]
+                extra = ["control" if arm == control else "(start of every arm)", "", "", "", ""]
             lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
         failed = [(k, c) for k, c in data["cells"].items() if k.startswith(f"{task}/") and c.get("status") != "ok"]
         for k, c in failed:
@@ -385,11 +461,86 @@ def readme_block(json_paths: list) -> str:
                 n = max(c["n"] for c in (c1, c2) if c is not None)
                 lines.append(
                     f"| `{name}` | {task} | {arm} vs {data['control']} | {n} | {prim} {fmt_diff(c1)} | "
-                    f"{verdict(c1, DIRECTION[prim])} | {fmt_diff(c2)} | {verdict(c2, DIRECTION['nll'])} | "
+                    f"{arm_verdict(data, arm, c1, DIRECTION[prim])} | {fmt_diff(c2)} | "
+                    f"{arm_verdict(data, arm, c2, DIRECTION['nll'])} | "
                     f"{fv} |"
                 )
     lines += ["", README_END]
     return "\n".join(lines)
+
+
+def _short(v: str) -> str:
+    if v in ("better", "worse") or v.startswith(("better,", "worse,")):
+        return v.split(",")[0]
+    if "no verdict" in v:
+        return f"{v.split(' at ')[0]} at n < {MIN_SEEDS} (no verdict)"
+    if v.startswith("no difference"):
+        return "no difference detected"
+    return "not compared"
+
+
+def _grouped(words: dict, tasks: list) -> str:
+    """``{task: word}`` as "worse on all 3 tasks" or "better on a; no difference detected on b, c"."""
+    groups: dict = {}
+    for t in tasks:
+        groups.setdefault(words[t], []).append(t)
+    if len(groups) == 1:
+        return f"{next(iter(groups))} on {'all ' if len(tasks) > 1 else ''}{len(tasks)} task{'s' * (len(tasks) > 1)}"
+    return "; ".join(f"{w} on {', '.join(ts)}" for w, ts in groups.items())
+
+
+def methods_block(json_path: Path | None) -> str:
+    """The README's per-method verdict table: one row per arm of ``json_path`` other than its control, with
+    the paired task-metric and held-out-NLL differences per task, the cost per token relative to the control
+    and a one-line verdict generated from the intervals (:func:`_grouped` of :func:`arm_verdict`)."""
+    lines = [METHODS_BEGIN, ""]
+    if json_path is None:
+        return "\n".join([*lines, "(no results file yet)", "", METHODS_END])
+    data = json.loads(Path(json_path).read_text())
+    tasks, control = data["resolved"]["tasks"], data["control"]
+    name = Path(json_path).with_suffix(".md").name
+    lines += [
+        f"From `benchmarks/results/{name}`{' (quick budget: not a verdict on the methods)' if data.get('quick') else ''}"
+        f": per task, the paired difference against `{control}` (mean [95 % t-interval over n seeds]) of the task "
+        "metric and of the held-out NLL on `test`; cost per demonstration token relative to "
+        f"`{control}` (median step time, mean over tasks and seeds).",
+        "",
+        "| arm | `--agent` | n | " + " | ".join(tasks) + f" | cost × {control} | verdict (generated) |",
+        "|---|---|---|" + "---|" * (len(tasks) + 2),
+    ]
+    for arm, run in data["resolved"]["arms"].items():
+        if arm == control:
+            continue
+        cells, metric_w, nll_w, curve_w, ns, costs = [], {}, {}, {}, [], []
+        for task in tasks:
+            prim = primary_metric(data, task)
+            cmp = comparisons(data, task)[arm]
+            c1, c2 = cmp[prim], cmp["nll"]
+            cells.append(f"{prim} {fmt_diff(c1)}; nll {fmt_diff(c2)}")
+            metric_w[task] = _short(arm_verdict(data, arm, c1, DIRECTION[prim]))
+            nll_w[task] = _short(arm_verdict(data, arm, c2, DIRECTION["nll"]))
+            fv = _short(verdict(frontier_gap(data, task, arm)[0], +1))
+            curve_w[task] = fv.replace("better", "above").replace("worse", "below")
+            ns += [c["n"] for c in (c1, c2) if c is not None]
+            c = cost_ratio(data, task, arm)
+            if c is not None:
+                costs.append(c["mean"])
+        cost = f"{np.mean(costs):.2f}×" if costs else "–"
+        line = (
+            f"Task metric {_grouped(metric_w, tasks)}. Held-out NLL {_grouped(nll_w, tasks)}. "
+            f"Curve vs `{control}`'s temperature sweep: {_grouped(curve_w, tasks)}."
+        )
+        n = f"{min(ns)}" if ns and min(ns) == max(ns) else (f"{min(ns)}–{max(ns)}" if ns else "0")
+        lines.append(f"| {arm} | `{run['agent']}` | {n} | " + " | ".join(cells) + f" | {cost} | {line} |")
+    return "\n".join([*lines, "", METHODS_END])
+
+
+def methods_source(results_dir: Path) -> Path | None:
+    """The first of :data:`METHODS_SOURCES` present in ``results_dir`` (None if none)."""
+    for name in METHODS_SOURCES:
+        if (Path(results_dir) / name).is_file():
+            return Path(results_dir) / name
+    return None
 
 
 def runner_results(results_dir: Path) -> list:
@@ -397,9 +548,18 @@ def runner_results(results_dir: Path) -> list:
     return sorted(p for p in Path(results_dir).glob("*.json") if is_runner_results(p))
 
 
-def replace_readme_block(text: str, block: str) -> str:
-    """``text`` with the generated block replaced. :raises ValueError: if the markers are missing."""
-    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.DOTALL)
+def replace_readme_block(text: str, block: str, begin: str = README_BEGIN, end: str = README_END) -> str:
+    """``text`` with the generated block between ``begin`` and ``end`` replaced.
+
+    :raises ValueError: if the markers are missing."""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
-        raise ValueError(f"README has no generated block (markers {README_BEGIN!r} ... {README_END!r})")
+        raise ValueError(f"README has no generated block (markers {begin!r} ... {end!r})")
     return pattern.sub(lambda _: block, text, count=1)
+
+
+def regenerate_readme(text: str, results_dir: Path) -> str:
+    """The README text with both generated blocks ("which method wins where", the per-method verdicts)
+    regenerated from the results files in ``results_dir``."""
+    text = replace_readme_block(text, readme_block(runner_results(results_dir)))
+    return replace_readme_block(text, methods_block(methods_source(results_dir)), METHODS_BEGIN, METHODS_END)

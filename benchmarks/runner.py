@@ -22,6 +22,18 @@ A cell (task, arm, seed) is one process with one torch thread; ``--workers`` run
 results file ``benchmarks/results/NAME.json`` (``NAME-quick.json`` with ``--quick``) is rewritten
 after every finished cell; a cell already in it is not rerun (resume), provided the file was made
 with the same resolved configuration (else the run is refused, naming the differences).
+
+Cell reuse (``--reuse OTHER.json``): a cell whose computation is identical in another results file --
+same task, seed, model, evaluation (samples, temperatures), the same base config and the same arm
+config (under any arm name) -- is copied from it with ``reused_from`` naming the file, the cell and the
+provenance of the run that computed it; the report lists the copied cells. Arms of a (task, seed) are
+copied only together with that file's base of the (task, seed), so copied and new arms start from the
+same base checkpoint (the other run's scratch directory must be reachable at the recorded path).
+
+Fresh-seed confirmation (``confirms = "OTHER"``): an experiment may declare that it confirms variants
+picked from experiment ``OTHER``; the loader checks that its seeds are disjoint from every seed OTHER
+declares (full and ``[quick]``), and the report adds "confirmed on fresh seeds" to the verdicts of the
+arms whose complete config is one of OTHER's arms -- only then.
 """
 
 from __future__ import annotations
@@ -77,6 +89,7 @@ TOP_KEYS = {
     "train",
     "arms",
     "quick",
+    "confirms",
 }
 QUICK_KEYS = {"seeds", "tasks", "arms", "eval_samples", "model", "base", "train"}
 
@@ -193,6 +206,8 @@ class Experiment:
     base: dict
     arms: dict
     quick: bool = False
+    #: ``dict(experiment=OTHER, seeds=[OTHER's seeds, full and quick], arms={our arm: OTHER's arm})`` or None
+    confirms: dict | None = None
 
     def resolved(self) -> dict:
         """Everything that defines the cells' computations (complete configs), JSON-able."""
@@ -231,7 +246,7 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         raw,
         ("tasks", "seeds", "control", "temperatures", "metrics", "eval_samples", "base", "arms"),
         where,
-        optional=("description", "default_temperature", "train", "quick"),
+        optional=("description", "default_temperature", "train", "quick", "confirms"),
     )
     if quick:
         q = raw.get("quick")
@@ -281,12 +296,17 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         )
     for t in raw["tasks"]:
         make_task(t)  # unknown task names fail here, naming the task
+    seeds = [int(s) for s in raw["seeds"]]
+    confirms = None
+    if "confirms" in raw:
+        confirms = _confirms(raw["confirms"], path, model, base, arms, where, quick)
+        check_fresh_seeds(confirms, seeds, where)
     return Experiment(
         name=path.stem,
         path=str(path),
         description=raw.get("description", ""),
         tasks=list(raw["tasks"]),
-        seeds=[int(s) for s in raw["seeds"]],
+        seeds=seeds,
         control=raw["control"],
         temperatures=temps,
         default_temperature=default_t,
@@ -296,7 +316,41 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         base=base,
         arms=arms,
         quick=quick,
+        confirms=confirms,
     )
+
+
+def _confirms(other: str, path: Path, model: dict, base: dict, arms: dict, where: str, quick: bool) -> dict:
+    """The ``confirms`` entry: the other experiment's seeds (full and quick) and which of our arms are, config
+    for config, arms of it at the same budget (``quick`` or not; same model and base: the same computation on
+    other seeds)."""
+    if not isinstance(other, str) or other == path.stem:
+        raise ExperimentError(f"{where}.confirms: expected the name of another experiment file, got {other!r}")
+    if not (path.parent / f"{other}.toml").is_file():
+        raise ExperimentError(f"{where}.confirms: no experiment file {other}.toml beside {path.name}")
+    other_path = str(path.parent / f"{other}.toml")
+    loaded = {False: load_experiment(other_path)}
+    try:
+        loaded[True] = load_experiment(other_path, quick=True)
+    except ExperimentError:  # no [quick] table
+        pass
+    seeds = {s for e in loaded.values() for s in e.seeds}
+    ref = loaded.get(quick)
+    same = ref is not None and ref.model == model and ref.base == base
+    matched = {a: b for a, run in arms.items() for b, o in (ref.arms.items() if same else ()) if o == run}
+    return {"experiment": other, "seeds": sorted(seeds), "arms": matched}
+
+
+def check_fresh_seeds(confirms: dict | None, seeds: list, where: str) -> None:
+    """:raises ExperimentError: if an experiment that confirms another runs one of the other's seeds."""
+    if confirms is None:
+        return
+    shared = sorted(set(seeds) & set(confirms["seeds"]))
+    if shared:
+        raise ExperimentError(
+            f"{where}: confirms {confirms['experiment']!r} on fresh seeds, but seeds {shared} are seeds of "
+            f"{confirms['experiment']!r} ({confirms['seeds']}); choose disjoint seeds"
+        )
 
 
 def results_stem(exp: Experiment, out_dir: Path = RESULTS_DIR) -> Path:
@@ -458,6 +512,74 @@ def _diff(a, b, prefix=""):
     return [] if a == b else [f"{prefix}: {b!r} -> {a!r}"]
 
 
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository root where it lies inside it (for results files), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
+def _reuse_cells(exp, seeds: list, hashes: dict, cells: dict, other: Path, invocation: int, log: Callable) -> list:
+    """Copy into ``cells`` the cells of results file ``other`` that are this experiment's computations
+    (module docstring); returns the copied keys. Nothing is copied from a file with another model,
+    evaluation or base config, or for a task whose corpus hash differs (each logged)."""
+    if not other.is_file():
+        raise FileNotFoundError(f"--reuse: no results file {other}")
+    data = json.loads(other.read_text())
+    if data.get("format") != FORMAT:
+        raise ExperimentError(f"--reuse: {other} is not a results file of the runner (format {FORMAT!r})")
+    res, mine = data["resolved"], exp.resolved()
+    keys = ("model", "eval_samples", "temperatures", "default_temperature", "base")
+    diffs = [k for k in keys if res.get(k) != mine[k]]
+    if diffs:
+        log(f"reuse: {other}: nothing copied (another {', '.join(diffs)})")
+        return []
+    provs = [inv["provenance"] for inv in data["invocations"]]
+    copied = []
+    for task in exp.tasks:
+        old = {p["corpus_hashes"].get(task) for p in provs} - {None}
+        if old and old != {hashes[task]}:
+            log(f"reuse: {other}: nothing copied for {task!r} (corpus hash {sorted(old)} != {hashes[task]})")
+            continue
+        names = {"base": "base"}  # our arm -> the first arm of theirs with the same complete config
+        for arm, run in exp.arms.items():
+            same = [b for b, o in res["arms"].items() if o == run]
+            if same:
+                names[arm] = same[0]
+        for seed in seeds:
+            ours = cells.get(cell_key(task, "base", seed))
+            theirs = data["cells"].get(cell_key(task, "base", seed), {})
+            if theirs.get("status") != "ok":
+                continue
+            if ours is not None and ours.get("status") == "ok":
+                origin = ours.get("reused_from") or {}
+                if origin.get("file") != _rel(other) or origin.get("cell") != cell_key(task, "base", seed):
+                    continue  # our arms start from another base run: copying theirs would break the pairing
+            for arm, name in names.items():
+                key, src = cell_key(task, arm, seed), cell_key(task, name, seed)
+                cell = data["cells"].get(src, {})
+                if cell.get("status") != "ok" or cells.get(key, {}).get("status") == "ok":
+                    continue
+                i = cell.get("invocation", 0)
+                p = provs[i] if i < len(provs) else {}
+                cells[key] = {
+                    **cell,
+                    "invocation": invocation,
+                    "reused_from": {
+                        "file": _rel(other),
+                        "cell": src,
+                        "invocation": i,
+                        "commit": p.get("commit"),
+                        "dirty": p.get("dirty"),
+                        "device": (p.get("machine") or {}).get("device_name"),
+                    },
+                }
+                copied.append(key)
+    log(f"reuse: {other}: {len(copied)} cells copied")
+    return copied
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -475,15 +597,20 @@ def run_experiment(
     command: str | None = None,
     log: Callable = print,
     render: bool = True,
+    reuse: list | tuple = (),
 ) -> dict:
     """Run (or resume) an experiment; returns the results dict written to ``results_stem(exp).json``.
 
     :param seeds: override the file's seeds (the results record which seeds ran).
     :param workers: cells at a time (processes, one torch thread each).
-    :raises ExperimentError: if the results file was made with another resolved configuration.
+    :param reuse: other results files whose identical cells are copied instead of run (module docstring).
+    :raises ExperimentError: if the results file was made with another resolved configuration; if a seed of
+        an experiment that ``confirms`` another is one of the other's; if a copied base's checkpoint, needed
+        by an arm still to run, is missing.
     """
     exp = load_experiment(name, quick=quick)
     seeds = [int(s) for s in (seeds if seeds is not None else exp.seeds)]
+    check_fresh_seeds(exp.confirms, seeds, "--seeds")
     stem = results_stem(exp, out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path = stem.with_suffix(".json")
@@ -511,6 +638,8 @@ def run_experiment(
             "cells": {},
         }
     data["control"], data["metrics"], data["description"] = exp.control, exp.metrics, exp.description
+    if exp.confirms is not None:
+        data["confirms"] = exp.confirms
     hashes = {t: make_task(t).corpus_hash for t in exp.tasks}
     for task, h in hashes.items():
         for inv in data["invocations"]:
@@ -549,6 +678,21 @@ def run_experiment(
 
     def done(key):
         return cells.get(key, {}).get("status") == "ok"
+
+    for other in reuse:
+        copied = _reuse_cells(exp, seeds, hashes, cells, Path(other), len(data["invocations"]) - 1, log)
+        if copied:
+            invocation.setdefault("reused", {})[_rel(Path(other))] = copied
+    for task in exp.tasks:
+        for seed in seeds:
+            base = cells.get(cell_key(task, "base", seed), {})
+            arms_left = [a for a in exp.arms if not done(cell_key(task, a, seed))]
+            if base.get("reused_from") and arms_left and not Path(base.get("checkpoint", "")).is_file():
+                raise ExperimentError(
+                    f"cell {cell_key(task, 'base', seed)} was copied from {base['reused_from']['file']}, but its "
+                    f"checkpoint {base.get('checkpoint')} (needed by {arms_left}) is missing; make the other "
+                    "run's scratch directory reachable at that path (e.g. a symlink)"
+                )
 
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")

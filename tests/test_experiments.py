@@ -10,12 +10,17 @@ import pytest
 
 from agents.learners import LEARNERS
 from benchmarks.report import (
+    METHODS_BEGIN,
+    METHODS_END,
     README_BEGIN,
     README_END,
+    arm_verdict,
+    cost_ratio,
+    fmt_cost,
     frontier_gap,
-    readme_block,
+    methods_block,
+    regenerate_readme,
     render_markdown,
-    replace_readme_block,
     runner_results,
 )
 from benchmarks.runner import (
@@ -121,10 +126,12 @@ def test_committed_markdown_is_rendered_from_its_json(path):
         assert (path.parent / f"{path.stem}_{task}.png").is_file()
 
 
-def test_readme_block_is_generated_from_the_results():
+def test_readme_blocks_are_generated_from_the_results():
+    """Both generated README blocks ("which method wins where", the per-method verdicts) equal what the
+    committed results JSON gives."""
     text = (ROOT / "README.md").read_text()
-    assert README_BEGIN in text and README_END in text
-    assert replace_readme_block(text, readme_block(COMMITTED)) == text
+    assert README_BEGIN in text and README_END in text and METHODS_BEGIN in text and METHODS_END in text
+    assert regenerate_readme(text, RESULTS_DIR) == text
 
 
 # ---------------------------------------------------------------- experiment files
@@ -145,6 +152,22 @@ def test_incomplete_or_unknown_learner_fields_are_refused(tmp_path):
         load_experiment(_write(tmp_path, TINY.replace('start = "fork"', 'start = "warm"')))
     with pytest.raises(ExperimentError, match="--quick needs a \\[quick\\] table"):
         load_experiment(_write(tmp_path, TINY), quick=True)
+
+
+def test_confirms_needs_fresh_seeds(tmp_path):
+    _write(tmp_path, TINY, "sweep")
+    confirm = TINY.replace("seeds = [0, 1]", 'seeds = [1, 2]\nconfirms = "sweep"')
+    with pytest.raises(ExperimentError, match=r"confirms 'sweep' on fresh seeds, but seeds \[1\] are seeds of"):
+        load_experiment(_write(tmp_path, confirm, "confirm"))
+    exp = load_experiment(_write(tmp_path, confirm.replace("[1, 2]", "[2, 3]"), "confirm"))
+    # both arms are, config for config, arms of the sweep; an arm with another config is not
+    assert exp.confirms == {"experiment": "sweep", "seeds": [0, 1], "arms": {"mle": "mle", "bs": "bs"}}
+    exp = load_experiment(
+        _write(tmp_path, confirm.replace("[1, 2]", "[2, 3]").replace("backspace_p = 0.1", "backspace_p = 0.3"), "c2")
+    )
+    assert exp.confirms["arms"] == {"mle": "mle"}
+    with pytest.raises(ExperimentError, match="no experiment file nope.toml"):
+        load_experiment(_write(tmp_path, confirm.replace('"sweep"', '"nope"'), "c3"))
 
 
 def test_the_documented_example_loads(tmp_path):
@@ -224,6 +247,55 @@ def test_frontier_gap_by_hand():
     assert verdict(cmp, +1) == "no difference detected at n = 3"
 
 
+def _cost_data(control_s, arm_s, reused_seed=None):
+    """Two arms on task ``t``; ``step_s_median`` per seed; the arm's cell of ``reused_seed`` copied from
+    another run; metrics: validity per seed (arm 0.1 above the control on every seed but one)."""
+    cells = {}
+    for seed, (c, a) in enumerate(zip(control_s, arm_s)):
+        m = {"1.0": {"validity": 0.5, "nll": 2.0, "distinct_2": 0.5}}
+        cells[f"t/mle/{seed}"] = {"status": "ok", "invocation": 0, "step_s_median": c, "metrics": m}
+        ma = {"1.0": {"validity": 0.6 + 0.01 * (seed == 0), "nll": 2.0 + 0.1 * seed, "distinct_2": 0.5}}
+        cells[f"t/sm/{seed}"] = {"status": "ok", "invocation": 0, "step_s_median": a, "metrics": ma}
+        if seed == reused_seed:
+            cells[f"t/sm/{seed}"]["reused_from"] = {"file": "x.json", "cell": f"t/sm/{seed}", "invocation": 0}
+    return {
+        "experiment": "e",
+        "control": "mle",
+        "cells": cells,
+        "metrics": [],
+        "resolved": {
+            "tasks": ["t"],
+            "arms": {"mle": {}, "sm": {"agent": "sequencematch"}},
+            "temperatures": [1.0],
+            "default_temperature": 1.0,
+        },
+    }
+
+
+def test_cost_ratio_and_confirmation_words_by_hand(tmp_path):
+    # ratios 2/1 = 2, 3/1 = 3, 2.5/0.5 = 5: mean 10/3
+    data = _cost_data([1.0, 1.0, 0.5], [2.0, 3.0, 2.5])
+    c = cost_ratio(data, "t", "sm")
+    assert (c["n"], c["mean"], c["min"], c["max"], c["mixed"]) == (3, pytest.approx(10 / 3), 2.0, 5.0, False)
+    assert fmt_cost(c) == "3.33× (2.00–5.00)"
+    assert fmt_cost(cost_ratio(_cost_data([1.0, 1.0], [2.0, 3.0], reused_seed=1), "t", "sm")).endswith(" †")
+    data["cells"]["t/sm/1"]["step_s_median"] = None  # not timed: left out
+    assert cost_ratio(data, "t", "sm")["n"] == 2
+    # validity differences 0.11, 0.1, 0.1, 0.1, 0.1 over five seeds: the interval excludes 0
+    data = _cost_data([1.0] * 5, [2.0] * 5)
+    cmp = paired({s: 0.6 + 0.01 * (s == 0) for s in range(5)}, {s: 0.5 for s in range(5)})
+    assert arm_verdict(data, "sm", cmp, +1) == "better"  # no `confirms`: never "confirmed"
+    data["confirms"] = {"experiment": "sweep", "seeds": [0, 1], "arms": {"sm": "sm_combo"}}
+    assert arm_verdict(data, "sm", cmp, +1) == "better, confirmed on fresh seeds (`sm_combo` of `sweep`)"
+    assert arm_verdict(data, "other", cmp, +1) == "better"  # not an arm of the confirmed sweep
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(data))
+    row = [line for line in methods_block(path).splitlines() if line.startswith("| sm |")][0]
+    # nll differences 0, .1, .2, .3, .4: mean 0.2, sd 0.1581, half-width 2.776 * 0.1581 / sqrt(5) = 0.1963
+    assert "validity +0.102 [+0.096, +0.108]; nll +0.200 [+0.004, +0.396]" in row and "| 2.00× |" in row
+    assert "Task metric better on 1 task. Held-out NLL worse on 1 task." in row
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -257,3 +329,39 @@ def test_run_resume_and_refusal(tmp_path):
             scratch=scratch,
             log=lambda s: None,
         )
+
+
+@pytest.mark.slow
+def test_reuse_copies_identical_cells_and_runs_the_rest(tmp_path):
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    first = run_experiment(_write(tmp_path, TINY), out_dir=out, scratch=scratch, command="t", log=lambda s: None)
+    # another experiment: the same base and `mle` arm (named `ctl` there), `bs` changed, a new arm `new`
+    other = (
+        TINY.replace("[arms.mle", "[arms.ctl")
+        .replace('control = "mle"', 'control = "ctl"')
+        .replace("backspace_p = 0.1", "backspace_p = 0.2")
+        .replace(
+            "[arms.bs]",
+            '[arms.new]\nagent = "mle"\n[arms.new.learner]\nbackspace_p = 0.3\nwrong_tokens = "uniform"\n[arms.bs]',
+        )
+    )
+    path = _write(tmp_path, other, "other")
+    logs = []
+    data = run_experiment(path, out_dir=out, scratch=scratch, command="t", log=logs.append, reuse=[out / "tiny.json"])
+    inv = data["invocations"][0]
+    assert sorted(inv["reused"][str(out / "tiny.json")]) == [
+        f"oracle-hmm/{a}/{s}" for a in ("base", "ctl") for s in (0, 1)
+    ]
+    assert sorted(inv["cells"]) == [f"oracle-hmm/{a}/{s}" for a in ("bs", "new") for s in (0, 1)]  # only these ran
+    ctl = data["cells"]["oracle-hmm/ctl/1"]
+    assert (
+        ctl["reused_from"]["cell"] == "oracle-hmm/mle/1"
+        and ctl["metrics"] == first["cells"]["oracle-hmm/mle/1"]["metrics"]
+    )
+    assert "Run 0 copied 4 cells from" in (out / "other.md").read_text()
+    # a copied base whose checkpoint is gone cannot start new arms
+    (out / "other.json").unlink()
+    for p in scratch.rglob("best.pt"):
+        p.unlink()
+    with pytest.raises(ExperimentError, match=r"copied from .*tiny.json, but its checkpoint .* is missing"):
+        run_experiment(path, out_dir=out, scratch=scratch, command="t", log=lambda s: None, reuse=[out / "tiny.json"])
