@@ -1,6 +1,6 @@
 """``python -m benchmarks``: the experiment runner (see ``benchmarks/experiments/README.md``).
 
-python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick] [--reuse OTHER.json ...]
+python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick] [--reuse OTHER.json ...] [--arms A ...]
 python -m benchmarks render [RESULTS.json ...]      # re-draw .md/.png from the JSON alone (default: all)
 python -m benchmarks readme                          # regenerate README's "Which method wins where" block
 python -m benchmarks template AGENT                  # a complete learner table with today's defaults
@@ -50,6 +50,9 @@ def main(argv: list) -> int:
         "evaluation, base and arm config) instead of running them; the other run's base checkpoints must be "
         "reachable at their recorded paths",
     )
+    r.add_argument(
+        "--arms", nargs="+", default=None, help="run only these arms now (and the bases they need); others stay missing"
+    )
     g = sub.add_parser("render", help="re-draw Markdown and plots from results JSON")
     g.add_argument("files", nargs="*")
     g.add_argument("--no-png", action="store_true")
@@ -71,6 +74,7 @@ def main(argv: list) -> int:
             scratch=Path(args.scratch),
             command="python -m benchmarks " + shlex.join(argv),
             reuse=args.reuse,
+            arms=args.arms,
         )
     elif args.cmd == "render":
         for f in args.files or runner_results(RESULTS_DIR):

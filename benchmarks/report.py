@@ -68,11 +68,24 @@ def values(data: dict, task: str, arm: str, metric: str, temp: float | None = No
 
 
 def primary_metric(data: dict, task: str) -> str:
-    """The task metric of the verdict: ``validity`` where the task has a checker, else ``oracle_nll``."""
-    for arm in data["resolved"]["arms"]:
-        if values(data, task, arm, "validity"):
-            return "validity"
-    return "oracle_nll"
+    """The task metric of the verdict: ``validity`` where the task has a checker, else ``oracle_nll`` where it
+    has an oracle, else (a text corpus, e.g. a ``file:`` task) the held-out ``nll`` itself."""
+    for metric in ("validity", "oracle_nll"):
+        if any(values(data, task, arm, metric) for arm in data["resolved"]["arms"]):
+            return metric
+    return "nll"
+
+
+def task_label(task: str) -> str:
+    """``task`` as a file-name part (the PNGs): a ``file:`` task by its file's stem."""
+    if task.startswith("file:"):
+        return "file-" + Path(task[len("file:") :]).stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", task)
+
+
+def has_frontier(data: dict, task: str) -> bool:
+    """A quality–diversity frontier needs a quality metric (validity or the oracle NLL)."""
+    return primary_metric(data, task) != "nll"
 
 
 def shown_metrics(data: dict, task: str) -> list:
@@ -139,7 +152,7 @@ def comparisons(data: dict, task: str) -> dict:
 
 
 def frontier_axes(data: dict, task: str) -> tuple[str, str]:
-    """``(quality metric, diversity metric)`` of the task's frontier."""
+    """``(quality metric, diversity metric)`` of the task's frontier (see :func:`has_frontier`)."""
     return ("validity", "distinct_2") if primary_metric(data, task) == "validity" else ("oracle_nll", "nll_at_t")
 
 
@@ -269,8 +282,9 @@ def _budget_lines(data: dict) -> list:
     for arm, a in r["arms"].items():
         t = a["train"]
         steps = f"{t['max_steps']} (incl. base's)" if a["start"] == "fork" else str(t["max_steps"])
+        agent = a["agent"] + (f" + rerank {a['rerank']}" if a.get("rerank") else "")
         lines.append(
-            f"| {arm} | {a['agent']} | {a['start']} | {steps} | {t['batch_size']} | {t['lr']:g} | "
+            f"| {arm} | {agent} | {a['start']} | {steps} | {t['batch_size']} | {t['lr']:g} | "
             f"{t['warmup_steps']} | {t['min_lr_ratio']:g} |"
         )
     agents = {}
@@ -372,38 +386,41 @@ def render_markdown(data: dict, stem: str) -> str:
     for task in r["tasks"]:
         metrics = shown_metrics(data, task)
         prim = metrics[0]
+        judged = list(dict.fromkeys([prim, "nll"]))
         cmps = comparisons(data, task)
         lines += [
             "",
             f"### `{task}`",
             "",
-            "| arm | n | " + " | ".join(metrics) + f" | Δ {prim} | verdict | Δ nll | verdict | cost × {control} |",
-            "|---|---|" + "---|" * (len(metrics) + 5),
+            "| arm | n | "
+            + " | ".join(metrics)
+            + "".join(f" | Δ {m} | verdict" for m in judged)
+            + f" | cost × {control} |",
+            "|---|---|" + "---|" * (len(metrics) + 2 * len(judged) + 1),
         ]
         for arm in ["base", *r["arms"]]:
             n = len(_ok(data, task, arm))
             cells = [_ms(values(data, task, arm, m)) for m in metrics]
             if arm in cmps:
-                c1, c2 = cmps[arm][prim], cmps[arm]["nll"]
-                extra = [
-                    fmt_diff(c1),
-                    arm_verdict(data, arm, c1, DIRECTION[prim]),
-                    fmt_diff(c2),
-                    arm_verdict(data, arm, c2, DIRECTION["nll"]),
-                    fmt_cost(cost_ratio(data, task, arm)),
-                ]
+                extra = []
+                for m in judged:
+                    extra += [fmt_diff(cmps[arm][m]), arm_verdict(data, arm, cmps[arm][m], DIRECTION[m])]
+                extra.append(fmt_cost(cost_ratio(data, task, arm)))
             else:
-                extra = ["control" if arm == control else "(start of every arm)", "", "", "", ""]
+                extra = ["control" if arm == control else "(start of every arm)"] + [""] * (2 * len(judged))
             lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
         failed = [(k, c) for k, c in data["cells"].items() if k.startswith(f"{task}/") and c.get("status") != "ok"]
         for k, c in failed:
             lines.append(f"\nFailed: `{k}`: {c.get('error')}")
+        if not has_frontier(data, task):
+            lines += ["", "No quality metric on this task (no checker, no oracle): no frontier; held-out NLL decides."]
+            continue
         q, x = frontier_axes(data, task)
         lines += [
             "",
             f"#### Quality–diversity frontier (`{task}`)",
             "",
-            f"![frontier]({stem}_{task}.png)",
+            f"![frontier]({stem}_{task_label(task)}.png)",
             "",
             f"Quality `{q}` / diversity `{x}`, mean over seeds, per temperature:",
             "",
@@ -429,8 +446,8 @@ def render_files(json_path: Path, png: bool = True) -> Path:
     md.write_text(render_markdown(data, stem.name))
     if png:
         for task in data["resolved"]["tasks"]:
-            if any(_ok(data, task, a) for a in data["resolved"]["arms"]):
-                render_png(data, task, stem.parent / f"{stem.name}_{task}.png")
+            if has_frontier(data, task) and any(_ok(data, task, a) for a in data["resolved"]["arms"]):
+                render_png(data, task, stem.parent / f"{stem.name}_{task_label(task)}.png")
     return md
 
 
@@ -456,7 +473,7 @@ def readme_block(json_paths: list) -> str:
                 c1, c2 = cmp[prim], cmp["nll"]
                 if c1 is None and c2 is None:
                     continue
-                fg, _ = frontier_gap(data, task, arm)
+                fg = frontier_gap(data, task, arm)[0] if has_frontier(data, task) else None
                 fv = verdict(fg, +1).replace("better", "above").replace("worse", "below")
                 n = max(c["n"] for c in (c1, c2) if c is not None)
                 lines.append(
@@ -519,7 +536,7 @@ def methods_block(json_path: Path | None) -> str:
             cells.append(f"{prim} {fmt_diff(c1)}; nll {fmt_diff(c2)}")
             metric_w[task] = _short(arm_verdict(data, arm, c1, DIRECTION[prim]))
             nll_w[task] = _short(arm_verdict(data, arm, c2, DIRECTION["nll"]))
-            fv = _short(verdict(frontier_gap(data, task, arm)[0], +1))
+            fv = _short(verdict(frontier_gap(data, task, arm)[0] if has_frontier(data, task) else None, +1))
             curve_w[task] = fv.replace("better", "above").replace("worse", "below")
             ns += [c["n"] for c in (c1, c2) if c is not None]
             c = cost_ratio(data, task, arm)

@@ -61,11 +61,12 @@ except ModuleNotFoundError:  # Python 3.10
 import torch
 
 from agents.common.checkpoint import save_checkpoint
-from agents.common.evaluation import evaluate_policy, heldout_nll
+from agents.common.evaluation import evaluate_policy, evaluate_samples, heldout_nll
+from agents.generation import generate_reranked
 from agents.learners import LEARNERS
 from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer
 from benchmarks.provenance import provenance
-from benchmarks.report import FORMAT, render_files
+from benchmarks.report import FORMAT, render_files, task_label
 from seqenv.tasks import make_task
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +92,16 @@ TOP_KEYS = {
     "quick",
     "confirms",
 }
-QUICK_KEYS = {"seeds", "tasks", "arms", "eval_samples", "model", "base", "train"}
+QUICK_KEYS = {"seeds", "tasks", "arms", "eval_samples", "model", "base", "train", "learner"}
+
+
+def task_arg(task: str) -> str:
+    """The task name handed to :func:`seqenv.tasks.make_task`: a relative ``file:`` path is taken from the
+    repository root (so an experiment file can name a committed corpus, e.g.
+    ``file:benchmarks/experiments/data/python_lines_1000.txt``, whatever the working directory)."""
+    if task.startswith("file:") and not Path(task[len("file:") :]).is_absolute():
+        return "file:" + str(HERE.parent / task[len("file:") :])
+    return task
 
 
 class ExperimentError(ValueError):
@@ -160,7 +170,10 @@ def _check_keys(table: dict, required, where: str, optional=()) -> None:
 def _resolve_run(table: dict, train_default: dict | None, model: dict, where: str, is_base: bool) -> dict:
     """One run's resolved config: ``dict(agent, start, train, learner[, select_every])``, JSON-able."""
     _check_keys(
-        table, ("agent", "learner"), where, optional=("train", "select_every") if is_base else ("train", "start")
+        table,
+        ("agent", "learner"),
+        where,
+        optional=("train", "select_every") if is_base else ("train", "start", "rerank"),
     )
     agent = table["agent"]
     train = dict(train_default or {})
@@ -185,6 +198,14 @@ def _resolve_run(table: dict, train_default: dict | None, model: dict, where: st
         if start not in STARTS:
             raise ExperimentError(f"{where}.start: expected one of {STARTS}, got {start!r}")
         out["start"] = start
+        if "rerank" in table:  # only when given: the resolved configs of arms without it stay as they were
+            n = table["rerank"]
+            if agent != "nce" or isinstance(n, bool) or not isinstance(n, int) or n < 2:
+                raise ExperimentError(
+                    f"{where}.rerank: expected an integer number of candidates >= 2 on an `nce` arm "
+                    f"(the trained critic reranks the base policy's samples), got {n!r} on agent {agent!r}"
+                )
+            out["rerank"] = n
     return out
 
 
@@ -259,7 +280,7 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
                 raw[k] = q[k]
         if "arms" in q:
             unknown = [a for a in q["arms"] if a not in raw["arms"]]
-            if unknown or raw["control"] not in q["arms"]:
+            if unknown or (raw["control"] not in q["arms"] and raw["control"] != "base"):
                 raise ExperimentError(
                     f"{where}.quick.arms: must name arms of the file and include the control "
                     f"{raw['control']!r}; got {q['arms']}"
@@ -277,6 +298,9 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
             for arm in raw["arms"].values():
                 if "train" in arm:
                     arm["train"].update({k: v for k, v in q["train"].items() if k in arm["train"]})
+        if "learner" in q:  # learner fields set in every arm that has them (e.g. a critic's size)
+            for arm in raw["arms"].values():
+                arm["learner"].update({k: v for k, v in q["learner"].items() if k in arm["learner"]})
     base_raw = dict(raw["base"])
     model = base_raw.pop("model", None)
     if model is None:
@@ -286,8 +310,11 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
     arms = {
         a: _resolve_run(t, raw.get("train"), model, f"{where}.arms.{a}", is_base=False) for a, t in raw["arms"].items()
     }
-    if raw["control"] not in arms:
-        raise ExperimentError(f"{where}.control: {raw['control']!r} is not an arm; arms are {list(arms)}")
+    if raw["control"] not in arms and raw["control"] != "base":
+        raise ExperimentError(
+            f'{where}.control: {raw["control"]!r} is not an arm; arms are {list(arms)} (or "base": the base '
+            "run itself, e.g. raw sampling against reranking)"
+        )
     temps = [float(t) for t in raw["temperatures"]]
     default_t = float(raw.get("default_temperature", 1.0))
     if default_t not in temps or any(not t > 0 for t in temps):
@@ -295,7 +322,10 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
             f"{where}: temperatures must be > 0 and contain default_temperature {default_t}, got {temps}"
         )
     for t in raw["tasks"]:
-        make_task(t)  # unknown task names fail here, naming the task
+        try:
+            make_task(task_arg(t))  # unknown task names fail here, naming the task
+        except (OSError, ValueError) as e:
+            raise ExperimentError(f"{where}.tasks: {e}") from None
     seeds = [int(s) for s in raw["seeds"]]
     confirms = None
     if "confirms" in raw:
@@ -470,6 +500,18 @@ def run_cell(job: dict) -> dict:
             default = None
         t1 = time.perf_counter()
         metrics = {}
+        if run.get("rerank"):
+            return {
+                "status": "ok",
+                "metrics": _rerank_metrics(trainer, policy, task, device, job, run["rerank"]),
+                "steps": steps,
+                "train_s": round(train_s, 2),
+                "eval_s": round(time.perf_counter() - t1, 2),
+                "step_s_median": round(statistics.median(timer.seconds), 5) if timer.seconds else None,
+                "checkpoint": checkpoint,
+                "selection": selection,
+                "critic": {k: default.get(k) for k in ("critic_best_step", "critic_loss")} if default else None,
+            }
         for temp in job["temperatures"]:
             if temp == job["default_temperature"] and default is not None:
                 m = dict(default)
@@ -492,6 +534,38 @@ def run_cell(job: dict) -> dict:
         }
     except Exception as e:  # recorded, the experiment goes on
         return {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
+
+
+def _rerank_metrics(trainer, policy, task, device, job: dict, candidates: int) -> dict:
+    """An ``nce`` arm with ``rerank = N``: per temperature, ``eval_samples`` outputs each resampled from N samples
+    of the (frozen) base policy at that temperature in proportion to ``exp(-E)`` of the trained critic
+    (:func:`agents.generation.generate_reranked`; the critic of lowest held-out loss on ``valid`` when the
+    learner keeps the best, prompts from ``test``), scored by :func:`agents.common.evaluation.evaluate_samples`
+    with the sampling seed = the seed; ``nll``: the policy's held-out NLL on ``test`` (reranking does not change
+    the model); ``rerank_ess``: mean effective sample size of the weights. No ``nll_at_t`` (the reranked
+    distribution is not a tempered model), so reranking has no point on the oracle frontier."""
+    critic = trainer.learner.critic
+    critic.eval()
+    nll = heldout_nll(policy, task, "test", device=device)["nll"]
+    out = {}
+    for temp in job["temperatures"]:
+        g = generate_reranked(
+            policy,
+            task,
+            job["eval_samples"],
+            rerank="critic",
+            candidates=candidates,
+            critic=critic,
+            temperature=temp,
+            seed=job["seed"],
+            device=device,
+            batch_size=max(1, 4096 // candidates),
+        )
+        prompts = [task.tokenizer.decode(p) for p in g.prompts] if task.prompts is not None else None
+        m = evaluate_samples(task, g.sequences, prompts=prompts, seed=job["seed"])
+        m.update(nll=nll, rerank_ess=float(g.ess.mean()) if g.ess is not None else 1.0)
+        out[repr(float(temp))] = {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -598,12 +672,15 @@ def run_experiment(
     log: Callable = print,
     render: bool = True,
     reuse: list | tuple = (),
+    arms: list | None = None,
 ) -> dict:
     """Run (or resume) an experiment; returns the results dict written to ``results_stem(exp).json``.
 
     :param seeds: override the file's seeds (the results record which seeds ran).
     :param workers: cells at a time (processes, one torch thread each).
     :param reuse: other results files whose identical cells are copied instead of run (module docstring).
+    :param arms: run only these arms in this invocation (and the bases they need); the others stay missing
+        (e.g. to be copied later with ``reuse`` from a run still in progress).
     :raises ExperimentError: if the results file was made with another resolved configuration; if a seed of
         an experiment that ``confirms`` another is one of the other's; if a copied base's checkpoint, needed
         by an arm still to run, is missing.
@@ -611,12 +688,21 @@ def run_experiment(
     exp = load_experiment(name, quick=quick)
     seeds = [int(s) for s in (seeds if seeds is not None else exp.seeds)]
     check_fresh_seeds(exp.confirms, seeds, "--seeds")
+    unknown = [a for a in arms or () if a not in exp.arms]
+    if unknown:
+        raise ExperimentError(f"--arms: {unknown} are not arms of {exp.name!r}; arms are {list(exp.arms)}")
+    run_arms = [a for a in exp.arms if arms is None or a in arms]
     stem = results_stem(exp, out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path = stem.with_suffix(".json")
     resolved = exp.resolved()
     if json_path.is_file():
         data = json.loads(json_path.read_text())
+        if data.get("format") != FORMAT:
+            raise ExperimentError(
+                f"{json_path} is not a results file of the runner (an older script's report); move it away "
+                "(git keeps it) to regenerate it through the runner"
+            )
         if data.get("resolved") != resolved:
             diffs = _diff(resolved, data.get("resolved", {}))
             raise ExperimentError(
@@ -640,7 +726,7 @@ def run_experiment(
     data["control"], data["metrics"], data["description"] = exp.control, exp.metrics, exp.description
     if exp.confirms is not None:
         data["confirms"] = exp.confirms
-    hashes = {t: make_task(t).corpus_hash for t in exp.tasks}
+    hashes = {t: make_task(task_arg(t)).corpus_hash for t in exp.tasks}
     for task, h in hashes.items():
         for inv in data["invocations"]:
             old = inv["provenance"]["corpus_hashes"].get(task)
@@ -663,13 +749,13 @@ def run_experiment(
     def job(task, arm, seed, start_from):
         run = exp.base if arm == "base" else exp.arms[arm]
         return {
-            "task": task,
+            "task": task_arg(task),
             "seed": seed,
             "arm": arm,
             "run": run,
             "model": exp.model,
             "device": device,
-            "logdir": str(scratch / task / f"{arm}-s{seed}"),
+            "logdir": str(scratch / task_label(task) / f"{arm}-s{seed}"),
             "start_from": start_from,
             "temperatures": exp.temperatures,
             "default_temperature": exp.default_temperature,
@@ -686,7 +772,7 @@ def run_experiment(
     for task in exp.tasks:
         for seed in seeds:
             base = cells.get(cell_key(task, "base", seed), {})
-            arms_left = [a for a in exp.arms if not done(cell_key(task, a, seed))]
+            arms_left = [a for a in run_arms if not done(cell_key(task, a, seed))]
             if base.get("reused_from") and arms_left and not Path(base.get("checkpoint", "")).is_file():
                 raise ExperimentError(
                     f"cell {cell_key(task, 'base', seed)} was copied from {base['reused_from']['file']}, but its "
@@ -700,7 +786,7 @@ def run_experiment(
         pending: dict = {}
         for task in exp.tasks:
             for seed in seeds:
-                arms_left = [a for a in exp.arms if not done(cell_key(task, a, seed))]
+                arms_left = [a for a in run_arms if not done(cell_key(task, a, seed))]
                 base_key = cell_key(task, "base", seed)
                 ckpt = cells.get(base_key, {}).get("checkpoint")
                 if not done(base_key) or (arms_left and not (ckpt and Path(ckpt).is_file())):
@@ -721,7 +807,7 @@ def run_experiment(
                     + (f" ({res['error']})" if res["status"] != "ok" else "")
                 )
                 if arm == "base" and res["status"] == "ok":
-                    for a in exp.arms:
+                    for a in run_arms:
                         if not done(cell_key(task, a, seed)):
                             pending[pool.submit(run_cell, job(task, a, seed, res["checkpoint"]))] = (task, a, seed)
                 invocation["wall_s"] = round(time.perf_counter() - t0, 1)

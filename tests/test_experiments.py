@@ -18,10 +18,12 @@ from benchmarks.report import (
     cost_ratio,
     fmt_cost,
     frontier_gap,
+    has_frontier,
     methods_block,
     regenerate_readme,
     render_markdown,
     runner_results,
+    task_label,
 )
 from benchmarks.runner import (
     EXPERIMENTS_DIR,
@@ -123,7 +125,7 @@ def test_committed_markdown_is_rendered_from_its_json(path):
     data = json.loads(path.read_text())
     assert path.with_suffix(".md").read_text() == render_markdown(data, path.stem)
     for task in data["resolved"]["tasks"]:
-        assert (path.parent / f"{path.stem}_{task}.png").is_file()
+        assert (path.parent / f"{path.stem}_{task_label(task)}.png").is_file() or not has_frontier(data, task)
 
 
 def test_readme_blocks_are_generated_from_the_results():
@@ -168,6 +170,44 @@ def test_confirms_needs_fresh_seeds(tmp_path):
     assert exp.confirms["arms"] == {"mle": "mle"}
     with pytest.raises(ExperimentError, match="no experiment file nope.toml"):
         load_experiment(_write(tmp_path, confirm.replace('"sweep"', '"nope"'), "c3"))
+
+
+def test_rerank_arms_control_base_and_quick_learner_fields(tmp_path):
+    nce = template("nce").split("\n", 2)[2]  # the learner table's lines
+    text = TINY + '[arms.rr]\nagent = "nce"\nrerank = 4\n[arms.rr.learner]\n' + nce
+    exp = load_experiment(_write(tmp_path, text.replace('control = "mle"', 'control = "base"')))
+    assert exp.control == "base" and exp.arms["rr"]["rerank"] == 4 and "rerank" not in exp.arms["mle"]
+    with pytest.raises(ExperimentError, match=r"arms.rr.rerank: expected an integer number of candidates >= 2"):
+        load_experiment(_write(tmp_path, text.replace("rerank = 4", "rerank = 1")))
+    with pytest.raises(ExperimentError, match=r"arms.bs.rerank: .* got 4 on agent 'mle'"):
+        load_experiment(_write(tmp_path, TINY.replace('start = "fork"', 'start = "fork"\nrerank = 4')))
+    quick = text + "[quick]\nlearner = {critic_n_embd = 16, backspace_p = 0.3}\n"
+    exp = load_experiment(_write(tmp_path, quick), quick=True)
+    assert exp.arms["rr"]["learner"]["critic_n_embd"] == 16 and exp.arms["bs"]["learner"]["backspace_p"] == 0.3
+    assert "critic_n_embd" not in exp.arms["mle"]["learner"]
+
+
+def test_a_task_without_quality_metric_is_judged_on_nll():
+    data = _cost_data([1.0] * 3, [1.0] * 3)
+    for cell in data["cells"].values():
+        for m in cell["metrics"].values():
+            del m["validity"]
+    train = dict(max_steps=2, batch_size=4, lr=1e-3, min_lr_ratio=1.0, warmup_steps=1, weight_decay=0.1, grad_clip=1.0)
+    run = {"agent": "mle", "start": "init", "train": train, "learner": {"backspace_p": 0.0}}
+    data["resolved"].update(
+        tasks=["file:data/c.txt"],
+        model={"n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0},
+        base={**run, "select_every": 0},
+        arms={"mle": run, "sm": run},
+        eval_samples=8,
+    )
+    data.update(file="x.toml", invocations=[])
+    data["cells"] = {k.replace("t/", "file:data/c.txt/", 1): c for k, c in data["cells"].items()}
+    md = render_markdown(data, "e")
+    assert not has_frontier(data, "file:data/c.txt") and task_label("file:data/c.txt") == "file-c"
+    # nll differences 0, 0.1, 0.2: mean 0.1, sd 0.1, half-width 4.303 * 0.1 / sqrt(3) = 0.2484
+    assert "| Δ nll | verdict | cost × mle |" in md and "+0.100 [-0.148, +0.348]" in md
+    assert "no frontier; held-out NLL decides" in md and "Quality–diversity frontier" not in md
 
 
 def test_the_documented_example_loads(tmp_path):
