@@ -1,6 +1,6 @@
 """``python -m benchmarks``: the experiment runner (see ``benchmarks/experiments/README.md``).
 
-python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick] [--reuse OTHER.json ...] [--arms A ...]
+python -m benchmarks run NAME [--seeds 0 1 2] [--workers N] [--device cpu] [--quick] [--reuse OTHER.json ...] [--arms A ...] [--tasks T ...]
 python -m benchmarks render [RESULTS.json ...]      # re-draw .md/.png from the JSON alone (default: all)
 python -m benchmarks readme                          # regenerate README's "Which method wins where" block
 python -m benchmarks template AGENT                  # a complete learner table with today's defaults
@@ -53,6 +53,7 @@ def main(argv: list) -> int:
     r.add_argument(
         "--arms", nargs="+", default=None, help="run only these arms now (and the bases they need); others stay missing"
     )
+    r.add_argument("--tasks", nargs="+", default=None, help="run only these tasks now; others stay missing")
     g = sub.add_parser("render", help="re-draw Markdown and plots from results JSON")
     g.add_argument("files", nargs="*")
     g.add_argument("--no-png", action="store_true")
@@ -75,6 +76,7 @@ def main(argv: list) -> int:
             command="python -m benchmarks " + shlex.join(argv),
             reuse=args.reuse,
             arms=args.arms,
+            tasks=args.tasks,
         )
     elif args.cmd == "render":
         for f in args.files or runner_results(RESULTS_DIR):

@@ -594,7 +594,9 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def _reuse_cells(exp, seeds: list, hashes: dict, cells: dict, other: Path, invocation: int, log: Callable) -> list:
+def _reuse_cells(
+    exp, tasks: list, seeds: list, hashes: dict, cells: dict, other: Path, invocation: int, log: Callable
+) -> list:
     """Copy into ``cells`` the cells of results file ``other`` that are this experiment's computations
     (module docstring); returns the copied keys. Nothing is copied from a file with another model,
     evaluation or base config, or for a task whose corpus hash differs (each logged)."""
@@ -611,7 +613,7 @@ def _reuse_cells(exp, seeds: list, hashes: dict, cells: dict, other: Path, invoc
         return []
     provs = [inv["provenance"] for inv in data["invocations"]]
     copied = []
-    for task in exp.tasks:
+    for task in tasks:
         old = {p["corpus_hashes"].get(task) for p in provs} - {None}
         if old and old != {hashes[task]}:
             log(f"reuse: {other}: nothing copied for {task!r} (corpus hash {sorted(old)} != {hashes[task]})")
@@ -673,6 +675,7 @@ def run_experiment(
     render: bool = True,
     reuse: list | tuple = (),
     arms: list | None = None,
+    tasks: list | None = None,
 ) -> dict:
     """Run (or resume) an experiment; returns the results dict written to ``results_stem(exp).json``.
 
@@ -681,6 +684,7 @@ def run_experiment(
     :param reuse: other results files whose identical cells are copied instead of run (module docstring).
     :param arms: run only these arms in this invocation (and the bases they need); the others stay missing
         (e.g. to be copied later with ``reuse`` from a run still in progress).
+    :param tasks: likewise, run (and copy) only the cells of these tasks in this invocation.
     :raises ExperimentError: if the results file was made with another resolved configuration; if a seed of
         an experiment that ``confirms`` another is one of the other's; if a copied base's checkpoint, needed
         by an arm still to run, is missing.
@@ -692,6 +696,10 @@ def run_experiment(
     if unknown:
         raise ExperimentError(f"--arms: {unknown} are not arms of {exp.name!r}; arms are {list(exp.arms)}")
     run_arms = [a for a in exp.arms if arms is None or a in arms]
+    unknown = [t for t in tasks or () if t not in exp.tasks]
+    if unknown:
+        raise ExperimentError(f"--tasks: {unknown} are not tasks of {exp.name!r}; tasks are {exp.tasks}")
+    run_tasks = [t for t in exp.tasks if tasks is None or t in tasks]
     stem = results_stem(exp, out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path = stem.with_suffix(".json")
@@ -766,10 +774,10 @@ def run_experiment(
         return cells.get(key, {}).get("status") == "ok"
 
     for other in reuse:
-        copied = _reuse_cells(exp, seeds, hashes, cells, Path(other), len(data["invocations"]) - 1, log)
+        copied = _reuse_cells(exp, run_tasks, seeds, hashes, cells, Path(other), len(data["invocations"]) - 1, log)
         if copied:
             invocation.setdefault("reused", {})[_rel(Path(other))] = copied
-    for task in exp.tasks:
+    for task in run_tasks:
         for seed in seeds:
             base = cells.get(cell_key(task, "base", seed), {})
             arms_left = [a for a in run_arms if not done(cell_key(task, a, seed))]
@@ -784,7 +792,7 @@ def run_experiment(
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending: dict = {}
-        for task in exp.tasks:
+        for task in run_tasks:
             for seed in seeds:
                 arms_left = [a for a in run_arms if not done(cell_key(task, a, seed))]
                 base_key = cell_key(task, "base", seed)

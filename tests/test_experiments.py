@@ -387,12 +387,21 @@ def test_reuse_copies_identical_cells_and_runs_the_rest(tmp_path):
     )
     path = _write(tmp_path, other, "other")
     logs = []
+    with pytest.raises(ExperimentError, match=r"--arms: \['nope'\] are not arms of 'other'"):
+        run_experiment(path, out_dir=out, scratch=scratch, arms=["nope"], log=logs.append)
+    with pytest.raises(ExperimentError, match=r"--tasks: \['arithmetic'\] are not tasks of 'other'"):
+        run_experiment(path, out_dir=out, scratch=scratch, tasks=["arithmetic"], log=logs.append)
+    data = run_experiment(
+        path, out_dir=out, scratch=scratch, command="t", log=logs.append, reuse=[out / "tiny.json"], arms=["new"]
+    )
+    assert "oracle-hmm/bs/0" not in data["cells"]  # not among --arms: left for later
     data = run_experiment(path, out_dir=out, scratch=scratch, command="t", log=logs.append, reuse=[out / "tiny.json"])
+    assert sorted(data["invocations"][1]["cells"]) == ["oracle-hmm/bs/0", "oracle-hmm/bs/1"]  # the rest, now
     inv = data["invocations"][0]
     assert sorted(inv["reused"][str(out / "tiny.json")]) == [
         f"oracle-hmm/{a}/{s}" for a in ("base", "ctl") for s in (0, 1)
     ]
-    assert sorted(inv["cells"]) == [f"oracle-hmm/{a}/{s}" for a in ("bs", "new") for s in (0, 1)]  # only these ran
+    assert sorted(inv["cells"]) == ["oracle-hmm/new/0", "oracle-hmm/new/1"]  # only these ran
     ctl = data["cells"]["oracle-hmm/ctl/1"]
     assert (
         ctl["reused_from"]["cell"] == "oracle-hmm/mle/1"
