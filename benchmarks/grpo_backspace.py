@@ -202,22 +202,36 @@ def train_config(args, arm: str, seed: int) -> TrainConfig:
 
 def comparisons(rows: dict, seeds: list[int]) -> list[str]:
     """Paired rows (per-seed differences, 95 % t-interval, generated verdict) of every arm against the start it
-    is measured like, and of backspace allowed against masked."""
+    is measured like, of backspace allowed against masked (the GRPO arms and the start policy), and, where
+    length buckets were measured, of the validity standardised to the start's lengths (``validity_std``)
+    against the start's validity."""
+
+    def control_of(arm):
+        return "start (backspace masked)" if arm == "grpo_no_backspace" else "start"
 
     def by_seed(arm, key):
+        if key == "validity_std":
+            if arm.startswith("start"):
+                return by_seed(arm, "validity")
+            ctl = rows[control_of(arm)]
+            if not all(m.get("lengths") for m in ctl + rows[arm]):
+                return {}
+            return {s: standardised(c["lengths"], m["lengths"]) for s, c, m in zip(seeds, ctl, rows[arm])}
         return {s: m[key] for s, m in zip(seeds, rows[arm]) if not math.isnan(m[key])}
 
     out = [
         "| comparison | metric | paired difference [95 % t-interval] | verdict |",
         "|---|---|---|---|",
     ]
-    pairs = [(arm, "start (backspace masked)" if arm == "grpo_no_backspace" else "start") for arm in rows]
-    pairs = [(a, b) for a, b in pairs if not a.startswith("start")]
+    pairs = [(arm, control_of(arm)) for arm in rows if not arm.startswith("start")]
     if "grpo_backspace" in rows and "grpo_no_backspace" in rows:
-        pairs.append(("grpo_backspace", "grpo_no_backspace"))
+        pairs += [("grpo_backspace", "grpo_no_backspace"), ("start", "start (backspace masked)")]
     for arm, control in pairs:
-        for key, direction in (("validity", +1), ("kl_to_init", 0), ("mean_length", 0)):
-            cmp = paired(by_seed(arm, key), by_seed(control, key))
+        for key, direction in (("validity", +1), ("validity_std", +1), ("kl_to_init", 0), ("mean_length", 0)):
+            a, c = by_seed(arm, key), by_seed(control, "validity" if key == "validity_std" else key)
+            if not a or (key == "validity_std" and (arm.startswith("start") or control != control_of(arm))):
+                continue  # standardised only against the arm's own start
+            cmp = paired(a, c)
             word = verdict(cmp, direction) if direction else "(no direction)"
             out.append(f"| {arm} − {control} | {key} | {fmt_diff(cmp)} | {word} |")
     return out
@@ -261,7 +275,7 @@ def render(out: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--init", required=True)
+    p.add_argument("--init", help="the start policy (an MLE checkpoint; required unless --render)")
     p.add_argument("--task", default="arithmetic")
     p.add_argument("--arms", nargs="+", default=["grpo_backspace", "grpo_no_backspace"], choices=ARMS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -276,7 +290,14 @@ def main(argv=None):
     p.add_argument("--eval-samples", type=int, default=400)
     p.add_argument("--workdir", default="runs/grpo_backspace")
     p.add_argument("--out", default="benchmarks/results/grpo_backspace")
+    p.add_argument("--render", metavar="JSON", help="only rewrite JSON's .md beside it from the JSON (no runs)")
     args = p.parse_args(argv)
+    if args.render:
+        path = Path(args.render)
+        path.with_suffix(".md").write_text(render(json.loads(path.read_text())))
+        return
+    if not args.init:
+        p.error("--init is required (the start policy)")
     torch.set_num_threads(1)
     start = time.time()
     reference, task, _ = load_policy(args.init, "cpu")
