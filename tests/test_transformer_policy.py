@@ -1,4 +1,4 @@
-"""Tests for agents/model.py: backspace layout, one-pass logits, KV-cache decoding."""
+"""Tests for agents/policies/transformer.py: backspace layout, one-pass logits, KV-cache decoding."""
 
 import json
 import random

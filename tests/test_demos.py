@@ -1,4 +1,4 @@
-"""Tests for agents/augment.py: backspace demonstrations."""
+"""Tests for agents/common/demos.py: backspace demonstrations."""
 
 from __future__ import annotations
 
