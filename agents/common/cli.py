@@ -31,14 +31,11 @@ from typing import TypeVar
 
 import tyro
 
-try:  # tyro's parse-error hook (private, tyro >= 1.0); without it tyro prints its own boxed error and exits 2
-    from tyro import _errors as _tyro_errors
-    from tyro._errors import InstantiationFailure as _InstantiationFailure
-    from tyro._errors import on_parse_error as _on_parse_error
-except ImportError:  # pragma: no cover - older tyro
-    _tyro_errors = None
-    _on_parse_error = None
-    _InstantiationFailure = None
+# tyro's parse-error hook is private (``tyro._errors``, no public equivalent in tyro 1.0): pyproject.toml pins
+# tyro to the range it is tested on (>=1.0.17,<1.1); tests/test_run_safety.py checks the one-line errors it gives
+from tyro import _errors as _tyro_errors
+from tyro._errors import InstantiationFailure as _InstantiationFailure
+from tyro._errors import on_parse_error as _on_parse_error
 
 from seqenv.checks import check_number as check_number  # re-exported: the one range check
 
@@ -115,8 +112,6 @@ def parse_flags(
     kwargs = {"args": list(argv), "description": description}
     if default is not None:
         kwargs["default"] = default
-    if _on_parse_error is None:  # pragma: no cover
-        return tyro.cli(cls, **kwargs)
 
     def hook(event) -> None:
         if isinstance(event, _InstantiationFailure):
