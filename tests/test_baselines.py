@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_train_config
 
 from agents.common.checkpoint import load_checkpoint
 from agents.common.trajectory import TrajectoryBatch, action_log_softmax, collate, token_log_probs, wrong_token_mask
@@ -20,7 +21,7 @@ from agents.learners import AGENTS
 from agents.mixce import MixCEConfig, mixce_loss
 from agents.scheduled_sampling import ScheduledSamplingConfig, mix_inputs, sampling_probability, scheduled_sampling_loss
 from agents.tailr import TaiLrConfig, tailr_loss, tailr_weights
-from agents.trainer import ModelConfig, TrainConfig, Trainer
+from agents.trainer import TrainConfig, Trainer
 from agents.unlikelihood import UnlikelihoodConfig, context_candidates, unlikelihood_loss
 from seqenv.tokenizers import BACKSPACE_ID, BOS_ID, EOS_ID
 
@@ -216,7 +217,6 @@ def test_action_log_softmax_agrees_with_the_gather():
 
 # ----------------------------------------------------------------------------- learners via the Trainer
 
-TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32)
 CASES = {
     "unlikelihood": {"unlikelihood": UnlikelihoodConfig(backspace_p=0.1)},
     "tailr": {"tailr": TaiLrConfig(backspace_p=0.1)},
@@ -228,32 +228,14 @@ CASES = {
 }
 
 
-def _cfg(tmp_path, name, **kw):
-    base = dict(
-        task="oracle-hmm",
-        logdir=str(tmp_path / name),
-        max_steps=6,
-        batch_size=8,
-        ckpt_every=3,
-        log_every=2,
-        eval_samples=8,
-        warmup_steps=2,
-        progress=False,
-        device="cpu",
-        model=TINY,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 @pytest.mark.parametrize("agent", BASELINES)
 @pytest.mark.parametrize("task", ["oracle-hmm", "arithmetic"])
 def test_baseline_resumes_exactly(tmp_path, agent, task):
     kw = dict(agent=agent, task=task, **CASES[agent])
-    full = Trainer(_cfg(tmp_path, "full", **kw))
+    full = Trainer(tiny_train_config(tmp_path, "full", **kw))
     m_full = full.train()
     full.close()
-    killed = Trainer(_cfg(tmp_path, "killed", **kw))
+    killed = Trainer(tiny_train_config(tmp_path, "killed", **kw))
     assert killed.train(stop_at=4) is None
     killed.close()
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"] == 3
@@ -267,7 +249,7 @@ def test_baseline_resumes_exactly(tmp_path, agent, task):
 
 
 def test_emo_cost_embedding_is_frozen_and_survives_resume(tmp_path):
-    t = Trainer(_cfg(tmp_path, "emo", agent="emo", max_steps=3, ckpt_every=3))
+    t = Trainer(tiny_train_config(tmp_path, "emo", agent="emo", max_steps=3, ckpt_every=3))
     start = output_embedding(t.policy).detach().clone()
     t.train()
     t.close()

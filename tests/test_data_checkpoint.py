@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tiny import make_tiny_policy
 
 from agents.common.checkpoint import (
     CheckpointError,
@@ -10,7 +11,6 @@ from agents.common.checkpoint import (
 )
 from agents.common.demos import DemoSampler
 from agents.common.trajectory import collate, wrong_token_mask
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from seqenv.tasks import make_task
 
 BS, EOS = 3, 2
@@ -72,11 +72,7 @@ def test_checkpoint_atomic_round_trip_and_errors(tmp_path):
 
 def test_v1_checkpoint_still_loads_and_names_the_format(tmp_path):
     task = make_task("oracle-hmm")
-    policy = TransformerPolicy(
-        PolicyConfig(
-            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=16
-        )
-    )
+    policy = make_tiny_policy(task, n_embd=16)
     old = {
         "format": "seqenv-checkpoint-v1",
         "agent": "mle",

@@ -26,7 +26,7 @@ pytest.importorskip("peft")
 
 from _fsdp_worker import run_phase  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_hf_integration import LINES, make_llama_dir  # noqa: E402
+from tiny import HF_LINES  # noqa: E402
 
 from agents.common.checkpoint import load_checkpoint, load_policy  # noqa: E402
 from agents.trainer import TrainConfig, Trainer  # noqa: E402
@@ -77,11 +77,11 @@ def _lora(llama_dir, corpus, logdir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_hf_dir):
     """Every 2-rank phase, in one torchrun launch; returns the directories."""
     tmp = tmp_path_factory.mktemp("fsdp")
-    llama, corpus = make_llama_dir(tmp / "llama"), tmp / "lines.txt"
-    corpus.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    llama, corpus = tiny_hf_dir, tmp / "lines.txt"
+    corpus.write_text("\n".join(HF_LINES) + "\n", encoding="utf-8")
     d = {
         name: tmp / name
         for name in (

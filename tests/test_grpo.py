@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
+from tiny import make_tiny_policy
 
 from agents.common.checkpoint import load_checkpoint
 from agents.common.rollout import make_vector_env, rollout
 from agents.common.trajectory import TrajectoryBatch
 from agents.grpo import GRPOConfig, clipped_surrogate_loss, episode_rewards, group_advantages
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.trainer import ModelConfig, TrainConfig, Trainer
 from scripts import train
 from seqenv.rewards import make_score
@@ -73,12 +73,7 @@ def test_clipped_loss_hand_checked():
 def test_episode_rewards_are_the_env_terminal_rewards():
     """The learner's reward of each episode = what SeqGen-v0 with reward="validity" pays over the episode."""
     task = make_task("arithmetic")
-    torch.manual_seed(0)
-    policy = TransformerPolicy(
-        PolicyConfig(
-            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=32
-        )
-    )
+    policy = make_tiny_policy(task)
     prompt = "In base 2, what is 1 + 0? "
     venv = make_vector_env(task, 64, "cpu")
     res = rollout(policy, venv, seed=0, reset_options={"prompt": prompt}, generator=torch.Generator().manual_seed(0))

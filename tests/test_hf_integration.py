@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 
 from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tiny import HF_LINES, make_tiny_hf_dir, tiny_train_config  # noqa: E402
 from tolerances import rounding_atol, transformer_chain_length  # noqa: E402
 
 from agents.common.checkpoint import load_checkpoint, load_policy  # noqa: E402
@@ -32,70 +32,27 @@ from agents.nce import NCEConfig  # noqa: E402
 from agents.scheduled_sampling import ScheduledSamplingConfig  # noqa: E402
 from agents.sequencematch import SequenceMatchConfig  # noqa: E402
 from agents.tailr import TaiLrConfig  # noqa: E402
-from agents.trainer import Callback, LoraFlags, TrainConfig, Trainer  # noqa: E402
+from agents.trainer import Callback, LoraFlags, ModelConfig, TrainConfig, Trainer  # noqa: E402
 from agents.unlikelihood import UnlikelihoodConfig  # noqa: E402
 from scripts import evaluate, generate, train  # noqa: E402
 from seqenv import SpecialIds, make_task  # noqa: E402
-
-WORDS = ["red", "green", "blue", "cat", "dog", "runs", "sits", "the", "a", "big"]
-LINES = [f"the {a} {b} {c}" for a in ("red", "big", "blue") for b in ("cat", "dog") for c in ("runs", "sits")]
-
-
-def make_llama_dir(path, seed: int = 0):
-    """Tiny Llama (2 layers, width 32) + byte-level BPE tokenizer with <s>, </s>, <unk> (no pad), saved to ``path``."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        min_frequency=1,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(LINES * 4 + [" ".join(WORDS)] * 4, trainer=trainer)
-    hf_tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-        bos_token_id=hf_tok.bos_token_id,
-        eos_token_id=hf_tok.eos_token_id,
-    )
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(path)
-    hf_tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    return make_llama_dir(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "lines.txt"
-    path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    path.write_text("\n".join(HF_LINES) + "\n", encoding="utf-8")
     return path
 
 
 # ----------------------------------------------------------------------------- env
 
 
-def test_task_and_env_use_the_hf_tokenizer_ids(llama_dir):
-    task = make_task("python-lines", tokenizer=f"hf:{llama_dir}")
+def test_task_and_env_use_the_hf_tokenizer_ids(tiny_hf_dir):
+    task = make_task("python-lines", tokenizer=f"hf:{tiny_hf_dir}")
     tok = task.tokenizer
     ids = SpecialIds.of(task)
-    hf = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    hf = transformers.AutoTokenizer.from_pretrained(tiny_hf_dir)
     n = len(hf)  # backspace and pad are appended after the original ids
     # byte-level BPE: "\n" is one token (Ċ), the end of a line and so the end token (issue 21)
     assert ids == SpecialIds(
@@ -103,10 +60,10 @@ def test_task_and_env_use_the_hf_tokenizer_ids(llama_dir):
     )
     assert tok.vocab_size == n + 2
     assert task.encoded("train")[0] == hf.encode(task.splits["train"][0], add_special_tokens=False)
-    assert task.spec()["args"] == {"tokenizer": f"hf:{llama_dir}"}
+    assert task.spec()["args"] == {"tokenizer": f"hf:{tiny_hf_dir}"}
     assert make_task(task.spec()).tokenizer == tok
 
-    env = gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}")
+    env = gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{tiny_hf_dir}")
     obs, info = env.reset(seed=0)
     mask = info["action_mask"]
     assert mask[ids.pad] == 0 and mask[ids.bos] == 0 and mask[ids.backspace] == 0 and mask[ids.eos] == 1
@@ -121,23 +78,23 @@ def test_task_and_env_use_the_hf_tokenizer_ids(llama_dir):
     _, _, terminated, _, _ = env.step(ids.eos)
     assert terminated
     with pytest.raises(ValueError, match="needs a task name"):
-        gym.make("SeqGen-v0", task=task, tokenizer=f"hf:{llama_dir}")
+        gym.make("SeqGen-v0", task=task, tokenizer=f"hf:{tiny_hf_dir}")
 
 
-def test_env_checkers_pass_with_an_hf_tokenizer(llama_dir):
+def test_env_checkers_pass_with_an_hf_tokenizer(tiny_hf_dir):
     import warnings
 
-    env = gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}")
+    env = gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{tiny_hf_dir}")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gym_check_env(env.unwrapped)
         sb3_check_env(env)
 
 
-def test_vector_env_with_an_hf_tokenizer_matches_the_single_env(llama_dir):
-    venv = gym.make_vec("SeqGen-v0", num_envs=3, task="python-lines", tokenizer=f"hf:{llama_dir}", max_length=6)
+def test_vector_env_with_an_hf_tokenizer_matches_the_single_env(tiny_hf_dir):
+    venv = gym.make_vec("SeqGen-v0", num_envs=3, task="python-lines", tokenizer=f"hf:{tiny_hf_dir}", max_length=6)
     envs = [
-        gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{llama_dir}", max_length=6).unwrapped
+        gym.make("SeqGen-v0", task="python-lines", tokenizer=f"hf:{tiny_hf_dir}", max_length=6).unwrapped
         for _ in range(3)
     ]
     ids = venv.ids
@@ -159,8 +116,8 @@ def test_vector_env_with_an_hf_tokenizer_matches_the_single_env(llama_dir):
             assert np.array_equal(inf["action_mask"].astype(bool), info["action_mask"][b].numpy())
 
 
-def test_augmentation_and_wrong_token_mask_use_the_tokenizer_ids(llama_dir):
-    task = make_task("python-lines", tokenizer=f"hf:{llama_dir}")
+def test_augmentation_and_wrong_token_mask_use_the_tokenizer_ids(tiny_hf_dir):
+    task = make_task("python-lines", tokenizer=f"hf:{tiny_hf_dir}")
     ids = SpecialIds.of(task)
     seqs = [s + [ids.eos] for s in task.encoded("train")[:20]]
     out = augment_with_backspace(seqs, 0.5, task.tokenizer.vocab_size, torch.Generator().manual_seed(0), ids=ids)
@@ -183,24 +140,11 @@ class Losses(Callback):
         self.values.append(metrics[self.key])
 
 
-def _cfg(tmp_path, llama_dir, corpus, name, **kw):
-    base = dict(
-        task=f"file:{corpus}",
-        policy=f"hf:{llama_dir}",
-        logdir=str(tmp_path / name),
-        max_steps=20,
-        batch_size=8,
-        ckpt_every=10,
-        log_every=5,
-        eval_samples=8,
-        warmup_steps=0,
-        lr=1e-2,
-        min_lr_ratio=1.0,
-        progress=False,
-        device="cpu",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+def _cfg(tmp_path, tiny_hf_dir, corpus, name, **kw):
+    """The tiny training config on the tiny HF model and its corpus: 20 steps at lr 1e-2, no warmup or decay."""
+    hf = {"task": f"file:{corpus}", "policy": f"hf:{tiny_hf_dir}", "model": ModelConfig(), "lr": 1e-2}
+    steps = {"max_steps": 20, "ckpt_every": 10, "log_every": 5, "warmup_steps": 0, "min_lr_ratio": 1.0}
+    return tiny_train_config(tmp_path, name, **{**hf, **steps, **kw})
 
 
 LEARNER_CASES = {
@@ -220,8 +164,8 @@ LEARNER_CASES = {
 
 
 @pytest.mark.parametrize("agent", list(LEARNER_CASES))
-def test_every_learner_trains_an_hf_policy(tmp_path, llama_dir, corpus, agent):
-    t = Trainer(_cfg(tmp_path, llama_dir, corpus, agent, agent=agent, **LEARNER_CASES[agent]))
+def test_every_learner_trains_an_hf_policy(tmp_path, tiny_hf_dir, corpus, agent):
+    t = Trainer(_cfg(tmp_path, tiny_hf_dir, corpus, agent, agent=agent, **LEARNER_CASES[agent]))
     assert t.policy.family == "hf" and SpecialIds.of(t.task) == SpecialIds.of(t.policy)
     losses = Losses(t.learner.progress_keys[0])  # loss/mle, loss/bc, loss/ce, nce/loss, loss/nll, loss/tailr, ...
     t.callbacks.append(losses)
@@ -235,12 +179,12 @@ def test_every_learner_trains_an_hf_policy(tmp_path, llama_dir, corpus, agent):
 
 
 @pytest.mark.parametrize("agent", ["mle", "emo", "scheduled_sampling"])  # learner state; the sample stream
-def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, llama_dir, corpus, agent):
+def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, tiny_hf_dir, corpus, agent):
     kw = dict(agent=agent, **LEARNER_CASES[agent], max_steps=6, ckpt_every=3)
-    full = Trainer(_cfg(tmp_path, llama_dir, corpus, "full", **kw))
+    full = Trainer(_cfg(tmp_path, tiny_hf_dir, corpus, "full", **kw))
     m_full = full.train()
     full.close()
-    killed = Trainer(_cfg(tmp_path, llama_dir, corpus, "killed", **kw))
+    killed = Trainer(_cfg(tmp_path, tiny_hf_dir, corpus, "killed", **kw))
     assert killed.train(stop_at=4) is None
     killed.close()
     resumed = Trainer(TrainConfig(logdir=str(tmp_path / "killed"), resume=True, device="cpu", progress=False))
@@ -252,8 +196,8 @@ def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, llama_dir, corpu
     assert m_full == m_resumed
 
 
-def test_lora_run_checkpoints_only_the_trainable_tensors(tmp_path, llama_dir, corpus):
-    t = Trainer(_cfg(tmp_path, llama_dir, corpus, "lora", max_steps=2, lora=LoraFlags(r=4, alpha=8)))
+def test_lora_run_checkpoints_only_the_trainable_tensors(tmp_path, tiny_hf_dir, corpus):
+    t = Trainer(_cfg(tmp_path, tiny_hf_dir, corpus, "lora", max_steps=2, lora=LoraFlags(r=4, alpha=8)))
     names = {n for n, p in t.policy.named_parameters() if p.requires_grad}
     assert names and all("lora_" in n or "trainable_tokens" in n for n in names), sorted(names)[:5]
     t.train()
@@ -271,7 +215,7 @@ def test_lora_run_checkpoints_only_the_trainable_tensors(tmp_path, llama_dir, co
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, llama_dir, corpus):
+def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, tiny_hf_dir, corpus):
     common = [
         "--task",
         f"file:{corpus}",
@@ -292,7 +236,7 @@ def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, llama_d
             "--agent",
             "mle",
             "--policy",
-            f"hf:{llama_dir}",
+            f"hf:{tiny_hf_dir}",
             "--max-steps",
             "6",
             "--logdir",
@@ -338,7 +282,7 @@ def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, llama_d
 def test_checkpoint_falls_back_to_the_hf_export_when_the_model_dir_is_gone(tmp_path, corpus):
     import shutil
 
-    model_dir = make_llama_dir(tmp_path / "model")
+    model_dir = make_tiny_hf_dir(tmp_path / "model")
     t = Trainer(_cfg(tmp_path, model_dir, corpus, "run", max_steps=2))
     t.train()
     t.close()
@@ -353,15 +297,15 @@ def test_checkpoint_falls_back_to_the_hf_export_when_the_model_dir_is_gone(tmp_p
 # ----------------------------------------------------------------------------- MAUVE
 
 
-def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus):
+def test_mauve_features_and_score_from_a_local_model(tmp_path, tiny_hf_dir, corpus):
     pytest.importorskip("mauve")
     from agents.common.mauve import hf_text_features, mauve_score
 
     texts = ["the red cat runs", "a big dog"]
-    mean = hf_text_features(texts, str(llama_dir), "mean")
-    last = hf_text_features(texts, str(llama_dir), "last")
-    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
-    tok = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    mean = hf_text_features(texts, str(tiny_hf_dir), "mean")
+    last = hf_text_features(texts, str(tiny_hf_dir), "last")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_hf_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_hf_dir)
     c = model.config
     with torch.no_grad():  # unbatched reference: padding must not change the features
         for i, t in enumerate(texts):
@@ -381,17 +325,17 @@ def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus
             atol = rounding_atol(torch.float32, n, h.abs().max().item())
             assert np.abs(mean[i] - h.mean(0).numpy()).max() <= atol and np.abs(last[i] - h[-1].numpy()).max() <= atol
     with pytest.raises(ValueError, match="pooling"):
-        hf_text_features(texts, str(llama_dir), "max")
-    same = mauve_score(LINES * 3, LINES * 3, str(llama_dir), num_buckets=4)
-    other = mauve_score(LINES * 3, ["zzzz qqqq " * (i + 3) for i in range(36)], str(llama_dir), num_buckets=4)
+        hf_text_features(texts, str(tiny_hf_dir), "max")
+    same = mauve_score(HF_LINES * 3, HF_LINES * 3, str(tiny_hf_dir), num_buckets=4)
+    other = mauve_score(HF_LINES * 3, ["zzzz qqqq " * (i + 3) for i in range(36)], str(tiny_hf_dir), num_buckets=4)
     assert other < same
 
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    t = Trainer(_cfg(tmp_path, llama_dir, corpus, "run", max_steps=2))
+    t = Trainer(_cfg(tmp_path, tiny_hf_dir, corpus, "run", max_steps=2))
     t.train()
     t.close()
     metrics = evaluate.main(
-        ["--checkpoint", str(ckpt), "--num-samples", "12", "--device", "cpu", "--mauve-model", str(llama_dir)]
+        ["--checkpoint", str(ckpt), "--num-samples", "12", "--device", "cpu", "--mauve-model", str(tiny_hf_dir)]
     )
     assert 0 < metrics["mauve"] <= 1
 
@@ -399,7 +343,7 @@ def test_mauve_features_and_score_from_a_local_model(tmp_path, llama_dir, corpus
 # ----------------------------------------------------------------------------- DDP
 
 
-def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpus):
+def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, tiny_hf_dir, corpus):
     import os
     import socket
     import subprocess
@@ -425,7 +369,7 @@ def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpu
         "--task",
         f"file:{corpus}",
         "--policy",
-        f"hf:{llama_dir}",
+        f"hf:{tiny_hf_dir}",
         "--agent",
         "sequencematch",
         "--sequencematch.rollout-batch-size",
@@ -455,7 +399,7 @@ def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, llama_dir, corpu
 
 
 @pytest.mark.slow
-def test_cli_grpo_trains_lora_adapters_of_an_hf_policy(tmp_path, llama_dir, capsys):
+def test_cli_grpo_trains_lora_adapters_of_an_hf_policy(tmp_path, tiny_hf_dir, capsys):
     """train.py --agent grpo on an hf: Llama with LoRA: runs on CPU, moves only the adapters, keeps a reference."""
     logdir = tmp_path / "grpo"
     train.main(
@@ -465,7 +409,7 @@ def test_cli_grpo_trains_lora_adapters_of_an_hf_policy(tmp_path, llama_dir, caps
             "--task",
             "python-lines",
             "--policy",
-            f"hf:{llama_dir}",
+            f"hf:{tiny_hf_dir}",
             "--lora.r",
             "4",
             "--max-steps",

@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from tiny import make_tiny_policy
 
 from agents.common.demos import DemoSampler
 from agents.common.learner import LearnerContext
 from agents.critic import CriticConfig, SequenceCritic, critic_batch
 from agents.generation import generate_reranked, generation_prompts
 from agents.nce import CriticEvalCallback, NCEConfig, NCELearner, sample_with_prompts
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer
 from seqenv.tasks import make_task
 from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID
@@ -19,15 +19,6 @@ from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID
 ORACLE = make_task("oracle-hmm")
 ARITH = make_task("arithmetic")
 TINY = dict(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)
-
-
-def _policy(task, seed=0, n_embd=32):
-    torch.manual_seed(seed)
-    return TransformerPolicy(
-        PolicyConfig(
-            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=n_embd
-        )
-    )
 
 
 def _learner(task, policy, batch_size=4, seed=0, **kw):
@@ -48,7 +39,7 @@ def test_critic_batch_reads_prompt_and_completion():
 
 
 def test_init_from_policy_copies_the_trunk_and_keeps_a_zero_head():
-    policy = _policy(ORACLE, n_embd=32)
+    policy = make_tiny_policy(ORACLE, n_embd=32)
     critic = SequenceCritic(
         CriticConfig(
             vocab_size=ORACLE.tokenizer.vocab_size, block_size=ORACLE.max_length + 1, n_layer=1, n_head=2, n_embd=32
@@ -67,7 +58,7 @@ def test_init_from_policy_copies_the_trunk_and_keeps_a_zero_head():
 
 
 def test_learner_init_from_policy_takes_the_policy_sizes():
-    policy = _policy(ORACLE, n_embd=32)
+    policy = make_tiny_policy(ORACLE, n_embd=32)
     learner = _learner(ORACLE, policy, init_from_policy=True, critic_n_embd=128, critic_n_layer=3)
     assert (learner.critic.config.n_layer, learner.critic.config.n_embd) == (1, 32)
     assert torch.equal(learner.critic.blocks[0].mlp.c_fc.weight, policy.blocks[0].mlp.c_fc.weight)
@@ -87,7 +78,7 @@ def test_config_rejects(kw, match):
 
 
 def test_fixed_pool_is_drawn_once_and_batches_come_from_it():
-    learner = _learner(ORACLE, _policy(ORACLE), batch_size=4, noise_pool=10, nu=2)
+    learner = _learner(ORACLE, make_tiny_policy(ORACLE), batch_size=4, noise_pool=10, nu=2)
     demos = DemoSampler(ORACLE, "train", torch.Generator().manual_seed(0)).sample(4)
     learner.loss(demos, 0)
     pool = learner.pool
@@ -99,7 +90,7 @@ def test_fixed_pool_is_drawn_once_and_batches_come_from_it():
 
 
 def test_conditional_noise_shares_the_data_prompts_and_pool_cycles_train_prompts():
-    policy = _policy(ARITH)
+    policy = make_tiny_policy(ARITH)
     learner = _learner(ARITH, policy, batch_size=3, nu=2)
     demos = DemoSampler(ARITH, "train", torch.Generator().manual_seed(0)).sample(3)
     learner.snapshot.maybe_refresh(policy, 0)
@@ -120,7 +111,7 @@ def test_conditional_noise_shares_the_data_prompts_and_pool_cycles_train_prompts
 
 
 def test_evaluate_critic_of_a_flat_critic():
-    learner = _learner(ARITH, _policy(ARITH), eval_size=16)
+    learner = _learner(ARITH, make_tiny_policy(ARITH), eval_size=16)
     m = learner.evaluate_critic()
     # E = 0, c = 0: h = 0 everywhere -> nothing classified correctly, loss 2 log 2, AUC 1/2, uniform weights
     assert m["critic_accuracy"] == 0.0
@@ -164,7 +155,7 @@ def _fake_evaluations(learner, losses: list) -> list:
 
 
 def test_early_stopping_restores_the_best_critic_and_stops_after_patience():
-    learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, patience=2)
+    learner = _learner(ORACLE, make_tiny_policy(ORACLE), eval_every=2, patience=2)
     (cb,) = learner.callbacks
     assert isinstance(cb, CriticEvalCallback)
     seen = _fake_evaluations(learner, [1.0, 0.5, 0.7, 0.6, 0.4])  # head bias at each evaluation's entry
@@ -182,7 +173,7 @@ def test_early_stopping_restores_the_best_critic_and_stops_after_patience():
 
 
 def test_a_stop_asked_by_another_callback_ends_with_the_best_critic():
-    learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, patience=10)
+    learner = _learner(ORACLE, make_tiny_policy(ORACLE), eval_every=2, patience=10)
     (cb,) = learner.callbacks
     seen = _fake_evaluations(learner, [0.9, 0.5, 0.8, 0.7])
     trainer = _FakeTrainer(max_steps=100)
@@ -198,7 +189,7 @@ def test_a_stop_asked_by_another_callback_ends_with_the_best_critic():
 
 @pytest.mark.parametrize("keep_best", [True, False])
 def test_keep_best_restores_the_best_critic_at_the_last_step_without_stopping(keep_best):
-    learner = _learner(ORACLE, _policy(ORACLE), eval_every=2, keep_best=keep_best)
+    learner = _learner(ORACLE, make_tiny_policy(ORACLE), eval_every=2, keep_best=keep_best)
     (cb,) = learner.callbacks
     seen = _fake_evaluations(learner, [0.9, 0.5, 0.8, 0.7, 0.6])
     trainer = _FakeTrainer(max_steps=8)
@@ -279,7 +270,7 @@ def test_nce_run_logs_held_out_critic_metrics(tmp_path):
 
 
 def test_sample_with_prompts_and_per_prompt_reranking():
-    policy = _policy(ARITH)
+    policy = make_tiny_policy(ARITH)
     prompts = ["In base 10, what is 1 + 1? ", "In base 2, what is 1 + 1? ", "In base 10, what is 1 + 1? "]
     (res,) = sample_with_prompts(policy, ARITH, prompts, 3, seed=0, allow_backspace=False)
     assert [ARITH.tokenizer.decode(p) for p in res.prompts()] == prompts

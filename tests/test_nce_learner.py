@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny import make_tiny_policy
 from tolerances import policy_atol
 
 from agents.common.checkpoint import CheckpointError, save_checkpoint
@@ -20,15 +21,6 @@ from seqenv.tasks import make_task
 
 TASK = make_task("oracle-hmm")
 TINY_CRITIC = dict(critic_n_layer=1, critic_n_head=2, critic_n_embd=32)
-
-
-def _policy(seed: int = 0) -> TransformerPolicy:
-    torch.manual_seed(seed)
-    return TransformerPolicy(
-        PolicyConfig(
-            vocab_size=TASK.tokenizer.vocab_size, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=32
-        )
-    )
 
 
 def _learner(policy, batch_size=8, seed=0, **kw) -> NCELearner:
@@ -83,8 +75,8 @@ def _save(path, agent, policy, learner=None):
         ("ranking", 3, math.log(4), 0.0),
     ],
 )
-def test_loss_at_init_hand_computed_and_only_the_critic_learns(loss, nu, expected_loss, expected_acc):
-    policy = _policy()
+def test_loss_at_init_hand_computed_and_only_the_critic_learns(loss, nu, expected_loss, expected_acc, tiny_policy):
+    policy = tiny_policy
     learner = _learner(policy, batch_size=8, loss=loss, nu=nu)
     value, m = learner.loss(_demos(8), 0)
     assert value.item() == pytest.approx(expected_loss, abs=1e-6)
@@ -101,8 +93,8 @@ def test_loss_at_init_hand_computed_and_only_the_critic_learns(loss, nu, expecte
     assert (id(learner.critic.log_normalizer) in ids) == (loss == "binary")  # ranking NCE has no c
 
 
-def test_self_adapting_policy_objective_at_k1_and_metrics():
-    policy = _policy()
+def test_self_adapting_policy_objective_at_k1_and_metrics(tiny_policy):
+    policy = tiny_policy
     learner = _learner(policy, batch_size=8, policy_objective="self_adapting_nce", ce_weight=0.5)
     demos = _demos(8)
     value, m = learner.loss(demos, 0)
@@ -123,7 +115,7 @@ def test_self_adapting_policy_objective_at_k1_and_metrics():
 
 def test_no_backspace_log_prob_is_the_rollout_sampling_distribution():
 
-    policy = _policy(3)
+    policy = make_tiny_policy(TASK, 3)
     res = rollout(
         policy,
         make_vector_env(TASK, 6, "cpu"),
@@ -143,7 +135,7 @@ def test_no_backspace_log_prob_is_the_rollout_sampling_distribution():
 
 def test_critic_separates_oracle_data_from_noise():
     # noise = an untrained policy (near-uniform tokens); the critic must tell held-out oracle data from it
-    learner = _learner(_policy(), batch_size=16, nu=1)
+    learner = _learner(make_tiny_policy(TASK), batch_size=16, nu=1)
     _train(learner, steps=25)
     results = [learner.sample_noise() for _ in range(4)]  # 64 fresh noise samples
     noise = [s for r in results for s in r.sequences()]
@@ -177,8 +169,8 @@ def _train_mle(policy, steps, batch_size=32):
 # ---------------------------------------------------------------------------
 
 
-def test_snapshot_refreshes_every_k_steps_while_the_policy_trains():
-    policy = _policy()
+def test_snapshot_refreshes_every_k_steps_while_the_policy_trains(tiny_policy):
+    policy = tiny_policy
     learner = _learner(policy, batch_size=4, refresh_every=3, policy_objective="self_adapting_nce", ce_weight=1.0)
     opt = torch.optim.AdamW(learner.parameters(), lr=1e-2)
     data = DemoSampler(TASK, "train", torch.Generator().manual_seed(0))
@@ -202,15 +194,17 @@ def test_snapshot_refreshes_every_k_steps_while_the_policy_trains():
     assert 0 < learner.loss(data.sample(4), 8)[1]["noise/ess"] <= 1
 
 
-def test_state_dict_round_trip_restores_critic_and_snapshot_exactly():
-    policy = _policy()
+def test_state_dict_round_trip_restores_critic_and_snapshot_exactly(tiny_policy):
+    policy = tiny_policy
     a = _learner(policy, batch_size=4, refresh_every=2, policy_objective="self_adapting_nce")
     _train(a, steps=3, batch_size=4)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)  # plain tensors/dicts/numbers only
-    b = _learner(_policy(seed=7), batch_size=4, seed=9, refresh_every=2, policy_objective="self_adapting_nce")
+    b = _learner(
+        make_tiny_policy(TASK, seed=7), batch_size=4, seed=9, refresh_every=2, policy_objective="self_adapting_nce"
+    )
     b.policy.load_state_dict(policy.state_dict())
     b.load_state_dict(state)
     assert b.snapshot.last_refresh_step == a.snapshot.last_refresh_step == 2
@@ -235,16 +229,16 @@ def test_bad_input():
         NCEConfig(loss="hinge")
     with pytest.raises(ValueError, match=r"ce_weight must be a finite number >= 0, got -1"):
         NCEConfig(ce_weight=-1)
-    learner = _learner(_policy(), batch_size=2)
+    learner = _learner(make_tiny_policy(TASK), batch_size=2)
     with pytest.raises(ValueError, match="do not end with eos"):
         learner.loss(Demos([[], []], [[5, 6, 2], [5, 6]]), 0)
-    ranking = _learner(_policy(), batch_size=2, loss="ranking", nu=2)
+    ranking = _learner(make_tiny_policy(TASK), batch_size=2, loss="ranking", nu=2)
     with pytest.raises(ValueError, match=r"nu=2 noise samples: expected 2 demonstrations \(the batch size\), got 3"):
         ranking.loss(_demos(3), 0)
     conditional = copy.copy(TASK)
     conditional.prompts = ["ab"]
     with pytest.raises(ValueError, match="task .oracle-hmm. has prompts but no prompt per training text"):
-        p = _policy()
+        p = make_tiny_policy(TASK)
         NCELearner(
             LearnerContext(p, p, conditional, torch.device("cpu"), {"noise": None, "sample": None}, 2), NCEConfig()
         )
@@ -259,7 +253,7 @@ def test_bad_input():
 def trained(tmp_path_factory):
     """A policy and a critic trained briefly against it, saved as an nce checkpoint and an mle one."""
     tmp = tmp_path_factory.mktemp("nce")
-    policy = _policy()
+    policy = make_tiny_policy(TASK)
     _train_mle(policy, steps=20)
     learner = _learner(policy, batch_size=16)
     _train(learner, steps=20)

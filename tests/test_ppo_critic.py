@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import make_tiny_policy
 from tolerances import policy_atol
 
 from agents.common.checkpoint import CheckpointError, load_policy, save_checkpoint
@@ -14,7 +15,7 @@ from agents.common.rollout import make_vector_env
 from agents.common.trajectory import sequence_batch
 from agents.critic import CriticConfig, SequenceCritic
 from agents.nce import NCEConfig, NCELearner
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
+from agents.policies.transformer import TransformerPolicy
 from agents.sb3 import critic_reward
 from agents.sb3.policy import TransformerMaskablePolicy
 from scripts import ppo_critic as ppo_critic_script
@@ -32,10 +33,7 @@ def _script():
 
 
 def _policy(seed=0) -> TransformerPolicy:
-    torch.manual_seed(seed)
-    return TransformerPolicy(
-        PolicyConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=32)
-    ).eval()
+    return make_tiny_policy(TASK, seed).eval()
 
 
 def _critic(seed=0) -> SequenceCritic:

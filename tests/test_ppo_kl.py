@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from tiny import make_tiny_policy
 
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.sb3 import critic_reward as cr
 from seqenv.tasks import make_task
 
@@ -148,10 +148,7 @@ class CountCritic(torch.nn.Module):
 
 
 def _reference():
-    torch.manual_seed(0)
-    return TransformerPolicy(
-        PolicyConfig(vocab_size=V, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=32)
-    ).eval()
+    return make_tiny_policy(TASK).eval()
 
 
 def _run(tmp_path, critic_weight, steps, **kw):

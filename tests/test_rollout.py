@@ -2,33 +2,19 @@
 
 import pytest
 import torch
+from tiny import make_tiny_policy
 from tolerances import policy_atol
 
 from agents.common.evaluation import recovery
 from agents.common.rollout import generate, make_vector_env, rollout, sample_actions
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
-from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, EOS_ID, PAD_ID, apply_backspaces
 
 
-@pytest.fixture(scope="module")
-def task():
-    return make_task("oracle-hmm")
-
-
-def _policy(task, seed=0):
-    torch.manual_seed(seed)
-    return TransformerPolicy(
-        PolicyConfig(
-            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=2, n_head=2, n_embd=32
-        )
-    )
-
-
-def test_rollout_log_probs_match_one_pass_recomputation(task):
+def test_rollout_log_probs_match_one_pass_recomputation(tiny_task):
     """KV-cache generation (with backspaces) == one forward pass over the action history."""
-    policy = _policy(task)
-    venv = make_vector_env(task, 32, "cpu")
+    policy = make_tiny_policy(tiny_task, n_layer=2)
+    venv = make_vector_env(tiny_task, 32, "cpu")
     res = rollout(policy, venv, seed=0, generator=torch.Generator().manual_seed(0), store_masks=True)
     acts = res.action_lists()
     assert sum(a.count(BACKSPACE_ID) for a in acts) > 5  # an untrained policy backspaces: the test covers it
@@ -51,20 +37,20 @@ def test_rollout_log_probs_match_one_pass_recomputation(task):
         assert (a[-1] == EOS_ID) == term
 
 
-def test_rollout_is_deterministic_and_respects_lengths(task):
-    policy = _policy(task)
-    a = generate(policy, task, 40, batch_size=16, seed=3)
-    b = generate(policy, task, 40, batch_size=16, seed=3)
+def test_rollout_is_deterministic_and_respects_lengths(tiny_task):
+    policy = make_tiny_policy(tiny_task, n_layer=2)
+    a = generate(policy, tiny_task, 40, batch_size=16, seed=3)
+    b = generate(policy, tiny_task, 40, batch_size=16, seed=3)
     assert [r.action_lists() for r in a] == [r.action_lists() for r in b]
     assert sum(r.num_actions.shape[0] for r in a) == 40
     for r in a:
-        assert (r.lengths <= task.max_length).all()
+        assert (r.lengths <= tiny_task.max_length).all()
         assert (r.actions[torch.arange(r.actions.shape[1])[None] >= r.num_actions[:, None]] == PAD_ID).all()
 
 
-def test_rollout_without_backspace_and_forced_actions(task):
-    policy = _policy(task)
-    venv = make_vector_env(task, 8, "cpu")
+def test_rollout_without_backspace_and_forced_actions(tiny_task):
+    policy = make_tiny_policy(tiny_task, n_layer=2)
+    venv = make_vector_env(tiny_task, 8, "cpu")
     res = rollout(policy, venv, seed=0, allow_backspace=False, generator=torch.Generator().manual_seed(1))
     assert all(BACKSPACE_ID not in a for a in res.action_lists())
     forced = torch.tensor([[5, 6, BACKSPACE_ID, 7]] * 8)
@@ -117,27 +103,27 @@ class _Bias(TransformerPolicy):
         return logits
 
 
-def test_recovery_probe_extremes(task):
+def test_recovery_probe_extremes(tiny_task):
     cfg = PolicyConfig(
-        vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=1, n_embd=16
+        vocab_size=tiny_task.tokenizer.vocab_size, block_size=tiny_task.max_length + 1, n_layer=1, n_head=1, n_embd=16
     )
     eager = _Bias(cfg)
     eager.bias = 100.0
-    r = recovery(eager, task, num_samples=64)
+    r = recovery(eager, tiny_task, num_samples=64)
     assert r["recovery_backspace"] == 1.0 and r["recovery_deleted"] > 0.8 and r["recovery_validity"] is None
     never = _Bias(cfg)
     never.bias = -100.0
-    r = recovery(never, task, num_samples=64)
+    r = recovery(never, tiny_task, num_samples=64)
     assert r["recovery_backspace"] == 0.0 and r["recovery_deleted"] == 0.0
 
 
-def test_rollout_without_kv_cache_gives_the_same_episodes(task):
-    policy = _policy(task)
-    venv = make_vector_env(task, 16, "cpu")
+def test_rollout_without_kv_cache_gives_the_same_episodes(tiny_task):
+    policy = make_tiny_policy(tiny_task, n_layer=2)
+    venv = make_vector_env(tiny_task, 16, "cpu")
     a = rollout(policy, venv, seed=0, generator=torch.Generator().manual_seed(5))
     b = rollout(policy, venv, seed=0, generator=torch.Generator().manual_seed(5), use_kv_cache=False)
     assert a.action_lists() == b.action_lists()
     atol = policy_atol(
-        policy.config, a.log_probs.shape[1], a.log_probs.abs().max().item(), extra_terms=task.tokenizer.vocab_size
+        policy.config, a.log_probs.shape[1], a.log_probs.abs().max().item(), extra_terms=tiny_task.tokenizer.vocab_size
     )  # log-prob scale bounds the logits' (tests/tolerances.py)
     assert (a.log_probs - b.log_probs).abs().max() <= atol

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_FLAGS, TINY_RUN, error_line, snapshot
 
 from agents.common.checkpoint import load_checkpoint
 from agents.common.cli import RunDirectoryError
@@ -18,55 +19,19 @@ from agents.trainer import RESUME_FLAGS, NonFiniteLossError, TrainConfig, Traine
 from scripts import evaluate, generate, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model.n-layer", "1", "--model.n-head", "2", "--model.n-embd", "32", "--no-progress", "--device", "cpu"]
-RUN = [
-    "--task",
-    "oracle-hmm",
-    "--batch-size",
-    "4",
-    "--eval-samples",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--ckpt-every",
-    "1",
-    *TINY,
-]
-
-
-def _snapshot(d: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
-
-
-def _error_line(capsys, argv) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        train.main(argv)
-    assert exc.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
-
-@pytest.fixture
-def finished_run(tmp_path):
-    """A finished 2-step run (checkpoint at steps 1 and 2)."""
-    logdir = tmp_path / "run"
-    train.main([*RUN, "--max-steps", "2", "--logdir", str(logdir)])
-    return logdir
 
 
 def test_a_fresh_run_in_a_run_directory_is_refused_and_leaves_it_intact(finished_run, capsys):
-    before = _snapshot(finished_run)
+    before = snapshot(finished_run)
     assert {"checkpoint.pt", "config.json", "metrics.json", ".lock"} <= set(before)
-    line = _error_line(capsys, [*RUN, "--max-steps", "3", "--logdir", str(finished_run)])
+    line = error_line(capsys, train.main, [*TINY_RUN, "--max-steps", "3", "--logdir", str(finished_run)])
     assert line.startswith(
         f"error: run directory {str(finished_run)!r} already holds a run (checkpoint.pt, config.json, "
     )
     assert "pass --resume to continue it, --overwrite to delete it" in line
-    assert _snapshot(finished_run) == before  # byte-identical, event files included
+    assert snapshot(finished_run) == before  # byte-identical, event files included
     # --overwrite: the old run's files are deleted first, so events never mix
-    train.main([*RUN, "--max-steps", "1", "--logdir", str(finished_run), "--overwrite"])
+    train.main([*TINY_RUN, "--max-steps", "1", "--logdir", str(finished_run), "--overwrite"])
     assert len(list(finished_run.glob("events.out.tfevents.*"))) == 1
     assert load_checkpoint(finished_run / "checkpoint.pt")["step"] == 1
     assert json.loads((finished_run / "config.json").read_text())["max_steps"] == 1
@@ -77,7 +42,15 @@ def test_a_second_process_on_the_same_directory_fails_at_once(tmp_path, capsys):
     lock = RunLock(logdir)  # this process holds the run directory
     try:
         assert (logdir / ".lock").read_text() == f"{os.getpid()}\n"
-        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *RUN, "--max-steps", "1", "--logdir", str(logdir)]
+        cmd = [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            *TINY_RUN,
+            "--max-steps",
+            "1",
+            "--logdir",
+            str(logdir),
+        ]
         proc = subprocess.run(
             cmd,
             capture_output=True,
@@ -108,7 +81,7 @@ def test_a_second_process_on_the_same_directory_fails_at_once(tmp_path, capsys):
 def test_resume_removes_stale_temp_files(finished_run, tmp_path):
     stale = finished_run / "checkpoint.pt.x1y2z3.tmp"  # a kill during a save leaves these
     stale.write_bytes(b"\0" * 1000)
-    train.main([*RUN, "--logdir", str(finished_run), "--resume", "--max-steps", "3"])
+    train.main([*TINY_RUN, "--logdir", str(finished_run), "--resume", "--max-steps", "3"])
     assert not list(finished_run.glob("*.tmp"))
     other = tmp_path / "fresh"
     other.mkdir()
@@ -118,21 +91,33 @@ def test_resume_removes_stale_temp_files(finished_run, tmp_path):
 
 
 def test_resume_refuses_flags_that_change_the_run(finished_run, capsys):
-    before = _snapshot(finished_run)
-    line = _error_line(
+    before = snapshot(finished_run)
+    line = error_line(
         capsys,
-        [*RUN, "--logdir", str(finished_run), "--resume", "--lr", "0.01", "--seed", "3", "--mle.backspace-p", "0.1"],
+        train.main,
+        [
+            *TINY_RUN,
+            "--logdir",
+            str(finished_run),
+            "--resume",
+            "--lr",
+            "0.01",
+            "--seed",
+            "3",
+            "--mle.backspace-p",
+            "0.1",
+        ],
     )
     assert line == (
         f"error: --resume continues the run in {str(finished_run)!r} as it was configured; these flags "
         "would change it: --lr 0.01 (the run's: 0.002); --mle.backspace-p 0.1 (the run's: 0.0); "
         "--seed 3 (the run's: 0). Drop them, or start a new run (another --logdir, or --overwrite)"
     )
-    line = _error_line(capsys, [*RUN, "--logdir", str(finished_run), "--resume", "--max-steps", "1"])
+    line = error_line(capsys, train.main, [*TINY_RUN, "--logdir", str(finished_run), "--resume", "--max-steps", "1"])
     assert "--max-steps 1 (the run's: 2; --max-steps can only be raised)" in line
-    assert _snapshot(finished_run) == before
+    assert snapshot(finished_run) == before
     missing = finished_run.parent / "nothing"
-    assert _error_line(capsys, [*RUN, "--logdir", str(missing), "--resume"]) == (
+    assert error_line(capsys, train.main, [*TINY_RUN, "--logdir", str(missing), "--resume"]) == (
         f"error: cannot resume: {str(missing / 'checkpoint.pt')!r} does not exist (drop --resume to start a new run)"
     )
 
@@ -140,7 +125,7 @@ def test_resume_refuses_flags_that_change_the_run(finished_run, capsys):
 def test_max_steps_extends_a_finished_run(finished_run):
     step2 = load_checkpoint(finished_run / "checkpoint.pt")
     # the same flags (device, sizes, progress) are accepted; --max-steps 4 trains steps 3 and 4
-    metrics = train.main([*RUN, "--logdir", str(finished_run), "--resume", "--max-steps", "4"])
+    metrics = train.main([*TINY_RUN, "--logdir", str(finished_run), "--resume", "--max-steps", "4"])
     state = load_checkpoint(finished_run / "checkpoint.pt")
     assert state["step"] == 4 and state["config"]["max_steps"] == 4
     assert json.loads((finished_run / "config.json").read_text())["max_steps"] == 4
@@ -192,7 +177,7 @@ def test_generate_from_a_moved_file_corpus(tmp_path, capsys):
             "2",
             "--logdir",
             str(logdir),
-            *TINY,
+            *TINY_FLAGS,
         ]
     )
     corpus.rename(tmp_path / "elsewhere.txt")

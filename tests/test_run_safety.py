@@ -10,91 +10,45 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_FLAGS, TINY_RUN, error_line, snapshot, tiny_train_config
 
 from agents.common import rundir
 from agents.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agents.common.cli import TrainingInterrupted, run_cli
 from agents.common.rundir import MARKER, RunDirectory, RunLock
-from agents.trainer import Callback, NonFiniteLossError, TrainConfig, Trainer
+from agents.trainer import Callback, NonFiniteLossError, Trainer
 from scripts import evaluate, generate, ppo_critic, train
 from seqenv.tasks import make_task
 
-TINY = ["--model.n-layer", "1", "--model.n-head", "2", "--model.n-embd", "32", "--no-progress", "--device", "cpu"]
-RUN = [
-    "--task",
-    "oracle-hmm",
-    "--batch-size",
-    "4",
-    "--eval-samples",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--ckpt-every",
-    "1",
-    *TINY,
-]
-
-
-def _snapshot(d: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file() and p.name != ".lock"}
-
-
-def _error_line(capsys, main, argv, code: int = 2) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == code
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("warning: ")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-@pytest.fixture
-def finished_run(tmp_path):
-    """A finished 2-step run of train.py (checkpoints at steps 1 and 2)."""
-    logdir = tmp_path / "run"
-    train.main([*RUN, "--max-steps", "2", "--logdir", str(logdir)])
-    return logdir
-
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(
-        task="oracle-hmm",
-        logdir=str(tmp_path / name),
-        device="cpu",
-        progress=False,
-        batch_size=4,
-        eval_samples=4,
-        warmup_steps=1,
-        model={"n_layer": 1, "n_head": 2, "n_embd": 32},
-    )
-    base.update(kw)
-    return TrainConfig.from_dict(base)
+    """The tiny training config with batch 4, 4 evaluation samples and 1 warmup step (callers set the steps)."""
+    return tiny_train_config(tmp_path, name, **{"batch_size": 4, "eval_samples": 4, "warmup_steps": 1, **kw})
 
 
 # 1 ---------------------------------------------------------------------------------------------------------
 def test_1_ppo_critic_refuses_a_directory_holding_a_run_and_overwrite_reads_inputs_first(finished_run, capsys):
-    before = _snapshot(finished_run)
+    before = snapshot(finished_run, lock=False)
     ckpt = str(finished_run / "checkpoint.pt")
-    line = _error_line(
+    line = error_line(
         capsys,
         ppo_critic.main,
         ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run), "--device", "cpu"],
     )
     assert line.startswith(f"error: run directory {str(finished_run)!r} already holds a run (checkpoint.pt, ")
-    assert _snapshot(finished_run) == before
+    assert snapshot(finished_run, lock=False) == before
     # --overwrite: the inputs are read (and here rejected: an mle checkpoint is no critic) before anything is deleted
-    line = _error_line(
+    line = error_line(
         capsys,
         ppo_critic.main,
         ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run), "--device", "cpu", "--overwrite"],
     )
     assert "is not an nce checkpoint" in line
-    assert _snapshot(finished_run) == before
+    assert snapshot(finished_run, lock=False) == before
     # it takes the lock: a second process on the directory is refused
     lock = RunLock(finished_run)
     try:
-        line = _error_line(
+        line = error_line(
             capsys,
             ppo_critic.main,
             ["--checkpoint", ckpt, "--critic", ckpt, "--logdir", str(finished_run), "--device", "cpu", "--overwrite"],
@@ -109,7 +63,7 @@ def test_2_overwrite_reads_the_init_checkpoint_before_deleting_it(finished_run):
     old = load_checkpoint(finished_run / "checkpoint.pt")
     train.main(
         [
-            *RUN,
+            *TINY_RUN,
             "--max-steps",
             "1",
             "--init",
@@ -146,26 +100,26 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
             "2",
             "--logdir",
             str(logdir),
-            *TINY,
+            *TINY_FLAGS,
         ]
     )
     state = load_checkpoint(logdir / "checkpoint.pt")
     saved_hash = make_task(f"file:{corpus}").corpus_hash
     assert state["corpus_sha256"] == saved_hash
-    before = _snapshot(logdir)
+    before = snapshot(logdir, lock=False)
     # an edit that keeps the same characters: the tokenizer matches, the texts do not
     corpus.write_text("".join(f"ba{i % 7} = c{i % 5}\n" for i in range(80)), encoding="utf-8")
     new_hash = make_task(f"file:{corpus}").corpus_hash
     assert new_hash != saved_hash
-    line = _error_line(capsys, train.main, ["--logdir", str(logdir), "--resume", "--max-steps", "2", *TINY])
+    line = error_line(capsys, train.main, ["--logdir", str(logdir), "--resume", "--max-steps", "2", *TINY_FLAGS])
     assert saved_hash in line and new_hash in line and "--allow-corpus-mismatch" in line
-    line = _error_line(
+    line = error_line(
         capsys, evaluate.main, ["--checkpoint", str(logdir / "checkpoint.pt"), "--device", "cpu", "--num-samples", "2"]
     )
     assert line.startswith("error: the corpus of task") and saved_hash in line and new_hash in line
-    assert _snapshot(logdir) == before
+    assert snapshot(logdir, lock=False) == before
     # --init on the same task: refused too (another task over the same characters would be allowed)
-    line = _error_line(
+    line = error_line(
         capsys,
         train.main,
         [
@@ -177,19 +131,21 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
             "1",
             "--logdir",
             str(tmp_path / "init"),
-            *TINY,
+            *TINY_FLAGS,
         ],
     )
     assert line.startswith(f"error: the corpus of task 'file:{corpus}' differs from the one --init checkpoint")
     assert not (tmp_path / "init").exists()
     # an edit with new characters: another tokenizer, refused in one line too (no shape-mismatch traceback)
     corpus.write_text("".join(f"xyz{i % 7} = q{i % 5}\n" for i in range(80)), encoding="utf-8")
-    line = _error_line(capsys, train.main, ["--logdir", str(logdir), "--resume", "--max-steps", "2", *TINY])
+    line = error_line(capsys, train.main, ["--logdir", str(logdir), "--resume", "--max-steps", "2", *TINY_FLAGS])
     assert "with a different tokenizer" in line
-    assert _snapshot(logdir) == before
+    assert snapshot(logdir, lock=False) == before
     # overridden: the run goes on and says so in metrics.json (and evaluate.py's output)
     corpus.write_text("".join(f"ba{i % 7} = c{i % 5}\n" for i in range(80)), encoding="utf-8")
-    metrics = train.main(["--logdir", str(logdir), "--resume", "--max-steps", "2", "--allow-corpus-mismatch", *TINY])
+    metrics = train.main(
+        ["--logdir", str(logdir), "--resume", "--max-steps", "2", "--allow-corpus-mismatch", *TINY_FLAGS]
+    )
     assert metrics["corpus_mismatch"] is True
     assert json.loads((logdir / "metrics.json").read_text())["corpus_mismatch"] is True
     out = tmp_path / "m.json"
@@ -220,8 +176,10 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
 def test_4_divergence_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     # the issue's command: lr 1e6 diverges at once; the only checkpoint (step 1) holds the diverged state
     logdir = tmp_path / "lr"
-    line = _error_line(
-        capsys, train.main, [*RUN, "--lr", "1e6", "--warmup-steps", "0", "--max-steps", "6", "--logdir", str(logdir)]
+    line = error_line(
+        capsys,
+        train.main,
+        [*TINY_RUN, "--lr", "1e6", "--warmup-steps", "0", "--max-steps", "6", "--logdir", str(logdir)],
     )
     assert line == (
         f"error: loss became nan at step 1; stopped. The only checkpoint (step 1) held the diverged "
@@ -326,13 +284,13 @@ def test_5_ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_130(tmp_path, 
 # 6 ---------------------------------------------------------------------------------------------------------
 def test_6_the_main_job_reuses_a_stage_only_if_its_config_is_the_stage_s(tmp_path, monkeypatch, capsys):
     other = tmp_path / "runs" / "main" / "mle"
-    train.main([*RUN, "--max-steps", "1", "--logdir", str(other)])  # an oracle-hmm run where the MLE stage goes
-    before = _snapshot(other)
+    train.main([*TINY_RUN, "--max-steps", "1", "--logdir", str(other)])  # an oracle-hmm run where the MLE stage goes
+    before = snapshot(other, lock=False)
     monkeypatch.setattr(train, "MAIN_JOB_DIR", tmp_path / "runs" / "main")
-    line = _error_line(capsys, lambda argv: run_cli(lambda a: train.main_job(device="cpu"), argv), [])
+    line = error_line(capsys, lambda argv: run_cli(lambda a: train.main_job(device="cpu"), argv), [])
     assert line.startswith(f"error: main job stage 'mle': {other} holds another run (")
     assert "--task 'oracle-hmm' (the main job's: 'python-lines')" in line and "--overwrite" in line
-    assert _snapshot(other) == before
+    assert snapshot(other, lock=False) == before
     # the same config is reused as is
     cfg = train.saved_config(other)
     cfg.device = "auto"
@@ -344,13 +302,13 @@ def test_6_the_main_job_reuses_a_stage_only_if_its_config_is_the_stage_s(tmp_pat
 def test_7_an_output_never_overwrites_an_input(finished_run, tmp_path, capsys):
     ckpt = finished_run / "checkpoint.pt"
     before = ckpt.read_bytes()
-    line = _error_line(capsys, evaluate.main, ["--checkpoint", str(ckpt), "--out", str(ckpt), "--device", "cpu"])
+    line = error_line(capsys, evaluate.main, ["--checkpoint", str(ckpt), "--out", str(ckpt), "--device", "cpu"])
     assert line == f"error: --out {str(ckpt)!r} would overwrite the input {str(ckpt)!r}; give another path"
-    line = _error_line(capsys, generate.main, ["--checkpoint", str(ckpt), "--out", str(ckpt), "--device", "cpu"])
+    line = error_line(capsys, generate.main, ["--checkpoint", str(ckpt), "--out", str(ckpt), "--device", "cpu"])
     assert "would overwrite the input" in line
     corpus = tmp_path / "c.txt"
     corpus.write_text("abc\n")
-    line = _error_line(
+    line = error_line(
         capsys,
         generate.main,
         ["--checkpoint", str(ckpt), "--out", str(corpus), "--device", "cpu", "--task", f"file:{corpus}"],
@@ -372,11 +330,11 @@ def test_7_an_output_never_overwrites_an_input(finished_run, tmp_path, capsys):
             "2",
             "--logdir",
             str(tmp_path / "f"),
-            *TINY,
+            *TINY_FLAGS,
         ]
     )
     for main in (generate.main, evaluate.main):
-        line = _error_line(
+        line = error_line(
             capsys,
             main,
             [
@@ -422,7 +380,7 @@ def test_9_overwrite_never_deletes_files_no_run_of_ours_wrote(tmp_path, capsys):
     model_dir.mkdir()
     (model_dir / "config.json").write_text('{"model_type": "llama"}')
     (model_dir / "model.safetensors").write_bytes(b"weights")
-    line = _error_line(capsys, train.main, [*RUN, "--max-steps", "1", "--logdir", str(model_dir), "--overwrite"])
+    line = error_line(capsys, train.main, [*TINY_RUN, "--max-steps", "1", "--logdir", str(model_dir), "--overwrite"])
     assert line.startswith(
         f"error: directory {str(model_dir)!r} holds files that no seqenv run wrote there "
         f"(config.json; no {MARKER} marker); nothing was deleted"
@@ -430,14 +388,14 @@ def test_9_overwrite_never_deletes_files_no_run_of_ours_wrote(tmp_path, capsys):
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
     # a train.py run written before the marker existed is recognised by its config.json's content
     legacy = tmp_path / "legacy"
-    train.main([*RUN, "--max-steps", "1", "--logdir", str(legacy)])
+    train.main([*TINY_RUN, "--max-steps", "1", "--logdir", str(legacy)])
     (legacy / MARKER).unlink()
-    train.main([*RUN, "--max-steps", "2", "--logdir", str(legacy), "--overwrite"])
+    train.main([*TINY_RUN, "--max-steps", "2", "--logdir", str(legacy), "--overwrite"])
     assert load_checkpoint(legacy / "checkpoint.pt")["step"] == 2
     assert (legacy / MARKER).is_file()
     # our run: the marker names the script; --overwrite deletes only our files
     run = tmp_path / "ours"
-    train.main([*RUN, "--max-steps", "1", "--logdir", str(run)])
+    train.main([*TINY_RUN, "--max-steps", "1", "--logdir", str(run)])
     assert json.loads((run / MARKER).read_text()) == {"writer": "seqenv", "script": "train.py"}
     (run / "notes.txt").write_text("mine")
     RunDirectory(run, overwrite=True).start()
@@ -447,9 +405,9 @@ def test_9_overwrite_never_deletes_files_no_run_of_ours_wrote(tmp_path, capsys):
 # 10 --------------------------------------------------------------------------------------------------------
 def test_10_an_empty_logdir_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    line = _error_line(capsys, train.main, [*RUN, "--max-steps", "1", "--logdir", ""])
+    line = error_line(capsys, train.main, [*TINY_RUN, "--max-steps", "1", "--logdir", ""])
     assert line == "error: --logdir must name a directory, got ''"
-    line = _error_line(capsys, ppo_critic.main, ["--checkpoint", "a", "--critic", "b", "--logdir", " "])
+    line = error_line(capsys, ppo_critic.main, ["--checkpoint", "a", "--critic", "b", "--logdir", " "])
     assert line == "error: --logdir must name a directory, got ' '"
     assert list(tmp_path.iterdir()) == []
 
@@ -457,10 +415,10 @@ def test_10_an_empty_logdir_is_refused(tmp_path, capsys, monkeypatch):
 # 11 --------------------------------------------------------------------------------------------------------
 def test_11_init_keeps_the_checkpoint_s_architecture_in_config_json(finished_run, tmp_path, capsys):
     init = str(finished_run / "checkpoint.pt")
-    line = _error_line(
+    line = error_line(
         capsys,
         train.main,
-        [*RUN, "--max-steps", "1", "--init", init, "--logdir", str(tmp_path / "a"), "--model.n-layer", "3"],
+        [*TINY_RUN, "--max-steps", "1", "--init", init, "--logdir", str(tmp_path / "a"), "--model.n-layer", "3"],
     )
     assert line == (
         f"error: --init {init!r} keeps the checkpoint's architecture; these flags would change it: "
@@ -497,10 +455,10 @@ def test_12_unwritable_logdir_and_full_disk_end_in_one_line(finished_run, tmp_pa
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     real_access = os.access
     monkeypatch.setattr(rundir.os, "access", lambda p, mode: False if Path(p) == finished_run else real_access(p, mode))
-    before = _snapshot(finished_run)
-    line = _error_line(capsys, train.main, ["--logdir", str(finished_run), "--resume", "--max-steps", "3", *TINY])
+    before = snapshot(finished_run, lock=False)
+    line = error_line(capsys, train.main, ["--logdir", str(finished_run), "--resume", "--max-steps", "3", *TINY_FLAGS])
     assert line == f"error: --logdir {str(finished_run)!r} is not writable"
-    assert _snapshot(finished_run) == before  # config.json not rewritten
+    assert snapshot(finished_run, lock=False) == before  # config.json not rewritten
     monkeypatch.setattr(rundir.os, "access", real_access)
 
     def no_lock(*a, **k):
@@ -536,17 +494,17 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
     # --init with weights that do not match the policy spec
     bad = dict(state, model={**state["model"], "wte.weight": torch.zeros(3, 3)})
     save_checkpoint(bad, tmp_path / "shapes.pt")
-    line = _error_line(
+    line = error_line(
         capsys,
         train.main,
-        [*RUN, "--max-steps", "1", "--init", str(tmp_path / "shapes.pt"), "--logdir", str(tmp_path / "s")],
+        [*TINY_RUN, "--max-steps", "1", "--init", str(tmp_path / "shapes.pt"), "--logdir", str(tmp_path / "s")],
     )
     assert line.startswith(f"error: --init checkpoint {str(tmp_path / 'shapes.pt')!r}: its weights do not match")
     # --resume on a checkpoint without optimiser state
     nopt = tmp_path / "nopt"
     nopt.mkdir()
     save_checkpoint({k: v for k, v in state.items() if k not in ("optimizer", "scheduler")}, nopt / "checkpoint.pt")
-    line = _error_line(capsys, train.main, ["--logdir", str(nopt), "--resume", *TINY])
+    line = error_line(capsys, train.main, ["--logdir", str(nopt), "--resume", *TINY_FLAGS])
     assert "it has no training state (optimizer, scheduler missing" in line and "--init" in line
     # crafted entries: one line each, for generate, --init and --resume
     crafted = {"model": [1, 2], "step": "x", "task": {**state["task"], "tokenizer": None}}
@@ -554,15 +512,17 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
         path = tmp_path / f"crafted-{key}" / "checkpoint.pt"
         save_checkpoint({**state, key: value}, path)
         expected = f"error: checkpoint {str(path)!r} has a malformed '{key}'"
-        assert _error_line(capsys, generate.main, ["--checkpoint", str(path), "--device", "cpu"]).startswith(expected)
-        assert _error_line(capsys, train.main, [*RUN, "--init", str(path), "--logdir", str(tmp_path / "s")]).startswith(
-            expected
-        )
-        assert _error_line(
-            capsys, train.main, ["--logdir", str(path.parent), "--resume", "--max-steps", "3", *TINY]
+        assert error_line(capsys, generate.main, ["--checkpoint", str(path), "--device", "cpu"]).startswith(expected)
+        assert error_line(
+            capsys, train.main, [*TINY_RUN, "--init", str(path), "--logdir", str(tmp_path / "s")]
+        ).startswith(expected)
+        assert error_line(
+            capsys, train.main, ["--logdir", str(path.parent), "--resume", "--max-steps", "3", *TINY_FLAGS]
         ).startswith(expected)
     save_checkpoint({**state, "rng": {}}, tmp_path / "rng" / "checkpoint.pt")
-    line = _error_line(capsys, train.main, ["--logdir", str(tmp_path / "rng"), "--resume", "--max-steps", "3", *TINY])
+    line = error_line(
+        capsys, train.main, ["--logdir", str(tmp_path / "rng"), "--resume", "--max-steps", "3", *TINY_FLAGS]
+    )
     assert "its training state (scheduler, learner or random streams) is malformed (KeyError: 'torch')" in line
     # NaN weights: generate and evaluate refuse the checkpoint in one line
     nan = dict(
@@ -574,7 +534,7 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
     )
     save_checkpoint(nan, tmp_path / "nan.pt")
     for main in (generate.main, evaluate.main):
-        line = _error_line(capsys, main, ["--checkpoint", str(tmp_path / "nan.pt"), "--device", "cpu"])
+        line = error_line(capsys, main, ["--checkpoint", str(tmp_path / "nan.pt"), "--device", "cpu"])
         assert line == (
             f"error: checkpoint {str(tmp_path / 'nan.pt')!r} holds non-finite weights ('wte.weight' "
             "has NaN or inf): the run that wrote it diverged; use an earlier checkpoint"
@@ -584,10 +544,10 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
     ppo.mkdir()
     (ppo / MARKER).write_text(json.dumps({"writer": "seqenv", "script": "ppo_critic.py"}))
     save_checkpoint({**state, "config": {"checkpoint": "x", "critic": "y"}}, ppo / "checkpoint.pt")
-    line = _error_line(capsys, train.main, ["--logdir", str(ppo), "--resume"])
+    line = error_line(capsys, train.main, ["--logdir", str(ppo), "--resume"])
     assert line == f"error: run directory {str(ppo)!r} holds a ppo_critic.py run, not a train.py run"
     (ppo / MARKER).unlink()  # an older PPO run without the marker: its config is recognised as foreign
-    line = _error_line(capsys, train.main, ["--logdir", str(ppo), "--resume"])
+    line = error_line(capsys, train.main, ["--logdir", str(ppo), "--resume"])
     assert "is not the config of a train.py run" in line
     # bad devices, HF paths, huge numbers, tyro's own parse errors
     (tmp_path / "file.txt").write_text("x")
@@ -609,7 +569,7 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
         (["--no-such-flag", "1"], "error: unrecognized arguments: --no-such-flag 1 (see --help for the flags)"),
     ]
     for argv, expected in cases:
-        line = _error_line(capsys, train.main, [*argv, "--logdir", str(tmp_path / "never"), "--no-progress"])
+        line = error_line(capsys, train.main, [*argv, "--logdir", str(tmp_path / "never"), "--no-progress"])
         assert line.startswith(expected), (argv, line)
     # a nucleus below float32's smallest number keeps the most likely token (it dropped every token before)
     texts = generate.main(
@@ -627,9 +587,9 @@ def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, caps
         ]
     )
     assert len(texts) == 2 and texts[0] == texts[1]  # greedy: the same text twice
-    line = _error_line(capsys, generate.main, ["--seed", "99999999999999999999", "--checkpoint", str(ckpt)])
+    line = error_line(capsys, generate.main, ["--seed", "99999999999999999999", "--checkpoint", str(ckpt)])
     assert line.startswith("error: --seed must be an integer >= 0 and <= 2147483647")
-    assert _error_line(capsys, evaluate.main, []) == "error: missing required flags: --checkpoint (see --help)"
+    assert error_line(capsys, evaluate.main, []) == "error: missing required flags: --checkpoint (see --help)"
     assert not (tmp_path / "never").exists()
 
 
@@ -641,14 +601,14 @@ def test_14_evaluate_checks_every_input_before_the_work(finished_run, tmp_path, 
     monkeypatch.setattr(evaluate, "evaluate_policy", no_work)
     monkeypatch.setattr(evaluate, "load_policy", no_work)
     ckpt = ["--checkpoint", str(finished_run / "checkpoint.pt"), "--device", "cpu"]
-    line = _error_line(capsys, evaluate.main, [*ckpt, "--mauve-model", "/nonexistent"])
+    line = error_line(capsys, evaluate.main, [*ckpt, "--mauve-model", "/nonexistent"])
     assert line == (
         "error: --mauve-model '/nonexistent' is not a Hugging Face model directory (no config.json "
         "there); give a local causal LM directory"
     )
-    line = _error_line(capsys, evaluate.main, [*ckpt, "--mauve-pooling", "max"])
+    line = error_line(capsys, evaluate.main, [*ckpt, "--mauve-pooling", "max"])
     assert line == "error: --mauve-pooling: invalid choice 'max'; expected one of mean, last"
-    line = _error_line(capsys, evaluate.main, [*ckpt, "--out", str(tmp_path / "missing" / "m.json")])
+    line = error_line(capsys, evaluate.main, [*ckpt, "--out", str(tmp_path / "missing" / "m.json")])
     assert "does not exist" in line
 
 
@@ -675,7 +635,7 @@ def test_15_bom_warnings_pickle_message_and_file_modes(tmp_path, capsys):
             "2",
             "--logdir",
             str(logdir),
-            *TINY,
+            *TINY_FLAGS,
         ]
     )
     err = capsys.readouterr().err
@@ -688,6 +648,6 @@ def test_15_bom_warnings_pickle_message_and_file_modes(tmp_path, capsys):
     # a crafted pickle's error is not cut mid-word
     crafted = tmp_path / "crafted.pt"
     torch.save({"format": "seqenv-checkpoint-v2", "x": Path("/etc")}, crafted)
-    line = _error_line(capsys, generate.main, ["--checkpoint", str(crafted), "--device", "cpu"])
+    line = error_line(capsys, generate.main, ["--checkpoint", str(crafted), "--device", "cpu"])
     assert line.startswith(f"error: checkpoint {str(crafted)!r} is corrupt or not a torch file (")
     assert line.endswith(")") and (len(line) < 600 or line.endswith(" ...)"))

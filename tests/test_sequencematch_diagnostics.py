@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from tiny import make_tiny_policy
 
 from agents.common.demos import DemoSampler
 from agents.common.learner import LearnerContext
 from agents.common.trajectory import collate
 from agents.mle import mle_loss
-from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from agents.sequencematch import (
     TERMS,
     SequenceMatchConfig,
@@ -123,12 +123,7 @@ TASK = make_task("arithmetic", num_train=50, num_valid=5, num_test=5, min_base=1
 
 
 def _learner(**kw):
-    torch.manual_seed(0)
-    policy = TransformerPolicy(
-        PolicyConfig(
-            vocab_size=TASK.tokenizer.vocab_size, block_size=TASK.max_length + 1, n_layer=1, n_head=2, n_embd=16
-        )
-    )
+    policy = make_tiny_policy(TASK, n_embd=16)
     gens = {"noise": torch.Generator().manual_seed(0), "sample": torch.Generator().manual_seed(1)}
     ctx = LearnerContext(
         model=policy, policy=policy, task=TASK, device=torch.device("cpu"), generators=gens, batch_size=4

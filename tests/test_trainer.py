@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_train_config
 
 from agents.common.checkpoint import CheckpointError, load_checkpoint, load_policy
 from agents.common.evaluation import heldout_nll
@@ -19,7 +20,6 @@ from agents.nce import NCEConfig
 from agents.sequencematch import SequenceMatchConfig
 from agents.trainer import (
     RESUME_FLAGS,
-    ModelConfig,
     NonFiniteLossError,
     TrainConfig,
     Trainer,
@@ -28,25 +28,11 @@ from agents.trainer import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32)
 
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(
-        task="oracle-hmm",
-        logdir=str(tmp_path / name),
-        max_steps=6,
-        batch_size=8,
-        ckpt_every=3,
-        log_every=2,
-        eval_samples=16,
-        warmup_steps=2,
-        progress=False,
-        device="cpu",
-        model=TINY,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    """The tiny training config with 16 evaluation samples."""
+    return tiny_train_config(tmp_path, name, **{"eval_samples": 16, **kw})
 
 
 def _params(trainer):
