@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .common.trajectory import sequence_batch
-from .policies.transformer import Block, PolicyConfig
+from .policies.transformer import Block, PolicyConfig, TransformerPolicy
 
 _POOLINGS = ("mean", "first")
 
@@ -160,7 +160,7 @@ class SequenceCritic(nn.Module):
             nn.init.zeros_(module.bias)
 
     @torch.no_grad()
-    def init_from_policy(self, policy: nn.Module) -> None:
+    def init_from_policy(self, policy: object) -> None:
         """Copy the trunk of a :class:`~agents.policies.transformer.TransformerPolicy`
         (``wte``, ``wpe``, ``blocks``, ``ln_f``) into this critic; the head and
         ``log_normalizer`` keep their values (zero at initialisation, so the
@@ -173,11 +173,11 @@ class SequenceCritic(nn.Module):
             (vocabulary, ``n_layer``, ``n_embd``, ``n_head``, LayerNorm/Linear
             biases) differ from this critic's.
         """
-        pc = getattr(policy, "config", None)
-        if not all(hasattr(policy, name) for name in ("wte", "wpe", "blocks", "ln_f")) or pc is None:
+        if not isinstance(policy, TransformerPolicy):
             raise ValueError(
                 f"init_from_policy needs a transformer policy with wte, wpe, blocks, ln_f; got {type(policy).__name__}"
             )
+        pc = policy.config
         c = self.config
         mine = (c.vocab_size, c.n_layer, c.n_head, c.n_embd)
         theirs = (pc.vocab_size, pc.n_layer, pc.n_head, pc.n_embd)

@@ -47,6 +47,7 @@ from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
 from .common.trajectory import TrajectoryBatch, token_log_probs
 from .mle import check_augmentation, demo_batch
+from .policies.base import Policy
 
 
 @dataclass
@@ -73,7 +74,7 @@ class EMOConfig:
         check_augmentation("EMOConfig", self.backspace_p, self.wrong_tokens)
 
 
-def output_embedding(policy: torch.nn.Module) -> torch.Tensor:
+def output_embedding(policy: Policy | torch.nn.Module) -> torch.Tensor:
     """The LM head's weight, rows ``[:vocab_size]``: FloatTensor ``[V, d]`` (a view; detach/clone it).
 
     :param policy: a policy (possibly DDP-wrapped or FSDP-sharded: then a

@@ -212,6 +212,14 @@ class CriticScore(StateScore):
         return torch.zeros(lengths.shape, dtype=torch.float64, device=lengths.device)
 
 
+def _score(reward: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | StateScore, task) -> StateScore:
+    """:func:`~seqenv.rewards.make_score` for a reward that is never ``"none"`` (GRPOConfig checks the names)."""
+    score = make_score(reward, task)
+    if score is None:
+        raise ValueError(f"GRPO needs a reward, got {reward!r}")
+    return score
+
+
 @register_learner
 class GRPOLearner:
     """GRPO / Dr. GRPO / RLOO on the policy's own rollouts (``--agent grpo``; module docstring).
@@ -236,7 +244,7 @@ class GRPOLearner:
         if cfg.reward.startswith("critic:"):
             self.score: StateScore = CriticScore(cfg.reward[len("critic:") :], ctx.task, ctx.device)
         else:
-            self.score = make_score(cfg.reward, ctx.task)
+            self.score = _score(cfg.reward, ctx.task)
         self.reference = None
         if cfg.kl != "none" and cfg.beta > 0:
             self.reference = copy.deepcopy(ctx.policy).eval().requires_grad_(False)
@@ -249,7 +257,7 @@ class GRPOLearner:
     def set_reward(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | StateScore) -> None:
         """Use a Python reward instead of ``cfg.reward``: ``fn(tokens LongTensor [B, L], lengths [B]) ->
         FloatTensor [B]`` on the final states (prompt + completion), paid on terminated episodes."""
-        self.score = make_score(fn, self.ctx.task)
+        self.score = _score(fn, self.ctx.task)
 
     def parameters(self):
         return self.model.parameters()
@@ -275,6 +283,7 @@ class GRPOLearner:
             reset_options=options,
         )
         rewards = episode_rewards(self.score, res)
+        assert res.action_masks is not None  # store_masks=True
         batch = res.to_batch()
         masks = torch.zeros(
             *batch.tokens.shape, res.action_masks.shape[-1], dtype=torch.bool, device=batch.tokens.device
@@ -310,6 +319,7 @@ class GRPOLearner:
             self.batch, self.uses = self._new_rollout(), 0
         self.uses += 1
         b = self.batch
+        assert b is not None  # set above on the first step
         log_p = self._log_probs(self.model, b)
         log_ref = None
         if self.reference is not None:

@@ -140,8 +140,11 @@ with logits ``[:, i-1]`` and leads to the state with logits ``[:, i]``.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -329,6 +332,11 @@ class SequenceMatchConfig:
 
 # ----------------------------------------------------------------------------
 # φ: the concave function of the implicit reward, one per divergence
+
+
+def _total(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of loss terms, added left to right as the built-in ``sum`` does (typed as a tensor)."""
+    return functools.reduce(operator.add, tensors)
 
 
 def phi_chi2(x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -611,24 +619,24 @@ def sequencematch_terms(
     inv4a_model = 1.0 / (4 * (cfg.alpha if cfg.alpha_model is None else cfg.alpha_model))
     if cfg.estimator == "trajectory":
 
-        def e_d(x):
+        def e_d(x: torch.Tensor) -> torch.Tensor:
             return x.mean()
 
-        def e_m(x):
+        def e_m(x: torch.Tensor) -> torch.Tensor:
             return x.mean()
 
-        def e_dm(x, y):
+        def e_dm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return torch.cat([x, y]).mean()
     else:  # uniform over transitions
         n_d, n_m = d["count"].sum().clamp(min=1), m["count"].sum().clamp(min=1)
 
-        def e_d(x):
+        def e_d(x: torch.Tensor) -> torch.Tensor:
             return x.sum() / n_d
 
-        def e_m(x):
+        def e_m(x: torch.Tensor) -> torch.Tensor:
             return x.sum() / n_m
 
-        def e_dm(x, y):
+        def e_dm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return (x.sum() + y.sum()) / (n_d + n_m)
 
     zero = torch.zeros((), device=logits_data.device)
@@ -668,7 +676,7 @@ def sequencematch_terms(
     mix_sm, mix_bc = (cfg.eta, 1 - cfg.eta) if cfg.mix == "convex" else (1.0, cfg.eta)
     out = {k: t * sm_scale * mix_sm for k, t in sm_raw.items()}
     out["bc"] = mix_bc * bc
-    sm = sum(sm_raw.values()) * sm_scale
+    sm = _total(sm_raw.values()) * sm_scale
 
     metrics = {
         "loss/reward_data": (terms["reward_data"] + terms["reward_wrong"]).item(),
@@ -677,7 +685,7 @@ def sequencematch_terms(
         "loss/terminal": (terms["tail_reward"] + terms["tail_chi2"] + terms["tail_value"]).item(),
         "loss/bc": bc.item(),
         "loss/sm": sm.item(),
-        "loss/total": sum(out.values()).item(),
+        "loss/total": _total(out.values()).item(),
         "reward/data_mean": (d["r_mean_sum"].sum() / data.num_actions.sum()).item(),
         "reward/model_mean": (m["r_mean_sum"].sum() / model.num_actions.sum()).item(),
         "value/v0": d["v0"].mean().item(),
@@ -736,7 +744,7 @@ def sequencematch_loss(
         not a BoolTensor of ``data``'s shape inside ``data.is_action``.
     """
     terms, metrics = sequencematch_terms(logits_data, data, logits_model, model, cfg, bc_mask, reward_mask)
-    return sum(terms.values()), metrics
+    return _total(terms.values()), metrics
 
 
 def level_decomposition(
@@ -794,7 +802,7 @@ def level_decomposition(
     }
     if cfg.wrong_token_value == "cancel":
         out["routing"] = out["routing"] * 0
-    out["truncation"] = five - sum(out.values())
+    out["truncation"] = five - _total(out.values())
     return out
 
 
@@ -1019,7 +1027,7 @@ class SequenceMatchLearner:
         terms, m = sequencematch_terms(
             logits[:B], data, logits[B:], sampled, self.cfg, bc_mask=bc_mask, reward_mask=reward_mask
         )
-        loss = sum(terms.values())
+        loss = _total(terms.values())
         metrics.update(m)
         every = self.cfg.diagnostics_every
         if every and not self._distributed and ((step + 1) % every == 0 or not self._diagnosed):  # first: the fork

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class NonFiniteLossError(RuntimeError):
 _POLICY_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
 
 
-def _size_default(name: str):
+def _size_default(name: str) -> Any:
     return {f.name: f.default for f in dataclasses.fields(PolicyConfig)}[name]
 
 
@@ -260,7 +260,8 @@ class _RunConfig:
         ``metrics.json`` then records ``"corpus_mismatch": true``.
     """
 
-    agent: Literal[AGENTS] = "mle"
+    # the registered learners' names, read by tyro for --agent's choices (a Literal built at import time)
+    agent: Literal[AGENTS] = "mle"  # pyright: ignore[reportInvalidTypeForm]
     task: str = "python-lines"
     logdir: str | None = None
     init: str | None = None
@@ -397,17 +398,20 @@ class _RunConfig:
 #: The run's config: the common flags plus one section per registered learner
 #: (``--mle.*``, ``--sequencematch.*``, ...), derived from the registry so that a
 #: new learner module brings its flags with it.
-TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig",
-    [(name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in LEARNERS.items()],
-    bases=(_RunConfig,),
-    namespace={
-        "__doc__": _RunConfig.__doc__.rstrip()
-        + "".join(f"\n    :param {name}: hyperparameters of the ``{name}`` learner." for name in LEARNERS)
-        + "\n    "
-    },
-)
-TrainConfig.__module__ = __name__
+if TYPE_CHECKING:  # a type checker sees the common fields; the learners' sections exist from import time on
+    TrainConfig = _RunConfig
+else:
+    TrainConfig = dataclasses.make_dataclass(
+        "TrainConfig",
+        [(name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in LEARNERS.items()],
+        bases=(_RunConfig,),
+        namespace={
+            "__doc__": (_RunConfig.__doc__ or "").rstrip()
+            + "".join(f"\n    :param {name}: hyperparameters of the ``{name}`` learner." for name in LEARNERS)
+            + "\n    "
+        },
+    )
+    TrainConfig.__module__ = __name__
 
 
 #: flags that may differ when a run is resumed: they do not change what the run computes
@@ -458,7 +462,7 @@ def resume_conflicts(saved: TrainConfig, requested: TrainConfig) -> list[str]:
     return out
 
 
-def _init_model_config(requested: ModelConfig, init_state: dict, init: str) -> ModelConfig:
+def _init_model_config(requested: ModelConfig, init_state: dict, init: str | None) -> ModelConfig:
     """The ``--model.*`` section of a run warm-started from ``init_state``: the checkpoint's sizes.
 
     ``--init`` keeps the checkpoint's architecture, so the saved ``config.json``
@@ -635,9 +639,11 @@ class Callback:
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
+    np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy (tuple) form, the default
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].tolist(),
+        "numpy": np_state[1].tolist(),
         "python": repr(random.getstate()),
     }
     if torch.cuda.is_available():
@@ -996,6 +1002,7 @@ class Trainer:
         """Rank 0: take over the run directory (``--overwrite`` deletes the old run now), write ``config.json``,
         open the TensorBoard writer."""
         cfg = self.cfg
+        assert self.run_dir is not None  # rank 0 holds it
         self.run_dir.start()
         (self.logdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         # a resumed run hides the events its killed predecessor logged after the checkpoint (steps > the
@@ -1174,8 +1181,9 @@ class Trainer:
                     if self.distributed:  # the mean over ranks (each rank's loss is its share's mean)
                         dist.all_reduce(mean_loss)
                         mean_loss /= self.world_size
-                    if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
-                        grad_norm = grad_norm.full_tensor()
+                    full_tensor = getattr(grad_norm, "full_tensor", None)
+                    if full_tensor is not None:  # FSDP: a replicated DTensor
+                        grad_norm = full_tensor()
                     metrics.update(
                         {
                             "train/loss": mean_loss.item(),

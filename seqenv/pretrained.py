@@ -116,8 +116,9 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "
     gguf = Path(gguf)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     model.to(getattr(torch, dtype))
     model.config.dtype = dtype
     model.save_pretrained(out)

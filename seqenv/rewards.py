@@ -262,6 +262,8 @@ def step_rewards(
                 reward[rows] = score.terminal(tokens[rows], lengths[rows])
             return reward, None
         return torch.where(terminated, score.terminal(tokens, lengths), 0.0), None
+    if potential_before is None:
+        raise ValueError("step rewards need potential_before, the potential of the states before the step")
     potential_after = score.potential(tokens, lengths)
     shaped = potential_after - potential_before
     at_eos = score.terminal(tokens, lengths) - potential_before

@@ -203,6 +203,8 @@ class TokenSequenceExtractor(BaseFeaturesExtractor):
     ):
         super().__init__(observation_space, features_dim)
         tokens_space = observation_space["tokens"]
+        if not isinstance(tokens_space, spaces.Box) or tokens_space.shape is None:
+            raise TypeError(f"observation_space['tokens'] must be a Box, got {tokens_space!r}")
         self.max_length = int(tokens_space.shape[0])
         vocab_size = int(tokens_space.high.max()) + 1
         self.embed = nn.Embedding(vocab_size, embed_dim)
@@ -232,7 +234,7 @@ def discrete_index(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(1) if x.shape[1] > 1 else x[:, 0].long()
 
 
-def _np(x):
+def _np(x: Any) -> Any:
     """Torch tensors (also inside dicts) to numpy arrays on the host."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()

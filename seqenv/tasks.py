@@ -106,7 +106,8 @@ class _MissingSplits(Mapping):
     def __eq__(self, other):
         return self is other
 
-    __hash__ = object.__hash__
+    def __hash__(self):
+        return object.__hash__(self)
 
     def __repr__(self):
         return f"<splits unavailable: {self.message}>"
@@ -152,7 +153,7 @@ class Task:
 
     name: str
     tokenizer: Tokenizer
-    splits: dict[str, list[str]]
+    splits: Mapping[str, list[str]]
     max_length: int
     prompts: list[str] | None = None
     validity: Callable[[str], bool] | None = None
@@ -505,7 +506,7 @@ def _tokenizer_for(
         return tokenizer_from_dict(kind)
     if isinstance(kind, str) and kind.startswith("hf:") and len(kind) > 3:
         return HFTokenizer(kind[3:])
-    if kind in PRETRAINED_NAMES:
+    if isinstance(kind, str) and kind in PRETRAINED_NAMES:
         return HFTokenizer(str(pretrained_dir(kind)), pretrained=kind)
     if kind == "char":
         return CharTokenizer(chars, unk=unk) if chars is not None else CharTokenizer.from_corpus(train, unk=unk)
@@ -562,7 +563,7 @@ def _text_task(
 ):
     splits = hash_splits(list(texts), name=name)
     tok = _tokenizer_for(tokenizer, chars, splits["train"], bpe_vocab_size, unk)
-    if chars is None and tokenizer == "char":
+    if chars is None and tokenizer == "char" and isinstance(tok, CharTokenizer):
         # held-out characters unseen in train: extend so every split encodes
         extra = sorted(set("".join(splits["valid"] + splits["test"] + (prompts or []))) - set(tok.chars))
         if extra:
@@ -998,7 +999,9 @@ def task_from_spec(spec: dict) -> Task:
         if problem:
             raise ValueError(problem)
         return task
-    source = spec.get("file") if isinstance(spec.get("file"), dict) else {}
+    source = spec.get("file")
+    if not isinstance(source, dict):
+        source = {}
     candidates = list(dict.fromkeys(p for p in (source.get("path"), name[len("file:") :]) if p))
     problems = []
     for path in candidates:
@@ -1014,7 +1017,7 @@ def task_from_spec(spec: dict) -> Task:
         if problem:
             problems.append(f"{path!r} no longer matches: {problem}")
             continue
-        if source.get("sha256") and task.source["sha256"] != source["sha256"]:
+        if source.get("sha256") and (task.source or {}).get("sha256") != source["sha256"]:
             warnings.warn(
                 f"task {name!r}: the file {path!r} differs from the one the spec was made from "
                 f"(SHA-256); its splits may differ",

@@ -156,6 +156,7 @@ def augment_with_backspace(
     insert &= choices > 0  # vocab_size 6: no wrong token exists before the only ordinary token
 
     if wrong_tokens == "model":
+        assert wrong_token_fn is not None  # checked at the top
         chosen = insert.nonzero().squeeze(1).tolist()
         prefixes = {}  # slot -> the state the wrong token is emitted in
         for i in chosen:

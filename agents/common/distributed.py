@@ -16,11 +16,21 @@ may take different numbers of steps), and reshards on exit.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from ..policies.base import Policy
+
+if TYPE_CHECKING:  # imported where used: torch.distributed.fsdp needs a build with distributed support
+    from torch.distributed.fsdp import FSDPModule
+
+#: the modules whose FSDP2 units :func:`gathered_params` holds gathered now (a nested call is a no-op)
+_GATHERED: weakref.WeakSet[nn.Module | Policy] = weakref.WeakSet()
 
 
 def is_distributed() -> bool:
@@ -48,17 +58,23 @@ def init_single_process_group(device: torch.device) -> None:
     store (no port). Leave it with ``torch.distributed.destroy_process_group()``.
     """
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    # HashStore is public (torch.distributed's docs) but missing from its stub's re-exports
+    store = dist.HashStore()  # pyright: ignore[reportPrivateImportUsage]
+    dist.init_process_group(backend, store=store, rank=0, world_size=1)
 
 
-def fsdp_modules(module: nn.Module) -> list[nn.Module]:
+def fsdp_modules(module: nn.Module | Policy) -> list[FSDPModule]:
     """The FSDP2 units inside ``module`` (``FSDPModule`` instances), root last; empty if not sharded."""
     from torch.distributed.fsdp import FSDPModule
 
-    return [m for m in module.modules() if isinstance(m, FSDPModule)][::-1]
+    units: list[FSDPModule] = []
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            units.append(m)
+    return units[::-1]
 
 
-def is_sharded(module: nn.Module) -> bool:
+def is_sharded(module: nn.Module | Policy) -> bool:
     """Whether ``module`` holds FSDP2 units (a policy sharded by :func:`shard_hf_policy`)."""
     return bool(fsdp_modules(module))
 
@@ -85,7 +101,9 @@ def shard_hf_policy(policy: nn.Module, device: torch.device, compute_dtype: torc
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    lm = policy.lm
+    lm = getattr(policy, "lm", None)
+    if not isinstance(lm, nn.Module):
+        raise ValueError(f"--dist fsdp shards Hugging Face policies (with an .lm), got {type(policy).__name__}")
     layers = getattr(getattr(lm, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
         raise ValueError(
@@ -98,11 +116,12 @@ def shard_hf_policy(policy: nn.Module, device: torch.device, compute_dtype: torc
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(lm, mesh=mesh, mp_policy=mp)
-    policy.compute_dtype = mp.param_dtype or lm.dtype
+    # nn.Module.__setattr__ is typed for tensors and modules; this is a plain attribute of HFPolicy
+    setattr(policy, "compute_dtype", mp.param_dtype or lm.dtype)  # noqa: B010
 
 
 @contextlib.contextmanager
-def gathered_params(module: nn.Module) -> Iterator[None]:
+def gathered_params(module: nn.Module | Policy) -> Iterator[None]:
     """Hold ``module``'s FSDP2 units all-gathered (unsharded) inside the block; a no-op if it is not sharded
     or already gathered.
 
@@ -113,17 +132,17 @@ def gathered_params(module: nn.Module) -> Iterator[None]:
     For no-grad use (rollouts, evaluation).
     """
     units = fsdp_modules(module)
-    if not units or getattr(module, "_seqenv_gathered", False):
+    if not units or module in _GATHERED:
         yield
         return
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
-    module._seqenv_gathered = True
+    _GATHERED.add(module)
     try:
         yield
     finally:
-        module._seqenv_gathered = False
+        _GATHERED.discard(module)
         for unit in units:
             unit.reshard()
             unit.set_reshard_after_forward(True, recurse=False)

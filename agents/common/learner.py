@@ -66,6 +66,7 @@ class Learner(Protocol):
 
     def parameters(self) -> Iterable[torch.nn.Parameter]:
         """Exactly what the optimiser trains and clips."""
+        ...
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """A scalar loss (nats) for ``demos`` at optimiser step ``step``, and metrics.
@@ -74,9 +75,11 @@ class Learner(Protocol):
         ``train/``, ``rollout/`` or ``eval/``; ``"train/tokens"`` is popped by
         the trainer for ``train/tokens_per_s``.
         """
+        ...
 
     def state_dict(self) -> dict:
         """Extra state for checkpoints (plain tensors, lists, numbers: ``weights_only`` loads)."""
+        ...
 
     def load_state_dict(self, state: dict) -> None: ...
 

@@ -42,6 +42,7 @@ class Policy(Protocol):
             reached after ``tokens[:, :i+1]`` with backspaces applied
             (METHODS.md §1 layout).
         """
+        ...
 
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[Any, torch.Tensor]:
         """Start incremental decoding (no gradients).
@@ -51,6 +52,7 @@ class Policy(Protocol):
         :param lengths: LongTensor ``[B]`` in ``[1, T]``.
         :return: ``(cache, logits FloatTensor[B, V])``; the cache is opaque.
         """
+        ...
 
     def decode_step(self, cache: Any, actions: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """Apply one action per row (in place; no gradients): ``backspace`` pops the
@@ -59,13 +61,30 @@ class Policy(Protocol):
 
         :return: FloatTensor ``[B, V]``, logits of each row's state after the step.
         """
+        ...
 
     def policy_spec(self) -> dict:
         """JSON-able ``{"family": ..., "config": {...}}``; :func:`agents.policies.build_policy` rebuilds it."""
+        ...
+
+    # the torch.nn.Module methods that rollout, the learners and the checkpoints call
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
     def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
 
+    def modules(self) -> Iterator[torch.nn.Module]: ...
+
     def state_dict(self, *args, **kwargs) -> dict: ...
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def requires_grad_(self, requires_grad: bool = True) -> Any: ...
 
 
 # ---------------------------------------------------------------------------

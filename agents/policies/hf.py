@@ -91,9 +91,13 @@ import os
 import shutil
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:  # transformers is optional (the `hf` extra): imported where a policy is built
+    from transformers import PreTrainedModel
 
 from seqenv.checks import check_number
 from seqenv.pretrained import PRETRAINED_NAMES, file_sha256, pretrained_dir, pretrained_sha256
@@ -238,7 +242,7 @@ class HFPolicy(nn.Module):
         self.special_ids = dict(self.seq_tokenizer.special_ids)
         self._spec_config.update(start_token=self.seq_tokenizer.start_token, end_token=self.seq_tokenizer.end_token)
         self.vocab_size = len(tokenizer)
-        rows = lm.get_input_embeddings().weight.shape[0]
+        rows = _weight(lm.get_input_embeddings()).shape[0]
         if rows < self.vocab_size:
             raise ValueError(f"input embedding has {rows} rows, fewer than the tokenizer's {self.vocab_size} ids")
         config = lm.config.get_text_config(decoder=True)
@@ -259,10 +263,10 @@ class HFPolicy(nn.Module):
     # ------------------------------------------------------------ construction
 
     @property
-    def lm(self) -> nn.Module:
+    def lm(self) -> PreTrainedModel:
         """The ``transformers`` model (the peft base model when LoRA is on; LoRA layers live inside it)."""
         get_base = getattr(self.model, "get_base_model", None)
-        return get_base() if get_base is not None else self.model
+        return cast("PreTrainedModel", get_base() if get_base is not None else self.model)
 
     @classmethod
     def from_pretrained(
@@ -322,7 +326,8 @@ class HFPolicy(nn.Module):
         new_ids = seq_tokenizer.added_ids
         init_new_token_rows(model, len(tokenizer) - len(new_ids), new_ids)
         model.config.pad_token_id = tokenizer.pad_token_id
-        model.to(device)
+        # transformers types the loaded model as its generation mixin, on which pyright cannot bind nn.Module.to
+        model.to(device)  # pyright: ignore[reportArgumentType]
         if gradient_checkpointing:  # transformers >= 5.24 renamed it; the old name warns and goes in v6
             if hasattr(model, "activation_checkpointing_enable"):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -446,13 +451,14 @@ class HFPolicy(nn.Module):
             by :func:`agents.common.distributed.full_state_dicts`).
         """
         os.makedirs(directory, exist_ok=True)
+        model = cast("PreTrainedModel", self.model)  # or a peft model: both have save_pretrained
         if state_dict is not None:  # keys of this module -> keys of self.model
             sub = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-            self.model.save_pretrained(directory, state_dict=sub)
+            model.save_pretrained(directory, state_dict=sub)
         elif self.uses_lora:  # the added tokens' rows are trainable tokens of the adapter, not whole embeddings
-            self.model.save_pretrained(directory, save_embedding_layers=False)
+            model.save_pretrained(directory, save_embedding_layers=False)
         else:
-            self.model.save_pretrained(directory)
+            model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         with open(os.path.join(directory, _SPEC_FILE), "w") as f:
             json.dump(self.policy_spec(), f, indent=2)
@@ -611,6 +617,17 @@ class HFPolicy(nn.Module):
         return cache.logits.clone()
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """An embedding layer's ``weight``.
+
+    :raises TypeError: if the module has no tensor ``weight``.
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
+
+
 def _attention_error(impl) -> str:
     return (
         f"attn_implementation {impl!r} is not supported by HFPolicy: the backspace layout needs a 4D "
@@ -619,7 +636,7 @@ def _attention_error(impl) -> str:
     )
 
 
-def init_new_token_rows(model: nn.Module, old_n: int, new_ids: list[int]) -> None:
+def init_new_token_rows(model: PreTrainedModel, old_n: int, new_ids: list[int]) -> None:
     """Give a causal LM rows for tokens added to its tokenizer, mean-initialised, in place.
 
     Resizes the embeddings only if they have fewer rows than ``old_n +
@@ -632,10 +649,10 @@ def init_new_token_rows(model: nn.Module, old_n: int, new_ids: list[int]) -> Non
     """
     if not new_ids:
         return
-    if model.get_input_embeddings().weight.shape[0] < old_n + len(new_ids):
+    if _weight(model.get_input_embeddings()).shape[0] < old_n + len(new_ids):
         model.resize_token_embeddings(old_n + len(new_ids), mean_resizing=False)
     with torch.no_grad():
-        emb_in = model.get_input_embeddings().weight
+        emb_in = _weight(model.get_input_embeddings())
         emb_in[new_ids] = emb_in[:old_n].mean(dim=0)
         out = model.get_output_embeddings()
         if out is not None and out.weight is not emb_in:
@@ -665,7 +682,7 @@ def base_sha256(path: str | os.PathLike, pretrained: str | None = None) -> str |
     return h.hexdigest()
 
 
-def _wrap_lora(model: nn.Module, tokenizer, lora: LoraSettings) -> nn.Module:
+def _wrap_lora(model: PreTrainedModel, tokenizer, lora: LoraSettings) -> nn.Module:
     """peft LoRA with trainable rows for :data:`BACKSPACE_TOKEN` and :data:`PAD_TOKEN`-style added ids."""
     try:
         import peft
@@ -679,7 +696,8 @@ def _wrap_lora(model: nn.Module, tokenizer, lora: LoraSettings) -> nn.Module:
         trainable[names[emb_out].split(".")[-1]] = token_ids
     config = peft.LoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        # peft annotates lora_alpha as int; it takes any number (the update is scaled by alpha / r)
+        lora_alpha=lora.alpha,  # pyright: ignore[reportArgumentType]
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         trainable_token_indices=trainable,

@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -497,7 +498,7 @@ class TransformerPolicy(nn.Module):
         pos = lengths.clamp(max=c.block_size - 1)  # slot of the pushed token (throwaway for other rows)
         ids = torch.where(push, actions, c.pad_id)
         x = self.drop(self.wte(ids) + self.wpe(pos))[:, None, :]  # [B, 1, C]
-        for layer, block in enumerate(self.blocks):
+        for layer, block in enumerate(cast("list[Block]", self.blocks)):
             x = block.decode(x, cache.k[layer], cache.v[layer], pos, push)
         new_logits = self.lm_head(self.ln_f(x[:, 0]))  # [B, V]
         cache.logits[rows, pos] = torch.where(push[:, None], new_logits, cache.logits[rows, pos])

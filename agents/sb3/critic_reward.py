@@ -333,7 +333,7 @@ class CriticKLReward(VecEnvWrapper):
         self.critic, self.reference, self.beta, self.device = critic, reference.eval(), float(beta), device
         self.estimator, self.score_shift, self.score_scale = estimator, float(score_shift), float(score_scale)
         self.reference.requires_grad_(False)
-        self.policy = None
+        self.policy: torch.nn.Module | None = None
         self._obs: dict | None = None
         self._masks: np.ndarray | None = None
         self._actions: np.ndarray | None = None
@@ -351,6 +351,8 @@ class CriticKLReward(VecEnvWrapper):
 
     def step_wait(self):
         obs, env_reward, dones, infos = self.venv.step_wait()
+        if self._obs is None or self._masks is None:
+            raise RuntimeError("step_wait() called before reset()")
         actions = torch.as_tensor(self._actions, dtype=torch.long, device=self.device)
         log_ref = self.log_probs(self.reference, self._obs, self._masks)
         if self.policy is not None:
@@ -385,8 +387,10 @@ class CriticKLReward(VecEnvWrapper):
         self._remember(obs)
         return obs, reward.astype(np.float32), dones, infos
 
-    def _remember(self, obs: dict) -> None:
+    def _remember(self, obs) -> None:
         """Keep the current states and masks: the next step's log-probabilities are taken there."""
+        if not isinstance(obs, dict):
+            raise TypeError(f"expected dict observations (tokens, length), got {type(obs).__name__}")
         self._obs = {k: np.array(v) for k, v in obs.items()}
         self._masks = np.stack(self.venv.env_method("action_masks")).astype(bool)
 
@@ -454,12 +458,15 @@ class RewardTermsCallback(BaseCallback):
             self.logger.record("rollout/kl_to_init_mean", kl)
             if beta is not None:
                 self.logger.record("rollout/objective_mean", float(np.mean(self._critic)) - beta * kl)
-            if self.kl_target is not None and self.reward is not None:
-                n = self.model.n_steps * self.model.n_envs
+            if self.kl_target is not None and self.reward is not None and beta is not None:
+                ppo = self.model
+                if not isinstance(ppo, MaskablePPO):
+                    raise TypeError(f"the adaptive KL controller drives MaskablePPO, got {type(ppo).__name__}")
+                n = ppo.n_steps * ppo.n_envs
                 beta = adaptive_beta(beta, kl, self.kl_target, n, self.horizon)
                 self.reward.beta = beta
-                if getattr(self.model.policy, "kl_reference", None) is not None:
-                    self.model.ent_coef = beta
+                if getattr(ppo.policy, "kl_reference", None) is not None:
+                    ppo.ent_coef = beta
         if beta is not None:
             self.logger.record("train/beta", beta)
 
@@ -486,6 +493,7 @@ def evaluate(policy, reference, critic, task, beta: float, num_samples: int, dev
     venv = make_vector_env(task, num_samples, device)
     res = rollout(policy, venv, seed=seed, generator=torch.Generator(device=device).manual_seed(seed), store_masks=True)
     batch = res.to_batch()
+    assert res.action_masks is not None  # store_masks=True
     S = res.actions.shape[1]
     masks = torch.zeros(*batch.tokens.shape, res.action_masks.shape[-1], dtype=torch.bool, device=batch.tokens.device)
     masks[batch.is_action] = res.action_masks[torch.arange(S, device=masks.device)[None] < res.num_actions[:, None]]
@@ -552,11 +560,19 @@ def make_ppo(
         seed=cfg.seed,
         device=device,
     )
-    ppo.policy.actor.load_state_dict(reference.state_dict())  # π starts at π0
-    reward.policy = ppo.policy.actor  # the log π term of the KL penalty
+    policy = _policy_of(ppo)
+    policy.actor.load_state_dict(reference.state_dict())  # π starts at π0
+    reward.policy = policy.actor  # the log π term of the KL penalty
     if exact:
-        ppo.policy.set_kl_reference(reference)  # the differentiable per-state KL penalty in the loss
+        policy.set_kl_reference(reference)  # the differentiable per-state KL penalty in the loss
     return ppo, reward, RewardTermsCallback(reward, cfg.kl_target, cfg.kl_horizon)
+
+
+def _policy_of(ppo: MaskablePPO) -> TransformerMaskablePolicy:
+    """The PPO run's actor-critic (SB3 types it as any actor-critic policy)."""
+    if not isinstance(ppo.policy, TransformerMaskablePolicy):
+        raise TypeError(f"expected a TransformerMaskablePolicy, got {type(ppo.policy).__name__}")
+    return ppo.policy
 
 
 def run(cfg: PPOCriticConfig) -> dict:
@@ -596,9 +612,10 @@ def _run(cfg: PPOCriticConfig, device, reference, task, state, critic) -> dict:
         shift, scale = float(scores.mean()), max(float(scores.std()), 1e-6)
     ppo, reward, callback = make_ppo(cfg, reference, state["policy"]["config"], critic, task, device, shift, scale)
     ppo.learn(cfg.total_timesteps, callback=callback, tb_log_name="ppo", progress_bar=cfg.progress)
-    ppo.env.close()
+    if ppo.env is not None:
+        ppo.env.close()
 
-    actor = ppo.policy.actor
+    actor = _policy_of(ppo).actor
     after = evaluate(actor, reference, critic, task, reward.beta, cfg.eval_samples, device, cfg.seed)
     logdir = Path(cfg.logdir)
     save_checkpoint(
@@ -609,7 +626,7 @@ def _run(cfg: PPOCriticConfig, device, reference, task, state, critic) -> dict:
             "model": actor.state_dict(),
             "config": asdict(cfg),
             "step": int(ppo.num_timesteps),
-            "learner": {"value_head": ppo.policy.value_net.state_dict()},
+            "learner": {"value_head": _policy_of(ppo).value_net.state_dict()},
         },
         logdir / "checkpoint.pt",
     )

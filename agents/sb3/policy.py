@@ -68,7 +68,10 @@ class TransformerStateExtractor(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim=config.n_embd)
         if not isinstance(observation_space, spaces.Dict) or not {"tokens", "length"} <= set(observation_space.spaces):
             raise ValueError(f"observation space must be a Dict with 'tokens' and 'length', got {observation_space}")
-        self.max_length = int(observation_space["tokens"].shape[0])
+        tokens_shape = observation_space["tokens"].shape
+        if not tokens_shape:
+            raise ValueError(f"observation space 'tokens' must have a shape [L], got {observation_space['tokens']}")
+        self.max_length = int(tokens_shape[0])
         if config.block_size < self.max_length + 1:
             raise ValueError(f"policy block_size {config.block_size} < env max_length + 1 = {self.max_length + 1}")
         self.policy = TransformerPolicy(config)
@@ -84,6 +87,8 @@ class TransformerStateExtractor(BaseFeaturesExtractor):
         bos = torch.full((len(tokens), 1), BOS_ID, dtype=torch.long, device=tokens.device)
         self.policy(torch.cat([bos, tokens], 1))  # fills self._hidden, [B, L + 1, n_embd]
         hidden, self._hidden = self._hidden, None
+        if hidden is None:
+            raise RuntimeError("the final layer norm's forward hook did not run")
         return hidden[torch.arange(len(tokens), device=tokens.device), length]
 
 
@@ -143,7 +148,7 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
     def set_kl_reference(self, model: TransformerPolicy | None) -> None:
         """Attach π0 for the exact-KL penalty (``None`` detaches it). Kept outside the module tree: never
         trained, saved or moved by SB3."""
-        self.__dict__["_kl_reference"] = model
+        vars(self)["_kl_reference"] = model
 
     def __init__(
         self,
@@ -171,22 +176,30 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
     @property
     def actor(self) -> TransformerPolicy:
         """The :class:`TransformerPolicy` (save its ``state_dict`` as a seqenv checkpoint)."""
-        return self.features_extractor.policy
+        extractor = self.features_extractor
+        if not isinstance(extractor, TransformerStateExtractor):
+            raise TypeError(f"the features extractor is {type(extractor).__name__}, not TransformerStateExtractor")
+        return extractor.policy
 
     def _build(self, lr_schedule) -> None:
         self._build_mlp_extractor()  # net_arch=[]: identity, latent width n_embd
         self.action_net = self.actor.lm_head
         self.value_net = ValueHead(self.features_dim, self.value_hidden, self.detach_value)
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # SB3 types optimizer_class as type[Optimizer], whose __init__ takes no lr (its own policies do the same)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # pyright: ignore[reportCallIssue]
 
-    def evaluate_actions(self, obs, actions: torch.Tensor, action_masks=None):
+    def evaluate_actions(self, obs: torch.Tensor | dict[str, torch.Tensor], actions: torch.Tensor, action_masks=None):
         """SB3's ``(values, log_prob, entropy)``; with :attr:`kl_reference` the third item is ``-KL(π ‖ π0)``
         per state (FloatTensor ``[B]``, nats)."""
         if self.kl_reference is None:
-            return super().evaluate_actions(obs, actions, action_masks)
+            # sb3-contrib annotates obs as a tensor; with a Dict observation space it is a dict of tensors
+            return super().evaluate_actions(obs, actions, action_masks)  # pyright: ignore[reportArgumentType]
         latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
         distribution = self._get_action_dist_from_latent(latent_pi)
-        logits = distribution.distribution.logits.float()  # the actor's logits [B, V]
+        categorical = distribution.distribution
+        if not isinstance(categorical, torch.distributions.Categorical):
+            raise TypeError(f"expected one categorical action distribution, got {categorical!r}")
+        logits = categorical.logits.float()  # the actor's logits [B, V]
         mask = (
             torch.ones_like(logits, dtype=torch.bool)
             if action_masks is None
@@ -194,6 +207,8 @@ class TransformerMaskablePolicy(MaskableActorCriticPolicy):
         )
         if action_masks is not None:
             distribution.apply_masking(action_masks)
+        if not isinstance(obs, dict):
+            raise TypeError(f"observations must be a dict with 'tokens' and 'length', got {type(obs).__name__}")
         tokens, length = obs["tokens"].long(), discrete_index(obs["length"])
         bos = torch.full((len(tokens), 1), BOS_ID, dtype=torch.long, device=tokens.device)
         with torch.no_grad():
