@@ -639,8 +639,8 @@ class Callback:
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
-    np_state = np.random.get_state()
-    assert isinstance(np_state, tuple)  # the legacy (tuple) form, the default
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy form (numpy's stub claims legacy=False is the default)
     state = {
         "torch": torch.get_rng_state(),
         "numpy": np_state[1].tolist(),

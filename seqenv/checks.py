@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 
 def check_number(
@@ -34,15 +34,16 @@ def check_number(
         for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt))
         if b is not None
     ]
+    v = cast(float, value)  # compared only once known real (typeshed's numbers.Real declares no comparisons)
     ok = (
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
         and (isinstance(value, numbers.Integral) or not integer)
-        and math.isfinite(value)
-        and (ge is None or value >= ge)
-        and (gt is None or value > gt)
-        and (le is None or value <= le)
-        and (lt is None or value < lt)
+        and math.isfinite(v)
+        and (ge is None or v >= ge)
+        and (gt is None or v > gt)
+        and (le is None or v <= le)
+        and (lt is None or v < lt)
     )
     if not ok:
         kind = "an integer" if integer else "a finite number"

@@ -414,9 +414,9 @@ class SeqGenVectorEnv(EnvConfigView, VectorEnv):
         """
         x = self._x
         if table is None:
-            table, lengths, index = self._prompt_table, self._prompt_lengths, None
+            prompts, lengths, index = self._prompt_table, self._prompt_lengths, None
         else:
-            table, lengths, index = table
+            prompts, lengths, index = table
         if self.backend == "numpy":
             # CPU: write the restarting rows only (cheaper than [B, L] selects)
             r = rows.nonzero()[0]
@@ -428,9 +428,9 @@ class SeqGenVectorEnv(EnvConfigView, VectorEnv):
                 x["tokens"][r] = self.ids.pad
                 return
             x["episode"][r] += 1
-            idx = index[r] if index is not None else prompt_index(x["key"][r], x["episode"][r], len(table))
+            idx = index[r] if index is not None else prompt_index(x["key"][r], x["episode"][r], len(prompts))
             x["length"][r] = x["prompt_length"][r] = lengths[idx]
-            x["tokens"][r] = table[idx]
+            x["tokens"][r] = prompts[idx]
         else:
             # accelerators: selects over the whole batch, no host sync
             x["steps"].masked_fill_(rows, 0)
@@ -440,11 +440,11 @@ class SeqGenVectorEnv(EnvConfigView, VectorEnv):
                 x["tokens"].masked_fill_(rows[:, None], self.ids.pad)
                 return
             x["episode"] += rows
-            idx = index if index is not None else prompt_index(x["key"], x["episode"], len(table))
+            idx = index if index is not None else prompt_index(x["key"], x["episode"], len(prompts))
             n = torch.where(rows, lengths[idx], x["length"])
             x["length"][...] = n
             x["prompt_length"][...] = torch.where(rows, n, x["prompt_length"])
-            x["tokens"][...] = torch.where(rows[:, None], table[idx], x["tokens"])
+            x["tokens"][...] = torch.where(rows[:, None], prompts[idx], x["tokens"])
 
     def _table(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Padded prompt table int64 ``[P, L]`` and lengths ``[P]``."""
