@@ -238,10 +238,7 @@ def test_validity_score_is_the_env_reward_hand_checked():
     text, 0 otherwise, rescaled by (r - shift)/scale at the step that ends the episode, beside β·k_t."""
     task = make_task("python-lines")
     tok, beta = task.tokenizer, 0.5
-    torch.manual_seed(0)
-    policy = TransformerPolicy(
-        PolicyConfig(vocab_size=tok.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=32)
-    ).eval()
+    policy = make_tiny_policy(task).eval()
     venv = make_vector_env(task, 2, "cpu", reward="validity")
     env = critic_reward.CriticKLReward(SB3VecEnv(venv), None, policy, beta, "cpu", score_shift=0.5, score_scale=2.0)
     env.reset()
@@ -284,12 +281,7 @@ def test_ppo_script_with_the_verifiable_reward(tmp_path, capsys):
     """``--critic validity`` runs without a critic checkpoint: the score is the task's validity (arithmetic:
     a conditional task, the prompt counted in the checked text), before = the start policy's."""
     task = make_task("arithmetic")
-    torch.manual_seed(0)
-    policy = TransformerPolicy(
-        PolicyConfig(
-            vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=2, n_embd=32
-        )
-    )
+    policy = make_tiny_policy(task)
     mle = tmp_path / "mle.pt"
     save_checkpoint(
         {"agent": "mle", "task": task.spec(), "policy": policy.policy_spec(), "model": policy.state_dict(), "step": 0},
