@@ -315,7 +315,7 @@ class CriticKLReward(VecEnvWrapper):
     def __init__(
         self,
         venv: VecEnv,
-        critic: SequenceCritic,
+        critic: SequenceCritic | None,
         reference,
         beta: float,
         device,
