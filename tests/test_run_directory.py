@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY_FLAGS, TINY_RUN, error_line, snapshot
+from tiny import TINY_RUN, corpus_run_flags, error_line, snapshot
 
 from agents.common.checkpoint import load_checkpoint
 from agents.common.cli import RunDirectoryError
@@ -165,21 +165,7 @@ def test_generate_from_a_moved_file_corpus(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"x{i % 9} = y{i % 5}\n" for i in range(60)), encoding="utf-8")
     logdir = tmp_path / "run"
-    train.main(
-        [
-            "--task",
-            f"file:{corpus}",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "4",
-            "--eval-samples",
-            "2",
-            "--logdir",
-            str(logdir),
-            *TINY_FLAGS,
-        ]
-    )
+    train.main(corpus_run_flags(corpus, logdir))
     corpus.rename(tmp_path / "elsewhere.txt")
     out = tmp_path / "samples.txt"
     texts = generate.main(

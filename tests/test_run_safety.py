@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY_FLAGS, TINY_RUN, error_line, snapshot, tiny_train_config
+from tiny import TINY_FLAGS, TINY_RUN, corpus_run_flags, error_line, snapshot, tiny_train_config
 
 from agents.common import rundir
 from agents.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -88,21 +88,7 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
     corpus = tmp_path / "data.txt"
     corpus.write_text("".join(f"ab{i % 7} = c{i % 5}\n" for i in range(80)), encoding="utf-8")
     logdir = tmp_path / "run"
-    train.main(
-        [
-            "--task",
-            f"file:{corpus}",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "4",
-            "--eval-samples",
-            "2",
-            "--logdir",
-            str(logdir),
-            *TINY_FLAGS,
-        ]
-    )
+    train.main(corpus_run_flags(corpus, logdir))
     state = load_checkpoint(logdir / "checkpoint.pt")
     saved_hash = make_task(f"file:{corpus}").corpus_hash
     assert state["corpus_sha256"] == saved_hash
@@ -623,21 +609,7 @@ def test_15_bom_warnings_pickle_message_and_file_modes(tmp_path, capsys):
     # a warning (2 distinct lines: held-out = training data) is one "warning: ..." line, no source line
     logdir = tmp_path / "run"
     capsys.readouterr()
-    train.main(
-        [
-            "--task",
-            f"file:{corpus}",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--eval-samples",
-            "2",
-            "--logdir",
-            str(logdir),
-            *TINY_FLAGS,
-        ]
-    )
+    train.main(corpus_run_flags(corpus, logdir, batch_size=2))
     err = capsys.readouterr().err
     warned = [line for line in err.splitlines() if "distinct texts" in line]
     assert warned and all(line.startswith("warning: task ") for line in warned)

@@ -41,6 +41,12 @@ HF_WORDS = ["red", "green", "blue", "cat", "dog", "runs", "sits", "the", "a", "b
 HF_LINES = [f"the {a} {b} {c}" for a in ("red", "big", "blue") for b in ("cat", "dog") for c in ("runs", "sits")]
 
 
+def corpus_run_flags(corpus: Path, logdir: Path, batch_size: int = 4) -> list[str]:
+    """train.py flags for one step of the tiny model on ``file:{corpus}`` into ``logdir`` (2 evaluation samples)."""
+    flags = ["--task", f"file:{corpus}", "--max-steps", "1", "--batch-size", str(batch_size), "--eval-samples", "2"]
+    return [*flags, "--logdir", str(logdir), *TINY_FLAGS]
+
+
 def make_tiny_policy(
     task: Task, seed: int = 0, *, n_layer: int = 1, n_head: int = 2, n_embd: int = 32, block_size: int | None = None
 ) -> TransformerPolicy:
