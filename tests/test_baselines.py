@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_train_config
+from tiny import BASELINE_CASES, tiny_train_config
 
 from agents.common.checkpoint import load_checkpoint
 from agents.common.trajectory import TrajectoryBatch, action_log_softmax, collate, token_log_probs, wrong_token_mask
@@ -217,21 +217,11 @@ def test_action_log_softmax_agrees_with_the_gather():
 
 # ----------------------------------------------------------------------------- learners via the Trainer
 
-CASES = {
-    "unlikelihood": {"unlikelihood": UnlikelihoodConfig(backspace_p=0.1)},
-    "tailr": {"tailr": TaiLrConfig(backspace_p=0.1)},
-    "mixce": {"mixce": MixCEConfig(backspace_p=0.1)},
-    "emo": {"emo": EMOConfig(backspace_p=0.1)},
-    "scheduled_sampling": {
-        "scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5, backspace_p=0.1)
-    },
-}
-
 
 @pytest.mark.parametrize("agent", BASELINES)
 @pytest.mark.parametrize("task", ["oracle-hmm", "arithmetic"])
 def test_baseline_resumes_exactly(tmp_path, agent, task):
-    kw = dict(agent=agent, task=task, **CASES[agent])
+    kw = dict(agent=agent, task=task, **BASELINE_CASES[agent])
     full = Trainer(tiny_train_config(tmp_path, "full", **kw))
     m_full = full.train()
     full.close()

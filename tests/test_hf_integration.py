@@ -18,22 +18,17 @@ pytest.importorskip("peft")
 
 from gymnasium.utils.env_checker import check_env as gym_check_env  # noqa: E402
 from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
-from tiny import HF_LINES, make_tiny_hf_dir, tiny_train_config  # noqa: E402
+from tiny import BASELINE_CASES, HF_LINES, make_tiny_hf_dir, tiny_train_config  # noqa: E402
 from tolerances import rounding_atol, transformer_chain_length  # noqa: E402
 
 from agents.common.checkpoint import load_checkpoint, load_policy  # noqa: E402
 from agents.common.demos import augment_with_backspace  # noqa: E402
 from agents.common.trajectory import collate, wrong_token_mask  # noqa: E402
 from agents.earm import EARMConfig  # noqa: E402
-from agents.emo import EMOConfig  # noqa: E402
-from agents.mixce import MixCEConfig  # noqa: E402
 from agents.mle import MLEConfig  # noqa: E402
 from agents.nce import NCEConfig  # noqa: E402
-from agents.scheduled_sampling import ScheduledSamplingConfig  # noqa: E402
 from agents.sequencematch import SequenceMatchConfig  # noqa: E402
-from agents.tailr import TaiLrConfig  # noqa: E402
 from agents.trainer import Callback, LoraFlags, ModelConfig, TrainConfig, Trainer  # noqa: E402
-from agents.unlikelihood import UnlikelihoodConfig  # noqa: E402
 from scripts import evaluate, generate, train  # noqa: E402
 from seqenv import SpecialIds, make_task  # noqa: E402
 
@@ -153,13 +148,7 @@ LEARNER_CASES = {
     "earm": {"earm": EARMConfig(start_step=10)},
     "nce": {"nce": NCEConfig(refresh_every=5, critic_n_layer=1, critic_n_head=2, critic_n_embd=32)},
     # the exposure-bias baselines (agents/unlikelihood.py, tailr.py, mixce.py, emo.py, scheduled_sampling.py)
-    "unlikelihood": {"unlikelihood": UnlikelihoodConfig(backspace_p=0.1)},
-    "tailr": {"tailr": TaiLrConfig(backspace_p=0.1)},
-    "mixce": {"mixce": MixCEConfig(backspace_p=0.1)},
-    "emo": {"emo": EMOConfig(backspace_p=0.1)},
-    "scheduled_sampling": {
-        "scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5, backspace_p=0.1)
-    },
+    **BASELINE_CASES,
 }
 
 

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from agents.emo import EMOConfig
+from agents.mixce import MixCEConfig
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
+from agents.scheduled_sampling import ScheduledSamplingConfig
+from agents.tailr import TaiLrConfig
 from agents.trainer import ModelConfig, TrainConfig
+from agents.unlikelihood import UnlikelihoodConfig
 from seqenv.tasks import Task
 
 #: the tiny transformer of most tests: 1 layer, 2 heads, width 32 (a few thousand parameters, ~ms per step on a CPU)
@@ -35,6 +40,17 @@ TINY_RUN = [
     "1",
     *TINY_FLAGS,
 ]
+
+#: the config section of each exposure-bias baseline in the tests' short runs (backspace augmentation on)
+BASELINE_CASES = {
+    "unlikelihood": {"unlikelihood": UnlikelihoodConfig(backspace_p=0.1)},
+    "tailr": {"tailr": TaiLrConfig(backspace_p=0.1)},
+    "mixce": {"mixce": MixCEConfig(backspace_p=0.1)},
+    "emo": {"emo": EMOConfig(backspace_p=0.1)},
+    "scheduled_sampling": {
+        "scheduled_sampling": ScheduledSamplingConfig(schedule="constant", p_max=0.5, backspace_p=0.1)
+    },
+}
 
 #: words and lines of the tiny HF model's tokenizer and of its training corpus
 HF_WORDS = ["red", "green", "blue", "cat", "dog", "runs", "sits", "the", "a", "big"]
