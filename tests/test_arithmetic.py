@@ -153,6 +153,7 @@ def test_spec_rebuilds_the_task():
         (dict(prompts=["x"]), "arithmetic draws its prompts"),
     ],
 )
+@pytest.mark.slow
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         arithmetic(**kwargs)

@@ -218,6 +218,7 @@ def test_action_log_softmax_agrees_with_the_gather():
 # ----------------------------------------------------------------------------- learners via the Trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", BASELINES)
 @pytest.mark.parametrize("task", ["oracle-hmm", "arithmetic"])
 def test_baseline_resumes_exactly(tmp_path, agent, task):

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from benchmarks import critic_rerank
 
 
+@pytest.mark.slow
 def test_critic_rerank_tiny_run_with_a_wall_clock_cap(tmp_path):
     out = tmp_path / "cr"
     critic_rerank.main(

@@ -43,6 +43,7 @@ def test_demo_sampler_reproducible():
     assert a.prompts == [[]] * 4 and len(a) == 4  # an unconditional task: empty prompts
 
 
+@pytest.mark.slow
 def test_checkpoint_atomic_round_trip_and_errors(tmp_path):
     task = make_task("oracle-hmm")
     state = {

@@ -475,6 +475,7 @@ def test_energy_resample_greedy_and_sampling():
     assert idx.tolist() == [1] * 100
 
 
+@pytest.mark.slow
 def test_energy_rerank_targets_the_ebm():
     # SIR over K AR candidates picks x with probability -> exp(-E(x)) / Z = q(x) exp(lse_last(x)) / Z
     table = make_table(7)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import earm_overfit
 from seqenv.tasks import make_task
 
@@ -14,6 +16,7 @@ def test_write_corpus_keeps_python_lines_splits(tmp_path):
     assert t.splits["valid"] == src["valid"][:6] and t.splits["train"][:3] == src["train"][:3]
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_curves_and_summary(tmp_path):
     out = tmp_path / "res"
     earm_overfit.main(

@@ -135,6 +135,7 @@ def _grpo_cfg(tmp_path, name, init, **kw):
     )
 
 
+@pytest.mark.slow
 def test_grpo_resume_equals_uninterrupted(tmp_path):
     init = _mle_checkpoint(tmp_path)
     full = Trainer(_grpo_cfg(tmp_path, "full", init))

@@ -43,6 +43,7 @@ def corpus(tmp_path_factory):
 # ----------------------------------------------------------------------------- env
 
 
+@pytest.mark.slow
 def test_task_and_env_use_the_hf_tokenizer_ids(tiny_hf_dir):
     task = make_task("python-lines", tokenizer=f"hf:{tiny_hf_dir}")
     tok = task.tokenizer
@@ -152,6 +153,7 @@ LEARNER_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", list(LEARNER_CASES))
 def test_every_learner_trains_an_hf_policy(tmp_path, tiny_hf_dir, corpus, agent):
     t = Trainer(_cfg(tmp_path, tiny_hf_dir, corpus, agent, agent=agent, **LEARNER_CASES[agent]))
@@ -167,6 +169,7 @@ def test_every_learner_trains_an_hf_policy(tmp_path, tiny_hf_dir, corpus, agent)
     assert (tmp_path / agent / "hf" / "config.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", ["mle", "emo", "scheduled_sampling"])  # learner state; the sample stream
 def test_resume_equals_uninterrupted_for_an_hf_policy(tmp_path, tiny_hf_dir, corpus, agent):
     kw = dict(agent=agent, **LEARNER_CASES[agent], max_steps=6, ckpt_every=3)
@@ -204,6 +207,7 @@ def test_lora_run_checkpoints_only_the_trainable_tensors(tmp_path, tiny_hf_dir, 
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_mle_then_sequencematch_then_generate_and_evaluate(tmp_path, tiny_hf_dir, corpus):
     common = [
         "--task",
@@ -286,6 +290,7 @@ def test_checkpoint_falls_back_to_the_hf_export_when_the_model_dir_is_gone(tmp_p
 # ----------------------------------------------------------------------------- MAUVE
 
 
+@pytest.mark.slow
 def test_mauve_features_and_score_from_a_local_model(tmp_path, tiny_hf_dir, corpus):
     pytest.importorskip("mauve")
     from agents.common.mauve import hf_text_features, mauve_score
@@ -332,6 +337,7 @@ def test_mauve_features_and_score_from_a_local_model(tmp_path, tiny_hf_dir, corp
 # ----------------------------------------------------------------------------- DDP
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_gloo_with_an_hf_policy(tmp_path, tiny_hf_dir, corpus):
     import os
     import socket

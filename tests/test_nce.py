@@ -306,6 +306,7 @@ def _sample_markov(n, generator, repeat_prob):
     return tokens, lengths + 2  # lengths incl. bos and eos
 
 
+@pytest.mark.slow
 def test_critic_learns_oracle_vs_noise_with_residual_nce():
     # data: tokens repeat w.p. 0.9; noise (the "policy"): w.p. 1/3, i.e. i.i.d. uniform.
     # Bayes accuracy (equal priors, lengths 2..5 uniform) is 0.852 by enumeration.

@@ -133,6 +133,7 @@ def test_no_backspace_log_prob_is_the_rollout_sampling_distribution():
     torch.testing.assert_close(log_q, res.log_probs.sum(1), atol=per_step * tokens.shape[1], rtol=0)
 
 
+@pytest.mark.slow
 def test_critic_separates_oracle_data_from_noise():
     # noise = an untrained policy (near-uniform tokens); the critic must tell held-out oracle data from it
     learner = _learner(make_tiny_policy(TASK), batch_size=16, nu=1)
@@ -265,6 +266,7 @@ def trained(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_load_critic_round_trip_and_errors(trained, tmp_path):
     critic = load_critic(trained["nce"], "cpu")
     assert not critic.training and not any(p.requires_grad for p in critic.parameters())

@@ -148,6 +148,7 @@ def _checkpoints(tmp_path):
     return str(tmp_path / "mle.pt"), str(tmp_path / "nce.pt")
 
 
+@pytest.mark.slow
 def test_ppo_script_fine_tunes_and_saves_a_loadable_checkpoint(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

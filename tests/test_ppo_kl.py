@@ -164,6 +164,7 @@ def _run(tmp_path, critic_weight, steps, **kw):
     return metrics, reward, ppo
 
 
+@pytest.mark.slow
 def test_zero_critic_keeps_the_policy_at_the_start(tmp_path):
     """Only the KL term in the reward: 512 env steps leave KL(π‖π0) < 0.05 nats per sequence."""
     metrics, _, _ = _run(tmp_path, 0.0, 512, learning_rate=1e-4)
@@ -171,6 +172,7 @@ def test_zero_critic_keeps_the_policy_at_the_start(tmp_path):
     assert abs(metrics["kl_to_init"]) < 0.05
 
 
+@pytest.mark.slow
 def test_exact_kl_penalty_rides_in_the_entropy_slot(tmp_path):
     """With kl_reference set, evaluate_actions' third output is -KL(π‖π0) at the states, differentiable."""
     _, reward, ppo = _run(tmp_path, 1.0, 256, kl_estimator="exact", beta=0.5)

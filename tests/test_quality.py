@@ -122,6 +122,7 @@ def test_a_failed_run_is_recorded_and_its_forks_fail_with_a_reason(tmp_path, mon
     assert "| mle | 0/1 |" in md and "## Failed runs" in md and "loss became nan at step 2" in md
 
 
+@pytest.mark.slow
 def test_micro_run_writes_tables_json_and_plots(tmp_path):
     out = tmp_path / "results"
     report = quality.main([*MICRO, "--experiments", "main", "--out-dir", str(out), "--scratch", str(tmp_path / "runs")])
@@ -146,6 +147,7 @@ def test_micro_run_writes_tables_json_and_plots(tmp_path):
     assert (out / "quality_main.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_micro_nce_run_reports_reranked_samples(tmp_path):
     out = tmp_path / "results"
     quality.main(

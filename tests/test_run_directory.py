@@ -21,6 +21,7 @@ from scripts import evaluate, generate, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_a_fresh_run_in_a_run_directory_is_refused_and_leaves_it_intact(finished_run, capsys):
     before = snapshot(finished_run)
     assert {"checkpoint.pt", "config.json", "metrics.json", ".lock"} <= set(before)
@@ -37,6 +38,7 @@ def test_a_fresh_run_in_a_run_directory_is_refused_and_leaves_it_intact(finished
     assert json.loads((finished_run / "config.json").read_text())["max_steps"] == 1
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_directory_fails_at_once(tmp_path, capsys):
     logdir = tmp_path / "busy"
     lock = RunLock(logdir)  # this process holds the run directory
@@ -78,6 +80,7 @@ def test_a_second_process_on_the_same_directory_fails_at_once(tmp_path, capsys):
     RunLock(logdir).release()  # released by close()
 
 
+@pytest.mark.slow
 def test_resume_removes_stale_temp_files(finished_run, tmp_path):
     stale = finished_run / "checkpoint.pt.x1y2z3.tmp"  # a kill during a save leaves these
     stale.write_bytes(b"\0" * 1000)
@@ -122,6 +125,7 @@ def test_resume_refuses_flags_that_change_the_run(finished_run, capsys):
     )
 
 
+@pytest.mark.slow
 def test_max_steps_extends_a_finished_run(finished_run):
     step2 = load_checkpoint(finished_run / "checkpoint.pt")
     # the same flags (device, sizes, progress) are accepted; --max-steps 4 trains steps 3 and 4

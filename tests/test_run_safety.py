@@ -59,6 +59,7 @@ def test_1_ppo_critic_refuses_a_directory_holding_a_run_and_overwrite_reads_inpu
 
 
 # 2 ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_2_overwrite_reads_the_init_checkpoint_before_deleting_it(finished_run):
     old = load_checkpoint(finished_run / "checkpoint.pt")
     train.main(
@@ -159,6 +160,7 @@ def test_3_resume_and_evaluate_refuse_an_edited_corpus(tmp_path, capsys):
 
 
 # 4 ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_4_divergence_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     # the command: lr 1e6 diverges at once; the only checkpoint (step 1) holds the diverged state
     logdir = tmp_path / "lr"
@@ -285,6 +287,7 @@ def test_6_the_main_job_reuses_a_stage_only_if_its_config_is_the_stage_s(tmp_pat
 
 
 # 7 ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_7_an_output_never_overwrites_an_input(finished_run, tmp_path, capsys):
     ckpt = finished_run / "checkpoint.pt"
     before = ckpt.read_bytes()
@@ -361,6 +364,7 @@ def test_8_resume_purges_the_events_logged_after_the_checkpoint(tmp_path):
 
 
 # 9 ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_9_overwrite_never_deletes_files_no_run_of_ours_wrote(tmp_path, capsys):
     model_dir = tmp_path / "hf-model"
     model_dir.mkdir()
@@ -399,6 +403,7 @@ def test_10_an_empty_logdir_is_refused(tmp_path, capsys, monkeypatch):
 
 
 # 11 --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_11_init_keeps_the_checkpoint_s_architecture_in_config_json(finished_run, tmp_path, capsys):
     init = str(finished_run / "checkpoint.pt")
     line = error_line(
@@ -436,6 +441,7 @@ def test_11_init_keeps_the_checkpoint_s_architecture_in_config_json(finished_run
 
 
 # 12 --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_12_unwritable_logdir_and_full_disk_end_in_one_line(finished_run, tmp_path, monkeypatch, capsys):
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
@@ -473,6 +479,7 @@ def test_12_unwritable_logdir_and_full_disk_end_in_one_line(finished_run, tmp_pa
 
 
 # 13 --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_13_user_errors_are_one_line_not_tracebacks(finished_run, tmp_path, capsys):
     ckpt = finished_run / "checkpoint.pt"
     state = load_checkpoint(ckpt)

@@ -418,6 +418,7 @@ def test_tabular_backspace_reward_uses_parent_value():
     assert r[0, 4].item() == pytest.approx((table[s_x, BS] - 0.9 * v[STATE_ID[()]]).item(), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_tabular_mdp_imitation_matches_expert_occupancy():
     """Alternate model sampling and gradient steps; the occupancy TV to the expert must drop."""
     gen = torch.Generator().manual_seed(0)

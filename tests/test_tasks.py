@@ -232,6 +232,7 @@ def test_malformed_specs():
         task_from_spec({**spec, "max_length": 30})
 
 
+@pytest.mark.slow
 def test_max_length_validation():
     with pytest.raises(ValueError, match="needs max_length >= 25"):
         make_task("oracle-hmm", max_length=10)

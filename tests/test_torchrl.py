@@ -59,6 +59,7 @@ def test_single_env_specs_and_masked_random_rollout(make):
     assert (length[1:][done[:-1]] == 0).all()  # the step after an end starts a new (empty) episode
 
 
+@pytest.mark.slow
 def test_vector_env_same_step_specs_and_masked_random_rollout():
     """SAME_STEP works with TorchRL 0.14.1, with the workarounds and limits written here (DISABLED has none)."""
     # validate_actions=False: GymWrapper draws one unmasked random step while it builds its info reader

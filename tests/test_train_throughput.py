@@ -16,6 +16,7 @@ def task():
     return make_task("python-lines")
 
 
+@pytest.mark.slow
 def test_peak_memory_sees_a_64_mib_tensor():
     if not Path("/proc/self/status").exists():
         pytest.skip("needs Linux /proc")
@@ -41,6 +42,7 @@ def test_bad_input_raises():
             bench.devices("cuda")
 
 
+@pytest.mark.slow
 def test_main_tiny_run_writes_consistent_results(tmp_path, task):
     report = bench.main(
         [

@@ -52,6 +52,7 @@ def _params(trainer):
         ("mle", "arithmetic"),
     ],
 )
+@pytest.mark.slow
 def test_resume_reaches_the_same_final_state(tmp_path, agent, task):
     extra = {
         "earm": {"earm": EARMConfig(start_step=2)},
@@ -149,6 +150,7 @@ def test_run_directory_contents(tmp_path):
     assert state["step"] == 2 and task.name == "oracle-hmm" and not policy.training
 
 
+@pytest.mark.slow
 def test_training_lowers_heldout_nll(tmp_path):
     t = Trainer(_cfg(tmp_path, "learn", max_steps=40, batch_size=32, lr=3e-3))
 
@@ -205,6 +207,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_gloo(tmp_path):
     logdir = tmp_path / "ddp"
     cmd = [

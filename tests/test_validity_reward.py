@@ -57,6 +57,7 @@ def test_validity_needs_a_checker():
         SeqGenEnv(task="oracle-hmm", reward="validity")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_vector_env_pays_the_same_validity_rewards_as_single_envs(backend):
     """Scripted arithmetic episodes (right, wrong, repaired, truncated) and random python-lines episodes:

@@ -47,6 +47,7 @@ def choose(mask: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.choice(np.flatnonzero(mask[4:]) + 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_vector_env_equals_single_envs(backend, config):
@@ -87,6 +88,7 @@ def test_vector_env_equals_single_envs(backend, config):
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 @pytest.mark.parametrize("config,mask_in_obs", [("prompts+oracle-step", True), ("callable-terminal", False)])
