@@ -493,6 +493,8 @@ def _short(v: str) -> str:
         return f"{v.split(' at ')[0]} at n < {MIN_SEEDS} (no verdict)"
     if v.startswith("no difference"):
         return "no difference detected"
+    if "no interval" in v:
+        return "one seed, no interval"
     return "not compared"
 
 
