@@ -275,6 +275,22 @@ def _budget_lines(data: dict) -> list:
         f"Evaluation: {r['eval_samples']} episodes per temperature (test prompts on a prompted task), sampling "
         f"seed = the run's seed, temperatures {', '.join(f'{t:g}' for t in r['temperatures'])} (tables at "
         f"T = {r['default_temperature']:g}); held-out `nll` on the `test` split.",
+    ]
+    if r.get("task_options"):
+        opts = "; ".join(
+            f"`{t}`: `make_task({t!r}, " + ", ".join(f"{k}={v!r}" for k, v in o.items()) + ")`"
+            for t, o in r["task_options"].items()
+        )
+        lines[-1] += "  "
+        lines.append(f"Task options: {opts}.")
+    if r.get("recovery_samples"):
+        lines[-1] += "  " if not lines[-1].endswith("  ") else ""
+        lines.append(
+            f"Recovery probe: {r['recovery_samples']} episodes per cell at T = {r['default_temperature']:g}, a "
+            "wrong token injected into a test answer (`benchmarks/probes.py`); `recovery_deleted` = fraction of "
+            "injected wrong tokens no longer in the final answer."
+        )
+    lines += [
         "",
         "| arm | agent | start | steps | batch | lr | warm-up | min lr ratio |",
         "|---|---|---|---|---|---|---|---|",
@@ -301,6 +317,32 @@ def _budget_lines(data: dict) -> list:
         ]
         for arm in arms:
             lines.append(f"| {arm} | " + " | ".join(str(r["arms"][arm]["learner"][f]) for f in fields) + " |")
+    return lines
+
+
+def _cost_lines(data: dict, task: str) -> list:
+    """The cost table (only for cells that recorded ``step_s_median``): median wall seconds of one
+    optimisation step, and per seed its ratio to the control's step of the same seed -- with the same
+    demonstration batch in every arm, the cost per demonstration token relative to the control, measured
+    in the same invocation and machine (the machine's load moves both)."""
+    control = data["control"]
+    arms = [a for a in data["resolved"]["arms"]]
+    steps = {a: {s: c["step_s_median"] for s, c in _ok(data, task, a).items() if c.get("step_s_median")} for a in arms}
+    if not any(steps.values()):
+        return []
+    lines = [
+        "",
+        f"Cost (`{task}`): median wall seconds of one optimisation step (the learner's own sampling included; "
+        f"logging, checkpoints and evaluation excluded), mean ± std over seeds, and per seed the ratio to "
+        f"`{control}`'s step of the same seed (same demonstration batch: the cost per demonstration token "
+        "relative to the control), mean ± std.",
+        "",
+        "| arm | n | step s (median) | cost per token vs control |",
+        "|---|---|---|---|",
+    ]
+    for a in arms:
+        ratio = {s: v / steps[control][s] for s, v in steps[a].items() if steps[control].get(s)}
+        lines.append(f"| {a} | {len(steps[a])} | {_ms(steps[a])} | {_ms(ratio)} |")
     return lines
 
 
@@ -409,6 +451,7 @@ def render_markdown(data: dict, stem: str) -> str:
             else:
                 extra = ["control" if arm == control else "(start of every arm)"] + [""] * (2 * len(judged))
             lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+        lines += _cost_lines(data, task)
         failed = [(k, c) for k, c in data["cells"].items() if k.startswith(f"{task}/") and c.get("status") != "ok"]
         for k, c in failed:
             lines.append(f"\nFailed: `{k}`: {c.get('error')}")

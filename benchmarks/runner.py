@@ -61,10 +61,11 @@ except ModuleNotFoundError:  # Python 3.10
 import torch
 
 from agents.common.checkpoint import save_checkpoint
-from agents.common.evaluation import evaluate_policy, evaluate_samples, heldout_nll
+from agents.common.evaluation import evaluate_policy, evaluate_samples, heldout_nll, recovery
 from agents.generation import generate_reranked
 from agents.learners import LEARNERS
 from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer
+from benchmarks.probes import prompted_recovery
 from benchmarks.provenance import provenance
 from benchmarks.report import FORMAT, render_files, task_label
 from seqenv.tasks import make_task
@@ -91,6 +92,8 @@ TOP_KEYS = {
     "arms",
     "quick",
     "confirms",
+    "task_options",
+    "recovery_samples",
 }
 QUICK_KEYS = {"seeds", "tasks", "arms", "eval_samples", "model", "base", "train", "learner"}
 
@@ -229,10 +232,26 @@ class Experiment:
     quick: bool = False
     #: ``dict(experiment=OTHER, seeds=[OTHER's seeds, full and quick], arms={our arm: OTHER's arm})`` or None
     confirms: dict | None = None
+    #: ``{task: make_task keyword arguments}`` (``[task_options.NAME]``); tasks not named: their defaults
+    task_options: dict = dataclasses.field(default_factory=dict)
+    #: episodes of the recovery probe per cell at the default temperature (0 = off)
+    recovery_samples: int = 0
+
+    def make_task(self, task: str):
+        """The :class:`seqenv.tasks.Task` of ``task`` with this experiment's options for it."""
+        return make_task(task_arg(task), **self.task_options.get(task, {}))
+
+    def task_spec(self, task: str):
+        """What ``TrainConfig.task`` gets: the name, or the task's spec dict when it has options."""
+        return self.make_task(task).spec() if self.task_options.get(task) else task
 
     def resolved(self) -> dict:
-        """Everything that defines the cells' computations (complete configs), JSON-able."""
-        return {
+        """Everything that defines the cells' computations (complete configs), JSON-able.
+
+        ``task_options`` and ``recovery_samples`` appear only when the file sets them, so the resolved
+        config of an experiment without them is what it was before they existed.
+        """
+        out = {
             "tasks": self.tasks,
             "model": self.model,
             "eval_samples": self.eval_samples,
@@ -241,6 +260,11 @@ class Experiment:
             "base": self.base,
             "arms": self.arms,
         }
+        if self.task_options:
+            out["task_options"] = self.task_options
+        if self.recovery_samples:
+            out["recovery_samples"] = self.recovery_samples
+        return out
 
 
 def experiment_path(name: str) -> Path:
@@ -267,7 +291,15 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         raw,
         ("tasks", "seeds", "control", "temperatures", "metrics", "eval_samples", "base", "arms"),
         where,
-        optional=("description", "default_temperature", "train", "quick", "confirms"),
+        optional=(
+            "description",
+            "default_temperature",
+            "train",
+            "quick",
+            "confirms",
+            "task_options",
+            "recovery_samples",
+        ),
     )
     if quick:
         q = raw.get("quick")
@@ -321,11 +353,22 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         raise ExperimentError(
             f"{where}: temperatures must be > 0 and contain default_temperature {default_t}, got {temps}"
         )
+    task_options = raw.get("task_options", {})
+    if not isinstance(task_options, dict) or any(
+        t not in raw["tasks"] or not isinstance(o, dict) for t, o in task_options.items()
+    ):
+        raise ExperimentError(
+            f"{where}.task_options: expected tables [task_options.TASK] of make_task keyword arguments for "
+            f"tasks of `tasks` {raw['tasks']}, got {task_options!r}"
+        )
     for t in raw["tasks"]:
         try:
-            make_task(task_arg(t))  # unknown task names fail here, naming the task
-        except (OSError, ValueError) as e:
-            raise ExperimentError(f"{where}.tasks: {e}") from None
+            make_task(task_arg(t), **task_options.get(t, {}))  # unknown task names and options fail here
+        except (OSError, TypeError, ValueError) as e:
+            raise ExperimentError(f"{where}: task {t!r} with options {task_options.get(t, {})}: {e}") from None
+    recovery_samples = raw.get("recovery_samples", 0)
+    if isinstance(recovery_samples, bool) or not isinstance(recovery_samples, int) or recovery_samples < 0:
+        raise ExperimentError(f"{where}.recovery_samples: expected an integer >= 0 (0 = off), got {recovery_samples!r}")
     seeds = [int(s) for s in raw["seeds"]]
     confirms = None
     if "confirms" in raw:
@@ -347,6 +390,8 @@ def load_experiment(name: str, quick: bool = False) -> Experiment:
         arms=arms,
         quick=quick,
         confirms=confirms,
+        task_options={t: dict(o) for t, o in task_options.items() if o},
+        recovery_samples=int(recovery_samples),
     )
 
 
@@ -443,7 +488,12 @@ def run_cell(job: dict) -> dict:
     """Train and evaluate one cell (runs in a worker process; one torch thread).
 
     :param job: ``dict(task, seed, arm, run (resolved config), model, logdir, device, start_from (checkpoint
-        or None), temperatures, default_temperature, eval_samples)``.
+        or None), temperatures, default_temperature, eval_samples, recovery_samples)``; optional
+        ``task_spec`` (a :meth:`seqenv.tasks.Task.spec` dict used instead of the name ``task``).
+        With ``recovery_samples > 0`` the default temperature's metrics get the recovery probe's
+        ``recovery_backspace``, ``recovery_deleted``, ``recovery_validity`` (``benchmarks.probes``:
+        :func:`~benchmarks.probes.prompted_recovery` on a prompted task, else
+        :func:`agents.common.evaluation.recovery`).
     :return: ``dict(status="ok", metrics={str(T): {...}}, steps, train_s, eval_s, step_s_median (median wall
         seconds of one optimisation step, see :class:`_StepTimer`), checkpoint, selection)``
         or ``dict(status="failed", error=...)``.
@@ -459,7 +509,7 @@ def run_cell(job: dict) -> dict:
         steps = run["train"]["max_steps"]
         cfg = TrainConfig(
             agent=agent,
-            task=job["task"],
+            task=job.get("task_spec") or job["task"],
             seed=job["seed"],
             logdir=job["logdir"],
             device=job["device"],
@@ -521,6 +571,10 @@ def run_cell(job: dict) -> dict:
                 )
             if task.oracle is not None:
                 m["nll_at_t"] = heldout_nll(Tempered(policy, temp), task, "test", device=device)["nll"]
+            n_rec = job.get("recovery_samples", 0)
+            if n_rec and temp == job["default_temperature"]:
+                probe = prompted_recovery if task.prompts is not None else recovery
+                m.update(probe(policy, task, num_samples=n_rec, seed=job["seed"], temperature=temp))
             metrics[repr(float(temp))] = {k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}
         return {
             "status": "ok",
@@ -734,7 +788,7 @@ def run_experiment(
     data["control"], data["metrics"], data["description"] = exp.control, exp.metrics, exp.description
     if exp.confirms is not None:
         data["confirms"] = exp.confirms
-    hashes = {t: make_task(task_arg(t)).corpus_hash for t in exp.tasks}
+    hashes = {t: exp.make_task(t).corpus_hash for t in exp.tasks}
     for task, h in hashes.items():
         for inv in data["invocations"]:
             old = inv["provenance"]["corpus_hashes"].get(task)
@@ -758,6 +812,7 @@ def run_experiment(
         run = exp.base if arm == "base" else exp.arms[arm]
         return {
             "task": task_arg(task),
+            "task_spec": exp.task_spec(task) if exp.task_options.get(task) else None,
             "seed": seed,
             "arm": arm,
             "run": run,
@@ -768,6 +823,7 @@ def run_experiment(
             "temperatures": exp.temperatures,
             "default_temperature": exp.default_temperature,
             "eval_samples": exp.eval_samples,
+            "recovery_samples": exp.recovery_samples,
         }
 
     def done(key):

@@ -57,13 +57,11 @@ from agents.common.checkpoint import load_policy  # noqa: E402
 from agents.common.demos import DemoSampler  # noqa: E402
 from agents.common.evaluation import evaluate_policy, heldout_nll  # noqa: E402
 from agents.common.learner import LearnerContext  # noqa: E402
-from agents.common.rollout import make_vector_env, rollout  # noqa: E402
-from agents.sequencematch import PromptedReset, SequenceMatchConfig, SequenceMatchLearner  # noqa: E402
+from agents.sequencematch import SequenceMatchConfig, SequenceMatchLearner  # noqa: E402
 from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer  # noqa: E402
+from benchmarks.probes import prompted_recovery  # noqa: E402
 from benchmarks.quality import PhaseCounter  # noqa: E402
-from seqenv.oracle import pad_sequences  # noqa: E402
 from seqenv.tasks import make_task  # noqa: E402
-from seqenv.tokenizers import SpecialIds  # noqa: E402
 
 ARMS: dict[str, tuple[str, dict]] = {
     "mle": ("mle", {}),
@@ -78,55 +76,6 @@ ARMS: dict[str, tuple[str, dict]] = {
     "sm_no_routing": ("sequencematch", {"wrong_token_value": "cancel"}),
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def prompted_recovery(policy, task, num_samples: int = 256, seed: int = 0, temperature: float = 1.0) -> dict:
-    """The recovery probe of :func:`agents.common.evaluation.recovery` on a paired (prompted) task [recon].
-
-    For ``num_samples`` test questions (drawn with ``seed``) with answer ``x``,
-    a cut ``k`` uniform in ``[0, len(x) - 1]`` and a wrong token ``w``
-    uniform over the ordinary tokens other than ``x_k``: the episode starts
-    from the question, is forced through ``x_<k, w``, then the policy samples.
-
-    :return: ``recovery_backspace`` (first free action is ``backspace``),
-        ``recovery_deleted`` (the final answer no longer holds ``w`` at ``k``),
-        ``recovery_validity`` (exact answers after the injection).
-    """
-    g = torch.Generator().manual_seed(seed)
-    prompts, answers = task.split_prompts["test"], task.encoded("test")
-    sp = SpecialIds.of(task)
-    ordinary = sp.ordinary_ids(task.tokenizer.vocab_size)
-    chosen, forced, cuts, wrong = [], [], [], []
-    for i in torch.randint(len(answers), (num_samples,), generator=g).tolist():
-        x = answers[i]
-        k = int(torch.randint(len(x), (1,), generator=g))
-        others = [t for t in ordinary if t != x[k]]
-        w = others[int(torch.randint(len(others), (1,), generator=g))]
-        chosen.append(prompts[i])
-        forced.append(x[:k] + [w])
-        cuts.append(k)
-        wrong.append(w)
-    actions, counts = pad_sequences(forced)
-    device = next(policy.parameters()).device
-    venv = PromptedReset(make_vector_env(task, num_samples, device))
-    venv.prompts = chosen
-    res = rollout(
-        policy,
-        venv,
-        seed=seed,
-        temperature=temperature,
-        generator=torch.Generator().manual_seed(seed),
-        forced_actions=(actions, counts),
-    )
-    venv.close()
-    acts, finals = res.action_lists(), res.sequences()
-    first_free = [a[c] if len(a) > c else None for a, c in zip(acts, counts.tolist())]
-    texts = [p + task.tokenizer.decode(s) for p, s in zip(chosen, finals)]
-    return {
-        "recovery_backspace": sum(f == sp.backspace for f in first_free) / num_samples,
-        "recovery_deleted": sum(not (len(s) > k and s[k] == w) for s, k, w in zip(finals, cuts, wrong)) / num_samples,
-        "recovery_validity": sum(bool(task.validity(t)) for t in texts) / num_samples,
-    }
 
 
 class _Diag(Callback):
