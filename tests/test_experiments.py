@@ -7,8 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from agents.learners import LEARNERS
+from agents.policies import PolicyConfig, TransformerPolicy
+from benchmarks.probes import prompted_recovery
 from benchmarks.report import (
     METHODS_BEGIN,
     METHODS_END,
@@ -17,6 +20,7 @@ from benchmarks.report import (
     arm_verdict,
     cost_ratio,
     fmt_cost,
+    _cost_lines,
     frontier_gap,
     has_frontier,
     methods_block,
@@ -34,6 +38,8 @@ from benchmarks.runner import (
     template,
 )
 from benchmarks.stats import fmt_diff, paired, t975, verdict
+from seqenv.tasks import make_task
+from seqenv.tokenizers import SpecialIds
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = runner_results(RESULTS_DIR)
@@ -414,3 +420,107 @@ def test_reuse_copies_identical_cells_and_runs_the_rest(tmp_path):
         p.unlink()
     with pytest.raises(ExperimentError, match=r"copied from .*tiny.json, but its checkpoint .* is missing"):
         run_experiment(path, out_dir=out, scratch=scratch, command="t", log=lambda s: None, reuse=[out / "tiny.json"])
+# ---------------------------------------------------------------- task options, recovery probe, cost
+
+
+ARITH = (
+    TINY.replace('tasks = ["oracle-hmm"]', 'tasks = ["arithmetic"]')
+    .replace('metrics = ["oracle_nll", "distinct_2"]', 'metrics = ["recovery_deleted"]\nrecovery_samples = 8')
+    .replace("[base]\n", "[task_options.arithmetic]\nmin_base = 10\nmax_base = 10\nmax_digits = 2\n[base]\n", 1)
+)
+
+
+def test_task_options_are_recorded_only_when_set(tmp_path):
+    exp = load_experiment(_write(tmp_path, ARITH, "arith"))
+    assert exp.resolved()["task_options"] == {"arithmetic": {"min_base": 10, "max_base": 10, "max_digits": 2}}
+    assert exp.resolved()["recovery_samples"] == 8
+    task = exp.make_task("arithmetic")
+    assert all(p.startswith("In base 10,") for p in task.split_prompts["test"])
+    assert exp.task_arg("arithmetic") == task.spec()
+    plain = load_experiment(_write(tmp_path, TINY)).resolved()
+    assert "task_options" not in plain and "recovery_samples" not in plain  # older experiments unchanged
+    with pytest.raises(ExperimentError, match=r"task 'arithmetic' with options .*'max_digitz': 1\}: .*unexpected keyword argument 'max_digitz'"):
+        load_experiment(_write(tmp_path, ARITH.replace("max_digits = 2\n[base]", "max_digitz = 1\n[base]"), "a2"))
+    with pytest.raises(ExperimentError, match=r"task_options: expected tables \[task_options.TASK\]"):
+        load_experiment(_write(tmp_path, ARITH.replace("[task_options.arithmetic]", "[task_options.python-lines]")))
+    with pytest.raises(ExperimentError, match=r"recovery_samples: expected an integer >= 0 \(0 = off\), got -1"):
+        load_experiment(_write(tmp_path, ARITH.replace("recovery_samples = 8", "recovery_samples = -1"), "a3"))
+
+
+class _Always(TransformerPolicy):
+    """Zero weights (uniform logits) with +100 on ``token``: that token whenever it is legal."""
+
+    token = 0
+
+    def forward(self, tokens, fast_path=True):
+        return self._shift(super().forward(tokens, fast_path))
+
+    def prefill(self, tokens, lengths):
+        cache, logits = super().prefill(tokens, lengths)
+        return cache, self._shift(logits)
+
+    def decode_step(self, cache, actions, active=None):
+        return self._shift(super().decode_step(cache, actions, active))
+
+    def _shift(self, logits):
+        logits = logits.clone()
+        logits[..., self.token] += 100.0
+        return logits
+
+
+def _always(task, token):
+    cfg = PolicyConfig(
+        vocab_size=task.tokenizer.vocab_size, block_size=task.max_length + 1, n_layer=1, n_head=1, n_embd=8
+    )
+    policy = _Always(cfg)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.zero_()
+    policy.token = token
+    return policy
+
+
+def test_prompted_recovery_by_hand():
+    """Always ``eos``: the wrong token stays (0 deleted, 0 backspace first, every answer wrong); always
+    ``backspace``: it is deleted every time (1, 1)."""
+    task = make_task("arithmetic", min_base=10, max_base=10, max_digits=2)
+    sp = SpecialIds.of(task)
+    stay = prompted_recovery(_always(task, sp.eos), task, num_samples=16, seed=3)
+    assert stay == {"recovery_backspace": 0.0, "recovery_deleted": 0.0, "recovery_validity": 0.0}
+    gone = prompted_recovery(_always(task, sp.backspace), task, num_samples=16, seed=3)
+    # backspace is legal right after the forced wrong token: first free action in all 16; then it deletes
+    # the answer, types a uniform token whenever the answer is empty and deletes it again until the step
+    # limit: the wrong token can only come back at a cut k = 0 by chance (1 in ~16 ordinary tokens)
+    assert gone["recovery_backspace"] == 1.0 and gone["recovery_deleted"] >= 14 / 16
+
+
+def test_cost_table_by_hand():
+    # step seconds: mle 0.02, 0.03; sm 0.06, 0.06 -> ratios 3.0 and 2.0: mean 2.5, sd 0.7071
+    cells = {
+        "t/mle/0": {"status": "ok", "step_s_median": 0.02},
+        "t/mle/1": {"status": "ok", "step_s_median": 0.03},
+        "t/sm/0": {"status": "ok", "step_s_median": 0.06},
+        "t/sm/1": {"status": "ok", "step_s_median": 0.06},
+    }
+    data = {"control": "mle", "cells": cells, "resolved": {"arms": {"mle": {}, "sm": {}}}}
+    lines = _cost_lines(data, "t")
+    assert "| mle | 2 | 0.025 ± 0.007 | 1.000 ± 0.000 |" in lines
+    assert "| sm | 2 | 0.060 ± 0.000 | 2.500 ± 0.707 |" in lines
+    for c in cells.values():
+        del c["step_s_median"]
+    assert _cost_lines(data, "t") == []  # results made before step_s_median existed render as before
+
+
+@pytest.mark.slow
+def test_run_with_task_options_and_recovery(tmp_path):
+    path = _write(tmp_path, ARITH.replace("select_every = 2", "select_every = 0"), "arith")
+    out = tmp_path / "out"
+    data = run_experiment(path, out_dir=out, scratch=tmp_path / "scratch", command="test", log=lambda s: None)
+    assert all(c["status"] == "ok" for c in data["cells"].values()), data["cells"]
+    ckpt = torch.load(data["cells"]["arithmetic/base/0"]["checkpoint"], weights_only=True)
+    assert "min_base" in json.dumps(ckpt["task"]) or "In base 10" in json.dumps(ckpt["task"])
+    m = data["cells"]["arithmetic/bs/1"]["metrics"]
+    assert 0.0 <= m["1.0"]["recovery_deleted"] <= 1.0 and "recovery_deleted" not in m["0.85"]
+    md = (out / "arith.md").read_text()
+    assert "Task options: `arithmetic`: `make_task('arithmetic', min_base=10, max_base=10, max_digits=2)`" in md
+    assert "| bs | 2 |" in md and "cost per token vs control" in md
