@@ -326,7 +326,7 @@ def _cost_lines(data: dict, task: str) -> list:
     demonstration batch in every arm, the cost per demonstration token relative to the control, measured
     in the same invocation and machine (the machine's load moves both)."""
     control = data["control"]
-    arms = [a for a in data["resolved"]["arms"]]
+    arms = list(data["resolved"]["arms"])
     steps = {a: {s: c["step_s_median"] for s, c in _ok(data, task, a).items() if c.get("step_s_median")} for a in arms}
     if not any(steps.values()):
         return []

@@ -439,7 +439,10 @@ def test_task_options_are_recorded_only_when_set(tmp_path):
     assert exp.task_arg("arithmetic") == task.spec()
     plain = load_experiment(_write(tmp_path, TINY)).resolved()
     assert "task_options" not in plain and "recovery_samples" not in plain  # older experiments unchanged
-    with pytest.raises(ExperimentError, match=r"task 'arithmetic' with options .*'max_digitz': 1\}: .*unexpected keyword argument 'max_digitz'"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"task 'arithmetic' with options .*'max_digitz': 1\}: .*unexpected keyword argument 'max_digitz'",
+    ):
         load_experiment(_write(tmp_path, ARITH.replace("max_digits = 2\n[base]", "max_digitz = 1\n[base]"), "a2"))
     with pytest.raises(ExperimentError, match=r"task_options: expected tables \[task_options.TASK\]"):
         load_experiment(_write(tmp_path, ARITH.replace("[task_options.arithmetic]", "[task_options.python-lines]")))
