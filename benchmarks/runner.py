@@ -16,7 +16,9 @@ scored every ``select_every`` steps, and the arms start from it; every reported 
 Every arm (and the base) is evaluated at every temperature of the grid with the seed as sampling seed
 (:func:`agents.common.evaluation.evaluate_policy`: test prompts, held-out NLL on ``test``); on an
 oracle task also the held-out NLL of the tempered model (``nll_at_t``, the coverage axis of the
-quality–diversity frontier).
+quality–diversity frontier). Optional: ``[task_options.TASK]`` (``make_task`` keyword arguments, e.g.
+base-10 ``arithmetic``) and ``recovery_samples`` (the recovery probe of :mod:`benchmarks.probes` at the
+default temperature), both recorded in the resolved config only when set.
 
 A cell (task, arm, seed) is one process with one torch thread; ``--workers`` run at a time. The
 results file ``benchmarks/results/NAME.json`` (``NAME-quick.json`` with ``--quick``) is rewritten
