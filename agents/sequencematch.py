@@ -131,6 +131,11 @@ entropy 0.84 → 0.93 nats), ``model_samples="fresh"`` 0.105 (NLL 1.115: its
 0.829; cosine 0.83-0.99 throughout). Seed 1: MLE 0.078 → 0.273, MLE +
 backspace 0.092, SequenceMatch 0.082, no routing 0.072. None of the options is the default:
 none reached continued MLE (one or two seeds for the candidates).
+Through the experiment runner (``benchmarks/experiments/sequencematch_arithmetic10.toml``, seed 0 only:
+``benchmarks/results/sequencematch_arithmetic10_analysis.md``) the routing term cancelled together with
+α = 1000 brings the total gradient to cosine 0.91-0.96 with MLE + backspace at every logged step and still
+reaches only 0.096 (NLL 0.892) against 0.219 for MLE + backspace: the per-batch gradient direction does not
+explain the gap on that seed; the policy entropy still rises (0.87 → 1.03 nats in 100 steps).
 
 Trajectory layout (docs/internals.md): ``tokens[b] = [bos, prompt...,
 a_1..a_n, pad...]``; ``logits[:, i]`` are the logits of the state reached

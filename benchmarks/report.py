@@ -320,32 +320,6 @@ def _budget_lines(data: dict) -> list:
     return lines
 
 
-def _cost_lines(data: dict, task: str) -> list:
-    """The cost table (only for cells that recorded ``step_s_median``): median wall seconds of one
-    optimisation step, and per seed its ratio to the control's step of the same seed -- with the same
-    demonstration batch in every arm, the cost per demonstration token relative to the control, measured
-    in the same invocation and machine (the machine's load moves both)."""
-    control = data["control"]
-    arms = list(data["resolved"]["arms"])
-    steps = {a: {s: c["step_s_median"] for s, c in _ok(data, task, a).items() if c.get("step_s_median")} for a in arms}
-    if not any(steps.values()):
-        return []
-    lines = [
-        "",
-        f"Cost (`{task}`): median wall seconds of one optimisation step (the learner's own sampling included; "
-        f"logging, checkpoints and evaluation excluded), mean ± std over seeds, and per seed the ratio to "
-        f"`{control}`'s step of the same seed (same demonstration batch: the cost per demonstration token "
-        "relative to the control), mean ± std.",
-        "",
-        "| arm | n | step s (median) | cost per token vs control |",
-        "|---|---|---|---|",
-    ]
-    for a in arms:
-        ratio = {s: v / steps[control][s] for s, v in steps[a].items() if steps[control].get(s)}
-        lines.append(f"| {a} | {len(steps[a])} | {_ms(steps[a])} | {_ms(ratio)} |")
-    return lines
-
-
 def render_markdown(data: dict, stem: str) -> str:
     """The report of one results file (``stem``: the file name without suffix, for the PNG links)."""
     r = data["resolved"]
@@ -451,7 +425,6 @@ def render_markdown(data: dict, stem: str) -> str:
             else:
                 extra = ["control" if arm == control else "(start of every arm)"] + [""] * (2 * len(judged))
             lines.append(f"| {arm} | {n} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
-        lines += _cost_lines(data, task)
         failed = [(k, c) for k, c in data["cells"].items() if k.startswith(f"{task}/") and c.get("status") != "ok"]
         for k, c in failed:
             lines.append(f"\nFailed: `{k}`: {c.get('error')}")
