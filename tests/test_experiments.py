@@ -437,7 +437,7 @@ def test_task_options_are_recorded_only_when_set(tmp_path):
     assert exp.resolved()["recovery_samples"] == 8
     task = exp.make_task("arithmetic")
     assert all(p.startswith("In base 10,") for p in task.split_prompts["test"])
-    assert exp.task_arg("arithmetic") == task.spec()
+    assert exp.task_spec("arithmetic") == task.spec()
     plain = load_experiment(_write(tmp_path, TINY)).resolved()
     assert "task_options" not in plain and "recovery_samples" not in plain  # older experiments unchanged
     with pytest.raises(
