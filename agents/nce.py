@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from seqenv.tokenizers import SpecialIds
 
+from .common.callbacks import CriticEvalCallback
 from .common.checkpoint import CheckpointError, checkpoint_task, load_checkpoint
 from .common.demos import Demos
 from .common.distributed import wrap_ddp
@@ -1198,69 +1199,6 @@ class NCELearner:
         self.pool = state.get("pool")
         if state.get("early_stop"):
             self.early_stop = dict(state["early_stop"])
-
-
-class CriticEvalCallback:
-    """Trainer callback (the :class:`agents.trainer.Callback` hooks, duck-typed:
-    this module cannot import the trainer) that evaluates an
-    :class:`NCELearner`'s critic on held-out data every ``eval_every`` steps
-    and at the last step, logs ``eval/critic_*`` (:meth:`NCELearner.evaluate_critic`),
-    adds the latest values to the trainer's evaluation metrics
-    (``metrics.json``), with ``keep_best`` or ``patience`` restores the critic of
-    the lowest held-out ``critic_loss`` at the last step, and with ``patience`` stops the run early
-    (``trainer.request_stop()``) after ``patience`` evaluations without a
-    lower held-out ``critic_loss``, restoring the best critic (also at the
-    last step, which is ``max_steps`` or a step where an earlier callback
-    asked the trainer to stop), so that the checkpoint holds the best critic.
-
-    :param learner: the :class:`NCELearner`.
-    """
-
-    def __init__(self, learner: NCELearner):
-        self.learner = learner
-
-    def on_batch(self, trainer, demos) -> None:
-        pass
-
-    def on_evaluate_start(self, trainer) -> None:
-        pass
-
-    def on_train_end(self, trainer) -> None:
-        pass
-
-    def on_evaluate(self, trainer, metrics: dict) -> None:
-        if not self.learner.last_eval:
-            self.learner.evaluate_critic()
-        metrics.update(self.learner.last_eval)
-        metrics["critic_best_step"] = self.learner.early_stop["best_step"]
-
-    def on_step_end(self, trainer, metrics: dict) -> None:
-        learner, cfg = self.learner, self.learner.cfg
-        # the last step of the run: max_steps, or a stop asked for by an earlier callback (e.g. a time limit)
-        last = trainer.step >= trainer.cfg.max_steps or trainer.stop_requested
-        if not (trainer.step % cfg.eval_every == 0 or last):
-            return
-        m = learner.evaluate_critic()
-        learner.eval_history.append({"step": trainer.step, **m})
-        trainer.log({f"eval/{k}": v for k, v in m.items()}, trainer.step)
-        if not (cfg.patience or (cfg.keep_best and not learner.train_policy)):
-            return
-        es = learner.early_stop
-        if es["best_loss"] is None or m["critic_loss"] < es["best_loss"]:
-            es.update(
-                best_loss=m["critic_loss"],
-                best_step=trainer.step,
-                bad_evals=0,
-                best_critic={k: v.detach().clone() for k, v in learner.critic.state_dict().items()},
-            )
-        else:
-            es["bad_evals"] += 1
-        if (cfg.patience and es["bad_evals"] >= cfg.patience) or last:
-            if es["best_critic"] is not None:
-                learner.critic.load_state_dict(es["best_critic"])
-                learner.evaluate_critic()  # last_eval = the best critic's
-            if not last:
-                trainer.request_stop()
 
 
 def load_critic(path: str | os.PathLike, device: str | torch.device = "cpu", task=None) -> SequenceCritic:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from seqenv.pretrained import PRETRAINED_NAMES
 from seqenv.tasks import make_task
 
+from .common.callbacks import Callback, SamplesPanel
 from .common.checkpoint import (
     HF_EXPORT_DIR,
     CheckpointError,
@@ -63,12 +64,12 @@ from .common.distributed import (
     gathered_params,
     init_single_process_group,
     load_full_optimizer_state,
+    resolve_device,
     shard_hf_policy,
     wrap_ddp,
 )
-from .common.evaluation import evaluate_policy, format_episode
+from .common.evaluation import evaluate_policy
 from .common.learner import LearnerContext
-from .common.rollout import generate
 from .common.rundir import RunDirectory, RunLock, check_logdir_path
 from .learners import AGENTS, LEARNERS
 from .policies import build_policy
@@ -562,28 +563,6 @@ def resolve_run_config(
     return merge_resumed_config(saved, cfg, resume_overrides), state
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA (this process's local rank) when available, else CPU.
-
-    :raises ValueError: if CUDA is requested but not available, or for a device
-        name torch does not know or this build cannot use (``tpu``, ``mps`` without MPS).
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"--device {name!r} is not a device: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r} is not supported: expected auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return dev
-
-
 def lr_lambda(cfg: TrainConfig):
     """Multiplier of the peak lr at a step: linear warm-up, then cosine to ``min_lr_ratio``.
 
@@ -610,32 +589,6 @@ def make_learner(cfg: TrainConfig, ctx: LearnerContext):
     if cfg.agent not in LEARNERS:
         raise ValueError(f"unknown agent {cfg.agent!r}; valid agents: {', '.join(AGENTS)}")
     return LEARNERS[cfg.agent](ctx, getattr(cfg, cfg.agent))
-
-
-class Callback:
-    """Hooks into :meth:`Trainer.train` (SB3-style; override what you need).
-
-    ``on_batch(trainer, demos)`` sees each step's demonstrations before the
-    loss; ``on_step_end(trainer, metrics)`` runs after each optimiser step
-    (``trainer.step`` already incremented); ``on_evaluate_start(trainer)`` and
-    ``on_evaluate(trainer, metrics)`` around each evaluation; ``on_train_end(trainer)`` when :meth:`Trainer.train`
-    returns or stops. Time spent in callbacks is not excluded from anything.
-    """
-
-    def on_batch(self, trainer: Trainer, demos) -> None:
-        pass
-
-    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        pass
-
-    def on_evaluate_start(self, trainer: Trainer) -> None:
-        pass
-
-    def on_evaluate(self, trainer: Trainer, metrics: dict) -> None:
-        pass
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        pass
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -683,37 +636,6 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         lr=cfg.lr or LR_DEFAULTS["transformer"],
         betas=(0.9, 0.95),
     )
-
-
-class SamplesPanel(Callback):
-    """At every evaluation, a TensorBoard text panel ``samples/episodes`` with a
-    few generated episodes written as their actions (deleted tokens struck
-    through, the backspace shown as ``⌫``) next to the final text.
-
-    :param num_episodes: episodes per panel.
-    """
-
-    def __init__(self, num_episodes: int = 8):
-        self.num_episodes = num_episodes
-
-    def on_evaluate(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.writer is None:
-            return
-        results = generate(
-            trainer.policy,
-            trainer.task,
-            self.num_episodes,
-            device=trainer.device,
-            seed=trainer.cfg.seed,
-            temperature=trainer.cfg.eval_temperature,
-        )
-        tok = trainer.task.tokenizer
-        rows = ["| episode (actions) | final text |", "|---|---|"]
-        for r in results:
-            for prompt, actions, final in zip(r.prompts(), r.action_lists(), r.sequences()):
-                shown = format_episode(tok, actions, prompt).replace("|", "\\|")
-                rows.append(f"| {shown} | `{(tok.decode(prompt) + tok.decode(final)).replace('|', '/')}` |")
-        trainer.writer.add_text("samples/episodes", "\n".join(rows), trainer.step)
 
 
 class Trainer:

@@ -90,12 +90,13 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from agents.common.demos import DemoSampler  # noqa: E402
+from agents.common.distributed import resolve_device  # noqa: E402
 from agents.common.learner import LearnerContext  # noqa: E402
 from agents.common.rollout import RolloutResult, make_vector_env, rollout  # noqa: E402
 from agents.mle import MLEConfig, MLELearner  # noqa: E402
 from agents.policies.hf import HFPolicy  # noqa: E402
 from agents.policies.transformer import PolicyConfig, TransformerPolicy  # noqa: E402
-from agents.trainer import TrainConfig, _optimizer, lr_lambda, resolve_device  # noqa: E402
+from agents.trainer import TrainConfig, _optimizer, lr_lambda  # noqa: E402
 from seqenv.tasks import make_task  # noqa: E402
 
 SIZES = {"small": (4, 4, 128), "medium": (6, 8, 256)}  # (n_layer, n_head, n_embd)

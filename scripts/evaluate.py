@@ -31,10 +31,10 @@ from agents.common.cli import (
     parse_flags,
     run_cli,
 )
+from agents.common.distributed import resolve_device
 from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
 from agents.common.mauve import mauve_score
 from agents.common.rollout import generate
-from agents.trainer import resolve_device
 from seqenv.pretrained import PRETRAINED_NAMES, pretrained_dir
 
 

@@ -26,9 +26,9 @@ from agents.common.cli import (
     parse_flags,
     run_cli,
 )
+from agents.common.distributed import resolve_device
 from agents.generation import generate_texts
 from agents.nce import load_critic
-from agents.trainer import resolve_device
 
 
 @dataclass

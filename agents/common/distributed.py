@@ -1,4 +1,5 @@
-"""PyTorch DDP and FSDP2 helpers shared by the trainer and the learners that own extra modules.
+"""PyTorch DDP and FSDP2 helpers shared by the trainer and the learners that own extra modules,
+and :func:`resolve_device` (``--device auto|cpu|cuda[:N]``, the local rank's GPU under ``torchrun``).
 
 DDP (``--dist ddp``, the default) replicates the policy on every rank. FSDP2
 (``--dist fsdp``, Hugging Face policies only) shards it with
@@ -16,6 +17,7 @@ may take different numbers of steps), and reshards on exit.
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -31,6 +33,28 @@ if TYPE_CHECKING:  # imported where used: torch.distributed.fsdp needs a build w
 
 #: the modules whose FSDP2 units :func:`gathered_params` holds gathered now (a nested call is a no-op)
 _GATHERED: weakref.WeakSet[nn.Module | Policy] = weakref.WeakSet()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA (this process's local rank) when available, else CPU.
+
+    :raises ValueError: if CUDA is requested but not available, or for a device
+        name torch does not know or this build cannot use (``tpu``, ``mps`` without MPS).
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not supported: expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return dev
 
 
 def is_distributed() -> bool:

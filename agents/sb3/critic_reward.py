@@ -117,13 +117,13 @@ from seqenv.tokenizers import BOS_ID
 
 from ..common.checkpoint import load_policy, save_checkpoint
 from ..common.cli import MAX_SAMPLES, MAX_STEPS, check_number
+from ..common.distributed import resolve_device
 from ..common.evaluation import evaluate_policy
 from ..common.rollout import make_vector_env, rollout
 from ..common.rundir import RunDirectory
 from ..common.trajectory import sequence_batch
 from ..critic import SequenceCritic
 from ..nce import load_critic
-from ..trainer import resolve_device
 from .policy import TransformerMaskablePolicy
 
 KL_ESTIMATORS = ("k1", "k3", "exact")
