@@ -3,7 +3,8 @@
 Deng, Bakhtin, Ott, Szlam, Ranzato, "Residual Energy-Based Models for Text
 Generation", ICLR 2020: ``p(x) ∝ p_LM(x) exp(-E(x))`` with ``E`` a
 bidirectional transformer, mean-pooled. Trained by :mod:`agents.nce`; used by
-reranking (:mod:`agents.generation`) and as a reward (:mod:`agents.sb3.critic_reward`).
+reranking (:mod:`agents.generation`) and as a reward (:mod:`agents.sb3.critic_reward`),
+which read it back from an ``nce`` checkpoint with :func:`load_critic`.
 
 Batch convention (docs/internals.md): ``tokens: LongTensor[B, T]`` is
 ``[bos, x_1..x_n, eos, pad...]`` and ``mask: BoolTensor[B, T]`` is True at the
@@ -12,15 +13,40 @@ predicted positions ``x_1..x_n, eos``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 
+from .common.checkpoint import CheckpointError, checkpoint_task, load_checkpoint
+from .common.cli import check_number
 from .common.trajectory import sequence_batch
 from .policies.transformer import Block, PolicyConfig, TransformerPolicy
 
-_POOLINGS = ("mean", "first")
+POOLINGS = ("mean", "first")
+
+#: the critic's size fields: declared (with their defaults) by :class:`CriticConfig` only, checked by
+#: :func:`check_critic_size`; ``NCEConfig``'s ``critic_*`` flags take their defaults from here
+CRITIC_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "dropout", "pooling")
+
+
+def check_critic_size(prefix: str, n_layer, n_head, n_embd, dropout, pooling) -> None:
+    """Raise unless the size fields make a valid critic (used by :class:`CriticConfig` and ``NCEConfig``).
+
+    :param prefix: how the fields are named in the message (``"CriticConfig."``,
+        ``"NCEConfig.critic_"``: the CLI shows the latter as ``--nce.critic-*``).
+    :raises ValueError: naming the field, e.g. ``"CriticConfig.n_layer must be an integer >= 1, got 0"``:
+        a size below 1, ``n_embd`` not divisible by ``n_head``, a dropout outside ``[0, 1)`` or an
+        unknown pooling.
+    """
+    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd)):
+        check_number(f"{prefix}{name}", value, ge=1, integer=True)
+    if n_embd % n_head:
+        raise ValueError(f"{prefix}n_embd ({n_embd}) must be divisible by {prefix}n_head ({n_head})")
+    check_number(f"{prefix}dropout", dropout, ge=0, lt=1)
+    if pooling not in POOLINGS:
+        raise ValueError(f"{prefix}pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 @dataclass
@@ -37,7 +63,7 @@ class CriticConfig:
         ``"mean"`` over non-pad positions (bos and eos included), or
         ``"first"`` (the bos position, BERT-style).
     :raises ValueError: on a non-positive size, ``n_embd % n_head != 0``, a
-        dropout outside ``[0, 1)`` or an unknown pooling.
+        dropout outside ``[0, 1)`` or an unknown pooling (:func:`check_critic_size`).
     """
 
     vocab_size: int
@@ -49,16 +75,9 @@ class CriticConfig:
     pooling: str = "mean"
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CriticConfig.{name} must be a positive int, got {value!r}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"CriticConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"CriticConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.pooling not in _POOLINGS:
-            raise ValueError(f"CriticConfig.pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+        for name in ("vocab_size", "block_size"):
+            check_number(f"CriticConfig.{name}", getattr(self, name), ge=1, integer=True)
+        check_critic_size("CriticConfig.", **{name: getattr(self, name) for name in CRITIC_SIZE_FIELDS})
 
     def to_dict(self) -> dict:
         """Return the config as a JSON-able dict (inverse of :meth:`from_dict`)."""
@@ -258,3 +277,42 @@ class SequenceCritic(nn.Module):
         else:  # "first"
             pooled = x[:, 0]
         return self.head(pooled).squeeze(-1)
+
+
+def load_critic(path: str | os.PathLike, device: str | torch.device = "cpu", task=None) -> SequenceCritic:
+    """The trained critic of a ``train.py --agent nce`` checkpoint, in eval mode.
+
+    :param path: the run's ``checkpoint.pt``.
+    :param device: where to put the critic.
+    :param task: a task name or :class:`~seqenv.tasks.Task` the critic will
+        score sequences of (its tokenizer must be the checkpoint's); None =
+        the checkpoint's own task.
+    :returns: :class:`SequenceCritic` with ``requires_grad=False``; its
+        ``log_normalizer`` is the learned ``c``.
+    :raises FileNotFoundError: if ``path`` does not exist.
+    :raises agents.common.checkpoint.CheckpointError: (a ValueError) if the file is
+        not a seqenv checkpoint, is not an ``nce`` checkpoint (no critic), was
+        trained with another tokenizer than ``task``'s, or ``task`` has longer
+        sequences than the critic reads.
+    """
+    state = load_checkpoint(path, map_location=device)
+    learner = state.get("learner")
+    if state["agent"] != "nce" or not isinstance(learner, dict) or "critic" not in learner:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not an nce checkpoint (agent {state['agent']!r}, no critic); "
+            "train a critic with scripts/train.py --agent nce"
+        )
+    task = checkpoint_task(state, task, path=f"critic checkpoint {str(path)!r}")
+    config = CriticConfig.from_dict(learner["critic_config"])
+    if task.max_length + 1 > config.block_size:
+        raise CheckpointError(
+            f"task {task.name!r} has max_length {task.max_length} but the critic in {str(path)!r} reads "
+            f"sequences of at most {config.block_size - 1} tokens"
+        )
+    critic = SequenceCritic(config).to(device)
+    try:
+        critic.load_state_dict(learner["critic"])
+    except RuntimeError as e:
+        raise CheckpointError(f"critic checkpoint {str(path)!r}: weights do not match its critic_config: {e}") from None
+    critic.eval().requires_grad_(False)
+    return critic

@@ -33,7 +33,6 @@ from .common.rollout import generate
 from .common.trajectory import TrajectoryBatch
 from .critic import SequenceCritic, critic_batch
 from .earm import energy_rerank
-from .nce import sample_with_prompts
 from .policies import Policy
 
 SCORE_CHUNK = 4096  # rows per forward pass when scoring candidates (bounds the activation memory)
@@ -154,17 +153,14 @@ def generate_reranked(
     k = 1 if rerank == "none" else candidates
     prompts = generation_prompts(task, num_samples, seed)
     kw = dict(device=device, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p)
-    if prompts is None:
-        results = generate(policy, task, num_samples * k, batch_size=batch_size * k if k > 1 else batch_size, **kw)
-    else:
-        results = sample_with_prompts(
-            policy,
-            task,
-            [p for p in prompts for _ in range(k)],
-            num_samples * k,
-            batch_size=batch_size * k if k > 1 else batch_size,
-            **kw,
-        )
+    results = generate(
+        policy,
+        task,
+        num_samples * k,
+        prompts=None if prompts is None else [p for p in prompts for _ in range(k)],
+        batch_size=batch_size * k if k > 1 else batch_size,
+        **kw,
+    )
     seqs = [s for r in results for s in r.sequences()]
     prompt_ids = [p for r in results for p in r.prompts()]
     terminated = [bool(t) for r in results for t in r.terminated.tolist()]

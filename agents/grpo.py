@@ -75,7 +75,7 @@ from .common.demos import Demos
 from .common.learner import LearnerContext, register_learner
 from .common.rollout import RolloutResult, make_vector_env, rollout
 from .common.trajectory import TrajectoryBatch, sequence_batch
-from .nce import load_critic
+from .critic import load_critic
 
 ADVANTAGES = ("grpo", "dr_grpo", "rloo")
 STD_EPS = 1e-4

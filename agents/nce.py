@@ -11,7 +11,11 @@ ancestral scoring (:func:`sequence_log_prob`): no MCMC.
 Contents, in the order of METHODS.md §3 (the critic itself,
 :class:`~agents.critic.SequenceCritic`, a bidirectional transformer giving a
 scalar energy ``E_psi(x)`` per sequence used residually on top of the policy,
-``p(x) ∝ p_policy(x) exp(-E_psi(x))``, lives in :mod:`agents.critic`):
+``p(x) ∝ p_policy(x) exp(-E_psi(x))``, lives in :mod:`agents.critic` with
+its loader :func:`~agents.critic.load_critic`; the noise distribution, a
+frozen snapshot of the policy refreshed every K steps, is
+:class:`agents.noise.SnapshotNoise`; the held-out evaluation and early
+stopping run as :class:`agents.common.callbacks.CriticEvalCallback`):
 
 - :func:`binary_nce_loss` -- the NCE loss with snapshot noise and noise ratio nu.
 - :func:`residual_nce_loss` -- the same loss for the residual critic, whose
@@ -21,14 +25,11 @@ scalar energy ``E_psi(x)`` per sequence used residually on top of the policy,
   an EBM, energy ``-log p_theta(x)``.
 - :func:`sequence_log_prob` -- exact ``log p(x)`` of an AR policy by ancestral
   scoring.
-- :class:`SnapshotNoise` -- the frozen snapshot, refreshed every K steps.
 - :class:`NCEConfig`, :class:`NCELearner` -- ``scripts/train.py --agent
   nce``: the residual critic trained by binary or ranking NCE against noise
   sampled through the vector env from the policy's snapshot, optionally with
   the policy itself trained by self-adapting NCE; :func:`no_backspace_log_prob`
-  (exact ``log q`` of those samples); :func:`load_critic` (the critic of such
-  a run's checkpoint, for ``generate.py --rerank critic`` and
-  ``scripts/ppo_critic.py``).
+  (exact ``log q`` of those samples).
 
 Batch convention (docs/internals.md): ``tokens: LongTensor[B, T]`` is
 ``[bos, x_1..x_n, eos, pad...]`` and ``mask: BoolTensor[B, T]`` is True at the
@@ -39,27 +40,26 @@ policy, its snapshot, the critic) and the vector env.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from seqenv.tokenizers import SpecialIds
 
 from .common.callbacks import CriticEvalCallback
-from .common.checkpoint import CheckpointError, checkpoint_task, load_checkpoint
+from .common.cli import check_number
 from .common.demos import Demos
 from .common.distributed import wrap_ddp
 from .common.learner import LearnerContext, register_learner
 from .common.resampling import effective_sample_size
-from .common.rollout import OnlineSampler, RolloutResult, make_vector_env, rollout
+from .common.rollout import OnlineSampler, generate
 from .common.trajectory import token_log_probs
-from .critic import CriticConfig, SequenceCritic, critic_batch
+from .critic import CRITIC_SIZE_FIELDS, CriticConfig, SequenceCritic, check_critic_size, critic_batch
+from .noise import SnapshotNoise
 
 # ---------------------------------------------------------------------------
 # Exact log q by ancestral scoring
@@ -335,7 +335,7 @@ def self_adapting_nce_loss(
 
     Energy ``E_theta(x) = -log p_theta(x)`` (exact, :func:`sequence_log_prob`);
     noise = a frozen snapshot ``theta_s`` of the same policy, refreshed every K
-    steps (:class:`SnapshotNoise`), with samples by ancestral sampling and
+    steps (:class:`~agents.noise.SnapshotNoise`), with samples by ancestral sampling and
     exact ``log q = log p_theta_s`` by ancestral scoring. Then
     :func:`binary_nce_loss` reads::
 
@@ -399,211 +399,6 @@ def self_adapting_nce_loss(
 
 
 # ---------------------------------------------------------------------------
-# The self-adapting noise distribution: a frozen snapshot of the policy
-# ---------------------------------------------------------------------------
-
-
-def _check_step(step) -> None:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-
-
-class SnapshotNoise:
-    """The self-adapting noise distribution: a frozen deep copy of the policy,
-    refreshed every ``refresh_every`` (K) training steps (Xu, arXiv
-    2211.02650 [paper]; shorter K gave better samples).
-
-    Refresh rule [recon]: the first call to :meth:`maybe_refresh` always takes
-    a snapshot; afterwards one is taken whenever ``step`` reaches a new multiple
-    of K (``step // K > last_refresh_step // K``). Called at steps 0, 1, 2, ...
-    this refreshes at 0, K, 2K, ...; skipped steps do not shift the schedule.
-
-    The snapshot is in eval mode (dropout off, so its log-probabilities are the
-    exact ``log q``) with ``requires_grad=False`` on every parameter. Pass the
-    bare policy, not a DDP wrapper (``ddp_model.module``).
-
-    :param refresh_every: K >= 1 (K = 1: the snapshot is the current policy).
-    :raises ValueError: if ``refresh_every`` is not an int >= 1.
-    """
-
-    def __init__(self, refresh_every: int):
-        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
-            raise ValueError(f"refresh_every (K) must be an int >= 1, got {refresh_every!r}")
-        self.refresh_every = refresh_every
-        self._module: nn.Module | None = None
-        self._last_refresh_step: int | None = None
-
-    @property
-    def module(self) -> nn.Module:
-        """The frozen snapshot ``nn.Module`` (eval mode, no gradients).
-
-        :raises RuntimeError: before the first refresh.
-        """
-        if self._module is None:
-            raise RuntimeError("SnapshotNoise has no snapshot yet: call maybe_refresh(model, step) first")
-        return self._module.eval()
-
-    @property
-    def last_refresh_step(self) -> int | None:
-        """Training step of the current snapshot, or None before the first."""
-        return self._last_refresh_step
-
-    def refresh(self, model: nn.Module, step: int) -> None:
-        """Replace the snapshot by a frozen deep copy of ``model`` now.
-
-        :raises ValueError: if ``model`` is not an ``nn.Module`` or ``step`` is
-            negative or earlier than the last refresh.
-        """
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-        _check_step(step)
-        if self._last_refresh_step is not None and step < self._last_refresh_step:
-            raise ValueError(f"step {step} is earlier than the last refresh step {self._last_refresh_step}")
-        snapshot = copy.deepcopy(model)
-        snapshot.eval()
-        for p in snapshot.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        self._module = snapshot
-        self._last_refresh_step = step
-
-    def maybe_refresh(self, model: nn.Module, step: int) -> bool:
-        """Refresh the snapshot if the schedule says so; return whether it did.
-
-        :param model: the current policy.
-        :param step: the current training step, non-decreasing across calls.
-        :raises ValueError: on a negative or decreasing ``step`` or a non-module.
-        """
-        _check_step(step)
-        last = self._last_refresh_step
-        if last is not None and step < last:
-            raise ValueError(f"step {step} is earlier than the last refresh step {last}")
-        if last is None or step // self.refresh_every > last // self.refresh_every:
-            self.refresh(model, step)
-            return True
-        return False
-
-    def age(self, step: int) -> int:
-        """Number of steps since the snapshot was taken (0 right after a refresh).
-
-        :raises RuntimeError: before the first refresh.
-        :raises ValueError: on a negative step or one before the last refresh.
-        """
-        _check_step(step)
-        if self._last_refresh_step is None:
-            raise RuntimeError("SnapshotNoise has no snapshot yet: call maybe_refresh(model, step) first")
-        if step < self._last_refresh_step:
-            raise ValueError(f"step {step} is earlier than the last refresh step {self._last_refresh_step}")
-        return step - self._last_refresh_step
-
-    def state_dict(self) -> dict:
-        """Checkpointable state: K, the refresh step and the snapshot's weights."""
-        return {
-            "refresh_every": self.refresh_every,
-            "last_refresh_step": self._last_refresh_step,
-            "module": None if self._module is None else self._module.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict, model: nn.Module) -> None:
-        """Restore from :meth:`state_dict`, so that a resumed run keeps the same
-        noise distribution. ``model`` is any module of the policy's
-        architecture; it is copied, not modified.
-
-        :raises ValueError: if ``state`` lacks a key or has a bad K.
-        """
-        missing = {"refresh_every", "last_refresh_step", "module"} - set(state)
-        if missing:
-            raise ValueError(f"SnapshotNoise state is missing keys {sorted(missing)}")
-        k = state["refresh_every"]
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"refresh_every (K) must be an int >= 1, got {k!r}")
-        self.refresh_every = k
-        self._module, self._last_refresh_step = None, None
-        if state["module"] is not None:
-            self.refresh(model, state["last_refresh_step"])
-            self._module.load_state_dict(state["module"])
-
-
-# ---------------------------------------------------------------------------
-# Sampling with given prompts (conditional critics, per-prompt reranking)
-# ---------------------------------------------------------------------------
-
-
-class _PromptedEnv:
-    """A vector env whose every reset starts row ``b`` from ``prompts[b]``
-    (the env's ``reset(options={"prompt": [...]})``); everything else is the env's."""
-
-    def __init__(self, venv, prompts: list[str]):
-        self._venv, self._prompts = venv, list(prompts)
-
-    def reset(self, *, seed=None, options=None):
-        return self._venv.reset(seed=seed, options={**(options or {}), "prompt": self._prompts})
-
-    def __getattr__(self, name):
-        return getattr(self._venv, name)
-
-
-def sample_with_prompts(
-    policy,
-    task,
-    prompts: list[str] | None,
-    num_samples: int,
-    *,
-    device="cpu",
-    seed: int = 0,
-    generator: torch.Generator | None = None,
-    batch_size: int = 256,
-    temperature: float = 1.0,
-    top_k=None,
-    top_p=None,
-    allow_backspace: bool = True,
-) -> list[RolloutResult]:
-    """Episodes whose prompts are given: row ``i`` starts from ``prompts[i]``.
-
-    Used where samples must share a prompt with something else: the noise of a
-    conditional NCE critic (the data's prompts), per-prompt reranking (``n``
-    candidates of one prompt). ``prompts=None`` (unconditional task) draws
-    ``num_samples`` episodes from the env's default.
-
-    :param prompts: ``num_samples`` prompt texts, or None.
-    :param seed: env reset seed of the first batch (batch ``j`` uses ``seed + offset``).
-    :param generator: action-sampling ``torch.Generator`` on ``device``
-        (default: a new one seeded with ``seed``).
-    :returns: one :class:`~agents.common.rollout.RolloutResult` per batch of at
-        most ``batch_size`` rows, in row order.
-    :raises ValueError: on ``num_samples < 1``, ``batch_size < 1`` or a prompt
-        list of another length.
-    """
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
-    if prompts is not None and len(prompts) != num_samples:
-        raise ValueError(f"need one prompt per sample: {num_samples} samples, {len(prompts)} prompts")
-    gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
-    out, done, envs = [], 0, {}
-    while done < num_samples:
-        n = min(batch_size, num_samples - done)
-        if n not in envs:
-            envs[n] = make_vector_env(task, n, device)
-        venv = envs[n] if prompts is None else _PromptedEnv(envs[n], prompts[done : done + n])
-        out.append(
-            rollout(
-                policy,
-                venv,
-                seed=seed + done,
-                generator=gen,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                allow_backspace=allow_backspace,
-            )
-        )
-        done += n
-    for venv in envs.values():
-        venv.close()
-    return out
-
-
-# ---------------------------------------------------------------------------
 # The learner: scripts/train.py --agent nce
 # ---------------------------------------------------------------------------
 
@@ -641,6 +436,10 @@ def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torc
     return sequence_log_prob(logits.float().masked_fill(illegal, -math.inf), tokens, mask)
 
 
+#: the critic's size defaults (``--nce.critic-*``): :class:`~agents.critic.CriticConfig`'s
+_CRITIC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CriticConfig) if f.name in CRITIC_SIZE_FIELDS}
+
+
 @dataclass
 class NCEConfig:
     """Hyperparameters of :class:`NCELearner` (the ``nce`` section of
@@ -654,7 +453,7 @@ class NCEConfig:
         ratio ν (``M = ν·B`` noise samples per step, the classical sum form) or
         the number of noise candidates of ranking NCE.
     :param refresh_every: K >= 1, steps between refreshes of the noise
-        distribution, a frozen snapshot of the policy (:class:`SnapshotNoise`);
+        distribution, a frozen snapshot of the policy (:class:`~agents.noise.SnapshotNoise`);
         1 = the current policy. Only matters when the policy is trained.
     :param critic_n_layer: transformer blocks of the :class:`SequenceCritic` (its :class:`CriticConfig`).
     :param critic_n_head: the critic's attention heads (must divide ``critic_n_embd``).
@@ -703,11 +502,11 @@ class NCEConfig:
     loss: Literal["binary", "ranking"] = "binary"
     nu: int = 1
     refresh_every: int = 1
-    critic_n_layer: int = 2
-    critic_n_head: int = 4
-    critic_n_embd: int = 128
-    critic_dropout: float = 0.0
-    critic_pooling: Literal["mean", "first"] = "mean"
+    critic_n_layer: int = _CRITIC_DEFAULTS["n_layer"]
+    critic_n_head: int = _CRITIC_DEFAULTS["n_head"]
+    critic_n_embd: int = _CRITIC_DEFAULTS["n_embd"]
+    critic_dropout: float = _CRITIC_DEFAULTS["dropout"]
+    critic_pooling: Literal["mean", "first"] = _CRITIC_DEFAULTS["pooling"]
     policy_objective: Literal["none", "self_adapting_nce"] = "none"
     policy_weight: float = 1.0
     ce_weight: float = 0.0
@@ -725,44 +524,23 @@ class NCEConfig:
             raise ValueError(
                 f"NCEConfig.policy_objective must be one of {POLICY_OBJECTIVES}, got {self.policy_objective!r}"
             )
-        for name in ("nu", "refresh_every", "eval_size", "critic_n_layer", "critic_n_head", "critic_n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"NCEConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("nu", "refresh_every", "eval_size"):
+            check_number(f"NCEConfig.{name}", getattr(self, name), ge=1, integer=True)
         for name in ("noise_pool", "eval_every", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"NCEConfig.{name} must be an int >= 0, got {value!r}")
+            check_number(f"NCEConfig.{name}", getattr(self, name), ge=0, integer=True)
         if self.patience and not self.eval_every:
             raise ValueError(
                 f"NCEConfig.patience={self.patience} needs eval_every >= 1 (early stopping reads the "
                 "held-out evaluation), got eval_every=0"
             )
         for name in ("policy_weight", "ce_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"NCEConfig.{name} must be a finite number >= 0, got {value!r}")
-        if not 0.0 <= self.critic_dropout < 1.0:
-            raise ValueError(f"NCEConfig.critic_dropout must be in [0, 1), got {self.critic_dropout!r}")
-        if self.critic_n_embd % self.critic_n_head:
-            raise ValueError(
-                f"NCEConfig.critic_n_embd ({self.critic_n_embd}) must be divisible by "
-                f"NCEConfig.critic_n_head ({self.critic_n_head})"
-            )
-        if self.critic_pooling not in ("mean", "first"):
-            raise ValueError(f"NCEConfig.critic_pooling must be 'mean' or 'first', got {self.critic_pooling!r}")
+            check_number(f"NCEConfig.{name}", getattr(self, name), ge=0)
+        check_critic_size("NCEConfig.critic_", **{name: getattr(self, f"critic_{name}") for name in CRITIC_SIZE_FIELDS})
 
     def critic_config(self, vocab_size: int, block_size: int) -> CriticConfig:
         """The :class:`CriticConfig` of these fields for a task's vocabulary and length."""
-        return CriticConfig(
-            vocab_size=vocab_size,
-            block_size=block_size,
-            n_layer=self.critic_n_layer,
-            n_head=self.critic_n_head,
-            n_embd=self.critic_n_embd,
-            dropout=self.critic_dropout,
-            pooling=self.critic_pooling,
-        )
+        sizes = {name: getattr(self, f"critic_{name}") for name in CRITIC_SIZE_FIELDS}
+        return CriticConfig(vocab_size=vocab_size, block_size=block_size, **sizes)
 
 
 @register_learner
@@ -776,7 +554,7 @@ class NCELearner:
 
     1. the noise distribution, a frozen snapshot ``p_s`` of the policy, is
        refreshed if the schedule says so (every ``refresh_every`` = K steps,
-       :class:`SnapshotNoise`; Xu, arXiv 2211.02650 [paper]);
+       :class:`~agents.noise.SnapshotNoise`; Xu, arXiv 2211.02650 [paper]);
     2. ``M = nu·B`` noise sequences are sampled from ``p_s`` in batch through
        the vector env on the training device, backspace disabled, so that
        they are exact ancestral samples with exact ``log p_s``
@@ -846,7 +624,7 @@ class NCELearner:
     reranking compares candidates of one prompt, where ``c`` cancels.
 
     Held-out evaluation (``eval_every``; :meth:`evaluate_critic`,
-    :class:`CriticEvalCallback`, which the trainer runs as a callback):
+    :class:`~agents.common.callbacks.CriticEvalCallback`, which the trainer runs as a callback):
     ``eval/critic_accuracy``, ``eval/critic_loss``, ``eval/critic_auc``,
     ``eval/critic_weight_ess``; with ``patience``, early stopping on
     ``critic_loss`` (the trainer's :meth:`~agents.trainer.Trainer.request_stop`).
@@ -865,7 +643,7 @@ class NCELearner:
     Checkpoint (:meth:`state_dict`, saved under ``"learner"``): the critic's
     config dict and weights (``c`` is its ``log_normalizer``) and the
     snapshot's state, so that a resumed run has the same noise distribution;
-    :func:`load_critic` reads the critic back.
+    :func:`agents.critic.load_critic` reads the critic back.
 
     :param ctx: :class:`~agents.common.learner.LearnerContext` (an
         unconditional or paired task; ``"noise"`` stream: env reset seeds and
@@ -911,15 +689,7 @@ class NCELearner:
             pc = getattr(self.policy, "config", None)
             if pc is None or not hasattr(pc, "n_layer"):
                 raise ValueError(f"init_from_policy needs a transformer policy, got {type(self.policy).__name__}")
-            critic_config = CriticConfig(
-                vocab_size=critic_config.vocab_size,
-                block_size=critic_config.block_size,
-                n_layer=pc.n_layer,
-                n_head=pc.n_head,
-                n_embd=pc.n_embd,
-                dropout=cfg.critic_dropout,
-                pooling=cfg.critic_pooling,
-            )
+            critic_config = dataclasses.replace(critic_config, n_layer=pc.n_layer, n_head=pc.n_head, n_embd=pc.n_embd)
         self.critic = SequenceCritic(critic_config).to(self.device)
         if cfg.init_from_policy:
             self.critic.init_from_policy(self.policy)
@@ -971,11 +741,11 @@ class NCELearner:
         tok = self.task.tokenizer
         texts = None if prompts is None or not self.conditional else [tok.decode(p) for p in prompts]
         n = len(prompts)
-        results = sample_with_prompts(
+        results = generate(
             policy if policy is not None else self.snapshot.module,
             self.task,
-            texts,
             n,
+            prompts=texts,
             device=self.device,
             seed=seed,
             generator=generator,
@@ -1167,7 +937,7 @@ class NCELearner:
 
     def state_dict(self) -> dict:
         """``critic_config`` (dict), ``critic`` (state_dict; ``c`` = ``log_normalizer``),
-        ``snapshot`` (:meth:`SnapshotNoise.state_dict`), ``pool`` (the fixed
+        ``snapshot`` (:meth:`agents.noise.SnapshotNoise.state_dict`), ``pool`` (the fixed
         noise set as id lists, or None) and ``early_stop`` (best held-out
         loss, its step, evaluations without improvement, the best critic's
         state_dict): tensors, dicts, lists, numbers only."""
@@ -1199,42 +969,3 @@ class NCELearner:
         self.pool = state.get("pool")
         if state.get("early_stop"):
             self.early_stop = dict(state["early_stop"])
-
-
-def load_critic(path: str | os.PathLike, device: str | torch.device = "cpu", task=None) -> SequenceCritic:
-    """The trained critic of a ``train.py --agent nce`` checkpoint, in eval mode.
-
-    :param path: the run's ``checkpoint.pt``.
-    :param device: where to put the critic.
-    :param task: a task name or :class:`~seqenv.tasks.Task` the critic will
-        score sequences of (its tokenizer must be the checkpoint's); None =
-        the checkpoint's own task.
-    :returns: :class:`SequenceCritic` with ``requires_grad=False``; its
-        ``log_normalizer`` is the learned ``c``.
-    :raises FileNotFoundError: if ``path`` does not exist.
-    :raises agents.common.checkpoint.CheckpointError: (a ValueError) if the file is
-        not a seqenv checkpoint, is not an ``nce`` checkpoint (no critic), was
-        trained with another tokenizer than ``task``'s, or ``task`` has longer
-        sequences than the critic reads.
-    """
-    state = load_checkpoint(path, map_location=device)
-    learner = state.get("learner")
-    if state["agent"] != "nce" or not isinstance(learner, dict) or "critic" not in learner:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is not an nce checkpoint (agent {state['agent']!r}, no critic); "
-            "train a critic with scripts/train.py --agent nce"
-        )
-    task = checkpoint_task(state, task, path=f"critic checkpoint {str(path)!r}")
-    config = CriticConfig.from_dict(learner["critic_config"])
-    if task.max_length + 1 > config.block_size:
-        raise CheckpointError(
-            f"task {task.name!r} has max_length {task.max_length} but the critic in {str(path)!r} reads "
-            f"sequences of at most {config.block_size - 1} tokens"
-        )
-    critic = SequenceCritic(config).to(device)
-    try:
-        critic.load_state_dict(learner["critic"])
-    except RuntimeError as e:
-        raise CheckpointError(f"critic checkpoint {str(path)!r}: weights do not match its critic_config: {e}") from None
-    critic.eval().requires_grad_(False)
-    return critic

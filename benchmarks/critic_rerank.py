@@ -159,8 +159,8 @@ def rerank_eval(
 
     from agents.common.checkpoint import load_policy
     from agents.common.evaluation import evaluate_samples
+    from agents.critic import load_critic
     from agents.generation import generate_reranked
-    from agents.nce import load_critic
 
     policy, task, _ = load_policy(policy_ckpt, device)
     critic = load_critic(critic_ckpt, device, task)

@@ -99,10 +99,11 @@ from agents.common.checkpoint import load_checkpoint, save_checkpoint
 from agents.common.evaluation import evaluate_samples, format_metrics_table, recovery, validity_rate
 from agents.common.rollout import generate
 from agents.common.rundir import RunDirectory
+from agents.critic import load_critic
 from agents.earm import EARMConfig
 from agents.generation import rerank_critic
 from agents.mle import MLEConfig
-from agents.nce import NCEConfig, load_critic
+from agents.nce import NCEConfig
 from agents.sb3.critic_reward import PPOCriticConfig
 from agents.sb3.critic_reward import run as run_ppo
 from agents.sequencematch import SequenceMatchConfig

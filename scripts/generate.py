@@ -27,8 +27,8 @@ from agents.common.cli import (
     run_cli,
 )
 from agents.common.distributed import resolve_device
+from agents.critic import load_critic
 from agents.generation import generate_texts
-from agents.nce import load_critic
 
 
 @dataclass

@@ -7,11 +7,13 @@ import pytest
 import torch
 from tiny import make_tiny_policy
 
+from agents.common.callbacks import CriticEvalCallback
 from agents.common.demos import DemoSampler
 from agents.common.learner import LearnerContext
+from agents.common.rollout import generate
 from agents.critic import CriticConfig, SequenceCritic, critic_batch
 from agents.generation import generate_reranked, generation_prompts
-from agents.nce import CriticEvalCallback, NCEConfig, NCELearner, sample_with_prompts
+from agents.nce import NCEConfig, NCELearner
 from agents.trainer import Callback, ModelConfig, TrainConfig, Trainer
 from seqenv.tasks import make_task
 from seqenv.tokenizers import BOS_ID, EOS_ID, PAD_ID
@@ -67,9 +69,9 @@ def test_learner_init_from_policy_takes_the_policy_sizes():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(noise_pool=-1), r"noise_pool must be an int >= 0, got -1"),
+        (dict(noise_pool=-1), r"noise_pool must be an integer >= 0, got -1"),
         (dict(patience=2, eval_every=0), r"patience=2 needs eval_every >= 1"),
-        (dict(eval_size=0), r"eval_size must be an int >= 1, got 0"),
+        (dict(eval_size=0), r"eval_size must be an integer >= 1, got 0"),
     ],
 )
 def test_config_rejects(kw, match):
@@ -269,13 +271,13 @@ def test_nce_run_logs_held_out_critic_metrics(tmp_path):
     assert t.learner.critic.config.n_embd == 16
 
 
-def test_sample_with_prompts_and_per_prompt_reranking():
+def test_generate_with_prompts_and_per_prompt_reranking():
     policy = make_tiny_policy(ARITH)
     prompts = ["In base 10, what is 1 + 1? ", "In base 2, what is 1 + 1? ", "In base 10, what is 1 + 1? "]
-    (res,) = sample_with_prompts(policy, ARITH, prompts, 3, seed=0, allow_backspace=False)
+    (res,) = generate(policy, ARITH, 3, prompts=prompts, seed=0, allow_backspace=False)
     assert [ARITH.tokenizer.decode(p) for p in res.prompts()] == prompts
     with pytest.raises(ValueError, match="one prompt per sample"):
-        sample_with_prompts(policy, ARITH, prompts, 2)
+        generate(policy, ARITH, 2, prompts=prompts)
     want = generation_prompts(ARITH, 5, seed=3)
     assert want == generation_prompts(ARITH, 5, seed=3) and set(want) <= set(ARITH.split_prompt_texts("test"))
     critic = SequenceCritic(

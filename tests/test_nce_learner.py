@@ -14,7 +14,8 @@ from agents.common.demos import Demos, DemoSampler
 from agents.common.learner import LearnerContext
 from agents.common.rollout import make_vector_env, rollout
 from agents.common.trajectory import collate, sequence_batch
-from agents.nce import NCEConfig, NCELearner, load_critic, no_backspace_log_prob
+from agents.critic import load_critic
+from agents.nce import NCEConfig, NCELearner, no_backspace_log_prob
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
 from scripts import generate as generate_script
 from seqenv.tasks import make_task
@@ -220,9 +221,9 @@ def test_state_dict_round_trip_restores_critic_and_snapshot_exactly(tiny_policy)
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match=r"NCEConfig.nu must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"NCEConfig.nu must be an integer >= 1, got 0"):
         NCEConfig(nu=0)
-    with pytest.raises(ValueError, match=r"NCEConfig.refresh_every must be an int >= 1, got 1.5"):
+    with pytest.raises(ValueError, match=r"NCEConfig.refresh_every must be an integer >= 1, got 1.5"):
         NCEConfig(refresh_every=1.5)
     with pytest.raises(ValueError, match=r"policy_objective must be one of \('none', 'self_adapting_nce'\)"):
         NCEConfig(policy_objective="mle")

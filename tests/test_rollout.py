@@ -8,6 +8,7 @@ from tolerances import policy_atol
 from agents.common.evaluation import recovery
 from agents.common.rollout import generate, make_vector_env, rollout, sample_actions
 from agents.policies.transformer import PolicyConfig, TransformerPolicy
+from seqenv.tasks import make_task
 from seqenv.tokenizers import BACKSPACE_ID, EOS_ID, PAD_ID, apply_backspaces
 
 
@@ -46,6 +47,37 @@ def test_rollout_is_deterministic_and_respects_lengths(tiny_task):
     for r in a:
         assert (r.lengths <= tiny_task.max_length).all()
         assert (r.actions[torch.arange(r.actions.shape[1])[None] >= r.num_actions[:, None]] == PAD_ID).all()
+
+
+def test_generate_with_prompts_is_a_rollout_of_each_batch_from_its_prompts():
+    """generate(prompts=...) (what nce.sample_with_prompts was): batch j = one rollout of an env reset with
+    seed + offset whose rows start from that batch's prompts, actions from one generator shared by the batches."""
+    arith = make_task("arithmetic")
+    policy = make_tiny_policy(arith, n_layer=2)
+    prompts = arith.split_prompt_texts("test")[:5]
+    got = generate(policy, arith, 5, prompts=prompts, batch_size=2, seed=7, allow_backspace=False)
+    assert [r.tokens.shape[0] for r in got] == [2, 2, 1]
+    assert [arith.tokenizer.decode(p) for r in got for p in r.prompts()] == prompts
+    gen = torch.Generator().manual_seed(7)
+    for r, offset in zip(got, (0, 2, 4)):
+        venv = make_vector_env(arith, r.tokens.shape[0], "cpu")
+        rows = prompts[offset : offset + r.tokens.shape[0]]
+        venv.reset = lambda *, seed=None, options=None, _reset=venv.reset, rows=rows: _reset(
+            seed=seed, options={"prompt": rows}
+        )
+        want = rollout(policy, venv, seed=7 + offset, generator=gen, allow_backspace=False)
+        assert want.action_lists() == r.action_lists() and torch.equal(want.tokens, r.tokens)
+    # no generator: one seeded with `seed` (backspace allowed here)
+    again = generate(
+        policy, arith, 5, prompts=prompts, batch_size=2, seed=7, generator=torch.Generator().manual_seed(7)
+    )
+    assert [r.action_lists() for r in again] == [
+        r.action_lists() for r in generate(policy, arith, 5, prompts=prompts, batch_size=2, seed=7)
+    ]
+    with pytest.raises(ValueError, match="one prompt per sample"):
+        generate(policy, arith, 4, prompts=prompts)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        generate(policy, arith, 5, batch_size=0)
 
 
 def test_rollout_without_backspace_and_forced_actions(tiny_task):

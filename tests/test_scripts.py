@@ -190,7 +190,11 @@ def test_scripts_reject_bad_flags_with_one_line(file_run, tmp_path, capsys):
             [*TINY, "--sequencematch.rollout-temperature", "inf"],
             "error: --sequencematch.rollout-temperature must be a finite number, got inf",
         ),
-        (train.main, [*TINY, "--nce.critic-n-layer", "0"], "error: --nce.critic-n-layer must be an int >= 1, got 0"),
+        (
+            train.main,
+            [*TINY, "--nce.critic-n-layer", "0"],
+            "error: --nce.critic-n-layer must be an integer >= 1, got 0",
+        ),
         (train.main, [*TINY, "--lr", "abc"], "error: --lr: could not convert string to float: 'abc'"),
         (train.main, [*TINY, "--resume", "--overwrite"], "error: --resume continues the run in --logdir"),
     ]

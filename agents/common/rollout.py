@@ -267,14 +267,30 @@ def rollout(
         gathered.close()
 
 
+class _PromptedEnv:
+    """A vector env whose every reset starts row ``b`` from ``prompts[b]``
+    (the env's ``reset(options={"prompt": [...]})``); everything else is the env's."""
+
+    def __init__(self, venv, prompts: list[str]):
+        self._venv, self._prompts = venv, list(prompts)
+
+    def reset(self, *, seed=None, options=None):
+        return self._venv.reset(seed=seed, options={**(options or {}), "prompt": self._prompts})
+
+    def __getattr__(self, name):
+        return getattr(self._venv, name)
+
+
 def generate(
     policy,
     task: Task,
     num_samples: int,
     *,
+    prompts: list[str] | None = None,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    generator: torch.Generator | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -283,17 +299,31 @@ def generate(
 ) -> list[RolloutResult]:
     """Generate ``num_samples`` episodes in batches of at most ``batch_size``.
 
-    Deterministic for a given ``seed`` (env resets and sampling generator).
-    :return: one :class:`RolloutResult` per batch.
+    Deterministic for a given ``seed``: batch ``j`` resets its env with ``seed +
+    offset`` (``offset`` = the rows before it) and actions are drawn from
+    ``generator`` (default: a new one on ``device`` seeded with ``seed``).
+
+    :param prompts: None (the env draws each row's prompt: its default), or
+        ``num_samples`` prompt texts, row ``i`` starting from ``prompts[i]``:
+        where samples must share a prompt with something else (the noise of a
+        conditional NCE critic, per-prompt reranking's ``K`` candidates).
+    :param generator: action-sampling ``torch.Generator`` on ``device``.
+    :param env_kwargs: extra :class:`~seqenv.vector_env.SeqGenVectorEnv` arguments.
+    :returns: one :class:`RolloutResult` per batch, in row order.
+    :raises ValueError: on ``num_samples < 1``, ``batch_size < 1`` or a prompt
+        list of another length than ``num_samples``.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    done = 0
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+    if prompts is not None and len(prompts) != num_samples:
+        raise ValueError(f"need one prompt per sample: {num_samples} samples, {len(prompts)} prompts")
+    gen = generator if generator is not None else torch.Generator(device=device).manual_seed(seed)
+    out, done, envs = [], 0, {}
     while done < num_samples:
         n = min(batch_size, num_samples - done)
-        venv = make_vector_env(task, n, device, **(env_kwargs or {}))
+        if n not in envs:
+            envs[n] = make_vector_env(task, n, device, **(env_kwargs or {}))
+        venv = envs[n] if prompts is None else _PromptedEnv(envs[n], prompts[done : done + n])
         out.append(
             rollout(
                 policy,
@@ -306,8 +336,9 @@ def generate(
                 allow_backspace=allow_backspace,
             )
         )
-        venv.close()
         done += n
+    for venv in envs.values():
+        venv.close()
     return out
 
 

@@ -122,8 +122,7 @@ from ..common.evaluation import evaluate_policy
 from ..common.rollout import make_vector_env, rollout
 from ..common.rundir import RunDirectory
 from ..common.trajectory import sequence_batch
-from ..critic import SequenceCritic
-from ..nce import load_critic
+from ..critic import SequenceCritic, load_critic
 from .policy import TransformerMaskablePolicy
 
 KL_ESTIMATORS = ("k1", "k3", "exact")
@@ -298,7 +297,7 @@ class CriticKLReward(VecEnvWrapper):
     :param venv: an SB3 VecEnv over SeqGen-v0 (dict observations ``tokens``,
         ``length``; final states in ``infos[i]["terminal_observation"]``;
         ``env_method("action_masks")``).
-    :param critic: the residual critic (:func:`agents.nce.load_critic`), or any
+    :param critic: the residual critic (:func:`agents.critic.load_critic`), or any
         module with ``critic(tokens, mask) -> energy [N]`` and a ``log_normalizer``;
         or None: the score ``r(x_T)`` is then the env's own terminal reward at the
         step that ends the episode (``reward="validity"``: 0/1), passed through
