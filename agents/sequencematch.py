@@ -158,7 +158,7 @@ import torch.nn.functional as F
 
 from .common.cli import check_number
 from .common.demos import Demos
-from .common.evaluation import backspace_rate, validity_rate
+from .common.metrics import backspace_rate, validity_rate
 from .common.learner import LearnerContext, register_learner
 from .common.rollout import OnlineSampler
 from .common.trajectory import TrajectoryBatch, collate, wrong_token_mask

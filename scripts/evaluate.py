@@ -32,8 +32,9 @@ from agents.common.cli import (
     run_cli,
 )
 from agents.common.distributed import resolve_device
-from agents.common.evaluation import SUMMARY_COLUMNS, evaluate_policy, format_metrics_table
+from agents.common.evaluation import evaluate_policy
 from agents.common.mauve import mauve_score
+from agents.common.report import SUMMARY_COLUMNS, format_metrics_table
 from agents.common.rollout import generate
 from seqenv.pretrained import PRETRAINED_NAMES, pretrained_dir
 

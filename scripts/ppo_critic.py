@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 
 from agents.common.cli import parse_flags, run_cli
-from agents.common.evaluation import SUMMARY_COLUMNS, format_metrics_table
+from agents.common.report import SUMMARY_COLUMNS, format_metrics_table
 from agents.sb3.critic_reward import PPOCriticConfig, run
 
 

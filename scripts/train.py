@@ -38,7 +38,8 @@ from pathlib import Path
 
 from agents.common.checkpoint import load_checkpoint, load_policy
 from agents.common.cli import RunDirectoryError, parse_flags, run_cli
-from agents.common.evaluation import SUMMARY_COLUMNS, comparison_line, format_metrics_table, recovery
+from agents.common.evaluation import recovery
+from agents.common.report import SUMMARY_COLUMNS, comparison_line, format_metrics_table
 from agents.common.rundir import run_marker
 from agents.learners import LEARNERS
 from agents.mle import MLEConfig

@@ -15,7 +15,7 @@ imports the callbacks).
 
 from __future__ import annotations
 
-from .evaluation import format_episode
+from .report import format_episode
 from .rollout import generate
 
 
