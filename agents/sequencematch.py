@@ -158,8 +158,8 @@ import torch.nn.functional as F
 
 from .common.cli import check_number
 from .common.demos import Demos
-from .common.metrics import backspace_rate, validity_rate
 from .common.learner import LearnerContext, register_learner
+from .common.metrics import backspace_rate, validity_rate
 from .common.rollout import OnlineSampler
 from .common.trajectory import TrajectoryBatch, collate, wrong_token_mask
 from .mle import backspace_actions, mle_loss
