@@ -96,7 +96,9 @@ class CriticConfig:
         return cls(**d)
 
 
-def critic_batch(prompts, sequences, terminated, device="cpu", ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+def critic_batch(
+    prompts, sequences, terminated, device: torch.device | str = "cpu", ids=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lay out (prompt, completion) pairs as the critic's input.
 
     The critic reads the prompt and the completion as one sequence

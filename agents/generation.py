@@ -152,14 +152,17 @@ def generate_reranked(
         raise ValueError("rerank='critic' needs a critic (a checkpoint written by train.py --agent nce)")
     k = 1 if rerank == "none" else candidates
     prompts = generation_prompts(task, num_samples, seed)
-    kw = dict(device=device, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p)
     results = generate(
         policy,
         task,
         num_samples * k,
         prompts=None if prompts is None else [p for p in prompts for _ in range(k)],
         batch_size=batch_size * k if k > 1 else batch_size,
-        **kw,
+        device=device,
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
     )
     seqs = [s for r in results for s in r.sequences()]
     prompt_ids = [p for r in results for p in r.prompts()]

@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -437,7 +437,9 @@ def no_backspace_log_prob(logits: torch.Tensor, tokens: torch.Tensor, mask: torc
 
 
 #: the critic's size defaults (``--nce.critic-*``): :class:`~agents.critic.CriticConfig`'s
-_CRITIC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CriticConfig) if f.name in CRITIC_SIZE_FIELDS}
+_CRITIC_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(CriticConfig) if f.name in CRITIC_SIZE_FIELDS
+}
 
 
 @dataclass
@@ -736,8 +738,9 @@ class NCELearner:
         seed = int(torch.randint(2**31 - 1, (1,), generator=self.noise_generator))
         return self._sample(rep, seed, self.sample_generator)
 
-    def _sample(self, prompts, seed, generator, policy=None):
-        """Samples of ``policy`` (default: the snapshot) for the prompt ids ``prompts`` (or None: unconditional)."""
+    def _sample(self, prompts: list[list[int]], seed, generator, policy=None):
+        """Samples of ``policy`` (default: the snapshot), one per prompt of ``prompts`` (prompt ids; their
+        count alone matters on an unconditional task)."""
         tok = self.task.tokenizer
         texts = None if prompts is None or not self.conditional else [tok.decode(p) for p in prompts]
         n = len(prompts)
@@ -776,13 +779,15 @@ class NCELearner:
             return self._fresh_noise(demos.prompts)
         if self.pool is None or (refreshed and self.train_policy):
             self._draw_pool()
+        pool = self.pool
+        assert pool is not None, "_draw_pool sets the noise pool"
         idx = torch.randint(
-            len(self.pool["sequences"]), (self.cfg.nu * len(demos),), generator=self.noise_generator
+            len(pool["sequences"]), (self.cfg.nu * len(demos),), generator=self.noise_generator
         ).tolist()
         return (
-            [self.pool["prompts"][i] for i in idx],
-            [self.pool["sequences"][i] for i in idx],
-            [self.pool["terminated"][i] for i in idx],
+            [pool["prompts"][i] for i in idx],
+            [pool["sequences"][i] for i in idx],
+            [pool["terminated"][i] for i in idx],
         )
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:
@@ -798,7 +803,7 @@ class NCELearner:
                 f"ranking NCE pairs each demonstration with nu={cfg.nu} noise samples: expected "
                 f"{self.batch_size} demonstrations (the batch size), got {B}"
             )
-        refreshed = self.snapshot.maybe_refresh(self.policy, step)
+        refreshed = self.snapshot.maybe_refresh(cast(torch.nn.Module, self.policy), step)
         noise_prompts, noise_seqs, noise_term = self._noise_batch(demos, refreshed)
         M = len(noise_seqs)
         # data and noise in one batch: [bos, prompt..., x..., eos?, pad...] (prompts empty if unconditional)
@@ -965,7 +970,7 @@ class NCELearner:
                 f"saved critic config {state['critic_config']} differs from this run's {self.critic.config.to_dict()}"
             )
         self.critic.load_state_dict(state["critic"])
-        self.snapshot.load_state_dict(state["snapshot"], self.policy)
+        self.snapshot.load_state_dict(state["snapshot"], cast(torch.nn.Module, self.policy))
         self.pool = state.get("pool")
         if state.get("early_stop"):
             self.early_stop = dict(state["early_stop"])

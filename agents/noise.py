@@ -131,4 +131,6 @@ class SnapshotNoise:
         self._module, self._last_refresh_step = None, None
         if state["module"] is not None:
             self.refresh(model, state["last_refresh_step"])
-            self._module.load_state_dict(state["module"])
+            snapshot = self._module
+            assert snapshot is not None, "refresh sets the snapshot module"
+            snapshot.load_state_dict(state["module"])

@@ -153,10 +153,12 @@ import operator
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
+
+from seqenv.vector_env import SeqGenVectorEnv
 
 from .common.cli import check_number
 from .common.demos import Demos
@@ -904,7 +906,8 @@ class PromptedReset:
     """
 
     def __init__(self, venv):
-        self.venv, self.prompts = venv, None
+        self.venv = venv
+        self.prompts: list[str] | None = None
 
     def reset(self, *, seed=None, options=None):
         options = dict(options or {})
@@ -960,7 +963,7 @@ class SequenceMatchLearner:
         )
         self.buffer: list[tuple[list[int], list[int]]] = []  # (prompt, actions)
         self.born: list[int] = []  # step each buffered episode was generated at
-        self.fresh_sampler = None
+        self.fresh_sampler: OnlineSampler | None = None
         if cfg.model_samples == "fresh":
             self.fresh_sampler = OnlineSampler(
                 ctx.task,
@@ -970,7 +973,8 @@ class SequenceMatchLearner:
                 ctx.generators["sample"],
                 temperature=cfg.rollout_temperature,
             )
-            self.fresh_sampler.venv = PromptedReset(self.fresh_sampler.venv)
+            # duck-typed: PromptedReset forwards every attribute but ``reset`` to the SeqGenVectorEnv it wraps
+            self.fresh_sampler.venv = cast(SeqGenVectorEnv, PromptedReset(self.fresh_sampler.venv))
         # the diagnostics flatten whole gradients: one process only (FSDP shards them, DDP would all-reduce per term)
         self._distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self._diagnosed = False  # diagnostics also run on this learner's first SequenceMatch step (the fork)
@@ -1000,11 +1004,13 @@ class SequenceMatchLearner:
 
     def _fresh_batch(self, demos: Demos) -> tuple[list[list[int]], list[list[int]]]:
         """``model_batch_size`` episodes of the current policy on the data batch's prompts (cycled)."""
+        sampler = self.fresh_sampler
+        assert sampler is not None, "_fresh_batch needs the fresh sampler (model_samples='fresh')"
         tok = self.task.tokenizer
         if self.task.prompts is not None or self.task.split_prompts is not None:
             texts = [tok.decode(demos.prompts[i % len(demos.prompts)]) for i in range(self.model_batch_size)]
-            self.fresh_sampler.venv.prompts = texts
-        res = self.fresh_sampler.sample(self.model)
+            cast(PromptedReset, sampler.venv).prompts = texts
+        res = sampler.sample(self.model)
         return res.prompts(), res.action_lists()
 
     def loss(self, demos: Demos, step: int) -> tuple[torch.Tensor, dict]:

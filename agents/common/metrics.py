@@ -45,6 +45,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -602,11 +603,12 @@ def evaluate_samples(
     """
     _check_nonempty(samples, "samples")
     tok = task.tokenizer
+    texts: list[str]
     if isinstance(samples[0], str):
-        texts = list(samples)
+        texts = list(cast("Sequence[str]", samples))
         ids = [tok.encode(t) for t in texts]
     else:
-        ids = [_check_final_ids(s, tok) for s in samples]
+        ids = [_check_final_ids(s, tok) for s in cast("Sequence[Sequence[int]]", samples)]
         texts = [tok.decode(s) for s in ids]
     references = task.splits.get(references_split)
     if not references:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import cast
 
 from seqenv.tokenizers import SpecialIds
 
@@ -70,7 +71,7 @@ def format_metrics_table(
             return f"{cell(v[0])} ± {cell(v[1])}"
         if isinstance(v, (bool, numbers.Integral, str)):
             return str(v)
-        return f"{float(v):.{digits}f}"
+        return f"{float(cast(float, v)):.{digits}f}"  # a number: pairs and the other types returned above"
 
     lines = ["| " + " | ".join(["run", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
     for name, metrics in rows.items():
@@ -91,11 +92,11 @@ def comparison_line(rows: dict, control: str, metric: str = "validity", num_seed
     values = {k: v.get(metric) for k, v in rows.items() if isinstance(v.get(metric), (int, float))}
     if control not in values or len(values) < 2:
         return None
-    best = max(values, key=values.get)
+    best = max(values, key=values.__getitem__)
     seeds = f"{num_seeds} seed{'s' if num_seeds != 1 else ''}"
     if best == control:
         others = {k: v for k, v in values.items() if k != control}
-        runner = max(others, key=others.get)
+        runner = max(others, key=others.__getitem__)
         return (
             f"Best {metric}: {control} (the control), {values[control]:.3f}; {runner} is "
             f"{values[control] - values[runner]:.3f} lower ({seeds})."
