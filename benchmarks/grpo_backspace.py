@@ -50,7 +50,7 @@ from agents.mle import MLEConfig
 from agents.trainer import TrainConfig, Trainer
 from benchmarks.length_stratified_validity import bucket_validity, standardised
 from benchmarks.provenance import provenance
-from benchmarks.stats import fmt_diff, mean_std, paired, verdict
+from benchmarks.stats import fmt_diff, fmt_mean_sd, paired, verdict
 
 ARMS = ("grpo_backspace", "grpo_no_backspace", "mle_backspace", "sequencematch")
 KEYS = (
@@ -242,13 +242,6 @@ def render(out: dict) -> str:
     rows, seeds = out["rows"], out["args"]["seeds"]
     keys = [k for k in KEYS if any(not math.isnan(m[k]) for ms in rows.values() for m in ms)]
 
-    def cell(vals):
-        vals = [v for v in vals if not math.isnan(v)]
-        if not vals:
-            return "n/a"
-        m, sd = mean_std(vals)
-        return f"{m:.3f} ± {sd:.3f}" if len(vals) > 1 else f"{m:.3f}"
-
     lines = [
         f"`{out['command']}`",
         "",
@@ -259,7 +252,7 @@ def render(out: dict) -> str:
         "|---" * (len(keys) + 1) + "|",
     ]
     for arm, ms in rows.items():
-        lines.append(f"| {arm} | " + " | ".join(cell([m[k] for m in ms]) for k in keys) + " |")
+        lines.append(f"| {arm} | " + " | ".join(fmt_mean_sd([m[k] for m in ms]) for k in keys) + " |")
     if all(m.get("lengths") for m in rows["start"]):
         lines += ["", "Validity standardised to the start policy's length distribution (per seed, then mean ± sd):", ""]
         lines += ["| policy | validity | standardised to the start's lengths |", "|---|---|---|"]
@@ -268,7 +261,7 @@ def render(out: dict) -> str:
                 continue
             control = rows["start (backspace masked)" if arm == "grpo_no_backspace" else "start"]
             std = [standardised(c["lengths"], m["lengths"]) for c, m in zip(control, ms)]
-            lines.append(f"| {arm} | {cell([m['validity'] for m in ms])} | {cell(std)} |")
+            lines.append(f"| {arm} | {fmt_mean_sd([m['validity'] for m in ms])} | {fmt_mean_sd(std)} |")
     lines += ["", *comparisons(rows, seeds)]
     return "\n".join(lines) + "\n"
 

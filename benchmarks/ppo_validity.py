@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from agents.sb3 import critic_reward as cr
 from benchmarks.grpo_backspace import measure
 from benchmarks.length_stratified_validity import standardised
 from benchmarks.provenance import provenance
-from benchmarks.stats import fmt_diff, mean_std, paired, verdict
+from benchmarks.stats import fmt_diff, fmt_mean_sd, paired, verdict
 
 KEYS = ("validity", "validity_std", "kl_to_init", "mean_length", "backspace_rate", "final_beta", "train_kl_last")
 
@@ -127,13 +126,6 @@ def render(out: dict) -> str:
     """``OUT.md``'s tables from the JSON: mean ± sd over seeds, and paired differences against the start."""
     rows, seeds = out["rows"], out["args"]["seeds"]
 
-    def cell(vals):
-        vals = [v for v in vals if not math.isnan(v)]
-        if not vals:
-            return "n/a"
-        m, sd = mean_std(vals)
-        return f"{m:.3f} ± {sd:.3f}" if len(vals) > 1 else f"{m:.3f}"
-
     lines = [
         f"`{out['command']}`",
         "",
@@ -144,7 +136,9 @@ def render(out: dict) -> str:
         "| arm | " + " | ".join(KEYS) + " |",
         "|---" * (len(KEYS) + 1) + "|",
     ]
-    lines += [f"| {name} | " + " | ".join(cell([m[k] for m in ms]) for k in KEYS) + " |" for name, ms in rows.items()]
+    lines += [
+        f"| {name} | " + " | ".join(fmt_mean_sd([m[k] for m in ms]) for k in KEYS) + " |" for name, ms in rows.items()
+    ]
     lines += [
         "",
         "| arm − start | metric | paired difference [95 % t-interval] | verdict |",

@@ -143,3 +143,12 @@ def fmt_diff(comparison: dict | None, digits: int = 3) -> str:
     if comparison["low"] is None:
         return m
     return f"{m} [{comparison['low']:+.{digits}f}, {comparison['high']:+.{digits}f}]"
+
+
+def fmt_mean_sd(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean ± sd"`` (ddof 1) of the finite ``values`` over seeds; the bare value for one; ``"n/a"`` for none."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    m, sd = mean_std(vals)
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" if len(vals) > 1 else f"{m:.{digits}f}"
