@@ -110,23 +110,25 @@ def test_token_sequence_extractor_reads_the_state_at_its_last_token():
     assert torch.equal(out[0], after[0]) and not torch.equal(out[0], before[0])
 
 
+#: a tiny PPO / MaskablePPO over the adapter: one 32-step rollout per update, a 16-wide token extractor
+TINY_PPO = dict(
+    n_steps=32,
+    batch_size=32,
+    n_epochs=1,
+    seed=0,
+    device="cpu",
+    policy_kwargs=dict(
+        features_extractor_class=TokenSequenceExtractor,
+        features_extractor_kwargs=dict(features_dim=16),
+        net_arch=[16],
+    ),
+)
+
+
 def test_ppo_smoke_runs_and_predicts_one_action_per_env():
     """Smoke test: PPO over the adapter runs and predicts; it checks shapes, not learning."""
     venv = make_sb3_vec_env(task="oracle-hmm", num_envs=4, max_length=6, reward="oracle", validate_actions=False)
-    model = PPO(
-        "MultiInputPolicy",
-        venv,
-        n_steps=32,
-        batch_size=32,
-        n_epochs=1,
-        seed=0,
-        device="cpu",
-        policy_kwargs=dict(
-            features_extractor_class=TokenSequenceExtractor,
-            features_extractor_kwargs=dict(features_dim=16),
-            net_arch=[16],
-        ),
-    )
+    model = PPO("MultiInputPolicy", venv, **TINY_PPO)
     model.learn(total_timesteps=256)
     assert model.num_timesteps == 256
     action, _ = model.predict(venv.reset(), deterministic=True)
@@ -135,20 +137,7 @@ def test_ppo_smoke_runs_and_predicts_one_action_per_env():
 
 def test_maskable_ppo_learns_with_validation_on():
     venv = make_sb3_vec_env(task="oracle-hmm", num_envs=4, max_length=6, reward="oracle", reward_mode="step")
-    model = MaskablePPO(
-        "MultiInputPolicy",
-        venv,
-        n_steps=32,
-        batch_size=32,
-        n_epochs=1,
-        seed=0,
-        device="cpu",
-        policy_kwargs=dict(
-            features_extractor_class=TokenSequenceExtractor,
-            features_extractor_kwargs=dict(features_dim=16),
-            net_arch=[16],
-        ),
-    )
+    model = MaskablePPO("MultiInputPolicy", venv, **TINY_PPO)
     model.learn(total_timesteps=256)  # any masked action would raise in the env
     assert model.num_timesteps == 256
     obs = venv.reset()
